@@ -1,0 +1,12 @@
+//! Records the git commit for `crsql_sha()`.
+fn main() {
+    let sha = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=CRSQL_STREAM_GIT_SHA={sha}");
+    println!("cargo:rerun-if-changed=../.git/HEAD");
+}

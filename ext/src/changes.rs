@@ -1,0 +1,379 @@
+//! The eponymous `crsql_changes` virtual table (spec §7).
+//!
+//! SELECT walks each CRR's clock table in `(db_version, seq)` order through
+//! its `db_version` index and merges the per-table scans, so rows come out in
+//! position order without sorting or materialising anything. `val` comes
+//! from a join with the base table, not a point query per row.
+//! INSERT merges a change (§8, see `merge.rs`).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::ffi::c_int;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crsql_stream_core::pack::pack_columns;
+use rusqlite::types::ValueRef;
+use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo, VTabConnection, VTabKind};
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+use crate::merge::{merge_change, Change};
+use crate::schema::TableInfo;
+use crate::sqlite::vtab::{register as register_module, Table, TableCursor};
+use crate::sqlite::{DbHandle, RawStmt};
+use crate::state::Ext;
+use crate::values::to_core;
+
+pub const COL_TABLE: c_int = 0;
+pub const COL_PK: c_int = 1;
+pub const COL_CID: c_int = 2;
+pub const COL_VAL: c_int = 3;
+pub const COL_COL_VERSION: c_int = 4;
+pub const COL_DB_VERSION: c_int = 5;
+pub const COL_SITE_ID: c_int = 6;
+pub const COL_CL: c_int = 7;
+pub const COL_SEQ: c_int = 8;
+
+/// Columns of a per-table scan (see `TableSql::changes_select`).
+const S_CID: usize = 0;
+const S_COL_VERSION: usize = 1;
+const S_DB_VERSION: usize = 2;
+const S_SITE: usize = 3;
+const S_SEQ: usize = 4;
+const S_CL: usize = 5;
+const S_VAL: usize = 6;
+const S_PK0: usize = 7;
+
+pub struct ChangesTable {
+    ext: Arc<Ext>,
+}
+
+pub fn register(conn: &Connection, ext: &Arc<Ext>) -> rusqlite::Result<()> {
+    register_module::<ChangesTable>(conn, "crsql_changes", Arc::clone(ext))
+}
+
+/// One pushed-down constraint: which column and operator (see best_index).
+#[derive(Clone, Copy)]
+enum Pushed {
+    DbVersion(&'static str),
+    SiteEq,
+    SiteNe,
+}
+
+impl Pushed {
+    fn code(self) -> &'static str {
+        match self {
+            Pushed::DbVersion("=") => "d=",
+            Pushed::DbVersion(">") => "d>",
+            Pushed::DbVersion(">=") => "d>=",
+            Pushed::DbVersion("<") => "d<",
+            Pushed::DbVersion(_) => "d<=",
+            Pushed::SiteEq => "s=",
+            Pushed::SiteNe => "s!",
+        }
+    }
+
+    fn from_code(code: &str) -> Option<Pushed> {
+        Some(match code {
+            "d=" => Pushed::DbVersion("="),
+            "d>" => Pushed::DbVersion(">"),
+            "d>=" => Pushed::DbVersion(">="),
+            "d<" => Pushed::DbVersion("<"),
+            "d<=" => Pushed::DbVersion("<="),
+            "s=" => Pushed::SiteEq,
+            "s!" => Pushed::SiteNe,
+            _ => return None,
+        })
+    }
+}
+
+impl Table for ChangesTable {
+    type Aux = Arc<Ext>;
+    type Cursor = ChangesCursor;
+    const NAME: &'static str = "crsql_changes";
+    const KIND: VTabKind = VTabKind::EponymousOnly;
+
+    fn connect(
+        _db: &mut VTabConnection,
+        aux: Option<&Arc<Ext>>,
+        _create: bool,
+        _name: &str,
+        _args: &[&str],
+    ) -> Result<(String, Self)> {
+        let ext = aux.ok_or_else(|| Error::Msg("crsql_changes: missing extension state".into()))?;
+        Ok((
+            "CREATE TABLE x([table] TEXT NOT NULL, [pk] BLOB NOT NULL, [cid] TEXT NOT NULL, [val] ANY, \
+             [col_version] INTEGER NOT NULL, [db_version] INTEGER NOT NULL, [site_id] BLOB NOT NULL, \
+             [cl] INTEGER NOT NULL, [seq] INTEGER NOT NULL)"
+                .into(),
+            ChangesTable { ext: Arc::clone(ext) },
+        ))
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
+        let mut codes = Vec::new();
+        let mut idx_num = 0;
+        let mut argv = 0;
+        let mut usable = Vec::new();
+        for (i, c) in info.constraints().enumerate() {
+            if !c.is_usable() {
+                continue;
+            }
+            let pushed = match (c.column(), c.operator()) {
+                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ) => Pushed::DbVersion("="),
+                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GT) => Pushed::DbVersion(">"),
+                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GE) => Pushed::DbVersion(">="),
+                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LT) => Pushed::DbVersion("<"),
+                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LE) => Pushed::DbVersion("<="),
+                (COL_SITE_ID, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ)
+                | (COL_SITE_ID, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_IS) => Pushed::SiteEq,
+                (COL_SITE_ID, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_NE)
+                | (COL_SITE_ID, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_ISNOT) => Pushed::SiteNe,
+                _ => continue,
+            };
+            idx_num |= match pushed {
+                Pushed::DbVersion(_) => 2,
+                _ => 4,
+            };
+            codes.push(pushed.code());
+            usable.push(i);
+        }
+        for i in usable {
+            argv += 1;
+            let mut u = info.constraint_usage(i);
+            u.set_argv_index(argv);
+            // SQLite re-checks every constraint: our filters only narrow the
+            // scan and never need to be exact.
+            u.set_omit(false);
+        }
+        let orders: Vec<(c_int, bool)> = info.order_bys().map(|o| (o.column(), o.is_order_by_desc())).collect();
+        let consumed = matches!(
+            orders.as_slice(),
+            [] | [(COL_DB_VERSION, false)] | [(COL_DB_VERSION, false), (COL_SEQ, false)]
+        );
+        info.set_order_by_consumed(consumed);
+        info.set_idx_num(idx_num);
+        info.set_idx_str(&codes.join(","));
+        let cost = match idx_num {
+            6 => 1.0,
+            2 => 10.0,
+            4 => 1e6,
+            _ => 1e9,
+        };
+        info.set_estimated_cost(cost);
+        Ok(())
+    }
+
+    fn open(&mut self) -> Result<ChangesCursor> {
+        Ok(ChangesCursor {
+            ext: Arc::clone(&self.ext),
+            scans: Vec::new(),
+            heap: BinaryHeap::new(),
+            sites: HashMap::new(),
+            rowid: 0,
+        })
+    }
+
+    fn insert(&mut self, args: &[ValueRef<'_>]) -> Result<i64> {
+        let change = Change::from_values(args)?;
+        let mut inner = self.ext.lock("crsql_changes")?;
+        let n = merge_change(&self.ext, &mut inner, &change)?;
+        self.ext.rows_impacted.fetch_add(n, Relaxed);
+        Ok(0)
+    }
+
+    fn delete(&mut self) -> Result<()> {
+        Err(Error::Misuse(
+            "Only INSERT and SELECT statements are allowed against the crsql changes table".into(),
+        ))
+    }
+
+    fn update(&mut self) -> Result<()> {
+        self.delete()
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        self.ext.rows_impacted.store(0, Relaxed);
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        // cr-sqlite keeps the stale count after a rollback (§15 Q5); we reset.
+        self.ext.rows_impacted.store(0, Relaxed);
+        Ok(())
+    }
+
+    fn disconnect(&mut self) {
+        // Runs when the connection closes, before SQLite checks for
+        // unfinalized statements: drop our cached ones so close succeeds.
+        if let Ok(mut inner) = self.ext.lock("crsql_changes") {
+            self.ext.finalize_statements(&mut inner);
+        }
+    }
+}
+
+/// One CRR's ordered scan.
+struct Scan {
+    table: Arc<TableInfo>,
+    stmt: RawStmt,
+}
+
+pub struct ChangesCursor {
+    ext: Arc<Ext>,
+    scans: Vec<Scan>,
+    /// Min-heap of (db_version, seq, scan index) over scans that have a row.
+    heap: BinaryHeap<Reverse<(i64, i64, usize)>>,
+    sites: HashMap<i64, Vec<u8>>,
+    rowid: i64,
+}
+
+impl ChangesCursor {
+    fn push(&mut self, i: usize) -> Result<()> {
+        let s = &mut self.scans[i];
+        if s.stmt.step()? {
+            self.heap
+                .push(Reverse((s.stmt.column_i64(S_DB_VERSION), s.stmt.column_i64(S_SEQ), i)));
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> Option<&Scan> {
+        self.heap.peek().map(|Reverse((_, _, i))| &self.scans[*i])
+    }
+}
+
+impl TableCursor for ChangesCursor {
+    fn filter(&mut self, _idx_num: c_int, idx_str: Option<&str>, args: &[ValueRef<'_>]) -> Result<()> {
+        self.scans.clear();
+        self.heap.clear();
+        self.rowid = 0;
+        let (tables, db) = {
+            let mut inner = self.ext.lock("crsql_changes")?;
+            inner.refresh_tables(&self.ext.tx, false)?;
+            self.sites = inner
+                .conn
+                .prepare_cached("SELECT ordinal, site_id FROM crsql_site_id WHERE ordinal != 0")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            (inner.tables().to_vec(), self.ext.db)
+        };
+        // Translate the pushed-down constraints into a WHERE clause.
+        let mut clauses = Vec::new();
+        let mut binds: Vec<ValueRef<'_>> = Vec::new();
+        let codes = idx_str.unwrap_or("").split(',').filter(|s| !s.is_empty());
+        for (code, arg) in codes.zip(args.iter()) {
+            match Pushed::from_code(code) {
+                Some(Pushed::DbVersion(op)) => {
+                    binds.push(*arg);
+                    clauses.push(format!("c.db_version {op} ?{}", binds.len()));
+                }
+                Some(Pushed::SiteEq) => match self.ordinal_of(*arg) {
+                    Some(ord) => clauses.push(format!("c.site_id = {ord}")),
+                    None => return Ok(()), // unknown site or NULL: no rows
+                },
+                Some(Pushed::SiteNe) => {
+                    if let Some(ord) = self.ordinal_of(*arg) {
+                        clauses.push(format!("c.site_id != {ord}"));
+                    }
+                }
+                None => {}
+            }
+        }
+        let where_sql = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", clauses.join(" AND "))
+        };
+        for t in tables {
+            let sql = format!("{}{where_sql} ORDER BY c.db_version, c.seq", t.sql.changes_select);
+            let mut stmt = RawStmt::prepare(db, &sql)?;
+            for (i, b) in binds.iter().enumerate() {
+                stmt.bind(i + 1, *b)?;
+            }
+            self.scans.push(Scan { table: t, stmt });
+        }
+        for i in 0..self.scans.len() {
+            self.push(i)?;
+        }
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<()> {
+        if let Some(Reverse((_, _, i))) = self.heap.pop() {
+            self.push(i)?;
+        }
+        self.rowid += 1;
+        Ok(())
+    }
+
+    fn eof(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    fn column(&self, ctx: &mut Context, col: c_int) -> Result<()> {
+        let Some(scan) = self.current() else {
+            return Ok(ctx.set_result(&rusqlite::types::Null)?);
+        };
+        let st = &scan.stmt;
+        match col {
+            COL_TABLE => ctx.set_result(&scan.table.name)?,
+            COL_PK => {
+                let n = scan.table.pks.len();
+                let packed = pack_columns((S_PK0..S_PK0 + n).map(|i| to_core(st.column(i))))
+                    .map_err(|source| Error::Pack {
+                        context: format!("crsql_changes: cannot pack the primary key of a row of {}", scan.table.name),
+                        source,
+                    })?;
+                ctx.set_result(&packed)?
+            }
+            COL_CID => ctx.set_result(&crate::values::out(st.column(S_CID)))?,
+            COL_VAL => ctx.set_result(&crate::values::out(st.column(S_VAL)))?,
+            COL_COL_VERSION => ctx.set_result(&st.column_i64(S_COL_VERSION))?,
+            COL_DB_VERSION => ctx.set_result(&st.column_i64(S_DB_VERSION))?,
+            COL_SITE_ID => {
+                let ord = st.column_i64(S_SITE);
+                if ord == 0 {
+                    ctx.set_result(&self.ext.site_id.as_slice())?
+                } else {
+                    match self.sites.get(&ord) {
+                        Some(s) => ctx.set_result(&s.as_slice())?,
+                        None => {
+                            return Err(Error::Msg(format!(
+                                "crsql_changes: clock row of {} refers to unknown site ordinal {ord}",
+                                scan.table.name
+                            )))
+                        }
+                    }
+                }
+            }
+            COL_CL => ctx.set_result(&st.column_i64(S_CL))?,
+            COL_SEQ => ctx.set_result(&st.column_i64(S_SEQ))?,
+            _ => ctx.set_result(&rusqlite::types::Null)?,
+        }
+        Ok(())
+    }
+
+    fn rowid(&self) -> Result<i64> {
+        Ok(self.rowid)
+    }
+}
+
+impl ChangesCursor {
+    /// The ordinal of a site id argument; None for NULL or an unknown site.
+    fn ordinal_of(&self, v: ValueRef<'_>) -> Option<i64> {
+        let ValueRef::Blob(b) = v else { return None };
+        if b == self.ext.site_id.as_slice() {
+            return Some(0);
+        }
+        self.sites.iter().find(|(_, s)| s.as_slice() == b).map(|(o, _)| *o)
+    }
+}
+
+/// Make SQLite connect the eponymous table now, so that its xDisconnect runs
+/// when the connection closes (and finalizes our cached statements).
+pub fn connect_now(db: DbHandle) -> Result<()> {
+    let conn = db.connection()?;
+    conn.prepare("SELECT 1 FROM crsql_changes LIMIT 0")?;
+    Ok(())
+}

@@ -1,0 +1,480 @@
+//! Turning tables into CRRs and back, schema alteration, backfill and the
+//! per-database bootstrap (spec §2, §5, §11, §14).
+//!
+//! Each entry point runs inside its own named savepoint and, on failure,
+//! rolls back to it and releases it: the caller's transaction is never
+//! discarded (§15 Q9).
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::err;
+use crate::error::{Error, Result};
+use crate::local::key_for;
+use crate::schema::{self, quote_ident, quote_str, CLOCK_SUFFIX, MAX_NAME_LEN, PKS_SUFFIX};
+use crate::state::{Ext, Inner};
+
+/// `crsqlite_version` this layout corresponds to (cr-sqlite 0.16.3).
+pub const CRSQLITE_LAYOUT_VERSION: i64 = 160300;
+
+/// Run `f` inside `SAVEPOINT name`; on error roll back to it and release it.
+pub fn in_savepoint<T>(conn: &Connection, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+    match f() {
+        Ok(v) => {
+            conn.execute_batch(&format!("RELEASE {name}"))?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
+            Err(e)
+        }
+    }
+}
+
+fn count(conn: &Connection, sql: &str, arg: &str) -> Result<i64> {
+    Ok(conn.prepare_cached(sql)?.query_row([arg], |r| r.get(0))?)
+}
+
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(err!("{what}: the table name must not be empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(err!(
+            "{what}: table name of {} bytes exceeds the maximum of {MAX_NAME_LEN}",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The preconditions of §5.2, in order, with cr-sqlite's messages.
+fn check_compatible(conn: &Connection, t: &str) -> Result<()> {
+    let checks: [(&str, String); 6] = [
+        (
+            "SELECT count(*) FROM pragma_index_list(?1) WHERE origin != 'pk' AND \"unique\" = 1",
+            format!("Table {t} has unique indices besidesthe primary key. This is not allowed for CRRs"),
+        ),
+        (
+            "SELECT count(*) = 0 FROM pragma_table_info(?1) WHERE pk > 0 AND \"notnull\" > 0",
+            format!("Table {t} has no primary key or primary key is nullable. CRRs must have a non nullable primary key"),
+        ),
+        (
+            "SELECT count(*) FROM pragma_table_info(?1) WHERE pk > 0 AND \"notnull\" = 0",
+            format!("Table {t} has composite primary key part of which is nullable. CRRs must have a non nullable primary key"),
+        ),
+        (
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1 AND sql LIKE '%autoincrement%'",
+            format!("{t} has auto-increment primary keys. This is likely a mistake as two concurrent nodes will assign unrelated rows the same primary key. Either use a primary key that represents the identity of your row or use a database friendly UUID such as UUIDv7"),
+        ),
+        (
+            "SELECT count(*) FROM pragma_foreign_key_list(?1)",
+            format!("Table {t} has checked foreign key constraints. CRRs may have foreign keys but must not have checked foreign key constraints as they can be violated by row level security or replication."),
+        ),
+        (
+            "SELECT count(*) FROM pragma_table_xinfo(?1) WHERE \"notnull\" = 1 AND pk = 0 AND dflt_value IS NULL AND hidden = 0",
+            format!("Table {t} has a NOT NULL column without a DEFAULT VALUE. This is not allowed as it prevents forwards and backwards compatibility between schema versions. Make the column nullable or assign a default value to it."),
+        ),
+    ];
+    for (sql, msg) in checks {
+        if count(conn, sql, t)? > 0 {
+            return Err(Error::Msg(msg));
+        }
+    }
+    Ok(())
+}
+
+/// The DDL of the clock and pks tables and indexes, byte-for-byte as
+/// cr-sqlite 0.16 writes it (identifiers quoted).
+fn create_tables_sql(t: &str, pks: &[schema::Column]) -> String {
+    let clock = quote_ident(&format!("{t}{CLOCK_SUFFIX}"));
+    let dbv_idx = quote_ident(&format!("{t}__crsql_clock_dbv_idx"));
+    let pkst = quote_ident(&format!("{t}{PKS_SUFFIX}"));
+    let pks_idx = quote_ident(&format!("{t}__crsql_pks_pks"));
+    let pk_list = pks.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(",");
+    format!(
+        "CREATE TABLE IF NOT EXISTS {clock} (
+      key INTEGER NOT NULL,
+      col_name TEXT NOT NULL,
+      col_version INTEGER NOT NULL,
+      db_version INTEGER NOT NULL,
+      site_id INTEGER NOT NULL DEFAULT 0,
+      seq INTEGER NOT NULL,
+      PRIMARY KEY (key, col_name)
+    ) WITHOUT ROWID, STRICT;
+CREATE INDEX IF NOT EXISTS {dbv_idx} ON {clock} (\"db_version\");
+CREATE TABLE IF NOT EXISTS {pkst} (__crsql_key INTEGER PRIMARY KEY, {pk_list});
+CREATE UNIQUE INDEX IF NOT EXISTS {pks_idx} ON {pkst} ({pk_list});"
+    )
+}
+
+fn drop_triggers_sql(t: &str, pks: &[schema::Column]) -> String {
+    let mut sql = String::new();
+    for suffix in ["__crsql_itrig", "__crsql_utrig", "__crsql_dtrig"] {
+        sql.push_str(&format!("DROP TRIGGER IF EXISTS {};\n", quote_ident(&format!("{t}{suffix}"))));
+    }
+    // 0.15 layout: one update trigger per primary-key column.
+    for pk in pks {
+        sql.push_str(&format!(
+            "DROP TRIGGER IF EXISTS {};\n",
+            quote_ident(&format!("{t}_{}__crsql_utrig", pk.name))
+        ));
+    }
+    sql
+}
+
+fn create_triggers_sql(t: &str, pks: &[schema::Column], cols: &[schema::Column]) -> String {
+    let tq = quote_ident(t);
+    let ts = quote_str(t);
+    let list = |prefix: &str, cs: &[schema::Column]| {
+        cs.iter()
+            .map(|c| format!("{prefix}.{}", quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let new_pks = list("NEW", pks);
+    let old_pks = list("OLD", pks);
+    let mut upd_args = vec![new_pks.clone(), old_pks.clone()];
+    if !cols.is_empty() {
+        upd_args.push(list("NEW", cols));
+        upd_args.push(list("OLD", cols));
+    }
+    let upd_args = upd_args.join(", ");
+    let itrig = quote_ident(&format!("{t}__crsql_itrig"));
+    let utrig = quote_ident(&format!("{t}__crsql_utrig"));
+    let dtrig = quote_ident(&format!("{t}__crsql_dtrig"));
+    format!(
+        "CREATE TRIGGER {itrig}
+      AFTER INSERT ON {tq} WHEN crsql_internal_sync_bit() = 0
+      BEGIN
+        VALUES (crsql_after_insert({ts}, {new_pks}));
+      END;
+CREATE TRIGGER {utrig}
+      AFTER UPDATE ON {tq} WHEN crsql_internal_sync_bit() = 0
+      BEGIN
+        VALUES (crsql_after_update({ts}, {upd_args}));
+      END;
+CREATE TRIGGER {dtrig}
+    AFTER DELETE ON {tq} WHEN crsql_internal_sync_bit() = 0
+    BEGIN
+      VALUES (crsql_after_delete({ts}, {old_pks}));
+    END;"
+    )
+}
+
+/// Create clock/pks tables and triggers for `t`, then backfill (§5.1, §5.3).
+fn create_crr(ext: &Ext, inner: &mut Inner, t: &str) -> Result<()> {
+    let (pks, cols) = schema::read_columns(&inner.conn, t)?
+        .ok_or_else(|| err!("crsql_as_crr: no such table: {t}"))?;
+    let conn = &inner.conn;
+    conn.execute_batch(&create_tables_sql(t, &pks))?;
+    conn.execute_batch(&drop_triggers_sql(t, &pks))?;
+    conn.execute_batch(&create_triggers_sql(t, &pks, &cols))?;
+    ext.invalidate_schema(inner);
+    inner.refresh_tables(&ext.tx, true)?;
+    backfill(ext, inner, t)
+}
+
+/// Give clocks to rows and cells that have none (§5.3). All backfilled cells
+/// share one new version (also at `crsql_commit_alter`, unlike cr-sqlite,
+/// §15 Q22) and take consecutive seqs.
+fn backfill(ext: &Ext, inner: &mut Inner, name: &str) -> Result<()> {
+    let t = inner
+        .table(name)
+        .ok_or_else(|| err!("crsql_stream: {name} is not a CRR after creating its clock tables"))?;
+    let base = quote_ident(name);
+    let pkst = quote_ident(&format!("{name}{PKS_SUFFIX}"));
+    let clock = quote_ident(&format!("{name}{CLOCK_SUFFIX}"));
+    let pk_cols = t.pks.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+    let mut version: Option<i64> = None;
+    let mut version_of = |inner: &mut Inner| -> Result<i64> {
+        if let Some(v) = version {
+            return Ok(v);
+        }
+        let v = inner.next_db_version(&ext.tx, None)?;
+        version = Some(v);
+        Ok(v)
+    };
+
+    // 1. Rows without a key.
+    let new_rows: Vec<Vec<rusqlite::types::Value>> = {
+        let mut stmt = inner.conn.prepare(&format!(
+            "SELECT {pk_cols} FROM {base} EXCEPT SELECT {pk_cols} FROM {pkst}"
+        ))?;
+        let n = t.pks.len();
+        let rows = stmt
+            .query_map([], |r| (0..n).map(|i| r.get(i)).collect::<rusqlite::Result<Vec<_>>>())?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows
+    };
+    for pks in &new_rows {
+        let v = version_of(inner)?;
+        let refs: Vec<_> = pks.iter().map(rusqlite::types::ValueRef::from).collect();
+        let (key, _) = key_for(inner, &t, &refs, true)?;
+        let names: Vec<&str> = if t.cols.is_empty() {
+            vec!["-1"]
+        } else {
+            t.cols.iter().map(|c| c.name.as_str()).collect()
+        };
+        for n in names {
+            inner
+                .conn
+                .prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO {clock} (key, col_name, col_version, db_version, seq, site_id) \
+                     VALUES (?1, ?2, 1, ?3, ?4, 0)"
+                ))?
+                .execute(params![key, n, v, ext.tx.take_seq()])?;
+        }
+    }
+
+    // 2. Known rows with a cell that has no clock and a non-default value.
+    for col in &t.cols {
+        let dflt = col.dflt.clone().unwrap_or_else(|| "NULL".to_string());
+        let join = t
+            .pks
+            .iter()
+            .map(|c| format!("p.{q} = b.{q}", q = quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let keys: Vec<i64> = inner
+            .conn
+            .prepare(&format!(
+                "SELECT p.__crsql_key FROM {base} AS b JOIN {pkst} AS p ON {join} \
+                 WHERE NOT EXISTS (SELECT 1 FROM {clock} WHERE key = p.__crsql_key AND col_name = ?1) \
+                 AND b.{} IS NOT ({dflt}) ORDER BY p.__crsql_key",
+                quote_ident(&col.name)
+            ))?
+            .query_map([&col.name], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for key in keys {
+            let v = version_of(inner)?;
+            inner
+                .conn
+                .prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO {clock} (key, col_name, col_version, db_version, seq, site_id) \
+                     VALUES (?1, ?2, 1, ?3, ?4, 0)"
+                ))?
+                .execute(params![key, col.name, v, ext.tx.take_seq()])?;
+        }
+    }
+    Ok(())
+}
+
+/// `crsql_as_crr([schema,] table)`.
+pub fn as_crr(ext: &Ext, table: &str) -> Result<()> {
+    check_name("crsql_as_crr", table)?;
+    let mut inner = ext.lock("crsql_as_crr")?;
+    let conn = ext.db.connection()?;
+    in_savepoint(&conn, "crsql_as_crr", || {
+        check_compatible(&inner.conn, table)?;
+        if schema::is_crr(&inner.conn, table)? {
+            return Ok(());
+        }
+        create_crr(ext, &mut inner, table)
+    })
+}
+
+/// `crsql_as_table(table)`: drop the CRR machinery, keep the data.
+pub fn as_table(ext: &Ext, table: &str) -> Result<()> {
+    check_name("crsql_as_table", table)?;
+    let mut inner = ext.lock("crsql_as_table")?;
+    let conn = ext.db.connection()?;
+    in_savepoint(&conn, "crsql_as_table", || {
+        let pks = schema::read_columns(&inner.conn, table)?
+            .map(|(p, _)| p)
+            .unwrap_or_default();
+        // Keep db_version from moving backwards once the clocks are gone.
+        let v = inner.db_version(&ext.tx)?;
+        if v > 0 {
+            inner.persist_version(v)?;
+        }
+        let mut sql = drop_triggers_sql(table, &pks);
+        sql.push_str(&format!(
+            "DROP TABLE IF EXISTS {};\nDROP TABLE IF EXISTS {};",
+            quote_ident(&format!("{table}{CLOCK_SUFFIX}")),
+            quote_ident(&format!("{table}{PKS_SUFFIX}"))
+        ));
+        inner.conn.execute_batch(&sql)?;
+        ext.invalidate_schema(&mut inner);
+        Ok(())
+    })
+}
+
+/// `crsql_begin_alter([schema,] table)`: open `SAVEPOINT alter_crr` and drop
+/// the CRR's triggers so that the alteration is not tracked.
+pub fn begin_alter(ext: &Ext, table: &str) -> Result<()> {
+    check_name("crsql_begin_alter", table)?;
+    let mut inner = ext.lock("crsql_begin_alter")?;
+    if !schema::is_crr(&inner.conn, table)? {
+        return Err(err!("crsql_begin_alter: {table} is not a CRR"));
+    }
+    let pks = schema::read_columns(&inner.conn, table)?
+        .map(|(p, _)| p)
+        .unwrap_or_default();
+    inner.conn.execute_batch("SAVEPOINT alter_crr")?;
+    if let Err(e) = inner.conn.execute_batch(&drop_triggers_sql(table, &pks)) {
+        let _ = inner.conn.execute_batch("ROLLBACK TO alter_crr; RELEASE alter_crr");
+        return Err(e.into());
+    }
+    ext.invalidate_schema(&mut inner);
+    Ok(())
+}
+
+/// `crsql_commit_alter([schema,] table)`: compact, re-create the CRR,
+/// backfill, and release `alter_crr` (§11.2). On failure everything it did is
+/// undone and the `alter_crr` savepoint stays open.
+pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
+    check_name("crsql_commit_alter", table)?;
+    let mut inner = ext.lock("crsql_commit_alter")?;
+    let conn = ext.db.connection()?;
+    conn.execute_batch("SAVEPOINT crsql_commit_alter")?;
+    let work = (|| -> Result<()> {
+        let cur = inner.db_version(&ext.tx)?;
+        let (pks, _) = schema::read_columns(&inner.conn, table)?
+            .ok_or_else(|| err!("crsql_commit_alter: no such table: {table}"))?;
+        let clock = quote_ident(&format!("{table}{CLOCK_SUFFIX}"));
+        let pkst = quote_ident(&format!("{table}{PKS_SUFFIX}"));
+        let idx_cols: Vec<String> = inner
+            .conn
+            .prepare("SELECT name FROM pragma_index_info(?1) WHERE name != 'col_name' ORDER BY seqno")?
+            .query_map([format!("{table}__crsql_pks_pks")], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut now: Vec<String> = pks.iter().map(|c| c.name.clone()).collect();
+        let mut before = idx_cols.clone();
+        now.sort();
+        before.sort();
+        if now != before {
+            inner
+                .conn
+                .execute_batch(&format!("DROP TABLE IF EXISTS {clock}; DROP TABLE IF EXISTS {pkst};"))?;
+        } else {
+            let base = quote_ident(table);
+            let join = pks
+                .iter()
+                .map(|c| format!("b.{q} = p.{q}", q = quote_ident(&c.name)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            inner.conn.execute(
+                &format!(
+                    "DELETE FROM {clock} WHERE col_name != '-1' AND col_name NOT IN \
+                     (SELECT name FROM pragma_table_info(?1))"
+                ),
+                [table],
+            )?;
+            inner.conn.execute_batch(&format!(
+                "DELETE FROM {clock} WHERE (col_name != '-1' OR col_version % 2 = 1) AND NOT EXISTS \
+                 (SELECT 1 FROM {pkst} AS p JOIN {base} AS b ON {join} WHERE p.__crsql_key = {clock}.key);
+                 DELETE FROM {pkst} WHERE NOT EXISTS (SELECT 1 FROM {clock} WHERE key = {pkst}.__crsql_key);"
+            ))?;
+        }
+        if cur > 0 {
+            inner.persist_version(cur)?;
+        }
+        create_crr(ext, &mut inner, table)?;
+        conn.execute_batch("RELEASE alter_crr").map_err(|e| {
+            err!("crsql_commit_alter: no crsql_begin_alter('{table}') is open on this connection ({e})")
+        })
+    })();
+    if let Err(e) = work {
+        let _ = conn.execute_batch("ROLLBACK TO crsql_commit_alter; RELEASE crsql_commit_alter");
+        ext.invalidate_schema(&mut inner);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Create the global tables and read or create the site id (§1, §2.1, §3.1,
+/// §14). Returns the site id and the stored `merge-equal-values` setting.
+pub fn bootstrap(conn: &Connection) -> Result<([u8; 16], bool)> {
+    let exists = |name: &str| -> Result<bool> {
+        Ok(conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    };
+    if !exists("crsql_tracked_peers")? {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS crsql_tracked_peers (\"site_id\" BLOB NOT NULL, \"version\" INTEGER NOT NULL, \
+             \"seq\" INTEGER DEFAULT 0, \"tag\" INTEGER, \"event\" INTEGER, PRIMARY KEY (\"site_id\", \"tag\", \"event\")) STRICT;",
+        )?;
+    }
+    if exists("crsql_master")? {
+        let recorded: i64 = conn
+            .query_row(
+                "SELECT value FROM crsql_master WHERE key = 'crsqlite_version' AND typeof(value) = 'integer'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        if recorded < 150000 {
+            return Err(err!(
+                "Opening a db created with cr-sqlite version {recorded} is not supported. Upcoming release 0.15.0 is a breaking change."
+            ));
+        }
+        if recorded < 160000 && exists("__crsql_siteid")? {
+            return Err(err!(
+                "crsql_stream: this database uses the cr-sqlite 0.15 layout (crsqlite_version {recorded}, table __crsql_siteid), \
+                 which cannot be read; export the data and re-create the CRRs"
+            ));
+        }
+        if recorded < CRSQLITE_LAYOUT_VERSION {
+            conn.execute(
+                "INSERT OR REPLACE INTO crsql_master (key, value) VALUES ('crsqlite_version', ?1)",
+                [CRSQLITE_LAYOUT_VERSION],
+            )?;
+        }
+    } else {
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS \"crsql_master\" (\"key\" TEXT PRIMARY KEY, \"value\" ANY);")?;
+        conn.execute(
+            "INSERT OR REPLACE INTO crsql_master (key, value) VALUES ('crsqlite_version', ?1)",
+            [CRSQLITE_LAYOUT_VERSION],
+        )?;
+    }
+    if !exists("crsql_site_id")? {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS \"crsql_site_id\" (site_id BLOB NOT NULL, ordinal INTEGER PRIMARY KEY);
+             CREATE UNIQUE INDEX IF NOT EXISTS crsql_site_id_site_id ON \"crsql_site_id\" (site_id);",
+        )?;
+    }
+    let stored: Option<Vec<u8>> = conn
+        .query_row("SELECT site_id FROM crsql_site_id WHERE ordinal = 0", [], |r| r.get(0))
+        .optional()?;
+    let site = match stored {
+        Some(b) => <[u8; 16]>::try_from(b.as_slice()).map_err(|_| {
+            err!(
+                "crsql_stream: crsql_site_id holds a local site id of {} bytes; it must be 16",
+                b.len()
+            )
+        })?,
+        None => {
+            let mut id: Vec<u8> = conn.query_row("SELECT randomblob(16)", [], |r| r.get(0))?;
+            id[6] = (id[6] & 0x0F) | 0x40;
+            id[8] = (id[8] & 0x3F) | 0x80;
+            conn.execute("INSERT INTO crsql_site_id (site_id, ordinal) VALUES (?1, 0)", [&id])?;
+            <[u8; 16]>::try_from(id.as_slice()).map_err(|_| err!("randomblob(16) returned a wrong size"))?
+        }
+    };
+    let mev: Option<rusqlite::types::Value> = conn
+        .query_row(
+            "SELECT value FROM crsql_master WHERE key = 'config.merge-equal-values'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let mev = match mev {
+        None | Some(rusqlite::types::Value::Null) => false,
+        Some(rusqlite::types::Value::Integer(i)) => i != 0,
+        Some(other) => {
+            return Err(err!(
+                "crsql_stream: crsql_master holds a non-integer config.merge-equal-values ({other:?}); \
+                 set it to 0 or 1 with UPDATE crsql_master SET value = 0 WHERE key = 'config.merge-equal-values'"
+            ))
+        }
+    };
+    Ok((site, mev))
+}

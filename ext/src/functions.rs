@@ -1,0 +1,232 @@
+//! The SQL functions. Each is a thin adapter: read arguments, call plain
+//! Rust, return a value. Registration is flat, in [`register`].
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crsql_stream_core::pack::pack_columns;
+use rusqlite::functions::{Context, FunctionFlags};
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::Connection;
+
+use crate::err;
+use crate::error::{guard, Error, Result};
+use crate::state::Ext;
+use crate::values::{to_core, type_name};
+use crate::{crr, local};
+
+type SqlFn = fn(&Ext, &Context<'_>) -> Result<Value>;
+
+const D: FunctionFlags = FunctionFlags::SQLITE_DETERMINISTIC;
+const I: FunctionFlags = FunctionFlags::SQLITE_INNOCUOUS;
+const DO: FunctionFlags = FunctionFlags::SQLITE_DIRECTONLY;
+const NONE: FunctionFlags = FunctionFlags::empty();
+
+/// Every SQL function of the extension: name, arity (-1 = variadic), flags,
+/// implementation.
+const FUNCTIONS: &[(&str, i32, FunctionFlags, SqlFn)] = &[
+    ("crsql_as_crr", -1, D, as_crr),
+    ("crsql_as_table", 1, NONE, as_table),
+    ("crsql_begin_alter", -1, DO, begin_alter),
+    ("crsql_commit_alter", -1, DO, commit_alter),
+    ("crsql_db_version", 0, I, db_version),
+    ("crsql_next_db_version", -1, I, next_db_version),
+    ("crsql_site_id", 0, I.union(D), site_id),
+    ("crsql_sha", 0, I.union(D), sha),
+    ("crsql_version", 0, I.union(D), version),
+    ("crsql_finalize", -1, DO, finalize),
+    ("crsql_rows_impacted", 0, I, rows_impacted),
+    ("crsql_config_set", 2, NONE, config_set),
+    ("crsql_config_get", 1, I.union(D), config_get),
+    ("crsql_pack_columns", -1, I.union(D), pack),
+    ("crsql_internal_sync_bit", -1, I, sync_bit),
+    ("crsql_get_seq", 0, I, get_seq),
+    ("crsql_increment_and_get_seq", 0, I, increment_and_get_seq),
+    ("crsql_after_insert", -1, I, after_insert),
+    ("crsql_after_update", -1, I, after_update),
+    ("crsql_after_delete", -1, I, after_delete),
+];
+
+/// Names of all registered functions (for the surface test and docs).
+pub fn names() -> impl Iterator<Item = &'static str> {
+    FUNCTIONS.iter().map(|f| f.0)
+}
+
+pub fn register(conn: &Connection, ext: &Arc<Ext>) -> rusqlite::Result<()> {
+    for &(name, n_arg, flags, f) in FUNCTIONS {
+        let ext = Arc::clone(ext);
+        conn.create_scalar_function(name, n_arg, flags | FunctionFlags::SQLITE_UTF8, move |ctx| {
+            guard(name, || f(&ext, ctx))
+        })?;
+    }
+    Ok(())
+}
+
+fn args<'a>(ctx: &'a Context<'_>) -> Vec<ValueRef<'a>> {
+    (0..ctx.len()).map(|i| ctx.get_raw(i)).collect()
+}
+
+fn text_arg<'a>(ctx: &'a Context<'_>, i: usize, func: &str, what: &str) -> Result<&'a str> {
+    match ctx.get_raw(i) {
+        ValueRef::Text(t) => std::str::from_utf8(t).map_err(|_| err!("{func}: {what} is not valid UTF-8")),
+        other => Err(err!("{func}: {what} must be TEXT, got {}", type_name(other))),
+    }
+}
+
+/// The table argument of `f([schema,] table)`; the schema is ignored.
+fn table_arg<'a>(ctx: &'a Context<'_>, func: &str) -> Result<&'a str> {
+    match ctx.len() {
+        1 | 2 => text_arg(ctx, ctx.len() - 1, func, "the table name"),
+        _ if func == "crsql_as_crr" => Err(err!(
+            "Wrong number of args provided to crsql_as_crr. Provide the schema name and table name or just the table name."
+        )),
+        n => Err(err!("{func}: expected (table) or (schema, table), got {n} arguments")),
+    }
+}
+
+fn as_crr(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    crr::as_crr(ext, table_arg(ctx, "crsql_as_crr")?)?;
+    Ok(Value::Text("OK".into()))
+}
+
+fn as_table(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    crr::as_table(ext, text_arg(ctx, 0, "crsql_as_table", "the table name")?)?;
+    Ok(Value::Null)
+}
+
+fn begin_alter(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    crr::begin_alter(ext, table_arg(ctx, "crsql_begin_alter")?)?;
+    Ok(Value::Text("OK".into()))
+}
+
+fn commit_alter(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    crr::commit_alter(ext, table_arg(ctx, "crsql_commit_alter")?)?;
+    Ok(Value::Null)
+}
+
+fn db_version(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+    let mut inner = ext.lock("crsql_db_version")?;
+    Ok(Value::Integer(inner.db_version(&ext.tx)?))
+}
+
+fn next_db_version(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    let floor = match ctx.len() {
+        0 => None,
+        1 => match ctx.get_raw(0) {
+            ValueRef::Integer(i) => Some(i),
+            ValueRef::Null => None,
+            other => return Err(err!("crsql_next_db_version: the floor must be an INTEGER, got {}", type_name(other))),
+        },
+        n => return Err(err!("crsql_next_db_version: expected 0 or 1 arguments, got {n}")),
+    };
+    let mut inner = ext.lock("crsql_next_db_version")?;
+    let v = inner.next_db_version(&ext.tx, floor)?;
+    // A version handed out to SQL must never be handed out again (§15 Q16).
+    inner.persist_version(v)?;
+    Ok(Value::Integer(v))
+}
+
+fn site_id(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+    Ok(Value::Blob(ext.site_id.to_vec()))
+}
+
+fn sha(_ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+    Ok(Value::Text(env!("CRSQL_STREAM_GIT_SHA").into()))
+}
+
+fn version(_ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+    Ok(Value::Text(env!("CARGO_PKG_VERSION").into()))
+}
+
+fn finalize(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+    let mut inner = ext.lock("crsql_finalize")?;
+    ext.finalize_statements(&mut inner);
+    Ok(Value::Text("finalized".into()))
+}
+
+fn rows_impacted(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+    Ok(Value::Integer(ext.rows_impacted.load(Relaxed)))
+}
+
+const MERGE_EQUAL_VALUES: &str = "merge-equal-values";
+
+fn setting_name<'a>(ctx: &'a Context<'_>, func: &str) -> Result<&'a str> {
+    let name = text_arg(ctx, 0, func, "the setting name")?;
+    if name != MERGE_EQUAL_VALUES {
+        return Err(err!("Unknown setting name"));
+    }
+    Ok(name)
+}
+
+fn config_set(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    let name = setting_name(ctx, "crsql_config_set")?;
+    let v = match ctx.get_raw(1) {
+        ValueRef::Integer(i @ (0 | 1)) => i,
+        other => {
+            return Err(err!(
+                "crsql_config_set: {name} must be the INTEGER 0 or 1, got {} {}",
+                type_name(other),
+                crate::values::display(other)
+            ))
+        }
+    };
+    let inner = ext.lock("crsql_config_set")?;
+    inner.conn.execute(
+        "INSERT OR REPLACE INTO crsql_master (key, value) VALUES (?1, ?2)",
+        rusqlite::params![format!("config.{name}"), v],
+    )?;
+    ext.merge_equal_values.store(v != 0, Relaxed);
+    Ok(Value::Integer(v))
+}
+
+fn config_get(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    setting_name(ctx, "crsql_config_get")?;
+    Ok(Value::Integer(ext.merge_equal_values.load(Relaxed) as i64))
+}
+
+fn pack(_ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    let a = args(ctx);
+    let packed = pack_columns(a.iter().map(|v| to_core(*v))).map_err(|source| Error::Pack {
+        context: "crsql_pack_columns".into(),
+        source,
+    })?;
+    Ok(Value::Blob(packed))
+}
+
+fn sync_bit(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    match ctx.len() {
+        0 => Ok(Value::Integer(ext.sync_bit.load(Relaxed))),
+        1 => {
+            let n = match ctx.get_raw(0) {
+                ValueRef::Integer(i) => i,
+                other => return Err(err!("crsql_internal_sync_bit: expected an INTEGER, got {}", type_name(other))),
+            };
+            ext.sync_bit.store(n, Relaxed);
+            Ok(Value::Integer(n))
+        }
+        n => Err(err!("crsql_internal_sync_bit: expected 0 or 1 arguments, got {n}")),
+    }
+}
+
+fn get_seq(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+    Ok(Value::Integer(ext.tx.seq.load(Relaxed)))
+}
+
+fn increment_and_get_seq(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+    Ok(Value::Integer(ext.tx.take_seq()))
+}
+
+fn after_insert(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    local::after_insert(ext, &args(ctx))?;
+    Ok(Value::Integer(0))
+}
+
+fn after_update(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    local::after_update(ext, &args(ctx))?;
+    Ok(Value::Integer(0))
+}
+
+fn after_delete(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    local::after_delete(ext, &args(ctx))?;
+    Ok(Value::Integer(0))
+}

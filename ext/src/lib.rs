@@ -1,0 +1,56 @@
+//! crsql_stream: a SQLite loadable extension that makes tables conflict-free
+//! replicated relations, compatible with cr-sqlite 0.16.
+//!
+//! All `unsafe` code is in [`sqlite`]; the rest of the crate denies it.
+#![deny(unsafe_code)]
+
+pub mod changes;
+pub mod crr;
+pub mod error;
+pub mod functions;
+pub mod local;
+pub mod merge;
+pub mod schema;
+pub mod sqlite;
+pub mod state;
+pub mod unpack;
+pub mod values;
+
+use rusqlite::Connection;
+
+use crate::error::{guard, Error};
+use crate::sqlite::DbHandle;
+use crate::state::Ext;
+
+/// Oldest SQLite we run on needs RETURNING (3.35); we test down to 3.40.
+const MIN_SQLITE: i32 = 3_035_000;
+
+/// Names of the virtual-table modules the extension registers.
+pub const MODULES: &[&str] = &["crsql_changes", "crsql_unpack_columns"];
+
+/// Register everything on a connection. Idempotent: loading the extension a
+/// second time on the same connection does nothing.
+pub fn init(conn: Connection) -> rusqlite::Result<bool> {
+    guard("crsql_stream: load", || {
+        let v = sqlite::libversion_number();
+        if v < MIN_SQLITE {
+            return Err(Error::Msg(format!(
+                "crsql_stream needs SQLite 3.35.0 or newer; this process runs SQLite {}.{}.{}",
+                v / 1_000_000,
+                v / 1000 % 1000,
+                v % 1000
+            )));
+        }
+        let db = DbHandle::of(&conn);
+        if Ext::existing(db).is_some() {
+            return Ok(false);
+        }
+        let (site_id, merge_equal_values) = crr::bootstrap(&conn)?;
+        let ext = Ext::new(db, site_id, merge_equal_values)?;
+        functions::register(&conn, &ext)?;
+        changes::register(&conn, &ext)?;
+        unpack::register(&conn)?;
+        changes::connect_now(db)?;
+        Ok(false)
+    })
+}

@@ -1,0 +1,151 @@
+//! What the CRR triggers record for local writes (spec §6).
+
+use rusqlite::params_from_iter;
+use rusqlite::types::ValueRef;
+use rusqlite::{params, OptionalExtension};
+
+use crate::err;
+use crate::error::Result;
+use crate::schema::TableInfo;
+use crate::state::{Ext, Inner};
+use crate::values::compare;
+
+/// Find the local key of a primary-key tuple, creating it when missing.
+/// Returns the key and whether it existed before. With `insert_first` the
+/// insert is tried first (cheaper for new rows).
+pub fn key_for(inner: &Inner, t: &TableInfo, pks: &[ValueRef<'_>], insert_first: bool) -> Result<(i64, bool)> {
+    let lookup = || -> Result<Option<i64>> {
+        Ok(inner
+            .conn
+            .prepare_cached(&t.sql.key_lookup)?
+            .query_row(params_from_iter(pks.iter().map(|v| crate::values::out(*v))), |r| r.get(0))
+            .optional()?)
+    };
+    if !insert_first {
+        if let Some(k) = lookup()? {
+            return Ok((k, true));
+        }
+    }
+    let inserted = inner
+        .conn
+        .prepare_cached(&t.sql.key_insert)?
+        .execute(params_from_iter(pks.iter().map(|v| crate::values::out(*v))))?;
+    if inserted == 1 {
+        return Ok((inner.conn.last_insert_rowid(), false));
+    }
+    let k = lookup()?.ok_or_else(|| err!("crsql_stream: could not create a key for a row of {}", t.name))?;
+    Ok((k, true))
+}
+
+/// Look up the CRR of a trigger helper call and check its argument count.
+fn trigger_table(
+    ext: &Ext,
+    inner: &mut Inner,
+    args: &[ValueRef<'_>],
+    per_pk: usize,
+    per_col: usize,
+) -> Result<std::sync::Arc<TableInfo>> {
+    let name = match args.first() {
+        None => return Err(err!("expected at least 1 argument")),
+        Some(ValueRef::Text(t)) => std::str::from_utf8(t).map_err(|_| err!("table name is not valid UTF-8"))?,
+        Some(_) => return Err(err!("expected the table name as TEXT in the first argument")),
+    };
+    inner.refresh_tables(&ext.tx, false)?;
+    let t = inner.table(name).ok_or_else(|| err!("table {name} not found"))?;
+    let expected = per_pk * t.pks.len() + per_col * t.cols.len();
+    if args.len() - 1 != expected {
+        return Err(err!("expected {} values, got {}", expected, args.len() - 1));
+    }
+    Ok(t)
+}
+
+/// `crsql_after_insert(tbl, pk...)` (§6.1).
+pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
+    let mut inner = ext.lock("crsql_after_insert")?;
+    let t = trigger_table(ext, &mut inner, args, 1, 0)?;
+    let v = inner.next_db_version(&ext.tx, None)?;
+    let pks = &args[1..];
+    let (key, existed) = key_for(&inner, &t, pks, true)?;
+    let conn = &inner.conn;
+    if t.cols.is_empty() {
+        conn.prepare_cached(&t.sql.sentinel_insert)?
+            .execute(params![key, v, ext.tx.take_seq()])?;
+        return Ok(());
+    }
+    if existed {
+        // A seq is consumed even when there is no sentinel to bump (§6.1).
+        conn.prepare_cached(&t.sql.sentinel_bump)?
+            .execute(params![key, v, ext.tx.take_seq()])?;
+    }
+    let first = ext.tx.take_seqs(t.cols.len() as i64);
+    conn.prepare_cached(&t.sql.clock_insert_all)?
+        .execute(params![key, v, first])?;
+    Ok(())
+}
+
+/// `crsql_after_update(tbl, newpk..., oldpk..., newcol..., oldcol...)` (§6.2).
+///
+/// Unlike cr-sqlite (§15 Q4), cells moved by a primary-key change are
+/// re-stamped with this transaction's version, fresh seqs and the local site,
+/// so peers that sync by version receive them.
+pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
+    let mut inner = ext.lock("crsql_after_update")?;
+    let t = trigger_table(ext, &mut inner, args, 2, 2)?;
+    let v = inner.next_db_version(&ext.tx, None)?;
+    let (np, nc) = (t.pks.len(), t.cols.len());
+    let new_pks = &args[1..1 + np];
+    let old_pks = &args[1 + np..1 + 2 * np];
+    let new_cols = &args[1 + 2 * np..1 + 2 * np + nc];
+    let old_cols = &args[1 + 2 * np + nc..];
+    let pk_changed = new_pks
+        .iter()
+        .zip(old_pks)
+        .any(|(a, b)| compare(*a, *b).is_ne());
+    let (new_key, _) = key_for(&inner, &t, new_pks, false)?;
+    let conn = &inner.conn;
+    let mut wrote = false;
+    if pk_changed {
+        let (old_key, _) = key_for(&inner, &t, old_pks, false)?;
+        conn.prepare_cached(&t.sql.sentinel_delete)?
+            .execute(params![old_key, v, ext.tx.take_seq()])?;
+        let names: Vec<String> = conn
+            .prepare_cached(&t.sql.cell_names)?
+            .query_map([old_key], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for name in &names {
+            conn.prepare_cached(&t.sql.clock_move_cell)?
+                .execute(params![old_key, new_key, name, v, ext.tx.take_seq()])?;
+            conn.prepare_cached(&t.sql.clock_delete_cell)?
+                .execute(params![old_key, name])?;
+        }
+        conn.prepare_cached(&t.sql.sentinel_insert)?
+            .execute(params![new_key, v, ext.tx.take_seq()])?;
+        wrote = true;
+    }
+    for (i, col) in t.cols.iter().enumerate() {
+        if compare(new_cols[i], old_cols[i]).is_ne() {
+            conn.prepare_cached(&t.sql.clock_upsert_cell)?
+                .execute(params![new_key, col.name, v, ext.tx.take_seq()])?;
+            wrote = true;
+        }
+    }
+    if !wrote {
+        // An update that changes nothing still uses up a version, as in
+        // cr-sqlite; persist it so it is never handed out again (§15 Q16).
+        inner.persist_version(v)?;
+    }
+    Ok(())
+}
+
+/// `crsql_after_delete(tbl, oldpk...)` (§6.3).
+pub fn after_delete(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
+    let mut inner = ext.lock("crsql_after_delete")?;
+    let t = trigger_table(ext, &mut inner, args, 1, 0)?;
+    let v = inner.next_db_version(&ext.tx, None)?;
+    let (key, _) = key_for(&inner, &t, &args[1..], false)?;
+    let conn = &inner.conn;
+    conn.prepare_cached(&t.sql.sentinel_delete)?
+        .execute(params![key, v, ext.tx.take_seq()])?;
+    conn.prepare_cached(&t.sql.clock_delete_cells)?.execute([key])?;
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! Merging one change row into the database: `INSERT INTO crsql_changes` (§8).
+//!
+//! Every input is validated before the first write, so a bad change is an
+//! error that names the problem and changes nothing. Unlike cr-sqlite, a
+//! merged change takes a fresh local seq (§15 Q17), so `(db_version, seq)`
+//! positions stay unique, and deletes and sentinels store the change's `cl`
+//! (§15 Q13).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crsql_stream_core::merge::{cell_wins, decide_row, RowDecision, SENTINEL};
+use crsql_stream_core::pack::unpack_columns_ref;
+use rusqlite::types::ValueRef;
+use rusqlite::{params, params_from_iter, OptionalExtension};
+
+use crate::err;
+use crate::error::{Error, Result};
+use crate::local::key_for;
+use crate::schema::{TableInfo, MAX_NAME_LEN};
+use crate::state::{Ext, Inner};
+use crate::values::{compare, to_sql, type_name};
+
+/// One change row, as the nine columns of `crsql_changes`.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    pub table: &'a str,
+    pub pk: &'a [u8],
+    pub cid: &'a str,
+    pub val: ValueRef<'a>,
+    pub col_version: i64,
+    pub db_version: i64,
+    pub site_id: &'a [u8],
+    pub cl: i64,
+    pub seq: i64,
+}
+
+fn text_arg<'a>(v: ValueRef<'a>, what: &str, too_long: &str) -> Result<&'a str> {
+    let bytes = match v {
+        ValueRef::Text(t) => t,
+        ValueRef::Null => return Err(err!("crsql_changes: {what} must not be NULL")),
+        other => return Err(err!("crsql_changes: {what} must be TEXT, got {}", type_name(other))),
+    };
+    if bytes.len() > MAX_NAME_LEN {
+        return Err(err!("{too_long}"));
+    }
+    std::str::from_utf8(bytes).map_err(|_| err!("crsql_changes: {what} is not valid UTF-8"))
+}
+
+fn int_arg(v: ValueRef<'_>, what: &str) -> Result<i64> {
+    match v {
+        ValueRef::Integer(i) => Ok(i),
+        ValueRef::Null => Ok(0),
+        other => Err(err!("crsql_changes: {what} must be an INTEGER, got {}", type_name(other))),
+    }
+}
+
+impl<'a> Change<'a> {
+    /// Read the nine INSERT values in `crsql_changes` column order.
+    pub fn from_values(v: &[ValueRef<'a>]) -> Result<Change<'a>> {
+        if v.len() != 9 {
+            return Err(err!("crsql_changes: expected 9 values, got {}", v.len()));
+        }
+        let table = text_arg(v[0], "table", "crsql - table name exceeded max length")?;
+        let pk = match v[1] {
+            ValueRef::Blob(b) => b,
+            ValueRef::Null => return Err(err!("crsql_changes: pk must not be NULL (table {table})")),
+            other => {
+                return Err(err!(
+                    "crsql_changes: pk must be a packed BLOB, got {} (table {table})",
+                    type_name(other)
+                ))
+            }
+        };
+        let cid = text_arg(v[2], "cid", "crsql - column name exceeded max length")?;
+        let site_id = match v[6] {
+            ValueRef::Blob(b) if b.len() > 16 => return Err(err!("crsql - site id exceeded max length")),
+            ValueRef::Blob(b) => b,
+            ValueRef::Null => &[],
+            other => return Err(err!("crsql_changes: site_id must be a BLOB, got {}", type_name(other))),
+        };
+        Ok(Change {
+            table,
+            pk,
+            cid,
+            val: v[3],
+            col_version: int_arg(v[4], "col_version")?,
+            db_version: int_arg(v[5], "db_version")?,
+            site_id,
+            cl: int_arg(v[7], "cl")?,
+            seq: int_arg(v[8], "seq")?,
+        })
+    }
+}
+
+/// Merge one change. Returns the number of "impacted" operations (§7.7).
+pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64> {
+    inner.refresh_tables(&ext.tx, false)?;
+    let t = inner
+        .table(c.table)
+        .ok_or_else(|| err!("crsql - could not find the schema information for table {}", c.table))?;
+    let pks = unpack_columns_ref(c.pk).map_err(|source| Error::Pack {
+        context: format!("crsql_changes: invalid pk for table {}", c.table),
+        source,
+    })?;
+    if pks.len() != t.pks.len() {
+        return Err(err!(
+            "crsql_changes: pk for table {} has {} values, the table has {} primary key columns",
+            c.table,
+            pks.len(),
+            t.pks.len()
+        ));
+    }
+    let pks: Vec<ValueRef<'_>> = pks.into_iter().map(to_sql).collect();
+    let is_sentinel = c.cid == SENTINEL;
+    let col = if is_sentinel {
+        None
+    } else {
+        Some(t.col_index(c.cid).ok_or_else(|| {
+            let kind = if t.pks.iter().any(|p| p.name == c.cid) {
+                "is a primary key column, which is not a valid cid"
+            } else {
+                "is not a column"
+            };
+            err!("crsql_changes: {} {kind} of table {}", c.cid, c.table)
+        })?)
+    };
+    if c.cl < 1 {
+        return Err(err!(
+            "crsql_changes: cl must be a causal length of at least 1, got {} (table {}, cid {})",
+            c.cl,
+            c.table,
+            c.cid
+        ));
+    }
+
+    let existing_key: Option<i64> = inner
+        .conn
+        .prepare_cached(&t.sql.key_lookup)?
+        .query_row(params_from_iter(pks.iter().map(|v| crate::values::out(*v))), |r| r.get(0))
+        .optional()?;
+    let local_cl = match existing_key {
+        Some(k) => inner
+            .conn
+            .prepare_cached(&t.sql.local_cl)?
+            .query_row([k], |r| r.get::<_, i64>(0))?,
+        None => 0,
+    };
+    let mut m = Merger { ext, inner, t: &t, c, pks: &pks };
+    match decide_row(local_cl, is_sentinel, c.cl) {
+        RowDecision::Ignore => Ok(0),
+        RowDecision::Delete { cl } => {
+            let key = m.key(existing_key)?;
+            m.base_write(&t.sql.base_delete, None)?;
+            m.write_clock(key, SENTINEL, cl)?;
+            m.inner.conn.prepare_cached(&t.sql.clock_delete_cells)?.execute([key])?;
+            Ok(1)
+        }
+        RowDecision::Sentinel { cl } => {
+            let key = m.key(existing_key)?;
+            m.apply_sentinel(key, cl)?;
+            Ok(1)
+        }
+        RowDecision::Cell { sentinel_cl, unconditional } => {
+            let col = col.unwrap_or_default();
+            let key = m.key(existing_key)?;
+            let mut impacted = 0;
+            if let Some(cl) = sentinel_cl {
+                m.apply_sentinel(key, cl)?;
+                impacted += 1;
+            }
+            if !unconditional && !m.cell_wins(key, col)? {
+                return Ok(impacted);
+            }
+            m.base_write(&t.sql.base_upsert[col], Some(c.val))?;
+            m.write_clock(key, c.cid, c.col_version)?;
+            Ok(impacted + 1)
+        }
+    }
+}
+
+struct Merger<'m, 'c> {
+    ext: &'m Ext,
+    inner: &'m mut Inner,
+    t: &'m TableInfo,
+    c: &'m Change<'c>,
+    pks: &'m [ValueRef<'c>],
+}
+
+impl Merger<'_, '_> {
+    fn key(&self, existing: Option<i64>) -> Result<i64> {
+        match existing {
+            Some(k) => Ok(k),
+            None => Ok(key_for(self.inner, self.t, self.pks, true)?.0),
+        }
+    }
+
+    /// Run a base-table statement (bound to the pk values, then `extra`)
+    /// with the sync bit set, so the CRR triggers skip it.
+    fn base_write(&self, sql: &str, extra: Option<ValueRef<'_>>) -> Result<()> {
+        let prev = self.ext.sync_bit.swap(1, Relaxed);
+        let r = (|| -> Result<()> {
+            let mut stmt = self.inner.conn.prepare_cached(sql)?;
+            let vals = self.pks.iter().copied().chain(extra);
+            stmt.execute(params_from_iter(vals.map(crate::values::out)))?;
+            Ok(())
+        })();
+        self.ext.sync_bit.store(prev, Relaxed);
+        r
+    }
+
+    /// `INSERT OR REPLACE` the clock of `cid` with the change's site, a local
+    /// version no lower than the change's, and a fresh local seq.
+    fn write_clock(&mut self, key: i64, cid: &str, col_version: i64) -> Result<()> {
+        let v = self.inner.next_db_version(&self.ext.tx, Some(self.c.db_version))?;
+        let ordinal = self
+            .inner
+            .site_ordinal(&self.ext.site_id, self.c.site_id, true)?
+            .unwrap_or(0);
+        self.inner.conn.prepare_cached(&self.t.sql.clock_write)?.execute(params![
+            key,
+            cid,
+            col_version,
+            v,
+            self.ext.tx.take_seq(),
+            ordinal
+        ])?;
+        Ok(())
+    }
+
+    /// Create or resurrect the row: insert its primary key if missing, zero
+    /// the clocks of surviving cells, then store the sentinel (§8.1).
+    fn apply_sentinel(&mut self, key: i64, cl: i64) -> Result<()> {
+        self.base_write(&self.t.sql.base_insert_pks, None)?;
+        let v = self.inner.next_db_version(&self.ext.tx, Some(self.c.db_version))?;
+        let names: Vec<String> = self
+            .inner
+            .conn
+            .prepare_cached(&self.t.sql.cell_names)?
+            .query_map([key], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for name in &names {
+            self.inner
+                .conn
+                .prepare_cached(&self.t.sql.clock_zero_cell)?
+                .execute(params![key, name, v, self.ext.tx.take_seq()])?;
+        }
+        self.write_clock(key, SENTINEL, cl)
+    }
+
+    /// Per-cell resolution at equal causal length (§8.2).
+    fn cell_wins(&self, key: i64, col: usize) -> Result<bool> {
+        let conn = &self.inner.conn;
+        let local: Option<(i64, i64)> = conn
+            .prepare_cached(&self.t.sql.cell_clock)?
+            .query_row(params![key, self.c.cid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((local_version, local_ordinal)) = local else {
+            return Ok(true);
+        };
+        if self.c.col_version != local_version {
+            return Ok(self.c.col_version > local_version);
+        }
+        let mut stmt = conn.prepare_cached(&self.t.sql.base_value[col])?;
+        let mut rows = stmt.query(params_from_iter(self.pks.iter().map(|v| crate::values::out(*v))))?;
+        let row = rows
+            .next()?
+            .ok_or_else(|| err!("could not find row to merge with for tbl {}", self.t.name))?;
+        let local_value = row.get_ref(0)?;
+        let mev = self.ext.merge_equal_values.load(Relaxed);
+        let site_cmp = || -> Result<std::cmp::Ordering> {
+            let local_site = self
+                .inner
+                .site_of_ordinal(&self.ext.site_id, local_ordinal)?
+                .ok_or_else(|| {
+                    err!(
+                        "could not find site_id for previous change, cr-sqlite clock table might be corrupt for tbl {}",
+                        self.t.name
+                    )
+                })?;
+            Ok(self.c.site_id.cmp(local_site.as_slice()))
+        };
+        let value_cmp = compare(self.c.val, local_value);
+        let site_order = if value_cmp.is_eq() && mev { Some(site_cmp()?) } else { None };
+        Ok(cell_wins(
+            Some(local_version),
+            self.c.col_version,
+            || value_cmp,
+            || site_order.unwrap_or(std::cmp::Ordering::Equal),
+            mev,
+        ))
+    }
+}

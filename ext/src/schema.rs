@@ -1,0 +1,306 @@
+//! CRR discovery, table metadata and the SQL text generated for each CRR.
+//!
+//! Every identifier goes through [`quote_ident`] and every string literal
+//! through [`quote_str`], so hostile names cannot change the SQL (§15 Q10).
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::err;
+use crate::error::Result;
+
+pub const CLOCK_SUFFIX: &str = "__crsql_clock";
+pub const PKS_SUFFIX: &str = "__crsql_pks";
+/// Longest table or column name the extension accepts (cr-sqlite's limit).
+pub const MAX_NAME_LEN: usize = 2048;
+
+/// `"name"` with embedded double quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'` with embedded single quotes doubled.
+pub fn quote_str(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// One column of a CRR.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub notnull: bool,
+    /// The declared default as SQL text, as `pragma_table_info` reports it.
+    pub dflt: Option<String>,
+}
+
+/// The metadata of one CRR and the statements used on it.
+#[derive(Debug)]
+pub struct TableInfo {
+    pub name: String,
+    /// Primary-key columns in PRIMARY KEY order.
+    pub pks: Vec<Column>,
+    /// Other columns in declaration order.
+    pub cols: Vec<Column>,
+    pub sql: TableSql,
+}
+
+impl TableInfo {
+    /// Index of a non-PK column by exact name.
+    pub fn col_index(&self, name: &str) -> Option<usize> {
+        self.cols.iter().position(|c| c.name == name)
+    }
+}
+
+/// SQL text for every statement run against one CRR. Built once per schema
+/// version and run through the connection's prepared-statement cache.
+#[derive(Debug, Default)]
+pub struct TableSql {
+    pub key_lookup: String,
+    pub key_insert: String,
+    pub local_cl: String,
+    pub cell_clock: String,
+    pub cell_names: String,
+    pub clock_upsert_cell: String,
+    pub clock_insert_all: String,
+    pub sentinel_bump: String,
+    pub sentinel_insert: String,
+    pub sentinel_delete: String,
+    pub clock_delete_cells: String,
+    pub clock_move_cell: String,
+    pub clock_delete_cell: String,
+    pub clock_write: String,
+    pub clock_zero_cell: String,
+    pub base_delete: String,
+    pub base_insert_pks: String,
+    pub base_exists: String,
+    pub base_value: Vec<String>,
+    pub base_upsert: Vec<String>,
+    pub changes_select: String,
+}
+
+/// Read one table's columns; None when the table does not exist.
+pub fn read_columns(conn: &Connection, table: &str) -> Result<Option<(Vec<Column>, Vec<Column>)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, pk, \"notnull\", dflt_value FROM pragma_table_info(?1) ORDER BY cid",
+    )?;
+    let mut rows = stmt.query([table])?;
+    let mut pks: Vec<(i64, Column)> = Vec::new();
+    let mut cols = Vec::new();
+    let mut any = false;
+    while let Some(row) = rows.next()? {
+        any = true;
+        let col = Column {
+            name: row.get(0)?,
+            notnull: row.get::<_, i64>(2)? != 0,
+            dflt: row.get(3)?,
+        };
+        let pk: i64 = row.get(1)?;
+        if pk > 0 {
+            pks.push((pk, col));
+        } else {
+            cols.push(col);
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    pks.sort_by_key(|(k, _)| *k);
+    Ok(Some((pks.into_iter().map(|(_, c)| c).collect(), cols)))
+}
+
+/// Names of every CRR in the main schema, ordered by name. A CRR is a table
+/// `T` with both `T__crsql_clock` and `T__crsql_pks`; names are matched
+/// exactly (not with LIKE, §15 Q12), and clock tables left behind by a
+/// dropped base table are skipped.
+pub fn list_crrs(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT substr(c.name, 1, length(c.name) - 13) AS crr FROM sqlite_master AS c \
+         WHERE c.type = 'table' AND substr(c.name, -13) = '__crsql_clock' \
+           AND EXISTS (SELECT 1 FROM sqlite_master AS b WHERE b.type = 'table' \
+                       AND b.name = substr(c.name, 1, length(c.name) - 13)) \
+           AND EXISTS (SELECT 1 FROM sqlite_master AS p WHERE p.type = 'table' \
+                       AND p.name = substr(c.name, 1, length(c.name) - 13) || '__crsql_pks') \
+         ORDER BY crr",
+    )?;
+    let names = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(names)
+}
+
+/// Whether `table` is a CRR in cr-sqlite's sense: its insert trigger exists.
+pub fn is_crr(conn: &Connection, table: &str) -> Result<bool> {
+    let trig = format!("{table}__crsql_itrig");
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?1")?
+        .query_row([trig], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Load the metadata of CRR `name`.
+pub fn load_table(conn: &Connection, name: &str) -> Result<TableInfo> {
+    let (pks, cols) = read_columns(conn, name)?
+        .ok_or_else(|| err!("crsql_stream: CRR {name} has a clock table but no base table"))?;
+    if pks.is_empty() {
+        return Err(err!(
+            "crsql_stream: CRR {name} has no primary key columns; its clock table is unusable"
+        ));
+    }
+    let sql = build_sql(name, &pks, &cols);
+    Ok(TableInfo {
+        name: name.to_string(),
+        pks,
+        cols,
+        sql,
+    })
+}
+
+fn pk_where(pks: &[Column], alias: &str, first_param: usize) -> String {
+    pks.iter()
+        .enumerate()
+        .map(|(i, c)| format!("{alias}{} = ?{}", quote_ident(&c.name), first_param + i))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn params(n: usize, first: usize) -> String {
+    (first..first + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+}
+
+fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
+    let base = quote_ident(name);
+    let clock = quote_ident(&format!("{name}{CLOCK_SUFFIX}"));
+    let pkst = quote_ident(&format!("{name}{PKS_SUFFIX}"));
+    let pk_list = pks.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+    let npk = pks.len();
+    let clock_cols = "key, col_name, col_version, db_version, seq, site_id";
+
+    let clock_insert_all = if cols.is_empty() {
+        String::new()
+    } else {
+        let rows = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("(?1, {}, 1, ?2, ?3 + {i}, 0)", quote_str(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "INSERT INTO {clock} ({clock_cols}) VALUES {rows} ON CONFLICT (key, col_name) DO UPDATE SET \
+             col_version = col_version + 1, db_version = excluded.db_version, seq = excluded.seq, site_id = 0"
+        )
+    };
+    let bump_cl = "CASE col_version % 2 WHEN 0 THEN col_version + 1 ELSE col_version + 2 END";
+    let base_value = cols
+        .iter()
+        .map(|c| {
+            format!(
+                "SELECT {} FROM {base} WHERE {}",
+                quote_ident(&c.name),
+                pk_where(pks, "", 1)
+            )
+        })
+        .collect();
+    let base_upsert = cols
+        .iter()
+        .map(|c| {
+            let q = quote_ident(&c.name);
+            format!(
+                "INSERT INTO {base} ({pk_list}, {q}) VALUES ({}) ON CONFLICT ({pk_list}) DO UPDATE SET {q} = excluded.{q}",
+                params(npk + 1, 1)
+            )
+        })
+        .collect();
+    let val_expr = if cols.is_empty() {
+        "NULL".to_string()
+    } else {
+        let whens = cols
+            .iter()
+            .map(|c| format!("WHEN {} THEN b.{}", quote_str(&c.name), quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("CASE c.col_name {whens} END")
+    };
+    let p_cols = pks
+        .iter()
+        .map(|c| format!("p.{}", quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let join_base = pks
+        .iter()
+        .map(|c| format!("b.{q} = p.{q}", q = quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+
+    TableSql {
+        key_lookup: format!("SELECT __crsql_key FROM {pkst} WHERE {}", pk_where(pks, "", 1)),
+        key_insert: format!(
+            "INSERT INTO {pkst} ({pk_list}) VALUES ({}) ON CONFLICT DO NOTHING",
+            params(npk, 1)
+        ),
+        local_cl: format!(
+            "SELECT COALESCE((SELECT col_version FROM {clock} WHERE key = ?1 AND col_name = '-1'), \
+             (SELECT 1 FROM {clock} WHERE key = ?1 LIMIT 1), 0)"
+        ),
+        cell_clock: format!(
+            "SELECT col_version, site_id FROM {clock} WHERE key = ?1 AND col_name = ?2"
+        ),
+        cell_names: format!(
+            "SELECT col_name FROM {clock} WHERE key = ?1 AND col_name != '-1' ORDER BY col_name"
+        ),
+        clock_upsert_cell: format!(
+            "INSERT INTO {clock} ({clock_cols}) VALUES (?1, ?2, 1, ?3, ?4, 0) ON CONFLICT (key, col_name) DO UPDATE SET \
+             col_version = col_version + 1, db_version = excluded.db_version, seq = excluded.seq, site_id = 0"
+        ),
+        clock_insert_all,
+        sentinel_bump: format!(
+            "UPDATE {clock} SET col_version = {bump_cl}, db_version = ?2, seq = ?3, site_id = 0 \
+             WHERE key = ?1 AND col_name = '-1'"
+        ),
+        sentinel_insert: format!(
+            "INSERT INTO {clock} ({clock_cols}) VALUES (?1, '-1', 1, ?2, ?3, 0) ON CONFLICT (key, col_name) DO UPDATE SET \
+             col_version = {bump_cl}, db_version = excluded.db_version, seq = excluded.seq, site_id = 0"
+        ),
+        sentinel_delete: format!(
+            "INSERT INTO {clock} ({clock_cols}) VALUES (?1, '-1', 2, ?2, ?3, 0) ON CONFLICT (key, col_name) DO UPDATE SET \
+             col_version = col_version + 1, db_version = excluded.db_version, seq = excluded.seq, site_id = 0"
+        ),
+        clock_delete_cells: format!("DELETE FROM {clock} WHERE key = ?1 AND col_name != '-1'"),
+        clock_move_cell: format!(
+            "INSERT OR REPLACE INTO {clock} ({clock_cols}) SELECT ?2, col_name, col_version, ?4, ?5, 0 \
+             FROM {clock} WHERE key = ?1 AND col_name = ?3"
+        ),
+        clock_delete_cell: format!("DELETE FROM {clock} WHERE key = ?1 AND col_name = ?2"),
+        clock_write: format!(
+            "INSERT OR REPLACE INTO {clock} ({clock_cols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+        ),
+        clock_zero_cell: format!(
+            "UPDATE {clock} SET col_version = 0, db_version = ?3, seq = ?4 WHERE key = ?1 AND col_name = ?2"
+        ),
+        base_delete: format!("DELETE FROM {base} WHERE {}", pk_where(pks, "", 1)),
+        base_insert_pks: format!(
+            "INSERT OR IGNORE INTO {base} ({pk_list}) VALUES ({})",
+            params(npk, 1)
+        ),
+        base_exists: format!("SELECT 1 FROM {base} WHERE {}", pk_where(pks, "", 1)),
+        base_value,
+        base_upsert,
+        changes_select: format!(
+            "SELECT c.col_name, c.col_version, c.db_version, c.site_id, c.seq, \
+             COALESCE(s.col_version, 1), {val_expr}, {p_cols} \
+             FROM {clock} AS c CROSS JOIN {pkst} AS p ON p.__crsql_key = c.key \
+             LEFT JOIN {clock} AS s ON s.key = c.key AND s.col_name = '-1' \
+             LEFT JOIN {base} AS b ON {join_base}"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_and_strings_are_quoted_with_doubling() {
+        assert_eq!(quote_ident("my \"tbl\""), "\"my \"\"tbl\"\"\"");
+        assert_eq!(quote_str("it's"), "'it''s'");
+    }
+}

@@ -1,0 +1,229 @@
+//! Safe virtual-table traits and the one generic shim that implements
+//! rusqlite's `unsafe` vtab traits for them. The shim also catches every
+//! panic, which rusqlite's vtab trampolines do not.
+
+use std::ffi::c_int;
+use std::marker::PhantomData;
+
+use rusqlite::vtab::{
+    sqlite3_vtab, sqlite3_vtab_cursor, update_module_with_tx, Context, CreateVTab, Filters, IndexInfo, Inserts,
+    TransactionVTab, UpdateVTab, Updates, VTab, VTabConnection, VTabCursor, VTabKind,
+};
+use rusqlite::types::ValueRef;
+use rusqlite::Connection;
+
+use crate::error::{guard, Error, Result};
+
+/// A virtual table written in safe Rust.
+pub trait Table: Sized + 'static {
+    type Aux: Send + Sync + 'static;
+    type Cursor: TableCursor;
+    /// Module name, used in error messages.
+    const NAME: &'static str;
+    const KIND: VTabKind;
+
+    /// Connect (and, for non-eponymous tables, create). Returns the CREATE
+    /// TABLE statement that declares the columns.
+    fn connect(
+        db: &mut VTabConnection,
+        aux: Option<&Self::Aux>,
+        create: bool,
+        table_name: &str,
+        args: &[&str],
+    ) -> Result<(String, Self)>;
+    fn best_index(&self, info: &mut IndexInfo) -> Result<()>;
+    fn open(&mut self) -> Result<Self::Cursor>;
+    /// DROP TABLE of a non-eponymous table.
+    fn destroy(&self) -> Result<()> {
+        Ok(())
+    }
+    /// INSERT; `args[0]` is the first declared column.
+    fn insert(&mut self, _args: &[ValueRef<'_>]) -> Result<i64> {
+        Err(Error::Misuse(format!("{}: INSERT is not supported", Self::NAME)))
+    }
+    fn delete(&mut self) -> Result<()> {
+        Err(Error::Misuse(format!("{}: DELETE is not supported", Self::NAME)))
+    }
+    fn update(&mut self) -> Result<()> {
+        Err(Error::Misuse(format!("{}: UPDATE is not supported", Self::NAME)))
+    }
+    fn begin(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn commit(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn rollback(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Called from xDisconnect (also when the connection closes).
+    fn disconnect(&mut self) {}
+}
+
+/// A cursor over a [`Table`].
+pub trait TableCursor: Sized + 'static {
+    fn filter(&mut self, idx_num: c_int, idx_str: Option<&str>, args: &[ValueRef<'_>]) -> Result<()>;
+    fn next(&mut self) -> Result<()>;
+    fn eof(&self) -> bool;
+    fn column(&self, ctx: &mut Context, col: c_int) -> Result<()>;
+    fn rowid(&self) -> Result<i64>;
+}
+
+/// `sqlite3_vtab` header followed by the safe table.
+#[repr(C)]
+pub struct VTabShim<T: Table> {
+    base: sqlite3_vtab,
+    table: T,
+}
+
+/// `sqlite3_vtab_cursor` header followed by the safe cursor.
+#[repr(C)]
+pub struct CursorShim<T: Table> {
+    base: sqlite3_vtab_cursor,
+    cursor: T::Cursor,
+    _t: PhantomData<T>,
+}
+
+fn utf8<'a>(what: &str, b: &'a [u8]) -> Result<&'a str> {
+    std::str::from_utf8(b).map_err(|_| Error::Msg(format!("{what} is not valid UTF-8")))
+}
+
+fn connect_shim<T: Table>(
+    db: &mut VTabConnection,
+    aux: Option<&T::Aux>,
+    create: bool,
+    args: &[&[u8]],
+) -> rusqlite::Result<(String, VTabShim<T>)> {
+    guard(T::NAME, || {
+        let name = utf8("table name", args.get(2).copied().unwrap_or_default())?;
+        // args[0..3] are module, database and table names.
+        let user_args = args
+            .iter()
+            .skip(3)
+            .map(|a| utf8("argument", a))
+            .collect::<Result<Vec<_>>>()?;
+        let (schema, table) = T::connect(db, aux, create, name, &user_args)?;
+        Ok((
+            schema,
+            VTabShim {
+                base: sqlite3_vtab::default(),
+                table,
+            },
+        ))
+    })
+}
+
+// SAFETY: VTabShim is #[repr(C)] with sqlite3_vtab as its first field, as
+// rusqlite requires.
+unsafe impl<'vtab, T: Table> VTab<'vtab> for VTabShim<T> {
+    type Aux = T::Aux;
+    type Cursor = CursorShim<T>;
+
+    fn connect(
+        db: &mut VTabConnection,
+        aux: Option<&Self::Aux>,
+        args: &[&[u8]],
+    ) -> rusqlite::Result<(String, Self)> {
+        connect_shim(db, aux, false, args)
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<()> {
+        guard(T::NAME, || self.table.best_index(info))
+    }
+
+    fn open(&'vtab mut self) -> rusqlite::Result<Self::Cursor> {
+        let cursor = guard(T::NAME, || self.table.open())?;
+        Ok(CursorShim {
+            base: sqlite3_vtab_cursor::default(),
+            cursor,
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<T: Table> Drop for VTabShim<T> {
+    fn drop(&mut self) {
+        let table = &mut self.table;
+        let _ = guard(T::NAME, || {
+            table.disconnect();
+            Ok(())
+        });
+    }
+}
+
+impl<'vtab, T: Table> CreateVTab<'vtab> for VTabShim<T> {
+    const KIND: VTabKind = T::KIND;
+
+    fn create(
+        db: &mut VTabConnection,
+        aux: Option<&Self::Aux>,
+        args: &[&[u8]],
+    ) -> rusqlite::Result<(String, Self)> {
+        connect_shim(db, aux, true, args)
+    }
+
+    fn destroy(&self) -> rusqlite::Result<()> {
+        guard(T::NAME, || self.table.destroy())
+    }
+}
+
+impl<'vtab, T: Table> UpdateVTab<'vtab> for VTabShim<T> {
+    fn delete(&mut self, _arg: ValueRef<'_>) -> rusqlite::Result<()> {
+        guard(T::NAME, || self.table.delete())
+    }
+
+    fn insert(&mut self, args: &Inserts<'_>) -> rusqlite::Result<i64> {
+        guard(T::NAME, || {
+            let values: Vec<ValueRef<'_>> = args.iter().skip(2).collect();
+            self.table.insert(&values)
+        })
+    }
+
+    fn update(&mut self, _args: &Updates<'_>) -> rusqlite::Result<()> {
+        guard(T::NAME, || self.table.update())
+    }
+}
+
+impl<'vtab, T: Table> TransactionVTab<'vtab> for VTabShim<T> {
+    fn begin(&mut self) -> rusqlite::Result<()> {
+        guard(T::NAME, || self.table.begin())
+    }
+    fn commit(&mut self) -> rusqlite::Result<()> {
+        guard(T::NAME, || self.table.commit())
+    }
+    fn rollback(&mut self) -> rusqlite::Result<()> {
+        guard(T::NAME, || self.table.rollback())
+    }
+}
+
+// SAFETY: CursorShim is #[repr(C)] with sqlite3_vtab_cursor first.
+unsafe impl<T: Table> VTabCursor for CursorShim<T> {
+    fn filter(
+        &mut self,
+        idx_num: c_int,
+        idx_str: Option<&str>,
+        args: &Filters<'_>,
+    ) -> rusqlite::Result<()> {
+        guard(T::NAME, || {
+            let values: Vec<ValueRef<'_>> = args.iter().collect();
+            self.cursor.filter(idx_num, idx_str, &values)
+        })
+    }
+    fn next(&mut self) -> rusqlite::Result<()> {
+        guard(T::NAME, || self.cursor.next())
+    }
+    fn eof(&self) -> bool {
+        guard(T::NAME, || Ok(self.cursor.eof())).unwrap_or(true)
+    }
+    fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
+        guard(T::NAME, || self.cursor.column(ctx, i))
+    }
+    fn rowid(&self) -> rusqlite::Result<i64> {
+        guard(T::NAME, || self.cursor.rowid())
+    }
+}
+
+/// Register `T` as module `name` on `conn`, with writes and transactions.
+pub fn register<T: Table>(conn: &Connection, name: &str, aux: T::Aux) -> rusqlite::Result<()> {
+    conn.create_module(name, update_module_with_tx::<VTabShim<T>>(), Some(aux))
+}

@@ -1,0 +1,311 @@
+//! Per-connection state: identity, clocks and the cached table metadata.
+//!
+//! Counters that the commit/rollback hooks reset are atomics in
+//! [`TxCounters`], so the hooks never need a lock. Everything else sits behind
+//! one mutex, taken with `try_lock` so that a re-entrant call (a user trigger
+//! calling back into the extension during a merge) is an error, not a
+//! deadlock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::err;
+use crate::error::Result;
+use crate::schema::{self, quote_ident, TableInfo, CLOCK_SUFFIX};
+use crate::sqlite::DbHandle;
+
+/// Per-transaction counters, reset by the commit and rollback hooks.
+#[derive(Debug)]
+pub struct TxCounters {
+    /// The version this transaction writes at; -1 when none was taken yet.
+    pub pending: AtomicI64,
+    /// Next seq to hand out in this transaction.
+    pub seq: AtomicI64,
+    /// Cached committed db_version; -1 means "read it from disk".
+    pub db_version: AtomicI64,
+    /// Whether the table metadata was checked against the schema in this tx.
+    pub schema_checked: AtomicBool,
+}
+
+impl TxCounters {
+    fn new() -> TxCounters {
+        TxCounters {
+            pending: AtomicI64::new(-1),
+            seq: AtomicI64::new(0),
+            db_version: AtomicI64::new(-1),
+            schema_checked: AtomicBool::new(false),
+        }
+    }
+
+    /// Called from the commit and rollback hooks. The committed db_version
+    /// is re-read from disk afterwards, so a version whose writes were rolled
+    /// back to a savepoint is never reported.
+    pub fn end_transaction(&self) {
+        self.pending.store(-1, Relaxed);
+        self.seq.store(0, Relaxed);
+        self.db_version.store(-1, Relaxed);
+        self.schema_checked.store(false, Relaxed);
+    }
+
+    /// Take the next seq of this transaction.
+    pub fn take_seq(&self) -> i64 {
+        self.seq.fetch_add(1, Relaxed)
+    }
+
+    /// Take `n` consecutive seqs and return the first.
+    pub fn take_seqs(&self, n: i64) -> i64 {
+        self.seq.fetch_add(n, Relaxed)
+    }
+}
+
+/// Everything the extension keeps for one connection.
+pub struct Ext {
+    pub db: DbHandle,
+    pub tx: Arc<TxCounters>,
+    pub sync_bit: AtomicI64,
+    pub site_id: [u8; 16],
+    pub merge_equal_values: AtomicBool,
+    pub rows_impacted: AtomicI64,
+    inner: Mutex<Inner>,
+}
+
+/// The part of the state used under the lock.
+pub struct Inner {
+    /// A non-owning connection whose statement cache holds our statements.
+    pub conn: Connection,
+    schema_version: i64,
+    tables: Vec<Arc<TableInfo>>,
+    by_name: HashMap<String, usize>,
+    data_version: i64,
+    version_sql: String,
+}
+
+fn registry() -> &'static Mutex<HashMap<usize, Weak<Ext>>> {
+    static R: OnceLock<Mutex<HashMap<usize, Weak<Ext>>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+impl Ext {
+    /// The state already registered on this connection, if the extension was
+    /// loaded on it before (loading is idempotent).
+    pub fn existing(db: DbHandle) -> Option<Arc<Ext>> {
+        let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        reg.get(&db.as_key()).and_then(Weak::upgrade)
+    }
+
+    pub fn new(db: DbHandle, site_id: [u8; 16], merge_equal_values: bool) -> Result<Arc<Ext>> {
+        let conn = db.connection()?;
+        conn.set_prepared_statement_cache_capacity(512);
+        let ext = Arc::new(Ext {
+            db,
+            tx: Arc::new(TxCounters::new()),
+            sync_bit: AtomicI64::new(0),
+            site_id,
+            merge_equal_values: AtomicBool::new(merge_equal_values),
+            rows_impacted: AtomicI64::new(0),
+            inner: Mutex::new(Inner {
+                conn,
+                schema_version: -1,
+                tables: Vec::new(),
+                by_name: HashMap::new(),
+                data_version: -1,
+                version_sql: String::new(),
+            }),
+        });
+        db.install_tx_hooks(&ext.tx);
+        registry()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(db.as_key(), Arc::downgrade(&ext));
+        Ok(ext)
+    }
+
+    /// Take the state lock, or fail with a message naming `what`.
+    pub fn lock(&self, what: &str) -> Result<MutexGuard<'_, Inner>> {
+        match self.inner.try_lock() {
+            Ok(g) => Ok(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(err!(
+                "{what}: re-entrant call: another crsql_stream operation is running on this connection \
+                 (for example a user trigger fired by a merge); call it outside that operation"
+            )),
+        }
+    }
+
+    /// Forget cached metadata (after our own DDL).
+    pub fn invalidate_schema(&self, inner: &mut Inner) {
+        inner.schema_version = -1;
+        self.tx.schema_checked.store(false, Relaxed);
+    }
+
+    /// Drop every cached prepared statement (`crsql_finalize`, and when the
+    /// connection closes, before SQLite checks for unfinalized statements).
+    pub fn finalize_statements(&self, inner: &mut Inner) {
+        inner.conn.flush_prepared_statement_cache();
+    }
+}
+
+impl Drop for Ext {
+    fn drop(&mut self) {
+        self.db.remove_tx_hooks(&self.tx);
+        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = reg.get(&self.db.as_key()) {
+            if w.strong_count() == 0 {
+                reg.remove(&self.db.as_key());
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Reload CRR metadata when the schema changed (checked at most once per
+    /// transaction unless `force`).
+    pub fn refresh_tables(&mut self, tx: &TxCounters, force: bool) -> Result<()> {
+        if !force && tx.schema_checked.load(Relaxed) && self.schema_version >= 0 {
+            return Ok(());
+        }
+        let sv: i64 = self
+            .conn
+            .prepare_cached("PRAGMA schema_version")?
+            .query_row([], |r| r.get(0))?;
+        tx.schema_checked.store(true, Relaxed);
+        if sv == self.schema_version {
+            return Ok(());
+        }
+        let names = schema::list_crrs(&self.conn)?;
+        let mut tables = Vec::with_capacity(names.len());
+        let mut by_name = HashMap::new();
+        for name in names {
+            // A CRR whose metadata cannot be read (e.g. no primary key any
+            // more) is skipped here and reported when it is used.
+            if let Ok(t) = schema::load_table(&self.conn, &name) {
+                by_name.insert(name, tables.len());
+                tables.push(Arc::new(t));
+            }
+        }
+        let mut parts: Vec<String> = tables
+            .iter()
+            .map(|t| {
+                format!(
+                    "SELECT max(db_version) AS v FROM {}",
+                    quote_ident(&format!("{}{CLOCK_SUFFIX}", t.name))
+                )
+            })
+            .collect();
+        parts.push(
+            "SELECT value AS v FROM crsql_master WHERE key = 'pre_compact_dbversion' AND typeof(value) = 'integer'"
+                .to_string(),
+        );
+        self.version_sql = format!(
+            "SELECT COALESCE(max(v), 0) FROM ({})",
+            parts.join(" UNION ALL ")
+        );
+        self.tables = tables;
+        self.by_name = by_name;
+        self.schema_version = sv;
+        Ok(())
+    }
+
+    pub fn tables(&self) -> &[Arc<TableInfo>] {
+        &self.tables
+    }
+
+    /// The CRR named exactly `name` (case-sensitive), if any.
+    pub fn table(&self, name: &str) -> Option<Arc<TableInfo>> {
+        self.by_name.get(name).map(|&i| Arc::clone(&self.tables[i]))
+    }
+
+    /// The committed db_version (§3.3), from cache or disk.
+    pub fn db_version(&mut self, tx: &TxCounters) -> Result<i64> {
+        self.refresh_tables(tx, false)?;
+        let dv: i64 = self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        let cached = tx.db_version.load(Relaxed);
+        if cached >= 0 && dv == self.data_version {
+            return Ok(cached);
+        }
+        // Inside a write transaction that already took a version, the clock
+        // rows on disk include our own uncommitted writes: keep the cache.
+        if cached >= 0 && tx.pending.load(Relaxed) >= 0 {
+            return Ok(cached);
+        }
+        let v: i64 = self
+            .conn
+            .prepare_cached(&self.version_sql)?
+            .query_row([], |r| r.get(0))?;
+        self.data_version = dv;
+        tx.db_version.store(v, Relaxed);
+        Ok(v)
+    }
+
+    /// The version for the next write in this transaction (§3.3 `next`).
+    pub fn next_db_version(&mut self, tx: &TxCounters, floor: Option<i64>) -> Result<i64> {
+        let pending = tx.pending.load(Relaxed);
+        let committed = if pending < 0 {
+            self.db_version(tx)?
+        } else {
+            tx.db_version.load(Relaxed).max(0)
+        };
+        let mut v = committed + 1;
+        if v < pending {
+            v = pending;
+        }
+        if let Some(f) = floor {
+            if v < f {
+                v = f;
+            }
+        }
+        tx.pending.store(v, Relaxed);
+        Ok(v)
+    }
+
+    /// Record `v` in `crsql_master.pre_compact_dbversion` (only ever raised),
+    /// so a version handed out without any clock row survives a reopen.
+    pub fn persist_version(&mut self, v: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO crsql_master (key, value) VALUES ('pre_compact_dbversion', ?1) \
+                 ON CONFLICT (key) DO UPDATE SET value = max(COALESCE(value, 0), excluded.value)",
+            )?
+            .execute([v])?;
+        Ok(())
+    }
+
+    /// The ordinal of a site id in `crsql_site_id`, inserting it when
+    /// `create` is set. The local site is 0.
+    pub fn site_ordinal(&self, local: &[u8; 16], site: &[u8], create: bool) -> Result<Option<i64>> {
+        if site.is_empty() || site == local {
+            return Ok(Some(0));
+        }
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT ordinal FROM crsql_site_id WHERE site_id = ?1")?
+            .query_row([site], |r| r.get(0))
+            .optional()?;
+        if found.is_some() || !create {
+            return Ok(found);
+        }
+        let ord: i64 = self
+            .conn
+            .prepare_cached("INSERT INTO crsql_site_id (site_id) VALUES (?1) RETURNING ordinal")?
+            .query_row([site], |r| r.get(0))?;
+        Ok(Some(ord))
+    }
+
+    /// The site id bytes of an ordinal (0 is the local site).
+    pub fn site_of_ordinal(&self, local: &[u8; 16], ordinal: i64) -> Result<Option<Vec<u8>>> {
+        if ordinal == 0 {
+            return Ok(Some(local.to_vec()));
+        }
+        Ok(self
+            .conn
+            .prepare_cached("SELECT site_id FROM crsql_site_id WHERE ordinal = ?1")?
+            .query_row([ordinal], |r| r.get(0))
+            .optional()?)
+    }
+}
