@@ -14,7 +14,7 @@ all: build
 build:
 	$(CARGO) build --release -p crsql_stream
 	@mkdir -p dist
-	cp target/release/libcrsql_stream.so $(EXT)
+	cp target/release/libcrsql_stream.so $(EXT).tmp && mv -f $(EXT).tmp $(EXT)
 
 # Everything CI runs.
 test: build unit harness-test sql-test py-test

@@ -57,8 +57,22 @@ impl fmt::Debug for SiteId {
     }
 }
 
-/// A stream position `[db_version, seq]`, totally ordered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A stream position `[db_version, seq]`, totally ordered. Serialized as a
+/// two-element array.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(from = "(i64, i64)", into = "(i64, i64)")]
 pub struct Position {
     pub db_version: i64,
     pub seq: i64,
@@ -108,6 +122,18 @@ impl Position {
     }
 }
 
+impl From<(i64, i64)> for Position {
+    fn from((db_version, seq): (i64, i64)) -> Position {
+        Position { db_version, seq }
+    }
+}
+
+impl From<Position> for (i64, i64) {
+    fn from(p: Position) -> (i64, i64) {
+        (p.db_version, p.seq)
+    }
+}
+
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "[{},{}]", self.db_version, self.seq)
@@ -123,7 +149,16 @@ mod tests {
         assert_eq!(Position::parse("[12,3]").unwrap(), Position::new(12, 3));
         assert_eq!(Position::parse(" [ 0 , 0 ] ").unwrap(), Position::ZERO);
         assert_eq!(Position::new(12, 3).to_string(), "[12,3]");
-        for bad in ["", "[1]", "[1,2,3]", "[-1,0]", "[a,1]", "12,3", "[1.5,2]", "[99999999999999999999,0]"] {
+        for bad in [
+            "",
+            "[1]",
+            "[1,2,3]",
+            "[-1,0]",
+            "[a,1]",
+            "12,3",
+            "[1.5,2]",
+            "[99999999999999999999,0]",
+        ] {
             assert!(Position::parse(bad).is_err(), "{bad}");
         }
     }

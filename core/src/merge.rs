@@ -116,22 +116,34 @@ mod tests {
         // unknown row, cl 1: cell wins, no sentinel
         assert_eq!(
             decide_row(0, false, 1),
-            RowDecision::Cell { sentinel_cl: None, unconditional: true }
+            RowDecision::Cell {
+                sentinel_cl: None,
+                unconditional: true
+            }
         );
         // unknown row, cl 3: sentinel first
         assert_eq!(
             decide_row(0, false, 3),
-            RowDecision::Cell { sentinel_cl: Some(3), unconditional: true }
+            RowDecision::Cell {
+                sentinel_cl: Some(3),
+                unconditional: true
+            }
         );
         // deleted row, newer odd cl: resurrect
         assert_eq!(
             decide_row(2, false, 3),
-            RowDecision::Cell { sentinel_cl: Some(3), unconditional: true }
+            RowDecision::Cell {
+                sentinel_cl: Some(3),
+                unconditional: true
+            }
         );
         // same cl: per-cell comparison
         assert_eq!(
             decide_row(1, false, 1),
-            RowDecision::Cell { sentinel_cl: None, unconditional: false }
+            RowDecision::Cell {
+                sentinel_cl: None,
+                unconditional: false
+            }
         );
     }
 

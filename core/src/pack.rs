@@ -139,7 +139,11 @@ impl<'a> Reader<'a> {
 /// of values are ignored, as in cr-sqlite.
 pub fn unpack_columns_ref(buf: &[u8]) -> Result<Vec<ValueRef<'_>>, PackError> {
     let mut r = Reader { buf, pos: 0 };
-    let count = *r.take(1).map_err(|_| PackError::Empty)?.first().unwrap_or(&0) as usize;
+    let count = *r
+        .take(1)
+        .map_err(|_| PackError::Empty)?
+        .first()
+        .unwrap_or(&0) as usize;
     // Each value takes at least one byte: never reserve more than the input holds.
     let mut out = Vec::with_capacity(count.min(buf.len()));
     for _ in 0..count {
@@ -218,10 +222,16 @@ mod tests {
         assert_eq!(pack1(ValueRef::Integer(65536)), "0119010000");
         assert_eq!(pack1(ValueRef::Integer(2147483648)), "012180000000");
         assert_eq!(pack1(ValueRef::Integer(-1)), "0141FFFFFFFFFFFFFFFF");
-        assert_eq!(pack1(ValueRef::Integer(-2147483648)), "0141FFFFFFFF80000000");
+        assert_eq!(
+            pack1(ValueRef::Integer(-2147483648)),
+            "0141FFFFFFFF80000000"
+        );
         assert_eq!(pack1(ValueRef::Text(b"one")), "010B036F6E65");
         assert_eq!(pack1(ValueRef::Text(b"")), "0103");
-        assert_eq!(pack1(ValueRef::Text("héllo".as_bytes())), "010B0668C3A96C6C6F");
+        assert_eq!(
+            pack1(ValueRef::Text("héllo".as_bytes())),
+            "010B0668C3A96C6C6F"
+        );
         assert_eq!(pack1(ValueRef::Blob(&[1, 2])), "010C020102");
         assert_eq!(pack1(ValueRef::Blob(&[])), "0104");
         assert_eq!(pack1(ValueRef::Null), "0105");
@@ -233,12 +243,18 @@ mod tests {
             hex(&pack_columns([ValueRef::Integer(1), ValueRef::Text(b"a")]).unwrap()),
             "0209010B0161"
         );
-        assert_eq!(hex(&pack_columns(std::iter::empty::<ValueRef>().collect::<Vec<_>>()).unwrap()), "00");
+        assert_eq!(
+            hex(&pack_columns(std::iter::empty::<ValueRef>().collect::<Vec<_>>()).unwrap()),
+            "00"
+        );
     }
 
     #[test]
     fn integers_decode_zero_extended() {
-        assert_eq!(unpack_columns(&[1, 0x09, 0x80]).unwrap(), vec![Value::Integer(128)]);
+        assert_eq!(
+            unpack_columns(&[1, 0x09, 0x80]).unwrap(),
+            vec![Value::Integer(128)]
+        );
         assert_eq!(
             unpack_columns(&[1, 0x21, 0x80, 0, 0, 0]).unwrap(),
             vec![Value::Integer(2147483648)]
@@ -248,12 +264,30 @@ mod tests {
     #[test]
     fn malformed_inputs_are_errors_not_panics() {
         assert_eq!(unpack_columns(&[]), Err(PackError::Empty));
-        assert!(matches!(unpack_columns(&[1]), Err(PackError::Truncated { .. })));
-        assert!(matches!(unpack_columns(&[1, 0x49]), Err(PackError::BadWidth { .. })));
-        assert!(matches!(unpack_columns(&[1, 0x00]), Err(PackError::BadType { .. })));
-        assert!(matches!(unpack_columns(&[1, 0x06]), Err(PackError::BadType { .. })));
-        assert!(matches!(unpack_columns(&[1, 0x0B, 2, 0xff, 0xfe]), Err(PackError::BadUtf8 { .. })));
-        assert!(matches!(unpack_columns(&[1, 0x2B, 1, 1, 1, 1, 1]), Err(PackError::BadWidth { .. })));
+        assert!(matches!(
+            unpack_columns(&[1]),
+            Err(PackError::Truncated { .. })
+        ));
+        assert!(matches!(
+            unpack_columns(&[1, 0x49]),
+            Err(PackError::BadWidth { .. })
+        ));
+        assert!(matches!(
+            unpack_columns(&[1, 0x00]),
+            Err(PackError::BadType { .. })
+        ));
+        assert!(matches!(
+            unpack_columns(&[1, 0x06]),
+            Err(PackError::BadType { .. })
+        ));
+        assert!(matches!(
+            unpack_columns(&[1, 0x0B, 2, 0xff, 0xfe]),
+            Err(PackError::BadUtf8 { .. })
+        ));
+        assert!(matches!(
+            unpack_columns(&[1, 0x2B, 1, 1, 1, 1, 1]),
+            Err(PackError::BadWidth { .. })
+        ));
         assert!(matches!(
             unpack_columns(&[1, 0x23, 0xff, 0xff, 0xff, 0xff]),
             Err(PackError::Truncated { .. })
@@ -262,12 +296,18 @@ mod tests {
 
     #[test]
     fn trailing_bytes_after_the_declared_values_are_ignored() {
-        assert_eq!(unpack_columns(&[1, 0x05, 0xAA, 0xBB]).unwrap(), vec![Value::Null]);
+        assert_eq!(
+            unpack_columns(&[1, 0x05, 0xAA, 0xBB]).unwrap(),
+            vec![Value::Null]
+        );
     }
 
     #[test]
     fn more_than_255_values_is_an_error() {
         let vals = vec![ValueRef::Null; 256];
-        assert_eq!(pack_columns(vals), Err(PackError::TooManyValues { count: 256 }));
+        assert_eq!(
+            pack_columns(vals),
+            Err(PackError::TooManyValues { count: 256 })
+        );
     }
 }

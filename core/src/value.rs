@@ -83,9 +83,7 @@ pub fn compare_values(left: ValueRef<'_>, right: ValueRef<'_>) -> Ordering {
                 Ordering::Equal
             }
         }
-        (ValueRef::Text(a), ValueRef::Text(b)) | (ValueRef::Blob(a), ValueRef::Blob(b)) => {
-            a.cmp(b)
-        }
+        (ValueRef::Text(a), ValueRef::Text(b)) | (ValueRef::Blob(a), ValueRef::Blob(b)) => a.cmp(b),
         _ => Ordering::Equal,
     }
 }
@@ -137,6 +135,9 @@ mod tests {
             compare_values(ValueRef::Real(f64::NAN), ValueRef::Real(1.0)),
             Ordering::Equal
         );
-        assert_eq!(compare_values(ValueRef::Null, ValueRef::Null), Ordering::Equal);
+        assert_eq!(
+            compare_values(ValueRef::Null, ValueRef::Null),
+            Ordering::Equal
+        );
     }
 }

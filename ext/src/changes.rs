@@ -121,11 +121,21 @@ impl Table for ChangesTable {
                 continue;
             }
             let pushed = match (c.column(), c.operator()) {
-                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ) => Pushed::DbVersion("="),
-                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GT) => Pushed::DbVersion(">"),
-                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GE) => Pushed::DbVersion(">="),
-                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LT) => Pushed::DbVersion("<"),
-                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LE) => Pushed::DbVersion("<="),
+                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ) => {
+                    Pushed::DbVersion("=")
+                }
+                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GT) => {
+                    Pushed::DbVersion(">")
+                }
+                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GE) => {
+                    Pushed::DbVersion(">=")
+                }
+                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LT) => {
+                    Pushed::DbVersion("<")
+                }
+                (COL_DB_VERSION, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LE) => {
+                    Pushed::DbVersion("<=")
+                }
                 (COL_SITE_ID, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ)
                 | (COL_SITE_ID, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_IS) => Pushed::SiteEq,
                 (COL_SITE_ID, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_NE)
@@ -147,7 +157,10 @@ impl Table for ChangesTable {
             // scan and never need to be exact.
             u.set_omit(false);
         }
-        let orders: Vec<(c_int, bool)> = info.order_bys().map(|o| (o.column(), o.is_order_by_desc())).collect();
+        let orders: Vec<(c_int, bool)> = info
+            .order_bys()
+            .map(|o| (o.column(), o.is_order_by_desc()))
+            .collect();
         let consumed = matches!(
             orders.as_slice(),
             [] | [(COL_DB_VERSION, false)] | [(COL_DB_VERSION, false), (COL_SEQ, false)]
@@ -232,8 +245,11 @@ impl ChangesCursor {
     fn push(&mut self, i: usize) -> Result<()> {
         let s = &mut self.scans[i];
         if s.stmt.step()? {
-            self.heap
-                .push(Reverse((s.stmt.column_i64(S_DB_VERSION), s.stmt.column_i64(S_SEQ), i)));
+            self.heap.push(Reverse((
+                s.stmt.column_i64(S_DB_VERSION),
+                s.stmt.column_i64(S_SEQ),
+                i,
+            )));
         }
         Ok(())
     }
@@ -244,7 +260,12 @@ impl ChangesCursor {
 }
 
 impl TableCursor for ChangesCursor {
-    fn filter(&mut self, _idx_num: c_int, idx_str: Option<&str>, args: &[ValueRef<'_>]) -> Result<()> {
+    fn filter(
+        &mut self,
+        _idx_num: c_int,
+        idx_str: Option<&str>,
+        args: &[ValueRef<'_>],
+    ) -> Result<()> {
         self.scans.clear();
         self.heap.clear();
         self.rowid = 0;
@@ -286,7 +307,10 @@ impl TableCursor for ChangesCursor {
             format!(" WHERE {}", clauses.join(" AND "))
         };
         for t in tables {
-            let sql = format!("{}{where_sql} ORDER BY c.db_version, c.seq", t.sql.changes_select);
+            let sql = format!(
+                "{}{where_sql} ORDER BY c.db_version, c.seq",
+                t.sql.changes_select
+            );
             let mut stmt = RawStmt::prepare(db, &sql)?;
             for (i, b) in binds.iter().enumerate() {
                 stmt.bind(i + 1, *b)?;
@@ -322,7 +346,10 @@ impl TableCursor for ChangesCursor {
                 let n = scan.table.pks.len();
                 let packed = pack_columns((S_PK0..S_PK0 + n).map(|i| to_core(st.column(i))))
                     .map_err(|source| Error::Pack {
-                        context: format!("crsql_changes: cannot pack the primary key of a row of {}", scan.table.name),
+                        context: format!(
+                            "crsql_changes: cannot pack the primary key of a row of {}",
+                            scan.table.name
+                        ),
                         source,
                     })?;
                 ctx.set_result(&packed)?
@@ -338,12 +365,10 @@ impl TableCursor for ChangesCursor {
                 } else {
                     match self.sites.get(&ord) {
                         Some(s) => ctx.set_result(&s.as_slice())?,
-                        None => {
-                            return Err(Error::Msg(format!(
-                                "crsql_changes: clock row of {} refers to unknown site ordinal {ord}",
-                                scan.table.name
-                            )))
-                        }
+                        None => return Err(Error::Msg(format!(
+                            "crsql_changes: clock row of {} refers to unknown site ordinal {ord}",
+                            scan.table.name
+                        ))),
                     }
                 }
             }
@@ -366,7 +391,10 @@ impl ChangesCursor {
         if b == self.ext.site_id.as_slice() {
             return Some(0);
         }
-        self.sites.iter().find(|(_, s)| s.as_slice() == b).map(|(o, _)| *o)
+        self.sites
+            .iter()
+            .find(|(_, s)| s.as_slice() == b)
+            .map(|(o, _)| *o)
     }
 }
 

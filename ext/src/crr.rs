@@ -91,7 +91,11 @@ fn create_tables_sql(t: &str, pks: &[schema::Column]) -> String {
     let dbv_idx = quote_ident(&format!("{t}__crsql_clock_dbv_idx"));
     let pkst = quote_ident(&format!("{t}{PKS_SUFFIX}"));
     let pks_idx = quote_ident(&format!("{t}__crsql_pks_pks"));
-    let pk_list = pks.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(",");
+    let pk_list = pks
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(",");
     format!(
         "CREATE TABLE IF NOT EXISTS {clock} (
       key INTEGER NOT NULL,
@@ -111,7 +115,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS {pks_idx} ON {pkst} ({pk_list});"
 fn drop_triggers_sql(t: &str, pks: &[schema::Column]) -> String {
     let mut sql = String::new();
     for suffix in ["__crsql_itrig", "__crsql_utrig", "__crsql_dtrig"] {
-        sql.push_str(&format!("DROP TRIGGER IF EXISTS {};\n", quote_ident(&format!("{t}{suffix}"))));
+        sql.push_str(&format!(
+            "DROP TRIGGER IF EXISTS {};\n",
+            quote_ident(&format!("{t}{suffix}"))
+        ));
     }
     // 0.15 layout: one update trigger per primary-key column.
     for pk in pks {
@@ -185,7 +192,12 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str) -> Result<()> {
     let base = quote_ident(name);
     let pkst = quote_ident(&format!("{name}{PKS_SUFFIX}"));
     let clock = quote_ident(&format!("{name}{CLOCK_SUFFIX}"));
-    let pk_cols = t.pks.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+    let pk_cols = t
+        .pks
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut version: Option<i64> = None;
     let mut version_of = |inner: &mut Inner| -> Result<i64> {
         if let Some(v) = version {
@@ -203,7 +215,11 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str) -> Result<()> {
         ))?;
         let n = t.pks.len();
         let rows = stmt
-            .query_map([], |r| (0..n).map(|i| r.get(i)).collect::<rusqlite::Result<Vec<_>>>())?
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| r.get(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows
     };
@@ -313,7 +329,9 @@ pub fn begin_alter(ext: &Ext, table: &str) -> Result<()> {
         .unwrap_or_default();
     inner.conn.execute_batch("SAVEPOINT alter_crr")?;
     if let Err(e) = inner.conn.execute_batch(&drop_triggers_sql(table, &pks)) {
-        let _ = inner.conn.execute_batch("ROLLBACK TO alter_crr; RELEASE alter_crr");
+        let _ = inner
+            .conn
+            .execute_batch("ROLLBACK TO alter_crr; RELEASE alter_crr");
         return Err(e.into());
     }
     ext.invalidate_schema(&mut inner);
@@ -336,7 +354,9 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
         let pkst = quote_ident(&format!("{table}{PKS_SUFFIX}"));
         let idx_cols: Vec<String> = inner
             .conn
-            .prepare("SELECT name FROM pragma_index_info(?1) WHERE name != 'col_name' ORDER BY seqno")?
+            .prepare(
+                "SELECT name FROM pragma_index_info(?1) WHERE name != 'col_name' ORDER BY seqno",
+            )?
             .query_map([format!("{table}__crsql_pks_pks")], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let mut now: Vec<String> = pks.iter().map(|c| c.name.clone()).collect();
@@ -344,9 +364,9 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
         now.sort();
         before.sort();
         if now != before {
-            inner
-                .conn
-                .execute_batch(&format!("DROP TABLE IF EXISTS {clock}; DROP TABLE IF EXISTS {pkst};"))?;
+            inner.conn.execute_batch(&format!(
+                "DROP TABLE IF EXISTS {clock}; DROP TABLE IF EXISTS {pkst};"
+            ))?;
         } else {
             let base = quote_ident(table);
             let join = pks
@@ -442,7 +462,11 @@ pub fn bootstrap(conn: &Connection) -> Result<([u8; 16], bool)> {
         )?;
     }
     let stored: Option<Vec<u8>> = conn
-        .query_row("SELECT site_id FROM crsql_site_id WHERE ordinal = 0", [], |r| r.get(0))
+        .query_row(
+            "SELECT site_id FROM crsql_site_id WHERE ordinal = 0",
+            [],
+            |r| r.get(0),
+        )
         .optional()?;
     let site = match stored {
         Some(b) => <[u8; 16]>::try_from(b.as_slice()).map_err(|_| {
@@ -455,8 +479,12 @@ pub fn bootstrap(conn: &Connection) -> Result<([u8; 16], bool)> {
             let mut id: Vec<u8> = conn.query_row("SELECT randomblob(16)", [], |r| r.get(0))?;
             id[6] = (id[6] & 0x0F) | 0x40;
             id[8] = (id[8] & 0x3F) | 0x80;
-            conn.execute("INSERT INTO crsql_site_id (site_id, ordinal) VALUES (?1, 0)", [&id])?;
-            <[u8; 16]>::try_from(id.as_slice()).map_err(|_| err!("randomblob(16) returned a wrong size"))?
+            conn.execute(
+                "INSERT INTO crsql_site_id (site_id, ordinal) VALUES (?1, 0)",
+                [&id],
+            )?;
+            <[u8; 16]>::try_from(id.as_slice())
+                .map_err(|_| err!("randomblob(16) returned a wrong size"))?
         }
     };
     let mev: Option<rusqlite::types::Value> = conn

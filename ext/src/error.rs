@@ -16,10 +16,7 @@ pub enum Error {
     #[error("{0}")]
     Misuse(String),
     #[error("{context}: {source}")]
-    Pack {
-        context: String,
-        source: PackError,
-    },
+    Pack { context: String, source: PackError },
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
 }

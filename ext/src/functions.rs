@@ -45,6 +45,7 @@ const FUNCTIONS: &[(&str, i32, FunctionFlags, SqlFn)] = &[
     ("crsql_after_insert", -1, I, after_insert),
     ("crsql_after_update", -1, I, after_update),
     ("crsql_after_delete", -1, I, after_delete),
+    ("crsql_package_info", 1, I.union(D), package_info),
 ];
 
 /// Names of all registered functions (for the surface test and docs).
@@ -55,9 +56,12 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 pub fn register(conn: &Connection, ext: &Arc<Ext>) -> rusqlite::Result<()> {
     for &(name, n_arg, flags, f) in FUNCTIONS {
         let ext = Arc::clone(ext);
-        conn.create_scalar_function(name, n_arg, flags | FunctionFlags::SQLITE_UTF8, move |ctx| {
-            guard(name, || f(&ext, ctx))
-        })?;
+        conn.create_scalar_function(
+            name,
+            n_arg,
+            flags | FunctionFlags::SQLITE_UTF8,
+            move |ctx| guard(name, || f(&ext, ctx)),
+        )?;
     }
     Ok(())
 }
@@ -68,8 +72,13 @@ fn args<'a>(ctx: &'a Context<'_>) -> Vec<ValueRef<'a>> {
 
 fn text_arg<'a>(ctx: &'a Context<'_>, i: usize, func: &str, what: &str) -> Result<&'a str> {
     match ctx.get_raw(i) {
-        ValueRef::Text(t) => std::str::from_utf8(t).map_err(|_| err!("{func}: {what} is not valid UTF-8")),
-        other => Err(err!("{func}: {what} must be TEXT, got {}", type_name(other))),
+        ValueRef::Text(t) => {
+            std::str::from_utf8(t).map_err(|_| err!("{func}: {what} is not valid UTF-8"))
+        }
+        other => Err(err!(
+            "{func}: {what} must be TEXT, got {}",
+            type_name(other)
+        )),
     }
 }
 
@@ -115,9 +124,18 @@ fn next_db_version(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
         1 => match ctx.get_raw(0) {
             ValueRef::Integer(i) => Some(i),
             ValueRef::Null => None,
-            other => return Err(err!("crsql_next_db_version: the floor must be an INTEGER, got {}", type_name(other))),
+            other => {
+                return Err(err!(
+                    "crsql_next_db_version: the floor must be an INTEGER, got {}",
+                    type_name(other)
+                ))
+            }
         },
-        n => return Err(err!("crsql_next_db_version: expected 0 or 1 arguments, got {n}")),
+        n => {
+            return Err(err!(
+                "crsql_next_db_version: expected 0 or 1 arguments, got {n}"
+            ))
+        }
     };
     let mut inner = ext.lock("crsql_next_db_version")?;
     let v = inner.next_db_version(&ext.tx, floor)?;
@@ -199,12 +217,19 @@ fn sync_bit(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
         1 => {
             let n = match ctx.get_raw(0) {
                 ValueRef::Integer(i) => i,
-                other => return Err(err!("crsql_internal_sync_bit: expected an INTEGER, got {}", type_name(other))),
+                other => {
+                    return Err(err!(
+                        "crsql_internal_sync_bit: expected an INTEGER, got {}",
+                        type_name(other)
+                    ))
+                }
             };
             ext.sync_bit.store(n, Relaxed);
             Ok(Value::Integer(n))
         }
-        n => Err(err!("crsql_internal_sync_bit: expected 0 or 1 arguments, got {n}")),
+        n => Err(err!(
+            "crsql_internal_sync_bit: expected 0 or 1 arguments, got {n}"
+        )),
     }
 }
 
@@ -229,4 +254,16 @@ fn after_update(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
 fn after_delete(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
     local::after_delete(ext, &args(ctx))?;
     Ok(Value::Integer(0))
+}
+
+fn package_info(_ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    let raw = ctx.get_raw(0);
+    let pkg = crate::streams::inspect::decode_arg("crsql_package_info", raw)?;
+    let len = match raw {
+        ValueRef::Blob(b) | ValueRef::Text(b) => b.len(),
+        _ => 0,
+    };
+    Ok(Value::Text(crate::streams::inspect::package_info(
+        &pkg, len,
+    )))
 }

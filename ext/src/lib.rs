@@ -10,11 +10,15 @@ pub mod error;
 pub mod functions;
 pub mod local;
 pub mod merge;
+pub mod scan;
 pub mod schema;
 pub mod sqlite;
 pub mod state;
+pub mod streams;
 pub mod unpack;
 pub mod values;
+
+use std::sync::Arc;
 
 use rusqlite::Connection;
 
@@ -26,7 +30,14 @@ use crate::state::Ext;
 const MIN_SQLITE: i32 = 3_035_000;
 
 /// Names of the virtual-table modules the extension registers.
-pub const MODULES: &[&str] = &["crsql_changes", "crsql_unpack_columns"];
+pub const MODULES: &[&str] = &[
+    "crsql_changes",
+    "crsql_unpack_columns",
+    "crsql_OutboundStream",
+    "crsql_InboundStream",
+    "crsql_streams",
+    "crsql_package_changes",
+];
 
 /// Register everything on a connection. Idempotent: loading the extension a
 /// second time on the same connection does nothing.
@@ -50,6 +61,26 @@ pub fn init(conn: Connection) -> rusqlite::Result<bool> {
         functions::register(&conn, &ext)?;
         changes::register(&conn, &ext)?;
         unpack::register(&conn)?;
+        sqlite::vtab::register::<streams::outbound::OutboundTable>(
+            &conn,
+            streams::OUTBOUND,
+            Arc::clone(&ext),
+        )?;
+        sqlite::vtab::register::<streams::inbound::InboundTable>(
+            &conn,
+            streams::INBOUND,
+            Arc::clone(&ext),
+        )?;
+        sqlite::vtab::register::<streams::observe::StreamsTable>(
+            &conn,
+            "crsql_streams",
+            Arc::clone(&ext),
+        )?;
+        sqlite::vtab::register::<streams::inspect::PackageChangesTable>(
+            &conn,
+            "crsql_package_changes",
+            (),
+        )?;
         changes::connect_now(db)?;
         Ok(false)
     })

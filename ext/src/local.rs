@@ -13,12 +13,20 @@ use crate::values::compare;
 /// Find the local key of a primary-key tuple, creating it when missing.
 /// Returns the key and whether it existed before. With `insert_first` the
 /// insert is tried first (cheaper for new rows).
-pub fn key_for(inner: &Inner, t: &TableInfo, pks: &[ValueRef<'_>], insert_first: bool) -> Result<(i64, bool)> {
+pub fn key_for(
+    inner: &Inner,
+    t: &TableInfo,
+    pks: &[ValueRef<'_>],
+    insert_first: bool,
+) -> Result<(i64, bool)> {
     let lookup = || -> Result<Option<i64>> {
         Ok(inner
             .conn
             .prepare_cached(&t.sql.key_lookup)?
-            .query_row(params_from_iter(pks.iter().map(|v| crate::values::out(*v))), |r| r.get(0))
+            .query_row(
+                params_from_iter(pks.iter().map(|v| crate::values::out(*v))),
+                |r| r.get(0),
+            )
             .optional()?)
     };
     if !insert_first {
@@ -33,7 +41,12 @@ pub fn key_for(inner: &Inner, t: &TableInfo, pks: &[ValueRef<'_>], insert_first:
     if inserted == 1 {
         return Ok((inner.conn.last_insert_rowid(), false));
     }
-    let k = lookup()?.ok_or_else(|| err!("crsql_stream: could not create a key for a row of {}", t.name))?;
+    let k = lookup()?.ok_or_else(|| {
+        err!(
+            "crsql_stream: could not create a key for a row of {}",
+            t.name
+        )
+    })?;
     Ok((k, true))
 }
 
@@ -47,11 +60,19 @@ fn trigger_table(
 ) -> Result<std::sync::Arc<TableInfo>> {
     let name = match args.first() {
         None => return Err(err!("expected at least 1 argument")),
-        Some(ValueRef::Text(t)) => std::str::from_utf8(t).map_err(|_| err!("table name is not valid UTF-8"))?,
-        Some(_) => return Err(err!("expected the table name as TEXT in the first argument")),
+        Some(ValueRef::Text(t)) => {
+            std::str::from_utf8(t).map_err(|_| err!("table name is not valid UTF-8"))?
+        }
+        Some(_) => {
+            return Err(err!(
+                "expected the table name as TEXT in the first argument"
+            ))
+        }
     };
     inner.refresh_tables(&ext.tx, false)?;
-    let t = inner.table(name).ok_or_else(|| err!("table {name} not found"))?;
+    let t = inner
+        .table(name)
+        .ok_or_else(|| err!("table {name} not found"))?;
     let expected = per_pk * t.pks.len() + per_col * t.cols.len();
     if args.len() - 1 != expected {
         return Err(err!("expected {} values, got {}", expected, args.len() - 1));
@@ -146,6 +167,7 @@ pub fn after_delete(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let conn = &inner.conn;
     conn.prepare_cached(&t.sql.sentinel_delete)?
         .execute(params![key, v, ext.tx.take_seq()])?;
-    conn.prepare_cached(&t.sql.clock_delete_cells)?.execute([key])?;
+    conn.prepare_cached(&t.sql.clock_delete_cells)?
+        .execute([key])?;
     Ok(())
 }

@@ -38,7 +38,12 @@ fn text_arg<'a>(v: ValueRef<'a>, what: &str, too_long: &str) -> Result<&'a str> 
     let bytes = match v {
         ValueRef::Text(t) => t,
         ValueRef::Null => return Err(err!("crsql_changes: {what} must not be NULL")),
-        other => return Err(err!("crsql_changes: {what} must be TEXT, got {}", type_name(other))),
+        other => {
+            return Err(err!(
+                "crsql_changes: {what} must be TEXT, got {}",
+                type_name(other)
+            ))
+        }
     };
     if bytes.len() > MAX_NAME_LEN {
         return Err(err!("{too_long}"));
@@ -50,7 +55,10 @@ fn int_arg(v: ValueRef<'_>, what: &str) -> Result<i64> {
     match v {
         ValueRef::Integer(i) => Ok(i),
         ValueRef::Null => Ok(0),
-        other => Err(err!("crsql_changes: {what} must be an INTEGER, got {}", type_name(other))),
+        other => Err(err!(
+            "crsql_changes: {what} must be an INTEGER, got {}",
+            type_name(other)
+        )),
     }
 }
 
@@ -63,7 +71,9 @@ impl<'a> Change<'a> {
         let table = text_arg(v[0], "table", "crsql - table name exceeded max length")?;
         let pk = match v[1] {
             ValueRef::Blob(b) => b,
-            ValueRef::Null => return Err(err!("crsql_changes: pk must not be NULL (table {table})")),
+            ValueRef::Null => {
+                return Err(err!("crsql_changes: pk must not be NULL (table {table})"))
+            }
             other => {
                 return Err(err!(
                     "crsql_changes: pk must be a packed BLOB, got {} (table {table})",
@@ -73,10 +83,17 @@ impl<'a> Change<'a> {
         };
         let cid = text_arg(v[2], "cid", "crsql - column name exceeded max length")?;
         let site_id = match v[6] {
-            ValueRef::Blob(b) if b.len() > 16 => return Err(err!("crsql - site id exceeded max length")),
+            ValueRef::Blob(b) if b.len() > 16 => {
+                return Err(err!("crsql - site id exceeded max length"))
+            }
             ValueRef::Blob(b) => b,
             ValueRef::Null => &[],
-            other => return Err(err!("crsql_changes: site_id must be a BLOB, got {}", type_name(other))),
+            other => {
+                return Err(err!(
+                    "crsql_changes: site_id must be a BLOB, got {}",
+                    type_name(other)
+                ))
+            }
         };
         Ok(Change {
             table,
@@ -95,9 +112,12 @@ impl<'a> Change<'a> {
 /// Merge one change. Returns the number of "impacted" operations (§7.7).
 pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64> {
     inner.refresh_tables(&ext.tx, false)?;
-    let t = inner
-        .table(c.table)
-        .ok_or_else(|| err!("crsql - could not find the schema information for table {}", c.table))?;
+    let t = inner.table(c.table).ok_or_else(|| {
+        err!(
+            "crsql - could not find the schema information for table {}",
+            c.table
+        )
+    })?;
     let pks = unpack_columns_ref(c.pk).map_err(|source| Error::Pack {
         context: format!("crsql_changes: invalid pk for table {}", c.table),
         source,
@@ -136,7 +156,10 @@ pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64>
     let existing_key: Option<i64> = inner
         .conn
         .prepare_cached(&t.sql.key_lookup)?
-        .query_row(params_from_iter(pks.iter().map(|v| crate::values::out(*v))), |r| r.get(0))
+        .query_row(
+            params_from_iter(pks.iter().map(|v| crate::values::out(*v))),
+            |r| r.get(0),
+        )
         .optional()?;
     let local_cl = match existing_key {
         Some(k) => inner
@@ -145,14 +168,23 @@ pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64>
             .query_row([k], |r| r.get::<_, i64>(0))?,
         None => 0,
     };
-    let mut m = Merger { ext, inner, t: &t, c, pks: &pks };
+    let mut m = Merger {
+        ext,
+        inner,
+        t: &t,
+        c,
+        pks: &pks,
+    };
     match decide_row(local_cl, is_sentinel, c.cl) {
         RowDecision::Ignore => Ok(0),
         RowDecision::Delete { cl } => {
             let key = m.key(existing_key)?;
             m.base_write(&t.sql.base_delete, None)?;
             m.write_clock(key, SENTINEL, cl)?;
-            m.inner.conn.prepare_cached(&t.sql.clock_delete_cells)?.execute([key])?;
+            m.inner
+                .conn
+                .prepare_cached(&t.sql.clock_delete_cells)?
+                .execute([key])?;
             Ok(1)
         }
         RowDecision::Sentinel { cl } => {
@@ -160,7 +192,10 @@ pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64>
             m.apply_sentinel(key, cl)?;
             Ok(1)
         }
-        RowDecision::Cell { sentinel_cl, unconditional } => {
+        RowDecision::Cell {
+            sentinel_cl,
+            unconditional,
+        } => {
             let col = col.unwrap_or_default();
             let key = m.key(existing_key)?;
             let mut impacted = 0;
@@ -211,19 +246,24 @@ impl Merger<'_, '_> {
     /// `INSERT OR REPLACE` the clock of `cid` with the change's site, a local
     /// version no lower than the change's, and a fresh local seq.
     fn write_clock(&mut self, key: i64, cid: &str, col_version: i64) -> Result<()> {
-        let v = self.inner.next_db_version(&self.ext.tx, Some(self.c.db_version))?;
+        let v = self
+            .inner
+            .next_db_version(&self.ext.tx, Some(self.c.db_version))?;
         let ordinal = self
             .inner
             .site_ordinal(&self.ext.site_id, self.c.site_id, true)?
             .unwrap_or(0);
-        self.inner.conn.prepare_cached(&self.t.sql.clock_write)?.execute(params![
-            key,
-            cid,
-            col_version,
-            v,
-            self.ext.tx.take_seq(),
-            ordinal
-        ])?;
+        self.inner
+            .conn
+            .prepare_cached(&self.t.sql.clock_write)?
+            .execute(params![
+                key,
+                cid,
+                col_version,
+                v,
+                self.ext.tx.take_seq(),
+                ordinal
+            ])?;
         Ok(())
     }
 
@@ -231,7 +271,9 @@ impl Merger<'_, '_> {
     /// the clocks of surviving cells, then store the sentinel (§8.1).
     fn apply_sentinel(&mut self, key: i64, cl: i64) -> Result<()> {
         self.base_write(&self.t.sql.base_insert_pks, None)?;
-        let v = self.inner.next_db_version(&self.ext.tx, Some(self.c.db_version))?;
+        let v = self
+            .inner
+            .next_db_version(&self.ext.tx, Some(self.c.db_version))?;
         let names: Vec<String> = self
             .inner
             .conn
@@ -261,7 +303,9 @@ impl Merger<'_, '_> {
             return Ok(self.c.col_version > local_version);
         }
         let mut stmt = conn.prepare_cached(&self.t.sql.base_value[col])?;
-        let mut rows = stmt.query(params_from_iter(self.pks.iter().map(|v| crate::values::out(*v))))?;
+        let mut rows = stmt.query(params_from_iter(
+            self.pks.iter().map(|v| crate::values::out(*v)),
+        ))?;
         let row = rows
             .next()?
             .ok_or_else(|| err!("could not find row to merge with for tbl {}", self.t.name))?;
@@ -280,7 +324,11 @@ impl Merger<'_, '_> {
             Ok(self.c.site_id.cmp(local_site.as_slice()))
         };
         let value_cmp = compare(self.c.val, local_value);
-        let site_order = if value_cmp.is_eq() && mev { Some(site_cmp()?) } else { None };
+        let site_order = if value_cmp.is_eq() && mev {
+            Some(site_cmp()?)
+        } else {
+            None
+        };
         Ok(cell_wins(
             Some(local_version),
             self.c.col_version,

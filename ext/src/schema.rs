@@ -164,14 +164,21 @@ fn pk_where(pks: &[Column], alias: &str, first_param: usize) -> String {
 }
 
 fn params(n: usize, first: usize) -> String {
-    (first..first + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
     let base = quote_ident(name);
     let clock = quote_ident(&format!("{name}{CLOCK_SUFFIX}"));
     let pkst = quote_ident(&format!("{name}{PKS_SUFFIX}"));
-    let pk_list = pks.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+    let pk_list = pks
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
     let npk = pks.len();
     let clock_cols = "key, col_name, col_version, db_version, seq, site_id";
 
@@ -215,7 +222,13 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
     } else {
         let whens = cols
             .iter()
-            .map(|c| format!("WHEN {} THEN b.{}", quote_str(&c.name), quote_ident(&c.name)))
+            .map(|c| {
+                format!(
+                    "WHEN {} THEN b.{}",
+                    quote_str(&c.name),
+                    quote_ident(&c.name)
+                )
+            })
             .collect::<Vec<_>>()
             .join(" ");
         format!("CASE c.col_name {whens} END")

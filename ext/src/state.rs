@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
+use crsql_stream_core::Position;
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::err;
@@ -69,6 +70,8 @@ pub struct Ext {
     pub site_id: [u8; 16],
     pub merge_equal_values: AtomicBool,
     pub rows_impacted: AtomicI64,
+    /// `last_retrieved` of each outbound stream (per connection, not durable).
+    retrieved: Mutex<HashMap<String, Position>>,
     inner: Mutex<Inner>,
 }
 
@@ -106,6 +109,7 @@ impl Ext {
             site_id,
             merge_equal_values: AtomicBool::new(merge_equal_values),
             rows_impacted: AtomicI64::new(0),
+            retrieved: Mutex::new(HashMap::new()),
             inner: Mutex::new(Inner {
                 conn,
                 schema_version: -1,
@@ -133,6 +137,30 @@ impl Ext {
                  (for example a user trigger fired by a merge); call it outside that operation"
             )),
         }
+    }
+
+    /// Record that an outbound stream returned a package up to `cursor`.
+    pub fn note_retrieved(&self, stream: &str, cursor: Position) {
+        let mut m = self.retrieved.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(stream.to_string()).or_insert(cursor);
+        if cursor > *e {
+            *e = cursor;
+        }
+    }
+
+    pub fn retrieved(&self, stream: &str) -> Option<Position> {
+        self.retrieved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stream)
+            .copied()
+    }
+
+    pub fn forget_retrieved(&self, stream: &str) {
+        self.retrieved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(stream);
     }
 
     /// Forget cached metadata (after our own DDL).

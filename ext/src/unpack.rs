@@ -34,7 +34,10 @@ impl Table for UnpackTable {
         _name: &str,
         _args: &[&str],
     ) -> Result<(String, Self)> {
-        Ok(("CREATE TABLE x(cell ANY, package BLOB HIDDEN)".into(), UnpackTable))
+        Ok((
+            "CREATE TABLE x(cell ANY, package BLOB HIDDEN)".into(),
+            UnpackTable,
+        ))
     }
 
     fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
@@ -75,7 +78,12 @@ pub struct UnpackCursor {
 }
 
 impl TableCursor for UnpackCursor {
-    fn filter(&mut self, idx_num: c_int, _idx_str: Option<&str>, args: &[ValueRef<'_>]) -> Result<()> {
+    fn filter(
+        &mut self,
+        idx_num: c_int,
+        _idx_str: Option<&str>,
+        args: &[ValueRef<'_>],
+    ) -> Result<()> {
         self.pos = 0;
         if idx_num != 1 || args.is_empty() {
             return Err(Error::Msg(
@@ -110,7 +118,9 @@ impl TableCursor for UnpackCursor {
 
     fn column(&self, ctx: &mut Context, col: c_int) -> Result<()> {
         match col {
-            COL_CELL => ctx.set_result(&crate::values::out(to_sql(self.cells[self.pos].as_ref())))?,
+            COL_CELL => {
+                ctx.set_result(&crate::values::out(to_sql(self.cells[self.pos].as_ref())))?
+            }
             _ => ctx.set_result(&self.package)?,
         }
         Ok(())

@@ -240,12 +240,20 @@ impl RawStmt {
                 ffi::SQLITE_TEXT => {
                     let p = ffi::sqlite3_column_text(self.stmt, c);
                     let n = ffi::sqlite3_column_bytes(self.stmt, c) as usize;
-                    ValueRef::Text(if p.is_null() { &[] } else { std::slice::from_raw_parts(p, n) })
+                    ValueRef::Text(if p.is_null() {
+                        &[]
+                    } else {
+                        std::slice::from_raw_parts(p, n)
+                    })
                 }
                 ffi::SQLITE_BLOB => {
                     let p = ffi::sqlite3_column_blob(self.stmt, c) as *const u8;
                     let n = ffi::sqlite3_column_bytes(self.stmt, c) as usize;
-                    ValueRef::Blob(if p.is_null() { &[] } else { std::slice::from_raw_parts(p, n) })
+                    ValueRef::Blob(if p.is_null() {
+                        &[]
+                    } else {
+                        std::slice::from_raw_parts(p, n)
+                    })
                 }
                 _ => ValueRef::Null,
             }

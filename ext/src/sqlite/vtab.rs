@@ -5,11 +5,12 @@
 use std::ffi::c_int;
 use std::marker::PhantomData;
 
-use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, update_module_with_tx, Context, CreateVTab, Filters, IndexInfo, Inserts,
-    TransactionVTab, UpdateVTab, Updates, VTab, VTabConnection, VTabCursor, VTabKind,
-};
 use rusqlite::types::ValueRef;
+use rusqlite::vtab::{
+    sqlite3_vtab, sqlite3_vtab_cursor, update_module_with_tx, Context, CreateVTab, Filters,
+    IndexInfo, Inserts, TransactionVTab, UpdateVTab, Updates, VTab, VTabConnection, VTabCursor,
+    VTabKind,
+};
 use rusqlite::Connection;
 
 use crate::error::{guard, Error, Result};
@@ -39,13 +40,22 @@ pub trait Table: Sized + 'static {
     }
     /// INSERT; `args[0]` is the first declared column.
     fn insert(&mut self, _args: &[ValueRef<'_>]) -> Result<i64> {
-        Err(Error::Misuse(format!("{}: INSERT is not supported", Self::NAME)))
+        Err(Error::Misuse(format!(
+            "{}: INSERT is not supported",
+            Self::NAME
+        )))
     }
     fn delete(&mut self) -> Result<()> {
-        Err(Error::Misuse(format!("{}: DELETE is not supported", Self::NAME)))
+        Err(Error::Misuse(format!(
+            "{}: DELETE is not supported",
+            Self::NAME
+        )))
     }
     fn update(&mut self) -> Result<()> {
-        Err(Error::Misuse(format!("{}: UPDATE is not supported", Self::NAME)))
+        Err(Error::Misuse(format!(
+            "{}: UPDATE is not supported",
+            Self::NAME
+        )))
     }
     fn begin(&mut self) -> Result<()> {
         Ok(())
@@ -62,7 +72,12 @@ pub trait Table: Sized + 'static {
 
 /// A cursor over a [`Table`].
 pub trait TableCursor: Sized + 'static {
-    fn filter(&mut self, idx_num: c_int, idx_str: Option<&str>, args: &[ValueRef<'_>]) -> Result<()>;
+    fn filter(
+        &mut self,
+        idx_num: c_int,
+        idx_str: Option<&str>,
+        args: &[ValueRef<'_>],
+    ) -> Result<()>;
     fn next(&mut self) -> Result<()>;
     fn eof(&self) -> bool;
     fn column(&self, ctx: &mut Context, col: c_int) -> Result<()>;

@@ -1,0 +1,624 @@
+//! The stream package: what an outbound stream produces and an inbound stream
+//! applies. The format is specified in `docs/package-format.md`; this module
+//! is its only implementation.
+//!
+//! Binary: `"CRSP"`, format version (1 byte), the postcard encoding of
+//! [`Package`], then a CRC-64/XZ of every preceding byte (8 bytes, little
+//! endian). JSON: `{"body":<Package as JSON>,"crc":"<16 hex digits>"}` where
+//! the CRC covers the exact bytes of `<Package as JSON>`.
+//!
+//! Decoding never panics, never pre-allocates more than a small constant from
+//! a length read off the input, and validates every cross-reference, so the
+//! apply side can trust a decoded package's shape.
+
+use std::fmt;
+
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ids::Position;
+use crate::value::{Value, ValueRef};
+
+/// First bytes of a binary package.
+pub const MAGIC: [u8; 4] = *b"CRSP";
+/// Current format version.
+pub const FORMAT_VERSION: u8 = 1;
+const JSON_PREFIX: &str = "{\"body\":";
+const JSON_SUFFIX_LEN: usize = ",\"crc\":\"0123456789abcdef\"}".len();
+/// Most elements any decoded list pre-allocates room for.
+const MAX_PREALLOC: usize = 1024;
+
+/// Wire encodings of a package.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Binary,
+    Json,
+}
+
+/// A set of changes from one stream, covering positions `(since, cursor]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Package {
+    /// Site id of the database that produced the package.
+    pub sender: Bytes,
+    /// Random id of the producing stream (two streams never share one).
+    pub stream_id: Bytes,
+    /// Name of the producing outbound table.
+    pub stream: String,
+    /// The package starts after this position (exclusive).
+    pub since: Position,
+    /// Position of the last change covered (inclusive).
+    pub cursor: Position,
+    /// Set when one transaction (db_version) is split over several packages.
+    pub part: Option<Part>,
+    /// Table dictionary.
+    #[serde(deserialize_with = "bounded_vec")]
+    pub tables: Vec<TableEntry>,
+    /// Site-id dictionary (origin sites of the changes).
+    #[serde(deserialize_with = "bounded_vec")]
+    pub sites: Vec<Bytes>,
+    #[serde(deserialize_with = "bounded_vec")]
+    pub changes: Vec<PkgChange>,
+}
+
+/// Marks one part of a split transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// db_version being split.
+    pub db_version: i64,
+    /// True on the part that completes the transaction.
+    pub last: bool,
+}
+
+/// A table of the package, with the schema hash of the sender and the
+/// column-name dictionary used by `PkgChange::cid`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableEntry {
+    pub name: String,
+    pub schema_hash: u64,
+    #[serde(deserialize_with = "bounded_vec")]
+    pub columns: Vec<String>,
+}
+
+/// One change: the nine fields of a `crsql_changes` row, with the table,
+/// column and site dictionary-encoded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PkgChange {
+    /// Index into `Package::tables`.
+    pub table: u32,
+    /// Packed primary key (cr-sqlite's format).
+    pub pk: Bytes,
+    /// 0 for the sentinel `'-1'`, else 1 + index into the table's `columns`.
+    pub cid: u32,
+    pub val: WireValue,
+    pub col_version: i64,
+    pub db_version: i64,
+    /// Index into `Package::sites`.
+    pub site: u32,
+    pub cl: i64,
+    pub seq: i64,
+}
+
+/// Bytes: a postcard byte string, or lowercase hex in JSON.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bytes(pub Vec<u8>);
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({})", to_hex(&self.0))
+    }
+}
+
+/// A value on the wire. In JSON a REAL is a string (so 2.0 stays a REAL and
+/// infinities survive), integers are exact JSON integers, blobs are hex.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WireValue(pub Value);
+
+/// Why a package could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PackageError {
+    #[error("package truncated: need at least {need} bytes, have {have}")]
+    TooShort { need: usize, have: usize },
+    #[error("not a crsql_stream package (bad magic bytes)")]
+    BadMagic,
+    #[error("package format version {0} is not supported (this build reads version 1)")]
+    UnsupportedVersion(u8),
+    #[error(
+        "corrupted package: checksum mismatch (stored {stored:016x}, computed {computed:016x})"
+    )]
+    Checksum { stored: u64, computed: u64 },
+    #[error("malformed package: {0}")]
+    Malformed(String),
+}
+
+pub fn to_hex(b: &[u8]) -> String {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(D[(x >> 4) as usize] as char);
+        s.push(D[(x & 15) as usize] as char);
+    }
+    s
+}
+
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&to_hex(&self.0))
+        } else {
+            s.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes or a hex string")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Bytes, E> {
+                from_hex(v)
+                    .map(Bytes)
+                    .ok_or_else(|| E::custom("invalid hex string"))
+            }
+        }
+        if d.is_human_readable() {
+            d.deserialize_str(V)
+        } else {
+            d.deserialize_bytes(V)
+        }
+    }
+}
+
+/// Wire form of a value (an externally tagged enum).
+#[derive(Serialize, Deserialize)]
+enum WireRepr {
+    Null,
+    Integer(i64),
+    Real(RealRepr),
+    Text(String),
+    Blob(Bytes),
+}
+
+/// f64 as itself in postcard, as its shortest round-trip text in JSON.
+struct RealRepr(f64);
+
+impl Serialize for RealRepr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&format!("{:?}", self.0))
+        } else {
+            s.serialize_f64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RealRepr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse::<f64>()
+                .map(RealRepr)
+                .map_err(|_| de::Error::custom("invalid REAL text"))
+        } else {
+            f64::deserialize(d).map(RealRepr)
+        }
+    }
+}
+
+impl Serialize for WireValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let repr = match &self.0 {
+            Value::Null => WireRepr::Null,
+            Value::Integer(i) => WireRepr::Integer(*i),
+            Value::Real(r) => WireRepr::Real(RealRepr(*r)),
+            Value::Text(t) => WireRepr::Text(t.clone()),
+            Value::Blob(b) => WireRepr::Blob(Bytes(b.clone())),
+        };
+        repr.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(WireValue(match WireRepr::deserialize(d)? {
+            WireRepr::Null => Value::Null,
+            WireRepr::Integer(i) => Value::Integer(i),
+            WireRepr::Real(r) => Value::Real(r.0),
+            WireRepr::Text(t) => Value::Text(t),
+            WireRepr::Blob(b) => Value::Blob(b.0),
+        }))
+    }
+}
+
+impl WireValue {
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        self.0.as_ref()
+    }
+}
+
+/// Deserialize a Vec without trusting the declared length for allocation.
+fn bounded_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PREALLOC));
+            while let Some(x) = seq.next_element()? {
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V(std::marker::PhantomData))
+}
+
+/// CRC-64/XZ (ECMA-182 polynomial, reflected), table-driven.
+pub fn crc64(data: &[u8]) -> u64 {
+    const fn table() -> [u64; 256] {
+        let mut t = [0u64; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u64;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 == 1 {
+                    (c >> 1) ^ 0xC96C_5795_D787_0F42
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    }
+    static TABLE: [u64; 256] = table();
+    let mut crc = !0u64;
+    for b in data {
+        crc = TABLE[((crc ^ u64::from(*b)) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// A stable 64-bit hash of a table's shape: name, primary-key columns in
+/// order, then the other columns in order (FNV-1a over a canonical string).
+pub fn schema_hash(table: &str, pks: &[&str], cols: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    feed(table.as_bytes());
+    feed(&[0, 1]);
+    for p in pks {
+        feed(p.as_bytes());
+        feed(&[0]);
+    }
+    feed(&[0, 2]);
+    for c in cols {
+        feed(c.as_bytes());
+        feed(&[0]);
+    }
+    h
+}
+
+impl Package {
+    /// Encode in the given encoding.
+    pub fn encode(&self, enc: Encoding) -> Result<Vec<u8>, PackageError> {
+        match enc {
+            Encoding::Binary => {
+                let mut out = Vec::with_capacity(64 + self.changes.len() * 32);
+                out.extend_from_slice(&MAGIC);
+                out.push(FORMAT_VERSION);
+                let out = postcard::to_extend(self, out)
+                    .map_err(|e| PackageError::Malformed(format!("cannot encode: {e}")))?;
+                let mut out = out;
+                let crc = crc64(&out);
+                out.extend_from_slice(&crc.to_le_bytes());
+                Ok(out)
+            }
+            Encoding::Json => {
+                let body = serde_json::to_string(self)
+                    .map_err(|e| PackageError::Malformed(format!("cannot encode: {e}")))?;
+                let crc = crc64(body.as_bytes());
+                Ok(format!("{JSON_PREFIX}{body},\"crc\":\"{crc:016x}\"}}").into_bytes())
+            }
+        }
+    }
+
+    /// Which encoding `bytes` look like (by their first byte).
+    pub fn sniff(bytes: &[u8]) -> Encoding {
+        if bytes.first() == Some(&b'{') {
+            Encoding::Json
+        } else {
+            Encoding::Binary
+        }
+    }
+
+    /// Decode and validate a package in either encoding.
+    pub fn decode(bytes: &[u8]) -> Result<Package, PackageError> {
+        let pkg = match Package::sniff(bytes) {
+            Encoding::Binary => Package::decode_binary(bytes)?,
+            Encoding::Json => Package::decode_json(bytes)?,
+        };
+        pkg.validate()?;
+        Ok(pkg)
+    }
+
+    fn decode_binary(bytes: &[u8]) -> Result<Package, PackageError> {
+        let min = MAGIC.len() + 1 + 8;
+        if bytes.len() < min {
+            return Err(PackageError::TooShort {
+                need: min,
+                have: bytes.len(),
+            });
+        }
+        if bytes[..4] != MAGIC {
+            return Err(PackageError::BadMagic);
+        }
+        let (content, crc_bytes) = bytes.split_at(bytes.len() - 8);
+        let mut stored = [0u8; 8];
+        stored.copy_from_slice(crc_bytes);
+        let stored = u64::from_le_bytes(stored);
+        let computed = crc64(content);
+        if stored != computed {
+            return Err(PackageError::Checksum { stored, computed });
+        }
+        if content[4] != FORMAT_VERSION {
+            return Err(PackageError::UnsupportedVersion(content[4]));
+        }
+        let (pkg, rest) = postcard::take_from_bytes::<Package>(&content[5..])
+            .map_err(|e| PackageError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(PackageError::Malformed(format!(
+                "{} unexpected bytes after the body",
+                rest.len()
+            )));
+        }
+        Ok(pkg)
+    }
+
+    fn decode_json(bytes: &[u8]) -> Result<Package, PackageError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| PackageError::Malformed("JSON package is not valid UTF-8".into()))?;
+        let min = JSON_PREFIX.len() + JSON_SUFFIX_LEN;
+        if text.len() < min {
+            return Err(PackageError::TooShort {
+                need: min,
+                have: text.len(),
+            });
+        }
+        let split = text.len() - JSON_SUFFIX_LEN;
+        if !text.starts_with(JSON_PREFIX) || !text.is_char_boundary(split) {
+            return Err(PackageError::BadMagic);
+        }
+        let body = &text[JSON_PREFIX.len()..split];
+        let suffix = &text[split..];
+        let hex = suffix
+            .strip_prefix(",\"crc\":\"")
+            .and_then(|s| s.strip_suffix("\"}"))
+            .ok_or(PackageError::BadMagic)?;
+        let stored = u64::from_str_radix(hex, 16)
+            .map_err(|_| PackageError::Malformed("invalid checksum digits".into()))?;
+        let computed = crc64(body.as_bytes());
+        if stored != computed {
+            return Err(PackageError::Checksum { stored, computed });
+        }
+        serde_json::from_str(body).map_err(|e| PackageError::Malformed(e.to_string()))
+    }
+
+    /// Check every cross-reference and ordering rule of the format.
+    pub fn validate(&self) -> Result<(), PackageError> {
+        let bad = |m: String| Err(PackageError::Malformed(m));
+        if self.sender.0.len() != 16 {
+            return bad(format!(
+                "sender site id has {} bytes, expected 16",
+                self.sender.0.len()
+            ));
+        }
+        if self.stream_id.0.len() != 16 {
+            return bad(format!(
+                "stream id has {} bytes, expected 16",
+                self.stream_id.0.len()
+            ));
+        }
+        let nonneg = |p: Position| p.db_version >= 0 && p.seq >= 0;
+        if !nonneg(self.since) || !nonneg(self.cursor) || self.cursor < self.since {
+            return bad(format!(
+                "positions out of order: since {} cursor {}",
+                self.since, self.cursor
+            ));
+        }
+        if let Some(part) = self.part {
+            if part.db_version != self.cursor.db_version {
+                return bad(format!(
+                    "part of db_version {} but cursor is {}",
+                    part.db_version, self.cursor
+                ));
+            }
+        }
+        for s in &self.sites {
+            if s.0.is_empty() || s.0.len() > 16 {
+                return bad(format!("site id of {} bytes", s.0.len()));
+            }
+        }
+        let mut prev = self.since;
+        for (i, c) in self.changes.iter().enumerate() {
+            let Some(t) = self.tables.get(c.table as usize) else {
+                return bad(format!(
+                    "change {i} names table #{} of {}",
+                    c.table,
+                    self.tables.len()
+                ));
+            };
+            if c.cid as usize > t.columns.len() {
+                return bad(format!(
+                    "change {i} names column #{} of table {}",
+                    c.cid, t.name
+                ));
+            }
+            if c.site as usize >= self.sites.len() {
+                return bad(format!(
+                    "change {i} names site #{} of {}",
+                    c.site,
+                    self.sites.len()
+                ));
+            }
+            let pos = Position::new(c.db_version, c.seq);
+            if pos <= prev || pos > self.cursor {
+                return bad(format!(
+                    "change {i} at {pos} is outside ({}, {}] or out of order",
+                    self.since, self.cursor
+                ));
+            }
+            prev = pos;
+        }
+        Ok(())
+    }
+
+    /// Name of the column of change `c` (`"-1"` for the sentinel).
+    pub fn cid_of(&self, c: &PkgChange) -> &str {
+        match c.cid {
+            0 => "-1",
+            n => self.tables[c.table as usize].columns[n as usize - 1].as_str(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Package {
+        Package {
+            sender: Bytes(vec![0xa; 16]),
+            stream_id: Bytes(vec![0x5; 16]),
+            stream: "to_b".into(),
+            since: Position::new(3, 1),
+            cursor: Position::new(5, 2),
+            part: None,
+            tables: vec![TableEntry {
+                name: "todos".into(),
+                schema_hash: schema_hash("todos", &["id"], &["title", "score"]),
+                columns: vec!["title".into(), "score".into()],
+            }],
+            sites: vec![Bytes(vec![0xb; 16])],
+            changes: vec![
+                PkgChange {
+                    table: 0,
+                    pk: Bytes(vec![1, 9, 1]),
+                    cid: 1,
+                    val: WireValue(Value::Text("héllo".into())),
+                    col_version: 1,
+                    db_version: 4,
+                    site: 0,
+                    cl: 1,
+                    seq: 0,
+                },
+                PkgChange {
+                    table: 0,
+                    pk: Bytes(vec![1, 9, 1]),
+                    cid: 2,
+                    val: WireValue(Value::Real(2.0)),
+                    col_version: i64::MAX,
+                    db_version: 5,
+                    site: 0,
+                    cl: 1,
+                    seq: 2,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn packages_round_trip_in_both_encodings() {
+        let p = sample();
+        for enc in [Encoding::Binary, Encoding::Json] {
+            let bytes = p.encode(enc).unwrap();
+            assert_eq!(Package::sniff(&bytes), enc);
+            assert_eq!(Package::decode(&bytes).unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn json_keeps_reals_as_reals_and_integers_exact() {
+        let text = String::from_utf8(sample().encode(Encoding::Json).unwrap()).unwrap();
+        assert!(text.contains("{\"Real\":\"2.0\"}"), "{text}");
+        assert!(text.contains("9223372036854775807"), "{text}");
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        for enc in [Encoding::Binary, Encoding::Json] {
+            let bytes = sample().encode(enc).unwrap();
+            for i in 0..bytes.len() {
+                let mut b = bytes.clone();
+                b[i] ^= 0x01;
+                assert!(Package::decode(&b).is_err(), "{enc:?} byte {i}");
+            }
+            assert!(Package::decode(&bytes[..bytes.len() - 1]).is_err());
+            let mut extra = bytes.clone();
+            extra.push(0);
+            assert!(Package::decode(&extra).is_err());
+        }
+    }
+
+    #[test]
+    fn crc64_matches_the_xz_check_value() {
+        assert_eq!(crc64(b"123456789"), 0x995D_C9BB_DF19_39FA);
+    }
+
+    #[test]
+    fn schema_hash_depends_on_names_and_key_order() {
+        let a = schema_hash("t", &["a", "b"], &["c"]);
+        assert_ne!(a, schema_hash("t", &["b", "a"], &["c"]));
+        assert_ne!(a, schema_hash("t", &["a"], &["b", "c"]));
+        assert_ne!(a, schema_hash("u", &["a", "b"], &["c"]));
+        assert_eq!(a, schema_hash("t", &["a", "b"], &["c"]));
+    }
+
+    #[test]
+    fn cross_references_are_validated() {
+        let mut p = sample();
+        p.changes[0].table = 7;
+        assert!(p.validate().is_err());
+        let mut p = sample();
+        p.changes[1].cid = 3;
+        assert!(p.validate().is_err());
+        let mut p = sample();
+        p.changes[1].db_version = 4;
+        p.changes[1].seq = 0;
+        assert!(p.validate().is_err(), "duplicate position");
+        let mut p = sample();
+        p.changes[1].db_version = 6;
+        assert!(p.validate().is_err(), "beyond the cursor");
+        let mut p = sample();
+        p.cursor = Position::new(1, 0);
+        assert!(p.validate().is_err());
+    }
+}

@@ -1,0 +1,406 @@
+//! `crsql_InboundStream`: applies packages from one outbound stream of one
+//! sender, in order, exactly once in effect.
+//!
+//! `INSERT INTO t(package) VALUES (?)` checks, in order: the package decodes
+//! and its checksum matches; it comes from the expected sender and stream;
+//! it is not already covered (then it is a no-op); it does not leave a gap;
+//! every table is allowed and has the sender's schema. Only then are its
+//! changes merged, and `last_applied` moves to its cursor, in the same
+//! statement: an error anywhere leaves data and position untouched.
+
+use std::ffi::c_int;
+use std::sync::Arc;
+
+use crsql_stream_core::package::{to_hex, Package};
+use crsql_stream_core::Position;
+use rusqlite::types::ValueRef;
+use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
+use rusqlite::{params, Connection};
+
+use super::{
+    load_state, parse_arg, parse_position, parse_sites, parse_tables, StreamState, INBOUND,
+};
+use crate::err;
+use crate::error::{Error, Result};
+use crate::merge::{merge_change, Change};
+use crate::sqlite::vtab::{Table, TableCursor};
+use crate::state::{Ext, Inner};
+use crate::values::to_sql;
+
+const COL_LAST_APPLIED: c_int = 0;
+const COL_PACKAGE: c_int = 1;
+const COL_SENDER: c_int = 2;
+
+/// Arguments of `CREATE VIRTUAL TABLE ... USING crsql_InboundStream(...)`.
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    pub from: Option<[u8; 16]>,
+    pub since: Position,
+    pub tables: Option<Vec<String>>,
+}
+
+impl InboundConfig {
+    pub fn parse(table: &str, args: &[&str]) -> Result<InboundConfig> {
+        let mut cfg = InboundConfig {
+            from: None,
+            since: Position::ZERO,
+            tables: None,
+        };
+        for arg in args {
+            let (k, v) = parse_arg(INBOUND, table, arg)?;
+            match k.as_str() {
+                "from" => {
+                    let sites = parse_sites(INBOUND, table, "from", &v)?;
+                    if sites.len() != 1 {
+                        return Err(err!(
+                            "{INBOUND} {table}: from must be exactly one site id, got {v:?}"
+                        ));
+                    }
+                    cfg.from = Some(sites[0].0);
+                }
+                "since" => cfg.since = parse_position(INBOUND, table, "since", &v)?,
+                "tables" => {
+                    let t = parse_tables(&v);
+                    if t.is_empty() {
+                        return Err(err!("{INBOUND} {table}: tables must name at least one CRR"));
+                    }
+                    cfg.tables = Some(t);
+                }
+                _ => {
+                    return Err(err!(
+                        "{INBOUND} {table}: unknown argument {k:?} (expected from, since, tables)"
+                    ))
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+pub struct InboundTable {
+    ext: Arc<Ext>,
+    name: String,
+    cfg: InboundConfig,
+}
+
+impl Table for InboundTable {
+    type Aux = Arc<Ext>;
+    type Cursor = InboundCursor;
+    const NAME: &'static str = INBOUND;
+    const KIND: VTabKind = VTabKind::Default;
+
+    fn connect(
+        _db: &mut VTabConnection,
+        aux: Option<&Arc<Ext>>,
+        create: bool,
+        name: &str,
+        args: &[&str],
+    ) -> Result<(String, Self)> {
+        let ext = Arc::clone(aux.ok_or_else(|| err!("{INBOUND}: missing extension state"))?);
+        let cfg = InboundConfig::parse(name, args)?;
+        {
+            let mut inner = ext.lock(INBOUND)?;
+            if create {
+                if let Some(tables) = &cfg.tables {
+                    inner.refresh_tables(&ext.tx, true)?;
+                    for t in tables {
+                        if inner.table(t).is_none() {
+                            return Err(err!("{INBOUND} {name}: tables: {t} is not a CRR"));
+                        }
+                    }
+                }
+                let from = cfg.from.map(|f| f.to_vec());
+                super::insert_state(
+                    &inner.conn,
+                    name,
+                    "inbound",
+                    None,
+                    from.as_deref(),
+                    cfg.since,
+                )?;
+            } else if load_state(&inner.conn, name)?.is_none() {
+                return Err(err!(
+                    "{INBOUND} {name}: its stored state (crsql_stream_state) is missing; DROP and re-create the table"
+                ));
+            }
+        }
+        Ok((
+            "CREATE TABLE x(last_applied TEXT, package BLOB HIDDEN, sender TEXT HIDDEN)".into(),
+            InboundTable {
+                ext,
+                name: name.to_string(),
+                cfg,
+            },
+        ))
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
+        info.set_estimated_cost(1.0);
+        Ok(())
+    }
+
+    fn open(&mut self) -> Result<InboundCursor> {
+        Ok(InboundCursor {
+            ext: Arc::clone(&self.ext),
+            name: self.name.clone(),
+            state: None,
+        })
+    }
+
+    fn insert(&mut self, args: &[ValueRef<'_>]) -> Result<i64> {
+        let bytes = match args.get(COL_PACKAGE as usize).copied() {
+            Some(ValueRef::Blob(b)) | Some(ValueRef::Text(b)) => b,
+            _ => {
+                return Err(err!(
+                    "{INBOUND} {}: INSERT INTO {}(package) VALUES (?) needs a package (BLOB or JSON TEXT)",
+                    self.name,
+                    self.name
+                ))
+            }
+        };
+        let mut inner = self.ext.lock(INBOUND)?;
+        apply_package(&self.ext, &mut inner, &self.name, &self.cfg, bytes)?;
+        Ok(0)
+    }
+
+    fn delete(&mut self) -> Result<()> {
+        Err(err!(
+            "{INBOUND} {}: DELETE is not supported; DROP TABLE removes the stream",
+            self.name
+        ))
+    }
+
+    fn update(&mut self) -> Result<()> {
+        Err(err!(
+            "{INBOUND} {}: UPDATE is not supported; apply packages with INSERT",
+            self.name
+        ))
+    }
+
+    fn destroy(&self) -> Result<()> {
+        let inner = self.ext.lock(INBOUND)?;
+        super::delete_state(&inner.conn, &self.name)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    to_hex(b)
+}
+
+/// Apply one package to the inbound stream `name` (see the module docs).
+fn apply_package(
+    ext: &Ext,
+    inner: &mut Inner,
+    name: &str,
+    cfg: &InboundConfig,
+    bytes: &[u8],
+) -> Result<()> {
+    let pkg = Package::decode(bytes).map_err(|e| err!("{INBOUND} {name}: {e}"))?;
+    let state = load_state(&inner.conn, name)?.ok_or_else(|| {
+        err!("{INBOUND} {name}: stored state is missing; DROP and re-create the table")
+    })?;
+    let sender = pkg.sender.0.as_slice();
+    if sender == ext.site_id.as_slice() {
+        return Err(err!(
+            "{INBOUND} {name}: the package was produced by this database itself (site {})",
+            hex(sender)
+        ));
+    }
+    let expected = cfg.from.map(|f| f.to_vec()).or_else(|| state.peer.clone());
+    if let Some(exp) = &expected {
+        if exp.as_slice() != sender {
+            return Err(err!(
+                "{INBOUND} {name}: wrong sender: this stream follows site {}, the package comes from site {}",
+                hex(exp),
+                hex(sender)
+            ));
+        }
+    }
+    if let Some(id) = &state.stream_id {
+        if id.as_slice() != pkg.stream_id.0.as_slice() {
+            return Err(err!(
+                "{INBOUND} {name}: wrong stream: this table follows stream id {}, the package comes from stream {:?} (id {})",
+                hex(id),
+                pkg.stream,
+                hex(&pkg.stream_id.0)
+            ));
+        }
+    }
+    let last = state.position;
+    if pkg.cursor <= last {
+        return Ok(()); // already covered: duplicates are no-ops
+    }
+    if pkg.since > last {
+        return Err(err!(
+            "{INBOUND} {name}: gap: expected a package starting at {last}, got {} (package covers {} to {})",
+            pkg.since,
+            pkg.since,
+            pkg.cursor
+        ));
+    }
+    check_tables(ext, inner, name, cfg, &pkg)?;
+
+    let staged = load_staged(&inner.conn, name)?;
+    match pkg.part {
+        Some(part) if !part.last => {
+            // Stage it; staged parts from an older transaction are applied first.
+            if let Some(first) = staged.first() {
+                if first.part.map(|p| p.db_version) != Some(part.db_version) {
+                    apply_all(ext, inner, &staged)?;
+                    clear_staged(&inner.conn, name)?;
+                }
+            }
+            inner
+                .conn
+                .prepare_cached(
+                    "INSERT INTO crsql_stream_staging (name, part, package) VALUES \
+                     (?1, (SELECT COALESCE(max(part), -1) + 1 FROM crsql_stream_staging WHERE name = ?1), ?2)",
+                )?
+                .execute(params![name, bytes])?;
+        }
+        _ => {
+            apply_all(ext, inner, &staged)?;
+            apply_all(ext, inner, std::slice::from_ref(&pkg))?;
+            if !staged.is_empty() {
+                clear_staged(&inner.conn, name)?;
+            }
+        }
+    }
+    inner
+        .conn
+        .prepare_cached(
+            "UPDATE crsql_stream_state SET db_version = ?2, seq = ?3, peer = ?4, stream_id = ?5 WHERE name = ?1",
+        )?
+        .execute(params![name, pkg.cursor.db_version, pkg.cursor.seq, sender, pkg.stream_id.0])?;
+    Ok(())
+}
+
+/// Refuse a package naming a table that is not allowed, not a CRR here, or
+/// whose schema differs from the sender's.
+fn check_tables(
+    ext: &Ext,
+    inner: &mut Inner,
+    name: &str,
+    cfg: &InboundConfig,
+    pkg: &Package,
+) -> Result<()> {
+    inner.refresh_tables(&ext.tx, false)?;
+    for t in &pkg.tables {
+        if let Some(allowed) = &cfg.tables {
+            if !allowed.iter().any(|a| a == &t.name) {
+                return Err(err!(
+                    "{INBOUND} {name}: the package touches table {}, which is not in this stream's tables ({})",
+                    t.name,
+                    allowed.join(",")
+                ));
+            }
+        }
+        let local = inner.table(&t.name).ok_or_else(|| {
+            err!(
+                "{INBOUND} {name}: the package touches table {}, which is not a CRR here",
+                t.name
+            )
+        })?;
+        let here = local.schema_hash();
+        if here != t.schema_hash {
+            let cols: Vec<&str> = local.cols.iter().map(|c| c.name.as_str()).collect();
+            return Err(err!(
+                "{INBOUND} {name}: schema mismatch for table {}: the sender's columns are ({}), ours are ({}) \
+                 (schema hash {:016x} vs {:016x}); bring both databases to the same schema",
+                t.name,
+                t.columns.join(","),
+                cols.join(","),
+                t.schema_hash,
+                here
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn apply_all(ext: &Ext, inner: &mut Inner, pkgs: &[Package]) -> Result<()> {
+    for pkg in pkgs {
+        for c in &pkg.changes {
+            let table = &pkg.tables[c.table as usize];
+            let change = Change {
+                table: &table.name,
+                pk: &c.pk.0,
+                cid: pkg.cid_of(c),
+                val: to_sql(c.val.as_ref()),
+                col_version: c.col_version,
+                db_version: c.db_version,
+                site_id: &pkg.sites[c.site as usize].0,
+                cl: c.cl,
+                seq: c.seq,
+            };
+            merge_change(ext, inner, &change)?;
+        }
+    }
+    Ok(())
+}
+
+fn load_staged(conn: &Connection, name: &str) -> Result<Vec<Package>> {
+    let blobs: Vec<Vec<u8>> = conn
+        .prepare_cached("SELECT package FROM crsql_stream_staging WHERE name = ?1 ORDER BY part")?
+        .query_map([name], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    blobs
+        .iter()
+        .map(|b| {
+            Package::decode(b)
+                .map_err(|e| err!("{INBOUND} {name}: a staged part is unreadable: {e}"))
+        })
+        .collect()
+}
+
+fn clear_staged(conn: &Connection, name: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM crsql_stream_staging WHERE name = ?1")?
+        .execute([name])?;
+    Ok(())
+}
+
+pub struct InboundCursor {
+    ext: Arc<Ext>,
+    name: String,
+    state: Option<StreamState>,
+}
+
+impl TableCursor for InboundCursor {
+    fn filter(
+        &mut self,
+        _idx_num: c_int,
+        _idx_str: Option<&str>,
+        _args: &[ValueRef<'_>],
+    ) -> Result<()> {
+        let inner = self.ext.lock(INBOUND)?;
+        self.state = Some(load_state(&inner.conn, &self.name)?.ok_or_else(|| {
+            Error::Msg(format!("{INBOUND} {}: stored state is missing", self.name))
+        })?);
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<()> {
+        self.state = None;
+        Ok(())
+    }
+
+    fn eof(&self) -> bool {
+        self.state.is_none()
+    }
+
+    fn column(&self, ctx: &mut Context, col: c_int) -> Result<()> {
+        let Some(s) = &self.state else {
+            return Ok(ctx.set_result(&rusqlite::types::Null)?);
+        };
+        match col {
+            COL_LAST_APPLIED => ctx.set_result(&s.position.to_string())?,
+            COL_SENDER => ctx.set_result(&s.peer.as_deref().map(hex))?,
+            _ => ctx.set_result(&rusqlite::types::Null)?,
+        }
+        Ok(())
+    }
+
+    fn rowid(&self) -> Result<i64> {
+        Ok(0)
+    }
+}

@@ -1,0 +1,163 @@
+//! Debug and interop helpers: `crsql_package_info(pkg)` (the header as
+//! JSON) and the table-valued `crsql_package_changes(pkg)` (the changes as
+//! rows shaped like `crsql_changes`).
+
+use std::ffi::c_int;
+
+use crsql_stream_core::package::{to_hex, Package};
+use rusqlite::types::ValueRef;
+use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo, VTabConnection, VTabKind};
+
+use crate::err;
+use crate::error::Result;
+use crate::sqlite::vtab::{Table, TableCursor};
+use crate::values::{out, to_sql, type_name};
+
+const CHANGES: &str = "crsql_package_changes";
+
+/// Decode a package given as a BLOB (binary) or TEXT (JSON).
+pub fn decode_arg(func: &str, v: ValueRef<'_>) -> Result<Package> {
+    let bytes = match v {
+        ValueRef::Blob(b) | ValueRef::Text(b) => b,
+        other => {
+            return Err(err!(
+                "{func}: expected a package (BLOB or JSON TEXT), got {}",
+                type_name(other)
+            ))
+        }
+    };
+    Package::decode(bytes).map_err(|e| err!("{func}: {e}"))
+}
+
+/// The header of a package as JSON text.
+pub fn package_info(pkg: &Package, len: usize) -> String {
+    let tables: Vec<serde_json::Value> = pkg
+        .tables
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "name": t.name,
+                "schema_hash": format!("{:016x}", t.schema_hash),
+                "columns": t.columns,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "format": crsql_stream_core::package::FORMAT_VERSION,
+        "bytes": len,
+        "sender": to_hex(&pkg.sender.0),
+        "stream_id": to_hex(&pkg.stream_id.0),
+        "stream": pkg.stream,
+        "since": [pkg.since.db_version, pkg.since.seq],
+        "cursor": [pkg.cursor.db_version, pkg.cursor.seq],
+        "part": pkg.part.map(|p| serde_json::json!({"db_version": p.db_version, "last": p.last})),
+        "changes": pkg.changes.len(),
+        "tables": tables,
+        "sites": pkg.sites.iter().map(|s| to_hex(&s.0)).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+pub struct PackageChangesTable;
+
+impl Table for PackageChangesTable {
+    type Aux = ();
+    type Cursor = PackageChangesCursor;
+    const NAME: &'static str = CHANGES;
+    const KIND: VTabKind = VTabKind::EponymousOnly;
+
+    fn connect(
+        _db: &mut VTabConnection,
+        _aux: Option<&()>,
+        _create: bool,
+        _name: &str,
+        _args: &[&str],
+    ) -> Result<(String, Self)> {
+        Ok((
+            "CREATE TABLE x([table] TEXT, [pk] BLOB, [cid] TEXT, [val] ANY, [col_version] INTEGER, \
+             [db_version] INTEGER, [site_id] BLOB, [cl] INTEGER, [seq] INTEGER, package BLOB HIDDEN)"
+                .into(),
+            PackageChangesTable,
+        ))
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
+        let found = info.constraints().position(|c| {
+            c.is_usable()
+                && c.column() == 9
+                && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
+        });
+        if let Some(i) = found {
+            let mut u = info.constraint_usage(i);
+            u.set_argv_index(1);
+            u.set_omit(true);
+            info.set_idx_num(1);
+            info.set_estimated_cost(1.0);
+        } else {
+            info.set_estimated_cost(1e12);
+        }
+        Ok(())
+    }
+
+    fn open(&mut self) -> Result<PackageChangesCursor> {
+        Ok(PackageChangesCursor { pkg: None, pos: 0 })
+    }
+}
+
+pub struct PackageChangesCursor {
+    pkg: Option<Package>,
+    pos: usize,
+}
+
+impl TableCursor for PackageChangesCursor {
+    fn filter(
+        &mut self,
+        idx_num: c_int,
+        _idx_str: Option<&str>,
+        args: &[ValueRef<'_>],
+    ) -> Result<()> {
+        self.pos = 0;
+        if idx_num != 1 || args.is_empty() {
+            return Err(err!(
+                "{CHANGES}: a package argument is required, e.g. SELECT * FROM {CHANGES}(?)"
+            ));
+        }
+        self.pkg = Some(decode_arg(CHANGES, args[0])?);
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<()> {
+        self.pos += 1;
+        Ok(())
+    }
+
+    fn eof(&self) -> bool {
+        self.pkg
+            .as_ref()
+            .is_none_or(|p| self.pos >= p.changes.len())
+    }
+
+    fn column(&self, ctx: &mut Context, col: c_int) -> Result<()> {
+        let Some(pkg) = &self.pkg else {
+            return Ok(ctx.set_result(&rusqlite::types::Null)?);
+        };
+        let c = &pkg.changes[self.pos];
+        match col {
+            0 => ctx.set_result(&pkg.tables[c.table as usize].name)?,
+            1 => ctx.set_result(&c.pk.0)?,
+            2 => ctx.set_result(&pkg.cid_of(c))?,
+            3 => ctx.set_result(&out(to_sql(c.val.as_ref())))?,
+            4 => ctx.set_result(&c.col_version)?,
+            5 => ctx.set_result(&c.db_version)?,
+            6 => ctx.set_result(&pkg.sites[c.site as usize].0)?,
+            7 => ctx.set_result(&c.cl)?,
+            8 => ctx.set_result(&c.seq)?,
+            _ => ctx.set_result(&rusqlite::types::Null)?,
+        }
+        Ok(())
+    }
+
+    fn rowid(&self) -> Result<i64> {
+        Ok(self.pos as i64)
+    }
+}

@@ -1,0 +1,185 @@
+//! Inbound and outbound stream virtual tables (the contract is
+//! `docs/streams.md`), their stored state, and the package helpers.
+//!
+//! State lives in two ordinary tables created on first use, so positions are
+//! written in the caller's transaction and survive crashes:
+//! `crsql_stream_state` (one row per stream) and `crsql_stream_staging`
+//! (parts of a split transaction waiting for their last part).
+
+pub mod inbound;
+pub mod inspect;
+pub mod observe;
+pub mod outbound;
+
+use crsql_stream_core::{Position, SiteId};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::err;
+use crate::error::Result;
+
+pub const OUTBOUND: &str = "crsql_OutboundStream";
+pub const INBOUND: &str = "crsql_InboundStream";
+
+const STATE_DDL: &str = "CREATE TABLE IF NOT EXISTS crsql_stream_state (
+  name TEXT PRIMARY KEY NOT NULL,
+  direction TEXT NOT NULL,
+  stream_id BLOB,
+  peer BLOB,
+  db_version INTEGER NOT NULL DEFAULT 0,
+  seq INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE TABLE IF NOT EXISTS crsql_stream_staging (
+  name TEXT NOT NULL,
+  part INTEGER NOT NULL,
+  package BLOB NOT NULL,
+  PRIMARY KEY (name, part)
+) STRICT;";
+
+/// One row of `crsql_stream_state`.
+#[derive(Debug, Clone)]
+pub struct StreamState {
+    pub direction: String,
+    pub stream_id: Option<Vec<u8>>,
+    pub peer: Option<Vec<u8>>,
+    /// `last_sent` of an outbound stream, `last_applied` of an inbound one.
+    pub position: Position,
+}
+
+pub fn ensure_state_tables(conn: &Connection) -> Result<()> {
+    conn.execute_batch(STATE_DDL)?;
+    Ok(())
+}
+
+pub fn state_tables_exist(conn: &Connection) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'crsql_stream_state'",
+        )?
+        .query_row([], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+pub fn load_state(conn: &Connection, name: &str) -> Result<Option<StreamState>> {
+    if !state_tables_exist(conn)? {
+        return Ok(None);
+    }
+    Ok(conn
+        .prepare_cached("SELECT direction, stream_id, peer, db_version, seq FROM crsql_stream_state WHERE name = ?1")?
+        .query_row([name], |r| {
+            Ok(StreamState {
+                direction: r.get(0)?,
+                stream_id: r.get(1)?,
+                peer: r.get(2)?,
+                position: Position::new(r.get(3)?, r.get(4)?),
+            })
+        })
+        .optional()?)
+}
+
+pub fn insert_state(
+    conn: &Connection,
+    name: &str,
+    direction: &str,
+    stream_id: Option<&[u8]>,
+    peer: Option<&[u8]>,
+    pos: Position,
+) -> Result<()> {
+    ensure_state_tables(conn)?;
+    conn.execute(
+        "INSERT OR REPLACE INTO crsql_stream_state (name, direction, stream_id, peer, db_version, seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![name, direction, stream_id, peer, pos.db_version, pos.seq],
+    )?;
+    conn.execute("DELETE FROM crsql_stream_staging WHERE name = ?1", [name])?;
+    Ok(())
+}
+
+pub fn delete_state(conn: &Connection, name: &str) -> Result<()> {
+    if state_tables_exist(conn)? {
+        conn.execute("DELETE FROM crsql_stream_state WHERE name = ?1", [name])?;
+        conn.execute("DELETE FROM crsql_stream_staging WHERE name = ?1", [name])?;
+    }
+    Ok(())
+}
+
+/// Store a new position for a stream.
+pub fn set_position(conn: &Connection, name: &str, pos: Position) -> Result<()> {
+    conn.prepare_cached("UPDATE crsql_stream_state SET db_version = ?2, seq = ?3 WHERE name = ?1")?
+        .execute(params![name, pos.db_version, pos.seq])?;
+    Ok(())
+}
+
+/// One `key = value` argument of CREATE VIRTUAL TABLE, value dequoted.
+pub fn parse_arg<'a>(module: &str, table: &str, arg: &'a str) -> Result<(String, String)> {
+    let (k, v) = arg.split_once('=').ok_or_else(|| {
+        err!("{module} {table}: argument {arg:?} is not of the form name = value")
+    })?;
+    let v = v.trim();
+    let dequoted = if v.len() >= 2
+        && ((v.starts_with('\'') && v.ends_with('\'')) || (v.starts_with('"') && v.ends_with('"')))
+    {
+        let q = &v[..1];
+        v[1..v.len() - 1].replace(&format!("{q}{q}"), q)
+    } else {
+        v.to_string()
+    };
+    Ok((k.trim().to_ascii_lowercase(), dequoted))
+}
+
+/// A position argument.
+pub fn parse_position(module: &str, table: &str, what: &str, text: &str) -> Result<Position> {
+    Position::parse(text).map_err(|e| err!("{module} {table}: {what}: {e}"))
+}
+
+/// A comma-separated list of hex site ids.
+pub fn parse_sites(module: &str, table: &str, what: &str, text: &str) -> Result<Vec<SiteId>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            SiteId::from_hex(s).ok_or_else(|| {
+                err!("{module} {table}: {what}: {s:?} is not a site id (32 hex digits)")
+            })
+        })
+        .collect()
+}
+
+/// A comma-separated list of table names.
+pub fn parse_tables(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A bounded positive integer argument.
+pub fn parse_count(module: &str, table: &str, what: &str, text: &str, max: i64) -> Result<i64> {
+    match text.trim().parse::<i64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(err!(
+            "{module} {table}: {what} must be an integer from 1 to {max}, got {text:?}"
+        )),
+    }
+}
+
+/// A position argument given to INSERT or WHERE (TEXT like '[12,3]').
+pub fn position_value(
+    module: &str,
+    table: &str,
+    what: &str,
+    v: rusqlite::types::ValueRef<'_>,
+) -> Result<Position> {
+    match v {
+        rusqlite::types::ValueRef::Text(t) => {
+            let s = std::str::from_utf8(t)
+                .map_err(|_| err!("{module} {table}: {what} is not valid UTF-8"))?;
+            parse_position(module, table, what, s)
+        }
+        other => Err(err!(
+            "{module} {table}: {what} must be a position such as '[12,3]', got {}",
+            crate::values::type_name(other)
+        )),
+    }
+}

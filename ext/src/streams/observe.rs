@@ -1,0 +1,140 @@
+//! The eponymous `crsql_streams` table: every stream of the database, with
+//! its positions and how far behind it is.
+
+use std::ffi::c_int;
+use std::sync::Arc;
+
+use crsql_stream_core::package::to_hex;
+use crsql_stream_core::Position;
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
+
+use crate::err;
+use crate::error::Result;
+use crate::sqlite::vtab::{Table, TableCursor};
+use crate::state::Ext;
+
+const NAME: &str = "crsql_streams";
+
+pub struct StreamsTable {
+    ext: Arc<Ext>,
+}
+
+impl Table for StreamsTable {
+    type Aux = Arc<Ext>;
+    type Cursor = StreamsCursor;
+    const NAME: &'static str = NAME;
+    const KIND: VTabKind = VTabKind::EponymousOnly;
+
+    fn connect(
+        _db: &mut VTabConnection,
+        aux: Option<&Arc<Ext>>,
+        _create: bool,
+        _name: &str,
+        _args: &[&str],
+    ) -> Result<(String, Self)> {
+        let ext = Arc::clone(aux.ok_or_else(|| err!("{NAME}: missing extension state"))?);
+        Ok((
+            "CREATE TABLE x(name TEXT, direction TEXT, peer TEXT, last_sent TEXT, last_retrieved TEXT, \
+             last_applied TEXT, lag_versions INTEGER)"
+                .into(),
+            StreamsTable { ext },
+        ))
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
+        info.set_estimated_cost(100.0);
+        Ok(())
+    }
+
+    fn open(&mut self) -> Result<StreamsCursor> {
+        Ok(StreamsCursor {
+            ext: Arc::clone(&self.ext),
+            rows: Vec::new(),
+            pos: 0,
+        })
+    }
+}
+
+pub struct StreamsCursor {
+    ext: Arc<Ext>,
+    rows: Vec<[Value; 7]>,
+    pos: usize,
+}
+
+fn text(p: Position) -> Value {
+    Value::Text(p.to_string())
+}
+
+impl TableCursor for StreamsCursor {
+    fn filter(
+        &mut self,
+        _idx_num: c_int,
+        _idx_str: Option<&str>,
+        _args: &[ValueRef<'_>],
+    ) -> Result<()> {
+        self.rows.clear();
+        self.pos = 0;
+        let mut inner = self.ext.lock(NAME)?;
+        if !super::state_tables_exist(&inner.conn)? {
+            return Ok(());
+        }
+        let db_version = inner.db_version(&self.ext.tx)?;
+        let raw: Vec<(String, String, Option<Vec<u8>>, i64, i64)> = inner
+            .conn
+            .prepare_cached("SELECT name, direction, peer, db_version, seq FROM crsql_stream_state ORDER BY name")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (name, direction, peer, dbv, seq) in raw {
+            let pos = Position::new(dbv, seq);
+            let peer = peer.map(|p| Value::Text(to_hex(&p))).unwrap_or(Value::Null);
+            let row = if direction == "outbound" {
+                let retrieved = self.ext.retrieved(&name).map(text).unwrap_or(Value::Null);
+                [
+                    Value::Text(name),
+                    Value::Text(direction),
+                    peer,
+                    text(pos),
+                    retrieved,
+                    Value::Null,
+                    Value::Integer((db_version - dbv).max(0)),
+                ]
+            } else {
+                [
+                    Value::Text(name),
+                    Value::Text(direction),
+                    peer,
+                    Value::Null,
+                    Value::Null,
+                    text(pos),
+                    Value::Null,
+                ]
+            };
+            self.rows.push(row);
+        }
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<()> {
+        self.pos += 1;
+        Ok(())
+    }
+
+    fn eof(&self) -> bool {
+        self.pos >= self.rows.len()
+    }
+
+    fn column(&self, ctx: &mut Context, col: c_int) -> Result<()> {
+        let v = self
+            .rows
+            .get(self.pos)
+            .and_then(|r| r.get(col as usize))
+            .cloned()
+            .unwrap_or(Value::Null);
+        Ok(ctx.set_result(&v)?)
+    }
+
+    fn rowid(&self) -> Result<i64> {
+        Ok(self.pos as i64)
+    }
+}

@@ -1,0 +1,671 @@
+//! `crsql_OutboundStream`: packages of changes after `last_sent`, produced
+//! lazily, one per row.
+//!
+//! A package holds whole transactions (db_versions). A transaction larger
+//! than the limits is split into parts marked with [`Part`]. Filters skip
+//! changes but the package positions stay contiguous: a package's `cursor`
+//! is the position of the last change it covers, filtered or not, and the
+//! next package's `since` is that cursor.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::c_int;
+use std::sync::Arc;
+
+use crsql_stream_core::package::{
+    Bytes, Encoding, Package, Part, PkgChange, TableEntry, WireValue,
+};
+use crsql_stream_core::{Position, Value};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo, VTabConnection, VTabKind};
+
+use super::{
+    load_state, parse_arg, parse_count, parse_position, parse_sites, parse_tables, OUTBOUND,
+};
+use crate::err;
+use crate::error::{Error, Result};
+use crate::scan::{Scanner, SiteMap};
+use crate::schema::TableInfo;
+use crate::sqlite::vtab::{Table, TableCursor};
+use crate::state::Ext;
+
+const COL_PACKAGE: c_int = 0;
+const COL_CURSOR: c_int = 1;
+const COL_SINCE: c_int = 2;
+const COL_CHANGES: c_int = 3;
+const COL_BYTES: c_int = 4;
+const COL_LAST_SENT: c_int = 5;
+const COL_LAST_RETRIEVED: c_int = 6;
+
+const MAX_CHANGES_LIMIT: i64 = 10_000_000;
+const MAX_BYTES_LIMIT: i64 = 1 << 30;
+
+/// Arguments of `CREATE VIRTUAL TABLE ... USING crsql_OutboundStream(...)`.
+#[derive(Debug, Clone)]
+pub struct OutboundConfig {
+    pub since: Position,
+    pub exclude_sites: Vec<[u8; 16]>,
+    pub local_only: bool,
+    pub tables: Option<Vec<String>>,
+    pub max_changes: usize,
+    pub max_bytes: usize,
+    pub encoding: Encoding,
+}
+
+impl OutboundConfig {
+    pub fn parse(table: &str, args: &[&str]) -> Result<OutboundConfig> {
+        let mut cfg = OutboundConfig {
+            since: Position::ZERO,
+            exclude_sites: Vec::new(),
+            local_only: false,
+            tables: None,
+            max_changes: 1000,
+            max_bytes: 1 << 20,
+            encoding: Encoding::Binary,
+        };
+        for arg in args {
+            let (k, v) = parse_arg(OUTBOUND, table, arg)?;
+            match k.as_str() {
+                "since" => cfg.since = parse_position(OUTBOUND, table, "since", &v)?,
+                "exclude_sites" => {
+                    cfg.exclude_sites = parse_sites(OUTBOUND, table, "exclude_sites", &v)?
+                        .into_iter()
+                        .map(|s| s.0)
+                        .collect()
+                }
+                "local_only" => {
+                    cfg.local_only = match v.trim() {
+                        "0" => false,
+                        "1" => true,
+                        _ => return Err(err!("{OUTBOUND} {table}: local_only must be 0 or 1, got {v:?}")),
+                    }
+                }
+                "tables" => {
+                    let t = parse_tables(&v);
+                    if t.is_empty() {
+                        return Err(err!("{OUTBOUND} {table}: tables must name at least one CRR"));
+                    }
+                    cfg.tables = Some(t);
+                }
+                "max_changes" => {
+                    cfg.max_changes = parse_count(OUTBOUND, table, "max_changes", &v, MAX_CHANGES_LIMIT)? as usize
+                }
+                "max_bytes" => cfg.max_bytes = parse_count(OUTBOUND, table, "max_bytes", &v, MAX_BYTES_LIMIT)? as usize,
+                "encoding" => {
+                    cfg.encoding = match v.trim() {
+                        "binary" => Encoding::Binary,
+                        "json" => Encoding::Json,
+                        _ => return Err(err!("{OUTBOUND} {table}: encoding must be 'binary' or 'json', got {v:?}")),
+                    }
+                }
+                _ => {
+                    return Err(err!(
+                        "{OUTBOUND} {table}: unknown argument {k:?} (expected since, exclude_sites, local_only, \
+                         tables, max_changes, max_bytes, encoding)"
+                    ))
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+pub struct OutboundTable {
+    ext: Arc<Ext>,
+    name: String,
+    cfg: OutboundConfig,
+    stream_id: Vec<u8>,
+}
+
+impl Table for OutboundTable {
+    type Aux = Arc<Ext>;
+    type Cursor = OutboundCursor;
+    const NAME: &'static str = OUTBOUND;
+    const KIND: VTabKind = VTabKind::Default;
+
+    fn connect(
+        _db: &mut VTabConnection,
+        aux: Option<&Arc<Ext>>,
+        create: bool,
+        name: &str,
+        args: &[&str],
+    ) -> Result<(String, Self)> {
+        let ext = Arc::clone(aux.ok_or_else(|| err!("{OUTBOUND}: missing extension state"))?);
+        let cfg = OutboundConfig::parse(name, args)?;
+        let stream_id = {
+            let mut inner = ext.lock(OUTBOUND)?;
+            if create {
+                if let Some(tables) = &cfg.tables {
+                    inner.refresh_tables(&ext.tx, true)?;
+                    for t in tables {
+                        if inner.table(t).is_none() {
+                            return Err(err!("{OUTBOUND} {name}: tables: {t} is not a CRR"));
+                        }
+                    }
+                }
+                let id: Vec<u8> = inner
+                    .conn
+                    .query_row("SELECT randomblob(16)", [], |r| r.get(0))?;
+                let peer = (cfg.exclude_sites.len() == 1).then(|| cfg.exclude_sites[0].to_vec());
+                super::insert_state(
+                    &inner.conn,
+                    name,
+                    "outbound",
+                    Some(&id),
+                    peer.as_deref(),
+                    cfg.since,
+                )?;
+            }
+            load_state(&inner.conn, name)?.and_then(|s| s.stream_id).ok_or_else(|| {
+                err!("{OUTBOUND} {name}: its stored state (crsql_stream_state) is missing; DROP and re-create the table")
+            })?
+        };
+        let pkg_type = if cfg.encoding == Encoding::Json {
+            "TEXT"
+        } else {
+            "BLOB"
+        };
+        Ok((
+            format!(
+                "CREATE TABLE x(package {pkg_type}, cursor TEXT, since TEXT, changes INTEGER, bytes INTEGER, \
+                 last_sent TEXT HIDDEN, last_retrieved TEXT HIDDEN)"
+            ),
+            OutboundTable {
+                ext,
+                name: name.to_string(),
+                cfg,
+                stream_id,
+            },
+        ))
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
+        let found = info.constraints().position(|c| {
+            c.is_usable()
+                && c.column() == COL_CURSOR
+                && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GT
+        });
+        if let Some(i) = found {
+            let mut u = info.constraint_usage(i);
+            u.set_argv_index(1);
+            u.set_omit(true);
+            info.set_idx_num(1);
+        }
+        let ordered = info
+            .order_bys()
+            .all(|o| o.column() == COL_CURSOR && !o.is_order_by_desc());
+        info.set_order_by_consumed(ordered);
+        info.set_estimated_cost(1000.0);
+        Ok(())
+    }
+
+    fn open(&mut self) -> Result<OutboundCursor> {
+        Ok(OutboundCursor {
+            ext: Arc::clone(&self.ext),
+            name: self.name.clone(),
+            cfg: self.cfg.clone(),
+            stream_id: self.stream_id.clone(),
+            producer: None,
+            row: None,
+            rowid: 0,
+        })
+    }
+
+    fn insert(&mut self, args: &[ValueRef<'_>]) -> Result<i64> {
+        let misuse = || {
+            Error::Msg(format!(
+                "{OUTBOUND} {}: only INSERT INTO {}(last_sent) VALUES (<position>) is supported",
+                self.name, self.name
+            ))
+        };
+        let ack = args
+            .get(COL_LAST_SENT as usize)
+            .copied()
+            .unwrap_or(ValueRef::Null);
+        let others_null = args
+            .iter()
+            .enumerate()
+            .all(|(i, v)| i == COL_LAST_SENT as usize || *v == ValueRef::Null);
+        if ack == ValueRef::Null || !others_null {
+            return Err(misuse());
+        }
+        let pos = super::position_value(OUTBOUND, &self.name, "last_sent", ack)?;
+        let mut inner = self.ext.lock(OUTBOUND)?;
+        let newest = inner.db_version(&self.ext.tx)?;
+        if pos.db_version > newest {
+            return Err(err!(
+                "{OUTBOUND} {}: cannot acknowledge {pos}: this database's newest db_version is {newest}",
+                self.name
+            ));
+        }
+        let state = load_state(&inner.conn, &self.name)?
+            .ok_or_else(|| err!("{OUTBOUND} {}: stored state is missing", self.name))?;
+        if pos > state.position {
+            super::set_position(&inner.conn, &self.name, pos)?;
+        }
+        Ok(0)
+    }
+
+    fn delete(&mut self) -> Result<()> {
+        Err(err!(
+            "{OUTBOUND} {}: DELETE is not supported; DROP TABLE removes the stream",
+            self.name
+        ))
+    }
+
+    fn update(&mut self) -> Result<()> {
+        Err(err!(
+            "{OUTBOUND} {}: UPDATE is not supported; acknowledge with INSERT INTO {}(last_sent) VALUES (<position>)",
+            self.name,
+            self.name
+        ))
+    }
+
+    fn destroy(&self) -> Result<()> {
+        let inner = self.ext.lock(OUTBOUND)?;
+        super::delete_state(&inner.conn, &self.name)?;
+        self.ext.forget_retrieved(&self.name);
+        Ok(())
+    }
+}
+
+/// One change read for a package.
+struct OwnedChange {
+    table: usize,
+    pk: Vec<u8>,
+    cid: u32,
+    val: Value,
+    col_version: i64,
+    db_version: i64,
+    site: i64,
+    cl: i64,
+    seq: i64,
+}
+
+impl OwnedChange {
+    fn approx_bytes(&self) -> usize {
+        let v = match &self.val {
+            Value::Text(t) => t.len(),
+            Value::Blob(b) => b.len(),
+            _ => 8,
+        };
+        self.pk.len() + v + 16
+    }
+}
+
+/// All changes of one db_version read so far.
+struct Group {
+    db_version: i64,
+    changes: Vec<OwnedChange>,
+    bytes: usize,
+    /// Position of the last row read (filtered or not).
+    last: Position,
+    /// True when every row of the db_version was read.
+    complete: bool,
+}
+
+/// A package ready to be returned as a row.
+struct Row {
+    package: Vec<u8>,
+    since: Position,
+    cursor: Position,
+    changes: usize,
+}
+
+/// Reads changes after a position and cuts them into packages.
+struct Producer {
+    scanner: Scanner,
+    tables: Vec<Arc<TableInfo>>,
+    sites: SiteMap,
+    excluded: HashSet<i64>,
+    local_only: bool,
+    max_changes: usize,
+    max_bytes: usize,
+    pending: Option<Group>,
+}
+
+impl Producer {
+    fn open(ext: &Ext, cfg: &OutboundConfig, start: Position) -> Result<Producer> {
+        let mut inner = ext.lock(OUTBOUND)?;
+        inner.refresh_tables(&ext.tx, false)?;
+        let tables: Vec<Arc<TableInfo>> = match &cfg.tables {
+            None => inner.tables().to_vec(),
+            Some(names) => names.iter().filter_map(|n| inner.table(n)).collect(),
+        };
+        let sites = SiteMap::load(&inner, ext.site_id)?;
+        let excluded = cfg
+            .exclude_sites
+            .iter()
+            .filter_map(|s| sites.ordinal(s))
+            .collect();
+        drop(inner);
+        let binds = [
+            ValueRef::Integer(start.db_version),
+            ValueRef::Integer(start.seq),
+        ];
+        let scanner = Scanner::open(
+            ext.db,
+            &tables,
+            " WHERE c.db_version >= ?1 AND (c.db_version > ?1 OR c.seq > ?2)",
+            &binds,
+        )?;
+        Ok(Producer {
+            scanner,
+            tables,
+            sites,
+            excluded,
+            local_only: cfg.local_only,
+            max_changes: cfg.max_changes,
+            max_bytes: cfg.max_bytes,
+            pending: None,
+        })
+    }
+
+    /// Read the rest of the current db_version, stopping once the included
+    /// changes reach the limits.
+    fn read_group(&mut self) -> Result<Option<Group>> {
+        let Some(first) = self.scanner.peek_position() else {
+            return Ok(None);
+        };
+        let mut g = Group {
+            db_version: first.db_version,
+            changes: Vec::new(),
+            bytes: 0,
+            last: first,
+            complete: false,
+        };
+        loop {
+            let Some(row) = self.scanner.peek() else {
+                g.complete = true;
+                break;
+            };
+            if row.db_version() != g.db_version {
+                g.complete = true;
+                break;
+            }
+            if g.changes.len() >= self.max_changes
+                || (!g.changes.is_empty() && g.bytes >= self.max_bytes)
+            {
+                break;
+            }
+            let site = row.site_ordinal();
+            let included = !self.excluded.contains(&site) && (!self.local_only || site == 0);
+            g.last = row.position();
+            if included {
+                let table = self
+                    .tables
+                    .iter()
+                    .position(|t| Arc::ptr_eq(t, row.table))
+                    .unwrap_or_default();
+                let cid = match row.cid() {
+                    ValueRef::Text(b"-1") => 0,
+                    ValueRef::Text(name) => {
+                        let name = std::str::from_utf8(name).unwrap_or_default();
+                        match row.table.col_index(name) {
+                            Some(i) => i as u32 + 1,
+                            None => {
+                                return Err(err!(
+                                    "{OUTBOUND}: clock row of {} names column {name:?}, which the table does not have",
+                                    row.table.name
+                                ))
+                            }
+                        }
+                    }
+                    _ => {
+                        return Err(err!(
+                            "{OUTBOUND}: clock row of {} has a non-text col_name",
+                            row.table.name
+                        ))
+                    }
+                };
+                let c = OwnedChange {
+                    table,
+                    pk: row.pk()?,
+                    cid,
+                    val: crate::values::to_core(row.val()).to_owned_value(),
+                    col_version: row.col_version(),
+                    db_version: row.db_version(),
+                    site,
+                    cl: row.cl(),
+                    seq: row.seq(),
+                };
+                g.bytes += c.approx_bytes();
+                g.changes.push(c);
+            }
+            self.scanner.advance()?;
+        }
+        Ok(Some(g))
+    }
+
+    fn take_group(&mut self) -> Result<Option<Group>> {
+        match self.pending.take() {
+            Some(g) => Ok(Some(g)),
+            None => self.read_group(),
+        }
+    }
+
+    /// Build the next package starting after `since`, or None at the end.
+    fn next(
+        &mut self,
+        ext: &Ext,
+        name: &str,
+        stream_id: &[u8],
+        encoding: Encoding,
+        since: Position,
+    ) -> Result<Option<Row>> {
+        // Starting inside a db_version means continuing a split transaction.
+        let continuing = self.pending.is_none()
+            && since > Position::ZERO
+            && self.scanner.peek_position().map(|p| p.db_version) == Some(since.db_version);
+        let Some(first) = self.take_group()? else {
+            return Ok(None);
+        };
+        let mut part = None;
+        let mut cursor = first.last;
+        let mut changes = Vec::new();
+        let mut bytes = 0;
+        if continuing || !first.complete {
+            part = Some(Part {
+                db_version: first.db_version,
+                last: first.complete,
+            });
+            changes = first.changes;
+        } else {
+            bytes += first.bytes;
+            changes.extend(first.changes);
+            let mut scanned_groups = 1usize;
+            while changes.len() < self.max_changes
+                && bytes < self.max_bytes
+                && scanned_groups < 10_000
+            {
+                let Some(g) = self.take_group()? else { break };
+                scanned_groups += 1;
+                let fits = g.complete
+                    && changes.len() + g.changes.len() <= self.max_changes
+                    && bytes + g.bytes <= self.max_bytes;
+                if !fits {
+                    self.pending = Some(g);
+                    break;
+                }
+                cursor = g.last;
+                bytes += g.bytes;
+                changes.extend(g.changes);
+            }
+        }
+        let n = changes.len();
+        let package = self.encode(ext, name, stream_id, encoding, since, cursor, part, changes)?;
+        Ok(Some(Row {
+            package,
+            since,
+            cursor,
+            changes: n,
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn encode(
+        &self,
+        ext: &Ext,
+        name: &str,
+        stream_id: &[u8],
+        encoding: Encoding,
+        since: Position,
+        cursor: Position,
+        part: Option<Part>,
+        changes: Vec<OwnedChange>,
+    ) -> Result<Vec<u8>> {
+        let mut table_idx: HashMap<usize, u32> = HashMap::new();
+        let mut tables: Vec<TableEntry> = Vec::new();
+        let mut site_idx: HashMap<i64, u32> = HashMap::new();
+        let mut sites: Vec<Bytes> = Vec::new();
+        let mut out = Vec::with_capacity(changes.len());
+        for c in changes {
+            let t = *table_idx.entry(c.table).or_insert_with(|| {
+                let info = &self.tables[c.table];
+                tables.push(TableEntry {
+                    name: info.name.clone(),
+                    schema_hash: info.schema_hash(),
+                    columns: info.cols.iter().map(|col| col.name.clone()).collect(),
+                });
+                tables.len() as u32 - 1
+            });
+            let s = match site_idx.get(&c.site) {
+                Some(s) => *s,
+                None => {
+                    let table = &self.tables[c.table].name;
+                    sites.push(Bytes(self.sites.site(c.site, table)?.to_vec()));
+                    site_idx.insert(c.site, sites.len() as u32 - 1);
+                    sites.len() as u32 - 1
+                }
+            };
+            out.push(PkgChange {
+                table: t,
+                pk: Bytes(c.pk),
+                cid: c.cid,
+                val: WireValue(c.val),
+                col_version: c.col_version,
+                db_version: c.db_version,
+                site: s,
+                cl: c.cl,
+                seq: c.seq,
+            });
+        }
+        let pkg = Package {
+            sender: Bytes(ext.site_id.to_vec()),
+            stream_id: Bytes(stream_id.to_vec()),
+            stream: name.to_string(),
+            since,
+            cursor,
+            part,
+            tables,
+            sites,
+            changes: out,
+        };
+        pkg.encode(encoding)
+            .map_err(|e| err!("{OUTBOUND} {name}: cannot encode a package: {e}"))
+    }
+}
+
+pub struct OutboundCursor {
+    ext: Arc<Ext>,
+    name: String,
+    cfg: OutboundConfig,
+    stream_id: Vec<u8>,
+    producer: Option<Producer>,
+    row: Option<Row>,
+    rowid: i64,
+}
+
+impl OutboundCursor {
+    fn produce(&mut self, since: Position) -> Result<()> {
+        let Some(p) = self.producer.as_mut() else {
+            self.row = None;
+            return Ok(());
+        };
+        self.row = p.next(
+            &self.ext,
+            &self.name,
+            &self.stream_id,
+            self.cfg.encoding,
+            since,
+        )?;
+        if let Some(r) = &self.row {
+            self.ext.note_retrieved(&self.name, r.cursor);
+        }
+        Ok(())
+    }
+}
+
+impl TableCursor for OutboundCursor {
+    fn filter(
+        &mut self,
+        idx_num: c_int,
+        _idx_str: Option<&str>,
+        args: &[ValueRef<'_>],
+    ) -> Result<()> {
+        let start = if idx_num == 1 && !args.is_empty() {
+            super::position_value(OUTBOUND, &self.name, "cursor", args[0])?
+        } else {
+            let inner = self.ext.lock(OUTBOUND)?;
+            load_state(&inner.conn, &self.name)?
+                .ok_or_else(|| err!("{OUTBOUND} {}: stored state is missing", self.name))?
+                .position
+        };
+        self.rowid = 0;
+        self.producer = Some(Producer::open(&self.ext, &self.cfg, start)?);
+        self.produce(start)
+    }
+
+    fn next(&mut self) -> Result<()> {
+        self.rowid += 1;
+        let since = match &self.row {
+            Some(r) => r.cursor,
+            None => return Ok(()),
+        };
+        self.produce(since)
+    }
+
+    fn eof(&self) -> bool {
+        self.row.is_none()
+    }
+
+    fn column(&self, ctx: &mut Context, col: c_int) -> Result<()> {
+        let Some(r) = &self.row else {
+            return Ok(ctx.set_result(&rusqlite::types::Null)?);
+        };
+        match col {
+            COL_PACKAGE => match self.cfg.encoding {
+                Encoding::Binary => ctx.set_result(&r.package)?,
+                Encoding::Json => {
+                    ctx.set_result(&ToSqlOutput::Borrowed(ValueRef::Text(&r.package)))?
+                }
+            },
+            COL_CURSOR => ctx.set_result(&r.cursor.to_string())?,
+            COL_SINCE => ctx.set_result(&r.since.to_string())?,
+            COL_CHANGES => ctx.set_result(&(r.changes as i64))?,
+            COL_BYTES => ctx.set_result(&(r.package.len() as i64))?,
+            COL_LAST_SENT => {
+                let inner = self.ext.lock(OUTBOUND)?;
+                let pos = load_state(&inner.conn, &self.name)?.map(|s| s.position.to_string());
+                ctx.set_result(&pos)?
+            }
+            COL_LAST_RETRIEVED => {
+                ctx.set_result(&self.ext.retrieved(&self.name).map(|p| p.to_string()))?
+            }
+            _ => ctx.set_result(&rusqlite::types::Null)?,
+        }
+        Ok(())
+    }
+
+    fn rowid(&self) -> Result<i64> {
+        Ok(self.rowid)
+    }
+}
+
+impl TableInfo {
+    /// Hash of this table's shape, as carried in packages.
+    pub fn schema_hash(&self) -> u64 {
+        let pks: Vec<&str> = self.pks.iter().map(|c| c.name.as_str()).collect();
+        let cols: Vec<&str> = self.cols.iter().map(|c| c.name.as_str()).collect();
+        crsql_stream_core::package::schema_hash(&self.name, &pks, &cols)
+    }
+}
