@@ -6,24 +6,21 @@
 //! from a join with the base table, not a point query per row.
 //! INSERT merges a change (§8, see `merge.rs`).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
 use std::ffi::c_int;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use crsql_stream_core::pack::pack_columns;
 use rusqlite::types::ValueRef;
 use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo, VTabConnection, VTabKind};
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 use crate::merge::{merge_change, Change};
-use crate::schema::TableInfo;
+use crate::scan::{Scanner, SiteMap};
 use crate::sqlite::vtab::{register as register_module, Table, TableCursor};
-use crate::sqlite::{DbHandle, RawStmt};
+use crate::sqlite::DbHandle;
 use crate::state::Ext;
-use crate::values::to_core;
+use crate::values::out;
 
 pub const COL_TABLE: c_int = 0;
 pub const COL_PK: c_int = 1;
@@ -34,16 +31,6 @@ pub const COL_DB_VERSION: c_int = 5;
 pub const COL_SITE_ID: c_int = 6;
 pub const COL_CL: c_int = 7;
 pub const COL_SEQ: c_int = 8;
-
-/// Columns of a per-table scan (see `TableSql::changes_select`).
-const S_CID: usize = 0;
-const S_COL_VERSION: usize = 1;
-const S_DB_VERSION: usize = 2;
-const S_SITE: usize = 3;
-const S_SEQ: usize = 4;
-const S_CL: usize = 5;
-const S_VAL: usize = 6;
-const S_PK0: usize = 7;
 
 pub struct ChangesTable {
     ext: Arc<Ext>,
@@ -181,9 +168,8 @@ impl Table for ChangesTable {
     fn open(&mut self) -> Result<ChangesCursor> {
         Ok(ChangesCursor {
             ext: Arc::clone(&self.ext),
-            scans: Vec::new(),
-            heap: BinaryHeap::new(),
-            sites: HashMap::new(),
+            scanner: Scanner::empty(),
+            sites: None,
             rowid: 0,
         })
     }
@@ -226,37 +212,11 @@ impl Table for ChangesTable {
     }
 }
 
-/// One CRR's ordered scan.
-struct Scan {
-    table: Arc<TableInfo>,
-    stmt: RawStmt,
-}
-
 pub struct ChangesCursor {
     ext: Arc<Ext>,
-    scans: Vec<Scan>,
-    /// Min-heap of (db_version, seq, scan index) over scans that have a row.
-    heap: BinaryHeap<Reverse<(i64, i64, usize)>>,
-    sites: HashMap<i64, Vec<u8>>,
+    scanner: Scanner,
+    sites: Option<SiteMap>,
     rowid: i64,
-}
-
-impl ChangesCursor {
-    fn push(&mut self, i: usize) -> Result<()> {
-        let s = &mut self.scans[i];
-        if s.stmt.step()? {
-            self.heap.push(Reverse((
-                s.stmt.column_i64(S_DB_VERSION),
-                s.stmt.column_i64(S_SEQ),
-                i,
-            )));
-        }
-        Ok(())
-    }
-
-    fn current(&self) -> Option<&Scan> {
-        self.heap.peek().map(|Reverse((_, _, i))| &self.scans[*i])
-    }
 }
 
 impl TableCursor for ChangesCursor {
@@ -266,35 +226,36 @@ impl TableCursor for ChangesCursor {
         idx_str: Option<&str>,
         args: &[ValueRef<'_>],
     ) -> Result<()> {
-        self.scans.clear();
-        self.heap.clear();
+        self.scanner = Scanner::empty();
         self.rowid = 0;
-        let (tables, db) = {
+        let (tables, sites) = {
             let mut inner = self.ext.lock("crsql_changes")?;
             inner.refresh_tables(&self.ext.tx, false)?;
-            self.sites = inner
-                .conn
-                .prepare_cached("SELECT ordinal, site_id FROM crsql_site_id WHERE ordinal != 0")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            (inner.tables().to_vec(), self.ext.db)
+            (
+                inner.tables().to_vec(),
+                SiteMap::load(&inner, self.ext.site_id)?,
+            )
         };
         // Translate the pushed-down constraints into a WHERE clause.
         let mut clauses = Vec::new();
         let mut binds: Vec<ValueRef<'_>> = Vec::new();
         let codes = idx_str.unwrap_or("").split(',').filter(|s| !s.is_empty());
         for (code, arg) in codes.zip(args.iter()) {
+            let site = match arg {
+                ValueRef::Blob(b) => sites.ordinal(b),
+                _ => None,
+            };
             match Pushed::from_code(code) {
                 Some(Pushed::DbVersion(op)) => {
                     binds.push(*arg);
                     clauses.push(format!("c.db_version {op} ?{}", binds.len()));
                 }
-                Some(Pushed::SiteEq) => match self.ordinal_of(*arg) {
+                Some(Pushed::SiteEq) => match site {
                     Some(ord) => clauses.push(format!("c.site_id = {ord}")),
                     None => return Ok(()), // unknown site or NULL: no rows
                 },
                 Some(Pushed::SiteNe) => {
-                    if let Some(ord) = self.ordinal_of(*arg) {
+                    if let Some(ord) = site {
                         clauses.push(format!("c.site_id != {ord}"));
                     }
                 }
@@ -306,74 +267,35 @@ impl TableCursor for ChangesCursor {
         } else {
             format!(" WHERE {}", clauses.join(" AND "))
         };
-        for t in tables {
-            let sql = format!(
-                "{}{where_sql} ORDER BY c.db_version, c.seq",
-                t.sql.changes_select
-            );
-            let mut stmt = RawStmt::prepare(db, &sql)?;
-            for (i, b) in binds.iter().enumerate() {
-                stmt.bind(i + 1, *b)?;
-            }
-            self.scans.push(Scan { table: t, stmt });
-        }
-        for i in 0..self.scans.len() {
-            self.push(i)?;
-        }
+        self.scanner = Scanner::open(self.ext.db, &tables, &where_sql, &binds)?;
+        self.sites = Some(sites);
         Ok(())
     }
 
     fn next(&mut self) -> Result<()> {
-        if let Some(Reverse((_, _, i))) = self.heap.pop() {
-            self.push(i)?;
-        }
+        self.scanner.advance()?;
         self.rowid += 1;
         Ok(())
     }
 
     fn eof(&self) -> bool {
-        self.heap.is_empty()
+        self.scanner.is_done()
     }
 
     fn column(&self, ctx: &mut Context, col: c_int) -> Result<()> {
-        let Some(scan) = self.current() else {
+        let (Some(row), Some(sites)) = (self.scanner.peek(), self.sites.as_ref()) else {
             return Ok(ctx.set_result(&rusqlite::types::Null)?);
         };
-        let st = &scan.stmt;
         match col {
-            COL_TABLE => ctx.set_result(&scan.table.name)?,
-            COL_PK => {
-                let n = scan.table.pks.len();
-                let packed = pack_columns((S_PK0..S_PK0 + n).map(|i| to_core(st.column(i))))
-                    .map_err(|source| Error::Pack {
-                        context: format!(
-                            "crsql_changes: cannot pack the primary key of a row of {}",
-                            scan.table.name
-                        ),
-                        source,
-                    })?;
-                ctx.set_result(&packed)?
-            }
-            COL_CID => ctx.set_result(&crate::values::out(st.column(S_CID)))?,
-            COL_VAL => ctx.set_result(&crate::values::out(st.column(S_VAL)))?,
-            COL_COL_VERSION => ctx.set_result(&st.column_i64(S_COL_VERSION))?,
-            COL_DB_VERSION => ctx.set_result(&st.column_i64(S_DB_VERSION))?,
-            COL_SITE_ID => {
-                let ord = st.column_i64(S_SITE);
-                if ord == 0 {
-                    ctx.set_result(&self.ext.site_id.as_slice())?
-                } else {
-                    match self.sites.get(&ord) {
-                        Some(s) => ctx.set_result(&s.as_slice())?,
-                        None => return Err(Error::Msg(format!(
-                            "crsql_changes: clock row of {} refers to unknown site ordinal {ord}",
-                            scan.table.name
-                        ))),
-                    }
-                }
-            }
-            COL_CL => ctx.set_result(&st.column_i64(S_CL))?,
-            COL_SEQ => ctx.set_result(&st.column_i64(S_SEQ))?,
+            COL_TABLE => ctx.set_result(&row.table.name)?,
+            COL_PK => ctx.set_result(&row.pk()?)?,
+            COL_CID => ctx.set_result(&out(row.cid()))?,
+            COL_VAL => ctx.set_result(&out(row.val()))?,
+            COL_COL_VERSION => ctx.set_result(&row.col_version())?,
+            COL_DB_VERSION => ctx.set_result(&row.db_version())?,
+            COL_SITE_ID => ctx.set_result(&sites.site(row.site_ordinal(), &row.table.name)?)?,
+            COL_CL => ctx.set_result(&row.cl())?,
+            COL_SEQ => ctx.set_result(&row.seq())?,
             _ => ctx.set_result(&rusqlite::types::Null)?,
         }
         Ok(())
@@ -381,20 +303,6 @@ impl TableCursor for ChangesCursor {
 
     fn rowid(&self) -> Result<i64> {
         Ok(self.rowid)
-    }
-}
-
-impl ChangesCursor {
-    /// The ordinal of a site id argument; None for NULL or an unknown site.
-    fn ordinal_of(&self, v: ValueRef<'_>) -> Option<i64> {
-        let ValueRef::Blob(b) = v else { return None };
-        if b == self.ext.site_id.as_slice() {
-            return Some(0);
-        }
-        self.sites
-            .iter()
-            .find(|(_, s)| s.as_slice() == b)
-            .map(|(o, _)| *o)
     }
 }
 
