@@ -15,7 +15,7 @@ use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo, VTabConnection, VTab
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
-use crate::merge::{merge_change, Change};
+use crate::merge::{merge_change, Change, MergeCache};
 use crate::scan::{Scanner, SiteMap};
 use crate::sqlite::vtab::{register as register_module, Table, TableCursor};
 use crate::sqlite::DbHandle;
@@ -85,6 +85,7 @@ impl Table for ChangesTable {
         _db: &mut VTabConnection,
         aux: Option<&Arc<Ext>>,
         _create: bool,
+        _schema: &str,
         _name: &str,
         _args: &[&str],
     ) -> Result<(String, Self)> {
@@ -177,7 +178,7 @@ impl Table for ChangesTable {
     fn insert(&mut self, args: &[ValueRef<'_>]) -> Result<i64> {
         let change = Change::from_values(args)?;
         let mut inner = self.ext.lock("crsql_changes")?;
-        let n = merge_change(&self.ext, &mut inner, &change)?;
+        let n = merge_change(&self.ext, &mut inner, &change, &mut MergeCache::default())?;
         self.ext.rows_impacted.fetch_add(n, Relaxed);
         Ok(0)
     }

@@ -109,8 +109,29 @@ impl<'a> Change<'a> {
     }
 }
 
+/// What a run of merges in one call (one package) may remember between
+/// changes: the last row touched and the site ordinals resolved. Never kept
+/// across calls, so nothing can go stale.
+#[derive(Default)]
+pub struct MergeCache {
+    sites: std::collections::HashMap<Vec<u8>, i64>,
+    row: Option<RowMemo>,
+}
+
+struct RowMemo {
+    table: String,
+    pk: Vec<u8>,
+    key: i64,
+    cl: i64,
+}
+
 /// Merge one change. Returns the number of "impacted" operations (§7.7).
-pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64> {
+pub fn merge_change(
+    ext: &Ext,
+    inner: &mut Inner,
+    c: &Change<'_>,
+    cache: &mut MergeCache,
+) -> Result<i64> {
     inner.refresh_tables(&ext.tx, false)?;
     let t = inner.table(c.table).ok_or_else(|| {
         err!(
@@ -153,20 +174,30 @@ pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64>
         ));
     }
 
-    let existing_key: Option<i64> = inner
-        .conn
-        .prepare_cached(&t.sql.key_lookup)?
-        .query_row(
-            params_from_iter(pks.iter().map(|v| crate::values::out(*v))),
-            |r| r.get(0),
-        )
-        .optional()?;
-    let local_cl = match existing_key {
-        Some(k) => inner
-            .conn
-            .prepare_cached(&t.sql.local_cl)?
-            .query_row([k], |r| r.get::<_, i64>(0))?,
-        None => 0,
+    let memo = cache
+        .row
+        .take()
+        .filter(|m| m.table == c.table && m.pk == c.pk);
+    let (existing_key, local_cl) = match memo {
+        Some(m) => (Some(m.key), m.cl),
+        None => {
+            let existing_key: Option<i64> = inner
+                .conn
+                .prepare_cached(&t.sql.key_lookup)?
+                .query_row(
+                    params_from_iter(pks.iter().map(|v| crate::values::out(*v))),
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let local_cl = match existing_key {
+                Some(k) => inner
+                    .conn
+                    .prepare_cached(&t.sql.local_cl)?
+                    .query_row([k], |r| r.get::<_, i64>(0))?,
+                None => 0,
+            };
+            (existing_key, local_cl)
+        }
     };
     let mut m = Merger {
         ext,
@@ -174,9 +205,33 @@ pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64>
         t: &t,
         c,
         pks: &pks,
+        sites: &mut cache.sites,
     };
-    match decide_row(local_cl, is_sentinel, c.cl) {
-        RowDecision::Ignore => Ok(0),
+    let decision = decide_row(local_cl, is_sentinel, c.cl);
+    let (impacted, key, cl_after) = apply_decision(&mut m, decision, existing_key, local_cl, col)?;
+    if let Some(key) = key {
+        cache.row = Some(RowMemo {
+            table: c.table.to_string(),
+            pk: c.pk.to_vec(),
+            key,
+            cl: cl_after,
+        });
+    }
+    Ok(impacted)
+}
+
+/// Perform a row decision. Returns (impacted, the row's key if known, the
+/// row's causal length afterwards).
+fn apply_decision(
+    m: &mut Merger<'_, '_>,
+    decision: RowDecision,
+    existing_key: Option<i64>,
+    local_cl: i64,
+    col: Option<usize>,
+) -> Result<(i64, Option<i64>, i64)> {
+    let (t, c) = (m.t, m.c);
+    match decision {
+        RowDecision::Ignore => Ok((0, existing_key, local_cl)),
         RowDecision::Delete { cl } => {
             let key = m.key(existing_key)?;
             m.base_write(&t.sql.base_delete, None)?;
@@ -185,12 +240,12 @@ pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64>
                 .conn
                 .prepare_cached(&t.sql.clock_delete_cells)?
                 .execute([key])?;
-            Ok(1)
+            Ok((1, Some(key), cl))
         }
         RowDecision::Sentinel { cl } => {
             let key = m.key(existing_key)?;
             m.apply_sentinel(key, cl)?;
-            Ok(1)
+            Ok((1, Some(key), cl))
         }
         RowDecision::Cell {
             sentinel_cl,
@@ -199,16 +254,18 @@ pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64>
             let col = col.unwrap_or_default();
             let key = m.key(existing_key)?;
             let mut impacted = 0;
+            let mut cl_after = local_cl;
             if let Some(cl) = sentinel_cl {
                 m.apply_sentinel(key, cl)?;
                 impacted += 1;
+                cl_after = cl;
             }
             if !unconditional && !m.cell_wins(key, col)? {
-                return Ok(impacted);
+                return Ok((impacted, Some(key), cl_after));
             }
             m.base_write(&t.sql.base_upsert[col], Some(c.val))?;
             m.write_clock(key, c.cid, c.col_version)?;
-            Ok(impacted + 1)
+            Ok((impacted + 1, Some(key), cl_after.max(1)))
         }
     }
 }
@@ -219,6 +276,7 @@ struct Merger<'m, 'c> {
     t: &'m TableInfo,
     c: &'m Change<'c>,
     pks: &'m [ValueRef<'c>],
+    sites: &'m mut std::collections::HashMap<Vec<u8>, i64>,
 }
 
 impl Merger<'_, '_> {
@@ -249,10 +307,17 @@ impl Merger<'_, '_> {
         let v = self
             .inner
             .next_db_version(&self.ext.tx, Some(self.c.db_version))?;
-        let ordinal = self
-            .inner
-            .site_ordinal(&self.ext.site_id, self.c.site_id, true)?
-            .unwrap_or(0);
+        let ordinal = match self.sites.get(self.c.site_id) {
+            Some(o) => *o,
+            None => {
+                let o = self
+                    .inner
+                    .site_ordinal(&self.ext.site_id, self.c.site_id, true)?
+                    .unwrap_or(0);
+                self.sites.insert(self.c.site_id.to_vec(), o);
+                o
+            }
+        };
         self.inner
             .conn
             .prepare_cached(&self.t.sql.clock_write)?

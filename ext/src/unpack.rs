@@ -31,6 +31,7 @@ impl Table for UnpackTable {
         _db: &mut VTabConnection,
         _aux: Option<&()>,
         _create: bool,
+        _schema: &str,
         _name: &str,
         _args: &[&str],
     ) -> Result<(String, Self)> {

@@ -29,6 +29,7 @@ pub trait Table: Sized + 'static {
         db: &mut VTabConnection,
         aux: Option<&Self::Aux>,
         create: bool,
+        schema: &str,
         table_name: &str,
         args: &[&str],
     ) -> Result<(String, Self)>;
@@ -110,6 +111,7 @@ fn connect_shim<T: Table>(
     args: &[&[u8]],
 ) -> rusqlite::Result<(String, VTabShim<T>)> {
     guard(T::NAME, || {
+        let schema = utf8("schema name", args.get(1).copied().unwrap_or_default())?;
         let name = utf8("table name", args.get(2).copied().unwrap_or_default())?;
         // args[0..3] are module, database and table names.
         let user_args = args
@@ -117,9 +119,9 @@ fn connect_shim<T: Table>(
             .skip(3)
             .map(|a| utf8("argument", a))
             .collect::<Result<Vec<_>>>()?;
-        let (schema, table) = T::connect(db, aux, create, name, &user_args)?;
+        let (decl, table) = T::connect(db, aux, create, schema, name, &user_args)?;
         Ok((
-            schema,
+            decl,
             VTabShim {
                 base: sqlite3_vtab::default(),
                 table,

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::err;
 use crate::error::{Error, Result};
-use crate::merge::{merge_change, Change};
+use crate::merge::{merge_change, Change, MergeCache};
 use crate::sqlite::vtab::{Table, TableCursor};
 use crate::state::{Ext, Inner};
 use crate::values::to_sql;
@@ -93,9 +93,11 @@ impl Table for InboundTable {
         _db: &mut VTabConnection,
         aux: Option<&Arc<Ext>>,
         create: bool,
+        schema: &str,
         name: &str,
         args: &[&str],
     ) -> Result<(String, Self)> {
+        super::require_main(INBOUND, schema, name)?;
         let ext = Arc::clone(aux.ok_or_else(|| err!("{INBOUND}: missing extension state"))?);
         let cfg = InboundConfig::parse(name, args)?;
         {
@@ -319,6 +321,7 @@ fn check_tables(
 }
 
 fn apply_all(ext: &Ext, inner: &mut Inner, pkgs: &[Package]) -> Result<()> {
+    let mut cache = MergeCache::default();
     for pkg in pkgs {
         for c in &pkg.changes {
             let table = &pkg.tables[c.table as usize];
@@ -333,7 +336,7 @@ fn apply_all(ext: &Ext, inner: &mut Inner, pkgs: &[Package]) -> Result<()> {
                 cl: c.cl,
                 seq: c.seq,
             };
-            merge_change(ext, inner, &change)?;
+            merge_change(ext, inner, &change, &mut cache)?;
         }
     }
     Ok(())

@@ -70,6 +70,7 @@ impl Table for PackageChangesTable {
         _db: &mut VTabConnection,
         _aux: Option<&()>,
         _create: bool,
+        _schema: &str,
         _name: &str,
         _args: &[&str],
     ) -> Result<(String, Self)> {

@@ -183,3 +183,13 @@ pub fn position_value(
         )),
     }
 }
+
+/// Stream tables keep their state in the main database, so they must live there.
+pub fn require_main(module: &str, schema: &str, table: &str) -> Result<()> {
+    if schema != "main" {
+        return Err(err!(
+            "{module} {table}: stream tables must be created in the main database, not in {schema:?}"
+        ));
+    }
+    Ok(())
+}

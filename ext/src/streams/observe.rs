@@ -30,6 +30,7 @@ impl Table for StreamsTable {
         _db: &mut VTabConnection,
         aux: Option<&Arc<Ext>>,
         _create: bool,
+        _schema: &str,
         _name: &str,
         _args: &[&str],
     ) -> Result<(String, Self)> {

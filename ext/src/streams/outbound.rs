@@ -126,9 +126,11 @@ impl Table for OutboundTable {
         _db: &mut VTabConnection,
         aux: Option<&Arc<Ext>>,
         create: bool,
+        schema: &str,
         name: &str,
         args: &[&str],
     ) -> Result<(String, Self)> {
+        super::require_main(OUTBOUND, schema, name)?;
         let ext = Arc::clone(aux.ok_or_else(|| err!("{OUTBOUND}: missing extension state"))?);
         let cfg = OutboundConfig::parse(name, args)?;
         let stream_id = {
