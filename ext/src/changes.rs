@@ -15,7 +15,7 @@ use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo, VTabConnection, VTab
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
-use crate::merge::{merge_change, Change, MergeCache};
+use crate::merge::{merge_change, Change};
 use crate::scan::{Scanner, SiteMap};
 use crate::sqlite::vtab::{register as register_module, Table, TableCursor};
 use crate::sqlite::DbHandle;
@@ -178,7 +178,9 @@ impl Table for ChangesTable {
     fn insert(&mut self, args: &[ValueRef<'_>]) -> Result<i64> {
         let change = Change::from_values(args)?;
         let mut inner = self.ext.lock("crsql_changes")?;
-        let n = merge_change(&self.ext, &mut inner, &change, &mut MergeCache::default())?;
+        let n = self
+            .ext
+            .with_merge_cache(|cache| merge_change(&self.ext, &mut inner, &change, cache))?;
         self.ext.rows_impacted.fetch_add(n, Relaxed);
         Ok(0)
     }
@@ -231,7 +233,7 @@ impl TableCursor for ChangesCursor {
         self.rowid = 0;
         let (tables, sites) = {
             let mut inner = self.ext.lock("crsql_changes")?;
-            inner.refresh_tables(&self.ext.tx, false)?;
+            inner.sync(&self.ext.tx)?;
             (
                 inner.tables().to_vec(),
                 SiteMap::load(&inner, self.ext.site_id)?,

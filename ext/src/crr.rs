@@ -390,6 +390,8 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
         if cur > 0 {
             inner.persist_version(cur)?;
         }
+        // The altered table must still meet the CRR preconditions (§5.2).
+        check_compatible(&inner.conn, table)?;
         create_crr(ext, &mut inner, table)?;
         conn.execute_batch("RELEASE alter_crr").map_err(|e| {
             err!("crsql_commit_alter: no crsql_begin_alter('{table}') is open on this connection ({e})")

@@ -59,3 +59,11 @@ pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T>) -> rusqlite::Result<T
         }
     }
 }
+
+/// The message of an SQLite error without rusqlite's decoration.
+pub fn message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(m)) => m.clone(),
+        other => other.to_string(),
+    }
+}

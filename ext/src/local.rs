@@ -69,7 +69,7 @@ fn trigger_table(
             ))
         }
     };
-    inner.refresh_tables(&ext.tx, false)?;
+    inner.sync(&ext.tx)?;
     let t = inner
         .table(name)
         .ok_or_else(|| err!("table {name} not found"))?;

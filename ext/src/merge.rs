@@ -132,7 +132,7 @@ pub fn merge_change(
     c: &Change<'_>,
     cache: &mut MergeCache,
 ) -> Result<i64> {
-    inner.refresh_tables(&ext.tx, false)?;
+    inner.sync(&ext.tx)?;
     let t = inner.table(c.table).ok_or_else(|| {
         err!(
             "crsql - could not find the schema information for table {}",
@@ -232,9 +232,12 @@ fn apply_decision(
     let (t, c) = (m.t, m.c);
     match decision {
         RowDecision::Ignore => Ok((0, existing_key, local_cl)),
+        // User constraints can only fail in the base-table write, so it goes
+        // first: a refused change leaves no key, clock or version behind,
+        // even where SQLite has no statement journal to undo a partial merge.
         RowDecision::Delete { cl } => {
-            let key = m.key(existing_key)?;
             m.base_write(&t.sql.base_delete, None)?;
+            let key = m.key(existing_key)?;
             m.write_clock(key, SENTINEL, cl)?;
             m.inner
                 .conn
@@ -243,8 +246,9 @@ fn apply_decision(
             Ok((1, Some(key), cl))
         }
         RowDecision::Sentinel { cl } => {
+            m.base_write(&t.sql.base_insert_pks, None)?;
             let key = m.key(existing_key)?;
-            m.apply_sentinel(key, cl)?;
+            m.write_sentinel(key, cl)?;
             Ok((1, Some(key), cl))
         }
         RowDecision::Cell {
@@ -252,20 +256,24 @@ fn apply_decision(
             unconditional,
         } => {
             let col = col.unwrap_or_default();
+            if !unconditional {
+                // Equal causal lengths: the row and its key exist.
+                let key = m.key(existing_key)?;
+                if !m.cell_wins(key, col)? {
+                    return Ok((0, Some(key), local_cl));
+                }
+            }
+            m.base_write(&t.sql.base_upsert[col], Some(c.val))?;
             let key = m.key(existing_key)?;
-            let mut impacted = 0;
-            let mut cl_after = local_cl;
+            let mut impacted = 1;
+            let mut cl_after = local_cl.max(1);
             if let Some(cl) = sentinel_cl {
-                m.apply_sentinel(key, cl)?;
+                m.write_sentinel(key, cl)?;
                 impacted += 1;
                 cl_after = cl;
             }
-            if !unconditional && !m.cell_wins(key, col)? {
-                return Ok((impacted, Some(key), cl_after));
-            }
-            m.base_write(&t.sql.base_upsert[col], Some(c.val))?;
             m.write_clock(key, c.cid, c.col_version)?;
-            Ok((impacted + 1, Some(key), cl_after.max(1)))
+            Ok((impacted, Some(key), cl_after))
         }
     }
 }
@@ -332,10 +340,10 @@ impl Merger<'_, '_> {
         Ok(())
     }
 
-    /// Create or resurrect the row: insert its primary key if missing, zero
-    /// the clocks of surviving cells, then store the sentinel (§8.1).
-    fn apply_sentinel(&mut self, key: i64, cl: i64) -> Result<()> {
-        self.base_write(&self.t.sql.base_insert_pks, None)?;
+    /// The clock side of creating or resurrecting a row (the base row is
+    /// already written): zero the clocks of surviving cells, then store the
+    /// sentinel (§8.1).
+    fn write_sentinel(&mut self, key: i64, cl: i64) -> Result<()> {
         let v = self
             .inner
             .next_db_version(&self.ext.tx, Some(self.c.db_version))?;

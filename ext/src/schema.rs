@@ -115,11 +115,29 @@ pub fn list_crrs(conn: &Connection) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
         "SELECT substr(c.name, 1, length(c.name) - 13) AS crr FROM sqlite_master AS c \
          WHERE c.type = 'table' AND substr(c.name, -13) = '__crsql_clock' \
-           AND EXISTS (SELECT 1 FROM sqlite_master AS b WHERE b.type = 'table' \
-                       AND b.name = substr(c.name, 1, length(c.name) - 13)) \
+           AND (EXISTS (SELECT 1 FROM sqlite_master AS b WHERE b.type = 'table' \
+                        AND b.name = substr(c.name, 1, length(c.name) - 13) COLLATE NOCASE) \
+                OR EXISTS (SELECT 1 FROM sqlite_temp_master AS b WHERE b.type = 'table' \
+                        AND b.name = substr(c.name, 1, length(c.name) - 13) COLLATE NOCASE)) \
            AND EXISTS (SELECT 1 FROM sqlite_master AS p WHERE p.type = 'table' \
                        AND p.name = substr(c.name, 1, length(c.name) - 13) || '__crsql_pks') \
          ORDER BY crr",
+    )?;
+    let names = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(names)
+}
+
+/// Every clock table in the main schema that has a `db_version` column,
+/// including those left behind when a CRR's base table was dropped: their
+/// versions still count, so `crsql_db_version()` never goes backwards.
+pub fn list_clock_tables(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.name FROM sqlite_master AS c \
+         WHERE c.type = 'table' AND substr(c.name, -13) = '__crsql_clock' \
+           AND EXISTS (SELECT 1 FROM pragma_table_info(c.name) WHERE name = 'db_version') \
+         ORDER BY c.name",
     )?;
     let names = stmt
         .query_map([], |r| r.get::<_, String>(0))?
@@ -131,7 +149,10 @@ pub fn list_crrs(conn: &Connection) -> Result<Vec<String>> {
 pub fn is_crr(conn: &Connection, table: &str) -> Result<bool> {
     let trig = format!("{table}__crsql_itrig");
     Ok(conn
-        .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?1")?
+        .prepare_cached(
+            "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?1 \
+             UNION ALL SELECT 1 FROM sqlite_temp_master WHERE type = 'trigger' AND name = ?1",
+        )?
         .query_row([trig], |_| Ok(()))
         .optional()?
         .is_some())

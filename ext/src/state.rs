@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::err;
 use crate::error::Result;
-use crate::schema::{self, quote_ident, TableInfo, CLOCK_SUFFIX};
+use crate::schema::{self, quote_ident, TableInfo};
 use crate::sqlite::DbHandle;
 
 /// Per-transaction counters, reset by the commit and rollback hooks.
@@ -72,6 +72,8 @@ pub struct Ext {
     pub rows_impacted: AtomicI64,
     /// `last_retrieved` of each outbound stream (per connection, not durable).
     retrieved: Mutex<HashMap<String, Position>>,
+    /// Set while a package is merged, so consecutive changes share lookups.
+    merge_batch: Mutex<Option<crate::merge::MergeCache>>,
     inner: Mutex<Inner>,
 }
 
@@ -110,6 +112,7 @@ impl Ext {
             merge_equal_values: AtomicBool::new(merge_equal_values),
             rows_impacted: AtomicI64::new(0),
             retrieved: Mutex::new(HashMap::new()),
+            merge_batch: Mutex::new(None),
             inner: Mutex::new(Inner {
                 conn,
                 schema_version: -1,
@@ -163,6 +166,23 @@ impl Ext {
             .remove(stream);
     }
 
+    pub fn begin_merge_batch(&self) {
+        *self.merge_batch.lock().unwrap_or_else(|e| e.into_inner()) = Some(Default::default());
+    }
+
+    pub fn end_merge_batch(&self) {
+        *self.merge_batch.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Run `f` with the batch merge cache if one is active, else a fresh one.
+    pub fn with_merge_cache<T>(&self, f: impl FnOnce(&mut crate::merge::MergeCache) -> T) -> T {
+        let mut slot = self.merge_batch.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_mut() {
+            Some(c) => f(c),
+            None => f(&mut Default::default()),
+        }
+    }
+
     /// Forget cached metadata (after our own DDL).
     pub fn invalidate_schema(&self, inner: &mut Inner) {
         inner.schema_version = -1;
@@ -214,14 +234,9 @@ impl Inner {
                 tables.push(Arc::new(t));
             }
         }
-        let mut parts: Vec<String> = tables
+        let mut parts: Vec<String> = schema::list_clock_tables(&self.conn)?
             .iter()
-            .map(|t| {
-                format!(
-                    "SELECT max(db_version) AS v FROM {}",
-                    quote_ident(&format!("{}{CLOCK_SUFFIX}", t.name))
-                )
-            })
+            .map(|clock| format!("SELECT max(db_version) AS v FROM {}", quote_ident(clock)))
             .collect();
         parts.push(
             "SELECT value AS v FROM crsql_master WHERE key = 'pre_compact_dbversion' AND typeof(value) = 'integer'"
@@ -246,29 +261,43 @@ impl Inner {
         self.by_name.get(name).map(|&i| Arc::clone(&self.tables[i]))
     }
 
-    /// The committed db_version (§3.3), from cache or disk.
+    /// The committed db_version (§3.3), from cache or disk. Also notices
+    /// commits by other connections (`PRAGMA data_version`), after which the
+    /// table metadata and the version are read again.
     pub fn db_version(&mut self, tx: &TxCounters) -> Result<i64> {
-        self.refresh_tables(tx, false)?;
         let dv: i64 = self
             .conn
             .prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get(0))?;
-        let cached = tx.db_version.load(Relaxed);
-        if cached >= 0 && dv == self.data_version {
-            return Ok(cached);
+        if dv != self.data_version {
+            self.data_version = dv;
+            tx.schema_checked.store(false, Relaxed);
+            if tx.pending.load(Relaxed) < 0 {
+                tx.db_version.store(-1, Relaxed);
+            }
         }
-        // Inside a write transaction that already took a version, the clock
-        // rows on disk include our own uncommitted writes: keep the cache.
-        if cached >= 0 && tx.pending.load(Relaxed) >= 0 {
+        self.refresh_tables(tx, false)?;
+        let cached = tx.db_version.load(Relaxed);
+        if cached >= 0 {
             return Ok(cached);
         }
         let v: i64 = self
             .conn
             .prepare_cached(&self.version_sql)?
             .query_row([], |r| r.get(0))?;
-        self.data_version = dv;
         tx.db_version.store(v, Relaxed);
         Ok(v)
+    }
+
+    /// Bring cached metadata up to date before an operation: at the start of
+    /// a transaction also notice other connections' commits.
+    pub fn sync(&mut self, tx: &TxCounters) -> Result<()> {
+        if tx.pending.load(Relaxed) < 0 {
+            self.db_version(tx)?;
+            Ok(())
+        } else {
+            self.refresh_tables(tx, false)
+        }
     }
 
     /// The version for the next write in this transaction (§3.3 `next`).

@@ -22,10 +22,8 @@ use super::{
 };
 use crate::err;
 use crate::error::{Error, Result};
-use crate::merge::{merge_change, Change, MergeCache};
 use crate::sqlite::vtab::{Table, TableCursor};
 use crate::state::{Ext, Inner};
-use crate::values::to_sql;
 
 const COL_LAST_APPLIED: c_int = 0;
 const COL_PACKAGE: c_int = 1;
@@ -160,8 +158,7 @@ impl Table for InboundTable {
                 ))
             }
         };
-        let mut inner = self.ext.lock(INBOUND)?;
-        apply_package(&self.ext, &mut inner, &self.name, &self.cfg, bytes)?;
+        apply_package(&self.ext, &self.name, &self.cfg, bytes)?;
         Ok(0)
     }
 
@@ -190,14 +187,79 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Apply one package to the inbound stream `name` (see the module docs).
-fn apply_package(
+///
+/// The merges run as ONE nested `INSERT INTO crsql_changes SELECT ... FROM
+/// crsql_package_changes(...)` statement. SQLite gives that nested
+/// multi-row statement its own statement journal, so a change that fails
+/// half-way through a package rolls back every change of the package, even
+/// inside the caller's explicit transaction (a single-row INSERT into a
+/// virtual table gets no statement journal, and SAVEPOINT cannot be opened
+/// while the caller's INSERT runs). Positions are written only afterwards.
+fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Result<()> {
+    let pkg = Package::decode(bytes).map_err(|e| err!("{INBOUND} {name}: {e}"))?;
+    let staged = {
+        let mut inner = ext.lock(INBOUND)?;
+        if !check_package(ext, &mut inner, name, cfg, &pkg)? {
+            return Ok(()); // already covered: duplicates are no-ops
+        }
+        load_staged(&inner.conn, name)?
+    };
+    let staged_dbv = staged
+        .first()
+        .and_then(|(_, p)| p.part)
+        .map(|p| p.db_version);
+    let mut to_merge: Vec<&[u8]> = Vec::new();
+    let mut clear = false;
+    let stage_this = matches!(pkg.part, Some(part) if !part.last);
+    if stage_this {
+        // A new split transaction: staged parts of an older one (whose other
+        // changes were superseded at the sender) are applied first.
+        if staged_dbv.is_some() && staged_dbv != pkg.part.map(|p| p.db_version) {
+            to_merge.extend(staged.iter().map(|(b, _)| b.as_slice()));
+            clear = true;
+        }
+    } else {
+        to_merge.extend(staged.iter().map(|(b, _)| b.as_slice()));
+        to_merge.push(bytes);
+        clear = !staged.is_empty();
+    }
+    merge_packages(ext, name, &to_merge)?;
+    let inner = ext.lock(INBOUND)?;
+    if clear {
+        clear_staged(&inner.conn, name)?;
+    }
+    if stage_this {
+        inner
+            .conn
+            .prepare_cached(
+                "INSERT INTO crsql_stream_staging (name, part, package) VALUES \
+                 (?1, (SELECT COALESCE(max(part), -1) + 1 FROM crsql_stream_staging WHERE name = ?1), ?2)",
+            )?
+            .execute(params![name, bytes])?;
+    }
+    inner
+        .conn
+        .prepare_cached(
+            "UPDATE crsql_stream_state SET db_version = ?2, seq = ?3, peer = ?4, stream_id = ?5 WHERE name = ?1",
+        )?
+        .execute(params![
+            name,
+            pkg.cursor.db_version,
+            pkg.cursor.seq,
+            pkg.sender.0,
+            pkg.stream_id.0
+        ])?;
+    Ok(())
+}
+
+/// Sender, stream, position and schema checks. Ok(false): already covered.
+fn check_package(
     ext: &Ext,
     inner: &mut Inner,
     name: &str,
     cfg: &InboundConfig,
-    bytes: &[u8],
-) -> Result<()> {
-    let pkg = Package::decode(bytes).map_err(|e| err!("{INBOUND} {name}: {e}"))?;
+    pkg: &Package,
+) -> Result<bool> {
     let state = load_state(&inner.conn, name)?.ok_or_else(|| {
         err!("{INBOUND} {name}: stored state is missing; DROP and re-create the table")
     })?;
@@ -230,7 +292,7 @@ fn apply_package(
     }
     let last = state.position;
     if pkg.cursor <= last {
-        return Ok(()); // already covered: duplicates are no-ops
+        return Ok(false);
     }
     if pkg.since > last {
         return Err(err!(
@@ -240,40 +302,28 @@ fn apply_package(
             pkg.cursor
         ));
     }
-    check_tables(ext, inner, name, cfg, &pkg)?;
+    check_tables(ext, inner, name, cfg, pkg)?;
+    Ok(true)
+}
 
-    let staged = load_staged(&inner.conn, name)?;
-    match pkg.part {
-        Some(part) if !part.last => {
-            // Stage it; staged parts from an older transaction are applied first.
-            if let Some(first) = staged.first() {
-                if first.part.map(|p| p.db_version) != Some(part.db_version) {
-                    apply_all(ext, inner, &staged)?;
-                    clear_staged(&inner.conn, name)?;
-                }
-            }
-            inner
-                .conn
-                .prepare_cached(
-                    "INSERT INTO crsql_stream_staging (name, part, package) VALUES \
-                     (?1, (SELECT COALESCE(max(part), -1) + 1 FROM crsql_stream_staging WHERE name = ?1), ?2)",
-                )?
-                .execute(params![name, bytes])?;
-        }
-        _ => {
-            apply_all(ext, inner, &staged)?;
-            apply_all(ext, inner, std::slice::from_ref(&pkg))?;
-            if !staged.is_empty() {
-                clear_staged(&inner.conn, name)?;
-            }
-        }
+/// Merge the changes of `packages` (encoded) in one nested statement.
+fn merge_packages(ext: &Ext, name: &str, packages: &[&[u8]]) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
     }
-    inner
-        .conn
-        .prepare_cached(
-            "UPDATE crsql_stream_state SET db_version = ?2, seq = ?3, peer = ?4, stream_id = ?5 WHERE name = ?1",
-        )?
-        .execute(params![name, pkg.cursor.db_version, pkg.cursor.seq, sender, pkg.stream_id.0])?;
+    const COLS: &str = "\"table\", pk, cid, val, col_version, db_version, site_id, cl, seq";
+    let arms: Vec<String> = (1..=packages.len())
+        .map(|i| format!("SELECT {COLS} FROM crsql_package_changes(?{i})"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO crsql_changes ({COLS}) {}",
+        arms.join(" UNION ALL ")
+    );
+    let conn = ext.db.connection()?;
+    ext.begin_merge_batch();
+    let r = conn.execute(&sql, rusqlite::params_from_iter(packages.iter()));
+    ext.end_merge_batch();
+    r.map_err(|e| err!("{INBOUND} {name}: {}", crate::error::message(&e)))?;
     Ok(())
 }
 
@@ -286,7 +336,7 @@ fn check_tables(
     cfg: &InboundConfig,
     pkg: &Package,
 ) -> Result<()> {
-    inner.refresh_tables(&ext.tx, false)?;
+    inner.sync(&ext.tx)?;
     for t in &pkg.tables {
         if let Some(allowed) = &cfg.tables {
             if !allowed.iter().any(|a| a == &t.name) {
@@ -320,38 +370,18 @@ fn check_tables(
     Ok(())
 }
 
-fn apply_all(ext: &Ext, inner: &mut Inner, pkgs: &[Package]) -> Result<()> {
-    let mut cache = MergeCache::default();
-    for pkg in pkgs {
-        for c in &pkg.changes {
-            let table = &pkg.tables[c.table as usize];
-            let change = Change {
-                table: &table.name,
-                pk: &c.pk.0,
-                cid: pkg.cid_of(c),
-                val: to_sql(c.val.as_ref()),
-                col_version: c.col_version,
-                db_version: c.db_version,
-                site_id: &pkg.sites[c.site as usize].0,
-                cl: c.cl,
-                seq: c.seq,
-            };
-            merge_change(ext, inner, &change, &mut cache)?;
-        }
-    }
-    Ok(())
-}
-
-fn load_staged(conn: &Connection, name: &str) -> Result<Vec<Package>> {
+/// Staged parts, encoded and decoded, in order.
+fn load_staged(conn: &Connection, name: &str) -> Result<Vec<(Vec<u8>, Package)>> {
     let blobs: Vec<Vec<u8>> = conn
         .prepare_cached("SELECT package FROM crsql_stream_staging WHERE name = ?1 ORDER BY part")?
         .query_map([name], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     blobs
-        .iter()
+        .into_iter()
         .map(|b| {
-            Package::decode(b)
-                .map_err(|e| err!("{INBOUND} {name}: a staged part is unreadable: {e}"))
+            let p = Package::decode(&b)
+                .map_err(|e| err!("{INBOUND} {name}: a staged part is unreadable: {e}"))?;
+            Ok((b, p))
         })
         .collect()
 }

@@ -328,7 +328,7 @@ struct Producer {
 impl Producer {
     fn open(ext: &Ext, cfg: &OutboundConfig, start: Position) -> Result<Producer> {
         let mut inner = ext.lock(OUTBOUND)?;
-        inner.refresh_tables(&ext.tx, false)?;
+        inner.sync(&ext.tx)?;
         let tables: Vec<Arc<TableInfo>> = match &cfg.tables {
             None => inner.tables().to_vec(),
             Some(names) => names.iter().filter_map(|n| inner.table(n)).collect(),

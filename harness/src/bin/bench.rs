@@ -1,3 +1,619 @@
-fn main() {
-    println!("bench: not written yet");
+//! Release-mode benchmark: plain SQLite table vs. the same table as a CRR.
+//!
+//! Run with `make bench` (or `cd harness && cargo run --release --bin bench --
+//! [--rows N]`). Every database is a file in a temporary directory, in WAL
+//! mode with `synchronous=NORMAL` and SQLite's default page cache. The plain
+//! database is opened without the extension, so it is pure SQLite.
+//!
+//! Figures:
+//! - insert N rows (one transaction, one prepared statement), plain vs CRR;
+//! - `UPDATE t SET b = b + 1` (its own transaction), plain vs CRR;
+//! - read every row of `crsql_changes` (all nine columns, copied out);
+//! - merge them into a fresh replica (one transaction, one prepared
+//!   `INSERT INTO crsql_changes`), then check that the replica's table equals
+//!   the source's (the program aborts if it does not);
+//! - the database file sizes after `PRAGMA wal_checkpoint(TRUNCATE)`.
+//!
+//! `--pragma NAME=VALUE` (repeatable) runs `PRAGMA NAME=VALUE` on every
+//! connection (plain, crr and replica) right after opening it, e.g.
+//! `--pragma temp_store=memory` to keep statement journals in memory.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use rusqlite::types::Value;
+use rusqlite::{params, Connection};
+
+use crsql_stream_harness::{ext_path, load};
+
+const DEFAULT_ROWS: usize = 100_000;
+
+/// Targets and cr-sqlite 0.16's figures for the same workload.
+const TARGET_INSERT_RATIO: f64 = 3.0;
+const TARGET_MERGE_RATE: f64 = 1_000_000.0;
+const TARGET_SIZE_RATIO: f64 = 2.5;
+const CRSQLITE_INSERT_RATIO: &str = "32x";
+const CRSQLITE_MERGE_RATE: &str = "72,000/s";
+const CRSQLITE_SIZE_RATIO: &str = "4.5x";
+
+const CREATE: &str = "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, a TEXT, b INTEGER, c REAL)";
+const INSERT: &str = "INSERT INTO t (id, a, b, c) VALUES (?1, ?2, ?3, ?4)";
+const UPDATE: &str = "UPDATE t SET b = b + 1";
+const SELECT_CHANGES: &str =
+    "SELECT \"table\", pk, cid, val, col_version, db_version, site_id, cl, seq FROM crsql_changes";
+const INSERT_CHANGE: &str = "INSERT INTO crsql_changes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// One row of `crsql_changes`, copied out of SQLite.
+struct Change {
+    table: String,
+    pk: Vec<u8>,
+    cid: String,
+    val: Value,
+    col_version: i64,
+    db_version: i64,
+    site_id: Value,
+    cl: i64,
+    seq: i64,
+}
+
+/// A row of `t`.
+struct Row {
+    id: i64,
+    a: String,
+    b: i64,
+    c: f64,
+}
+
+/// Deterministic data: xorshift64*, fixed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn make_rows(n: usize) -> Vec<Row> {
+    const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    (0..n)
+        .map(|i| {
+            // "row-0000042-" (12 chars) + 8..=18 letters: 20..=30 chars.
+            let mut a = format!("row-{i:07}-");
+            let extra = 8 + (rng.next() % 11) as usize;
+            for _ in 0..extra {
+                a.push(LETTERS[(rng.next() % 26) as usize] as char);
+            }
+            Row {
+                id: i as i64 + 1,
+                a,
+                b: (rng.next() % 1_000_000) as i64,
+                c: (rng.next() % 1_000_000_000) as f64 / 1000.0,
+            }
+        })
+        .collect()
+}
+
+const USAGE: &str = "usage: bench [--rows N] [--pragma NAME=VALUE]...   (default 100000 rows)";
+
+struct Options {
+    rows: usize,
+    pragmas: Vec<String>,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut rows = DEFAULT_ROWS;
+    let mut pragmas = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rows" => {
+                let v = args.next().ok_or("--rows needs a value")?;
+                rows = v
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|_| format!("--rows: not a number: {v}"))?;
+                if rows == 0 {
+                    return Err("--rows must be at least 1".into());
+                }
+            }
+            "--pragma" => {
+                let v = args.next().ok_or("--pragma needs NAME=VALUE")?;
+                let ok = v.split_once('=').is_some_and(|(name, value)| {
+                    !name.is_empty()
+                        && !value.is_empty()
+                        && v.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_=.-".contains(c))
+                });
+                if !ok {
+                    return Err(format!("--pragma: expected NAME=VALUE, got {v}"));
+                }
+                pragmas.push(v);
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    Ok(Options { rows, pragmas })
+}
+
+fn open_file(path: &Path, with_ext: bool, pragmas: &[String]) -> BoxResult<Connection> {
+    let conn = Connection::open(path)?;
+    if with_ext {
+        load(&conn)?;
+    }
+    for p in pragmas {
+        conn.execute_batch(&format!("PRAGMA {p}"))?;
+    }
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!("could not switch {} to WAL (got {mode})", path.display()).into());
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+    Ok(conn)
+}
+
+/// Wall-clock time and, where Linux reports it, the CPU time of this thread
+/// (user + system; it leaves out time spent waiting for a CPU, so it is less
+/// sensitive to other load on the machine).
+#[derive(Clone, Copy)]
+struct Timing {
+    wall: Duration,
+    cpu: Option<Duration>,
+}
+
+/// CPU time of the current thread, from `/proc/thread-self/schedstat`.
+fn thread_cpu() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+fn timed<T>(f: impl FnOnce() -> BoxResult<T>) -> BoxResult<(T, Timing)> {
+    let cpu0 = thread_cpu();
+    let start = Instant::now();
+    let v = f()?;
+    let wall = start.elapsed();
+    let cpu = match (cpu0, thread_cpu()) {
+        (Some(a), Some(b)) => b.checked_sub(a),
+        _ => None,
+    };
+    Ok((v, Timing { wall, cpu }))
+}
+
+fn insert_rows(conn: &mut Connection, rows: &[Row]) -> BoxResult<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare(INSERT)?;
+        for r in rows {
+            stmt.execute(params![r.id, r.a, r.b, r.c])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn update_all(conn: &Connection) -> BoxResult<usize> {
+    Ok(conn.execute(UPDATE, [])?)
+}
+
+fn read_changes(conn: &Connection) -> BoxResult<Vec<Change>> {
+    let mut stmt = conn.prepare(SELECT_CHANGES)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(Change {
+            table: r.get(0)?,
+            pk: r.get(1)?,
+            cid: r.get(2)?,
+            val: r.get(3)?,
+            col_version: r.get(4)?,
+            db_version: r.get(5)?,
+            site_id: r.get(6)?,
+            cl: r.get(7)?,
+            seq: r.get(8)?,
+        });
+    }
+    Ok(out)
+}
+
+fn merge_changes(conn: &mut Connection, changes: &[Change]) -> BoxResult<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare(INSERT_CHANGE)?;
+        for c in changes {
+            stmt.execute(params![
+                c.table,
+                c.pk,
+                c.cid,
+                c.val,
+                c.col_version,
+                c.db_version,
+                c.site_id,
+                c.cl,
+                c.seq
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn count(conn: &Connection, sql: &str) -> BoxResult<i64> {
+    Ok(conn.query_row(sql, [], |r| r.get(0))?)
+}
+
+/// Compare `t` row by row (ordered by id) on two connections. Floats are
+/// compared bit for bit.
+fn tables_equal(a: &Connection, b: &Connection) -> BoxResult<Result<usize, String>> {
+    let sql = "SELECT id, a, b, c FROM t ORDER BY id";
+    let mut sa = a.prepare(sql)?;
+    let mut sb = b.prepare(sql)?;
+    let mut ra = sa.query([])?;
+    let mut rb = sb.query([])?;
+    let mut n = 0usize;
+    loop {
+        match (ra.next()?, rb.next()?) {
+            (None, None) => return Ok(Ok(n)),
+            (Some(x), None) => {
+                let id: i64 = x.get(0)?;
+                return Ok(Err(format!(
+                    "replica is missing rows from id {id} on ({n} rows matched)"
+                )));
+            }
+            (None, Some(y)) => {
+                let id: i64 = y.get(0)?;
+                return Ok(Err(format!(
+                    "replica has an extra row with id {id} ({n} rows matched)"
+                )));
+            }
+            (Some(x), Some(y)) => {
+                let vx: [Value; 4] = [x.get(0)?, x.get(1)?, x.get(2)?, x.get(3)?];
+                let vy: [Value; 4] = [y.get(0)?, y.get(1)?, y.get(2)?, y.get(3)?];
+                let same = vx.iter().zip(&vy).all(|(p, q)| match (p, q) {
+                    (Value::Real(f), Value::Real(g)) => f.to_bits() == g.to_bits(),
+                    _ => p == q,
+                });
+                if !same {
+                    return Ok(Err(format!("row differs: source {vx:?}, replica {vy:?}")));
+                }
+                n += 1;
+            }
+        }
+    }
+}
+
+/// Checkpoint and truncate the WAL, then return the main file's size.
+fn checkpointed_size(conn: &Connection, path: &Path) -> BoxResult<u64> {
+    let (busy, _log, _done): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    if busy != 0 {
+        return Err(format!("checkpoint of {} was blocked", path.display()).into());
+    }
+    let wal = path.with_extension("db-wal");
+    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    if wal_len != 0 {
+        return Err(format!(
+            "{} still holds {wal_len} bytes after the checkpoint",
+            wal.display()
+        )
+        .into());
+    }
+    Ok(std::fs::metadata(path)?.len())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// 1234567 -> "1,234,567".
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let groups: Vec<&str> = digits
+        .as_bytes()
+        .rchunks(3)
+        .rev()
+        .map(|g| std::str::from_utf8(g).unwrap_or("?"))
+        .collect();
+    groups.join(",")
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "MISS"
+    }
+}
+
+struct Table {
+    rows: Vec<[String; 7]>,
+}
+
+impl Table {
+    fn new() -> Table {
+        let head = [
+            "figure",
+            "plain",
+            "crr",
+            "crr/plain",
+            "target",
+            "cr-sqlite",
+            "",
+        ];
+        Table {
+            rows: vec![head.map(String::from)],
+        }
+    }
+
+    fn row(&mut self, cells: [&str; 7]) {
+        self.rows.push(cells.map(String::from));
+    }
+
+    fn render(&self) -> String {
+        let mut width = [0usize; 7];
+        for r in &self.rows {
+            for (w, c) in width.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for (i, r) in self.rows.iter().enumerate() {
+            let mut line = String::new();
+            for (j, (c, w)) in r.iter().zip(width).enumerate() {
+                if j == 0 {
+                    let _ = write!(line, "{c:<w$}");
+                } else {
+                    let _ = write!(line, "  {c:>w$}");
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+            if i == 0 {
+                let total = width.iter().sum::<usize>() + 2 * (width.len() - 1);
+                out.push_str(&"-".repeat(total));
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+fn run(opts: &Options) -> BoxResult<()> {
+    let n = opts.rows;
+    let dir = tempfile::tempdir()?;
+    let plain_path = dir.path().join("plain.db");
+    let crr_path = dir.path().join("crr.db");
+    let replica_path = dir.path().join("replica.db");
+    let rows = make_rows(n);
+
+    println!("crsql_stream benchmark");
+    println!("  {} rows x 3 columns: {CREATE}", grouped(n as u64));
+    println!(
+        "  SQLite {} (bundled), file databases, journal_mode=WAL, synchronous=NORMAL, default cache",
+        rusqlite::version()
+    );
+    let ext = ext_path();
+    println!(
+        "  extension: {}",
+        ext.canonicalize().unwrap_or(ext).display()
+    );
+    if !opts.pragmas.is_empty() {
+        println!(
+            "  extra pragmas on every connection: {}",
+            opts.pragmas.join(", ")
+        );
+    }
+    println!("  plain = the table without the extension; crr = crsql_as_crr('t') before inserting");
+    println!();
+
+    // Plain: pure SQLite, extension not loaded.
+    let mut plain = open_file(&plain_path, false, &opts.pragmas)?;
+    plain.execute_batch(CREATE)?;
+    let ((), plain_insert) = timed(|| insert_rows(&mut plain, &rows))?;
+    let (plain_updated, plain_update) = timed(|| update_all(&plain))?;
+
+    // CRR source.
+    let mut crr = open_file(&crr_path, true, &opts.pragmas)?;
+    crr.execute_batch(CREATE)?;
+    crr.query_row("SELECT crsql_as_crr('t')", [], |_| Ok(()))?;
+    let ((), crr_insert) = timed(|| insert_rows(&mut crr, &rows))?;
+    let (crr_updated, crr_update) = timed(|| update_all(&crr))?;
+    if plain_updated != n || crr_updated != n {
+        return Err(format!(
+            "UPDATE touched {plain_updated} plain / {crr_updated} crr rows, expected {n}"
+        )
+        .into());
+    }
+
+    // Read every change.
+    let (changes, read_time) = timed(|| read_changes(&crr))?;
+    if changes.len() != 3 * n {
+        eprintln!(
+            "bench: note: crsql_changes returned {} rows; cr-sqlite 0.16 returns {} here (3 cells per row, no sentinels)",
+            changes.len(),
+            3 * n
+        );
+    }
+
+    // Merge into a fresh replica.
+    let mut replica = open_file(&replica_path, true, &opts.pragmas)?;
+    replica.execute_batch(CREATE)?;
+    replica.query_row("SELECT crsql_as_crr('t')", [], |_| Ok(()))?;
+    let ((), merge_time) = timed(|| merge_changes(&mut replica, &changes))?;
+    let matched = match tables_equal(&crr, &replica)? {
+        Ok(m) => m,
+        Err(why) => return Err(format!("replica differs from the source: {why}").into()),
+    };
+    if matched != n {
+        return Err(format!("replica holds {matched} rows, expected {n}").into());
+    }
+    let replica_changes = count(&replica, "SELECT count(*) FROM crsql_changes")?;
+
+    // Sizes.
+    let plain_size = checkpointed_size(&plain, &plain_path)?;
+    let crr_size = checkpointed_size(&crr, &crr_path)?;
+    let replica_size = checkpointed_size(&replica, &replica_path)?;
+
+    let insert_ratio = crr_insert.wall.as_secs_f64() / plain_insert.wall.as_secs_f64();
+    let update_ratio = crr_update.wall.as_secs_f64() / plain_update.wall.as_secs_f64();
+    let read_rate = changes.len() as f64 / read_time.wall.as_secs_f64();
+    let merge_rate = changes.len() as f64 / merge_time.wall.as_secs_f64();
+    let size_ratio = crr_size as f64 / plain_size as f64;
+
+    let mut t = Table::new();
+    t.row([
+        "insert (1 tx)",
+        &ms(plain_insert.wall),
+        &ms(crr_insert.wall),
+        &format!("{insert_ratio:.2}x"),
+        &format!("<= {TARGET_INSERT_RATIO}x"),
+        CRSQLITE_INSERT_RATIO,
+        verdict(insert_ratio <= TARGET_INSERT_RATIO),
+    ]);
+    t.row([
+        "update b = b + 1",
+        &ms(plain_update.wall),
+        &ms(crr_update.wall),
+        &format!("{update_ratio:.2}x"),
+        "-",
+        "-",
+        "",
+    ]);
+    t.row([
+        "read crsql_changes",
+        "-",
+        &ms(read_time.wall),
+        "-",
+        "-",
+        "-",
+        "",
+    ]);
+    t.row([
+        "  changes read",
+        "-",
+        &grouped(changes.len() as u64),
+        "-",
+        "-",
+        "-",
+        "",
+    ]);
+    t.row([
+        "  read rate",
+        "-",
+        &format!("{}/s", grouped(read_rate as u64)),
+        "-",
+        "-",
+        "-",
+        "",
+    ]);
+    t.row([
+        "merge into replica",
+        "-",
+        &ms(merge_time.wall),
+        "-",
+        "-",
+        "-",
+        "",
+    ]);
+    t.row([
+        "  merge rate",
+        "-",
+        &format!("{}/s", grouped(merge_rate as u64)),
+        "-",
+        &format!(">= {}/s", grouped(TARGET_MERGE_RATE as u64)),
+        CRSQLITE_MERGE_RATE,
+        verdict(merge_rate >= TARGET_MERGE_RATE),
+    ]);
+    t.row([
+        "file size",
+        &mib(plain_size),
+        &mib(crr_size),
+        &format!("{size_ratio:.2}x"),
+        &format!("<= {TARGET_SIZE_RATIO}x"),
+        CRSQLITE_SIZE_RATIO,
+        verdict(size_ratio <= TARGET_SIZE_RATIO),
+    ]);
+    print!("{}", t.render());
+    println!();
+    println!(
+        "per row: insert {:.2} us plain, {:.2} us crr; update {:.2} us plain, {:.2} us crr",
+        plain_insert.wall.as_secs_f64() * 1e6 / n as f64,
+        crr_insert.wall.as_secs_f64() * 1e6 / n as f64,
+        plain_update.wall.as_secs_f64() * 1e6 / n as f64,
+        crr_update.wall.as_secs_f64() * 1e6 / n as f64,
+    );
+    let cpu_ms = |t: Timing| t.cpu.map_or_else(|| "n/a".to_string(), ms);
+    let cpu_ratio = |a: Timing, b: Timing| match (a.cpu, b.cpu) {
+        (Some(x), Some(y)) if !x.is_zero() => format!("{:.2}x", y.as_secs_f64() / x.as_secs_f64()),
+        _ => "n/a".to_string(),
+    };
+    let cpu_rate = |t: Timing| match t.cpu {
+        Some(c) if !c.is_zero() => format!(
+            "{}/s",
+            grouped((changes.len() as f64 / c.as_secs_f64()) as u64)
+        ),
+        _ => "n/a".to_string(),
+    };
+    println!("cpu time of this thread (excludes waiting for a CPU on a busy machine):");
+    println!(
+        "  insert {} plain, {} crr ({}); update {} plain, {} crr ({})",
+        cpu_ms(plain_insert),
+        cpu_ms(crr_insert),
+        cpu_ratio(plain_insert, crr_insert),
+        cpu_ms(plain_update),
+        cpu_ms(crr_update),
+        cpu_ratio(plain_update, crr_update),
+    );
+    println!(
+        "  read {} ({}); merge {} ({})",
+        cpu_ms(read_time),
+        cpu_rate(read_time),
+        cpu_ms(merge_time),
+        cpu_rate(merge_time),
+    );
+    println!(
+        "replica: table t equals the source ({} rows); {} change rows; file {}",
+        grouped(matched as u64),
+        grouped(replica_changes as u64),
+        mib(replica_size)
+    );
+    println!(
+        "file sizes are after PRAGMA wal_checkpoint(TRUNCATE), following the insert and the update"
+    );
+
+    drop(plain);
+    crsql_stream_harness::close(crr);
+    crsql_stream_harness::close(replica);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
