@@ -364,17 +364,32 @@ impl Producer {
 
     /// Read the rest of the current db_version, stopping once the included
     /// changes reach the limits.
-    fn read_group(&mut self) -> Result<Option<Group>> {
-        let Some(first) = self.scanner.peek_position() else {
-            return Ok(None);
+    /// Read rows of the current db_version into `g` (a new group when None)
+    /// until the group ends or its included changes reach the limits.
+    fn read_group(
+        &mut self,
+        g: Option<Group>,
+        max_changes: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Group>> {
+        let mut g = match g {
+            Some(g) => g,
+            None => {
+                let Some(first) = self.scanner.peek_position() else {
+                    return Ok(None);
+                };
+                Group {
+                    db_version: first.db_version,
+                    changes: Vec::new(),
+                    bytes: 0,
+                    last: first,
+                    complete: false,
+                }
+            }
         };
-        let mut g = Group {
-            db_version: first.db_version,
-            changes: Vec::new(),
-            bytes: 0,
-            last: first,
-            complete: false,
-        };
+        if g.complete {
+            return Ok(Some(g));
+        }
         loop {
             let Some(row) = self.scanner.peek() else {
                 g.complete = true;
@@ -384,9 +399,7 @@ impl Producer {
                 g.complete = true;
                 break;
             }
-            if g.changes.len() >= self.max_changes
-                || (!g.changes.is_empty() && g.bytes >= self.max_bytes)
-            {
+            if g.changes.len() >= max_changes || (!g.changes.is_empty() && g.bytes >= max_bytes) {
                 break;
             }
             let site = row.site_ordinal();
@@ -438,11 +451,10 @@ impl Producer {
         Ok(Some(g))
     }
 
-    fn take_group(&mut self) -> Result<Option<Group>> {
-        match self.pending.take() {
-            Some(g) => Ok(Some(g)),
-            None => self.read_group(),
-        }
+    /// The pending group (read further, up to the limits) or the next one.
+    fn take_group(&mut self, max_changes: usize, max_bytes: usize) -> Result<Option<Group>> {
+        let pending = self.pending.take();
+        self.read_group(pending, max_changes, max_bytes)
     }
 
     /// Build the next package starting after `since`, or None at the end.
@@ -458,7 +470,7 @@ impl Producer {
         let continuing = self.pending.is_none()
             && since > Position::ZERO
             && self.scanner.peek_position().map(|p| p.db_version) == Some(since.db_version);
-        let Some(first) = self.take_group()? else {
+        let Some(first) = self.take_group(self.max_changes, self.max_bytes)? else {
             return Ok(None);
         };
         let mut part = None;
@@ -479,11 +491,16 @@ impl Producer {
                 && bytes < self.max_bytes
                 && scanned_groups < 10_000
             {
-                let Some(g) = self.take_group()? else { break };
+                // Read the next group only as far as it could still fit; if
+                // it does not, it stays pending (partly read) for the next
+                // package, so no row is read twice.
+                let room = self.max_changes - changes.len();
+                let room_bytes = self.max_bytes - bytes;
+                let Some(g) = self.take_group(room, room_bytes)? else {
+                    break;
+                };
                 scanned_groups += 1;
-                let fits = g.complete
-                    && changes.len() + g.changes.len() <= self.max_changes
-                    && bytes + g.bytes <= self.max_bytes;
+                let fits = g.complete && g.changes.len() <= room && g.bytes <= room_bytes;
                 if !fits {
                     self.pending = Some(g);
                     break;

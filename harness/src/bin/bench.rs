@@ -101,16 +101,21 @@ fn make_rows(n: usize) -> Vec<Row> {
         .collect()
 }
 
-const USAGE: &str = "usage: bench [--rows N] [--pragma NAME=VALUE]...   (default 100000 rows)";
+const USAGE: &str = "usage: bench [--rows N] [--pragma NAME=VALUE]... [--stream-changes N] [--only crr|streams]\n\
+    (defaults: 100000 rows; a 1000000-change backlog for the streams)";
 
 struct Options {
     rows: usize,
     pragmas: Vec<String>,
+    stream_changes: usize,
+    only: Option<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
     let mut rows = DEFAULT_ROWS;
     let mut pragmas = Vec::new();
+    let mut stream_changes = 1_000_000;
+    let mut only = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -137,11 +142,33 @@ fn parse_args() -> Result<Options, String> {
                 }
                 pragmas.push(v);
             }
+            "--stream-changes" => {
+                let v = args.next().ok_or("--stream-changes needs a value")?;
+                stream_changes = v
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|_| format!("--stream-changes: not a number: {v}"))?;
+                if stream_changes < 3000 {
+                    return Err("--stream-changes must be at least 3000".into());
+                }
+            }
+            "--only" => {
+                let v = args.next().ok_or("--only needs crr or streams")?;
+                if v != "crr" && v != "streams" {
+                    return Err(format!("--only: expected crr or streams, got {v}"));
+                }
+                only = Some(v);
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
-    Ok(Options { rows, pragmas })
+    Ok(Options {
+        rows,
+        pragmas,
+        stream_changes,
+        only,
+    })
 }
 
 fn open_file(path: &Path, with_ext: bool, pragmas: &[String]) -> BoxResult<Connection> {
@@ -609,11 +636,251 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&opts) {
+    let result = (|| -> BoxResult<()> {
+        if opts.only.as_deref() != Some("streams") {
+            run(&opts)?;
+        }
+        if opts.only.as_deref() != Some("crr") {
+            streams::run(&opts)?;
+        }
+        Ok(())
+    })();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The stream benchmark (issue: streams, item 9).
+mod streams {
+    use super::*;
+
+    /// Changes per transaction in the backlog (333 rows x 3 columns).
+    const ROWS_PER_TX: usize = 333;
+    const MAX_CHANGES: usize = 1000;
+    const TARGET_PACK_RATE: f64 = 2_000_000.0;
+    const TARGET_APPLY_RATE: f64 = 1_000_000.0;
+    const TARGET_MEMORY_MIB: f64 = 64.0;
+
+    fn status_kib(field: &str) -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = text.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Reset the peak-RSS counter (Linux: write 5 to clear_refs).
+    fn reset_peak() -> bool {
+        std::fs::write("/proc/self/clear_refs", "5").is_ok()
+    }
+
+    /// A CRR database with `rows` rows written `ROWS_PER_TX` per transaction.
+    fn backlog(path: &Path, rows: usize, pragmas: &[String]) -> BoxResult<Connection> {
+        let mut conn = open_file(path, true, pragmas)?;
+        conn.execute_batch(CREATE)?;
+        conn.query_row("SELECT crsql_as_crr('t')", [], |_| Ok(()))?;
+        let data = make_rows(rows);
+        for chunk in data.chunks(ROWS_PER_TX) {
+            insert_rows(&mut conn, chunk)?;
+        }
+        Ok(conn)
+    }
+
+    /// Stream every package of a fresh outbound table; returns (packages,
+    /// changes, bytes) and keeps the packages when `keep` is set.
+    fn stream_all(
+        conn: &Connection,
+        name: &str,
+        encoding: &str,
+        keep: Option<&mut Vec<Vec<u8>>>,
+    ) -> BoxResult<(u64, u64, u64)> {
+        conn.execute_batch(&format!(
+            "CREATE VIRTUAL TABLE {name} USING crsql_OutboundStream(max_changes = {MAX_CHANGES}, encoding = '{encoding}')"
+        ))?;
+        let mut stmt = conn.prepare(&format!("SELECT package, changes FROM {name}"))?;
+        let mut rows = stmt.query([])?;
+        let (mut packages, mut changes, mut bytes) = (0u64, 0u64, 0u64);
+        let mut keep = keep;
+        while let Some(row) = rows.next()? {
+            let pkg = row.get_ref(0)?;
+            let b = match pkg {
+                rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => b,
+                _ => return Err("a package that is neither BLOB nor TEXT".into()),
+            };
+            packages += 1;
+            bytes += b.len() as u64;
+            changes += row.get::<_, i64>(1)? as u64;
+            if let Some(k) = keep.as_deref_mut() {
+                k.push(b.to_vec());
+            }
+        }
+        Ok((packages, changes, bytes))
+    }
+
+    fn median_micros(mut f: impl FnMut() -> BoxResult<()>) -> BoxResult<f64> {
+        let mut v = Vec::new();
+        for _ in 0..21 {
+            let t = Instant::now();
+            f()?;
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        Ok(v[v.len() / 2])
+    }
+
+    fn first_package_cost(conn: &Connection) -> BoxResult<f64> {
+        conn.execute_batch("CREATE VIRTUAL TABLE probe USING crsql_OutboundStream(max_changes = 1000)")?;
+        let mut stmt = conn.prepare("SELECT package FROM probe LIMIT 1")?;
+        median_micros(|| {
+            let _: Vec<u8> = stmt.query_row([], |r| r.get(0))?;
+            Ok(())
+        })
+    }
+
+    pub fn run(opts: &Options) -> BoxResult<()> {
+        let rows = opts.stream_changes.div_ceil(3);
+        let dir = tempfile::tempdir()?;
+        println!();
+        println!("crsql_stream stream benchmark");
+        println!(
+            "  backlog: {} rows x 3 columns in transactions of {ROWS_PER_TX} rows ({} changes each); packages of {MAX_CHANGES} changes",
+            grouped(rows as u64),
+            ROWS_PER_TX * 3
+        );
+        let (src, build) = timed(|| backlog(&dir.path().join("src.db"), rows, &opts.pragmas))?;
+        let total: i64 = count(&src, "SELECT count(*) FROM crsql_changes")?;
+        println!("  built the backlog ({} changes) in {}", grouped(total as u64), ms(build.wall));
+        let raw: i64 = count(
+            &src,
+            "SELECT sum(length(\"table\") + length(pk) + length(cid) + length(site_id) + 5 * 8 + \
+             CASE typeof(val) WHEN 'integer' THEN 8 WHEN 'real' THEN 8 WHEN 'null' THEN 0 \
+             ELSE length(CAST(val AS BLOB)) END) FROM crsql_changes",
+        )?;
+
+        // 1. Produce every package, discarding them: speed and producer memory.
+        let peak_ok = reset_peak();
+        let rss0 = status_kib("VmRSS:").unwrap_or(0);
+        let ((packages, changes, bin_bytes), pack) = timed(|| stream_all(&src, "out_bin", "binary", None))?;
+        let hwm = status_kib("VmHWM:").unwrap_or(0);
+        let growth_mib = hwm.saturating_sub(rss0) as f64 / 1024.0;
+        if changes != total as u64 {
+            return Err(format!("the stream carried {changes} changes, the backlog has {total}").into());
+        }
+        // 2. JSON size.
+        let (_, _, json_bytes) = stream_all(&src, "out_json", "json", None)?;
+        // 3. Keep binary packages and apply them at a fresh receiver.
+        let mut kept = Vec::new();
+        stream_all(&src, "out_keep", "binary", Some(&mut kept))?;
+        let dst = open_file(&dir.path().join("dst.db"), true, &opts.pragmas)?;
+        dst.execute_batch(CREATE)?;
+        dst.query_row("SELECT crsql_as_crr('t')", [], |_| Ok(()))?;
+        dst.execute_batch("CREATE VIRTUAL TABLE from_src USING crsql_InboundStream()")?;
+        let ((), apply) = timed(|| {
+            dst.execute_batch("BEGIN")?;
+            {
+                let mut stmt = dst.prepare("INSERT INTO from_src(package) VALUES (?1)")?;
+                for p in &kept {
+                    stmt.execute([p])?;
+                }
+            }
+            dst.execute_batch("COMMIT")?;
+            Ok(())
+        })?;
+        match tables_equal(&src, &dst)? {
+            Ok(_) => {}
+            Err(why) => return Err(format!("receiver differs from the sender after applying: {why}").into()),
+        }
+        // 4. LIMIT 1 on this backlog and on a small one.
+        let big = first_package_cost(&src)?;
+        let small_db = backlog(&dir.path().join("small.db"), 2 * ROWS_PER_TX, &opts.pragmas)?;
+        let small = first_package_cost(&small_db)?;
+
+        let secs = |t: Timing| t.cpu.unwrap_or(t.wall).as_secs_f64();
+        let pack_rate = changes as f64 / secs(pack);
+        let apply_rate = changes as f64 / secs(apply);
+        let per = |b: u64| b as f64 / changes as f64;
+        println!();
+        println!("{:<44} {:>16} {:>14} {:>6}", "figure", "measured", "target", "");
+        println!("{}", "-".repeat(84));
+        println!(
+            "{:<44} {:>16} {:>14} {:>6}",
+            "packages produced per second",
+            grouped((packages as f64 / secs(pack)) as u64),
+            "",
+            ""
+        );
+        println!(
+            "{:<44} {:>16} {:>14} {:>6}",
+            "changes packed per second (binary)",
+            grouped(pack_rate as u64),
+            ">= 2,000,000",
+            verdict(pack_rate >= TARGET_PACK_RATE)
+        );
+        println!(
+            "{:<44} {:>16} {:>14} {:>6}",
+            "changes applied per second at the receiver",
+            grouped(apply_rate as u64),
+            ">= 1,000,000",
+            verdict(apply_rate >= TARGET_APPLY_RATE)
+        );
+        println!(
+            "{:<44} {:>16} {:>14} {:>6}",
+            "raw crsql_changes row, bytes per change",
+            format!("{:.1}", per(raw as u64)),
+            "",
+            ""
+        );
+        println!(
+            "{:<44} {:>16} {:>14} {:>6}",
+            "binary package, bytes per change",
+            format!("{:.1}", per(bin_bytes)),
+            "<= raw / 2",
+            verdict(per(bin_bytes) <= per(raw as u64) / 2.0)
+        );
+        println!(
+            "{:<44} {:>16} {:>14} {:>6}",
+            "JSON package, bytes per change",
+            format!("{:.1}", per(json_bytes)),
+            "",
+            ""
+        );
+        let mem = if peak_ok {
+            format!("{growth_mib:.1} MiB")
+        } else {
+            "n/a".to_string()
+        };
+        println!(
+            "{:<44} {:>16} {:>14} {:>6}",
+            "producer peak memory growth (whole backlog)",
+            mem,
+            "< 64 MiB",
+            verdict(peak_ok && growth_mib < TARGET_MEMORY_MIB)
+        );
+        println!(
+            "{:<44} {:>16} {:>14} {:>6}",
+            format!("LIMIT 1 cost, {} changes backlog", grouped(total as u64)),
+            format!("{big:.0} us"),
+            "",
+            ""
+        );
+        println!(
+            "{:<44} {:>16} {:>14} {:>6}",
+            "LIMIT 1 cost, 1,998 changes backlog",
+            format!("{small:.0} us"),
+            "about equal",
+            ""
+        );
+        println!(
+            "({} packages; rates use this thread's CPU time where Linux reports it; wall: pack {}, apply {})",
+            grouped(packages),
+            ms(pack.wall),
+            ms(apply.wall)
+        );
+        crsql_stream_harness::close(small_db);
+        crsql_stream_harness::close(dst);
+        crsql_stream_harness::close(src);
+        Ok(())
     }
 }
