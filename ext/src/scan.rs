@@ -58,6 +58,11 @@ impl SiteMap {
             })
     }
 
+    /// Number of known sites (the local one included).
+    pub fn count(&self) -> usize {
+        self.by_ordinal.len() + 1
+    }
+
     /// The ordinal of a site id, if known.
     pub fn ordinal(&self, site: &[u8]) -> Option<i64> {
         if site == self.local {

@@ -289,6 +289,24 @@ impl Inner {
         Ok(v)
     }
 
+    /// The position of the newest committed change: `[db_version, max seq at
+    /// that version]` (`seq` 0 when no clock row carries the version).
+    pub fn newest_position(&mut self, tx: &TxCounters) -> Result<Position> {
+        let v = self.db_version(tx)?;
+        let mut seq = 0;
+        for clock in schema::list_clock_tables(&self.conn)? {
+            let s: Option<i64> = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT max(seq) FROM {} WHERE db_version = ?1",
+                    quote_ident(&clock)
+                ))?
+                .query_row([v], |r| r.get(0))?;
+            seq = seq.max(s.unwrap_or(0));
+        }
+        Ok(Position::new(v, seq))
+    }
+
     /// Bring cached metadata up to date before an operation: at the start of
     /// a transaction also notice other connections' commits.
     pub fn sync(&mut self, tx: &TxCounters) -> Result<()> {

@@ -111,7 +111,7 @@ pub fn set_position(conn: &Connection, name: &str, pos: Position) -> Result<()> 
 }
 
 /// One `key = value` argument of CREATE VIRTUAL TABLE, value dequoted.
-pub fn parse_arg<'a>(module: &str, table: &str, arg: &'a str) -> Result<(String, String)> {
+pub fn parse_arg(module: &str, table: &str, arg: &str) -> Result<(String, String)> {
     let (k, v) = arg.split_once('=').ok_or_else(|| {
         err!("{module} {table}: argument {arg:?} is not of the form name = value")
     })?;

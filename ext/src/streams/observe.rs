@@ -81,14 +81,30 @@ impl TableCursor for StreamsCursor {
             return Ok(());
         }
         let db_version = inner.db_version(&self.ext.tx)?;
-        let raw: Vec<(String, String, Option<Vec<u8>>, i64, i64)> = inner
+        let raw: Vec<(String, super::StreamState)> = inner
             .conn
-            .prepare_cached("SELECT name, direction, peer, db_version, seq FROM crsql_stream_state ORDER BY name")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+            .prepare_cached(
+                "SELECT name, direction, stream_id, peer, db_version, seq FROM crsql_stream_state ORDER BY name",
+            )?
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    super::StreamState {
+                        direction: r.get(1)?,
+                        stream_id: r.get(2)?,
+                        peer: r.get(3)?,
+                        position: Position::new(r.get(4)?, r.get(5)?),
+                    },
+                ))
+            })?
             .collect::<rusqlite::Result<_>>()?;
-        for (name, direction, peer, dbv, seq) in raw {
-            let pos = Position::new(dbv, seq);
-            let peer = peer.map(|p| Value::Text(to_hex(&p))).unwrap_or(Value::Null);
+        for (name, state) in raw {
+            let (direction, pos, dbv) =
+                (state.direction, state.position, state.position.db_version);
+            let peer = state
+                .peer
+                .map(|p| Value::Text(to_hex(&p)))
+                .unwrap_or(Value::Null);
             let row = if direction == "outbound" {
                 let retrieved = self.ext.retrieved(&name).map(text).unwrap_or(Value::Null);
                 [

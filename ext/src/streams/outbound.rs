@@ -232,10 +232,10 @@ impl Table for OutboundTable {
         }
         let pos = super::position_value(OUTBOUND, &self.name, "last_sent", ack)?;
         let mut inner = self.ext.lock(OUTBOUND)?;
-        let newest = inner.db_version(&self.ext.tx)?;
-        if pos.db_version > newest {
+        let newest = inner.newest_position(&self.ext.tx)?;
+        if pos > newest {
             return Err(err!(
-                "{OUTBOUND} {}: cannot acknowledge {pos}: this database's newest db_version is {newest}",
+                "{OUTBOUND} {}: cannot acknowledge {pos}: the newest change of this database is at {newest}",
                 self.name
             ));
         }
@@ -283,14 +283,61 @@ struct OwnedChange {
     seq: i64,
 }
 
+/// Bytes of a postcard varint.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes of a zigzag-encoded i64 varint.
+fn zigzag_len(v: i64) -> usize {
+    varint_len(((v << 1) ^ (v >> 63)) as u64)
+}
+
+/// An upper bound of the JSON text of a string (quotes and escapes).
+fn json_str_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
 impl OwnedChange {
-    fn approx_bytes(&self) -> usize {
-        let v = match &self.val {
-            Value::Text(t) => t.len(),
-            Value::Blob(b) => b.len(),
-            _ => 8,
-        };
-        self.pk.len() + v + 16
+    /// An upper bound of this change's size inside an encoded package.
+    fn wire_size(&self, encoding: Encoding) -> usize {
+        match encoding {
+            Encoding::Binary => {
+                let val = 1 + match &self.val {
+                    Value::Null => 0,
+                    Value::Integer(i) => zigzag_len(*i),
+                    Value::Real(_) => 8,
+                    Value::Text(t) => varint_len(t.len() as u64) + t.len(),
+                    Value::Blob(b) => varint_len(b.len() as u64) + b.len(),
+                };
+                // table, cid and site indexes: at most 5 bytes each
+                15 + varint_len(self.pk.len() as u64)
+                    + self.pk.len()
+                    + val
+                    + zigzag_len(self.col_version)
+                    + zigzag_len(self.db_version)
+                    + zigzag_len(self.cl)
+                    + zigzag_len(self.seq)
+            }
+            Encoding::Json => {
+                let val = match &self.val {
+                    Value::Null => 6,
+                    Value::Integer(_) => 34,
+                    Value::Real(_) => 40,
+                    Value::Text(t) => 11 + json_str_len(t),
+                    Value::Blob(b) => 13 + 2 * b.len(),
+                };
+                // keys, punctuation, and five integers of at most 20 digits
+                90 + 5 * 20 + 3 * 10 + 2 * self.pk.len() + val
+            }
+        }
     }
 }
 
@@ -321,14 +368,34 @@ struct Producer {
     excluded: HashSet<i64>,
     local_only: bool,
     max_changes: usize,
+    /// Byte limit for the changes (max_bytes less the header's bound).
     max_bytes: usize,
+    encoding: Encoding,
     pending: Option<Group>,
 }
 
+/// An upper bound of a package's size without its changes: fixed fields,
+/// every table's dictionary entry and every known site.
+fn header_bound(name: &str, tables: &[Arc<TableInfo>], sites: usize, encoding: Encoding) -> usize {
+    let tables: usize = tables
+        .iter()
+        .map(|t| 24 + t.name.len() + t.cols.iter().map(|c| c.name.len() + 4).sum::<usize>())
+        .sum();
+    let binary = 160 + name.len() + tables + 20 * (sites + 1);
+    match encoding {
+        Encoding::Binary => binary,
+        Encoding::Json => 3 * binary + 200,
+    }
+}
+
 impl Producer {
-    fn open(ext: &Ext, cfg: &OutboundConfig, start: Position) -> Result<Producer> {
+    fn open(ext: &Ext, name: &str, cfg: &OutboundConfig, start: Position) -> Result<Producer> {
         let mut inner = ext.lock(OUTBOUND)?;
         inner.sync(&ext.tx)?;
+        // Only committed changes: rows of this connection's open write
+        // transaction carry versions above the committed one and have no
+        // final position yet.
+        let committed = inner.db_version(&ext.tx)?;
         let tables: Vec<Arc<TableInfo>> = match &cfg.tables {
             None => inner.tables().to_vec(),
             Some(names) => names.iter().filter_map(|n| inner.table(n)).collect(),
@@ -343,13 +410,15 @@ impl Producer {
         let binds = [
             ValueRef::Integer(start.db_version),
             ValueRef::Integer(start.seq),
+            ValueRef::Integer(committed),
         ];
         let scanner = Scanner::open(
             ext.db,
             &tables,
-            " WHERE c.db_version >= ?1 AND (c.db_version > ?1 OR c.seq > ?2)",
+            " WHERE c.db_version >= ?1 AND (c.db_version > ?1 OR c.seq > ?2) AND c.db_version <= ?3",
             &binds,
         )?;
+        let header = header_bound(name, &tables, sites.count(), cfg.encoding);
         Ok(Producer {
             scanner,
             tables,
@@ -357,7 +426,8 @@ impl Producer {
             excluded,
             local_only: cfg.local_only,
             max_changes: cfg.max_changes,
-            max_bytes: cfg.max_bytes,
+            max_bytes: cfg.max_bytes.saturating_sub(header).max(1),
+            encoding: cfg.encoding,
             pending: None,
         })
     }
@@ -399,12 +469,11 @@ impl Producer {
                 g.complete = true;
                 break;
             }
-            if g.changes.len() >= max_changes || (!g.changes.is_empty() && g.bytes >= max_bytes) {
+            if g.changes.len() >= max_changes {
                 break;
             }
             let site = row.site_ordinal();
             let included = !self.excluded.contains(&site) && (!self.local_only || site == 0);
-            g.last = row.position();
             if included {
                 let table = self
                     .tables
@@ -443,9 +512,16 @@ impl Producer {
                     cl: row.cl(),
                     seq: row.seq(),
                 };
-                g.bytes += c.approx_bytes();
+                let size = c.wire_size(self.encoding);
+                // Stop before a change that would pass the byte limit; a
+                // change bigger than the limit still travels alone.
+                if !g.changes.is_empty() && g.bytes + size > max_bytes {
+                    break;
+                }
+                g.bytes += size;
                 g.changes.push(c);
             }
+            g.last = row.position();
             self.scanner.advance()?;
         }
         Ok(Some(g))
@@ -630,7 +706,7 @@ impl TableCursor for OutboundCursor {
                 .position
         };
         self.rowid = 0;
-        self.producer = Some(Producer::open(&self.ext, &self.cfg, start)?);
+        self.producer = Some(Producer::open(&self.ext, &self.name, &self.cfg, start)?);
         self.produce(start)
     }
 
