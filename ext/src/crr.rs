@@ -198,6 +198,17 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str) -> Result<()> {
         .map(|c| quote_ident(&c.name))
         .collect::<Vec<_>>()
         .join(", ");
+    let insert_sql = format!(
+        "INSERT OR IGNORE INTO {clock} (key, col_name, col_version, db_version, seq, site_id) \
+         VALUES (?1, ?2, 1, ?3, ?4, 0)"
+    );
+    let insert_clock = |inner: &mut Inner, key: i64, col: &str, v: i64| -> Result<()> {
+        inner
+            .conn
+            .prepare_cached(&insert_sql)?
+            .execute(params![key, col, v, ext.tx.take_seq()])?;
+        Ok(())
+    };
     let mut version: Option<i64> = None;
     let mut version_of = |inner: &mut Inner| -> Result<i64> {
         if let Some(v) = version {
@@ -233,13 +244,7 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str) -> Result<()> {
             t.cols.iter().map(|c| c.name.as_str()).collect()
         };
         for n in names {
-            inner
-                .conn
-                .prepare_cached(&format!(
-                    "INSERT OR IGNORE INTO {clock} (key, col_name, col_version, db_version, seq, site_id) \
-                     VALUES (?1, ?2, 1, ?3, ?4, 0)"
-                ))?
-                .execute(params![key, n, v, ext.tx.take_seq()])?;
+            insert_clock(inner, key, n, v)?;
         }
     }
 
@@ -264,13 +269,7 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str) -> Result<()> {
             .collect::<rusqlite::Result<_>>()?;
         for key in keys {
             let v = version_of(inner)?;
-            inner
-                .conn
-                .prepare_cached(&format!(
-                    "INSERT OR IGNORE INTO {clock} (key, col_name, col_version, db_version, seq, site_id) \
-                     VALUES (?1, ?2, 1, ?3, ?4, 0)"
-                ))?
-                .execute(params![key, col.name, v, ext.tx.take_seq()])?;
+            insert_clock(inner, key, &col.name, v)?;
         }
     }
     Ok(())

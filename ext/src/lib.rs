@@ -39,9 +39,21 @@ pub const MODULES: &[&str] = &[
     "crsql_package_changes",
 ];
 
-/// Register everything on a connection. Idempotent: loading the extension a
-/// second time on the same connection does nothing.
+/// Entry-point callback for the loadable extension (`sqlite3_crsqlstream_init`):
+/// [`register`] on the loader's connection. `false`: not a persistent load.
 pub fn init(conn: Connection) -> rusqlite::Result<bool> {
+    register(&conn)?;
+    Ok(false)
+}
+
+/// Register every function and module of the extension on a connection.
+///
+/// This is what loading the `.so` does; an application that compiles the
+/// extension in (the crate without its default `loadable` feature, as
+/// bindings/rust's `static` feature does) calls it on each connection it
+/// opens. Idempotent: a second call on the same connection does nothing.
+/// Panics are caught and returned as errors.
+pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     guard("crsql_stream: load", || {
         let v = sqlite::libversion_number();
         if v < MIN_SQLITE {
@@ -52,36 +64,36 @@ pub fn init(conn: Connection) -> rusqlite::Result<bool> {
                 v % 1000
             )));
         }
-        let db = DbHandle::of(&conn);
+        let db = DbHandle::of(conn);
         if Ext::existing(db).is_some() {
-            return Ok(false);
+            return Ok(());
         }
-        let (site_id, merge_equal_values) = crr::bootstrap(&conn)?;
+        let (site_id, merge_equal_values) = crr::bootstrap(conn)?;
         let ext = Ext::new(db, site_id, merge_equal_values)?;
-        functions::register(&conn, &ext)?;
-        changes::register(&conn, &ext)?;
-        unpack::register(&conn)?;
+        functions::register(conn, &ext)?;
+        changes::register(conn, &ext)?;
+        unpack::register(conn)?;
         sqlite::vtab::register::<streams::outbound::OutboundTable>(
-            &conn,
+            conn,
             streams::OUTBOUND,
             Arc::clone(&ext),
         )?;
         sqlite::vtab::register::<streams::inbound::InboundTable>(
-            &conn,
+            conn,
             streams::INBOUND,
             Arc::clone(&ext),
         )?;
         sqlite::vtab::register::<streams::observe::StreamsTable>(
-            &conn,
+            conn,
             "crsql_streams",
             Arc::clone(&ext),
         )?;
         sqlite::vtab::register::<streams::inspect::PackageChangesTable>(
-            &conn,
+            conn,
             "crsql_package_changes",
             (),
         )?;
         changes::connect_now(db)?;
-        Ok(false)
+        Ok(())
     })
 }

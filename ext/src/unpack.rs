@@ -5,11 +5,11 @@ use std::ffi::c_int;
 use crsql_stream_core::pack::unpack_columns;
 use crsql_stream_core::Value;
 use rusqlite::types::ValueRef;
-use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo, VTabConnection, VTabKind};
+use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
-use crate::sqlite::vtab::{register as register_module, Table, TableCursor};
+use crate::sqlite::vtab::{plan_argument, register as register_module, Table, TableCursor};
 use crate::values::{to_sql, type_name};
 
 const COL_CELL: c_int = 0;
@@ -42,24 +42,7 @@ impl Table for UnpackTable {
     }
 
     fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
-        let found = info.constraints().position(|c| {
-            c.is_usable()
-                && c.column() == COL_PACKAGE
-                && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
-        });
-        match found {
-            Some(i) => {
-                let mut u = info.constraint_usage(i);
-                u.set_argv_index(1);
-                u.set_omit(true);
-                info.set_idx_num(1);
-                info.set_estimated_cost(1.0);
-            }
-            None => {
-                info.set_idx_num(0);
-                info.set_estimated_cost(1e12);
-            }
-        }
+        plan_argument(info, COL_PACKAGE);
         Ok(())
     }
 

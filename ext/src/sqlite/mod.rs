@@ -20,8 +20,12 @@ pub mod vtab;
 
 /// Entry point derived by SQLite from the file name `libcrsql_stream.so`.
 ///
+/// Only with the `loadable` feature (the `.so`); a statically linked build
+/// calls [`crate::register`] instead.
+///
 /// # Safety
 /// Called by SQLite's extension loader with a valid connection and API table.
+#[cfg(feature = "loadable")]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sqlite3_crsqlstream_init(
     db: *mut ffi::sqlite3,
@@ -37,6 +41,7 @@ pub unsafe extern "C" fn sqlite3_crsqlstream_init(
 ///
 /// # Safety
 /// Called by SQLite's extension loader with a valid connection and API table.
+#[cfg(feature = "loadable")]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sqlite3_extension_init(
     db: *mut ffi::sqlite3,

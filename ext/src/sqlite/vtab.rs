@@ -244,3 +244,27 @@ unsafe impl<T: Table> VTabCursor for CursorShim<T> {
 pub fn register<T: Table>(conn: &Connection, name: &str, aux: T::Aux) -> rusqlite::Result<()> {
     conn.create_module(name, update_module_with_tx::<VTabShim<T>>(), Some(aux))
 }
+
+/// Plan a table-valued function call: pass the equality constraint on the
+/// hidden argument column `col` as the first filter argument (idx_num 1), or
+/// make the plan very expensive when there is none (idx_num 0).
+pub fn plan_argument(info: &mut IndexInfo, col: c_int) {
+    let found = info.constraints().position(|c| {
+        c.is_usable()
+            && c.column() == col
+            && c.operator() == rusqlite::vtab::IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
+    });
+    match found {
+        Some(i) => {
+            let mut u = info.constraint_usage(i);
+            u.set_argv_index(1);
+            u.set_omit(true);
+            info.set_idx_num(1);
+            info.set_estimated_cost(1.0);
+        }
+        None => {
+            info.set_idx_num(0);
+            info.set_estimated_cost(1e12);
+        }
+    }
+}

@@ -96,19 +96,12 @@ impl Table for InboundTable {
         args: &[&str],
     ) -> Result<(String, Self)> {
         super::require_main(INBOUND, schema, name)?;
-        let ext = Arc::clone(aux.ok_or_else(|| err!("{INBOUND}: missing extension state"))?);
+        let ext = super::ext_of(INBOUND, aux)?;
         let cfg = InboundConfig::parse(name, args)?;
         {
             let mut inner = ext.lock(INBOUND)?;
             if create {
-                if let Some(tables) = &cfg.tables {
-                    inner.refresh_tables(&ext.tx, true)?;
-                    for t in tables {
-                        if inner.table(t).is_none() {
-                            return Err(err!("{INBOUND} {name}: tables: {t} is not a CRR"));
-                        }
-                    }
-                }
+                super::check_crrs(&ext, &mut inner, INBOUND, name, cfg.tables.as_ref())?;
                 let from = cfg.from.map(|f| f.to_vec());
                 super::insert_state(
                     &inner.conn,

@@ -6,14 +6,16 @@ use std::ffi::c_int;
 
 use crsql_stream_core::package::{to_hex, Package};
 use rusqlite::types::ValueRef;
-use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo, VTabConnection, VTabKind};
+use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
 
 use crate::err;
 use crate::error::Result;
-use crate::sqlite::vtab::{Table, TableCursor};
+use crate::sqlite::vtab::{plan_argument, Table, TableCursor};
 use crate::values::{out, to_sql, type_name};
 
 const CHANGES: &str = "crsql_package_changes";
+/// The hidden `package` argument column of crsql_package_changes.
+const COL_PACKAGE: std::ffi::c_int = 9;
 
 /// Decode a package given as a BLOB (binary) or TEXT (JSON).
 pub fn decode_arg(func: &str, v: ValueRef<'_>) -> Result<Package> {
@@ -83,20 +85,7 @@ impl Table for PackageChangesTable {
     }
 
     fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
-        let found = info.constraints().position(|c| {
-            c.is_usable()
-                && c.column() == 9
-                && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
-        });
-        if let Some(i) = found {
-            let mut u = info.constraint_usage(i);
-            u.set_argv_index(1);
-            u.set_omit(true);
-            info.set_idx_num(1);
-            info.set_estimated_cost(1.0);
-        } else {
-            info.set_estimated_cost(1e12);
-        }
+        plan_argument(info, COL_PACKAGE);
         Ok(())
     }
 

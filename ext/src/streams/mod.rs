@@ -193,3 +193,31 @@ pub fn require_main(module: &str, schema: &str, table: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The extension state handed to a stream module.
+pub fn ext_of(
+    module: &str,
+    aux: Option<&std::sync::Arc<crate::state::Ext>>,
+) -> Result<std::sync::Arc<crate::state::Ext>> {
+    aux.cloned()
+        .ok_or_else(|| err!("{module}: missing extension state"))
+}
+
+/// At CREATE time: every table named in `tables = ...` must be a CRR.
+pub fn check_crrs(
+    ext: &crate::state::Ext,
+    inner: &mut crate::state::Inner,
+    module: &str,
+    table: &str,
+    tables: Option<&Vec<String>>,
+) -> Result<()> {
+    if let Some(tables) = tables {
+        inner.refresh_tables(&ext.tx, true)?;
+        for t in tables {
+            if inner.table(t).is_none() {
+                return Err(err!("{module} {table}: tables: {t} is not a CRR"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -9,7 +9,6 @@ use crsql_stream_core::Position;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
 
-use crate::err;
 use crate::error::Result;
 use crate::sqlite::vtab::{Table, TableCursor};
 use crate::state::Ext;
@@ -34,7 +33,7 @@ impl Table for StreamsTable {
         _name: &str,
         _args: &[&str],
     ) -> Result<(String, Self)> {
-        let ext = Arc::clone(aux.ok_or_else(|| err!("{NAME}: missing extension state"))?);
+        let ext = super::ext_of(NAME, aux)?;
         Ok((
             "CREATE TABLE x(name TEXT, direction TEXT, peer TEXT, last_sent TEXT, last_retrieved TEXT, \
              last_applied TEXT, lag_versions INTEGER)"

@@ -131,19 +131,12 @@ impl Table for OutboundTable {
         args: &[&str],
     ) -> Result<(String, Self)> {
         super::require_main(OUTBOUND, schema, name)?;
-        let ext = Arc::clone(aux.ok_or_else(|| err!("{OUTBOUND}: missing extension state"))?);
+        let ext = super::ext_of(OUTBOUND, aux)?;
         let cfg = OutboundConfig::parse(name, args)?;
         let stream_id = {
             let mut inner = ext.lock(OUTBOUND)?;
             if create {
-                if let Some(tables) = &cfg.tables {
-                    inner.refresh_tables(&ext.tx, true)?;
-                    for t in tables {
-                        if inner.table(t).is_none() {
-                            return Err(err!("{OUTBOUND} {name}: tables: {t} is not a CRR"));
-                        }
-                    }
-                }
+                super::check_crrs(&ext, &mut inner, OUTBOUND, name, cfg.tables.as_ref())?;
                 let id: Vec<u8> = inner
                     .conn
                     .query_row("SELECT randomblob(16)", [], |r| r.get(0))?;
