@@ -60,6 +60,21 @@ bench: build
 demo: build
 	bash demo/demo.sh
 
+# Fuzz the decoders (fuzz/, its own workspace) for FUZZ_SECONDS per target.
+# Stable Rust: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z flags. A crash
+# stops the run and leaves the input in fuzz/artifacts/<target>/; keep it as
+# core/tests/fuzz-crashers/<target>-<what-it-broke>.bin (fuzz_regressions.rs).
+FUZZ_SECONDS  ?= 60
+FUZZ_TARGETS  ?= package_decode package_body package_json_body pack_unpack
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$t && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -malloc_limit_mb=64 -timeout=10 \
+			-print_final_stats=1 || exit 1; \
+	done
+
 clean:
 	$(CARGO) clean
 	cd harness && $(CARGO) clean

@@ -37,6 +37,8 @@ pub enum Encoding {
 
 /// A set of changes from one stream, covering positions `(since, cursor]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// JSON: a key this version does not know is an error, not silently dropped.
+#[serde(deny_unknown_fields)]
 pub struct Package {
     /// Site id of the database that produced the package.
     pub sender: Bytes,
@@ -62,6 +64,8 @@ pub struct Package {
 
 /// Marks one part of a split transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+// JSON: a key this version does not know is an error, not silently dropped.
+#[serde(deny_unknown_fields)]
 pub struct Part {
     /// db_version being split.
     pub db_version: i64,
@@ -72,6 +76,8 @@ pub struct Part {
 /// A table of the package, with the schema hash of the sender and the
 /// column-name dictionary used by `PkgChange::cid`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// JSON: a key this version does not know is an error, not silently dropped.
+#[serde(deny_unknown_fields)]
 pub struct TableEntry {
     pub name: String,
     pub schema_hash: u64,
@@ -82,6 +88,8 @@ pub struct TableEntry {
 /// One change: the nine fields of a `crsql_changes` row, with the table,
 /// column and site dictionary-encoded.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// JSON: a key this version does not know is an error, not silently dropped.
+#[serde(deny_unknown_fields)]
 pub struct PkgChange {
     /// Index into `Package::tables`.
     pub table: u32,
@@ -140,12 +148,23 @@ pub fn to_hex(b: &[u8]) -> String {
     s
 }
 
+/// Parse lowercase hex as [`to_hex`] writes it. Uppercase digits and signs
+/// (which `from_str_radix` would take) are refused, so every byte string has
+/// exactly one text form and a flipped case bit is not a silent no-op.
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+    s.as_bytes()
+        .chunks_exact(2)
+        .map(|p| Some((digit(p[0])? << 4) | digit(p[1])?))
         .collect()
 }
 
@@ -423,8 +442,9 @@ impl Package {
             .strip_prefix(",\"crc\":\"")
             .and_then(|s| s.strip_suffix("\"}"))
             .ok_or(PackageError::BadMagic)?;
-        let stored = u64::from_str_radix(hex, 16)
-            .map_err(|_| PackageError::Malformed("invalid checksum digits".into()))?;
+        let stored = from_hex(hex)
+            .map(|b| b.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)))
+            .ok_or_else(|| PackageError::Malformed("invalid checksum digits".into()))?;
         let computed = crc64(body.as_bytes());
         if stored != computed {
             return Err(PackageError::Checksum { stored, computed });
