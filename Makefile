@@ -48,6 +48,7 @@ check: build
 	cd harness && $(CARGO) fmt -- --check
 	$(CARGO) clippy --workspace --all-targets --release -- -D warnings
 	cd harness && $(CARGO) clippy --all-targets --release -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
 	$(MAKE) test
 
 # Long property runs.

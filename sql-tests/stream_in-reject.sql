@@ -51,10 +51,10 @@ INSERT INTO notes VALUES (1, 'note');
 INSERT INTO shape VALUES (1, 'x', 'y');
 ATTACH 'wire.db' AS wire;
 INSERT INTO wire.packets SELECT 't1', package FROM s_todos LIMIT 1;
-INSERT INTO wire.packets SELECT 't2', package FROM s_todos WHERE cursor > '[1,0]';
+INSERT INTO wire.packets SELECT 't2', package FROM s_todos WHERE cursor > '[1,0]' LIMIT 1;
 INSERT INTO wire.packets SELECT 'other_stream', package FROM s_todos2 LIMIT 1;
-INSERT INTO wire.packets SELECT 'notes', package FROM s_notes;
-INSERT INTO wire.packets SELECT 'shape', package FROM s_shape;
+INSERT INTO wire.packets SELECT 'notes', package FROM s_notes LIMIT 1;
+INSERT INTO wire.packets SELECT 'shape', package FROM s_shape LIMIT 1;
 SELECT name, crsql_package_info(package) ->> '$.stream', crsql_package_info(package) ->> '$.since', crsql_package_info(package) ->> '$.cursor', crsql_package_info(package) ->> '$.bytes' FROM wire.packets ORDER BY name;
 -- A package produced by this database is refused by its own inbound stream.
 CREATE VIRTUAL TABLE loop USING crsql_InboundStream;

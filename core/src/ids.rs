@@ -29,10 +29,10 @@ impl CausalLength {
 pub struct SiteId(pub [u8; 16]);
 
 impl SiteId {
-    /// Parse 32 hex digits (case-insensitive).
+    /// Parse 32 hex digits (either case; nothing else, no signs).
     pub fn from_hex(s: &str) -> Option<SiteId> {
         let s = s.trim();
-        if s.len() != 32 || !s.is_ascii() {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut out = [0u8; 16];
@@ -175,5 +175,6 @@ mod tests {
         assert_eq!(s.to_hex(), "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a");
         assert!(SiteId::from_hex("0a").is_none());
         assert!(SiteId::from_hex("zz0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a").is_none());
+        assert!(SiteId::from_hex("+a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a").is_none());
     }
 }

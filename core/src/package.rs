@@ -432,16 +432,24 @@ impl Package {
                 have: text.len(),
             });
         }
-        let split = text.len() - JSON_SUFFIX_LEN;
-        if !text.starts_with(JSON_PREFIX) || !text.is_char_boundary(split) {
+        if !text.starts_with(JSON_PREFIX) {
             return Err(PackageError::BadMagic);
+        }
+        let split = text.len() - JSON_SUFFIX_LEN;
+        let corrupted = || {
+            PackageError::Malformed(
+                "JSON package is truncated or has extra bytes: it must end with ,\"crc\":\"<16 hex digits>\"}".into(),
+            )
+        };
+        if !text.is_char_boundary(split) {
+            return Err(corrupted());
         }
         let body = &text[JSON_PREFIX.len()..split];
         let suffix = &text[split..];
         let hex = suffix
             .strip_prefix(",\"crc\":\"")
             .and_then(|s| s.strip_suffix("\"}"))
-            .ok_or(PackageError::BadMagic)?;
+            .ok_or_else(corrupted)?;
         let stored = from_hex(hex)
             .map(|b| b.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)))
             .ok_or_else(|| PackageError::Malformed("invalid checksum digits".into()))?;

@@ -437,9 +437,16 @@ pub fn bootstrap(conn: &Connection) -> Result<([u8; 16], bool)> {
                 "Opening a db created with cr-sqlite version {recorded} is not supported. Upcoming release 0.15.0 is a breaking change."
             ));
         }
-        if recorded < 160000 && exists("__crsql_siteid")? {
+        let old_clocks: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_master AS m WHERE m.type = 'table' \
+             AND substr(m.name, -13) = '__crsql_clock' \
+             AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) WHERE name = '__crsql_col_version')",
+            [],
+            |r| r.get(0),
+        )?;
+        if recorded < 160000 && (exists("__crsql_siteid")? || old_clocks > 0) {
             return Err(err!(
-                "crsql_stream: this database uses the cr-sqlite 0.15 layout (crsqlite_version {recorded}, table __crsql_siteid), \
+                "crsql_stream: this database uses the cr-sqlite 0.15 layout (crsqlite_version {recorded}: __crsql_siteid or __crsql_-prefixed clock columns), \
                  which cannot be read; export the data and re-create the CRRs"
             ));
         }

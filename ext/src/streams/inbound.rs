@@ -111,10 +111,10 @@ impl Table for InboundTable {
                     from.as_deref(),
                     cfg.since,
                 )?;
-            } else if load_state(&inner.conn, name)?.is_none() {
-                return Err(err!(
-                    "{INBOUND} {name}: its stored state (crsql_stream_state) is missing; DROP and re-create the table"
-                ));
+            } else {
+                // Without state the table still connects (so DROP works);
+                // applying and reading report the missing state.
+                super::find_state(&inner.conn, name, "inbound")?;
             }
         }
         Ok((

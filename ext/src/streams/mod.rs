@@ -77,6 +77,42 @@ pub fn load_state(conn: &Connection, name: &str) -> Result<Option<StreamState>> 
         .optional()?)
 }
 
+/// The state of stream `name`. When there is none, a state row left behind
+/// by `ALTER TABLE ... RENAME` (a row of the same direction whose table no
+/// longer exists) is taken over, if there is exactly one.
+pub fn find_state(conn: &Connection, name: &str, direction: &str) -> Result<Option<StreamState>> {
+    if let Some(s) = load_state(conn, name)? {
+        return Ok(Some(s));
+    }
+    if !state_tables_exist(conn)? {
+        return Ok(None);
+    }
+    let orphans: Vec<String> = conn
+        .prepare_cached(
+            "SELECT name FROM crsql_stream_state WHERE direction = ?1 \
+             AND name NOT IN (SELECT name FROM sqlite_master WHERE type = 'table')",
+        )?
+        .query_map([direction], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if let [old] = orphans.as_slice() {
+        let moved = conn
+            .execute(
+                "UPDATE crsql_stream_state SET name = ?2 WHERE name = ?1",
+                params![old, name],
+            )
+            .and_then(|_| {
+                conn.execute(
+                    "UPDATE crsql_stream_staging SET name = ?2 WHERE name = ?1",
+                    params![old, name],
+                )
+            });
+        if moved.is_ok() {
+            return load_state(conn, name);
+        }
+    }
+    Ok(None)
+}
+
 pub fn insert_state(
     conn: &Connection,
     name: &str,

@@ -150,9 +150,11 @@ impl Table for OutboundTable {
                     cfg.since,
                 )?;
             }
-            load_state(&inner.conn, name)?.and_then(|s| s.stream_id).ok_or_else(|| {
-                err!("{OUTBOUND} {name}: its stored state (crsql_stream_state) is missing; DROP and re-create the table")
-            })?
+            // Without state the table still connects, so that DROP works;
+            // every other use reports the missing state.
+            super::find_state(&inner.conn, name, "outbound")?
+                .and_then(|s| s.stream_id)
+                .unwrap_or_default()
         };
         let pkg_type = if cfg.encoding == Encoding::Json {
             "TEXT"
@@ -194,6 +196,12 @@ impl Table for OutboundTable {
     }
 
     fn open(&mut self) -> Result<OutboundCursor> {
+        if self.stream_id.is_empty() {
+            return Err(err!(
+                "{OUTBOUND} {}: its stored state (crsql_stream_state) is missing; DROP and re-create the table",
+                self.name
+            ));
+        }
         Ok(OutboundCursor {
             ext: Arc::clone(&self.ext),
             name: self.name.clone(),
@@ -220,8 +228,14 @@ impl Table for OutboundTable {
             .iter()
             .enumerate()
             .all(|(i, v)| i == COL_LAST_SENT as usize || *v == ValueRef::Null);
-        if ack == ValueRef::Null || !others_null {
+        if !others_null {
             return Err(misuse());
+        }
+        if ack == ValueRef::Null {
+            return Err(err!(
+                "{OUTBOUND} {}: last_sent must be a position such as '[12,3]', got NULL",
+                self.name
+            ));
         }
         let pos = super::position_value(OUTBOUND, &self.name, "last_sent", ack)?;
         let mut inner = self.ext.lock(OUTBOUND)?;
@@ -365,6 +379,8 @@ struct Producer {
     max_bytes: usize,
     encoding: Encoding,
     pending: Option<Group>,
+    /// Position of the newest committed change when the scan started.
+    newest: Position,
 }
 
 /// An upper bound of a package's size without its changes: fixed fields,
@@ -389,6 +405,7 @@ impl Producer {
         // transaction carry versions above the committed one and have no
         // final position yet.
         let committed = inner.db_version(&ext.tx)?;
+        let newest = inner.newest_position(&ext.tx)?;
         let tables: Vec<Arc<TableInfo>> = match &cfg.tables {
             None => inner.tables().to_vec(),
             Some(names) => names.iter().filter_map(|n| inner.table(n)).collect(),
@@ -422,6 +439,7 @@ impl Producer {
             max_bytes: cfg.max_bytes.saturating_sub(header).max(1),
             encoding: cfg.encoding,
             pending: None,
+            newest,
         })
     }
 
@@ -540,6 +558,28 @@ impl Producer {
             && since > Position::ZERO
             && self.scanner.peek_position().map(|p| p.db_version) == Some(since.db_version);
         let Some(first) = self.take_group(self.max_changes, self.max_bytes)? else {
+            // Nothing left to send, but positions beyond `since` exist (changes
+            // this stream does not carry, or versions without a clock row):
+            // an empty package moves the stream past them, so its lag
+            // reaches 0 and later reads do not scan them again.
+            if since < self.newest {
+                let package = self.encode(
+                    ext,
+                    name,
+                    stream_id,
+                    encoding,
+                    since,
+                    self.newest,
+                    None,
+                    Vec::new(),
+                )?;
+                return Ok(Some(Row {
+                    package,
+                    since,
+                    cursor: self.newest,
+                    changes: 0,
+                }));
+            }
             return Ok(None);
         };
         let mut part = None;
@@ -691,6 +731,12 @@ impl TableCursor for OutboundCursor {
         args: &[ValueRef<'_>],
     ) -> Result<()> {
         let start = if idx_num == 1 && !args.is_empty() {
+            if args[0] == ValueRef::Null {
+                // `cursor > NULL` is never true: no rows.
+                self.producer = None;
+                self.row = None;
+                return Ok(());
+            }
             super::position_value(OUTBOUND, &self.name, "cursor", args[0])?
         } else {
             let inner = self.ext.lock(OUTBOUND)?;
