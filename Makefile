@@ -7,7 +7,7 @@ SQLITE3 ?= sqlite3
 PYTHON  ?= /usr/bin/python3
 export CRSQL_STREAM_EXT := $(abspath $(EXT))
 
-.PHONY: all build test unit harness-test sql-test sql-bless py-test check fmt clippy soak bench demo fuzz clean
+.PHONY: all build test unit harness-test sql-test sql-bless py-test wheel py-binding-test check fmt clippy soak bench demo fuzz clean
 
 all: build
 
@@ -17,7 +17,7 @@ build:
 	cp target/release/libcrsql_stream.so $(EXT).tmp && mv -f $(EXT).tmp $(EXT)
 
 # Everything CI runs.
-test: build unit harness-test sql-test py-test
+test: build unit harness-test sql-test py-test py-binding-test rust-binding-test
 	@echo "make test: all suites passed"
 
 # Pure-Rust unit and property tests (core/ and ext/).
@@ -38,6 +38,40 @@ sql-bless: build
 # Python's stdlib sqlite3 (Debian, SQLite 3.40.1) loading the extension.
 py-test: build
 	$(PYTHON) -m unittest discover -s tests/python -v
+
+# Python binding (bindings/python): a platform wheel holding the extension,
+# built with setuptools in a cached venv of Debian's Python (setuptools comes
+# from PyPI on the first run only).
+PY_BUILD_VENV := target/py-build-venv
+PY_TEST_VENV  := target/py-test-venv
+wheel: build
+	cp $(EXT) bindings/python/src/crsql_stream/libcrsql_stream.so
+	@[ -x $(PY_BUILD_VENV)/bin/python ] || $(PYTHON) -m venv $(PY_BUILD_VENV)
+	$(PY_BUILD_VENV)/bin/python -m pip install -q --disable-pip-version-check "setuptools>=77"
+	rm -rf bindings/python/build dist/crsql_stream-*.whl
+	$(PY_BUILD_VENV)/bin/python -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps -w dist bindings/python
+	rm -rf bindings/python/build bindings/python/src/crsql_stream.egg-info
+	@ls dist/crsql_stream-*.whl
+
+# Install the wheel into a fresh venv of Debian's Python and run the binding's
+# tests (unittest; no network). CRSQL_STREAM_EXT is unset so that only the
+# library inside the wheel can be found.
+py-binding-test: wheel
+	rm -rf $(PY_TEST_VENV)
+	$(PYTHON) -m venv $(PY_TEST_VENV)
+	$(PY_TEST_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-index dist/crsql_stream-*.whl
+	cd bindings/python/tests && env -u CRSQL_STREAM_EXT $(abspath $(PY_TEST_VENV))/bin/python -m unittest discover -s . -v
+
+# Rust binding (bindings/rust, its own workspace): loading dist/libcrsql_stream.so,
+# then with the extension compiled in (`static`), then a short run of the TCP
+# example that `cargo test` built (two processes, cut connections, a killed
+# peer). It shares harness/'s target directory so bundled SQLite is compiled once.
+.PHONY: rust-binding-test
+RUST_BINDING_CARGO := cd bindings/rust && CARGO_TARGET_DIR=$(abspath harness/target) $(CARGO)
+rust-binding-test: build
+	$(RUST_BINDING_CARGO) test --release
+	$(RUST_BINDING_CARGO) test --release --features static
+	harness/target/release/examples/tcp_sync demo --rows 200 --cuts 3
 
 fmt:
 	$(CARGO) fmt --all

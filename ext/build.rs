@@ -10,7 +10,9 @@ fn main() {
     println!("cargo:rustc-env=CRSQL_STREAM_GIT_SHA={sha}");
     // Re-run when HEAD moves: HEAD itself, the branch it names, packed refs.
     println!("cargo:rerun-if-changed=../.git/HEAD");
-    println!("cargo:rerun-if-changed=../.git/packed-refs");
+    if std::path::Path::new("../.git/packed-refs").exists() {
+        println!("cargo:rerun-if-changed=../.git/packed-refs");
+    }
     if let Ok(head) = std::fs::read_to_string("../.git/HEAD") {
         if let Some(r) = head.trim().strip_prefix("ref: ") {
             println!("cargo:rerun-if-changed=../.git/{r}");

@@ -142,6 +142,16 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         conn.prepare_cached(&t.sql.sentinel_insert)?
             .execute(params![new_key, v, ext.tx.take_seq()])?;
         wrote = true;
+        // Columns that had no clock to move still carry a value on the new
+        // key: give them a clock, so peers that zeroed their own copy on the
+        // resurrection receive it.
+        for (i, col) in t.cols.iter().enumerate() {
+            let changed = compare(new_cols[i], old_cols[i]).is_ne();
+            if !changed && !names.iter().any(|n| n == &col.name) {
+                conn.prepare_cached(&t.sql.clock_upsert_cell)?
+                    .execute(params![new_key, col.name, v, ext.tx.take_seq()])?;
+            }
+        }
     }
     for (i, col) in t.cols.iter().enumerate() {
         if compare(new_cols[i], old_cols[i]).is_ne() {

@@ -16,7 +16,11 @@ pub fn ext_path() -> PathBuf {
 /// Load the extension into an open connection.
 pub fn load(conn: &Connection) -> rusqlite::Result<()> {
     let path = ext_path();
-    assert!(path.exists(), "build the extension first (make build): {}", path.display());
+    assert!(
+        path.exists(),
+        "build the extension first (make build): {}",
+        path.display()
+    );
     // SAFETY: loading our own extension, built from this repository.
     unsafe {
         let _guard = rusqlite::LoadExtensionGuard::new(conn)?;

@@ -200,7 +200,7 @@ pub fn parse_count(module: &str, table: &str, what: &str, text: &str, max: i64) 
     }
 }
 
-/// A position argument given to INSERT or WHERE (TEXT like '[12,3]').
+/// A position argument given to INSERT or WHERE (TEXT like `'[12,3]'`).
 pub fn position_value(
     module: &str,
     table: &str,

@@ -239,8 +239,21 @@ impl Table for OutboundTable {
         }
         let pos = super::position_value(OUTBOUND, &self.name, "last_sent", ack)?;
         let mut inner = self.ext.lock(OUTBOUND)?;
+        let in_write_tx = self
+            .ext
+            .tx
+            .pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 0;
         let newest = inner.newest_position(&self.ext.tx)?;
-        if pos > newest {
+        // Inside a write transaction the newest committed cells may already
+        // have moved to the pending version: compare the version there.
+        let beyond = if in_write_tx {
+            pos.db_version > newest.db_version
+        } else {
+            pos > newest
+        };
+        if beyond {
             return Err(err!(
                 "{OUTBOUND} {}: cannot acknowledge {pos}: the newest change of this database is at {newest}",
                 self.name
@@ -404,6 +417,12 @@ impl Producer {
         // Only committed changes: rows of this connection's open write
         // transaction carry versions above the committed one and have no
         // final position yet.
+        if ext.tx.pending.load(std::sync::atomic::Ordering::Relaxed) >= 0 {
+            return Err(err!(
+                "{OUTBOUND} {name}: cannot read packages inside a transaction that has written CRR changes \
+                 (a rollback could un-skip rows the package already passed); commit or roll back first"
+            ));
+        }
         let committed = inner.db_version(&ext.tx)?;
         let newest = inner.newest_position(&ext.tx)?;
         let tables: Vec<Arc<TableInfo>> = match &cfg.tables {

@@ -1,0 +1,155 @@
+//! Rust binding for the `crsql_stream` SQLite extension (cr-sqlite
+//! compatible CRRs plus stream virtual tables).
+//!
+//! ```no_run
+//! use crsql_stream_rs::{self as crsql, Inbound, InboundOptions, Outbound, OutboundOptions};
+//! use rusqlite::Connection;
+//!
+//! # fn main() -> rusqlite::Result<()> {
+//! let a = Connection::open("a.db")?;
+//! let b = Connection::open("b.db")?;
+//! crsql::load(&a)?;
+//! crsql::load(&b)?;
+//! for db in [&a, &b] {
+//!     db.execute_batch(
+//!         "CREATE TABLE IF NOT EXISTS todos (id TEXT PRIMARY KEY NOT NULL, title TEXT);
+//!          SELECT crsql_as_crr('todos');",
+//!     )?;
+//! }
+//! let to_b = Outbound::create(&a, "to_b", &OutboundOptions::new().exclude_site(crsql::site_id(&b)?))?;
+//! let from_a = Inbound::create(&b, "from_a", &InboundOptions::new().from(crsql::site_id(&a)?))?;
+//! for package in to_b.packages() {
+//!     from_a.apply(&package?.bytes)?; // any transport in between
+//! }
+//! to_b.ack(from_a.last_applied()?)?; // the receiver reports where it is
+//! crsql::close(a)?;
+//! crsql::close(b)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every error is a [`rusqlite::Error`]; errors raised by the extension are
+//! `rusqlite::Error::SqliteFailure(_, Some(message))` with its message.
+#![deny(unsafe_code)]
+// `load_from` needs one unsafe call (rusqlite's load_extension); that module
+// opts back in, nothing else does.
+
+mod cursor;
+#[allow(unsafe_code)]
+mod load;
+mod stream;
+
+use rusqlite::Connection;
+
+pub use cursor::{Cursor, ParseCursorError};
+pub use load::{find_extension, load, load_from, ENV_VAR, LIBRARY_FILE};
+pub use stream::{Encoding, Inbound, InboundOptions, Outbound, OutboundOptions, Package, Packages};
+
+/// A site id: 16 bytes, `crsql_site_id()`.
+pub type SiteId = [u8; 16];
+
+/// This database's site id (`crsql_site_id()`).
+pub fn site_id(conn: &Connection) -> rusqlite::Result<SiteId> {
+    conn.query_row("SELECT crsql_site_id()", [], |r| r.get(0))
+}
+
+/// The database's current db_version (`crsql_db_version()`).
+pub fn db_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT crsql_db_version()", [], |r| r.get(0))
+}
+
+/// The extension's version (`crsql_version()`).
+pub fn version(conn: &Connection) -> rusqlite::Result<String> {
+    conn.query_row("SELECT crsql_version()", [], |r| r.get(0))
+}
+
+/// Close a connection cleanly: `SELECT crsql_finalize()` (the extension
+/// finalizes its cached statements), then `Connection::close`. Dropping the
+/// connection also works (the extension finalizes when SQLite disconnects
+/// it); this reports errors instead of ignoring them.
+pub fn close(conn: Connection) -> rusqlite::Result<()> {
+    conn.query_row("SELECT crsql_finalize()", [], |r| r.get::<_, String>(0))?;
+    conn.close().map_err(|(_, e)| e)
+}
+
+/// Lower-case hex of a site id, as stream arguments and `crsql_streams`
+/// write it.
+pub fn hex(site: &SiteId) -> String {
+    site.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Move every pending package of `from` into `to`, then acknowledge on
+/// `from` what `to` applied. The streams may be on different connections
+/// (typically two databases in one process). Returns the number of packages
+/// moved. It first acknowledges what `to` already has (an ack may have been
+/// lost), so nothing is sent twice. Stops at the first error; what was
+/// applied stays applied and the next call resumes from there.
+pub fn pump(from: &Outbound<'_>, to: &Inbound<'_>) -> rusqlite::Result<usize> {
+    from.ack(to.last_applied()?)?;
+    let mut moved = 0;
+    let result = from.packages().try_for_each(|p| {
+        to.apply(&p?.bytes)?;
+        moved += 1;
+        Ok(())
+    });
+    if moved > 0 {
+        from.ack(to.last_applied()?)?;
+    }
+    result.map(|()| moved)
+}
+
+/// What [`sync`] moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Packages applied on `b`.
+    pub a_to_b: usize,
+    /// Packages applied on `a`.
+    pub b_to_a: usize,
+}
+
+/// Sync two databases open in this process, both ways, until no package
+/// moves (the Python binding's `sync`, with the same stream names).
+///
+/// On each side it creates, if missing, the outbound stream
+/// `crsql_sync_to_<peer site id in hex>` (leaving out the peer's own changes)
+/// and the inbound stream `crsql_sync_from_<peer site id in hex>` (pinned to
+/// the peer), so later calls, also after a restart, send only what is new.
+pub fn sync(a: &Connection, b: &Connection) -> rusqlite::Result<SyncStats> {
+    let (site_a, site_b) = (site_id(a)?, site_id(b)?);
+    if site_a == site_b {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
+            Some(format!(
+                "crsql_stream: sync: both connections are the same database (site {})",
+                hex(&site_a)
+            )),
+        ));
+    }
+    let out = |conn, peer: SiteId| {
+        Outbound::open_or_create(
+            conn,
+            &format!("crsql_sync_to_{}", hex(&peer)),
+            &OutboundOptions::new().exclude_site(peer),
+        )
+    };
+    let inb = |conn, peer: SiteId| {
+        Inbound::open_or_create(
+            conn,
+            &format!("crsql_sync_from_{}", hex(&peer)),
+            &InboundOptions::new().from(peer),
+        )
+    };
+    let (a_out, b_in) = (out(a, site_b)?, inb(b, site_a)?);
+    let (b_out, a_in) = (out(b, site_a)?, inb(a, site_b)?);
+    let mut stats = SyncStats::default();
+    // Applying one side's packages can leave a heartbeat for the other (its
+    // copy of the peer's changes, filtered out): a few rounds settle it.
+    loop {
+        let (ab, ba) = (pump(&a_out, &b_in)?, pump(&b_out, &a_in)?);
+        if ab + ba == 0 {
+            return Ok(stats);
+        }
+        stats.a_to_b += ab;
+        stats.b_to_a += ba;
+    }
+}
