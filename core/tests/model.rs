@@ -258,7 +258,8 @@ impl Replica {
         self.keys.insert(old);
         self.keys.insert(new);
         self.sentinel_delete(old, v);
-        for name in self.cell_names(old) {
+        let moved_names = self.cell_names(old);
+        for name in moved_names.clone() {
             let moved = self.clocks.remove(&(old, name.clone())).unwrap();
             let clock = Clock {
                 col_version: moved.col_version,
@@ -269,6 +270,12 @@ impl Replica {
             self.clocks.insert((new, name), clock);
         }
         self.sentinel_create(new, v);
+        // Columns without a clock to move get one (DECISIONS D13).
+        for cid in COLS {
+            if !moved_names.iter().any(|n| n == cid) {
+                self.bump_cell(new, cid, v);
+            }
+        }
     }
 
     // -- reading changes (§7.2) --
