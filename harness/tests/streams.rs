@@ -3424,7 +3424,10 @@ fn a_package_read_inside_a_transaction_that_rolls_back_never_costs_the_receiver_
     let inside = match try_pull(&a, "o", "") {
         Ok(p) => p,
         Err(e) => {
-            assert!(e.contains("cannot read packages inside a transaction"), "{e}");
+            assert!(
+                e.contains("cannot read packages inside a transaction"),
+                "{e}"
+            );
             Vec::new()
         }
     };

@@ -101,7 +101,8 @@ fn make_rows(n: usize) -> Vec<Row> {
         .collect()
 }
 
-const USAGE: &str = "usage: bench [--rows N] [--pragma NAME=VALUE]... [--stream-changes N] [--only crr|streams]\n\
+const USAGE: &str =
+    "usage: bench [--rows N] [--pragma NAME=VALUE]... [--stream-changes N] [--only crr|streams]\n\
     (defaults: 100000 rows; a 1000000-change backlog for the streams)";
 
 struct Options {
@@ -731,7 +732,9 @@ mod streams {
     }
 
     fn first_package_cost(conn: &Connection) -> BoxResult<f64> {
-        conn.execute_batch("CREATE VIRTUAL TABLE probe USING crsql_OutboundStream(max_changes = 1000)")?;
+        conn.execute_batch(
+            "CREATE VIRTUAL TABLE probe USING crsql_OutboundStream(max_changes = 1000)",
+        )?;
         let mut stmt = conn.prepare("SELECT package FROM probe LIMIT 1")?;
         median_micros(|| {
             let _: Vec<u8> = stmt.query_row([], |r| r.get(0))?;
@@ -751,7 +754,11 @@ mod streams {
         );
         let (src, build) = timed(|| backlog(&dir.path().join("src.db"), rows, &opts.pragmas))?;
         let total: i64 = count(&src, "SELECT count(*) FROM crsql_changes")?;
-        println!("  built the backlog ({} changes) in {}", grouped(total as u64), ms(build.wall));
+        println!(
+            "  built the backlog ({} changes) in {}",
+            grouped(total as u64),
+            ms(build.wall)
+        );
         let raw: i64 = count(
             &src,
             "SELECT sum(length(\"table\") + length(pk) + length(cid) + length(site_id) + 5 * 8 + \
@@ -762,11 +769,14 @@ mod streams {
         // 1. Produce every package, discarding them: speed and producer memory.
         let peak_ok = reset_peak();
         let rss0 = status_kib("VmRSS:").unwrap_or(0);
-        let ((packages, changes, bin_bytes), pack) = timed(|| stream_all(&src, "out_bin", "binary", None))?;
+        let ((packages, changes, bin_bytes), pack) =
+            timed(|| stream_all(&src, "out_bin", "binary", None))?;
         let hwm = status_kib("VmHWM:").unwrap_or(0);
         let growth_mib = hwm.saturating_sub(rss0) as f64 / 1024.0;
         if changes != total as u64 {
-            return Err(format!("the stream carried {changes} changes, the backlog has {total}").into());
+            return Err(
+                format!("the stream carried {changes} changes, the backlog has {total}").into(),
+            );
         }
         // 2. JSON size.
         let (_, _, json_bytes) = stream_all(&src, "out_json", "json", None)?;
@@ -790,7 +800,11 @@ mod streams {
         })?;
         match tables_equal(&src, &dst)? {
             Ok(_) => {}
-            Err(why) => return Err(format!("receiver differs from the sender after applying: {why}").into()),
+            Err(why) => {
+                return Err(
+                    format!("receiver differs from the sender after applying: {why}").into(),
+                )
+            }
         }
         // 4. LIMIT 1 on this backlog and on a small one.
         let big = first_package_cost(&src)?;
@@ -802,7 +816,10 @@ mod streams {
         let apply_rate = changes as f64 / secs(apply);
         let per = |b: u64| b as f64 / changes as f64;
         println!();
-        println!("{:<44} {:>16} {:>14} {:>6}", "figure", "measured", "target", "");
+        println!(
+            "{:<44} {:>16} {:>14} {:>6}",
+            "figure", "measured", "target", ""
+        );
         println!("{}", "-".repeat(84));
         println!(
             "{:<44} {:>16} {:>14} {:>6}",
