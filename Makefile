@@ -7,7 +7,7 @@ SQLITE3 ?= sqlite3
 PYTHON  ?= /usr/bin/python3
 export CRSQL_STREAM_EXT := $(abspath $(EXT))
 
-.PHONY: all build test unit harness-test sql-test sql-bless py-test wheel py-binding-test check fmt clippy soak bench demo fuzz clean
+.PHONY: all build test unit harness-test sql-test sql-bless py-test wheel py-binding-test node-package node-binding-test check fmt clippy soak bench demo fuzz clean
 
 all: build
 
@@ -17,7 +17,7 @@ build:
 	cp target/release/libcrsql_stream.so $(EXT).tmp && mv -f $(EXT).tmp $(EXT)
 
 # Everything CI runs.
-test: build unit harness-test sql-test py-test py-binding-test rust-binding-test
+test: build unit harness-test sql-test py-test py-binding-test rust-binding-test node-binding-test
 	@echo "make test: all suites passed"
 
 # Pure-Rust unit and property tests (core/ and ext/).
@@ -72,6 +72,36 @@ rust-binding-test: build
 	$(RUST_BINDING_CARGO) test --release
 	$(RUST_BINDING_CARGO) test --release --features static
 	harness/target/release/examples/tcp_sync demo --rows 200 --cuts 3
+
+# Node binding (bindings/node, npm package crsql-stream): `npm pack` of the
+# package with the extension copied into lib/, into dist/.
+NODE_VERSION_OF_PKG = $(shell node -p "require('./bindings/node/package.json').version" 2>/dev/null)
+NODE_TARBALL := dist/crsql-stream-$(NODE_VERSION_OF_PKG).tgz
+NODE_TEST_DIR := target/node-test
+# node-gyp (better-sqlite3 builds from source) uses the installed Node headers
+# instead of downloading them when they are there.
+NODE_GYP_ENV := $(if $(wildcard /usr/include/node/node_api.h),npm_config_nodedir=/usr)
+node-package: build
+	mkdir -p bindings/node/lib
+	cp $(EXT) bindings/node/lib/libcrsql_stream.so
+	rm -f dist/crsql-stream-*.tgz
+	cd bindings/node && npm pack --silent --pack-destination $(abspath dist) >/dev/null
+	@ls $(NODE_TARBALL)
+
+# Install the package tarball and better-sqlite3 (from the npm registry, built
+# from source, cached in target/node-test) into a scratch project, then run
+# bindings/node/test with node:test, $$CRSQL_STREAM_EXT unset so that only the
+# library inside the package can load. With the venv of py-binding-test (which
+# `make test` runs first) the TCP test also syncs a Node peer with a Python one.
+node-binding-test: node-package
+	mkdir -p $(NODE_TEST_DIR)
+	cp bindings/node/test/project.json $(NODE_TEST_DIR)/package.json
+	cd $(NODE_TEST_DIR) && $(NODE_GYP_ENV) npm install --no-audit --no-fund --loglevel=error --no-save $(abspath $(NODE_TARBALL))
+	@test -f $(NODE_TEST_DIR)/node_modules/better-sqlite3/build/Release/better_sqlite3.node || \
+		{ echo "better-sqlite3 was not built (install scripts skipped?)"; exit 1; }
+	env -u CRSQL_STREAM_EXT NODE_PATH=$(abspath $(NODE_TEST_DIR)/node_modules) \
+		$(if $(wildcard $(PY_TEST_VENV)/bin/python),CRSQL_STREAM_PYTHON=$(abspath $(PY_TEST_VENV))/bin/python) \
+		node --test --test-reporter=spec bindings/node/test/
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,0 +1,110 @@
+// Type declarations for crsql-stream (Node binding of crsql_stream).
+// The database type is structural so that this package does not need
+// @types/better-sqlite3: any better-sqlite3 `Database` fits.
+
+/** A stream position as the extension writes it: JSON text `'[db_version,seq]'`. */
+export type Position = string;
+
+/** A package as it travels: a Buffer (binary encoding) or a string (`encoding = 'json'`). */
+export type PackageData = Buffer | string;
+
+/** What this package needs of a better-sqlite3 `Database`. */
+export interface Database {
+  prepare(sql: string): any;
+  loadExtension(path: string, entryPoint?: string): unknown;
+  close(): unknown;
+  readonly open: boolean;
+}
+
+/** One row of an outbound stream: a package and where it lies in the stream. */
+export interface Package {
+  /** The opaque package to send. */
+  readonly data: PackageData;
+  /** Position of the last change it covers (inclusive); acknowledge it once applied. */
+  readonly cursor: Position;
+  /** Position it starts after (exclusive): the previous package's cursor. */
+  readonly since: Position;
+  /** Number of changes (0 for a package that only moves the position). */
+  readonly changes: number;
+  /** Encoded size in bytes. */
+  readonly size: number;
+}
+
+/** A stream argument value: lists are joined with commas, Buffers written as hex. */
+export type ArgValue = string | number | bigint | boolean | Uint8Array | ReadonlyArray<string | number | bigint | boolean | Uint8Array>;
+
+export interface OutboundArgs {
+  since?: Position;
+  exclude_sites?: ArgValue;
+  local_only?: boolean | number;
+  tables?: string | ReadonlyArray<string>;
+  max_changes?: number;
+  max_bytes?: number;
+  encoding?: 'binary' | 'json';
+  [key: string]: ArgValue | undefined | null;
+}
+
+export interface InboundArgs {
+  /** The expected sender's site id (hex or bytes). */
+  from?: string | Uint8Array;
+  since?: Position;
+  tables?: string | ReadonlyArray<string>;
+  [key: string]: ArgValue | undefined | null;
+}
+
+export const version: string;
+/** The extension's entry point symbol. */
+export const ENTRY_POINT: string;
+
+/** Absolute path of the bundled extension library (or `$CRSQL_STREAM_EXT`). */
+export function path(): string;
+/** Load the extension into `db` (no-op if loaded); returns `db`. */
+export function load<D extends Database>(db: D): D;
+/** `new Database(filename, options)` + `load`; its `close()` runs `crsql_finalize()` first. */
+export function connect(filename?: string | Buffer, options?: object): any;
+/** `SELECT crsql_finalize()` (nothing on a closed database). */
+export function finalize(db: Database): void;
+/** `crsql_finalize()`, then `db.close()`. */
+export function close<D extends Database>(db: D): D;
+/** The site id as 32 lowercase hex digits. */
+export function siteId(db: Database): string;
+/** `'[12,3]'` → `[12, 3]`. */
+export function parsePosition(position: Position): [number, number];
+/** Negative, 0 or positive as `a` is before, at or after `b`. */
+export function comparePositions(a: Position, b: Position): number;
+
+export class Outbound {
+  constructor(db: Database, name: string, args?: OutboundArgs);
+  readonly db: Database;
+  readonly name: string;
+  /** The next package after `after` (default: after `last_sent`), or null. */
+  nextPackage(after?: Position | null): Package | null;
+  /** Packages after `last_sent` (or `after`), built one at a time. */
+  packages(options?: { limit?: number | null; after?: Position | null }): Generator<Package, void, undefined>;
+  /** Record that the peer applied everything up to `cursor`. */
+  ack(cursor: Position | Package): void;
+  readonly lastSent: Position;
+  readonly lastRetrieved: Position | null;
+  drop(): void;
+}
+
+export class Inbound {
+  constructor(db: Database, name: string, args?: InboundArgs);
+  readonly db: Database;
+  readonly name: string;
+  /** Apply one package; returns the new `last_applied`. */
+  apply(pkg: PackageData | Uint8Array | Package): Position;
+  readonly lastApplied: Position;
+  readonly sender: string | null;
+  drop(): void;
+}
+
+/** Move up to `batch` packages one way, acknowledging; returns how many moved. */
+export function pump(out: Outbound, inb: Inbound, batch?: number): number;
+
+/** Sync two databases both ways until quiet; returns how many packages moved. */
+export function sync(
+  a: Database,
+  b: Database,
+  options?: { maxRounds?: number; batch?: number; outbound?: OutboundArgs },
+): number;
