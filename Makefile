@@ -106,12 +106,16 @@ node-binding-test: node-package
 fmt:
 	$(CARGO) fmt --all
 	cd harness && $(CARGO) fmt
+	cd bindings/rust && $(CARGO) fmt
 
 check: build
 	$(CARGO) fmt --all -- --check
 	cd harness && $(CARGO) fmt -- --check
 	$(CARGO) clippy --workspace --all-targets --release -- -D warnings
 	cd harness && $(CARGO) clippy --all-targets --release -- -D warnings
+	cd bindings/rust && $(CARGO) fmt -- --check
+	$(RUST_BINDING_CARGO) clippy --all-targets --release -- -D warnings
+	$(RUST_BINDING_CARGO) clippy --all-targets --release --features static -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
 	$(MAKE) test
 

@@ -1,6 +1,8 @@
 //! Two processes sync a table both ways over TCP through the streams, and
 //! survive cut connections and a killed peer.
 //!
+//! Built by the `crsql-stream` crate (`bindings/rust`), from its directory:
+//!
 //! ```text
 //! cargo run --release --example tcp_sync -- demo [--rows 300] [--cuts 3]
 //! cargo run --release --example tcp_sync -- listen  a.db 127.0.0.1:7000 [--rows N]
