@@ -361,6 +361,37 @@ class Session {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Poll `next()` (every `pollMs`) until it gives a socket; null at the deadline. */
+async function waitForSocket(next, deadline, pollMs) {
+  for (;;) {
+    if (Date.now() >= deadline) {
+      log('timeout');
+      return null;
+    }
+    const sock = await next();
+    if (sock) return sock;
+    await sleep(pollMs);
+  }
+}
+
+/** One session on `sock`: true when it ended normally, false when the connection was lost. */
+async function runSession(sock, mode, db, opts, stats, deadline) {
+  try {
+    const session = new Session(new Framed(sock, deadline), db, opts, stats);
+    await session.handshake();
+    await (mode === 'serve' ? session.runServer() : session.runClient());
+    return true;
+  } catch (e) {
+    if (!(e instanceof ConnectionLost)) throw e;
+    log('lost', { reason: e.message });
+    // The server goes back to accepting, the client reconnects; either may
+    // also be restarted.
+    return false;
+  } finally {
+    sock.destroy();
+  }
+}
+
 async function serve(opts, db, stats, deadline) {
   const pending = [];
   const server = net.createServer((sock) => pending.push(sock));
@@ -376,27 +407,10 @@ async function serve(opts, db, stats, deadline) {
     }
     log('listening', { port });
     for (;;) {
-      while (!pending.length) {
-        if (Date.now() >= deadline) {
-          log('timeout');
-          return 1;
-        }
-        await sleep(20);
-      }
-      const sock = pending.shift();
+      const sock = await waitForSocket(() => pending.shift(), deadline, 20);
+      if (!sock) return 1;
       log('accepted', { address: `${sock.remoteAddress}:${sock.remotePort}` });
-      try {
-        const session = new Session(new Framed(sock, deadline), db, opts, stats);
-        await session.handshake();
-        await session.runServer();
-        return 0;
-      } catch (e) {
-        if (!(e instanceof ConnectionLost)) throw e;
-        log('lost', { reason: e.message });
-        // Back to accept: the client reconnects or is restarted.
-      } finally {
-        sock.destroy();
-      }
+      if (await runSession(sock, 'serve', db, opts, stats, deadline)) return 0;
     }
   } finally {
     for (const sock of pending) sock.destroy();
@@ -419,28 +433,10 @@ function dial(port) {
 
 async function connect(opts, db, stats, deadline) {
   for (;;) {
-    let sock = null;
-    while (!sock) {
-      if (Date.now() >= deadline) {
-        log('timeout');
-        return 1;
-      }
-      sock = await dial(opts.port).catch(() => null);
-      if (!sock) await sleep(50);
-    }
+    const sock = await waitForSocket(() => dial(opts.port).catch(() => null), deadline, 50);
+    if (!sock) return 1;
     log('connected_tcp', { port: opts.port });
-    try {
-      const session = new Session(new Framed(sock, deadline), db, opts, stats);
-      await session.handshake();
-      await session.runClient();
-      return 0;
-    } catch (e) {
-      if (!(e instanceof ConnectionLost)) throw e;
-      log('lost', { reason: e.message });
-      // Reconnect: the server may be restarting.
-    } finally {
-      sock.destroy();
-    }
+    if (await runSession(sock, 'connect', db, opts, stats, deadline)) return 0;
   }
 }
 
