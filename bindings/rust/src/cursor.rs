@@ -56,30 +56,12 @@ impl std::error::Error for ParseCursorError {}
 impl FromStr for Cursor {
     type Err = ParseCursorError;
 
-    /// The JSON text form, e.g. `[12,3]`; whitespace is allowed.
+    /// The JSON text form, e.g. `[12,3]`; whitespace is allowed. The same
+    /// parser as the extension's (`crsql-stream-core`).
     fn from_str(text: &str) -> Result<Cursor, ParseCursorError> {
-        let err = || ParseCursorError {
-            text: text.chars().take(64).collect(),
-        };
-        let inner = text
-            .trim()
-            .strip_prefix('[')
-            .and_then(|s| s.strip_suffix(']'))
-            .ok_or_else(err)?;
-        let mut parts = inner.split(',');
-        let mut num = || -> Result<i64, ParseCursorError> {
-            let p = parts.next().ok_or_else(err)?.trim();
-            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(err());
-            }
-            p.parse::<i64>().map_err(|_| err())
-        };
-        let db_version = num()?;
-        let seq = num()?;
-        if parts.next().is_some() {
-            return Err(err());
-        }
-        Ok(Cursor { db_version, seq })
+        crsql_stream_core::ids::Position::parse(text)
+            .map(|p| Cursor::new(p.db_version, p.seq))
+            .map_err(|e| ParseCursorError { text: e.text })
     }
 }
 
