@@ -1,6 +1,9 @@
 //! Shared helpers for the integration tests and the benchmark: open real
 //! SQLite connections (rusqlite's bundled SQLite) with the built extension.
 
+pub mod sql;
+pub mod tables;
+
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;

@@ -37,16 +37,11 @@ use rand::SeedableRng;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection};
 
+use crsql_stream_harness::tables::{quote, Exact, InsertMode, TableDef};
 use crsql_stream_harness::{close, open};
 
 // ---------------------------------------------------------------------------
 // Schema
-
-struct TableDef {
-    name: &'static str,
-    pks: &'static [&'static str],
-    cols: &'static [&'static str],
-}
 
 const TABLES: &[TableDef] = &[
     TableDef {
@@ -123,110 +118,8 @@ fn key(t: usize, i: usize) -> Vec<Value> {
     }
 }
 
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-impl TableDef {
-    fn pk_list(&self) -> String {
-        self.pks
-            .iter()
-            .map(|p| quote(p))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    fn pk_where(&self, first_param: usize) -> String {
-        self.pks
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{} = ?{}", quote(p), first_param + i))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    }
-
-    fn insert_sql(&self, mode: InsertMode) -> String {
-        let all: Vec<String> = self.pks.iter().chain(self.cols).map(|c| quote(c)).collect();
-        let qs: Vec<String> = (1..=all.len()).map(|i| format!("?{i}")).collect();
-        let verb = match mode {
-            InsertMode::Plain | InsertMode::Upsert => "INSERT",
-            InsertMode::OrIgnore => "INSERT OR IGNORE",
-            InsertMode::OrReplace => "INSERT OR REPLACE",
-        };
-        let mut sql = format!(
-            "{verb} INTO {} ({}) VALUES ({})",
-            quote(self.name),
-            all.join(", "),
-            qs.join(", ")
-        );
-        if mode == InsertMode::Upsert {
-            if self.cols.is_empty() {
-                sql += &format!(" ON CONFLICT ({}) DO NOTHING", self.pk_list());
-            } else {
-                let set: Vec<String> = self
-                    .cols
-                    .iter()
-                    .map(|c| format!("{0} = excluded.{0}", quote(c)))
-                    .collect();
-                sql += &format!(
-                    " ON CONFLICT ({}) DO UPDATE SET {}",
-                    self.pk_list(),
-                    set.join(", ")
-                );
-            }
-        }
-        sql
-    }
-
-    fn select_all(&self) -> String {
-        format!(
-            "SELECT * FROM {} ORDER BY {}",
-            quote(self.name),
-            self.pk_list()
-        )
-    }
-
-    fn select_keys(&self) -> String {
-        format!(
-            "SELECT {0} FROM {1} ORDER BY {0}",
-            self.pk_list(),
-            quote(self.name)
-        )
-    }
-
-    /// Keys the replica has seen (its pks lookaside table) but no longer has.
-    fn select_dead_keys(&self) -> String {
-        let order: Vec<String> = (1..=self.pks.len()).map(|i| i.to_string()).collect();
-        format!(
-            "SELECT {0} FROM {1} EXCEPT SELECT {0} FROM {2} ORDER BY {3}",
-            self.pk_list(),
-            quote(&format!("{}__crsql_pks", self.name)),
-            quote(self.name),
-            order.join(", ")
-        )
-    }
-
-    fn exists_sql(&self) -> String {
-        format!(
-            "SELECT count(*) FROM {} WHERE {}",
-            quote(self.name),
-            self.pk_where(1)
-        )
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Generated histories
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum InsertMode {
-    /// Plain INSERT, skipped when the row exists (it would fail).
-    Plain,
-    OrIgnore,
-    OrReplace,
-    /// INSERT … ON CONFLICT DO UPDATE SET every column.
-    Upsert,
-}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -664,46 +557,6 @@ impl<T> OptionalRow<T> for rusqlite::Result<T> {
             Ok(v) => Some(v),
             Err(rusqlite::Error::QueryReturnedNoRows) => None,
             Err(e) => panic!("query failed: {e}"),
-        }
-    }
-}
-
-/// A value compared exactly: reals by their bits, and the storage class always.
-#[derive(Clone, PartialEq, Eq)]
-enum Exact {
-    Null,
-    Integer(i64),
-    Real(u64),
-    Text(String),
-    Blob(Vec<u8>),
-}
-
-impl fmt::Debug for Exact {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Exact::Null => write!(f, "NULL"),
-            Exact::Integer(i) => write!(f, "{i}"),
-            Exact::Real(bits) => write!(f, "{:?}", f64::from_bits(*bits)),
-            Exact::Text(s) => write!(f, "{s:?}"),
-            Exact::Blob(b) => {
-                write!(f, "x'")?;
-                for byte in b {
-                    write!(f, "{byte:02x}")?;
-                }
-                write!(f, "'")
-            }
-        }
-    }
-}
-
-impl From<Value> for Exact {
-    fn from(v: Value) -> Exact {
-        match v {
-            Value::Null => Exact::Null,
-            Value::Integer(i) => Exact::Integer(i),
-            Value::Real(r) => Exact::Real(r.to_bits()),
-            Value::Text(s) => Exact::Text(s),
-            Value::Blob(b) => Exact::Blob(b),
         }
     }
 }

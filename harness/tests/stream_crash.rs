@@ -23,7 +23,6 @@
 //! (default 60; 300 in the soak test).
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -37,6 +36,7 @@ use rand::{Rng, SeedableRng};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
+use crsql_stream_harness::tables::{Exact, Pos};
 use crsql_stream_harness::{close, open, open_memory};
 
 const SHARED: &str = "
@@ -54,62 +54,6 @@ SELECT crsql_as_crr('notes');
 ";
 
 const TABLES: &[(&str, &str)] = &[("items", "id"), ("pairs", "x, y"), ("kv", "k")];
-
-/// A stream position `[db_version, seq]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Pos(i64, i64);
-
-impl Pos {
-    fn parse(s: &str) -> Pos {
-        let (dv, seq): (i64, i64) =
-            serde_json::from_str(s).unwrap_or_else(|e| panic!("bad position {s:?}: {e}"));
-        Pos(dv, seq)
-    }
-}
-
-impl fmt::Display for Pos {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{},{}]", self.0, self.1)
-    }
-}
-
-/// A value compared exactly: reals by their bits, and the storage class always.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Exact {
-    Null,
-    Integer(i64),
-    Real(u64),
-    Text(String),
-    Blob(Vec<u8>),
-}
-
-impl From<Value> for Exact {
-    fn from(v: Value) -> Exact {
-        match v {
-            Value::Null => Exact::Null,
-            Value::Integer(i) => Exact::Integer(i),
-            Value::Real(r) => Exact::Real(r.to_bits()),
-            Value::Text(s) => Exact::Text(s),
-            Value::Blob(b) => Exact::Blob(b),
-        }
-    }
-}
-
-impl fmt::Debug for Exact {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Exact::Null => write!(f, "NULL"),
-            Exact::Integer(i) => write!(f, "{i}"),
-            Exact::Real(bits) => write!(f, "{:?}", f64::from_bits(*bits)),
-            Exact::Text(s) => write!(f, "{s:?}"),
-            Exact::Blob(b) => {
-                write!(f, "x'")?;
-                b.iter().try_for_each(|byte| write!(f, "{byte:02x}"))?;
-                write!(f, "'")
-            }
-        }
-    }
-}
 
 type Rows = Vec<Vec<Exact>>;
 

@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crsql_stream_core::package::{crc64, Encoding, Package};
+use crsql_stream_harness::sql::{exec, int, message, rows, text, try_rows};
 use crsql_stream_harness::{close, open};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -23,11 +24,6 @@ use rusqlite::{params, Connection};
 
 // ---------------------------------------------------------------------------
 // helpers: SQL
-
-fn exec(c: &Connection, sql: &str) {
-    c.execute_batch(sql)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 fn try_exec(c: &Connection, sql: &str) -> Result<(), String> {
     c.execute_batch(sql).map_err(|e| message(&e))
@@ -38,42 +34,6 @@ fn error_of(c: &Connection, sql: &str) -> String {
     match try_exec(c, sql) {
         Ok(()) => panic!("expected an error from: {sql}"),
         Err(m) => m,
-    }
-}
-
-fn int(c: &Connection, sql: &str) -> i64 {
-    c.query_row(sql, [], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-fn text(c: &Connection, sql: &str) -> String {
-    c.query_row(sql, [], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-fn try_rows(c: &Connection, sql: &str) -> rusqlite::Result<Vec<Vec<Value>>> {
-    let mut stmt = c.prepare(sql)?;
-    let n = stmt.column_count();
-    let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(
-            (0..n)
-                .map(|i| r.get::<_, Value>(i))
-                .collect::<rusqlite::Result<Vec<_>>>()?,
-        );
-    }
-    Ok(out)
-}
-
-fn rows(c: &Connection, sql: &str) -> Vec<Vec<Value>> {
-    try_rows(c, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-fn message(e: &rusqlite::Error) -> String {
-    match e {
-        rusqlite::Error::SqliteFailure(_, Some(m)) => m.clone(),
-        other => other.to_string(),
     }
 }
 

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection};
 
+use crsql_stream_harness::sql::{Change, INSERT_CHANGE, SELECT_CHANGES};
 use crsql_stream_harness::{ext_path, load};
 
 const DEFAULT_ROWS: usize = 100_000;
@@ -41,24 +42,7 @@ const CRSQLITE_SIZE_RATIO: &str = "4.5x";
 const CREATE: &str = "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, a TEXT, b INTEGER, c REAL)";
 const INSERT: &str = "INSERT INTO t (id, a, b, c) VALUES (?1, ?2, ?3, ?4)";
 const UPDATE: &str = "UPDATE t SET b = b + 1";
-const SELECT_CHANGES: &str =
-    "SELECT \"table\", pk, cid, val, col_version, db_version, site_id, cl, seq FROM crsql_changes";
-const INSERT_CHANGE: &str = "INSERT INTO crsql_changes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
-
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
-
-/// One row of `crsql_changes`, copied out of SQLite.
-struct Change {
-    table: String,
-    pk: Vec<u8>,
-    cid: String,
-    val: Value,
-    col_version: i64,
-    db_version: i64,
-    site_id: Value,
-    cl: i64,
-    seq: i64,
-}
 
 /// A row of `t`.
 struct Row {
@@ -234,21 +218,9 @@ fn update_all(conn: &Connection) -> BoxResult<usize> {
 
 fn read_changes(conn: &Connection) -> BoxResult<Vec<Change>> {
     let mut stmt = conn.prepare(SELECT_CHANGES)?;
-    let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(Change {
-            table: r.get(0)?,
-            pk: r.get(1)?,
-            cid: r.get(2)?,
-            val: r.get(3)?,
-            col_version: r.get(4)?,
-            db_version: r.get(5)?,
-            site_id: r.get(6)?,
-            cl: r.get(7)?,
-            seq: r.get(8)?,
-        });
-    }
+    let out = stmt
+        .query_map([], Change::from_row)?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(out)
 }
 
@@ -257,17 +229,7 @@ fn merge_changes(conn: &mut Connection, changes: &[Change]) -> BoxResult<()> {
     {
         let mut stmt = tx.prepare(INSERT_CHANGE)?;
         for c in changes {
-            stmt.execute(params![
-                c.table,
-                c.pk,
-                c.cid,
-                c.val,
-                c.col_version,
-                c.db_version,
-                c.site_id,
-                c.cl,
-                c.seq
-            ])?;
+            c.insert(&mut stmt)?;
         }
     }
     tx.commit()?;
