@@ -30,8 +30,11 @@ export interface Package {
   readonly size: number;
 }
 
-/** A stream argument value: lists are joined with commas, Buffers written as hex. */
-export type ArgValue = string | number | bigint | boolean | Uint8Array | ReadonlyArray<string | number | bigint | boolean | Uint8Array>;
+/** One argument item: integers and booleans as numbers, Buffers written as hex. */
+export type ArgScalar = string | number | bigint | boolean | Uint8Array;
+
+/** A stream argument value: lists and sets are joined with commas. */
+export type ArgValue = ArgScalar | ReadonlyArray<ArgScalar> | ReadonlySet<ArgScalar>;
 
 export interface OutboundArgs {
   since?: Position;
@@ -60,7 +63,11 @@ export const ENTRY_POINT: string;
 export function path(): string;
 /** Load the extension into `db` (no-op if loaded); returns `db`. */
 export function load<D extends Database>(db: D): D;
-/** `new Database(filename, options)` + `load`; its `close()` runs `crsql_finalize()` first. */
+/**
+ * `new Database(filename, options)` + `load`; its `close()` runs `crsql_finalize()` first.
+ * Returns better-sqlite3's `Database` (typed `any` so that this package does not
+ * depend on @types/better-sqlite3; annotate it with that type if you use it).
+ */
 export function connect(filename?: string | Buffer, options?: object): any;
 /** `SELECT crsql_finalize()` (nothing on a closed database). */
 export function finalize(db: Database): void;
@@ -78,7 +85,7 @@ export class Outbound {
   readonly db: Database;
   readonly name: string;
   /** The next package after `after` (default: after `last_sent`), or null. */
-  nextPackage(after?: Position | null): Package | null;
+  nextPackage(after?: Position | Package | null): Package | null;
   /** Packages after `last_sent` (or `after`), built one at a time. */
   packages(options?: { limit?: number | null; after?: Position | null }): Generator<Package, void, undefined>;
   /** Record that the peer applied everything up to `cursor`. */

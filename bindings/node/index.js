@@ -441,10 +441,15 @@ function pump(out, inb, batch = 100) {
  * calls continue where the previous one stopped, also across restarts.
  * `options.outbound` (`max_changes`, `tables`, …) is used when the outbound
  * streams are created. Every package and acknowledgement is committed as it
- * goes (unless a transaction is open). Throws an `Error` if the two are not
- * quiet after `maxRounds` rounds (one round: up to `batch` packages each way).
+ * goes (unless a transaction is open). Throws a `TypeError` if
+ * `options.outbound` has `exclude_sites` (sync sets it to the peer), and an
+ * `Error` if the two are the same database or not quiet after `maxRounds`
+ * rounds (one round: up to `batch` packages each way).
  */
 function sync(a, b, { maxRounds = 10000, batch = 100, outbound = {} } = {}) {
+  if (Object.prototype.hasOwnProperty.call(outbound, 'exclude_sites')) {
+    throw new TypeError("crsql-stream.sync: exclude_sites is set by sync (to the peer's site id); leave it out");
+  }
   const sa = siteId(a);
   const sb = siteId(b);
   if (sa === sb) throw new Error(`crsql-stream.sync: both databases are the same database (site ${sa})`);

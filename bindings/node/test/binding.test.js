@@ -389,4 +389,33 @@ test.describe('sync', () => {
     a.close();
     a2.close();
   });
+
+  test('sync sets exclude_sites itself', () => {
+    const a = newDb();
+    const b = newDb();
+    assert.throws(
+      () => crsql.sync(a, b, { outbound: { exclude_sites: crsql.siteId(b) } }),
+      { name: 'TypeError', message: /exclude_sites is set by sync/ },
+    );
+    assert.equal(a.prepare('SELECT count(*) AS n FROM crsql_streams').get().n, 0);
+    crsql.close(a);
+    crsql.close(b);
+  });
+
+  test('sync stops after maxRounds and keeps what moved', () => {
+    const a = newDb();
+    const b = newDb();
+    const insert = a.prepare("INSERT INTO todos (id, title) VALUES (?, 'x')");
+    for (let i = 0; i < 6; i++) insert.run(`t${i}`); // six transactions of two changes (title, done)
+    // max_changes: 2 puts one transaction in a package; batch: 1 moves one package a round.
+    assert.throws(
+      () => crsql.sync(a, b, { maxRounds: 2, batch: 1, outbound: { max_changes: 2 } }),
+      /still moving packages after 2 rounds/,
+    );
+    assert.equal(rows(b).length, 2);
+    assert.ok(crsql.sync(a, b) > 0);
+    assert.deepEqual(rows(b), rows(a));
+    crsql.close(a);
+    crsql.close(b);
+  });
 });

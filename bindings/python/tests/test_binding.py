@@ -346,6 +346,28 @@ class Sync(unittest.TestCase):
             a.close()
             a2.close()
 
+    def test_sync_sets_exclude_sites_itself(self):
+        a, b = new_db(), new_db()
+        with self.assertRaisesRegex(TypeError, "exclude_sites is set by sync"):
+            crsql_stream.sync(a, b, exclude_sites=crsql_stream.site_id(b))
+        # Nothing was created.
+        self.assertEqual(a.execute("SELECT count(*) FROM crsql_streams").fetchone()[0], 0)
+        a.close()
+        b.close()
+
+    def test_sync_stops_after_max_rounds_and_keeps_what_moved(self):
+        a, b = new_db(), new_db()
+        for i in range(6):  # six transactions of two changes (title, done)
+            a.execute("INSERT INTO todos (id, title) VALUES (?, 'x')", (f"t{i}",))
+        with self.assertRaisesRegex(RuntimeError, "still moving packages after 2 rounds"):
+            # max_changes=2: one transaction per package; batch=1: one package per round
+            crsql_stream.sync(a, b, max_rounds=2, batch=1, max_changes=2)
+        self.assertEqual(len(rows(b)), 2)  # one package per round arrived and stays
+        self.assertGreater(crsql_stream.sync(a, b), 0)  # resumes from there
+        self.assertEqual(rows(a), rows(b))
+        a.close()
+        b.close()
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -107,23 +107,36 @@ pub struct SyncStats {
     pub b_to_a: usize,
 }
 
+/// How many rounds [`sync`] runs at most before it reports that the two
+/// databases do not settle (as the Python and Node `sync` default).
+pub const MAX_SYNC_ROUNDS: usize = 10_000;
+
+fn misuse(message: String) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
+        Some(message),
+    )
+}
+
 /// Sync two databases open in this process, both ways, until no package
-/// moves (the Python binding's `sync`, with the same stream names).
+/// moves (the Python binding's `sync`, with the same stream names), and
+/// return how many packages moved each way.
 ///
 /// On each side it creates, if missing, the outbound stream
 /// `crsql_sync_to_<peer site id in hex>` (leaving out the peer's own changes)
 /// and the inbound stream `crsql_sync_from_<peer site id in hex>` (pinned to
 /// the peer), so later calls, also after a restart, send only what is new.
+///
+/// Fails with `SQLITE_MISUSE` if `a` and `b` are the same database (same
+/// site id) or if packages still move after [`MAX_SYNC_ROUNDS`] rounds
+/// (another writer keeps adding changes); what moved stays applied.
 pub fn sync(a: &Connection, b: &Connection) -> rusqlite::Result<SyncStats> {
     let (site_a, site_b) = (site_id(a)?, site_id(b)?);
     if site_a == site_b {
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
-            Some(format!(
-                "crsql_stream: sync: both connections are the same database (site {})",
-                hex(&site_a)
-            )),
-        ));
+        return Err(misuse(format!(
+            "crsql_stream: sync: both connections are the same database (site {})",
+            hex(&site_a)
+        )));
     }
     let out = |conn, peer: SiteId| {
         Outbound::open_or_create(
@@ -144,7 +157,7 @@ pub fn sync(a: &Connection, b: &Connection) -> rusqlite::Result<SyncStats> {
     let mut stats = SyncStats::default();
     // Applying one side's packages can leave a heartbeat for the other (its
     // copy of the peer's changes, filtered out): a few rounds settle it.
-    loop {
+    for _ in 0..MAX_SYNC_ROUNDS {
         let (ab, ba) = (pump(&a_out, &b_in)?, pump(&b_out, &a_in)?);
         if ab + ba == 0 {
             return Ok(stats);
@@ -152,4 +165,7 @@ pub fn sync(a: &Connection, b: &Connection) -> rusqlite::Result<SyncStats> {
         stats.a_to_b += ab;
         stats.b_to_a += ba;
     }
+    Err(misuse(format!(
+        "crsql_stream: sync: still moving packages after {MAX_SYNC_ROUNDS} rounds"
+    )))
 }

@@ -9,10 +9,10 @@ use rusqlite::{ffi, Connection, LoadExtensionGuard};
 /// Environment variable naming the extension's shared library.
 pub const ENV_VAR: &str = "CRSQL_STREAM_EXT";
 
-/// File name of the shared library on this platform (`libcrsql_stream.so`).
+/// File name of the shared library on this platform (`crsql_stream.dll`).
 #[cfg(target_os = "windows")]
 pub const LIBRARY_FILE: &str = "crsql_stream.dll";
-/// File name of the shared library on this platform (`libcrsql_stream.so`).
+/// File name of the shared library on this platform (`libcrsql_stream.dylib`).
 #[cfg(target_os = "macos")]
 pub const LIBRARY_FILE: &str = "libcrsql_stream.dylib";
 /// File name of the shared library on this platform (`libcrsql_stream.so`).

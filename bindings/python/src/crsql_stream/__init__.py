@@ -475,9 +475,14 @@ def sync(
     connection has a transaction open; then that transaction holds them).
     Commit your own writes first: the outbound streams only read committed
     changes, so an open transaction's writes are not sent.
-    Raises :class:`RuntimeError` if the two are not quiet after ``max_rounds``
-    rounds (one round: up to ``batch`` packages each way).
+    Raises :class:`ValueError` if ``a`` and ``b`` are the same database (same
+    site id), :class:`TypeError` if ``outbound_args`` has ``exclude_sites``
+    (``sync`` sets it to the peer), and :class:`RuntimeError` if the two are
+    not quiet after ``max_rounds`` rounds (one round: up to ``batch`` packages
+    each way).
     """
+    if "exclude_sites" in outbound_args:
+        raise TypeError("crsql_stream.sync: exclude_sites is set by sync (to the peer's site id); leave it out")
     sa, sb = site_id(a), site_id(b)
     if sa == sb:
         raise ValueError(f"crsql_stream.sync: both connections are the same database (site {sa})")
