@@ -75,11 +75,18 @@ export function finalize(db: Database): void;
 export function close<D extends Database>(db: D): D;
 /** The site id as 32 lowercase hex digits. */
 export function siteId(db: Database): string;
-/** `'[12,3]'` → `[12, 3]`. */
+/**
+ * `'[12,3]'` → `[12, 3]`. TypeError for what the extension would refuse;
+ * RangeError beyond `Number.MAX_SAFE_INTEGER`.
+ */
 export function parsePosition(position: Position): [number, number];
-/** Negative, 0 or positive as `a` is before, at or after `b`. */
+/** Negative, 0 or positive as `a` is before, at or after `b` (exact for every valid position). */
 export function comparePositions(a: Position, b: Position): number;
 
+/**
+ * Creates the stream if `name` does not exist; throws if a table of that name
+ * (compared without ASCII case) exists and is not an outbound stream.
+ */
 export class Outbound {
   constructor(db: Database, name: string, args?: OutboundArgs);
   readonly db: Database;
@@ -87,14 +94,20 @@ export class Outbound {
   /** The next package after `after` (default: after `last_sent`), or null. */
   nextPackage(after?: Position | Package | null): Package | null;
   /** Packages after `last_sent` (or `after`), built one at a time. */
-  packages(options?: { limit?: number | null; after?: Position | null }): Generator<Package, void, undefined>;
+  /** Arguments are checked at the call (limit: an integer >= 0). */
+  packages(options?: { limit?: number | null; after?: Position | Package | null }): Generator<Package, void, undefined>;
   /** Record that the peer applied everything up to `cursor`. */
   ack(cursor: Position | Package): void;
   readonly lastSent: Position;
   readonly lastRetrieved: Position | null;
+  /** DROP TABLE the stream; throws, dropping nothing, if `name` is no longer this stream. */
   drop(): void;
 }
 
+/**
+ * Creates the stream if `name` does not exist; throws if a table of that name
+ * (compared without ASCII case) exists and is not an inbound stream.
+ */
 export class Inbound {
   constructor(db: Database, name: string, args?: InboundArgs);
   readonly db: Database;
@@ -103,13 +116,18 @@ export class Inbound {
   apply(pkg: PackageData | Uint8Array | Package): Position;
   readonly lastApplied: Position;
   readonly sender: string | null;
+  /** DROP TABLE the stream; throws, dropping nothing, if `name` is no longer this stream. */
   drop(): void;
 }
 
 /** Move up to `batch` packages one way, acknowledging; returns how many moved. */
 export function pump(out: Outbound, inb: Inbound, batch?: number): number;
 
-/** Sync two databases both ways until quiet; returns how many packages moved. */
+/**
+ * Sync two databases both ways until quiet; returns how many packages moved.
+ * `maxRounds` and `batch` are integers >= 1; `outbound` must not set
+ * `exclude_sites` (sync sets it to the peer).
+ */
 export function sync(
   a: Database,
   b: Database,

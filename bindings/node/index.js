@@ -199,19 +199,14 @@ function siteId(db) {
   return Buffer.from(db.prepare('SELECT crsql_site_id() AS s').get().s).toString('hex');
 }
 
-/** `'[12,3]'` → `[12, 3]` (numbers). Throws a `TypeError` for anything else. */
-function parsePosition(position) {
-  let value;
-  try {
-    value = JSON.parse(position);
-  } catch {
-    value = undefined;
-  }
-  if (
-    !Array.isArray(value) ||
-    value.length !== 2 ||
-    !value.every((v) => Number.isSafeInteger(v) && v >= 0)
-  ) {
+const INT64_MAX = (1n << 63n) - 1n;
+const POSITION = /^\s*\[\s*(\d+)\s*,\s*(\d+)\s*\]\s*$/;
+
+/** A position's two integers as BigInts, accepting exactly what the extension accepts. */
+function positionBigInts(position) {
+  const m = typeof position === 'string' ? POSITION.exec(position) : null;
+  const value = m && [BigInt(m[1]), BigInt(m[2])];
+  if (!value || value[0] > INT64_MAX || value[1] > INT64_MAX) {
     throw new TypeError(
       `crsql-stream: not a position: ${JSON.stringify(position)} (expected '[db_version,seq]')`,
     );
@@ -219,10 +214,43 @@ function parsePosition(position) {
   return value;
 }
 
+/**
+ * `'[12,3]'` → `[12, 3]` (numbers). Throws a `TypeError` for anything the
+ * extension would not accept, and a `RangeError` for a valid position whose
+ * numbers exceed `Number.MAX_SAFE_INTEGER` (compare those with
+ * `comparePositions`, which is exact).
+ */
+function parsePosition(position) {
+  const value = positionBigInts(position);
+  if (value.some((v) => v > BigInt(Number.MAX_SAFE_INTEGER))) {
+    throw new RangeError(`crsql-stream: position ${position} is beyond Number.MAX_SAFE_INTEGER`);
+  }
+  return value.map(Number);
+}
+
 /** Compare two positions (text): negative, 0 or positive, as `a` is before, at or after `b`. */
 function comparePositions(a, b) {
-  const [x, y] = [parsePosition(a), parsePosition(b)];
-  return x[0] - y[0] || x[1] - y[1];
+  const [x, y] = [positionBigInts(a), positionBigInts(b)];
+  const d = x[0] - y[0] || x[1] - y[1];
+  return d < 0n ? -1 : d > 0n ? 1 : 0;
+}
+
+/** Options objects: `undefined`/`null` (defaults) or a plain object. */
+function plainObject(value, what) {
+  if (value === undefined || value === null) return {};
+  const proto = typeof value === 'object' ? Object.getPrototypeOf(value) : undefined;
+  if (proto !== Object.prototype && proto !== null) {
+    throw new TypeError(`crsql-stream: ${what} must be a plain object such as { max_changes: 100 }, got ${describe(value)}`);
+  }
+  return value;
+}
+
+/** A count option: an integer of at least `minimum`. */
+function countArg(value, what, minimum) {
+  if (!Number.isSafeInteger(value) || value < minimum) {
+    throw new TypeError(`crsql-stream: ${what} must be an integer of at least ${minimum}, got ${String(value)}`);
+  }
+  return value;
 }
 
 // ---------------------------------------------------------------------------
@@ -248,7 +276,7 @@ function argText(key, value) {
 }
 
 function argsSql(args) {
-  return Object.entries(args || {})
+  return Object.entries(plainObject(args, 'stream arguments'))
     .filter(([, value]) => value !== undefined && value !== null)
     .map(([key, value]) => {
       if (!IDENT.test(key)) throw new TypeError(`crsql-stream: not a stream argument name: ${JSON.stringify(key)}`);
@@ -274,13 +302,30 @@ function toPackageData(pkg) {
 
 /** Shared by both stream kinds: creation, the table name, and `drop()`. */
 class Stream {
-  constructor(db, name, module, args) {
+  constructor(db, name, module, direction, args) {
     checkDatabase(db, module);
     this.db = db;
     this.name = name;
+    this.module = module;
+    this.direction = direction;
     this.quoted = quoteIdent(name);
     this.statements = new Map();
     db.prepare(`CREATE VIRTUAL TABLE IF NOT EXISTS ${this.quoted} USING ${module}(${argsSql(args)})`).run();
+    this.checkKind();
+  }
+
+  /**
+   * Throw unless `name` is a stream of this kind (so a helper never writes
+   * to, or drops, a table that is not its stream).
+   */
+  checkKind() {
+    const row = this.db.prepare('SELECT direction FROM crsql_streams WHERE name = ?').get(this.name);
+    if (!row || row.direction !== this.direction) {
+      const what = row ? `an ${row.direction} stream` : 'a table that is not a stream';
+      throw new Error(
+        `crsql-stream: ${JSON.stringify(this.name)} already exists as ${what}, not a ${this.module} table; choose another name`,
+      );
+    }
   }
 
   /** A statement prepared once per stream object. */
@@ -293,8 +338,13 @@ class Stream {
     return stmt;
   }
 
-  /** `DROP TABLE` the stream, deleting its stored state (and staged parts). */
+  /**
+   * `DROP TABLE` the stream, deleting its stored state (and staged parts).
+   * Throws, dropping nothing, if the table of that name is no longer a
+   * stream of this kind.
+   */
   drop() {
+    this.checkKind();
     this.statements.clear();
     this.db.prepare(`DROP TABLE IF EXISTS ${this.quoted}`).run();
   }
@@ -311,7 +361,7 @@ class Stream {
  */
 class Outbound extends Stream {
   constructor(db, name, args = {}) {
-    super(db, name, 'crsql_OutboundStream', args);
+    super(db, name, 'crsql_OutboundStream', 'outbound', args);
   }
 
   /**
@@ -338,10 +388,14 @@ class Outbound extends Stream {
    * the same connection may `ack` or write while iterating. A package that is
    * not acknowledged is produced again by the next call.
    */
-  *packages({ limit, after } = {}) {
-    if (limit !== undefined && limit !== null && !(Number.isSafeInteger(limit) && limit >= 0)) {
-      throw new TypeError(`crsql-stream: limit must be a non-negative integer, got ${String(limit)}`);
-    }
+  packages(options) {
+    const { limit, after } = plainObject(options, 'packages() options');
+    if (limit !== undefined && limit !== null) countArg(limit, 'limit', 0);
+    if (after !== undefined && after !== null) toPosition(after, 'after');
+    return this.iterate(limit, after);
+  }
+
+  *iterate(limit, after) {
     let position = after;
     for (let n = 0; limit === undefined || limit === null || n < limit; n++) {
       const pkg = this.nextPackage(position);
@@ -387,7 +441,7 @@ class Outbound extends Stream {
  */
 class Inbound extends Stream {
   constructor(db, name, args = {}) {
-    super(db, name, 'crsql_InboundStream', args);
+    super(db, name, 'crsql_InboundStream', 'inbound', args);
   }
 
   /**
@@ -419,6 +473,7 @@ class Inbound extends Stream {
 
 /** Move up to `batch` packages from `out` to `inb`, acknowledging; return how many moved. */
 function pump(out, inb, batch = 100) {
+  countArg(batch, 'batch', 1);
   // The receiver may be ahead of the acknowledged position (applied, then the
   // ack was lost): start from what it has.
   out.ack(inb.lastApplied);
@@ -446,7 +501,11 @@ function pump(out, inb, batch = 100) {
  * `Error` if the two are the same database or not quiet after `maxRounds`
  * rounds (one round: up to `batch` packages each way).
  */
-function sync(a, b, { maxRounds = 10000, batch = 100, outbound = {} } = {}) {
+function sync(a, b, options) {
+  const { maxRounds = 10000, batch = 100, outbound = {} } = plainObject(options, 'sync() options');
+  countArg(maxRounds, 'maxRounds', 1);
+  countArg(batch, 'batch', 1);
+  plainObject(outbound, 'sync() outbound arguments');
   if (Object.prototype.hasOwnProperty.call(outbound, 'exclude_sites')) {
     throw new TypeError("crsql-stream.sync: exclude_sites is set by sync (to the peer's site id); leave it out");
   }

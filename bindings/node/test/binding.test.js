@@ -155,9 +155,14 @@ test('positions parse and compare', () => {
   assert.ok(crsql.comparePositions('[2,0]', '[10,0]') < 0);
   assert.ok(crsql.comparePositions('[3,5]', '[3,4]') > 0);
   assert.equal(crsql.comparePositions('[3,4]', '[3,4]'), 0);
-  for (const bad of ['', '[1]', '[1,-2]', '{"a":1}', '[1,2.5]', 12]) {
-    assert.throws(() => crsql.parsePosition(bad), TypeError);
+  for (const bad of ['', '[1]', '[1,-2]', '{"a":1}', '[1,2.5]', '[1.0,2]', '[1e0,2]', '[9223372036854775808,0]', 12]) {
+    assert.throws(() => crsql.parsePosition(bad), TypeError, bad);
   }
+  // What the extension accepts: spaces, and numbers up to 2^63 - 1 (compared exactly).
+  assert.deepEqual(crsql.parsePosition(' [ 4 , 5 ] '), [4, 5]);
+  assert.throws(() => crsql.parsePosition('[9007199254740993,0]'), RangeError);
+  assert.ok(crsql.comparePositions('[9007199254740993,0]', '[9007199254740992,0]') > 0);
+  assert.ok(crsql.comparePositions('[9223372036854775807,1]', '[9223372036854775807,0]') > 0);
 });
 
 test.describe('streams', () => {
@@ -265,6 +270,52 @@ test.describe('streams', () => {
     assert.throws(() => new crsql.Outbound(a, 'bad', { max_changes: 1.5 }), TypeError);
     assert.throws(() => new crsql.Outbound(a, '', {}), TypeError);
     assert.equal(a.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name = 'bad'").get().n, 0);
+  });
+
+  test('a name taken by another table is refused and never dropped', () => {
+    a.exec('CREATE TABLE notes (x); INSERT INTO notes VALUES (1)');
+    new crsql.Outbound(a, 'to_b');
+    for (const [make, name, what] of [
+      [(n) => new crsql.Outbound(a, n), 'todos', /not a stream/],
+      [(n) => new crsql.Inbound(a, n), 'notes', /not a stream/],
+      [(n) => new crsql.Inbound(a, n), 'To_B', /an outbound stream/],
+      [(n) => new crsql.Outbound(a, n), 'crsql_changes', /reserved/],
+    ]) {
+      assert.throws(() => make(name), what, name);
+    }
+    assert.equal(rows(a).length, 5);
+    assert.deepEqual(a.prepare('SELECT x FROM notes').raw().all(), [[1]]);
+    assert.ok(crdtState(a).length > 0);
+    // drop() checks again: a stream replaced by a plain table is left alone.
+    const inb = new crsql.Inbound(a, 'swap');
+    a.exec('DROP TABLE swap; CREATE TABLE swap (kept)');
+    assert.throws(() => inb.drop(), /not a stream/);
+    assert.equal(a.prepare('SELECT count(*) AS n FROM swap').get().n, 0);
+  });
+
+  test('a stream opened in another case is the same stream', () => {
+    const out = new crsql.Outbound(a, 'To_B', { max_changes: 1 });
+    const same = new crsql.Outbound(a, 'to_b');
+    const pkg = same.nextPackage();
+    same.ack(pkg);
+    assert.equal(out.lastSent, pkg.cursor);
+    assert.equal(same.lastSent, pkg.cursor);
+  });
+
+  test('bad helper arguments throw at the call', () => {
+    const out = new crsql.Outbound(a, 'to_b');
+    for (const args of [new Map([['max_changes', 1]]), 42, 'max_changes=1', []]) {
+      assert.throws(() => new crsql.Outbound(a, 'm', args), TypeError);
+    }
+    assert.equal(a.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name = 'm'").get().n, 0);
+    for (const options of [5, 'x', { limit: -1 }, { limit: 1.5 }, { after: 7 }]) {
+      assert.throws(() => out.packages(options), TypeError, JSON.stringify(options));
+    }
+    assert.equal([...out.packages(null)].length, 1); // null: the defaults
+    for (const options of [{ batch: 0 }, { maxRounds: 0 }, { batch: -1 }, { batch: 1.5 }, 3]) {
+      assert.throws(() => crsql.sync(a, b, options), TypeError, JSON.stringify(options));
+    }
+    assert.throws(() => crsql.pump(out, new crsql.Inbound(b, 'from_a'), 0), TypeError);
   });
 
   test("a corrupted package throws SqliteError with the extension's message and changes nothing", () => {

@@ -232,6 +232,64 @@ class Streams(unittest.TestCase):
         with self.assertRaises(ValueError):
             crsql_stream.Outbound(self.a, "bad", **{"max changes": 1})
 
+    def test_a_name_taken_by_another_table_is_refused_and_never_dropped(self):
+        self.a.execute("CREATE TABLE notes (x)")
+        self.a.execute("INSERT INTO notes VALUES (1)")
+        crsql_stream.Outbound(self.a, "to_b")
+        for make, name, what in (
+            (crsql_stream.Outbound, "todos", "not a stream"),  # the user's CRR
+            (crsql_stream.Inbound, "notes", "not a stream"),  # a plain table
+            (crsql_stream.Inbound, "To_B", "an outbound stream"),  # the other kind, any case
+            (crsql_stream.Outbound, "crsql_changes", "reserved"),  # refused by the extension
+        ):
+            with self.subTest(name=name):
+                with self.assertRaisesRegex((ValueError, sqlite3.OperationalError), what):
+                    make(self.a, name)
+        self.assertEqual(len(rows(self.a)), 5)
+        self.assertEqual(self.a.execute("SELECT x FROM notes").fetchall(), [(1,)])
+        self.assertGreater(len(crdt_state(self.a)), 0)  # crsql_changes is still the extension's
+
+        # drop() checks again: a stream replaced by a plain table is not dropped.
+        inb = crsql_stream.Inbound(self.a, "swap")
+        self.a.execute("DROP TABLE swap")
+        self.a.execute("CREATE TABLE swap (kept)")
+        with self.assertRaisesRegex(ValueError, "not a stream"):
+            inb.drop()
+        self.assertEqual(self.a.execute("SELECT count(*) FROM swap").fetchone(), (0,))
+
+    def test_a_stream_opened_in_another_case_is_the_same_stream(self):
+        out = crsql_stream.Outbound(self.a, "To_B", max_changes=1)
+        same = crsql_stream.Outbound(self.a, "to_b")
+        pkg = next(same.packages())
+        same.ack(pkg)
+        self.assertEqual(out.last_sent, pkg.cursor)
+        self.assertEqual(same.last_sent, pkg.cursor)
+
+    def test_bad_helper_arguments_raise_before_sqlite_sees_them(self):
+        out = crsql_stream.Outbound(self.a, "to_b")
+        for bad, exc in ((-1, ValueError), (True, TypeError), (1.5, TypeError), ("2", TypeError)):
+            with self.subTest(limit=bad), self.assertRaises(exc):
+                out.packages(limit=bad)  # raises at the call, not at next()
+        with self.assertRaises(TypeError):
+            out.ack(None)
+        with self.assertRaises(TypeError):
+            out.ack(b"[1,0]")
+        with self.assertRaises(TypeError):
+            out.packages(after=7)
+        out.ack((0, 0))  # a tuple, as parse_position returns
+        self.assertEqual(out.last_sent, "[0,0]")
+        with self.assertRaisesRegex(sqlite3.OperationalError, "position"):
+            out.ack("[1,")
+        for bad in ("[99999999999999999999999,0]", "[1.0,2]", "[-1,0]", "[1,2,3]", "nope", ""):
+            with self.subTest(position=bad), self.assertRaisesRegex(ValueError, "not a position"):
+                crsql_stream.parse_position(bad)
+        with self.assertRaises(TypeError):
+            crsql_stream.parse_position(b"[1,0]")
+        self.assertEqual(crsql_stream.parse_position("[9223372036854775807,0]"), (2**63 - 1, 0))
+        for kwargs in ({"batch": 0}, {"max_rounds": 0}, {"batch": -1}):
+            with self.subTest(**kwargs), self.assertRaises(ValueError):
+                crsql_stream.sync(self.a, self.b, **kwargs)
+
     def test_a_corrupted_package_raises_sqlite3_error_with_the_extensions_message(self):
         out = crsql_stream.Outbound(self.a, "to_b")
         inb = crsql_stream.Inbound(self.b, "from_a")

@@ -167,6 +167,7 @@ impl<'c> Outbound<'c> {
         name: &str,
         options: &OutboundOptions,
     ) -> rusqlite::Result<Outbound<'c>> {
+        check_tables(&options.tables)?;
         create_table(conn, name, "crsql_OutboundStream", &options.args())?;
         Ok(Outbound {
             conn,
@@ -252,8 +253,10 @@ impl<'c> Outbound<'c> {
     }
 
     /// `DROP TABLE` the stream, deleting its stored state.
+    /// `DROP TABLE` the stream, deleting its stored state; an error, dropping
+    /// nothing, if the table of that name is no longer an outbound stream.
     pub fn drop_stream(self) -> rusqlite::Result<()> {
-        drop_table(self.conn, &self.name)
+        drop_table(self.conn, &self.name, "outbound")
     }
 }
 
@@ -345,6 +348,7 @@ impl<'c> Inbound<'c> {
         name: &str,
         options: &InboundOptions,
     ) -> rusqlite::Result<Inbound<'c>> {
+        check_tables(&options.tables)?;
         create_table(conn, name, "crsql_InboundStream", &options.args())?;
         Ok(Inbound {
             conn,
@@ -421,8 +425,11 @@ impl<'c> Inbound<'c> {
     }
 
     /// `DROP TABLE` the stream, deleting its stored state and staged parts.
+    /// `DROP TABLE` the stream, deleting its stored state and staged parts;
+    /// an error, dropping nothing, if the table of that name is no longer an
+    /// inbound stream.
     pub fn drop_stream(self) -> rusqlite::Result<()> {
-        drop_table(self.conn, &self.name)
+        drop_table(self.conn, &self.name, "inbound")
     }
 }
 
@@ -439,8 +446,27 @@ fn create_table(
     ))
 }
 
-fn drop_table(conn: &Connection, name: &str) -> rusqlite::Result<()> {
+fn drop_table(conn: &Connection, name: &str, direction: &str) -> rusqlite::Result<()> {
+    check_exists(conn, name, direction)?;
     conn.execute_batch(&format!("DROP TABLE {}", ident(name)))
+}
+
+/// The extension reads `tables` as a comma-separated list of names, trimmed:
+/// a name with a comma or surrounding white space cannot be passed through.
+fn check_tables(tables: &[String]) -> rusqlite::Result<()> {
+    match tables
+        .iter()
+        .find(|t| t.is_empty() || t.contains(',') || t.trim() != t.as_str())
+    {
+        None => Ok(()),
+        Some(t) => Err(rusqlite::Error::SqliteFailure(
+            ffi::Error::new(ffi::SQLITE_MISUSE),
+            Some(format!(
+                "crsql_stream: tables: {t:?} cannot be named in a stream's tables list \
+                 (empty, or with a comma or surrounding white space)"
+            )),
+        )),
+    }
 }
 
 fn unhex(text: &str) -> Option<SiteId> {

@@ -284,3 +284,48 @@ fn close_finalizes_and_reports_success_even_with_cached_stream_statements() {
     let err = crsql::close(plain).unwrap_err();
     assert!(err.to_string().contains("crsql_finalize"), "{err}");
 }
+
+#[test]
+fn names_compare_without_case_and_other_tables_are_never_taken_or_dropped() {
+    let a = peer();
+    a.execute("INSERT INTO todos VALUES ('t1', 'x', 0)", [])
+        .unwrap();
+    let out = Outbound::create(&a, "To_B", &OutboundOptions::new()).unwrap();
+    // The same stream under another case: open finds it, positions agree.
+    let same = Outbound::open_or_create(&a, "to_b", &OutboundOptions::new()).unwrap();
+    let pkg = same.next_package().unwrap().unwrap();
+    same.ack(pkg.cursor).unwrap();
+    assert_eq!(out.last_sent().unwrap(), pkg.cursor);
+    let err = Inbound::open(&a, "TO_B").unwrap_err();
+    assert!(message(&err).contains("is an outbound stream"), "{err}");
+
+    // The user's CRR is not a stream: open refuses, create gets SQLite's error.
+    assert!(Outbound::open(&a, "todos").is_err());
+    assert!(Outbound::open_or_create(&a, "todos", &OutboundOptions::new()).is_err());
+    // A name reserved by the extension.
+    let err = Outbound::create(&a, "crsql_changes", &OutboundOptions::new()).unwrap_err();
+    assert!(message(&err).contains("reserved"), "{err}");
+    // A stream replaced by a plain table is not dropped.
+    let inb = Inbound::create(&a, "swap", &InboundOptions::new()).unwrap();
+    a.execute_batch("DROP TABLE swap; CREATE TABLE swap (kept)")
+        .unwrap();
+    let err = inb.drop_stream().unwrap_err();
+    assert!(
+        message(&err).contains("no inbound stream named swap"),
+        "{err}"
+    );
+    assert_eq!(
+        a.query_row("SELECT count(*) FROM swap", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        0
+    );
+    assert_eq!(todos(&a).len(), 1);
+
+    // A table name the comma-separated `tables` list cannot carry.
+    for bad in ["todos,notes", " todos", ""] {
+        let err = Outbound::create(&a, "t", &OutboundOptions::new().tables([bad])).unwrap_err();
+        assert!(message(&err).contains("tables:"), "{bad:?}: {err}");
+        let err = Inbound::create(&a, "t", &InboundOptions::new().tables([bad])).unwrap_err();
+        assert!(message(&err).contains("tables:"), "{bad:?}: {err}");
+    }
+}

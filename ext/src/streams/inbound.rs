@@ -101,6 +101,7 @@ impl Table for InboundTable {
         {
             let mut inner = ext.lock(INBOUND)?;
             if create {
+                super::check_new_name(INBOUND, name)?;
                 super::check_crrs(&ext, &mut inner, INBOUND, name, cfg.tables.as_ref())?;
                 let from = cfg.from.map(|f| f.to_vec());
                 super::insert_state(

@@ -230,6 +230,38 @@ pub fn require_main(module: &str, schema: &str, table: &str) -> Result<()> {
     Ok(())
 }
 
+/// Names a stream table must not take: the extension's eponymous tables
+/// (a table of that name in `main` would hide them) and its own tables.
+const RESERVED_NAMES: &[&str] = &[
+    "crsql_changes",
+    "crsql_streams",
+    "crsql_package_changes",
+    "crsql_unpack_columns",
+    "crsql_stream_state",
+    "crsql_stream_staging",
+    "crsql_master",
+    "crsql_site_id",
+    "crsql_tracked_peers",
+    OUTBOUND,
+    INBOUND,
+];
+
+/// Refuse, at CREATE, a stream name that is reserved by the extension (as
+/// SQLite compares names: ASCII letters without case).
+pub fn check_new_name(module: &str, table: &str) -> Result<()> {
+    let lower = table.to_ascii_lowercase();
+    let reserved = RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(table))
+        || lower.ends_with("__crsql_clock")
+        || lower.ends_with("__crsql_pks");
+    if reserved {
+        return Err(err!(
+            "{module} {table}: the name is reserved by crsql_stream (its own tables and \
+             crsql_changes, crsql_streams, …, and <table>__crsql_clock/_pks); choose another"
+        ));
+    }
+    Ok(())
+}
+
 /// The extension state handed to a stream module.
 pub fn ext_of(
     module: &str,

@@ -35,7 +35,7 @@ impl Table for StreamsTable {
     ) -> Result<(String, Self)> {
         let ext = super::ext_of(NAME, aux)?;
         Ok((
-            "CREATE TABLE x(name TEXT, direction TEXT, peer TEXT, last_sent TEXT, last_retrieved TEXT, \
+            "CREATE TABLE x(name TEXT COLLATE NOCASE, direction TEXT, peer TEXT, last_sent TEXT, last_retrieved TEXT, \
              last_applied TEXT, lag_versions INTEGER)"
                 .into(),
             StreamsTable { ext },

@@ -136,6 +136,7 @@ impl Table for OutboundTable {
         let stream_id = {
             let mut inner = ext.lock(OUTBOUND)?;
             if create {
+                super::check_new_name(OUTBOUND, name)?;
                 super::check_crrs(&ext, &mut inner, OUTBOUND, name, cfg.tables.as_ref())?;
                 let id: Vec<u8> = inner
                     .conn

@@ -76,7 +76,8 @@ elif sys.platform == "win32":
 else:
     _LIB_NAME = "libcrsql_stream.so"
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_INT64_MAX = 2**63 - 1
 
 
 class ExtensionLoadingUnavailable(sqlite3.NotSupportedError):
@@ -220,15 +221,45 @@ def site_id(conn: sqlite3.Connection) -> str:
 
 
 def parse_position(position: Position) -> Tuple[int, int]:
-    """``'[12,3]'`` → ``(12, 3)``. Positions compare as these tuples."""
-    value = json.loads(position)
+    """``'[12,3]'`` → ``(12, 3)``. Positions compare as these tuples.
+
+    Raises ValueError for anything else (as the extension would refuse it:
+    two integers from 0 to 2**63 - 1)."""
+    if not isinstance(position, str):
+        raise TypeError(f"a position is text such as '[12,3]', got {type(position).__name__} ({position!r})")
+    try:
+        value = json.loads(position)
+    except ValueError:
+        value = None
     if (
         not isinstance(value, list)
         or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _INT64_MAX for v in value)
     ):
         raise ValueError(f"not a position: {position!r} (expected '[db_version,seq]')")
     return value[0], value[1]
+
+
+def _position_arg(value: Union[Position, "Package", Tuple[int, int]], what: str) -> Position:
+    """A position given to a helper: its text, a :class:`Package` (its
+    ``cursor``) or a ``(db_version, seq)`` tuple; checked before SQLite sees it."""
+    if isinstance(value, Package):
+        value = value.cursor
+    if isinstance(value, tuple):
+        if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise TypeError(f"{what}: a position tuple is (db_version, seq), got {value!r}")
+        value = f"[{value[0]},{value[1]}]"
+    if not isinstance(value, str):
+        raise TypeError(f"{what}: a position is text such as '[12,3]', got {type(value).__name__} ({value!r})")
+    return value
+
+
+def _count_arg(value: Any, what: str, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{what} must be at least {minimum}, got {value}")
+    return value
 
 
 # --------------------------------------------------------------------------
@@ -261,7 +292,7 @@ def _args_sql(args: Dict[str, Any]) -> str:
     for key, value in args.items():
         if value is None:
             continue
-        if not _IDENT.match(key):
+        if not _IDENT.fullmatch(key):
             raise ValueError(f"not a stream argument name: {key!r}")
         parts.append(f"{key} = '" + _arg_text(key, value).replace("'", "''") + "'")
     return ", ".join(parts)
@@ -302,7 +333,49 @@ class Package:
     size: int
 
 
-class Outbound:
+class _Stream:
+    """What both stream kinds share: create-if-missing, checking that the
+    table of that name really is a stream of this kind, and ``drop()``."""
+
+    _MODULE = ""
+    _DIRECTION = ""
+
+    def __init__(self, conn: sqlite3.Connection, name: str, **args: Any) -> None:
+        self.conn = conn
+        self.name = name
+        self._q = _quote_ident(name)
+        _write(conn, f"CREATE VIRTUAL TABLE IF NOT EXISTS {self._q} USING {self._MODULE}({_args_sql(args)})")
+        self._check_kind()
+
+    def _check_kind(self) -> None:
+        """Raise ValueError unless ``name`` is a stream of this kind (so a
+        helper never writes to, or drops, a table that is not its stream)."""
+        row = self.conn.execute("SELECT direction FROM crsql_streams WHERE name = ?", (self.name,)).fetchone()
+        if row is None or row[0] != self._DIRECTION:
+            what = "a table that is not a stream" if row is None else f"an {row[0]} stream"
+            raise ValueError(
+                f"crsql_stream.{type(self).__name__}: {self.name!r} already exists as {what}, "
+                f"not a {self._MODULE} table; choose another name"
+            )
+
+    def _stream_column(self, column: str) -> Any:
+        row = self.conn.execute(f"SELECT {column} FROM crsql_streams WHERE name = ?", (self.name,)).fetchone()
+        if row is None:
+            raise sqlite3.OperationalError(f"crsql_stream: no stream named {self.name}")
+        return row[0]
+
+    def drop(self) -> None:
+        """``DROP TABLE`` the stream, deleting its stored state (and, for an
+        inbound stream, its staged parts). Raises ValueError, dropping
+        nothing, if the table of that name is no longer a stream of this kind."""
+        self._check_kind()
+        _write(self.conn, f"DROP TABLE IF EXISTS {self._q}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class Outbound(_Stream):
     """An outbound stream: ``crsql_OutboundStream`` virtual table ``name``.
 
     Creates the table if it does not exist, with ``args`` as its arguments
@@ -314,31 +387,31 @@ class Outbound:
     ``Outbound(conn, "to_b", exclude_sites=[b_site], max_changes=500)``.
     """
 
-    def __init__(self, conn: sqlite3.Connection, name: str, **args: Any) -> None:
-        self.conn = conn
-        self.name = name
-        self._q = _quote_ident(name)
-        _write(
-            conn,
-            f"CREATE VIRTUAL TABLE IF NOT EXISTS {self._q} USING crsql_OutboundStream({_args_sql(args)})",
-        )
+    _MODULE = "crsql_OutboundStream"
+    _DIRECTION = "outbound"
 
-    def packages(self, limit: Optional[int] = None, *, after: Optional[Position] = None) -> Iterator[Package]:
+    def packages(
+        self, limit: Optional[int] = None, *, after: Union[Position, Package, Tuple[int, int], None] = None
+    ) -> Iterator[Package]:
         """The packages after ``last_sent`` (or after ``after``), in order,
-        at most ``limit`` of them.
+        at most ``limit`` (an integer ≥ 0; ``None``: no limit) of them.
 
         Lazy: each package is built when the iteration reaches it. Reading
         changes nothing in the database; a package that is not acknowledged
-        is produced again by the next call.
+        is produced again by the next call. Bad arguments raise here, not at
+        the first ``next()``.
         """
         sql = f"SELECT package, cursor, since, changes, bytes FROM {self._q}"
         params: List[Any] = []
         if after is not None:
             sql += " WHERE cursor > ?"
-            params.append(after)
+            params.append(_position_arg(after, "packages(after=...)"))
         if limit is not None:
             sql += " LIMIT ?"
-            params.append(int(limit))
+            params.append(_count_arg(limit, "packages(limit=...)", 0))
+        return self._rows(sql, params)
+
+    def _rows(self, sql: str, params: List[Any]) -> Iterator[Package]:
         cur = self.conn.execute(sql, params)
         try:
             for data, cursor, since, changes, size in cur:
@@ -349,11 +422,13 @@ class Outbound:
             except sqlite3.ProgrammingError:
                 pass  # the connection was closed while the generator was suspended
 
-    def ack(self, cursor: Position) -> None:
-        """Record that the peer has applied everything up to ``cursor``
-        (``INSERT INTO name(last_sent) VALUES (cursor)``). Idempotent and
+    def ack(self, cursor: Union[Position, Package, Tuple[int, int]]) -> None:
+        """Record that the peer has applied everything up to ``cursor`` (a
+        position, a :class:`Package` or a ``(db_version, seq)`` tuple):
+        ``INSERT INTO name(last_sent) VALUES (cursor)``. Idempotent and
         order-insensitive: ``last_sent`` only moves forward."""
-        _write(self.conn, f"INSERT INTO {self._q}(last_sent) VALUES (?)", (cursor,))
+        position = _position_arg(cursor, "ack")
+        _write(self.conn, f"INSERT INTO {self._q}(last_sent) VALUES (?)", (position,))
 
     @property
     def last_sent(self) -> Position:
@@ -366,21 +441,9 @@ class Outbound:
         value = self._stream_column("last_retrieved")
         return None if value is None else str(value)
 
-    def _stream_column(self, column: str) -> Any:
-        row = self.conn.execute(f"SELECT {column} FROM crsql_streams WHERE name = ?", (self.name,)).fetchone()
-        if row is None:
-            raise sqlite3.OperationalError(f"crsql_stream: no stream named {self.name}")
-        return row[0]
-
-    def drop(self) -> None:
-        """``DROP TABLE`` the stream, deleting its stored state."""
-        _write(self.conn, f"DROP TABLE IF EXISTS {self._q}")
-
-    def __repr__(self) -> str:
-        return f"Outbound({self.name!r})"
 
 
-class Inbound:
+class Inbound(_Stream):
     """An inbound stream: ``crsql_InboundStream`` virtual table ``name``.
 
     Creates the table if it does not exist, with ``args`` as its arguments
@@ -389,18 +452,15 @@ class Inbound:
     is a Python keyword, so pass it as ``from_=...`` or ``**{"from": ...}``.
     """
 
+    _MODULE = "crsql_InboundStream"
+    _DIRECTION = "inbound"
+
     def __init__(self, conn: sqlite3.Connection, name: str, **args: Any) -> None:
         if "from_" in args:
             if "from" in args:
                 raise TypeError("give from_ or from, not both")
             args["from"] = args.pop("from_")
-        self.conn = conn
-        self.name = name
-        self._q = _quote_ident(name)
-        _write(
-            conn,
-            f"CREATE VIRTUAL TABLE IF NOT EXISTS {self._q} USING crsql_InboundStream({_args_sql(args)})",
-        )
+        super().__init__(conn, name, **args)
 
     def apply(self, package: Union[PackageData, Package]) -> Position:
         """Apply one package (``INSERT INTO name(package) VALUES (?)``) and
@@ -431,12 +491,6 @@ class Inbound:
         value = self.conn.execute(f"SELECT sender FROM {self._q}").fetchone()[0]
         return None if value is None else str(value)
 
-    def drop(self) -> None:
-        """``DROP TABLE`` the stream, deleting its stored state and staged parts."""
-        _write(self.conn, f"DROP TABLE IF EXISTS {self._q}")
-
-    def __repr__(self) -> str:
-        return f"Inbound({self.name!r})"
 
 
 def _link(out: Outbound, inb: Inbound, batch: int) -> int:
@@ -476,11 +530,14 @@ def sync(
     Commit your own writes first: the outbound streams only read committed
     changes, so an open transaction's writes are not sent.
     Raises :class:`ValueError` if ``a`` and ``b`` are the same database (same
-    site id), :class:`TypeError` if ``outbound_args`` has ``exclude_sites``
+    site id) or ``max_rounds`` or ``batch`` is below 1, :class:`TypeError` if
+    ``outbound_args`` has ``exclude_sites``
     (``sync`` sets it to the peer), and :class:`RuntimeError` if the two are
     not quiet after ``max_rounds`` rounds (one round: up to ``batch`` packages
     each way).
     """
+    _count_arg(max_rounds, "sync: max_rounds", 1)
+    _count_arg(batch, "sync: batch", 1)
     if "exclude_sites" in outbound_args:
         raise TypeError("crsql_stream.sync: exclude_sites is set by sync (to the peer's site id); leave it out")
     sa, sb = site_id(a), site_id(b)
