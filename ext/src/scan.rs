@@ -5,7 +5,7 @@
 //! one row per table; `LIMIT n` touches O(n) rows per table.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crsql_stream_core::pack::pack_columns;
@@ -75,9 +75,112 @@ impl SiteMap {
     }
 }
 
+/// One committed transaction (one db_version) of one CRR, in seq order,
+/// narrow: `(seq, key, index into names)`. SQLite has no index with `seq`
+/// (the cr-sqlite layout indexes `db_version` only), so reading from the
+/// middle of a transaction sorts the whole transaction; a split transaction
+/// sent package by package would cost O(transaction) per package. With a
+/// memo, each part costs O(part): its rows are re-read by primary key.
+///
+/// A committed db_version never gains clock rows (every write takes a
+/// version above the committed one), so a memo can only hold rows that have
+/// since moved on (rewritten or deleted); each is re-read with
+/// `TableSql::change_at`, which finds nothing unless the row is still at
+/// `(db_version, seq)`.
+pub struct TxMemo {
+    table: Arc<TableInfo>,
+    db_version: i64,
+    names: Vec<String>,
+    rows: Vec<(i64, i64, u32)>,
+}
+
+/// The memos of one connection: the most recent few.
+#[derive(Default)]
+pub struct MemoStore {
+    memos: VecDeque<Arc<TxMemo>>,
+}
+
+/// Memos kept per connection (a stream in the middle of one transaction,
+/// and one more stream or the next transaction).
+const MEMOS_KEPT: usize = 2;
+
+impl MemoStore {
+    /// The memo of `table` at `db_version`, if kept. `table` must be the
+    /// current metadata: a schema change gives new `TableInfo`s, so old
+    /// memos are never matched again.
+    pub fn find(&self, table: &Arc<TableInfo>, db_version: i64) -> Option<Arc<TxMemo>> {
+        self.memos
+            .iter()
+            .find(|m| m.db_version == db_version && Arc::ptr_eq(&m.table, table))
+            .cloned()
+    }
+
+    /// Build (and keep) the memo of `table` at `db_version`.
+    pub fn build(
+        &mut self,
+        db: DbHandle,
+        table: &Arc<TableInfo>,
+        db_version: i64,
+    ) -> Result<Arc<TxMemo>> {
+        let mut stmt = RawStmt::prepare(db, &table.sql.tx_order)?;
+        stmt.bind(1, ValueRef::Integer(db_version))?;
+        let mut names: Vec<String> = Vec::new();
+        let mut rows = Vec::new();
+        while stmt.step()? {
+            let name = match stmt.column(2) {
+                ValueRef::Text(t) => t,
+                _ => {
+                    return Err(err!(
+                        "crsql_stream: clock row of {} has a non-text col_name",
+                        table.name
+                    ))
+                }
+            };
+            let idx = match names.iter().position(|n| n.as_bytes() == name) {
+                Some(i) => i,
+                None => {
+                    names.push(String::from_utf8_lossy(name).into_owned());
+                    names.len() - 1
+                }
+            };
+            rows.push((stmt.column_i64(0), stmt.column_i64(1), idx as u32));
+        }
+        let memo = Arc::new(TxMemo {
+            table: Arc::clone(table),
+            db_version,
+            names,
+            rows,
+        });
+        if self.memos.len() >= MEMOS_KEPT {
+            self.memos.pop_front();
+        }
+        self.memos.push_back(Arc::clone(&memo));
+        Ok(memo)
+    }
+}
+
+/// Reading a [`TxMemo`] from a position: one `change_at` lookup per row.
+struct MemoRead {
+    memo: Arc<TxMemo>,
+    next: usize,
+    lookup: RawStmt,
+}
+
 struct Scan {
     table: Arc<TableInfo>,
+    /// Rows of the first transaction from a memo; `stmt` continues after it.
+    memo: Option<MemoRead>,
     stmt: RawStmt,
+}
+
+impl Scan {
+    /// The statement the current row comes from.
+    fn current(&self) -> &RawStmt {
+        match &self.memo {
+            Some(m) => &m.lookup,
+            None => &self.stmt,
+        }
+    }
 }
 
 /// A merged, position-ordered scan over several CRRs.
@@ -141,28 +244,108 @@ impl Scanner {
         where_sql: &str,
         binds: &[ValueRef<'_>],
     ) -> Result<Scanner> {
-        let mut s = Scanner {
-            scans: Vec::with_capacity(tables.len()),
-            heap: BinaryHeap::with_capacity(tables.len()),
-        };
+        let mut s = Scanner::with_capacity(tables.len());
         for t in tables {
-            let sql = format!(
-                "{}{where_sql} ORDER BY c.db_version, c.seq",
-                t.sql.changes_select
-            );
-            let mut stmt = RawStmt::prepare(db, &sql)?;
-            for (i, b) in binds.iter().enumerate() {
-                stmt.bind(i + 1, *b)?;
-            }
+            let stmt = Scanner::prepare(db, t, where_sql, binds)?;
             s.scans.push(Scan {
                 table: Arc::clone(t),
+                memo: None,
                 stmt,
             });
         }
-        for i in 0..s.scans.len() {
-            s.step(i)?;
-        }
+        s.start()?;
         Ok(s)
+    }
+
+    /// The committed changes after `start`, up to db_version `committed`, in
+    /// position order. Where the rest of `start`'s transaction in a table has
+    /// more than `memo_above` rows, it is read through a [`TxMemo`].
+    pub fn open_after(
+        db: DbHandle,
+        tables: &[Arc<TableInfo>],
+        start: Position,
+        committed: i64,
+        memo_above: usize,
+        memos: &mut MemoStore,
+    ) -> Result<Scanner> {
+        let dv = start.db_version;
+        let mut s = Scanner::with_capacity(tables.len());
+        for t in tables {
+            let memo = match memos.find(t, dv) {
+                Some(m) => Some(m),
+                None if dv > 0 && dv <= committed => {
+                    let mut count = RawStmt::prepare(db, &t.sql.tx_size)?;
+                    count.bind(1, ValueRef::Integer(dv))?;
+                    count.step()?;
+                    if count.column_i64(0) > memo_above as i64 {
+                        Some(memos.build(db, t, dv)?)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            };
+            let memo = match memo {
+                Some(memo) => Some(MemoRead {
+                    next: memo.rows.partition_point(|r| r.0 <= start.seq),
+                    memo,
+                    lookup: RawStmt::prepare(db, &t.sql.change_at)?,
+                }),
+                None => None,
+            };
+            let binds = [
+                ValueRef::Integer(dv),
+                ValueRef::Integer(start.seq),
+                ValueRef::Integer(committed),
+            ];
+            // After a memo, the scan starts at the next version: its index
+            // range must not include the memo's version at all.
+            let where_sql = if memo.is_some() {
+                " WHERE c.db_version > ?1 AND c.db_version <= ?3"
+            } else {
+                " WHERE c.db_version >= ?1 AND (c.db_version > ?1 OR c.seq > ?2) AND c.db_version <= ?3"
+            };
+            let stmt = Scanner::prepare(db, t, where_sql, &binds)?;
+            s.scans.push(Scan {
+                table: Arc::clone(t),
+                memo,
+                stmt,
+            });
+        }
+        s.start()?;
+        Ok(s)
+    }
+
+    fn with_capacity(n: usize) -> Scanner {
+        Scanner {
+            scans: Vec::with_capacity(n),
+            heap: BinaryHeap::with_capacity(n),
+        }
+    }
+
+    fn prepare(
+        db: DbHandle,
+        t: &TableInfo,
+        where_sql: &str,
+        binds: &[ValueRef<'_>],
+    ) -> Result<RawStmt> {
+        let sql = format!(
+            "{}{where_sql} ORDER BY c.db_version, c.seq",
+            t.sql.changes_select
+        );
+        let mut stmt = RawStmt::prepare(db, &sql)?;
+        for (i, b) in binds.iter().enumerate() {
+            stmt.bind(i + 1, *b)?;
+        }
+        Ok(stmt)
+    }
+
+    /// Position every scan on its first row.
+    fn start(&mut self) -> Result<()> {
+        for i in 0..self.scans.len() {
+            self.step(i)?;
+        }
+        Ok(())
     }
 
     /// An empty scanner (no rows).
@@ -175,6 +358,23 @@ impl Scanner {
 
     fn step(&mut self, i: usize) -> Result<()> {
         let s = &mut self.scans[i];
+        while let Some(m) = &mut s.memo {
+            let Some(&(seq, key, name)) = m.memo.rows.get(m.next) else {
+                s.memo = None;
+                break;
+            };
+            m.next += 1;
+            let lookup = &mut m.lookup;
+            lookup.reset();
+            lookup.bind(1, ValueRef::Integer(key))?;
+            lookup.bind(2, ValueRef::Text(m.memo.names[name as usize].as_bytes()))?;
+            lookup.bind(3, ValueRef::Integer(m.memo.db_version))?;
+            lookup.bind(4, ValueRef::Integer(seq))?;
+            if lookup.step()? {
+                self.heap.push(Reverse((m.memo.db_version, seq, i)));
+                return Ok(());
+            }
+        }
         if s.stmt.step()? {
             self.heap.push(Reverse((
                 s.stmt.column_i64(S_DB_VERSION),
@@ -190,7 +390,7 @@ impl Scanner {
             let s = &self.scans[*i];
             RowView {
                 table: &s.table,
-                stmt: &s.stmt,
+                stmt: s.current(),
             }
         })
     }

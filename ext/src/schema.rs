@@ -75,6 +75,12 @@ pub struct TableSql {
     pub base_value: Vec<String>,
     pub base_upsert: Vec<String>,
     pub changes_select: String,
+    /// One transaction's clock rows in seq order, narrow (see `scan::TxMemo`).
+    pub tx_order: String,
+    /// How many clock rows carry one db_version (a range of the dbv index).
+    pub tx_size: String,
+    /// `changes_select` for one clock row, if it is still at `(db_version, seq)`.
+    pub change_at: String,
 }
 
 /// Read one table's columns; None when the table does not exist.
@@ -264,6 +270,13 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
         .map(|c| format!("b.{q} = p.{q}", q = quote_ident(&c.name)))
         .collect::<Vec<_>>()
         .join(" AND ");
+    let changes_select = format!(
+        "SELECT c.col_name, c.col_version, c.db_version, c.site_id, c.seq, \
+         COALESCE(s.col_version, 1), {val_expr}, {p_cols} \
+         FROM {clock} AS c CROSS JOIN {pkst} AS p ON p.__crsql_key = c.key \
+         LEFT JOIN {clock} AS s ON s.key = c.key AND s.col_name = '-1' \
+         LEFT JOIN {base} AS b ON {join_base}"
+    );
 
     TableSql {
         key_lookup: format!("SELECT __crsql_key FROM {pkst} WHERE {}", pk_where(pks, "", 1)),
@@ -318,13 +331,14 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
         base_exists: format!("SELECT 1 FROM {base} WHERE {}", pk_where(pks, "", 1)),
         base_value,
         base_upsert,
-        changes_select: format!(
-            "SELECT c.col_name, c.col_version, c.db_version, c.site_id, c.seq, \
-             COALESCE(s.col_version, 1), {val_expr}, {p_cols} \
-             FROM {clock} AS c CROSS JOIN {pkst} AS p ON p.__crsql_key = c.key \
-             LEFT JOIN {clock} AS s ON s.key = c.key AND s.col_name = '-1' \
-             LEFT JOIN {base} AS b ON {join_base}"
+        tx_order: format!(
+            "SELECT seq, key, col_name FROM {clock} WHERE db_version = ?1 ORDER BY seq"
         ),
+        tx_size: format!("SELECT count(*) FROM {clock} WHERE db_version = ?1"),
+        change_at: format!(
+            "{changes_select} WHERE c.key = ?1 AND c.col_name = ?2 AND c.db_version = ?3 AND c.seq = ?4"
+        ),
+        changes_select,
     }
 }
 

@@ -74,6 +74,8 @@ pub struct Ext {
     retrieved: Mutex<HashMap<String, Position>>,
     /// Set while a package is merged, so consecutive changes share lookups.
     merge_batch: Mutex<Option<crate::merge::MergeCache>>,
+    /// Seq order of the large transactions outbound streams are reading.
+    pub memos: Mutex<crate::scan::MemoStore>,
     inner: Mutex<Inner>,
 }
 
@@ -86,6 +88,10 @@ pub struct Inner {
     by_name: HashMap<String, usize>,
     data_version: i64,
     version_sql: String,
+    /// `(db_version, max seq at it)` of the last [`Inner::newest_position`]:
+    /// a committed version's rows can leave it but never join it, and while
+    /// it is the newest none leave (a rewrite makes a newer version).
+    newest: Option<(i64, i64)>,
 }
 
 fn registry() -> &'static Mutex<HashMap<usize, Weak<Ext>>> {
@@ -112,6 +118,7 @@ impl Ext {
             merge_equal_values: AtomicBool::new(merge_equal_values),
             rows_impacted: AtomicI64::new(0),
             retrieved: Mutex::new(HashMap::new()),
+            memos: Mutex::new(Default::default()),
             merge_batch: Mutex::new(None),
             inner: Mutex::new(Inner {
                 conn,
@@ -119,6 +126,7 @@ impl Ext {
                 tables: Vec::new(),
                 by_name: HashMap::new(),
                 data_version: -1,
+                newest: None,
                 version_sql: String::new(),
             }),
         });
@@ -249,6 +257,7 @@ impl Inner {
         self.tables = tables;
         self.by_name = by_name;
         self.schema_version = sv;
+        self.newest = None;
         Ok(())
     }
 
@@ -293,6 +302,11 @@ impl Inner {
     /// that version]` (`seq` 0 when no clock row carries the version).
     pub fn newest_position(&mut self, tx: &TxCounters) -> Result<Position> {
         let v = self.db_version(tx)?;
+        if let Some((dv, seq)) = self.newest {
+            if dv == v {
+                return Ok(Position::new(v, seq));
+            }
+        }
         let mut seq = 0;
         for clock in schema::list_clock_tables(&self.conn)? {
             let s: Option<i64> = self
@@ -304,6 +318,7 @@ impl Inner {
                 .query_row([v], |r| r.get(0))?;
             seq = seq.max(s.unwrap_or(0));
         }
+        self.newest = Some((v, seq));
         Ok(Position::new(v, seq))
     }
 

@@ -218,6 +218,15 @@ impl RawStmt {
         Ok(())
     }
 
+    /// Rewind to run again (bindings are kept).
+    pub fn reset(&mut self) {
+        // SAFETY: live statement. The error code repeats the last step's,
+        // which was already reported.
+        unsafe {
+            ffi::sqlite3_reset(self.stmt);
+        }
+    }
+
     /// Advance; true when a row is available.
     pub fn step(&mut self) -> rusqlite::Result<bool> {
         // SAFETY: live statement.

@@ -15,7 +15,7 @@ use crsql_stream_core::package::{to_hex, Package};
 use crsql_stream_core::Position;
 use rusqlite::types::ValueRef;
 use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
     load_state, parse_arg, parse_position, parse_sites, parse_tables, StreamState, INBOUND,
@@ -191,46 +191,39 @@ fn hex(b: &[u8]) -> String {
 /// while the caller's INSERT runs). Positions are written only afterwards.
 fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Result<()> {
     let pkg = Package::decode(bytes).map_err(|e| err!("{INBOUND} {name}: {e}"))?;
-    let staged = {
+    let staged_dbv = {
         let mut inner = ext.lock(INBOUND)?;
         if !check_package(ext, &mut inner, name, cfg, &pkg)? {
             return Ok(()); // already covered: duplicates are no-ops
         }
-        load_staged(&inner.conn, name)?
+        staged_db_version(&inner.conn, name)?
     };
-    let staged_dbv = staged
-        .first()
-        .and_then(|(_, p)| p.part)
-        .map(|p| p.db_version);
-    let mut to_merge: Vec<&[u8]> = Vec::new();
-    let mut clear = false;
     let stage_this = matches!(pkg.part, Some(part) if !part.last);
     if stage_this {
         // A new split transaction: staged parts of an older one (whose other
         // changes were superseded at the sender) are applied first.
         if staged_dbv.is_some() && staged_dbv != pkg.part.map(|p| p.db_version) {
-            to_merge.extend(staged.iter().map(|(b, _)| b.as_slice()));
-            clear = true;
+            merge_staged(ext, name)?;
+        }
+        stage(ext, name, bytes)?;
+    } else if staged_dbv.is_some() {
+        // The last part: the whole transaction, in part order, at once. The
+        // merge is one journaled statement, but the caller's single-row
+        // INSERT has no journal to undo the staging of this part: a refused
+        // merge takes it back itself.
+        let part = stage(ext, name, bytes)?;
+        if let Err(e) = merge_staged(ext, name) {
+            let inner = ext.lock(INBOUND)?;
+            inner
+                .conn
+                .prepare_cached("DELETE FROM crsql_stream_staging WHERE name = ?1 AND part = ?2")?
+                .execute(params![name, part])?;
+            return Err(e);
         }
     } else {
-        to_merge.extend(staged.iter().map(|(b, _)| b.as_slice()));
-        to_merge.push(bytes);
-        clear = !staged.is_empty();
+        merge_package(ext, name, bytes)?;
     }
-    merge_packages(ext, name, &to_merge)?;
     let inner = ext.lock(INBOUND)?;
-    if clear {
-        clear_staged(&inner.conn, name)?;
-    }
-    if stage_this {
-        inner
-            .conn
-            .prepare_cached(
-                "INSERT INTO crsql_stream_staging (name, part, package) VALUES \
-                 (?1, (SELECT COALESCE(max(part), -1) + 1 FROM crsql_stream_staging WHERE name = ?1), ?2)",
-            )?
-            .execute(params![name, bytes])?;
-    }
     inner
         .conn
         .prepare_cached(
@@ -301,24 +294,67 @@ fn check_package(
 }
 
 /// Merge the changes of `packages` (encoded) in one nested statement.
-fn merge_packages(ext: &Ext, name: &str, packages: &[&[u8]]) -> Result<()> {
-    if packages.is_empty() {
-        return Ok(());
-    }
-    const COLS: &str = "\"table\", pk, cid, val, col_version, db_version, site_id, cl, seq";
-    let arms: Vec<String> = (1..=packages.len())
-        .map(|i| format!("SELECT {COLS} FROM crsql_package_changes(?{i})"))
-        .collect();
-    let sql = format!(
-        "INSERT INTO crsql_changes ({COLS}) {}",
-        arms.join(" UNION ALL ")
-    );
+const CHANGE_COLS: &str = "\"table\", pk, cid, val, col_version, db_version, site_id, cl, seq";
+
+/// Merge one package (see [`apply_package`] for why one statement).
+fn merge_package(ext: &Ext, name: &str, package: &[u8]) -> Result<()> {
+    merge(
+        ext,
+        name,
+        &format!("INSERT INTO crsql_changes ({CHANGE_COLS}) SELECT {CHANGE_COLS} FROM crsql_package_changes(?1)"),
+        &package,
+    )
+}
+
+/// Merge every staged part of `name` in part order, in one statement that
+/// streams them from the staging table (memory: one part at a time; no
+/// limit on the number of parts), then clear them.
+fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
+    merge(
+        ext,
+        name,
+        &format!(
+            "INSERT INTO crsql_changes ({CHANGE_COLS}) SELECT {} \
+             FROM crsql_stream_staging AS s CROSS JOIN crsql_package_changes(s.package) AS c \
+             WHERE s.name = ?1 ORDER BY s.part",
+            CHANGE_COLS
+                .split(", ")
+                .map(|c| format!("c.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        &name,
+    )?;
+    let inner = ext.lock(INBOUND)?;
+    inner
+        .conn
+        .prepare_cached("DELETE FROM crsql_stream_staging WHERE name = ?1")?
+        .execute([name])?;
+    Ok(())
+}
+
+fn merge(ext: &Ext, name: &str, sql: &str, arg: &dyn rusqlite::ToSql) -> Result<()> {
     let conn = ext.db.connection()?;
     ext.begin_merge_batch();
-    let r = conn.execute(&sql, rusqlite::params_from_iter(packages.iter()));
+    let r = conn.execute(sql, [arg]);
     ext.end_merge_batch();
     r.map_err(|e| err!("{INBOUND} {name}: {}", crate::error::message(&e)))?;
     Ok(())
+}
+
+/// Keep a part of a split transaction until its last part arrives; returns
+/// its part number.
+fn stage(ext: &Ext, name: &str, bytes: &[u8]) -> Result<i64> {
+    let inner = ext.lock(INBOUND)?;
+    let part = inner
+        .conn
+        .prepare_cached(
+            "INSERT INTO crsql_stream_staging (name, part, package) VALUES \
+             (?1, (SELECT COALESCE(max(part), -1) + 1 FROM crsql_stream_staging WHERE name = ?1), ?2) \
+             RETURNING part",
+        )?
+        .query_row(params![name, bytes], |r| r.get(0))?;
+    Ok(part)
 }
 
 /// Refuse a package naming a table that is not allowed, not a CRR here, or
@@ -364,26 +400,21 @@ fn check_tables(
     Ok(())
 }
 
-/// Staged parts, encoded and decoded, in order.
-fn load_staged(conn: &Connection, name: &str) -> Result<Vec<(Vec<u8>, Package)>> {
-    let blobs: Vec<Vec<u8>> = conn
-        .prepare_cached("SELECT package FROM crsql_stream_staging WHERE name = ?1 ORDER BY part")?
-        .query_map([name], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    blobs
-        .into_iter()
-        .map(|b| {
-            let p = Package::decode(&b)
-                .map_err(|e| err!("{INBOUND} {name}: a staged part is unreadable: {e}"))?;
-            Ok((b, p))
-        })
-        .collect()
-}
-
-fn clear_staged(conn: &Connection, name: &str) -> Result<()> {
-    conn.prepare_cached("DELETE FROM crsql_stream_staging WHERE name = ?1")?
-        .execute([name])?;
-    Ok(())
+/// The db_version of the split transaction whose parts are staged, if any
+/// (read from the first part only).
+fn staged_db_version(conn: &Connection, name: &str) -> Result<Option<i64>> {
+    let first: Option<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT package FROM crsql_stream_staging WHERE name = ?1 ORDER BY part LIMIT 1",
+        )?
+        .query_row([name], |r| r.get(0))
+        .optional()?;
+    let Some(first) = first else {
+        return Ok(None);
+    };
+    let p = Package::decode(&first)
+        .map_err(|e| err!("{INBOUND} {name}: a staged part is unreadable: {e}"))?;
+    Ok(p.part.map(|p| p.db_version))
 }
 
 pub struct InboundCursor {

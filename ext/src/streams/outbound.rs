@@ -437,17 +437,18 @@ impl Producer {
             .filter_map(|s| sites.ordinal(s))
             .collect();
         drop(inner);
-        let binds = [
-            ValueRef::Integer(start.db_version),
-            ValueRef::Integer(start.seq),
-            ValueRef::Integer(committed),
-        ];
-        let scanner = Scanner::open(
+        // A transaction larger than a package is sent in parts, each read
+        // from the middle of the transaction: through a memo of its order.
+        let mut memos = ext.memos.lock().unwrap_or_else(|e| e.into_inner());
+        let scanner = Scanner::open_after(
             ext.db,
             &tables,
-            " WHERE c.db_version >= ?1 AND (c.db_version > ?1 OR c.seq > ?2) AND c.db_version <= ?3",
-            &binds,
+            start,
+            committed,
+            cfg.max_changes,
+            &mut memos,
         )?;
+        drop(memos);
         let header = header_bound(name, &tables, sites.count(), cfg.encoding);
         Ok(Producer {
             scanner,
