@@ -75,12 +75,14 @@ impl SiteMap {
     }
 }
 
-/// One committed transaction (one db_version) of one CRR, in seq order,
-/// narrow: `(seq, key, index into names)`. SQLite has no index with `seq`
-/// (the cr-sqlite layout indexes `db_version` only), so reading from the
-/// middle of a transaction sorts the whole transaction; a split transaction
-/// sent package by package would cost O(transaction) per package. With a
-/// memo, each part costs O(part): its rows are re-read by primary key.
+/// A window of one committed transaction (one db_version) of one CRR, in
+/// seq order, narrow: `(seq, key, index into names)`. SQLite has no index
+/// with `seq` (the cr-sqlite layout indexes `db_version` only), so reading
+/// from the middle of a transaction sorts the whole transaction; a split
+/// transaction sent package by package would cost O(transaction) per
+/// package. With a memo, each part costs O(part): its rows are re-read by
+/// primary key. A window holds at most `window` rows (24 bytes each), so
+/// a huge transaction costs one sort per window, not per part.
 ///
 /// A committed db_version never gains clock rows (every write takes a
 /// version above the committed one), so a memo can only hold rows that have
@@ -90,40 +92,27 @@ impl SiteMap {
 pub struct TxMemo {
     table: Arc<TableInfo>,
     db_version: i64,
+    /// The window holds the rows with seq above this one...
+    after: i64,
+    /// ...up to the end of the transaction, or only up to its last row.
+    complete: bool,
     names: Vec<String>,
     rows: Vec<(i64, i64, u32)>,
 }
 
-/// The memos of one connection: the most recent few.
-#[derive(Default)]
-pub struct MemoStore {
-    memos: VecDeque<Arc<TxMemo>>,
-}
-
-/// Memos kept per connection (a stream in the middle of one transaction,
-/// and one more stream or the next transaction).
-const MEMOS_KEPT: usize = 2;
-
-impl MemoStore {
-    /// The memo of `table` at `db_version`, if kept. `table` must be the
-    /// current metadata: a schema change gives new `TableInfo`s, so old
-    /// memos are never matched again.
-    pub fn find(&self, table: &Arc<TableInfo>, db_version: i64) -> Option<Arc<TxMemo>> {
-        self.memos
-            .iter()
-            .find(|m| m.db_version == db_version && Arc::ptr_eq(&m.table, table))
-            .cloned()
-    }
-
-    /// Build (and keep) the memo of `table` at `db_version`.
-    pub fn build(
-        &mut self,
+impl TxMemo {
+    /// Read the window of `table`'s rows at `db_version` after seq `after`.
+    fn read(
         db: DbHandle,
         table: &Arc<TableInfo>,
         db_version: i64,
-    ) -> Result<Arc<TxMemo>> {
+        after: i64,
+        window: usize,
+    ) -> Result<TxMemo> {
         let mut stmt = RawStmt::prepare(db, &table.sql.tx_order)?;
         stmt.bind(1, ValueRef::Integer(db_version))?;
+        stmt.bind(2, ValueRef::Integer(after))?;
+        stmt.bind(3, ValueRef::Integer(window as i64))?;
         let mut names: Vec<String> = Vec::new();
         let mut rows = Vec::new();
         while stmt.step()? {
@@ -145,12 +134,59 @@ impl MemoStore {
             };
             rows.push((stmt.column_i64(0), stmt.column_i64(1), idx as u32));
         }
-        let memo = Arc::new(TxMemo {
+        Ok(TxMemo {
             table: Arc::clone(table),
             db_version,
+            after,
+            complete: rows.len() < window,
             names,
             rows,
-        });
+        })
+    }
+
+    /// Whether this window holds the rows just after seq `start`.
+    fn covers(&self, table: &Arc<TableInfo>, db_version: i64, start: i64) -> bool {
+        self.db_version == db_version
+            && Arc::ptr_eq(&self.table, table)
+            && self.after <= start
+            && (self.complete || self.rows.last().is_some_and(|r| r.0 > start))
+    }
+}
+
+/// The memos of one connection: the most recent few windows.
+#[derive(Default)]
+pub struct MemoStore {
+    memos: VecDeque<Arc<TxMemo>>,
+}
+
+/// Windows kept per connection (a stream in the middle of one transaction,
+/// and one more stream or the next transaction).
+const MEMOS_KEPT: usize = 2;
+
+impl MemoStore {
+    /// A kept window of `table` at `db_version` that holds the rows after
+    /// seq `start`. `table` must be the current metadata: a schema change
+    /// gives new `TableInfo`s, so old memos are never matched again.
+    fn find(&self, table: &Arc<TableInfo>, db_version: i64, start: i64) -> Option<Arc<TxMemo>> {
+        self.memos
+            .iter()
+            .find(|m| m.covers(table, db_version, start))
+            .cloned()
+    }
+
+    /// Read and keep the window after `start` (replacing the table's older
+    /// windows of the same transaction).
+    fn build(
+        &mut self,
+        db: DbHandle,
+        table: &Arc<TableInfo>,
+        db_version: i64,
+        start: i64,
+        window: usize,
+    ) -> Result<Arc<TxMemo>> {
+        let memo = Arc::new(TxMemo::read(db, table, db_version, start, window)?);
+        self.memos
+            .retain(|m| !(m.db_version == db_version && Arc::ptr_eq(&m.table, table)));
         if self.memos.len() >= MEMOS_KEPT {
             self.memos.pop_front();
         }
@@ -159,10 +195,14 @@ impl MemoStore {
     }
 }
 
-/// Reading a [`TxMemo`] from a position: one `change_at` lookup per row.
+/// Reading a transaction through memo windows from a position: one
+/// `change_at` lookup per row; past the end of an incomplete window the
+/// next window is read (and not kept: the next part finds or builds its own).
 struct MemoRead {
+    db: DbHandle,
     memo: Arc<TxMemo>,
     next: usize,
+    window: usize,
     lookup: RawStmt,
 }
 
@@ -258,27 +298,29 @@ impl Scanner {
     }
 
     /// The committed changes after `start`, up to db_version `committed`, in
-    /// position order. Where the rest of `start`'s transaction in a table has
-    /// more than `memo_above` rows, it is read through a [`TxMemo`].
+    /// position order. Where `start`'s transaction has more than
+    /// `memo_above` rows in a table, the rest of it is read through
+    /// [`TxMemo`] windows of at most `window` rows.
     pub fn open_after(
         db: DbHandle,
         tables: &[Arc<TableInfo>],
         start: Position,
         committed: i64,
         memo_above: usize,
+        window: usize,
         memos: &mut MemoStore,
     ) -> Result<Scanner> {
         let dv = start.db_version;
         let mut s = Scanner::with_capacity(tables.len());
         for t in tables {
-            let memo = match memos.find(t, dv) {
+            let memo = match memos.find(t, dv, start.seq) {
                 Some(m) => Some(m),
                 None if dv > 0 && dv <= committed => {
                     let mut count = RawStmt::prepare(db, &t.sql.tx_size)?;
                     count.bind(1, ValueRef::Integer(dv))?;
                     count.step()?;
                     if count.column_i64(0) > memo_above as i64 {
-                        Some(memos.build(db, t, dv)?)
+                        Some(memos.build(db, t, dv, start.seq, window)?)
                     } else {
                         None
                     }
@@ -287,8 +329,10 @@ impl Scanner {
             };
             let memo = match memo {
                 Some(memo) => Some(MemoRead {
+                    db,
                     next: memo.rows.partition_point(|r| r.0 <= start.seq),
                     memo,
+                    window,
                     lookup: RawStmt::prepare(db, &t.sql.change_at)?,
                 }),
                 None => None,
@@ -360,8 +404,18 @@ impl Scanner {
         let s = &mut self.scans[i];
         while let Some(m) = &mut s.memo {
             let Some(&(seq, key, name)) = m.memo.rows.get(m.next) else {
-                s.memo = None;
-                break;
+                match m.memo.rows.last() {
+                    Some(&(last, _, _)) if !m.memo.complete => {
+                        let next = TxMemo::read(m.db, &s.table, m.memo.db_version, last, m.window)?;
+                        m.memo = Arc::new(next);
+                        m.next = 0;
+                        continue;
+                    }
+                    _ => {
+                        s.memo = None;
+                        break;
+                    }
+                }
             };
             m.next += 1;
             let lookup = &mut m.lookup;

@@ -75,7 +75,8 @@ pub struct TableSql {
     pub base_value: Vec<String>,
     pub base_upsert: Vec<String>,
     pub changes_select: String,
-    /// One transaction's clock rows in seq order, narrow (see `scan::TxMemo`).
+    /// A window of one transaction's clock rows in seq order, narrow (see
+    /// `scan::TxMemo`).
     pub tx_order: String,
     /// How many clock rows carry one db_version (a range of the dbv index).
     pub tx_size: String,
@@ -332,7 +333,7 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
         base_value,
         base_upsert,
         tx_order: format!(
-            "SELECT seq, key, col_name FROM {clock} WHERE db_version = ?1 ORDER BY seq"
+            "SELECT seq, key, col_name FROM {clock} WHERE db_version = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
         ),
         tx_size: format!("SELECT count(*) FROM {clock} WHERE db_version = ?1"),
         change_at: format!(

@@ -382,6 +382,12 @@ struct Row {
 }
 
 /// Reads changes after a position and cuts them into packages.
+/// A memo window holds the rows of this many packages of a split
+/// transaction (one sort of the transaction serves that many parts)...
+const MEMO_WINDOW_PACKAGES: usize = 1024;
+/// ...but never more than this many rows (24 bytes each: 24 MiB).
+const MEMO_WINDOW_MAX: usize = 1 << 20;
+
 struct Producer {
     scanner: Scanner,
     tables: Vec<Arc<TableInfo>>,
@@ -438,7 +444,12 @@ impl Producer {
             .collect();
         drop(inner);
         // A transaction larger than a package is sent in parts, each read
-        // from the middle of the transaction: through a memo of its order.
+        // from the middle of the transaction: through a memo of its order,
+        // in windows of up to MEMO_WINDOW_PACKAGES packages' worth of rows.
+        let window = cfg
+            .max_changes
+            .saturating_mul(MEMO_WINDOW_PACKAGES)
+            .min(MEMO_WINDOW_MAX);
         let mut memos = ext.memos.lock().unwrap_or_else(|e| e.into_inner());
         let scanner = Scanner::open_after(
             ext.db,
@@ -446,6 +457,7 @@ impl Producer {
             start,
             committed,
             cfg.max_changes,
+            window,
             &mut memos,
         )?;
         drop(memos);
