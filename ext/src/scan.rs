@@ -153,29 +153,34 @@ impl TxMemo {
     }
 }
 
-/// The memos of one connection: the most recent few windows.
+/// The memos of one connection: the most recently used few windows.
 #[derive(Default)]
 pub struct MemoStore {
     memos: VecDeque<Arc<TxMemo>>,
 }
 
-/// Windows kept per connection (a stream in the middle of one transaction,
-/// and one more stream or the next transaction).
-const MEMOS_KEPT: usize = 2;
+/// Windows kept per connection: several streams of one connection (a hub
+/// serving several peers) may be inside the same or different large
+/// transactions at once.
+const MEMOS_KEPT: usize = 4;
 
 impl MemoStore {
     /// A kept window of `table` at `db_version` that holds the rows after
-    /// seq `start`. `table` must be the current metadata: a schema change
-    /// gives new `TableInfo`s, so old memos are never matched again.
-    fn find(&self, table: &Arc<TableInfo>, db_version: i64, start: i64) -> Option<Arc<TxMemo>> {
-        self.memos
+    /// seq `start` (it becomes the most recently used). `table` must be the
+    /// current metadata: a schema change gives new `TableInfo`s, so old
+    /// memos are never matched again.
+    fn find(&mut self, table: &Arc<TableInfo>, db_version: i64, start: i64) -> Option<Arc<TxMemo>> {
+        let i = self
+            .memos
             .iter()
-            .find(|m| m.covers(table, db_version, start))
-            .cloned()
+            .position(|m| m.covers(table, db_version, start))?;
+        let memo = self.memos.remove(i)?;
+        self.memos.push_back(Arc::clone(&memo));
+        Some(memo)
     }
 
-    /// Read and keep the window after `start` (replacing the table's older
-    /// windows of the same transaction).
+    /// Read and keep the window after `start`, dropping the least recently
+    /// used one if the store is full.
     fn build(
         &mut self,
         db: DbHandle,
@@ -185,8 +190,6 @@ impl MemoStore {
         window: usize,
     ) -> Result<Arc<TxMemo>> {
         let memo = Arc::new(TxMemo::read(db, table, db_version, start, window)?);
-        self.memos
-            .retain(|m| !(m.db_version == db_version && Arc::ptr_eq(&m.table, table)));
         if self.memos.len() >= MEMOS_KEPT {
             self.memos.pop_front();
         }
