@@ -318,7 +318,12 @@ impl Inner {
                 .query_row([v], |r| r.get(0))?;
             seq = seq.max(s.unwrap_or(0));
         }
-        self.newest = Some((v, seq));
+        // Inside this connection's write transaction, cells of version v may
+        // have moved to the pending version: that view may not outlive a
+        // rollback, so only a committed view is kept.
+        if tx.pending.load(Relaxed) < 0 {
+            self.newest = Some((v, seq));
+        }
         Ok(Position::new(v, seq))
     }
 

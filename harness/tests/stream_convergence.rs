@@ -1302,6 +1302,42 @@ fn an_acknowledgement_inside_a_transaction_that_rewrote_the_acknowledged_cells_i
     close(b);
 }
 
+/// The newest position is cached per connection: a value seen inside a
+/// write transaction (where the newest cells had moved to the pending
+/// version) must not outlive its rollback and refuse a valid acknowledgement.
+#[test]
+fn an_acknowledgement_after_a_rolled_back_rewrite_of_the_newest_cells_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let a = open_peer(&path);
+    a.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v, w); SELECT crsql_as_crr('t');
+         CREATE VIRTUAL TABLE to_b USING crsql_OutboundStream();
+         INSERT INTO t VALUES (1, 1, 2);",
+    )
+    .unwrap();
+    close(a);
+    // A fresh connection: its first look at the newest position happens
+    // inside the transaction that moved cell w (the newest, [1,1]) away.
+    let a = open_peer(&path);
+    a.execute_batch("BEGIN; UPDATE t SET w = 3 WHERE id = 1;")
+        .unwrap();
+    a.execute("INSERT INTO to_b(last_sent) VALUES ('[1,0]')", [])
+        .unwrap();
+    a.execute_batch("ROLLBACK").unwrap();
+    a.execute("INSERT INTO to_b(last_sent) VALUES ('[1,1]')", [])
+        .unwrap_or_else(|e| panic!("[1,1] is the newest change again after the rollback: {e}"));
+    let last: String = a
+        .query_row(
+            "SELECT last_sent FROM crsql_streams WHERE name = 'to_b'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(last, "[1,1]");
+    close(a);
+}
+
 /// Found by the FetchInWrite step: a package read inside a write
 /// transaction that had moved or deleted clock rows of the newest committed
 /// version covered their positions without carrying them; once the
