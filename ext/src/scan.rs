@@ -179,8 +179,8 @@ impl MemoStore {
         Some(memo)
     }
 
-    /// Read and keep the window after `start`, dropping the least recently
-    /// used one if the store is full.
+    /// Read the window after `start` and keep it (unless empty), dropping
+    /// the least recently used one if the store is full.
     fn build(
         &mut self,
         db: DbHandle,
@@ -190,10 +190,14 @@ impl MemoStore {
         window: usize,
     ) -> Result<Arc<TxMemo>> {
         let memo = Arc::new(TxMemo::read(db, table, db_version, start, window)?);
-        if self.memos.len() >= MEMOS_KEPT {
-            self.memos.pop_front();
+        // An empty window (the start was the end of the transaction) serves
+        // nobody else: it does not push a useful one out.
+        if !memo.rows.is_empty() {
+            if self.memos.len() >= MEMOS_KEPT {
+                self.memos.pop_front();
+            }
+            self.memos.push_back(Arc::clone(&memo));
         }
-        self.memos.push_back(Arc::clone(&memo));
         Ok(memo)
     }
 }

@@ -21,6 +21,7 @@ use crate::sqlite::DbHandle;
 /// Per-transaction counters, reset by the commit and rollback hooks.
 #[derive(Debug)]
 pub struct TxCounters {
+    db: DbHandle,
     /// The version this transaction writes at; -1 when none was taken yet.
     pub pending: AtomicI64,
     /// Next seq to hand out in this transaction.
@@ -32,8 +33,9 @@ pub struct TxCounters {
 }
 
 impl TxCounters {
-    fn new() -> TxCounters {
+    fn new(db: DbHandle) -> TxCounters {
         TxCounters {
+            db,
             pending: AtomicI64::new(-1),
             seq: AtomicI64::new(0),
             db_version: AtomicI64::new(-1),
@@ -49,6 +51,21 @@ impl TxCounters {
         self.seq.store(0, Relaxed);
         self.db_version.store(-1, Relaxed);
         self.schema_checked.store(false, Relaxed);
+    }
+
+    /// The version this transaction writes at, or -1 when it has not
+    /// written CRR changes. A version taken while no write transaction was
+    /// open (a statement that then failed before SQLite began writing, e.g.
+    /// refused by `PRAGMA query_only`) ends with no commit or rollback hook:
+    /// it is recognised here and forgotten, so it can neither be reused by a
+    /// later transaction nor make the connection look like it is writing.
+    pub fn pending(&self) -> i64 {
+        let p = self.pending.load(Relaxed);
+        if p >= 0 && !self.db.writing() {
+            self.end_transaction();
+            return -1;
+        }
+        p
     }
 
     /// Take the next seq of this transaction.
@@ -112,7 +129,7 @@ impl Ext {
         conn.set_prepared_statement_cache_capacity(512);
         let ext = Arc::new(Ext {
             db,
-            tx: Arc::new(TxCounters::new()),
+            tx: Arc::new(TxCounters::new(db)),
             sync_bit: AtomicI64::new(0),
             site_id,
             merge_equal_values: AtomicBool::new(merge_equal_values),
@@ -281,7 +298,7 @@ impl Inner {
         if dv != self.data_version {
             self.data_version = dv;
             tx.schema_checked.store(false, Relaxed);
-            if tx.pending.load(Relaxed) < 0 {
+            if tx.pending() < 0 {
                 tx.db_version.store(-1, Relaxed);
             }
         }
@@ -321,7 +338,7 @@ impl Inner {
         // Inside this connection's write transaction, cells of version v may
         // have moved to the pending version: that view may not outlive a
         // rollback, so only a committed view is kept.
-        if tx.pending.load(Relaxed) < 0 {
+        if tx.pending() < 0 {
             self.newest = Some((v, seq));
         }
         Ok(Position::new(v, seq))
@@ -330,7 +347,7 @@ impl Inner {
     /// Bring cached metadata up to date before an operation: at the start of
     /// a transaction also notice other connections' commits.
     pub fn sync(&mut self, tx: &TxCounters) -> Result<()> {
-        if tx.pending.load(Relaxed) < 0 {
+        if tx.pending() < 0 {
             self.db_version(tx)?;
             Ok(())
         } else {
@@ -340,7 +357,7 @@ impl Inner {
 
     /// The version for the next write in this transaction (§3.3 `next`).
     pub fn next_db_version(&mut self, tx: &TxCounters, floor: Option<i64>) -> Result<i64> {
-        let pending = tx.pending.load(Relaxed);
+        let pending = tx.pending();
         let committed = if pending < 0 {
             self.db_version(tx)?
         } else {

@@ -3281,6 +3281,40 @@ fn a_transaction_split_into_more_parts_than_a_compound_select_allows_applies_who
 }
 
 #[test]
+fn a_transaction_split_by_max_bytes_is_read_part_by_part_and_applied_whole() {
+    // 300 rows of 1000-byte values, at most ~16 changes a package: split by
+    // bytes, not by max_changes, and resumed inside the transaction through
+    // the memo (the transaction has more than 256 rows).
+    let d = Dir::new();
+    let a = d.create("a");
+    let b = d.create("b");
+    exec(
+        &a,
+        "BEGIN;
+         WITH RECURSIVE k(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM k WHERE x < 300)
+         INSERT INTO notes SELECT 1000 + x, randomblob(1000) FROM k;
+         COMMIT;",
+    );
+    link(&a, &b, "o", "i", "max_bytes = 20000");
+    let mut parts = 0;
+    let pkgs = page_through(&a, "o", &b, "i", |p| {
+        assert!(
+            p.bytes <= 20000,
+            "({}, {}] has {} bytes",
+            p.since,
+            p.cursor,
+            p.bytes
+        );
+        if is_part(&a, p) {
+            parts += 1;
+        }
+    });
+    assert!(parts >= 15, "{parts} parts");
+    assert_eq!(pkgs.iter().map(|p| p.changes).sum::<i64>(), 300);
+    assert_eq!(table_rows(&b, "notes"), table_rows(&a, "notes"));
+}
+
+#[test]
 fn parts_read_after_their_transaction_changed_leave_out_the_rows_that_moved_on() {
     // The rest of a split transaction is read in seq order from a memo made
     // when the stream first resumed inside it; rows rewritten or deleted
@@ -3343,6 +3377,42 @@ fn parts_read_after_their_transaction_changed_leave_out_the_rows_that_moved_on()
         int(&b, "SELECT count(*) FROM notes WHERE body = 'moved'"),
         5
     );
+}
+
+#[test]
+fn a_version_taken_by_a_refused_statement_is_not_reused_by_a_later_write() {
+    // crsql_next_db_version() under PRAGMA query_only takes a version and
+    // then fails before SQLite opens a write transaction, so no commit or
+    // rollback hook forgets it. The connection must neither look like it is
+    // writing nor reuse that version after another connection committed it
+    // (two transactions at one version: the stream, already past it, would
+    // never send the second one).
+    let d = Dir::new();
+    let a = d.create("a");
+    let b = d.open("a");
+    add_notes(&a, 1, 1);
+    exec(&a, "CREATE VIRTUAL TABLE o USING crsql_OutboundStream()");
+    exec(&b, "PRAGMA query_only = 1");
+    assert!(try_exec(&b, "SELECT crsql_next_db_version()").is_err());
+    exec(&b, "PRAGMA query_only = 0");
+    add_notes(&a, 2, 1);
+    let p = pull(&a, "o", "").pop().unwrap();
+    ack_ok(&a, "o", &p.cursor);
+    // B can still read packages (it has no write transaction)...
+    let _ = pull(&b, "o", "");
+    // ...and its next write takes a version above A's.
+    add_notes(&b, 3, 1);
+    let pos = positions(&a);
+    let mut unique = pos.clone();
+    unique.dedup();
+    assert_eq!(unique, pos, "positions are unique: {pos:?}");
+    let rest = pull(&a, "o", "");
+    assert_eq!(
+        rest.iter().map(|p| p.changes).sum::<i64>(),
+        1,
+        "B's note is sent"
+    );
+    assert!(rest[0].cursor() > p.cursor());
 }
 
 #[test]

@@ -85,6 +85,13 @@ impl DbHandle {
         self.0 as usize
     }
 
+    /// True when `main` has an open write transaction (`sqlite3_txn_state`,
+    /// SQLite 3.34; the extension requires 3.35).
+    pub fn writing(&self) -> bool {
+        // SAFETY: live handle, NUL-terminated schema name; only reads state.
+        unsafe { ffi::sqlite3_txn_state(self.0, c"main".as_ptr()) == ffi::SQLITE_TXN_WRITE }
+    }
+
     /// True when the connection is in autocommit mode (no open transaction).
     pub fn autocommit(&self) -> bool {
         // SAFETY: live handle; sqlite3_get_autocommit only reads a flag.

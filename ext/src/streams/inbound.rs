@@ -400,21 +400,20 @@ fn check_tables(
     Ok(())
 }
 
-/// The db_version of the split transaction whose parts are staged, if any
-/// (read from the first part only).
+/// The db_version of the split transaction whose parts are staged, if any.
+/// Every staged part moved `last_applied` to its cursor, and any other
+/// applied package clears the staging table, so while parts are staged the
+/// stream's position lies in their db_version: no staged part is decoded.
 fn staged_db_version(conn: &Connection, name: &str) -> Result<Option<i64>> {
-    let first: Option<Vec<u8>> = conn
-        .prepare_cached(
-            "SELECT package FROM crsql_stream_staging WHERE name = ?1 ORDER BY part LIMIT 1",
-        )?
-        .query_row([name], |r| r.get(0))
-        .optional()?;
-    let Some(first) = first else {
+    let any = conn
+        .prepare_cached("SELECT 1 FROM crsql_stream_staging WHERE name = ?1 LIMIT 1")?
+        .query_row([name], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if !any {
         return Ok(None);
-    };
-    let p = Package::decode(&first)
-        .map_err(|e| err!("{INBOUND} {name}: a staged part is unreadable: {e}"))?;
-    Ok(p.part.map(|p| p.db_version))
+    }
+    Ok(load_state(conn, name)?.map(|s| s.position.db_version))
 }
 
 pub struct InboundCursor {

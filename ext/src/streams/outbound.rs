@@ -240,12 +240,7 @@ impl Table for OutboundTable {
         }
         let pos = super::position_value(OUTBOUND, &self.name, "last_sent", ack)?;
         let mut inner = self.ext.lock(OUTBOUND)?;
-        let in_write_tx = self
-            .ext
-            .tx
-            .pending
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 0;
+        let in_write_tx = self.ext.tx.pending() >= 0;
         let newest = inner.newest_position(&self.ext.tx)?;
         // Inside a write transaction the newest committed cells may already
         // have moved to the pending version: compare the version there.
@@ -387,6 +382,9 @@ struct Row {
 const MEMO_WINDOW_PACKAGES: usize = 1024;
 /// ...but never more than this many rows (24 bytes each: 24 MiB).
 const MEMO_WINDOW_MAX: usize = 1 << 20;
+/// Resuming inside a transaction with more rows than this (in a table), or
+/// than `max_changes`, reads it through a memo.
+const MEMO_ABOVE_ROWS: usize = 256;
 
 struct Producer {
     scanner: Scanner,
@@ -424,7 +422,7 @@ impl Producer {
         // Only committed changes: rows of this connection's open write
         // transaction carry versions above the committed one and have no
         // final position yet.
-        if ext.tx.pending.load(std::sync::atomic::Ordering::Relaxed) >= 0 {
+        if ext.tx.pending() >= 0 {
             return Err(err!(
                 "{OUTBOUND} {name}: cannot read packages inside a transaction that has written CRR changes \
                  (a rollback could un-skip rows the package already passed); commit or roll back first"
@@ -446,6 +444,8 @@ impl Producer {
         // A transaction larger than a package is sent in parts, each read
         // from the middle of the transaction: through a memo of its order,
         // in windows of up to MEMO_WINDOW_PACKAGES packages' worth of rows.
+        // Transactions split by max_bytes (large values) have fewer rows than
+        // max_changes: past MEMO_ABOVE_ROWS rows they take the memo too.
         let window = cfg
             .max_changes
             .saturating_mul(MEMO_WINDOW_PACKAGES)
@@ -456,7 +456,7 @@ impl Producer {
             &tables,
             start,
             committed,
-            cfg.max_changes,
+            cfg.max_changes.min(MEMO_ABOVE_ROWS),
             window,
             &mut memos,
         )?;
