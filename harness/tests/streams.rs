@@ -3222,6 +3222,20 @@ fn producing_a_package_costs_time_proportional_to_the_package_not_the_backlog() 
     );
 }
 
+/// One transaction inserting notes 1001 ..= 1000 + n, each with `body` (an
+/// SQL expression of x, 1 ..= n).
+fn notes_in_one_transaction(c: &Connection, n: i64, body: &str) {
+    exec(
+        c,
+        &format!(
+            "BEGIN;
+             WITH RECURSIVE k(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM k WHERE x < {n})
+             INSERT INTO notes SELECT 1000 + x, {body} FROM k;
+             COMMIT;"
+        ),
+    );
+}
+
 /// Page through a stream one package at a time (`LIMIT 1` after
 /// `last_sent`, as the bindings do), applying and acknowledging each one;
 /// `each` sees every package after it is applied. Returns the packages.
@@ -3251,13 +3265,7 @@ fn a_transaction_split_into_more_parts_than_a_compound_select_allows_applies_who
     let d = Dir::new();
     let a = d.create("a");
     let b = d.create("b");
-    exec(
-        &a,
-        "BEGIN;
-         WITH RECURSIVE k(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM k WHERE x < 1100)
-         INSERT INTO notes SELECT 1000 + x, 'n' || x FROM k;
-         COMMIT;",
-    );
+    notes_in_one_transaction(&a, 1100, "'n' || x");
     link(&a, &b, "o", "i", "max_changes = 1");
     let mut n = 0;
     let pkgs = page_through(&a, "o", &b, "i", |p| {
@@ -3288,13 +3296,7 @@ fn a_transaction_split_by_max_bytes_is_read_part_by_part_and_applied_whole() {
     let d = Dir::new();
     let a = d.create("a");
     let b = d.create("b");
-    exec(
-        &a,
-        "BEGIN;
-         WITH RECURSIVE k(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM k WHERE x < 300)
-         INSERT INTO notes SELECT 1000 + x, randomblob(1000) FROM k;
-         COMMIT;",
-    );
+    notes_in_one_transaction(&a, 300, "randomblob(1000)");
     link(&a, &b, "o", "i", "max_bytes = 20000");
     let mut parts = 0;
     let pkgs = page_through(&a, "o", &b, "i", |p| {
@@ -3322,13 +3324,7 @@ fn parts_read_after_their_transaction_changed_leave_out_the_rows_that_moved_on()
     let d = Dir::new();
     let a = d.create("a");
     let b = d.create("b");
-    exec(
-        &a,
-        "BEGIN;
-         WITH RECURSIVE k(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM k WHERE x < 60)
-         INSERT INTO notes SELECT 1000 + x, 'n' || x FROM k;
-         COMMIT;",
-    );
+    notes_in_one_transaction(&a, 60, "'n' || x");
     let big = db_version(&a);
     link(&a, &b, "o", "i", "max_changes = 10");
     // Two parts: the second one resumes inside the transaction.
