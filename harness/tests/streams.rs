@@ -3317,6 +3317,33 @@ fn a_transaction_split_by_max_bytes_is_read_part_by_part_and_applied_whole() {
 }
 
 #[test]
+fn a_corrupted_staged_part_refuses_the_last_part_and_changes_nothing() {
+    let d = Dir::new();
+    let a = d.create("a");
+    let b = d.create("b");
+    notes_in_one_transaction(&a, 10, "'n' || x");
+    link(&a, &b, "o", "i", "max_changes = 4");
+    let p = pull(&a, "o", "");
+    assert_eq!(p.len(), 3);
+    apply_ok(&b, "i", &p[0]);
+    apply_ok(&b, "i", &p[1]);
+    // Damage on disk (or by hand) to the second staged part.
+    exec(
+        &b,
+        "UPDATE crsql_stream_staging SET package = x'00112233' WHERE part = 1",
+    );
+    let before = dump(&b);
+    let err = apply(&b, "i", &p[2].package).unwrap_err();
+    assert!(
+        err.contains("merging the staged parts of a split transaction")
+            && err.contains("truncated"),
+        "{err}"
+    );
+    assert_eq!(dump(&b), before, "nothing merged, the last part not staged");
+    assert_eq!(last_applied(&b, "i"), p[1].cursor);
+}
+
+#[test]
 fn parts_read_after_their_transaction_changed_leave_out_the_rows_that_moved_on() {
     // The rest of a split transaction is read in seq order from a memo made
     // when the stream first resumed inside it; rows rewritten or deleted

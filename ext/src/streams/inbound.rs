@@ -301,6 +301,7 @@ fn merge_package(ext: &Ext, name: &str, package: &[u8]) -> Result<()> {
     merge(
         ext,
         name,
+        "",
         &format!("INSERT INTO crsql_changes ({CHANGE_COLS}) SELECT {CHANGE_COLS} FROM crsql_package_changes(?1)"),
         &package,
     )
@@ -313,6 +314,7 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
     merge(
         ext,
         name,
+        "merging the staged parts of a split transaction: ",
         &format!(
             "INSERT INTO crsql_changes ({CHANGE_COLS}) SELECT {} \
              FROM crsql_stream_staging AS s CROSS JOIN crsql_package_changes(s.package) AS c \
@@ -333,12 +335,13 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn merge(ext: &Ext, name: &str, sql: &str, arg: &dyn rusqlite::ToSql) -> Result<()> {
+/// Run one merge statement; `context` prefixes its error message.
+fn merge(ext: &Ext, name: &str, context: &str, sql: &str, arg: &dyn rusqlite::ToSql) -> Result<()> {
     let conn = ext.db.connection()?;
     ext.begin_merge_batch();
     let r = conn.execute(sql, [arg]);
     ext.end_merge_batch();
-    r.map_err(|e| err!("{INBOUND} {name}: {}", crate::error::message(&e)))?;
+    r.map_err(|e| err!("{INBOUND} {name}: {context}{}", crate::error::message(&e)))?;
     Ok(())
 }
 
