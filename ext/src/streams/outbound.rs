@@ -450,17 +450,22 @@ impl Producer {
             .max_changes
             .saturating_mul(MEMO_WINDOW_PACKAGES)
             .min(MEMO_WINDOW_MAX);
-        let mut memos = ext.memos.lock().unwrap_or_else(|e| e.into_inner());
-        let scanner = Scanner::open_after(
-            ext.db,
-            &tables,
-            start,
-            committed,
-            cfg.max_changes.min(MEMO_ABOVE_ROWS),
-            window,
-            &mut memos,
-        )?;
-        drop(memos);
+        // A stream that has caught up (the usual poll) reads no table: every
+        // committed change lies at or before `newest`.
+        let scanner = if start >= newest {
+            Scanner::empty()
+        } else {
+            let mut memos = ext.memos.lock().unwrap_or_else(|e| e.into_inner());
+            Scanner::open_after(
+                ext.db,
+                &tables,
+                start,
+                committed,
+                cfg.max_changes.min(MEMO_ABOVE_ROWS),
+                window,
+                &mut memos,
+            )?
+        };
         let header = header_bound(name, &tables, sites.count(), cfg.encoding);
         Ok(Producer {
             scanner,

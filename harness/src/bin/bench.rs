@@ -713,6 +713,8 @@ mod streams {
         total: Duration,
         /// The last part, which applies the whole transaction.
         last_apply: Duration,
+        /// Median `LIMIT 1` once everything is acknowledged (a poll).
+        idle_micros: f64,
     }
 
     /// One transaction of `rows` rows x 3 columns, sent the way the bindings
@@ -749,6 +751,12 @@ mod streams {
             packages += 1;
         }
         let total = start.elapsed();
+        let idle_micros = median_micros(|| {
+            if read.query([])?.next()?.is_some() {
+                return Err("a caught-up stream returned a package".into());
+            }
+            Ok(())
+        })?;
         drop((read, apply, ack));
         if let Err(why) = tables_equal(&src, &dst)? {
             return Err(format!("split transaction: receiver differs: {why}").into());
@@ -762,6 +770,7 @@ mod streams {
             read_micros: reads.get(reads.len() / 2).copied().unwrap_or(0.0),
             total,
             last_apply,
+            idle_micros,
         })
     }
 
@@ -935,6 +944,13 @@ mod streams {
             "{:<44} {:>16} {:>14} {:>6}",
             "  the last part (applies all of it), wall",
             ms(split.last_apply),
+            "",
+            ""
+        );
+        println!(
+            "{:<44} {:>16} {:>14} {:>6}",
+            "  then LIMIT 1 on the caught-up stream",
+            format!("{:.0} us", split.idle_micros),
             "",
             ""
         );
