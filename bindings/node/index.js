@@ -319,13 +319,18 @@ class Stream {
    * to, or drops, a table that is not its stream).
    */
   checkKind() {
-    const row = this.db.prepare('SELECT direction FROM crsql_streams WHERE name = ?').get(this.name);
-    if (!row || row.direction !== this.direction) {
-      const what = row ? `an ${row.direction} stream` : 'a table that is not a stream';
+    const row = this.streamRow('direction');
+    if (!row || row.v !== this.direction) {
+      const what = row ? `an ${row.v} stream` : 'a table that is not a stream';
       throw new Error(
         `crsql-stream: ${JSON.stringify(this.name)} already exists as ${what}, not a ${this.module} table; choose another name`,
       );
     }
+  }
+
+  /** `{ v }`: this stream's `column` in `crsql_streams`, or undefined if it has no row. */
+  streamRow(column) {
+    return this.statement(`SELECT ${column} AS v FROM crsql_streams WHERE name = ?`).get(this.name);
   }
 
   /** A statement prepared once per stream object. */
@@ -426,7 +431,7 @@ class Outbound extends Stream {
   }
 
   streamColumn(column) {
-    const row = this.statement(`SELECT ${column} AS v FROM crsql_streams WHERE name = ?`).get(this.name);
+    const row = this.streamRow(column);
     if (!row) throw new Error(`crsql-stream: no stream named ${this.name}`);
     return row.v;
   }

@@ -193,10 +193,10 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
     let pkg = Package::decode(bytes).map_err(|e| err!("{INBOUND} {name}: {e}"))?;
     let staged_dbv = {
         let mut inner = ext.lock(INBOUND)?;
-        if !check_package(ext, &mut inner, name, cfg, &pkg)? {
+        let Some(last) = check_package(ext, &mut inner, name, cfg, &pkg)? else {
             return Ok(()); // already covered: duplicates are no-ops
-        }
-        staged_db_version(&inner.conn, name)?
+        };
+        staged_db_version(&inner.conn, name, last)?
     };
     let stage_this = matches!(pkg.part, Some(part) if !part.last);
     if stage_this {
@@ -239,14 +239,15 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
     Ok(())
 }
 
-/// Sender, stream, position and schema checks. Ok(false): already covered.
+/// Sender, stream, position and schema checks. Returns the stream's
+/// `last_applied`, or None when the package is already covered.
 fn check_package(
     ext: &Ext,
     inner: &mut Inner,
     name: &str,
     cfg: &InboundConfig,
     pkg: &Package,
-) -> Result<bool> {
+) -> Result<Option<Position>> {
     let state = load_state(&inner.conn, name)?.ok_or_else(|| {
         err!("{INBOUND} {name}: stored state is missing; DROP and re-create the table")
     })?;
@@ -279,7 +280,7 @@ fn check_package(
     }
     let last = state.position;
     if pkg.cursor <= last {
-        return Ok(false);
+        return Ok(None);
     }
     if pkg.since > last {
         return Err(err!(
@@ -290,10 +291,11 @@ fn check_package(
         ));
     }
     check_tables(ext, inner, name, cfg, pkg)?;
-    Ok(true)
+    Ok(Some(last))
 }
 
-/// Merge the changes of `packages` (encoded) in one nested statement.
+/// The columns of a change, as `crsql_changes` and `crsql_package_changes`
+/// name them.
 const CHANGE_COLS: &str = "\"table\", pk, cid, val, col_version, db_version, site_id, cl, seq";
 
 /// Merge one package (see [`apply_package`] for why one statement).
@@ -315,15 +317,12 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
         ext,
         name,
         "merging the staged parts of a split transaction: ",
+        // The staging table's columns (name, part, package) are not change
+        // columns, so the change columns need no qualifier.
         &format!(
-            "INSERT INTO crsql_changes ({CHANGE_COLS}) SELECT {} \
+            "INSERT INTO crsql_changes ({CHANGE_COLS}) SELECT {CHANGE_COLS} \
              FROM crsql_stream_staging AS s CROSS JOIN crsql_package_changes(s.package) AS c \
-             WHERE s.name = ?1 ORDER BY s.part",
-            CHANGE_COLS
-                .split(", ")
-                .map(|c| format!("c.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+             WHERE s.name = ?1 ORDER BY s.part"
         ),
         &name,
     )?;
@@ -405,18 +404,15 @@ fn check_tables(
 
 /// The db_version of the split transaction whose parts are staged, if any.
 /// Every staged part moved `last_applied` to its cursor, and any other
-/// applied package clears the staging table, so while parts are staged the
-/// stream's position lies in their db_version: no staged part is decoded.
-fn staged_db_version(conn: &Connection, name: &str) -> Result<Option<i64>> {
+/// applied package clears the staging table, so while parts are staged
+/// `last_applied` lies in their db_version: no staged part is decoded.
+fn staged_db_version(conn: &Connection, name: &str, last_applied: Position) -> Result<Option<i64>> {
     let any = conn
         .prepare_cached("SELECT 1 FROM crsql_stream_staging WHERE name = ?1 LIMIT 1")?
         .query_row([name], |_| Ok(()))
         .optional()?
         .is_some();
-    if !any {
-        return Ok(None);
-    }
-    Ok(load_state(conn, name)?.map(|s| s.position.db_version))
+    Ok(any.then_some(last_applied.db_version))
 }
 
 pub struct InboundCursor {

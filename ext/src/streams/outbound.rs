@@ -376,7 +376,6 @@ struct Row {
     changes: usize,
 }
 
-/// Reads changes after a position and cuts them into packages.
 /// A memo window holds the rows of this many packages of a split
 /// transaction (one sort of the transaction serves that many parts)...
 const MEMO_WINDOW_PACKAGES: usize = 1024;
@@ -386,6 +385,7 @@ const MEMO_WINDOW_MAX: usize = 1 << 20;
 /// than `max_changes`, reads it through a memo.
 const MEMO_ABOVE_ROWS: usize = 256;
 
+/// Reads changes after a position and cuts them into packages.
 struct Producer {
     scanner: Scanner,
     tables: Vec<Arc<TableInfo>>,
@@ -441,20 +441,20 @@ impl Producer {
             .filter_map(|s| sites.ordinal(s))
             .collect();
         drop(inner);
-        // A transaction larger than a package is sent in parts, each read
-        // from the middle of the transaction: through a memo of its order,
-        // in windows of up to MEMO_WINDOW_PACKAGES packages' worth of rows.
-        // Transactions split by max_bytes (large values) have fewer rows than
-        // max_changes: past MEMO_ABOVE_ROWS rows they take the memo too.
-        let window = cfg
-            .max_changes
-            .saturating_mul(MEMO_WINDOW_PACKAGES)
-            .min(MEMO_WINDOW_MAX);
         // A stream that has caught up (the usual poll) reads no table: every
         // committed change lies at or before `newest`.
         let scanner = if start >= newest {
             Scanner::empty()
         } else {
+            // A transaction larger than a package is sent in parts, each read
+            // from the middle of the transaction: through a memo of its order,
+            // in windows of up to MEMO_WINDOW_PACKAGES packages' worth of rows.
+            // Transactions split by max_bytes (large values) have fewer rows than
+            // max_changes: past MEMO_ABOVE_ROWS rows they take the memo too.
+            let window = cfg
+                .max_changes
+                .saturating_mul(MEMO_WINDOW_PACKAGES)
+                .min(MEMO_WINDOW_MAX);
             let mut memos = ext.memos.lock().unwrap_or_else(|e| e.into_inner());
             Scanner::open_after(
                 ext.db,

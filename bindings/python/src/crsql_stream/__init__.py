@@ -350,7 +350,7 @@ class _Stream:
     def _check_kind(self) -> None:
         """Raise ValueError unless ``name`` is a stream of this kind (so a
         helper never writes to, or drops, a table that is not its stream)."""
-        row = self.conn.execute("SELECT direction FROM crsql_streams WHERE name = ?", (self.name,)).fetchone()
+        row = self._stream_row("direction")
         if row is None or row[0] != self._DIRECTION:
             what = "a table that is not a stream" if row is None else f"an {row[0]} stream"
             raise ValueError(
@@ -358,8 +358,12 @@ class _Stream:
                 f"not a {self._MODULE} table; choose another name"
             )
 
+    def _stream_row(self, column: str) -> Optional[Tuple[Any]]:
+        """This stream's ``column`` in ``crsql_streams`` (a 1-tuple), or None."""
+        return self.conn.execute(f"SELECT {column} FROM crsql_streams WHERE name = ?", (self.name,)).fetchone()
+
     def _stream_column(self, column: str) -> Any:
-        row = self.conn.execute(f"SELECT {column} FROM crsql_streams WHERE name = ?", (self.name,)).fetchone()
+        row = self._stream_row(column)
         if row is None:
             raise sqlite3.OperationalError(f"crsql_stream: no stream named {self.name}")
         return row[0]
