@@ -1,7 +1,7 @@
-//! One test per deliberate fix of a cr-sqlite 0.16 quirk: the policy at the
-//! top of `shared/spec/crsqlite-compat.md`, its §15, and docs/DECISIONS.md.
-//! Each test names the quirk (Qn) it covers and the cr-sqlite outcome it
-//! replaces.
+//! One test per deliberate fix of a cr-sqlite 0.16 quirk: the quirks Q1–Q25
+//! and the policy for them are in docs/compat.md, the reasons in
+//! docs/DECISIONS.md. Each test names the quirk (Qn) it covers and the
+//! cr-sqlite outcome it replaces.
 
 use crsql_stream_harness::sql::*;
 use crsql_stream_harness::{close, open, open_memory};

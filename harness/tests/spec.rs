@@ -1,11 +1,16 @@
-//! Spec conformance through real connections: every behaviour of
-//! `shared/spec/crsqlite-compat.md` §2–§9 and §11 that a test can observe.
+//! cr-sqlite 0.16.3 conformance through real connections: every observable
+//! behaviour of the CRR layer (global and per-CRR tables, site id and
+//! counters, functions, `crsql_as_crr`, local write tracking, `crsql_changes`,
+//! the merge rules, the packed format, alteration), as documented in
+//! docs/sql.md and docs/merge-rules.md. The `§n` markers below group the tests
+//! by those areas, in the order of the cr-sqlite 0.16.3 behaviour notes the
+//! tests were first written from.
 //!
-//! Expected values are written out from the spec (and its golden fixtures),
-//! never taken from the extension's own output. Where the project deliberately
-//! differs from cr-sqlite (the policy at the top of the spec, §15 and
-//! docs/DECISIONS.md) the assertion states the fixed behaviour, or leaves out
-//! the one field the fix changes, and says so.
+//! Expected values are cr-sqlite's, written out by hand (some copied from the
+//! golden fixtures in harness/fixtures/crsqlite-0.16/), never taken from the
+//! extension's own output. Where the project deliberately differs from
+//! cr-sqlite (docs/compat.md, docs/DECISIONS.md) the assertion states the
+//! fixed behaviour, or leaves out the one field the fix changes, and says so.
 
 use crsql_stream_harness::sql::*;
 use crsql_stream_harness::{close, open, open_memory};

@@ -1,10 +1,11 @@
 //! The stream virtual tables through real connections on real database
-//! files: every statement and guarantee of `shared/design/streams.md`
+//! files: every statement and guarantee of the stream contract in
+//! docs/streams.md ("The contract") and docs/sql.md
 //! (`crsql_OutboundStream`, `crsql_InboundStream`, `crsql_streams`) and the
 //! package helpers `crsql_package_info` / `crsql_package_changes`.
 //!
 //! Expected values come from the contract. Where a concrete position is
-//! needed it is read from `crsql_changes`, the spec'd oracle for "every
+//! needed it is read from `crsql_changes`, the independent oracle for "every
 //! change row a database holds has a unique position", never from the
 //! stream under test. Files are closed and reopened to show durability, and
 //! a child process that aborts mid-transaction stands in for a crash.
