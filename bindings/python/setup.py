@@ -5,7 +5,11 @@ the tag is ``py3-none-<platform>``, e.g. ``py3-none-linux_x86_64``.
 
 Everything else is in pyproject.toml. Build it with ``make wheel`` from the
 repository root, which first copies dist/libcrsql_stream.so into
-src/crsql_stream/.
+src/crsql_stream/, then has ``auditwheel repair`` check the library against
+the manylinux policies and retag the wheel with the glibc it really needs
+(``py3-none-manylinux_2_34_x86_64`` when built on Debian 12): a
+``linux_x86_64`` wheel is not accepted by PyPI and promises nothing about
+the target system.
 """
 
 import os

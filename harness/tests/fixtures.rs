@@ -1,5 +1,5 @@
 //! Reproduces the golden fixtures recorded from a real cr-sqlite 0.16.3 build
-//! (`shared/fixtures/crsqlite-0.16/`, see its README) with our extension.
+//! (`harness/fixtures/crsqlite-0.16/`, see its README) with our extension.
 //!
 //! Everything is compared exactly (reals by their bits) except the
 //! differences the fixtures README lists as deliberate ("What an
@@ -7,12 +7,12 @@
 //! the tests assert our behaviour and name the cr-sqlite outcome it replaces:
 //!
 //! * merged changes take a fresh local `seq` (cr-sqlite keeps the sender's,
-//!   spec §15 Q17), so `(db_version, seq)` is unique in every database;
+//!   docs/compat.md Q17), so `(db_version, seq)` is unique in every database;
 //! * a primary-key change re-stamps the moved cells with the transaction's
-//!   db_version and fresh seqs (cr-sqlite moves them unchanged, §15 Q4), so a
-//!   peer that syncs with `since` receives the values; in `basic` this
-//!   shifts the seq of the new key's sentinel, and in `primary_key_update`
-//!   replica B ends with the values instead of NULLs;
+//!   db_version and fresh seqs (cr-sqlite moves them unchanged,
+//!   docs/compat.md Q4), so a peer that syncs with `since` receives the
+//!   values; in `basic` this shifts the seq of the new key's sentinel, and
+//!   in `primary_key_update` replica B ends with the values instead of NULLs;
 //! * a version used up without any clock row is kept in
 //!   `crsql_master.pre_compact_dbversion` (DECISIONS D4).
 

@@ -69,7 +69,7 @@ class Loading(unittest.TestCase):
         dist = metadata.distribution("crsql-stream")
         wheel = dist.read_text("WHEEL") or ""
         self.assertIn("Root-Is-Purelib: false", wheel)
-        self.assertRegex(wheel, r"Tag: py3-none-linux_\w+")
+        self.assertRegex(wheel, r"Tag: py3-none-manylinux_\d+_\d+_\w+")
         self.assertEqual(dist.version, crsql_stream.__version__)
         files = [str(f) for f in dist.files or []]
         self.assertIn("crsql_stream/libcrsql_stream.so", files)

@@ -45,6 +45,14 @@ pub use cursor::{Cursor, ParseCursorError};
 pub use load::{find_extension, load, load_from, ENV_VAR, LIBRARY_FILE};
 pub use stream::{Encoding, Inbound, InboundOptions, Outbound, OutboundOptions, Package, Packages};
 
+/// The rusqlite this crate is built on (`=0.38.0`), whose `Connection`
+/// every function here takes. Use it through this path
+/// (`crsql_stream_rs::rusqlite::Connection`), or depend on exactly
+/// `rusqlite = "=0.38.0"` yourself: a build cannot hold two rusqlite versions
+/// (each one's `libsqlite3-sys` declares `links = "sqlite3"`), so
+/// `cargo add rusqlite` picking a newer one fails to resolve.
+pub use rusqlite;
+
 /// A site id: 16 bytes, `crsql_site_id()`.
 pub type SiteId = [u8; 16];
 

@@ -156,11 +156,12 @@ pub fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// `$CRSQL_FIXTURES`, else `../../shared/fixtures/crsqlite-0.16` from the harness.
+/// `harness/fixtures/crsqlite-0.16`, kept in the repository; `$CRSQL_FIXTURES`
+/// points the tests at another copy (e.g. a newly recorded set) instead.
 pub fn fixtures_dir() -> PathBuf {
     match std::env::var_os("CRSQL_FIXTURES") {
         Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/crsqlite-0.16"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/crsqlite-0.16"),
     }
 }
 
@@ -349,7 +350,7 @@ pub fn sort_changes(rows: &mut [Row]) {
 }
 
 /// Our design: `(db_version, seq)` positions are unique within a database
-/// (cr-sqlite can repeat them after merges, spec §15 Q17).
+/// (cr-sqlite can repeat them after merges, docs/compat.md Q17).
 pub fn assert_positions_unique(rows: &[Row], ctx: &str) {
     let mut seen = HashMap::new();
     for r in rows {
@@ -365,7 +366,7 @@ pub fn assert_positions_unique(rows: &[Row], ctx: &str) {
 
 /// Expected changes for our extension: the fixture's rows, except that rows
 /// whose `db_version` is in `merged_versions` (versions this replica handed
-/// out while merging) take our `seq` (spec §15 Q17: we give merged changes a
+/// out while merging) take our `seq` (docs/compat.md Q17: we give merged changes a
 /// fresh local seq, cr-sqlite keeps the sender's). Every other field stays
 /// exactly the fixture's, and the result is in the order our `seq`s give.
 pub fn with_merged_seqs(
@@ -398,7 +399,7 @@ pub fn with_merged_seqs(
     out
 }
 
-/// A primary-key change as cr-sqlite 0.16 records it (spec §15 Q4): the old
+/// A primary-key change as cr-sqlite 0.16 records it (docs/compat.md Q4): the old
 /// key gets a tombstone at the transaction's version, and the old key's cells
 /// reappear under the new key with their clocks unchanged (old db_version
 /// and seq). We re-stamp the moved cells with the transaction's version and
