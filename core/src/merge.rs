@@ -9,6 +9,12 @@ use std::cmp::Ordering;
 /// The `cid` of a row's sentinel clock.
 pub const SENTINEL: &str = "-1";
 
+/// The largest clock value (db_version, col_version, causal length, seq)
+/// the extension stores or accepts: 2^62. Incoming changes above it are
+/// refused, so that the `+ 1`s of later local writes can never overflow a
+/// 64-bit integer (2^62 further writes are out of reach).
+pub const MAX_CLOCK: i64 = 1 << 62;
+
 /// What a change does to its row, decided from causal lengths alone (§8.1, §8.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RowDecision {

@@ -304,6 +304,10 @@ fn hostile_json_numbers_and_strings_are_rejected() {
             "\"stream\":\"to_b\"",
             "\"stream\":\"to_b\",\"stream\":\"x\"",
         ),
+        // Unknown keys are refused, at the top and inside a change
+        // (docs/package-format.md).
+        ("\"stream\":\"to_b\"", "\"stream\":\"to_b\",\"extra\":0"),
+        ("\"val\":\"Null\"", "\"val\":\"Null\",\"note\":\"x\""),
         ("\"since\":[3,1]", "\"since\":[3,1,0]"),
         ("\"since\":[3,1]", "\"since\":[-3,1]"),
     ];

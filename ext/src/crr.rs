@@ -7,9 +7,11 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crsql_stream_core::merge::SENTINEL;
+
 use crate::err;
 use crate::error::{Error, Result};
-use crate::local::key_for;
+use crate::local::{key_for, record_delete};
 use crate::schema::{self, quote_ident, quote_str, CLOCK_SUFFIX, MAX_NAME_LEN, PKS_SUFFIX};
 use crate::state::{Ext, Inner};
 
@@ -80,6 +82,37 @@ fn check_compatible(conn: &Connection, t: &str) -> Result<()> {
         if count(conn, sql, t)? > 0 {
             return Err(Error::Msg(msg));
         }
+    }
+    check_column_names(conn, t)
+}
+
+/// Column names the clock layout cannot carry (DECISIONS D18): `-1` is the
+/// sentinel's `cid`, `__crsql_key` is the key column of the pks table, and
+/// a name longer than a package can carry would leave the stream stuck.
+fn check_column_names(conn: &Connection, t: &str) -> Result<()> {
+    let Some((pks, cols)) = schema::read_columns(conn, t)? else {
+        return Ok(());
+    };
+    for c in pks.iter().chain(&cols) {
+        if c.name.len() > MAX_NAME_LEN {
+            return Err(err!(
+                "Table {t} has a column name of {} bytes; CRR column names may have at most {MAX_NAME_LEN} bytes. Rename the column.",
+                c.name.len()
+            ));
+        }
+    }
+    if cols.iter().any(|c| c.name == SENTINEL) {
+        return Err(err!(
+            "Table {t} has a column named \"{SENTINEL}\", which CRRs reserve for the row's sentinel clock. Rename the column."
+        ));
+    }
+    if pks
+        .iter()
+        .any(|c| c.name.eq_ignore_ascii_case("__crsql_key"))
+    {
+        return Err(err!(
+            "Table {t} has a primary key column named \"__crsql_key\", which CRRs reserve for their key table. Rename the column."
+        ));
     }
     Ok(())
 }
@@ -169,8 +202,21 @@ CREATE TRIGGER {dtrig}
     )
 }
 
+/// What happened to the rows while no trigger recorded their writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Untracked {
+    /// Nothing (a new CRR): rows without clocks get them.
+    Nothing,
+    /// A `crsql_begin_alter` window: rows may have been inserted, deleted or
+    /// changed (the values before are in the window's snapshot).
+    AlterWindow,
+    /// The base table was dropped and created again: every row the clocks
+    /// know was deleted, and the rows there now are new.
+    Recreated,
+}
+
 /// Create clock/pks tables and triggers for `t`, then backfill (§5.1, §5.3).
-fn create_crr(ext: &Ext, inner: &mut Inner, t: &str) -> Result<()> {
+fn create_crr(ext: &Ext, inner: &mut Inner, t: &str, untracked: Untracked) -> Result<()> {
     let (pks, cols) = schema::read_columns(&inner.conn, t)?
         .ok_or_else(|| err!("crsql_as_crr: no such table: {t}"))?;
     let conn = &inner.conn;
@@ -179,13 +225,15 @@ fn create_crr(ext: &Ext, inner: &mut Inner, t: &str) -> Result<()> {
     conn.execute_batch(&create_triggers_sql(t, &pks, &cols))?;
     ext.invalidate_schema(inner);
     inner.refresh_tables(&ext.tx, true)?;
-    backfill(ext, inner, t)
+    backfill(ext, inner, t, untracked)
 }
 
-/// Give clocks to rows and cells that have none (§5.3). All backfilled cells
-/// share one new version (also at `crsql_commit_alter`, unlike cr-sqlite,
-/// §15 Q22) and take consecutive seqs.
-fn backfill(ext: &Ext, inner: &mut Inner, name: &str) -> Result<()> {
+/// Give clocks to rows and cells that have none (§5.3), and record what
+/// happened while writes were `untracked` (DECISIONS D19): deleted rows get
+/// tombstones, rows back under a dead key are resurrected, changed cells are
+/// re-stamped. All of it shares one new version (also at
+/// `crsql_commit_alter`, unlike cr-sqlite, §15 Q22) and consecutive seqs.
+fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> Result<()> {
     let t = inner
         .table(name)
         .ok_or_else(|| err!("crsql_stream: {name} is not a CRR after creating its clock tables"))?;
@@ -219,10 +267,75 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str) -> Result<()> {
         Ok(v)
     };
 
-    // 1. Rows without a key.
+    // The causal length of key `p.__crsql_key` (0: no clock at all).
+    let cl_of = format!(
+        "COALESCE((SELECT col_version FROM {clock} WHERE key = p.__crsql_key AND col_name = '-1'), \
+         (SELECT 1 FROM {clock} WHERE key = p.__crsql_key LIMIT 1), 0)"
+    );
+    let join = t
+        .pks
+        .iter()
+        .map(|c| format!("p.{q} = b.{q}", q = quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let keys = |inner: &Inner, sql: &str| -> Result<Vec<i64>> {
+        Ok(inner
+            .conn
+            .prepare(sql)?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
+    };
+
+    // 0. Live rows that are gone (or, after a re-creation, all of them) are
+    //    deleted, with tombstones peers will see.
+    let gone = match untracked {
+        Untracked::Nothing => None,
+        Untracked::AlterWindow => Some(format!(
+            "SELECT p.__crsql_key FROM {pkst} AS p WHERE {cl_of} % 2 = 1 \
+             AND NOT EXISTS (SELECT 1 FROM {base} AS b WHERE {join}) ORDER BY p.__crsql_key"
+        )),
+        Untracked::Recreated => Some(format!(
+            "SELECT p.__crsql_key FROM {pkst} AS p WHERE {cl_of} % 2 = 1 ORDER BY p.__crsql_key"
+        )),
+    };
+    if let Some(sql) = gone {
+        for key in keys(inner, &sql)? {
+            let v = version_of(inner)?;
+            record_delete(ext, inner, &t, key, v)?;
+        }
+        // 0b. Rows present under a deleted key are inserted again: an odd
+        //     causal length and clocks for every cell. (A key with no clock
+        //     left at all is clocked as a new row in step 1b.)
+        let dead = format!(
+            "SELECT p.__crsql_key FROM {base} AS b JOIN {pkst} AS p ON {join} \
+             WHERE {cl_of} % 2 = 0 AND {cl_of} > 0 ORDER BY p.__crsql_key"
+        );
+        for key in keys(inner, &dead)? {
+            let v = version_of(inner)?;
+            let conn = &inner.conn;
+            conn.prepare_cached(&t.sql.sentinel_insert)?
+                .execute(params![key, v, ext.tx.take_seq()])?;
+            for col in &t.cols {
+                conn.prepare_cached(&t.sql.clock_upsert_cell)?
+                    .execute(params![key, col.name, v, ext.tx.take_seq()])?;
+            }
+        }
+    }
+    if untracked == Untracked::AlterWindow {
+        // 0c. Cells whose value changed during the window.
+        for key_col in changed_cells(inner, &t)? {
+            let v = version_of(inner)?;
+            inner
+                .conn
+                .prepare_cached(&t.sql.clock_upsert_cell)?
+                .execute(params![key_col.0, key_col.1, v, ext.tx.take_seq()])?;
+        }
+    }
+
+    // 1. Rows without a key, or (1b) whose key has no clock left.
     let new_rows: Vec<Vec<rusqlite::types::Value>> = {
         let mut stmt = inner.conn.prepare(&format!(
-            "SELECT {pk_cols} FROM {base} EXCEPT SELECT {pk_cols} FROM {pkst}"
+            "SELECT {pk_cols} FROM {base} EXCEPT SELECT {pk_cols} FROM {pkst} AS p WHERE {cl_of} > 0"
         ))?;
         let n = t.pks.len();
         let rows = stmt
@@ -251,12 +364,6 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str) -> Result<()> {
     // 2. Known rows with a cell that has no clock and a non-default value.
     for col in &t.cols {
         let dflt = col.dflt.clone().unwrap_or_else(|| "NULL".to_string());
-        let join = t
-            .pks
-            .iter()
-            .map(|c| format!("p.{q} = b.{q}", q = quote_ident(&c.name)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
         let keys: Vec<i64> = inner
             .conn
             .prepare(&format!(
@@ -275,6 +382,146 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The TEMP table holding a CRR's values as they were at
+/// `crsql_begin_alter`: column `k` is the row's key, column `v:<name>` the
+/// value of column `<name>` (the prefix keeps any column name apart from `k`).
+fn snapshot_name(table: &str) -> String {
+    format!("{table}__crsql_alter")
+}
+
+fn snapshot_exists(conn: &Connection, table: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM sqlite_temp_master WHERE type = 'table' AND name = ?1")?
+        .query_row([snapshot_name(table)], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Keep the values of `table`'s rows before an alter window, so that
+/// `crsql_commit_alter` can tell which cells the window changed. A window
+/// opened again before its commit keeps the first snapshot.
+fn take_snapshot(conn: &Connection, table: &str) -> Result<()> {
+    let (pks, cols) = schema::read_columns(conn, table)?
+        .ok_or_else(|| err!("crsql_begin_alter: no such table: {table}"))?;
+    let join = pks
+        .iter()
+        .map(|c| format!("p.{q} = b.{q}", q = quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let values: String = cols
+        .iter()
+        .map(|c| {
+            format!(
+                ", b.{} AS {}",
+                quote_ident(&c.name),
+                quote_ident(&format!("v:{}", c.name))
+            )
+        })
+        .collect();
+    let snap = quote_ident(&snapshot_name(table));
+    conn.execute_batch(&format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {snap} AS SELECT p.__crsql_key AS k{values} \
+         FROM main.{} AS b JOIN main.{} AS p ON {join};
+         CREATE INDEX IF NOT EXISTS temp.{} ON {snap} (k);",
+        quote_ident(table),
+        quote_ident(&format!("{table}{PKS_SUFFIX}")),
+        quote_ident(&format!("{table}__crsql_alter_k")),
+    ))?;
+    Ok(())
+}
+
+fn drop_snapshot(conn: &Connection, table: &str) -> Result<()> {
+    conn.execute_batch(&format!(
+        "DROP TABLE IF EXISTS temp.{}",
+        quote_ident(&snapshot_name(table))
+    ))?;
+    Ok(())
+}
+
+/// `(key, column)` of every cell of a row that was there before the alter
+/// window and still is, whose value (or its type) differs from the snapshot.
+fn changed_cells(inner: &Inner, t: &schema::TableInfo) -> Result<Vec<(i64, String)>> {
+    let conn = &inner.conn;
+    if !snapshot_exists(conn, &t.name)? {
+        return Ok(Vec::new());
+    }
+    let snap_name = snapshot_name(&t.name);
+    let before: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info(?1, 'temp')")?
+        .query_map([&snap_name], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let join = t
+        .pks
+        .iter()
+        .map(|c| format!("p.{q} = b.{q}", q = quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let snap = quote_ident(&snap_name);
+    let base = quote_ident(&t.name);
+    let pkst = quote_ident(&format!("{}{PKS_SUFFIX}", t.name));
+    let mut out = Vec::new();
+    for col in &t.cols {
+        let old_name = format!("v:{}", col.name);
+        if !before.contains(&old_name) {
+            continue;
+        }
+        let (now, old) = (
+            format!("b.{}", quote_ident(&col.name)),
+            format!("s.{}", quote_ident(&old_name)),
+        );
+        let keys: Vec<i64> = conn
+            .prepare(&format!(
+                "SELECT s.k FROM temp.{snap} AS s JOIN main.{pkst} AS p ON p.__crsql_key = s.k \
+                 JOIN main.{base} AS b ON {join} \
+                 WHERE {now} IS NOT {old} OR typeof({now}) != typeof({old}) ORDER BY s.k"
+            ))?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        out.extend(keys.into_iter().map(|k| (k, col.name.clone())));
+    }
+    Ok(out)
+}
+
+/// Clock tables left by a CRR whose base table was dropped without
+/// `crsql_as_table`: usable again only with the same primary key columns.
+fn check_leftover_clocks(conn: &Connection, table: &str) -> Result<()> {
+    let (pks, _) = schema::read_columns(conn, table)?
+        .ok_or_else(|| err!("crsql_as_crr: no such table: {table}"))?;
+    let pkst = format!("{table}{PKS_SUFFIX}");
+    let mut old: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info(?1) WHERE name != '__crsql_key'")?
+        .query_map([&pkst], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut now: Vec<String> = pks.into_iter().map(|c| c.name).collect();
+    old.sort();
+    now.sort();
+    if old != now {
+        return Err(err!(
+            "crsql_as_crr: {table} was dropped while it was a CRR and its clock tables remain, with primary key ({}) \
+             where {table} now has ({}). To tell peers the old rows are gone, create {table} with the old primary key \
+             and call crsql_as_crr again; if no peer ever synced it, drop {} and {} first.",
+            old.join(", "),
+            now.join(", "),
+            quote_ident(&format!("{table}{CLOCK_SUFFIX}")),
+            quote_ident(&pkst),
+        ));
+    }
+    Ok(())
+}
+
+/// Remove the clocks of columns `table` no longer has (the sentinel stays).
+fn prune_dropped_columns(conn: &Connection, table: &str) -> Result<()> {
+    conn.execute(
+        &format!(
+            "DELETE FROM {} WHERE col_name != '-1' AND col_name NOT IN \
+             (SELECT name FROM pragma_table_info(?1) WHERE pk = 0)",
+            quote_ident(&format!("{table}{CLOCK_SUFFIX}"))
+        ),
+        [table],
+    )?;
+    Ok(())
+}
+
 /// `crsql_as_crr([schema,] table)`.
 pub fn as_crr(ext: &Ext, table: &str) -> Result<()> {
     check_name("crsql_as_crr", table)?;
@@ -285,7 +532,18 @@ pub fn as_crr(ext: &Ext, table: &str) -> Result<()> {
         if schema::is_crr(&inner.conn, table)? {
             return Ok(());
         }
-        create_crr(ext, &mut inner, table)
+        if !schema::table_exists(&inner.conn, &format!("{table}{CLOCK_SUFFIX}"))? {
+            return create_crr(ext, &mut inner, table, Untracked::Nothing);
+        }
+        if snapshot_exists(&inner.conn, table)? {
+            return Err(err!(
+                "crsql_as_crr: {table} is inside a crsql_begin_alter window; finish it with crsql_commit_alter('{table}')"
+            ));
+        }
+        // The base table was dropped and created again (DECISIONS D19).
+        check_leftover_clocks(&inner.conn, table)?;
+        prune_dropped_columns(&inner.conn, table)?;
+        create_crr(ext, &mut inner, table, Untracked::Recreated)
     })
 }
 
@@ -327,11 +585,17 @@ pub fn begin_alter(ext: &Ext, table: &str) -> Result<()> {
         .map(|(p, _)| p)
         .unwrap_or_default();
     inner.conn.execute_batch("SAVEPOINT alter_crr")?;
-    if let Err(e) = inner.conn.execute_batch(&drop_triggers_sql(table, &pks)) {
+    let work = take_snapshot(&inner.conn, table).and_then(|()| {
+        inner
+            .conn
+            .execute_batch(&drop_triggers_sql(table, &pks))
+            .map_err(Into::into)
+    });
+    if let Err(e) = work {
         let _ = inner
             .conn
             .execute_batch("ROLLBACK TO alter_crr; RELEASE alter_crr");
-        return Err(e.into());
+        return Err(e);
     }
     ext.invalidate_schema(&mut inner);
     Ok(())
@@ -363,35 +627,22 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
         now.sort();
         before.sort();
         if now != before {
+            // A new primary key is a new identity for every row: the clocks
+            // start over, and the snapshot's keys mean nothing any more.
             inner.conn.execute_batch(&format!(
                 "DROP TABLE IF EXISTS {clock}; DROP TABLE IF EXISTS {pkst};"
             ))?;
+            drop_snapshot(&inner.conn, table)?;
         } else {
-            let base = quote_ident(table);
-            let join = pks
-                .iter()
-                .map(|c| format!("b.{q} = p.{q}", q = quote_ident(&c.name)))
-                .collect::<Vec<_>>()
-                .join(" AND ");
-            inner.conn.execute(
-                &format!(
-                    "DELETE FROM {clock} WHERE col_name != '-1' AND col_name NOT IN \
-                     (SELECT name FROM pragma_table_info(?1))"
-                ),
-                [table],
-            )?;
-            inner.conn.execute_batch(&format!(
-                "DELETE FROM {clock} WHERE (col_name != '-1' OR col_version % 2 = 1) AND NOT EXISTS \
-                 (SELECT 1 FROM {pkst} AS p JOIN {base} AS b ON {join} WHERE p.__crsql_key = {clock}.key);
-                 DELETE FROM {pkst} WHERE NOT EXISTS (SELECT 1 FROM {clock} WHERE key = {pkst}.__crsql_key);"
-            ))?;
+            prune_dropped_columns(&inner.conn, table)?;
         }
         if cur > 0 {
             inner.persist_version(cur)?;
         }
         // The altered table must still meet the CRR preconditions (§5.2).
         check_compatible(&inner.conn, table)?;
-        create_crr(ext, &mut inner, table)?;
+        create_crr(ext, &mut inner, table, Untracked::AlterWindow)?;
+        drop_snapshot(&inner.conn, table)?;
         conn.execute_batch("RELEASE alter_crr").map_err(|e| {
             err!("crsql_commit_alter: no crsql_begin_alter('{table}') is open on this connection ({e})")
         })

@@ -122,10 +122,17 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         .iter()
         .zip(old_pks)
         .any(|(a, b)| compare(*a, *b).is_ne());
-    let (new_key, _) = key_for(&inner, &t, new_pks, false)?;
+    let (new_key, new_existed) = key_for(&inner, &t, new_pks, false)?;
     let conn = &inner.conn;
     let mut wrote = false;
     if pk_changed {
+        // The new key can only hold a live row here if `UPDATE OR REPLACE`
+        // deleted it to make room, and with `recursive_triggers` off (SQLite's
+        // default) that delete fired no trigger. Record it now, so the moved
+        // row is a resurrection that wins on every peer (DECISIONS D17).
+        if new_existed && row_is_live(&inner, &t, new_key)? {
+            record_delete(ext, &inner, &t, new_key, v)?;
+        }
         let (old_key, _) = key_for(&inner, &t, old_pks, false)?;
         conn.prepare_cached(&t.sql.sentinel_delete)?
             .execute(params![old_key, v, ext.tx.take_seq()])?;
@@ -174,10 +181,28 @@ pub fn after_delete(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let t = trigger_table(ext, &mut inner, args, 1, 0)?;
     let v = inner.next_db_version(&ext.tx, None)?;
     let (key, _) = key_for(&inner, &t, &args[1..], false)?;
-    let conn = &inner.conn;
-    conn.prepare_cached(&t.sql.sentinel_delete)?
+    record_delete(ext, &inner, &t, key, v)
+}
+
+/// Whether the row of `key` is live in the clocks (odd causal length).
+pub fn row_is_live(inner: &Inner, t: &TableInfo, key: i64) -> Result<bool> {
+    let cl: i64 = inner
+        .conn
+        .prepare_cached(&t.sql.local_cl)?
+        .query_row([key], |r| r.get(0))?;
+    Ok(cl % 2 == 1)
+}
+
+/// The clocks of a local delete of the row of `key` at version `v`: the
+/// sentinel's causal length becomes even and the cells' clocks go.
+pub fn record_delete(ext: &Ext, inner: &Inner, t: &TableInfo, key: i64, v: i64) -> Result<()> {
+    inner
+        .conn
+        .prepare_cached(&t.sql.sentinel_delete)?
         .execute(params![key, v, ext.tx.take_seq()])?;
-    conn.prepare_cached(&t.sql.clock_delete_cells)?
+    inner
+        .conn
+        .prepare_cached(&t.sql.clock_delete_cells)?
         .execute([key])?;
     Ok(())
 }

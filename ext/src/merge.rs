@@ -8,7 +8,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crsql_stream_core::merge::{cell_wins, decide_row, RowDecision, SENTINEL};
+use crsql_stream_core::merge::{cell_wins, decide_row, RowDecision, MAX_CLOCK, SENTINEL};
 use crsql_stream_core::pack::unpack_columns_ref;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, params_from_iter, OptionalExtension};
@@ -152,6 +152,12 @@ pub fn merge_change(
         ));
     }
     let pks: Vec<ValueRef<'_>> = pks.into_iter().map(to_sql).collect();
+    if pks.iter().any(|v| matches!(v, ValueRef::Null)) {
+        return Err(err!(
+            "crsql_changes: pk for table {} holds a NULL value; primary key values of a CRR are never NULL",
+            c.table
+        ));
+    }
     let is_sentinel = c.cid == SENTINEL;
     let col = if is_sentinel {
         None
@@ -172,6 +178,21 @@ pub fn merge_change(
             c.table,
             c.cid
         ));
+    }
+    for (what, v) in [
+        ("col_version", c.col_version),
+        ("db_version", c.db_version),
+        ("cl", c.cl),
+        ("seq", c.seq),
+    ] {
+        if v > MAX_CLOCK {
+            return Err(err!(
+                "crsql_changes: {what} {v} is beyond the largest clock value {MAX_CLOCK} (table {}, cid {}); \
+                 refused so that later local writes cannot overflow",
+                c.table,
+                c.cid
+            ));
+        }
     }
 
     let memo = cache

@@ -3,6 +3,8 @@
 //! Every identifier goes through [`quote_ident`] and every string literal
 //! through [`quote_str`], so hostile names cannot change the SQL (§15 Q10).
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::err;
@@ -114,42 +116,99 @@ pub fn read_columns(conn: &Connection, table: &str) -> Result<Option<(Vec<Column
     Ok(Some((pks.into_iter().map(|(_, c)| c).collect(), cols)))
 }
 
-/// Names of every CRR in the main schema, ordered by name. A CRR is a table
-/// `T` with both `T__crsql_clock` and `T__crsql_pks`; names are matched
-/// exactly (not with LIKE, §15 Q12), and clock tables left behind by a
-/// dropped base table are skipped.
-pub fn list_crrs(conn: &Connection) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT substr(c.name, 1, length(c.name) - 13) AS crr FROM sqlite_master AS c \
-         WHERE c.type = 'table' AND substr(c.name, -13) = '__crsql_clock' \
-           AND (EXISTS (SELECT 1 FROM sqlite_master AS b WHERE b.type = 'table' \
-                        AND b.name = substr(c.name, 1, length(c.name) - 13) COLLATE NOCASE) \
-                OR EXISTS (SELECT 1 FROM sqlite_temp_master AS b WHERE b.type = 'table' \
-                        AND b.name = substr(c.name, 1, length(c.name) - 13) COLLATE NOCASE)) \
-           AND EXISTS (SELECT 1 FROM sqlite_master AS p WHERE p.type = 'table' \
-                       AND p.name = substr(c.name, 1, length(c.name) - 13) || '__crsql_pks') \
-         ORDER BY crr",
-    )?;
-    let names = stmt
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(names)
+/// The tables of the main and temp schemas, read in one pass each, so that
+/// finding the CRRs costs O(tables) however many there are.
+pub struct Catalog {
+    /// Main-schema table names with their CREATE statements.
+    main: HashMap<String, String>,
+    /// Per ASCII-lower-cased name (SQLite matches table names without
+    /// case): the CREATE statements of the temp and main tables of that name.
+    by_lower: HashMap<String, String>,
 }
 
-/// Every clock table in the main schema that has a `db_version` column,
-/// including those left behind when a CRR's base table was dropped: their
-/// versions still count, so `crsql_db_version()` never goes backwards.
-pub fn list_clock_tables(conn: &Connection) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT c.name FROM sqlite_master AS c \
-         WHERE c.type = 'table' AND substr(c.name, -13) = '__crsql_clock' \
-           AND EXISTS (SELECT 1 FROM pragma_table_info(c.name) WHERE name = 'db_version') \
-         ORDER BY c.name",
-    )?;
-    let names = stmt
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(names)
+pub fn read_catalog(conn: &Connection) -> Result<Catalog> {
+    let mut cat = Catalog {
+        main: HashMap::new(),
+        by_lower: HashMap::new(),
+    };
+    for (master, is_main) in [("sqlite_temp_master", false), ("sqlite_master", true)] {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT name, COALESCE(sql, '') FROM {master} WHERE type = 'table'"
+        ))?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let (name, sql): (String, String) = (r.get(0)?, r.get(1)?);
+            let sig = cat.by_lower.entry(name.to_ascii_lowercase()).or_default();
+            sig.push_str(&sql);
+            sig.push('\0');
+            if is_main {
+                cat.main.insert(name, sql);
+            }
+        }
+    }
+    Ok(cat)
+}
+
+impl Catalog {
+    /// Names of every CRR, ordered by name. A CRR is a table `T` with both
+    /// `T__crsql_clock` and `T__crsql_pks` in main; names are matched
+    /// exactly (not with LIKE, §15 Q12), and clock tables left behind by a
+    /// dropped base table are skipped.
+    pub fn crrs(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .main
+            .keys()
+            .filter_map(|n| n.strip_suffix(CLOCK_SUFFIX))
+            .filter(|t| {
+                self.by_lower.contains_key(&t.to_ascii_lowercase())
+                    && self.main.contains_key(&format!("{t}{PKS_SUFFIX}"))
+            })
+            .map(String::from)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Every main-schema table named `…__crsql_clock`, with its CREATE
+    /// statement, ordered by name (whether it is a clock table of this
+    /// layout is the caller's check).
+    pub fn clock_tables(&self) -> Vec<(&str, &str)> {
+        let mut v: Vec<(&str, &str)> = self
+            .main
+            .iter()
+            .filter(|(n, _)| n.ends_with(CLOCK_SUFFIX))
+            .map(|(n, s)| (n.as_str(), s.as_str()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// What a table's metadata depends on: the CREATE statements of the
+    /// tables of that name (any case, temp and main).
+    pub fn signature(&self, name: &str) -> &str {
+        self.by_lower
+            .get(&name.to_ascii_lowercase())
+            .map_or("", String::as_str)
+    }
+}
+
+/// Whether a `…__crsql_clock` table has this layout's `db_version` column
+/// (not a cr-sqlite 0.15 clock table, whose versions mean nothing here).
+pub fn is_clock_table(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE name = 'db_version'")?
+        .query_row([name], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Whether a table named exactly `name` exists in the main schema.
+pub fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+        .query_row([name], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 /// Whether `table` is a CRR in cr-sqlite's sense: its insert trigger exists.

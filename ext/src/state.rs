@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
+use crsql_stream_core::merge::MAX_CLOCK;
 use crsql_stream_core::Position;
 use rusqlite::{Connection, OptionalExtension};
 
@@ -104,11 +105,32 @@ pub struct Inner {
     tables: Vec<Arc<TableInfo>>,
     by_name: HashMap<String, usize>,
     data_version: i64,
-    version_sql: String,
+    /// Loaded CRR metadata by name, with the signature it was loaded at.
+    table_cache: HashMap<String, (String, Arc<TableInfo>)>,
+    /// Whether each `…__crsql_clock` table is one of this layout, by name,
+    /// with the CREATE statement it was checked at.
+    clock_cache: HashMap<String, (String, bool)>,
+    /// Statements whose largest result is the committed db_version.
+    version_sql: Vec<String>,
+    /// Statements whose largest result is the newest seq at version `?1`.
+    newest_seq_sql: Vec<String>,
     /// `(db_version, max seq at it)` of the last [`Inner::newest_position`]:
     /// a committed version's rows can leave it but never join it, and while
     /// it is the newest none leave (a rewrite makes a newer version).
     newest: Option<(i64, i64)>,
+}
+
+/// Terms of a compound SELECT per statement: SQLite refuses more than 500
+/// (`SQLITE_MAX_COMPOUND_SELECT`), and a database may have thousands of CRRs.
+const TERMS_PER_STATEMENT: usize = 200;
+
+/// Statements that, together, give the largest `v` of the `terms` (each a
+/// `SELECT … AS v`): one `max` over a `UNION ALL` per chunk of terms.
+fn max_of(terms: &[String]) -> Vec<String> {
+    terms
+        .chunks(TERMS_PER_STATEMENT)
+        .map(|chunk| format!("SELECT max(v) FROM ({})", chunk.join(" UNION ALL ")))
+        .collect()
 }
 
 fn registry() -> &'static Mutex<HashMap<usize, Weak<Ext>>> {
@@ -144,7 +166,10 @@ impl Ext {
                 by_name: HashMap::new(),
                 data_version: -1,
                 newest: None,
-                version_sql: String::new(),
+                table_cache: HashMap::new(),
+                clock_cache: HashMap::new(),
+                version_sql: Vec::new(),
+                newest_seq_sql: Vec::new(),
             }),
         });
         db.install_tx_hooks(&ext.tx);
@@ -248,18 +273,41 @@ impl Inner {
         if sv == self.schema_version {
             return Ok(());
         }
-        let names = schema::list_crrs(&self.conn)?;
-        let mut tables = Vec::with_capacity(names.len());
+        // Metadata is reloaded only for tables whose CREATE statement changed,
+        // so a schema change costs O(tables), not O(tables) statements.
+        let cat = schema::read_catalog(&self.conn)?;
+        let mut old = std::mem::take(&mut self.table_cache);
+        let mut tables = Vec::new();
         let mut by_name = HashMap::new();
-        for name in names {
-            // A CRR whose metadata cannot be read (e.g. no primary key any
-            // more) is skipped here and reported when it is used.
-            if let Ok(t) = schema::load_table(&self.conn, &name) {
+        for name in cat.crrs() {
+            let sig = cat.signature(&name);
+            let t = match old.remove(&name) {
+                Some((s, t)) if s == sig => Some(t),
+                // A CRR whose metadata cannot be read (e.g. no primary key
+                // any more) is skipped here and reported when it is used.
+                _ => schema::load_table(&self.conn, &name).ok().map(Arc::new),
+            };
+            if let Some(t) = t {
+                self.table_cache
+                    .insert(name.clone(), (sig.to_string(), Arc::clone(&t)));
                 by_name.insert(name, tables.len());
-                tables.push(Arc::new(t));
+                tables.push(t);
             }
         }
-        let mut parts: Vec<String> = schema::list_clock_tables(&self.conn)?
+        let mut old = std::mem::take(&mut self.clock_cache);
+        let mut clocks = Vec::new();
+        for (name, sql) in cat.clock_tables() {
+            let valid = match old.remove(name) {
+                Some((s, v)) if s == sql => v,
+                _ => schema::is_clock_table(&self.conn, name)?,
+            };
+            self.clock_cache
+                .insert(name.to_string(), (sql.to_string(), valid));
+            if valid {
+                clocks.push(name.to_string());
+            }
+        }
+        let mut parts: Vec<String> = clocks
             .iter()
             .map(|clock| format!("SELECT max(db_version) AS v FROM {}", quote_ident(clock)))
             .collect();
@@ -267,9 +315,17 @@ impl Inner {
             "SELECT value AS v FROM crsql_master WHERE key = 'pre_compact_dbversion' AND typeof(value) = 'integer'"
                 .to_string(),
         );
-        self.version_sql = format!(
-            "SELECT COALESCE(max(v), 0) FROM ({})",
-            parts.join(" UNION ALL ")
+        self.version_sql = max_of(&parts);
+        self.newest_seq_sql = max_of(
+            &clocks
+                .iter()
+                .map(|clock| {
+                    format!(
+                        "SELECT max(seq) AS v FROM {} WHERE db_version = ?1",
+                        quote_ident(clock)
+                    )
+                })
+                .collect::<Vec<_>>(),
         );
         self.tables = tables;
         self.by_name = by_name;
@@ -307,10 +363,11 @@ impl Inner {
         if cached >= 0 {
             return Ok(cached);
         }
-        let v: i64 = self
-            .conn
-            .prepare_cached(&self.version_sql)?
-            .query_row([], |r| r.get(0))?;
+        let mut v = 0;
+        for sql in &self.version_sql {
+            let m: Option<i64> = self.conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?;
+            v = v.max(m.unwrap_or(0));
+        }
         tx.db_version.store(v, Relaxed);
         Ok(v)
     }
@@ -325,13 +382,10 @@ impl Inner {
             }
         }
         let mut seq = 0;
-        for clock in schema::list_clock_tables(&self.conn)? {
+        for sql in &self.newest_seq_sql {
             let s: Option<i64> = self
                 .conn
-                .prepare_cached(&format!(
-                    "SELECT max(seq) FROM {} WHERE db_version = ?1",
-                    quote_ident(&clock)
-                ))?
+                .prepare_cached(sql)?
                 .query_row([v], |r| r.get(0))?;
             seq = seq.max(s.unwrap_or(0));
         }
@@ -363,14 +417,15 @@ impl Inner {
         } else {
             tx.db_version.load(Relaxed).max(0)
         };
-        let mut v = committed + 1;
-        if v < pending {
-            v = pending;
-        }
+        let mut v = committed.saturating_add(1).max(pending);
         if let Some(f) = floor {
-            if v < f {
-                v = f;
-            }
+            v = v.max(f);
+        }
+        if v > MAX_CLOCK {
+            return Err(err!(
+                "crsql_stream: db_version {v} is beyond the largest version this extension hands out \
+                 ({MAX_CLOCK}); refused so that versions never wrap"
+            ));
         }
         tx.pending.store(v, Relaxed);
         Ok(v)

@@ -81,7 +81,7 @@ impl OutboundOptions {
             args.push("local_only = 1".into());
         }
         if !self.tables.is_empty() {
-            args.push(format!("tables = {}", quote(&self.tables.join(","))));
+            args.push(format!("tables = {}", quote(&table_list(&self.tables))));
         }
         if let Some(n) = self.max_changes {
             args.push(format!("max_changes = {n}"));
@@ -133,7 +133,7 @@ impl InboundOptions {
             args.push(format!("since = '{c}'"));
         }
         if !self.tables.is_empty() {
-            args.push(format!("tables = {}", quote(&self.tables.join(","))));
+            args.push(format!("tables = {}", quote(&table_list(&self.tables))));
         }
         args
     }
@@ -451,20 +451,23 @@ fn drop_table(conn: &Connection, name: &str, direction: &str) -> rusqlite::Resul
     conn.execute_batch(&format!("DROP TABLE {}", ident(name)))
 }
 
-/// The extension reads `tables` as a comma-separated list of names, trimmed:
-/// a name with a comma or surrounding white space cannot be passed through.
-fn check_tables(tables: &[String]) -> rusqlite::Result<()> {
-    match tables
+/// The `tables` argument: each name double-quoted (`""` inside), so names
+/// with commas or surrounding white space pass through unchanged.
+fn table_list(tables: &[String]) -> String {
+    tables
         .iter()
-        .find(|t| t.is_empty() || t.contains(',') || t.trim() != t.as_str())
-    {
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An empty name can name no table.
+fn check_tables(tables: &[String]) -> rusqlite::Result<()> {
+    match tables.iter().find(|t| t.is_empty()) {
         None => Ok(()),
-        Some(t) => Err(rusqlite::Error::SqliteFailure(
+        Some(_) => Err(rusqlite::Error::SqliteFailure(
             ffi::Error::new(ffi::SQLITE_MISUSE),
-            Some(format!(
-                "crsql_stream: tables: {t:?} cannot be named in a stream's tables list \
-                 (empty, or with a comma or surrounding white space)"
-            )),
+            Some("crsql_stream: tables: an empty name cannot be listed".to_string()),
         )),
     }
 }

@@ -321,11 +321,23 @@ fn names_compare_without_case_and_other_tables_are_never_taken_or_dropped() {
     );
     assert_eq!(todos(&a).len(), 1);
 
-    // A table name the comma-separated `tables` list cannot carry.
+    // Names reach the extension exactly (quoted): a comma or outer spaces
+    // name a table of that name, not two tables or a trimmed one.
     for bad in ["todos,notes", " todos", ""] {
         let err = Outbound::create(&a, "t", &OutboundOptions::new().tables([bad])).unwrap_err();
         assert!(message(&err).contains("tables:"), "{bad:?}: {err}");
         let err = Inbound::create(&a, "t", &InboundOptions::new().tables([bad])).unwrap_err();
         assert!(message(&err).contains("tables:"), "{bad:?}: {err}");
+        if !bad.is_empty() {
+            assert!(
+                message(&err).contains(&format!("{bad} is not a CRR")),
+                "{err}"
+            );
+        }
     }
+    a.execute_batch(
+        "CREATE TABLE \"a, \"\"b\" (id TEXT PRIMARY KEY NOT NULL, v); SELECT crsql_as_crr('a, \"b');",
+    )
+    .unwrap();
+    Outbound::create(&a, "odd", &OutboundOptions::new().tables(["a, \"b"])).unwrap();
 }

@@ -18,7 +18,7 @@ use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    load_state, parse_arg, parse_position, parse_sites, parse_tables, StreamState, INBOUND,
+    load_state, parse_args, parse_position, parse_sites, parse_tables, StreamState, INBOUND,
 };
 use crate::err;
 use crate::error::{Error, Result};
@@ -44,8 +44,7 @@ impl InboundConfig {
             since: Position::ZERO,
             tables: None,
         };
-        for arg in args {
-            let (k, v) = parse_arg(INBOUND, table, arg)?;
+        for (k, v) in parse_args(INBOUND, table, args)? {
             match k.as_str() {
                 "from" => {
                     let sites = parse_sites(INBOUND, table, "from", &v)?;
@@ -58,11 +57,7 @@ impl InboundConfig {
                 }
                 "since" => cfg.since = parse_position(INBOUND, table, "since", &v)?,
                 "tables" => {
-                    let t = parse_tables(&v);
-                    if t.is_empty() {
-                        return Err(err!("{INBOUND} {table}: tables must name at least one CRR"));
-                    }
-                    cfg.tables = Some(t);
+                    cfg.tables = Some(parse_tables(INBOUND, table, &v)?);
                 }
                 _ => {
                     return Err(err!(

@@ -146,8 +146,24 @@ pub fn set_position(conn: &Connection, name: &str, pos: Position) -> Result<()> 
     Ok(())
 }
 
+/// The `key = value` arguments of CREATE VIRTUAL TABLE, values dequoted;
+/// an argument given twice is refused (which one should win is a guess).
+pub fn parse_args(module: &str, table: &str, args: &[&str]) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(args.len());
+    for arg in args {
+        let (k, v) = parse_arg(module, table, arg)?;
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(err!(
+                "{module} {table}: argument {k} is given more than once; give it once"
+            ));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
 /// One `key = value` argument of CREATE VIRTUAL TABLE, value dequoted.
-pub fn parse_arg(module: &str, table: &str, arg: &str) -> Result<(String, String)> {
+fn parse_arg(module: &str, table: &str, arg: &str) -> Result<(String, String)> {
     let (k, v) = arg.split_once('=').ok_or_else(|| {
         err!("{module} {table}: argument {arg:?} is not of the form name = value")
     })?;
@@ -181,13 +197,46 @@ pub fn parse_sites(module: &str, table: &str, what: &str, text: &str) -> Result<
         .collect()
 }
 
-/// A comma-separated list of table names.
-pub fn parse_tables(text: &str) -> Vec<String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
+/// A comma-separated list of table names. A name may be double-quoted (with
+/// `""` for a quote inside), so names with commas or outer spaces can be
+/// listed: `tables = 'a, " lead", "x,y"'`. At least one name is required.
+pub fn parse_tables(module: &str, table: &str, text: &str) -> Result<Vec<String>> {
+    let bad = |why: &str| err!("{module} {table}: tables: {why} in {text:?}");
+    let mut names = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut name = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next() {
+                    None => return Err(bad("unterminated quoted name")),
+                    Some('"') if chars.next_if_eq(&'"').is_some() => name.push('"'),
+                    Some('"') => break,
+                    Some(c) => name.push(c),
+                }
+            }
+            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            if !matches!(chars.peek(), None | Some(',')) {
+                return Err(bad("text after a quoted name"));
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',') {
+                name.push(c);
+            }
+            name.truncate(name.trim_end().len());
+        }
+        if !name.is_empty() {
+            names.push(name);
+        }
+        if chars.next().is_none() {
+            break;
+        }
+    }
+    if names.is_empty() {
+        return Err(err!("{module} {table}: tables must name at least one CRR"));
+    }
+    Ok(names)
 }
 
 /// A bounded positive integer argument.

@@ -19,7 +19,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo, VTabConnection, VTabKind};
 
 use super::{
-    load_state, parse_arg, parse_count, parse_position, parse_sites, parse_tables, OUTBOUND,
+    load_state, parse_args, parse_count, parse_position, parse_sites, parse_tables, OUTBOUND,
 };
 use crate::err;
 use crate::error::{Error, Result};
@@ -62,8 +62,7 @@ impl OutboundConfig {
             max_bytes: 1 << 20,
             encoding: Encoding::Binary,
         };
-        for arg in args {
-            let (k, v) = parse_arg(OUTBOUND, table, arg)?;
+        for (k, v) in parse_args(OUTBOUND, table, args)? {
             match k.as_str() {
                 "since" => cfg.since = parse_position(OUTBOUND, table, "since", &v)?,
                 "exclude_sites" => {
@@ -80,11 +79,7 @@ impl OutboundConfig {
                     }
                 }
                 "tables" => {
-                    let t = parse_tables(&v);
-                    if t.is_empty() {
-                        return Err(err!("{OUTBOUND} {table}: tables must name at least one CRR"));
-                    }
-                    cfg.tables = Some(t);
+                    cfg.tables = Some(parse_tables(OUTBOUND, table, &v)?);
                 }
                 "max_changes" => {
                     cfg.max_changes = parse_count(OUTBOUND, table, "max_changes", &v, MAX_CHANGES_LIMIT)? as usize
@@ -234,7 +229,9 @@ impl Table for OutboundTable {
         }
         if ack == ValueRef::Null {
             return Err(err!(
-                "{OUTBOUND} {}: last_sent must be a position such as '[12,3]', got NULL",
+                "{OUTBOUND} {}: nothing to acknowledge: every inserted value is NULL; \
+                 acknowledge with INSERT INTO {}(last_sent) VALUES (<position>), a position such as '[12,3]'",
+                self.name,
                 self.name
             ));
         }
