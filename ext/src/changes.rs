@@ -234,10 +234,7 @@ impl TableCursor for ChangesCursor {
         let (tables, sites) = {
             let mut inner = self.ext.lock("crsql_changes")?;
             inner.sync(&self.ext.tx)?;
-            (
-                inner.tables().to_vec(),
-                SiteMap::load(&inner, self.ext.site_id)?,
-            )
+            (inner.tables().to_vec(), SiteMap::load(&inner)?)
         };
         // Translate the pushed-down constraints into a WHERE clause.
         let mut clauses = Vec::new();

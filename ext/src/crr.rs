@@ -765,3 +765,51 @@ pub fn bootstrap(conn: &Connection) -> Result<([u8; 16], bool)> {
     };
     Ok((site, mev))
 }
+
+/// `crsql_new_site_id()`: give this database a fresh site id, for a restored
+/// backup or a file copied to several devices (docs/operations.md). Changes
+/// written so far keep the old id (it becomes an ordinary site of
+/// `crsql_site_id`); later writes carry the new one. Positions do not move.
+pub fn new_site_id(ext: &Ext) -> Result<[u8; 16]> {
+    let mut inner = ext.lock("crsql_new_site_id")?;
+    let conn = ext.db.connection()?;
+    // Outside any transaction, so that it commits at once: a rollback could
+    // not take back the id this connection would already be using.
+    if !conn.is_autocommit() {
+        return Err(err!(
+            "crsql_new_site_id: call it outside a transaction (it commits at once)"
+        ));
+    }
+    inner.db_version(&ext.tx)?;
+    let old = inner.site_id();
+    let new = in_savepoint(&conn, "crsql_new_site_id", || {
+        let mut id: Vec<u8> = inner
+            .conn
+            .query_row("SELECT randomblob(16)", [], |r| r.get(0))?;
+        id[6] = (id[6] & 0x0F) | 0x40;
+        id[8] = (id[8] & 0x3F) | 0x80;
+        let new = <[u8; 16]>::try_from(id.as_slice())
+            .map_err(|_| err!("randomblob(16) returned a wrong size"))?;
+        inner.conn.execute(
+            "UPDATE crsql_site_id SET site_id = ?1 WHERE ordinal = 0",
+            [new.as_slice()],
+        )?;
+        let ordinal: i64 = inner.conn.query_row(
+            "INSERT INTO crsql_site_id (site_id) VALUES (?1) RETURNING ordinal",
+            [old.as_slice()],
+            |r| r.get(0),
+        )?;
+        for clock in inner.clock_tables() {
+            inner.conn.execute(
+                &format!(
+                    "UPDATE {} SET site_id = ?1 WHERE site_id = 0",
+                    quote_ident(clock)
+                ),
+                [ordinal],
+            )?;
+        }
+        Ok(new)
+    })?;
+    inner.set_site_id(new);
+    Ok(new)
+}

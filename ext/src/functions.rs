@@ -32,6 +32,8 @@ const FUNCTIONS: &[(&str, i32, FunctionFlags, SqlFn)] = &[
     ("crsql_db_version", 0, I, db_version),
     ("crsql_next_db_version", -1, I, next_db_version),
     ("crsql_site_id", 0, I.union(D), site_id),
+    ("crsql_new_site_id", 0, DO, new_site_id),
+    ("crsql_forget_peer", 1, DO, forget_peer),
     ("crsql_sha", 0, I.union(D), sha),
     ("crsql_version", 0, I.union(D), version),
     ("crsql_finalize", -1, DO, finalize),
@@ -145,7 +147,32 @@ fn next_db_version(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
 }
 
 fn site_id(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
-    Ok(Value::Blob(ext.site_id.to_vec()))
+    Ok(Value::Blob(ext.site_id().to_vec()))
+}
+
+fn new_site_id(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+    Ok(Value::Blob(crr::new_site_id(ext)?.to_vec()))
+}
+
+/// A site id argument: 16 bytes, or 32 hex digits.
+fn site_arg(ctx: &Context<'_>, i: usize, func: &str) -> Result<Vec<u8>> {
+    match ctx.get_raw(i) {
+        ValueRef::Blob(b) if b.len() == 16 => Ok(b.to_vec()),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .and_then(crsql_stream_core::SiteId::from_hex)
+            .map(|s| s.0.to_vec())
+            .ok_or_else(|| err!("{func}: the site id must be 16 bytes or 32 hex digits")),
+        other => Err(err!(
+            "{func}: the site id must be 16 bytes or 32 hex digits, got {}",
+            type_name(other)
+        )),
+    }
+}
+
+fn forget_peer(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+    let site = site_arg(ctx, 0, "crsql_forget_peer")?;
+    Ok(Value::Integer(crate::streams::peers::forget(ext, &site)?))
 }
 
 fn sha(_ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
@@ -167,10 +194,11 @@ fn rows_impacted(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
 }
 
 const MERGE_EQUAL_VALUES: &str = "merge-equal-values";
+use crate::streams::peers::PEER_EXPIRY;
 
 fn setting_name<'a>(ctx: &'a Context<'_>, func: &str) -> Result<&'a str> {
     let name = text_arg(ctx, 0, func, "the setting name")?;
-    if name != MERGE_EQUAL_VALUES {
+    if name != MERGE_EQUAL_VALUES && name != PEER_EXPIRY {
         return Err(err!("Unknown setting name"));
     }
     Ok(name)
@@ -178,14 +206,20 @@ fn setting_name<'a>(ctx: &'a Context<'_>, func: &str) -> Result<&'a str> {
 
 fn config_set(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
     let name = setting_name(ctx, "crsql_config_set")?;
-    let v = match ctx.get_raw(1) {
-        ValueRef::Integer(i @ (0 | 1)) => i,
-        other => {
+    let v = match (name, ctx.get_raw(1)) {
+        (MERGE_EQUAL_VALUES, ValueRef::Integer(i @ (0 | 1))) => i,
+        (PEER_EXPIRY, ValueRef::Integer(i)) if i >= 0 => i,
+        (_, other) => {
+            let want = if name == PEER_EXPIRY {
+                "an INTEGER number of seconds, 0 or more"
+            } else {
+                "the INTEGER 0 or 1"
+            };
             return Err(err!(
-                "crsql_config_set: {name} must be the INTEGER 0 or 1, got {} {}",
+                "crsql_config_set: {name} must be {want}, got {} {}",
                 type_name(other),
                 crate::values::display(other)
-            ))
+            ));
         }
     };
     let inner = ext.lock("crsql_config_set")?;
@@ -193,12 +227,19 @@ fn config_set(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
         "INSERT OR REPLACE INTO crsql_master (key, value) VALUES (?1, ?2)",
         rusqlite::params![format!("config.{name}"), v],
     )?;
-    ext.merge_equal_values.store(v != 0, Relaxed);
+    if name == MERGE_EQUAL_VALUES {
+        ext.merge_equal_values.store(v != 0, Relaxed);
+    }
     Ok(Value::Integer(v))
 }
 
 fn config_get(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
-    setting_name(ctx, "crsql_config_get")?;
+    if setting_name(ctx, "crsql_config_get")? == PEER_EXPIRY {
+        let inner = ext.lock("crsql_config_get")?;
+        return Ok(Value::Integer(crate::streams::peers::expiry_seconds(
+            &inner.conn,
+        )?));
+    }
     Ok(Value::Integer(ext.merge_equal_values.load(Relaxed) as i64))
 }
 

@@ -69,6 +69,9 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
             return Ok(());
         }
         let (site_id, merge_equal_values) = crr::bootstrap(conn)?;
+        // A database whose stream state predates a column gets it now. On a
+        // read-only database this cannot run, and nothing there writes state.
+        let _ = streams::migrate_state(conn);
         let ext = Ext::new(db, site_id, merge_equal_values)?;
         functions::register(conn, &ext)?;
         changes::register(conn, &ext)?;
@@ -86,6 +89,11 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         sqlite::vtab::register::<streams::observe::StreamsTable>(
             conn,
             "crsql_streams",
+            Arc::clone(&ext),
+        )?;
+        sqlite::vtab::register::<streams::peers::PeersTable>(
+            conn,
+            "crsql_peers",
             Arc::clone(&ext),
         )?;
         sqlite::vtab::register::<streams::inspect::PackageChangesTable>(

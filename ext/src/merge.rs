@@ -339,10 +339,7 @@ impl Merger<'_, '_> {
         let ordinal = match self.sites.get(self.c.site_id) {
             Some(o) => *o,
             None => {
-                let o = self
-                    .inner
-                    .site_ordinal(&self.ext.site_id, self.c.site_id, true)?
-                    .unwrap_or(0);
+                let o = self.inner.site_ordinal(self.c.site_id, true)?.unwrap_or(0);
                 self.sites.insert(self.c.site_id.to_vec(), o);
                 o
             }
@@ -408,7 +405,7 @@ impl Merger<'_, '_> {
         let site_cmp = || -> Result<std::cmp::Ordering> {
             let local_site = self
                 .inner
-                .site_of_ordinal(&self.ext.site_id, local_ordinal)?
+                .site_of_ordinal(local_ordinal)?
                 .ok_or_else(|| {
                     err!(
                         "could not find site_id for previous change, cr-sqlite clock table might be corrupt for tbl {}",

@@ -36,7 +36,8 @@ pub struct SiteMap {
 }
 
 impl SiteMap {
-    pub fn load(inner: &Inner, local: [u8; 16]) -> Result<SiteMap> {
+    pub fn load(inner: &Inner) -> Result<SiteMap> {
+        let local = inner.site_id();
         let by_ordinal = inner
             .conn
             .prepare_cached("SELECT ordinal, site_id FROM crsql_site_id WHERE ordinal != 0")?

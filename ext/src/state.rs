@@ -85,7 +85,9 @@ pub struct Ext {
     pub db: DbHandle,
     pub tx: Arc<TxCounters>,
     pub sync_bit: AtomicI64,
-    pub site_id: [u8; 16],
+    /// This database's site id (also held by [`Inner`], which re-reads it
+    /// when another connection commits, e.g. `crsql_new_site_id()`).
+    site: Arc<Mutex<[u8; 16]>>,
     pub merge_equal_values: AtomicBool,
     pub rows_impacted: AtomicI64,
     /// `last_retrieved` of each outbound stream (per connection, not durable).
@@ -101,6 +103,8 @@ pub struct Ext {
 pub struct Inner {
     /// A non-owning connection whose statement cache holds our statements.
     pub conn: Connection,
+    /// The site id, shared with [`Ext`].
+    site: Arc<Mutex<[u8; 16]>>,
     schema_version: i64,
     tables: Vec<Arc<TableInfo>>,
     by_name: HashMap<String, usize>,
@@ -110,6 +114,8 @@ pub struct Inner {
     /// Whether each `…__crsql_clock` table is one of this layout, by name,
     /// with the CREATE statement it was checked at.
     clock_cache: HashMap<String, (String, bool)>,
+    /// Clock tables of this layout (of CRRs, and left by dropped ones).
+    clocks: Vec<String>,
     /// Statements whose largest result is the committed db_version.
     version_sql: Vec<String>,
     /// Statements whose largest result is the newest seq at version `?1`.
@@ -148,12 +154,13 @@ impl Ext {
 
     pub fn new(db: DbHandle, site_id: [u8; 16], merge_equal_values: bool) -> Result<Arc<Ext>> {
         let conn = db.connection()?;
+        let site = Arc::new(Mutex::new(site_id));
         conn.set_prepared_statement_cache_capacity(512);
         let ext = Arc::new(Ext {
             db,
             tx: Arc::new(TxCounters::new(db)),
             sync_bit: AtomicI64::new(0),
-            site_id,
+            site: Arc::clone(&site),
             merge_equal_values: AtomicBool::new(merge_equal_values),
             rows_impacted: AtomicI64::new(0),
             retrieved: Mutex::new(HashMap::new()),
@@ -161,12 +168,14 @@ impl Ext {
             merge_batch: Mutex::new(None),
             inner: Mutex::new(Inner {
                 conn,
+                site,
                 schema_version: -1,
                 tables: Vec::new(),
                 by_name: HashMap::new(),
                 data_version: -1,
                 newest: None,
                 table_cache: HashMap::new(),
+                clocks: Vec::new(),
                 clock_cache: HashMap::new(),
                 version_sql: Vec::new(),
                 newest_seq_sql: Vec::new(),
@@ -178,6 +187,11 @@ impl Ext {
             .unwrap_or_else(|e| e.into_inner())
             .insert(db.as_key(), Arc::downgrade(&ext));
         Ok(ext)
+    }
+
+    /// This database's site id.
+    pub fn site_id(&self) -> [u8; 16] {
+        *self.site.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Take the state lock, or fail with a message naming `what`.
@@ -327,11 +341,17 @@ impl Inner {
                 })
                 .collect::<Vec<_>>(),
         );
+        self.clocks = clocks;
         self.tables = tables;
         self.by_name = by_name;
         self.schema_version = sv;
         self.newest = None;
         Ok(())
+    }
+
+    /// Every clock table of this layout, including those of dropped CRRs.
+    pub fn clock_tables(&self) -> &[String] {
+        &self.clocks
     }
 
     pub fn tables(&self) -> &[Arc<TableInfo>] {
@@ -353,6 +373,7 @@ impl Inner {
             .query_row([], |r| r.get(0))?;
         if dv != self.data_version {
             self.data_version = dv;
+            self.reload_site_id()?;
             tx.schema_checked.store(false, Relaxed);
             if tx.pending() < 0 {
                 tx.db_version.store(-1, Relaxed);
@@ -443,10 +464,34 @@ impl Inner {
         Ok(())
     }
 
+    /// This database's site id.
+    pub fn site_id(&self) -> [u8; 16] {
+        *self.site.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Set the site id this connection uses (after `crsql_new_site_id`).
+    pub fn set_site_id(&self, id: [u8; 16]) {
+        *self.site.lock().unwrap_or_else(|e| e.into_inner()) = id;
+    }
+
+    /// Read the site id again (another connection may have given the
+    /// database a new one).
+    fn reload_site_id(&self) -> Result<()> {
+        let stored: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT site_id FROM crsql_site_id WHERE ordinal = 0")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = stored.and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok()) {
+            self.set_site_id(id);
+        }
+        Ok(())
+    }
+
     /// The ordinal of a site id in `crsql_site_id`, inserting it when
     /// `create` is set. The local site is 0.
-    pub fn site_ordinal(&self, local: &[u8; 16], site: &[u8], create: bool) -> Result<Option<i64>> {
-        if site.is_empty() || site == local {
+    pub fn site_ordinal(&self, site: &[u8], create: bool) -> Result<Option<i64>> {
+        if site.is_empty() || site == self.site_id() {
             return Ok(Some(0));
         }
         let found: Option<i64> = self
@@ -465,9 +510,9 @@ impl Inner {
     }
 
     /// The site id bytes of an ordinal (0 is the local site).
-    pub fn site_of_ordinal(&self, local: &[u8; 16], ordinal: i64) -> Result<Option<Vec<u8>>> {
+    pub fn site_of_ordinal(&self, ordinal: i64) -> Result<Option<Vec<u8>>> {
         if ordinal == 0 {
-            return Ok(Some(local.to_vec()));
+            return Ok(Some(self.site_id().to_vec()));
         }
         Ok(self
             .conn

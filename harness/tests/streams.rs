@@ -1001,7 +1001,8 @@ fn the_outbound_table_has_the_contract_columns() {
                 "changes",
                 "bytes",
                 "last_sent",
-                "last_retrieved"
+                "last_retrieved",
+                "rewind"
             ]
         );
         assert!(hidden[..5].iter().all(|(_, h)| *h == 0));

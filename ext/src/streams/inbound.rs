@@ -231,7 +231,7 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
             pkg.sender.0,
             pkg.stream_id.0
         ])?;
-    Ok(())
+    super::touch(&inner.conn, name)
 }
 
 /// Sender, stream, position and schema checks. Returns the stream's
@@ -247,7 +247,7 @@ fn check_package(
         err!("{INBOUND} {name}: stored state is missing; DROP and re-create the table")
     })?;
     let sender = pkg.sender.0.as_slice();
-    if sender == ext.site_id.as_slice() {
+    if sender == ext.site_id().as_slice() {
         return Err(err!(
             "{INBOUND} {name}: the package was produced by this database itself (site {})",
             hex(sender)
@@ -257,7 +257,9 @@ fn check_package(
     if let Some(exp) = &expected {
         if exp.as_slice() != sender {
             return Err(err!(
-                "{INBOUND} {name}: wrong sender: this stream follows site {}, the package comes from site {}",
+                "{INBOUND} {name}: wrong sender: this stream follows site {}, the package comes from site {}; \
+                 if that peer was restored and given a new site id (crsql_new_site_id), follow it with a new \
+                 inbound stream (docs/operations.md, \"Restoring a database\")",
                 hex(exp),
                 hex(sender)
             ));
@@ -279,7 +281,9 @@ fn check_package(
     }
     if pkg.since > last {
         return Err(err!(
-            "{INBOUND} {name}: gap: expected a package starting at {last}, got {} (package covers {} to {})",
+            "{INBOUND} {name}: gap: expected a package starting at {last}, got {} (package covers {} to {}); \
+             if this database was restored from a backup, the peer moves its outbound stream back with \
+             INSERT INTO <its stream>(rewind) VALUES ('{last}') (docs/operations.md, \"Restoring a database\")",
             pkg.since,
             pkg.since,
             pkg.cursor

@@ -10,6 +10,7 @@ pub mod inbound;
 pub mod inspect;
 pub mod observe;
 pub mod outbound;
+pub mod peers;
 
 use crsql_stream_core::{Position, SiteId};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -26,7 +27,9 @@ const STATE_DDL: &str = "CREATE TABLE IF NOT EXISTS crsql_stream_state (
   stream_id BLOB,
   peer BLOB,
   db_version INTEGER NOT NULL DEFAULT 0,
-  seq INTEGER NOT NULL DEFAULT 0
+  seq INTEGER NOT NULL DEFAULT 0,
+  last_seen INTEGER,
+  forgotten INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE TABLE IF NOT EXISTS crsql_stream_staging (
   name TEXT NOT NULL,
@@ -47,6 +50,33 @@ pub struct StreamState {
 
 pub fn ensure_state_tables(conn: &Connection) -> Result<()> {
     conn.execute_batch(STATE_DDL)?;
+    Ok(())
+}
+
+/// Columns added to `crsql_stream_state` after its first layout, with their
+/// definitions: added when the extension is loaded on an older database.
+const STATE_COLUMNS: [(&str, &str); 2] = [
+    ("last_seen", "INTEGER"),
+    ("forgotten", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+/// Bring an existing `crsql_stream_state` to the current layout (at load).
+pub fn migrate_state(conn: &Connection) -> Result<()> {
+    if !state_tables_exist(conn)? {
+        return Ok(());
+    }
+    for (col, def) in STATE_COLUMNS {
+        let has: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('crsql_stream_state') WHERE name = ?1",
+            [col],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has {
+            conn.execute_batch(&format!(
+                "ALTER TABLE crsql_stream_state ADD COLUMN {col} {def}"
+            ))?;
+        }
+    }
     Ok(())
 }
 
@@ -123,8 +153,10 @@ pub fn insert_state(
 ) -> Result<()> {
     ensure_state_tables(conn)?;
     conn.execute(
-        "INSERT OR REPLACE INTO crsql_stream_state (name, direction, stream_id, peer, db_version, seq) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        &format!(
+            "INSERT OR REPLACE INTO crsql_stream_state (name, direction, stream_id, peer, db_version, seq, last_seen) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, {NOW})"
+        ),
         params![name, direction, stream_id, peer, pos.db_version, pos.seq],
     )?;
     conn.execute("DELETE FROM crsql_stream_staging WHERE name = ?1", [name])?;
@@ -139,10 +171,32 @@ pub fn delete_state(conn: &Connection, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Store a new position for a stream.
+/// Store a stream's position, and note that its peer was seen.
 pub fn set_position(conn: &Connection, name: &str, pos: Position) -> Result<()> {
     conn.prepare_cached("UPDATE crsql_stream_state SET db_version = ?2, seq = ?3 WHERE name = ?1")?
         .execute(params![name, pos.db_version, pos.seq])?;
+    touch(conn, name)
+}
+
+/// Unix time in seconds, from SQLite's clock (works on SQLite 3.35).
+pub const NOW: &str = "CAST(strftime('%s', 'now') AS INTEGER)";
+
+/// Note that stream `name`'s peer was seen now (an acknowledgement or an
+/// applied package): it is no longer expired or forgotten, and
+/// cr-sqlite's `crsql_tracked_peers` gets the stream's position (tag 0,
+/// event 0 for what we received, 1 for what the peer acknowledged).
+pub fn touch(conn: &Connection, name: &str) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "UPDATE crsql_stream_state SET last_seen = {NOW}, forgotten = 0 WHERE name = ?1"
+    ))?
+    .execute([name])?;
+    conn.prepare_cached(
+        "INSERT INTO crsql_tracked_peers (site_id, version, seq, tag, event) \
+         SELECT peer, db_version, seq, 0, CASE direction WHEN 'outbound' THEN 1 ELSE 0 END \
+         FROM crsql_stream_state WHERE name = ?1 AND peer IS NOT NULL \
+         ON CONFLICT (site_id, tag, event) DO UPDATE SET version = excluded.version, seq = excluded.seq",
+    )?
+    .execute([name])?;
     Ok(())
 }
 

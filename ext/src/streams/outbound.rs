@@ -35,6 +35,7 @@ const COL_CHANGES: c_int = 3;
 const COL_BYTES: c_int = 4;
 const COL_LAST_SENT: c_int = 5;
 const COL_LAST_RETRIEVED: c_int = 6;
+const COL_REWIND: c_int = 7;
 
 const MAX_CHANGES_LIMIT: i64 = 10_000_000;
 const MAX_BYTES_LIMIT: i64 = 1 << 30;
@@ -49,6 +50,9 @@ pub struct OutboundConfig {
     pub max_changes: usize,
     pub max_bytes: usize,
     pub encoding: Encoding,
+    /// The site this stream sends to, for `crsql_peers` (default: the one
+    /// site of `exclude_sites`, if there is exactly one).
+    pub peer: Option<[u8; 16]>,
 }
 
 impl OutboundConfig {
@@ -61,10 +65,18 @@ impl OutboundConfig {
             max_changes: 1000,
             max_bytes: 1 << 20,
             encoding: Encoding::Binary,
+            peer: None,
         };
         for (k, v) in parse_args(OUTBOUND, table, args)? {
             match k.as_str() {
                 "since" => cfg.since = parse_position(OUTBOUND, table, "since", &v)?,
+                "peer" => {
+                    let sites = parse_sites(OUTBOUND, table, "peer", &v)?;
+                    if sites.len() != 1 {
+                        return Err(err!("{OUTBOUND} {table}: peer must be exactly one site id, got {v:?}"));
+                    }
+                    cfg.peer = Some(sites[0].0);
+                }
                 "exclude_sites" => {
                     cfg.exclude_sites = parse_sites(OUTBOUND, table, "exclude_sites", &v)?
                         .into_iter()
@@ -95,7 +107,7 @@ impl OutboundConfig {
                 _ => {
                     return Err(err!(
                         "{OUTBOUND} {table}: unknown argument {k:?} (expected since, exclude_sites, local_only, \
-                         tables, max_changes, max_bytes, encoding)"
+                         tables, max_changes, max_bytes, encoding, peer)"
                     ))
                 }
             }
@@ -136,7 +148,9 @@ impl Table for OutboundTable {
                 let id: Vec<u8> = inner
                     .conn
                     .query_row("SELECT randomblob(16)", [], |r| r.get(0))?;
-                let peer = (cfg.exclude_sites.len() == 1).then(|| cfg.exclude_sites[0].to_vec());
+                let peer = cfg.peer.map(|p| p.to_vec()).or_else(|| {
+                    (cfg.exclude_sites.len() == 1).then(|| cfg.exclude_sites[0].to_vec())
+                });
                 super::insert_state(
                     &inner.conn,
                     name,
@@ -160,7 +174,7 @@ impl Table for OutboundTable {
         Ok((
             format!(
                 "CREATE TABLE x(package {pkg_type}, cursor TEXT, since TEXT, changes INTEGER, bytes INTEGER, \
-                 last_sent TEXT HIDDEN, last_retrieved TEXT HIDDEN)"
+                 last_sent TEXT HIDDEN, last_retrieved TEXT HIDDEN, rewind TEXT HIDDEN)"
             ),
             OutboundTable {
                 ext,
@@ -210,32 +224,31 @@ impl Table for OutboundTable {
     }
 
     fn insert(&mut self, args: &[ValueRef<'_>]) -> Result<i64> {
-        let misuse = || {
-            Error::Msg(format!(
-                "{OUTBOUND} {}: only INSERT INTO {}(last_sent) VALUES (<position>) is supported",
-                self.name, self.name
-            ))
+        let arg = |col: c_int| args.get(col as usize).copied().unwrap_or(ValueRef::Null);
+        let (ack, rewind) = (arg(COL_LAST_SENT), arg(COL_REWIND));
+        let others_null = args.iter().enumerate().all(|(i, v)| {
+            i == COL_LAST_SENT as usize || i == COL_REWIND as usize || *v == ValueRef::Null
+        });
+        let (what, value) = match (ack, rewind) {
+            (ValueRef::Null, ValueRef::Null) if others_null => {
+                return Err(err!(
+                    "{OUTBOUND} {}: nothing to acknowledge: every inserted value is NULL; \
+                     acknowledge with INSERT INTO {}(last_sent) VALUES (<position>), a position such as '[12,3]'",
+                    self.name,
+                    self.name
+                ))
+            }
+            (v, ValueRef::Null) if others_null => ("last_sent", v),
+            (ValueRef::Null, v) if others_null => ("rewind", v),
+            _ => {
+                return Err(Error::Msg(format!(
+                    "{OUTBOUND} {}: only INSERT INTO {}(last_sent) VALUES (<position>) (acknowledge) or \
+                     INSERT INTO {}(rewind) VALUES (<position>) (move the stream back) is supported",
+                    self.name, self.name, self.name
+                )))
+            }
         };
-        let ack = args
-            .get(COL_LAST_SENT as usize)
-            .copied()
-            .unwrap_or(ValueRef::Null);
-        let others_null = args
-            .iter()
-            .enumerate()
-            .all(|(i, v)| i == COL_LAST_SENT as usize || *v == ValueRef::Null);
-        if !others_null {
-            return Err(misuse());
-        }
-        if ack == ValueRef::Null {
-            return Err(err!(
-                "{OUTBOUND} {}: nothing to acknowledge: every inserted value is NULL; \
-                 acknowledge with INSERT INTO {}(last_sent) VALUES (<position>), a position such as '[12,3]'",
-                self.name,
-                self.name
-            ));
-        }
-        let pos = super::position_value(OUTBOUND, &self.name, "last_sent", ack)?;
+        let pos = super::position_value(OUTBOUND, &self.name, what, value)?;
         let mut inner = self.ext.lock(OUTBOUND)?;
         let in_write_tx = self.ext.tx.pending() >= 0;
         let newest = inner.newest_position(&self.ext.tx)?;
@@ -248,14 +261,22 @@ impl Table for OutboundTable {
         };
         if beyond {
             return Err(err!(
-                "{OUTBOUND} {}: cannot acknowledge {pos}: the newest change of this database is at {newest}",
-                self.name
+                "{OUTBOUND} {}: cannot {} {pos}: the newest change of this database is at {newest}. \
+                 If this database was restored from a backup, give it a new site id with \
+                 SELECT crsql_new_site_id() and follow docs/operations.md (\"Restoring a database\")",
+                self.name,
+                if what == "rewind" { "rewind to" } else { "acknowledge" }
             ));
         }
         let state = load_state(&inner.conn, &self.name)?
             .ok_or_else(|| err!("{OUTBOUND} {}: stored state is missing", self.name))?;
-        if pos > state.position {
+        if what == "rewind" {
+            // The peer lost what it had acknowledged (a restored backup):
+            // send again from `pos`.
             super::set_position(&inner.conn, &self.name, pos)?;
+            self.ext.forget_retrieved(&self.name);
+        } else {
+            super::set_position(&inner.conn, &self.name, pos.max(state.position))?;
         }
         Ok(0)
     }
@@ -431,7 +452,7 @@ impl Producer {
             None => inner.tables().to_vec(),
             Some(names) => names.iter().filter_map(|n| inner.table(n)).collect(),
         };
-        let sites = SiteMap::load(&inner, ext.site_id)?;
+        let sites = SiteMap::load(&inner)?;
         let excluded = cfg
             .exclude_sites
             .iter()
@@ -713,7 +734,7 @@ impl Producer {
             });
         }
         let pkg = Package {
-            sender: Bytes(ext.site_id.to_vec()),
+            sender: Bytes(ext.site_id().to_vec()),
             stream_id: Bytes(stream_id.to_vec()),
             stream: name.to_string(),
             since,

@@ -1,0 +1,209 @@
+//! Peers: the sites this database syncs with, as its streams know them
+//! (`crsql_peers`), their expiry, and forgetting one (`crsql_forget_peer`).
+//!
+//! A stream knows its peer when it is inbound (the sender of the packages it
+//! applied, or its `from`) or outbound with a `peer` argument or exactly one
+//! `exclude_sites` site. `last_seen` is the last acknowledgement or applied
+//! package of any of the peer's streams.
+
+use std::collections::BTreeMap;
+use std::ffi::c_int;
+use std::sync::Arc;
+
+use crsql_stream_core::Position;
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::err;
+use crate::error::Result;
+use crate::sqlite::vtab::{Table, TableCursor};
+use crate::state::Ext;
+
+const NAME: &str = "crsql_peers";
+
+/// `crsql_config_set` name of the expiry, and its default (30 days).
+pub const PEER_EXPIRY: &str = "peer-expiry-seconds";
+pub const DEFAULT_PEER_EXPIRY: i64 = 30 * 24 * 3600;
+
+/// The stored peer expiry in seconds.
+pub fn expiry_seconds(conn: &Connection) -> Result<i64> {
+    let v: Option<i64> = conn
+        .prepare_cached(
+            "SELECT value FROM crsql_master WHERE key = 'config.peer-expiry-seconds' \
+             AND typeof(value) = 'integer'",
+        )?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    Ok(v.unwrap_or(DEFAULT_PEER_EXPIRY))
+}
+
+/// One peer, from the rows of its streams.
+#[derive(Debug, Default)]
+pub struct Peer {
+    /// Largest acknowledged position over its outbound streams.
+    pub last_acked: Option<Position>,
+    /// Largest applied position over its inbound streams.
+    pub last_applied: Option<Position>,
+    pub last_seen: Option<i64>,
+    /// Every stream of the peer was forgotten with `crsql_forget_peer`.
+    pub forgotten: bool,
+}
+
+impl Peer {
+    /// Forgotten, or not seen for longer than `expiry` seconds at `now`
+    /// (an expiry of 0 expires every peer at once).
+    pub fn expired(&self, now: i64, expiry: i64) -> bool {
+        self.forgotten || expiry == 0 || self.last_seen.is_none_or(|seen| now - seen > expiry)
+    }
+}
+
+/// Every peer named by a stream, by site id, with the time now.
+pub fn peers(conn: &Connection) -> Result<(BTreeMap<Vec<u8>, Peer>, i64)> {
+    let now: i64 = conn.query_row(&format!("SELECT {}", super::NOW), [], |r| r.get(0))?;
+    let mut out: BTreeMap<Vec<u8>, Peer> = BTreeMap::new();
+    if !super::state_tables_exist(conn)? {
+        return Ok((out, now));
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT peer, direction, db_version, seq, last_seen, forgotten FROM crsql_stream_state \
+         WHERE peer IS NOT NULL ORDER BY peer",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let site: Vec<u8> = r.get(0)?;
+        let fresh = !out.contains_key(&site);
+        let p = out.entry(site).or_default();
+        let pos = Position::new(r.get(2)?, r.get(3)?);
+        let slot = if r.get::<_, String>(1)? == "outbound" {
+            &mut p.last_acked
+        } else {
+            &mut p.last_applied
+        };
+        *slot = (*slot).max(Some(pos));
+        p.last_seen = p.last_seen.max(r.get(4)?);
+        let forgotten = r.get::<_, i64>(5)? != 0;
+        p.forgotten = forgotten && (fresh || p.forgotten);
+    }
+    Ok((out, now))
+}
+
+/// `crsql_forget_peer(site_id)`: the peer's streams stop holding anything
+/// back at once (as if expired) until the peer is seen again. Returns the
+/// number of its streams.
+pub fn forget(ext: &Ext, site: &[u8]) -> Result<i64> {
+    let inner = ext.lock("crsql_forget_peer")?;
+    let n = if super::state_tables_exist(&inner.conn)? {
+        inner
+            .conn
+            .prepare_cached("UPDATE crsql_stream_state SET forgotten = 1 WHERE peer = ?1")?
+            .execute([site])?
+    } else {
+        0
+    };
+    if n == 0 {
+        return Err(err!(
+            "crsql_forget_peer: no stream has peer {}; crsql_peers lists the known peers",
+            crsql_stream_core::package::to_hex(site)
+        ));
+    }
+    Ok(n as i64)
+}
+
+pub struct PeersTable {
+    ext: Arc<Ext>,
+}
+
+impl Table for PeersTable {
+    type Aux = Arc<Ext>;
+    type Cursor = PeersCursor;
+    const NAME: &'static str = NAME;
+    const KIND: VTabKind = VTabKind::EponymousOnly;
+
+    fn connect(
+        _db: &mut VTabConnection,
+        aux: Option<&Arc<Ext>>,
+        _create: bool,
+        _schema: &str,
+        _name: &str,
+        _args: &[&str],
+    ) -> Result<(String, Self)> {
+        let ext = super::ext_of(NAME, aux)?;
+        Ok((
+            "CREATE TABLE x(site_id BLOB, last_acked TEXT, last_applied TEXT, last_seen INTEGER, expired INTEGER)"
+                .into(),
+            PeersTable { ext },
+        ))
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
+        info.set_estimated_cost(100.0);
+        Ok(())
+    }
+
+    fn open(&mut self) -> Result<PeersCursor> {
+        Ok(PeersCursor {
+            ext: Arc::clone(&self.ext),
+            rows: Vec::new(),
+            pos: 0,
+        })
+    }
+}
+
+pub struct PeersCursor {
+    ext: Arc<Ext>,
+    rows: Vec<[Value; 5]>,
+    pos: usize,
+}
+
+impl TableCursor for PeersCursor {
+    fn filter(
+        &mut self,
+        _idx_num: c_int,
+        _idx_str: Option<&str>,
+        _args: &[ValueRef<'_>],
+    ) -> Result<()> {
+        let inner = self.ext.lock(NAME)?;
+        let expiry = expiry_seconds(&inner.conn)?;
+        let (peers, now) = peers(&inner.conn)?;
+        let text = |p: Option<Position>| p.map_or(Value::Null, |p| Value::Text(p.to_string()));
+        self.rows = peers
+            .into_iter()
+            .map(|(site, p)| {
+                let expired = Value::Integer(p.expired(now, expiry) as i64);
+                [
+                    Value::Blob(site),
+                    text(p.last_acked),
+                    text(p.last_applied),
+                    p.last_seen.map_or(Value::Null, Value::Integer),
+                    expired,
+                ]
+            })
+            .collect();
+        self.pos = 0;
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<()> {
+        self.pos += 1;
+        Ok(())
+    }
+
+    fn eof(&self) -> bool {
+        self.pos >= self.rows.len()
+    }
+
+    fn column(&self, ctx: &mut Context, col: c_int) -> Result<()> {
+        let v = self
+            .rows
+            .get(self.pos)
+            .and_then(|r| r.get(col as usize))
+            .cloned()
+            .unwrap_or(Value::Null);
+        Ok(ctx.set_result(&v)?)
+    }
+
+    fn rowid(&self) -> Result<i64> {
+        Ok(self.pos as i64)
+    }
+}
