@@ -1,4 +1,4 @@
--- Moving packages from database a to database b (design/streams.md
+-- Moving packages from database a to database b (docs/streams.md
 -- "crsql_InboundStream"): a package starting at last_applied is applied and
 -- last_applied becomes its cursor; a package already covered is a no-op; an
 -- overlapping one is applied; one that starts after last_applied is a gap,

@@ -1,4 +1,4 @@
--- crsql_InboundStream CREATE arguments (design/streams.md "crsql_InboundStream"):
+-- crsql_InboundStream CREATE arguments (docs/streams.md "crsql_InboundStream"):
 -- from, since and tables are optional; before the first package last_applied
 -- is since ('[0,0]' by default); bad arguments are refused at CREATE time
 -- with an error naming the argument, leaving nothing behind; the table has

@@ -1,4 +1,4 @@
--- Packages an inbound stream refuses (design/streams.md "crsql_InboundStream"):
+-- Packages an inbound stream refuses (docs/streams.md "crsql_InboundStream"):
 -- corrupted (checksum over all bytes: flipped, missing or extra byte),
 -- malformed or foreign, not a package at all, from this database itself,
 -- from another sender or another stream than the one the table follows, or

@@ -1,4 +1,4 @@
--- A transaction split into parts (design/streams.md "crsql_OutboundStream"):
+-- A transaction split into parts (docs/streams.md "crsql_OutboundStream"):
 -- each part is a package in the chain, staged durably by the receiver, whose
 -- last_applied moves to the part's cursor, but none of the transaction's
 -- changes become visible before the last part is in; then all apply at once.

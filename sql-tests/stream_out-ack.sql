@@ -1,4 +1,4 @@
--- Acknowledging an outbound stream (design/streams.md "crsql_OutboundStream"):
+-- Acknowledging an outbound stream (docs/streams.md "crsql_OutboundStream"):
 -- INSERT INTO t(last_sent) VALUES (?) moves last_sent; acknowledgements are
 -- idempotent and order-insensitive (the maximum is kept); a position beyond
 -- what exists is an error; an unacknowledged package is produced again;

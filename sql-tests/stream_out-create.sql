@@ -1,4 +1,4 @@
--- crsql_OutboundStream CREATE arguments (design/streams.md "crsql_OutboundStream"):
+-- crsql_OutboundStream CREATE arguments (docs/streams.md "crsql_OutboundStream"):
 -- every argument is optional; an unknown argument, a malformed value or a
 -- table in tables that is not a CRR is an error at CREATE time that names
 -- the argument, and a refused CREATE leaves no table and no stream behind.

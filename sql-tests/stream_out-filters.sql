@@ -1,4 +1,4 @@
--- Outbound filters (design/streams.md "crsql_OutboundStream"): exclude_sites,
+-- Outbound filters (docs/streams.md "crsql_OutboundStream"): exclude_sites,
 -- local_only and tables skip changes but never create gaps: each package's
 -- since is the previous package's cursor, and a cursor covers the skipped
 -- changes too, so acknowledging it never re-sends them.

@@ -1,4 +1,4 @@
--- encoding = 'json' (design/streams.md): the package column is TEXT, a JSON
+-- encoding = 'json' (docs/streams.md): the package column is TEXT, a JSON
 -- object {"body":...,"crc":"..."}; the receiver applies it like a binary
 -- package; types are kept exactly (a REAL stays a REAL, 64-bit integers are
 -- exact, blobs round-trip); the checksum covers the body.

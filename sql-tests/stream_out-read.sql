@@ -1,4 +1,4 @@
--- Reading crsql_OutboundStream (design/streams.md "crsql_OutboundStream"):
+-- Reading crsql_OutboundStream (docs/streams.md "crsql_OutboundStream"):
 -- packages after last_sent in increasing position order, each row's since is
 -- the previous row's cursor, a package holds whole transactions, LIMIT 1
 -- builds one package, WHERE cursor > ? starts after the given position, and

@@ -1,4 +1,4 @@
--- Splitting (design/streams.md "crsql_OutboundStream"): a package holds whole
+-- Splitting (docs/streams.md "crsql_OutboundStream"): a package holds whole
 -- transactions; only a single db_version larger than max_changes / max_bytes
 -- is split, and its parts are marked (crsql_package_info's "part": the
 -- db_version and whether this is the last part). A single change larger than

@@ -1,4 +1,4 @@
--- crsql_streams (design/streams.md "Observability"): every stream of the
+-- crsql_streams (docs/streams.md "Observability"): every stream of the
 -- database with its name, direction, peer site id, last_sent /
 -- last_retrieved / last_applied, and lag_versions = local db_version minus
 -- the acknowledged one (outbound streams).
