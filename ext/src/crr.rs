@@ -11,7 +11,7 @@ use crsql_stream_core::merge::SENTINEL;
 
 use crate::err;
 use crate::error::{Error, Result};
-use crate::local::{key_for, record_delete};
+use crate::local::{key_for, record_delete, revive_compacted};
 use crate::schema::{self, quote_ident, quote_str, CLOCK_SUFFIX, MAX_NAME_LEN, PKS_SUFFIX};
 use crate::state::{Ext, Inner};
 
@@ -350,7 +350,14 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
     for pks in &new_rows {
         let v = version_of(inner)?;
         let refs: Vec<_> = pks.iter().map(rusqlite::types::ValueRef::from).collect();
-        let (key, _) = key_for(inner, &t, &refs, true)?;
+        let (key, existed) = key_for(inner, &t, &refs, true)?;
+        if !existed && revive_compacted(ext, inner, &t, key, &refs, v)? {
+            // Back under a compacted deleted key: a resurrection.
+            inner
+                .conn
+                .prepare_cached(&t.sql.sentinel_insert)?
+                .execute(params![key, v, ext.tx.take_seq()])?;
+        }
         let names: Vec<&str> = if t.cols.is_empty() {
             vec!["-1"]
         } else {
@@ -568,6 +575,7 @@ pub fn as_table(ext: &Ext, table: &str) -> Result<()> {
             quote_ident(&format!("{table}{PKS_SUFFIX}"))
         ));
         inner.conn.execute_batch(&sql)?;
+        crate::streams::compact::drop_table(&inner, table)?;
         ext.invalidate_schema(&mut inner);
         Ok(())
     })

@@ -34,6 +34,7 @@ const FUNCTIONS: &[(&str, i32, FunctionFlags, SqlFn)] = &[
     ("crsql_site_id", 0, I.union(D), site_id),
     ("crsql_new_site_id", 0, DO, new_site_id),
     ("crsql_forget_peer", 1, DO, forget_peer),
+    ("crsql_compact", 0, DO, compact),
     ("crsql_sha", 0, I.union(D), sha),
     ("crsql_version", 0, I.union(D), version),
     ("crsql_finalize", -1, DO, finalize),
@@ -173,6 +174,10 @@ fn site_arg(ctx: &Context<'_>, i: usize, func: &str) -> Result<Vec<u8>> {
 fn forget_peer(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
     let site = site_arg(ctx, 0, "crsql_forget_peer")?;
     Ok(Value::Integer(crate::streams::peers::forget(ext, &site)?))
+}
+
+fn compact(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+    Ok(Value::Integer(crate::streams::compact::compact(ext)?))
 }
 
 fn sha(_ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {

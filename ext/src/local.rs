@@ -4,11 +4,14 @@ use rusqlite::params_from_iter;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, OptionalExtension};
 
+use crsql_stream_core::merge::SENTINEL;
+use crsql_stream_core::pack::pack_columns;
+
 use crate::err;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::schema::TableInfo;
 use crate::state::{Ext, Inner};
-use crate::values::compare;
+use crate::values::{compare, to_core};
 
 /// Find the local key of a primary-key tuple, creating it when missing.
 /// Returns the key and whether it existed before. With `insert_first` the
@@ -86,7 +89,10 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let t = trigger_table(ext, &mut inner, args, 1, 0)?;
     let v = inner.next_db_version(&ext.tx, None)?;
     let pks = &args[1..];
-    let (key, existed) = key_for(&inner, &t, pks, true)?;
+    let (key, mut existed) = key_for(&inner, &t, pks, true)?;
+    if !existed {
+        existed = revive_compacted(ext, &inner, &t, key, pks, v)?;
+    }
     let conn = &inner.conn;
     if t.cols.is_empty() {
         conn.prepare_cached(&t.sql.sentinel_insert)?
@@ -123,6 +129,9 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         .zip(old_pks)
         .any(|(a, b)| compare(*a, *b).is_ne());
     let (new_key, new_existed) = key_for(&inner, &t, new_pks, false)?;
+    if !new_existed {
+        revive_compacted(ext, &inner, &t, new_key, new_pks, v)?;
+    }
     let conn = &inner.conn;
     let mut wrote = false;
     if pk_changed {
@@ -182,6 +191,35 @@ pub fn after_delete(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let v = inner.next_db_version(&ext.tx, None)?;
     let (key, _) = key_for(&inner, &t, &args[1..], false)?;
     record_delete(ext, &inner, &t, key, v)
+}
+
+/// Give a key just created for `pks` the causal length of its compacted
+/// delete, if it had one (DECISIONS D22): its sentinel comes back with that
+/// (even) causal length, so that the insert now recording it makes it odd
+/// and higher than every peer's tombstone. Returns whether it did.
+pub fn revive_compacted(
+    ext: &Ext,
+    inner: &Inner,
+    t: &TableInfo,
+    key: i64,
+    pks: &[ValueRef<'_>],
+    v: i64,
+) -> Result<bool> {
+    if !inner.has_tombstones() {
+        return Ok(false);
+    }
+    let packed = pack_columns(pks.iter().map(|v| to_core(*v))).map_err(|source| Error::Pack {
+        context: format!("packing a primary key of {}", t.name),
+        source,
+    })?;
+    let Some(cl) = crate::streams::compact::take_compacted(inner, &t.name, &packed)? else {
+        return Ok(false);
+    };
+    inner
+        .conn
+        .prepare_cached(&t.sql.clock_write)?
+        .execute(params![key, SENTINEL, cl, v, ext.tx.take_seq(), 0])?;
+    Ok(true)
 }
 
 /// Whether the row of `key` is live in the clocks (odd causal length).

@@ -215,7 +215,8 @@ pub fn merge_change(
                     .conn
                     .prepare_cached(&t.sql.local_cl)?
                     .query_row([k], |r| r.get::<_, i64>(0))?,
-                None => 0,
+                // A compacted delete still counts (DECISIONS D22).
+                None => crate::streams::compact::compacted_cl(inner, c.table, c.pk)?.unwrap_or(0),
             };
             (existing_key, local_cl)
         }
@@ -312,7 +313,12 @@ impl Merger<'_, '_> {
     fn key(&self, existing: Option<i64>) -> Result<i64> {
         match existing {
             Some(k) => Ok(k),
-            None => Ok(key_for(self.inner, self.t, self.pks, true)?.0),
+            None => {
+                let key = key_for(self.inner, self.t, self.pks, true)?.0;
+                // The row has clocks again: its compacted record goes.
+                crate::streams::compact::take_compacted(self.inner, self.c.table, self.c.pk)?;
+                Ok(key)
+            }
         }
     }
 

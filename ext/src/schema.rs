@@ -183,6 +183,11 @@ impl Catalog {
         v
     }
 
+    /// Whether the main schema has a table named exactly `name`.
+    pub fn has_table(&self, name: &str) -> bool {
+        self.main.contains_key(name)
+    }
+
     /// What a table's metadata depends on: the CREATE statements of the
     /// tables of that name (any case, temp and main).
     pub fn signature(&self, name: &str) -> &str {

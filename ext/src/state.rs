@@ -116,6 +116,8 @@ pub struct Inner {
     clock_cache: HashMap<String, (String, bool)>,
     /// Clock tables of this layout (of CRRs, and left by dropped ones).
     clocks: Vec<String>,
+    /// Whether `crsql_tombstones` exists (a compaction ran).
+    tombstones: bool,
     /// Statements whose largest result is the committed db_version.
     version_sql: Vec<String>,
     /// Statements whose largest result is the newest seq at version `?1`.
@@ -176,6 +178,7 @@ impl Ext {
                 newest: None,
                 table_cache: HashMap::new(),
                 clocks: Vec::new(),
+                tombstones: false,
                 clock_cache: HashMap::new(),
                 version_sql: Vec::new(),
                 newest_seq_sql: Vec::new(),
@@ -342,11 +345,17 @@ impl Inner {
                 .collect::<Vec<_>>(),
         );
         self.clocks = clocks;
+        self.tombstones = cat.has_table(crate::streams::compact::TOMBSTONES);
         self.tables = tables;
         self.by_name = by_name;
         self.schema_version = sv;
         self.newest = None;
         Ok(())
+    }
+
+    /// Whether compacted tombstones may exist (`crsql_tombstones` exists).
+    pub fn has_tombstones(&self) -> bool {
+        self.tombstones
     }
 
     /// Every clock table of this layout, including those of dropped CRRs.

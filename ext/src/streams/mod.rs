@@ -6,6 +6,7 @@
 //! `crsql_stream_state` (one row per stream) and `crsql_stream_staging`
 //! (parts of a split transaction waiting for their last part).
 
+pub mod compact;
 pub mod inbound;
 pub mod inspect;
 pub mod observe;
@@ -29,7 +30,8 @@ const STATE_DDL: &str = "CREATE TABLE IF NOT EXISTS crsql_stream_state (
   db_version INTEGER NOT NULL DEFAULT 0,
   seq INTEGER NOT NULL DEFAULT 0,
   last_seen INTEGER,
-  forgotten INTEGER NOT NULL DEFAULT 0
+  forgotten INTEGER NOT NULL DEFAULT 0,
+  resync INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE TABLE IF NOT EXISTS crsql_stream_staging (
   name TEXT NOT NULL,
@@ -46,6 +48,8 @@ pub struct StreamState {
     pub peer: Option<Vec<u8>>,
     /// `last_sent` of an outbound stream, `last_applied` of an inbound one.
     pub position: Position,
+    /// Left behind by a compaction while its peer was expired.
+    pub resync: bool,
 }
 
 pub fn ensure_state_tables(conn: &Connection) -> Result<()> {
@@ -55,9 +59,10 @@ pub fn ensure_state_tables(conn: &Connection) -> Result<()> {
 
 /// Columns added to `crsql_stream_state` after its first layout, with their
 /// definitions: added when the extension is loaded on an older database.
-const STATE_COLUMNS: [(&str, &str); 2] = [
+const STATE_COLUMNS: [(&str, &str); 3] = [
     ("last_seen", "INTEGER"),
     ("forgotten", "INTEGER NOT NULL DEFAULT 0"),
+    ("resync", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Bring an existing `crsql_stream_state` to the current layout (at load).
@@ -95,13 +100,14 @@ pub fn load_state(conn: &Connection, name: &str) -> Result<Option<StreamState>> 
         return Ok(None);
     }
     Ok(conn
-        .prepare_cached("SELECT direction, stream_id, peer, db_version, seq FROM crsql_stream_state WHERE name = ?1")?
+        .prepare_cached("SELECT direction, stream_id, peer, db_version, seq, resync FROM crsql_stream_state WHERE name = ?1")?
         .query_row([name], |r| {
             Ok(StreamState {
                 direction: r.get(0)?,
                 stream_id: r.get(1)?,
                 peer: r.get(2)?,
                 position: Position::new(r.get(3)?, r.get(4)?),
+                resync: r.get::<_, i64>(5)? != 0,
             })
         })
         .optional()?)
@@ -345,6 +351,8 @@ const RESERVED_NAMES: &[&str] = &[
     "crsql_master",
     "crsql_site_id",
     "crsql_tracked_peers",
+    "crsql_tombstones",
+    "crsql_peers",
     OUTBOUND,
     INBOUND,
 ];

@@ -93,6 +93,7 @@ impl TableCursor for StreamsCursor {
                         stream_id: r.get(2)?,
                         peer: r.get(3)?,
                         position: Position::new(r.get(4)?, r.get(5)?),
+                        resync: false,
                     },
                 ))
             })?

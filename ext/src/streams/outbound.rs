@@ -272,7 +272,16 @@ impl Table for OutboundTable {
             .ok_or_else(|| err!("{OUTBOUND} {}: stored state is missing", self.name))?;
         if what == "rewind" {
             // The peer lost what it had acknowledged (a restored backup):
-            // send again from `pos`.
+            // send again from `pos`, unless deletes after it were compacted.
+            if let Some(h) = super::compact::compacted_through(&inner.conn)? {
+                if pos < h {
+                    return Err(err!(
+                        "{OUTBOUND} {}: cannot rewind to {pos}: resync required: the metadata of rows \
+                         deleted up to {h} was compacted (crsql_compact), so the deletes cannot be sent again",
+                        self.name
+                    ));
+                }
+            }
             super::set_position(&inner.conn, &self.name, pos)?;
             self.ext.forget_retrieved(&self.name);
         } else {
@@ -796,9 +805,16 @@ impl TableCursor for OutboundCursor {
             super::position_value(OUTBOUND, &self.name, "cursor", args[0])?
         } else {
             let inner = self.ext.lock(OUTBOUND)?;
-            load_state(&inner.conn, &self.name)?
-                .ok_or_else(|| err!("{OUTBOUND} {}: stored state is missing", self.name))?
-                .position
+            let state = load_state(&inner.conn, &self.name)?
+                .ok_or_else(|| err!("{OUTBOUND} {}: stored state is missing", self.name))?;
+            if state.resync {
+                return Err(super::compact::resync_required(
+                    OUTBOUND,
+                    &self.name,
+                    &inner.conn,
+                )?);
+            }
+            state.position
         };
         self.rowid = 0;
         self.producer = Some(Producer::open(&self.ext, &self.name, &self.cfg, start)?);

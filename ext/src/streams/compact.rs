@@ -1,0 +1,229 @@
+//! Compaction of deleted rows' metadata (`crsql_compact`), the horizon it
+//! stops at, the small records that keep a compacted delete in force, and
+//! the "resync required" state of streams left behind (DECISIONS D22).
+//!
+//! A deleted row keeps a sentinel clock row (its even causal length) and a
+//! `__crsql_pks` row: four b-tree entries with their indexes. Below the
+//! horizon (every active peer has acknowledged it), compaction replaces them
+//! with one entry of `crsql_tombstones (tbl, pk, cl)`: the packed primary key
+//! and the causal length. That record is all the merge rules need of a
+//! deleted row: a late change concurrent with the delete (a lower causal
+//! length) is still ignored, and a later insert of the same key, here or by
+//! a peer, still resurrects it with a higher one. Nothing is lost; what
+//! goes is the position of the delete, which only a peer that has not
+//! received it would need, and such a peer is told to resync.
+
+use std::collections::BTreeMap;
+
+use crsql_stream_core::Position;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::crr::in_savepoint;
+use crate::err;
+use crate::error::{Error, Result};
+use crate::schema::{quote_ident, CLOCK_SUFFIX, PKS_SUFFIX};
+use crate::state::{Ext, Inner};
+
+/// The table of compacted tombstones.
+pub const TOMBSTONES: &str = "crsql_tombstones";
+
+const TOMBSTONES_DDL: &str = "CREATE TABLE IF NOT EXISTS crsql_tombstones (
+  tbl TEXT NOT NULL,
+  pk BLOB NOT NULL,
+  cl INTEGER NOT NULL,
+  PRIMARY KEY (tbl, pk)
+) WITHOUT ROWID, STRICT;";
+
+/// `crsql_master` key of the highest horizon metadata was removed at.
+const COMPACTED_THROUGH: &str = "compacted_through";
+
+/// The causal length of the compacted delete of row `pk` (packed) of CRR
+/// `tbl`, removing the record: the caller gives the row clocks again.
+pub fn take_compacted(inner: &Inner, tbl: &str, pk: &[u8]) -> Result<Option<i64>> {
+    if !inner.has_tombstones() {
+        return Ok(None);
+    }
+    Ok(inner
+        .conn
+        .prepare_cached("DELETE FROM crsql_tombstones WHERE tbl = ?1 AND pk = ?2 RETURNING cl")?
+        .query_row(params![tbl, pk], |r| r.get(0))
+        .optional()?)
+}
+
+/// The causal length of the compacted delete of row `pk`, if any.
+pub fn compacted_cl(inner: &Inner, tbl: &str, pk: &[u8]) -> Result<Option<i64>> {
+    if !inner.has_tombstones() {
+        return Ok(None);
+    }
+    Ok(inner
+        .conn
+        .prepare_cached("SELECT cl FROM crsql_tombstones WHERE tbl = ?1 AND pk = ?2")?
+        .query_row(params![tbl, pk], |r| r.get(0))
+        .optional()?)
+}
+
+/// Forget the compacted tombstones of a CRR that stops being one.
+pub fn drop_table(inner: &Inner, tbl: &str) -> Result<()> {
+    if inner.has_tombstones() {
+        inner
+            .conn
+            .prepare_cached("DELETE FROM crsql_tombstones WHERE tbl = ?1")?
+            .execute([tbl])?;
+    }
+    Ok(())
+}
+
+/// The streams of one peer (or of one stream whose peer is unknown).
+#[derive(Default)]
+struct Group {
+    /// `(name, position)` of its outbound streams.
+    outbound: Vec<(String, Position)>,
+    last_seen: Option<i64>,
+    forgotten: bool,
+}
+
+/// Where compaction may go, and who is left behind.
+pub struct Horizon {
+    /// The lowest position an active peer acknowledged; `None` when no
+    /// active peer receives from us.
+    pub position: Option<Position>,
+    /// Outbound streams of expired peers, with their positions.
+    expired: Vec<(String, Position)>,
+}
+
+/// The lowest acknowledgement of the active (not expired) peers that we
+/// send to. A peer that only sends to us holds nothing back: a late change
+/// of its own still meets the compacted record.
+pub fn horizon(conn: &Connection) -> Result<Horizon> {
+    let expiry = super::peers::expiry_seconds(conn)?;
+    let now: i64 = conn.query_row(&format!("SELECT {}", super::NOW), [], |r| r.get(0))?;
+    let mut groups: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
+    if super::state_tables_exist(conn)? {
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, direction, peer, db_version, seq, last_seen, forgotten \
+             FROM crsql_stream_state ORDER BY name",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let name: String = r.get(0)?;
+            let peer: Option<Vec<u8>> = r.get(2)?;
+            let key = peer.unwrap_or_else(|| [b"stream:".as_slice(), name.as_bytes()].concat());
+            let fresh = !groups.contains_key(&key);
+            let g = groups.entry(key).or_default();
+            g.last_seen = g.last_seen.max(r.get(5)?);
+            let forgotten = r.get::<_, i64>(6)? != 0;
+            g.forgotten = forgotten && (fresh || g.forgotten);
+            if r.get::<_, String>(1)? == "outbound" {
+                g.outbound.push((name, Position::new(r.get(3)?, r.get(4)?)));
+            }
+        }
+    }
+    let mut horizon = Horizon {
+        position: None,
+        expired: Vec::new(),
+    };
+    for g in groups.into_values() {
+        let peer = super::peers::Peer {
+            last_seen: g.last_seen,
+            forgotten: g.forgotten,
+            ..Default::default()
+        };
+        if peer.expired(now, expiry) {
+            horizon.expired.extend(g.outbound);
+            continue;
+        }
+        // Any of the peer's streams that got the changes is enough.
+        if let Some(best) = g.outbound.iter().map(|(_, p)| *p).max() {
+            horizon.position = Some(horizon.position.map_or(best, |h| h.min(best)));
+        }
+    }
+    Ok(horizon)
+}
+
+/// The highest horizon metadata was removed at, if any.
+pub fn compacted_through(conn: &Connection) -> Result<Option<Position>> {
+    let v: Option<String> = conn
+        .prepare_cached("SELECT value FROM crsql_master WHERE key = ?1")?
+        .query_row([COMPACTED_THROUGH], |r| r.get(0))
+        .optional()?;
+    Ok(v.and_then(|t| Position::parse(&t).ok()))
+}
+
+/// The error of an outbound stream left behind a compaction.
+pub fn resync_required(module: &str, name: &str, conn: &Connection) -> Result<Error> {
+    let h = compacted_through(conn)?.unwrap_or(Position::ZERO);
+    Ok(err!(
+        "{module} {name}: resync required: this database compacted the metadata of rows deleted \
+         up to the horizon {h} (crsql_compact) while this stream's peer was expired, so those deletes \
+         can no longer be sent; re-seed the peer from a copy of this database (docs/operations.md, \
+         \"Compaction\")"
+    ))
+}
+
+/// `crsql_compact()`: replace the tombstones (sentinel clock rows of
+/// deleted rows and their pks rows) at or below the horizon, and below the
+/// newest version, by compacted records; in the caller's transaction.
+/// Returns the number of clock and pks rows removed.
+pub fn compact(ext: &Ext) -> Result<i64> {
+    let mut inner = ext.lock("crsql_compact")?;
+    let conn = ext.db.connection()?;
+    let newest = inner.newest_position(&ext.tx)?;
+    in_savepoint(&conn, "crsql_compact", || {
+        let h = horizon(&inner.conn)?;
+        let limit = h.position.unwrap_or(newest);
+        // Removing rows must not lower crsql_db_version().
+        let db_version = inner.db_version(&ext.tx)?;
+        inner.persist_version(db_version)?;
+        inner.conn.execute_batch(TOMBSTONES_DDL)?;
+        let mut removed = 0;
+        for t in inner.tables().to_vec() {
+            let clock = quote_ident(&format!("{}{CLOCK_SUFFIX}", t.name));
+            let pkst = quote_ident(&format!("{}{PKS_SUFFIX}", t.name));
+            let pk_cols = t
+                .pks
+                .iter()
+                .map(|c| format!("p.{}", quote_ident(&c.name)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // The newest version stays, so the newest position cannot move.
+            let dead = format!(
+                "SELECT key FROM {clock} WHERE col_name = '-1' AND col_version % 2 = 0 \
+                 AND db_version < ?3 AND (db_version < ?1 OR (db_version = ?1 AND seq <= ?2))"
+            );
+            let bounds = params![limit.db_version, limit.seq, newest.db_version];
+            inner.conn.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO crsql_tombstones (tbl, pk, cl) \
+                     SELECT ?4, crsql_pack_columns({pk_cols}), c.col_version \
+                     FROM {clock} AS c JOIN {pkst} AS p ON p.__crsql_key = c.key \
+                     WHERE c.col_name = '-1' AND c.key IN ({dead})"
+                ),
+                params![limit.db_version, limit.seq, newest.db_version, t.name],
+            )?;
+            removed += inner.conn.execute(
+                &format!("DELETE FROM {pkst} WHERE __crsql_key IN ({dead})"),
+                bounds,
+            )? as i64;
+            removed += inner.conn.execute(
+                &format!("DELETE FROM {clock} WHERE key IN ({dead})"),
+                bounds,
+            )? as i64;
+        }
+        if removed > 0 {
+            let through = compacted_through(&inner.conn)?.max(Some(limit));
+            inner.conn.execute(
+                "INSERT OR REPLACE INTO crsql_master (key, value) VALUES (?1, ?2)",
+                params![COMPACTED_THROUGH, through.map(|p| p.to_string())],
+            )?;
+            // An expired peer's stream that had not been sent past the
+            // horizon can no longer be served from changes.
+            for (name, _) in h.expired.iter().filter(|(_, pos)| *pos < limit) {
+                inner.conn.execute(
+                    "UPDATE crsql_stream_state SET resync = 1 WHERE name = ?1",
+                    [name],
+                )?;
+            }
+        }
+        Ok(removed)
+    })
+}

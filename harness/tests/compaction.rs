@@ -1,0 +1,276 @@
+//! `crsql_compact()`: tombstones shrink to a compacted record once every
+//! active peer has acknowledged them; the record keeps the delete in force
+//! against late concurrent changes and lets a re-insert win everywhere;
+//! peers left behind are told to resync (DECISIONS D22).
+
+use crsql_stream_harness::sql::{exec, fails, int, rows, text};
+use crsql_stream_harness::{close, open};
+use rusqlite::types::Value;
+use rusqlite::Connection;
+
+/// Carry packages from `out` on `from` to `inb` on `to` until none is left,
+/// acknowledging with the receiver's `last_applied` (as the bindings do).
+fn pump(from: &Connection, out: &str, to: &Connection, inb: &str) -> usize {
+    let mut n = 0;
+    loop {
+        let got: Option<Vec<u8>> = from
+            .query_row(&format!("SELECT package FROM {out} LIMIT 1"), [], |r| {
+                r.get(0)
+            })
+            .ok();
+        let Some(pkg) = got else { return n };
+        to.execute(&format!("INSERT INTO {inb}(package) VALUES (?1)"), [&pkg])
+            .unwrap();
+        let applied = text(to, &format!("SELECT last_applied FROM {inb}"));
+        from.execute(
+            &format!("INSERT INTO {out}(last_sent) VALUES (?1)"),
+            [&applied],
+        )
+        .unwrap();
+        n += 1;
+        assert!(n < 10_000);
+    }
+}
+
+struct Pair {
+    _dir: tempfile::TempDir,
+    a: Connection,
+    b: Connection,
+}
+
+/// A and B syncing both ways, each outbound stream naming its peer.
+fn pair() -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir.path().join("a.db"));
+    let b = open(&dir.path().join("b.db"));
+    for c in [&a, &b] {
+        exec(
+            c,
+            "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT); SELECT crsql_as_crr('t');",
+        );
+    }
+    let site = |c: &Connection| text(c, "SELECT lower(hex(crsql_site_id()))");
+    let (sa, sb) = (site(&a), site(&b));
+    exec(
+        &a,
+        &format!(
+            "CREATE VIRTUAL TABLE to_b USING crsql_OutboundStream(exclude_sites = '{sb}');
+             CREATE VIRTUAL TABLE from_b USING crsql_InboundStream(from = '{sb}');"
+        ),
+    );
+    exec(
+        &b,
+        &format!(
+            "CREATE VIRTUAL TABLE to_a USING crsql_OutboundStream(exclude_sites = '{sa}');
+             CREATE VIRTUAL TABLE from_a USING crsql_InboundStream(from = '{sa}');"
+        ),
+    );
+    Pair { _dir: dir, a, b }
+}
+
+fn sync(p: &Pair) {
+    for _ in 0..2 {
+        pump(&p.a, "to_b", &p.b, "from_a");
+        pump(&p.b, "to_a", &p.a, "from_b");
+    }
+}
+
+fn tombstones(c: &Connection) -> i64 {
+    int(
+        c,
+        "SELECT count(*) FROM t__crsql_clock WHERE col_name = '-1' AND col_version % 2 = 0",
+    )
+}
+
+fn metadata_rows(c: &Connection) -> i64 {
+    int(c, "SELECT count(*) FROM t__crsql_clock") + int(c, "SELECT count(*) FROM t__crsql_pks")
+}
+
+fn table(c: &Connection) -> Vec<Vec<Value>> {
+    rows(c, "SELECT * FROM t ORDER BY id")
+}
+
+#[test]
+fn deleted_rows_metadata_goes_once_every_peer_acknowledged_and_nothing_else_moves() {
+    let p = pair();
+    exec(
+        &p.a,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+         INSERT INTO t SELECT i, 'v' || i FROM n;",
+    );
+    sync(&p);
+    exec(&p.a, "DELETE FROM t WHERE id > 100");
+    // Not yet sent: nothing may go.
+    assert_eq!(int(&p.a, "SELECT crsql_compact()"), 0);
+    sync(&p);
+    // One more local write, so the deletes are not at the newest version.
+    exec(&p.a, "UPDATE t SET v = 'last' WHERE id = 1");
+    sync(&p);
+    let (before_rows, before_meta) = (table(&p.a), metadata_rows(&p.a));
+    let before_changes = rows(
+        &p.a,
+        "SELECT pk, cid, val, col_version, db_version, seq FROM crsql_changes WHERE cid != '-1' ORDER BY 1, 2",
+    );
+    let (dbv, streams) = (
+        int(&p.a, "SELECT crsql_db_version()"),
+        rows(&p.a, "SELECT * FROM crsql_streams ORDER BY name"),
+    );
+    assert_eq!(tombstones(&p.a), 900);
+    let removed = int(&p.a, "SELECT crsql_compact()");
+    assert_eq!(removed, 1800, "900 sentinels and 900 pks rows");
+    assert_eq!(tombstones(&p.a), 0);
+    assert_eq!(metadata_rows(&p.a), before_meta - 1800);
+    // Nothing else moved: the table, the live rows' clocks, versions, positions.
+    assert_eq!(table(&p.a), before_rows);
+    assert_eq!(
+        rows(
+            &p.a,
+            "SELECT pk, cid, val, col_version, db_version, seq FROM crsql_changes WHERE cid != '-1' ORDER BY 1, 2"
+        ),
+        before_changes
+    );
+    assert_eq!(int(&p.a, "SELECT crsql_db_version()"), dbv);
+    assert_eq!(
+        rows(&p.a, "SELECT * FROM crsql_streams ORDER BY name"),
+        streams
+    );
+    // Syncing goes on: new writes, a re-insert of a compacted key.
+    exec(&p.a, "INSERT INTO t VALUES (500, 'again')");
+    exec(&p.b, "UPDATE t SET v = 'from b' WHERE id = 2");
+    sync(&p);
+    assert_eq!(table(&p.a), table(&p.b));
+    assert_eq!(
+        text(&p.b, "SELECT v FROM t WHERE id = 500"),
+        "again",
+        "the re-inserted row reached B"
+    );
+    close(p.a);
+    close(p.b);
+}
+
+#[test]
+fn a_late_update_concurrent_with_a_compacted_delete_still_loses() {
+    let p = pair();
+    exec(&p.a, "INSERT INTO t VALUES (1, 'x'), (2, 'y')");
+    sync(&p);
+    // B edits row 1 and has not sent it; A deletes row 1, B acknowledges the
+    // delete, and A compacts it.
+    exec(&p.b, "UPDATE t SET v = 'edited on b' WHERE id = 1");
+    // B's package with the edit is on its way to A (read, not yet applied).
+    let in_flight: Vec<u8> =
+        p.b.query_row("SELECT package FROM to_a LIMIT 1", [], |r| r.get(0))
+            .unwrap();
+    exec(
+        &p.a,
+        "DELETE FROM t WHERE id = 1; UPDATE t SET v = 'later' WHERE id = 2",
+    );
+    pump(&p.a, "to_b", &p.b, "from_a");
+    assert_eq!(int(&p.a, "SELECT crsql_compact()"), 2);
+    assert_eq!(tombstones(&p.a), 0);
+    assert_eq!(int(&p.a, "SELECT count(*) FROM crsql_tombstones"), 1);
+    // B's edit (causal length 1) arrives late: the compacted record of the
+    // delete (causal length 2) still wins.
+    p.a.execute("INSERT INTO from_b(package) VALUES (?1)", [&in_flight])
+        .unwrap();
+    assert_eq!(int(&p.a, "SELECT count(*) FROM t WHERE id = 1"), 0);
+    sync(&p);
+    assert_eq!(int(&p.a, "SELECT count(*) FROM t WHERE id = 1"), 0);
+    assert_eq!(table(&p.a), table(&p.b));
+    assert_eq!(
+        table(&p.a),
+        vec![vec![Value::Integer(2), Value::Text("later".into())]]
+    );
+}
+
+#[test]
+fn a_compacted_key_inserted_again_resurrects_on_every_peer() {
+    let p = pair();
+    exec(&p.a, "INSERT INTO t VALUES (1, 'x'), (2, 'y'), (3, 'z')");
+    sync(&p);
+    exec(
+        &p.a,
+        "DELETE FROM t WHERE id IN (1, 2, 3); INSERT INTO t VALUES (9, 'newest')",
+    );
+    sync(&p);
+    assert_eq!(int(&p.a, "SELECT crsql_compact()"), 6);
+    assert_eq!(int(&p.b, "SELECT crsql_compact()"), 6);
+    // Again here by insert, by a pk change, and by a peer's insert; B's own
+    // copy of the delete was compacted too.
+    exec(
+        &p.a,
+        "INSERT INTO t VALUES (1, 'again'); UPDATE t SET id = 2 WHERE id = 9;",
+    );
+    exec(&p.b, "INSERT INTO t VALUES (3, 'again on b')");
+    sync(&p);
+    assert_eq!(table(&p.a), table(&p.b));
+    assert_eq!(
+        table(&p.a),
+        vec![
+            vec![Value::Integer(1), Value::Text("again".into())],
+            vec![Value::Integer(2), Value::Text("newest".into())],
+            vec![Value::Integer(3), Value::Text("again on b".into())],
+        ]
+    );
+    assert_eq!(int(&p.a, "SELECT count(*) FROM crsql_tombstones"), 0);
+}
+
+#[test]
+fn an_expired_peer_must_resync_and_rewinding_below_the_horizon_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir.path().join("a.db"));
+    exec(
+        &a,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT); SELECT crsql_as_crr('t');
+         INSERT INTO t VALUES (1, 'x'), (2, 'y');
+         CREATE VIRTUAL TABLE to_gone USING crsql_OutboundStream(peer = '0102030405060708090a0b0c0d0e0f10');
+         CREATE VIRTUAL TABLE to_here USING crsql_OutboundStream(peer = '0102030405060708090a0b0c0d0e0f11');
+         DELETE FROM t WHERE id = 1;
+         UPDATE t SET v = 'z' WHERE id = 2;",
+    );
+    let newest = text(
+        &a,
+        "SELECT cursor FROM to_here ORDER BY cursor DESC LIMIT 1",
+    );
+    exec(
+        &a,
+        &format!("INSERT INTO to_here(last_sent) VALUES ('{newest}')"),
+    );
+    // The peer of to_gone acknowledged nothing: it holds the tombstone.
+    assert_eq!(int(&a, "SELECT crsql_compact()"), 0);
+    exec(
+        &a,
+        "SELECT crsql_forget_peer('0102030405060708090a0b0c0d0e0f10')",
+    );
+    assert_eq!(int(&a, "SELECT crsql_compact()"), 2);
+    let e = fails(&a, "SELECT * FROM to_gone");
+    assert!(e.contains("resync required"), "{e}");
+    assert!(e.contains("[2,0]") || e.contains("compacted"), "{e}");
+    let e = fails(&a, "INSERT INTO to_here(rewind) VALUES ('[0,0]')");
+    assert!(e.contains("resync required"), "{e}");
+    // The active peer's stream is untouched.
+    assert_eq!(int(&a, "SELECT count(*) FROM to_here"), 0);
+    close(a);
+}
+
+#[test]
+fn without_streams_everything_below_the_newest_version_is_compactable() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir.path().join("a.db"));
+    exec(
+        &a,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT); SELECT crsql_as_crr('t');
+         INSERT INTO t VALUES (1, 'x'), (2, 'y'), (3, 'z');
+         DELETE FROM t WHERE id = 1;
+         DELETE FROM t WHERE id = 2;",
+    );
+    // The newest version (the delete of 2) stays, so the newest position
+    // does not move.
+    assert_eq!(int(&a, "SELECT crsql_compact()"), 2);
+    assert_eq!(tombstones(&a), 1);
+    assert_eq!(int(&a, "SELECT crsql_db_version()"), 3);
+    // In the caller's transaction: a rollback restores the tombstone.
+    exec(&a, "INSERT INTO t VALUES (4, 'w')");
+    exec(&a, "BEGIN; SELECT crsql_compact(); ROLLBACK;");
+    assert_eq!(tombstones(&a), 1);
+    close(a);
+}
