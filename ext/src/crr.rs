@@ -652,15 +652,46 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
         create_crr(ext, &mut inner, table, Untracked::AlterWindow)?;
         drop_snapshot(&inner.conn, table)?;
         conn.execute_batch("RELEASE alter_crr").map_err(|e| {
-            err!("crsql_commit_alter: no crsql_begin_alter('{table}') is open on this connection ({e})")
+            if crate::error::message(&e).contains("no such savepoint") {
+                err!("crsql_commit_alter: no crsql_begin_alter('{table}') is open on this connection ({e})")
+            } else {
+                Error::Sqlite(e)
+            }
         })
     })();
-    if let Err(e) = work {
-        let _ = conn.execute_batch("ROLLBACK TO crsql_commit_alter; RELEASE crsql_commit_alter");
-        ext.invalidate_schema(&mut inner);
+    let Err(e) = work else {
+        return Ok(());
+    };
+    // The commit's own savepoint goes; `alter_crr` stays open, so the
+    // schema can be fixed and the commit retried.
+    let _ = conn.execute_batch("ROLLBACK TO crsql_commit_alter; RELEASE crsql_commit_alter");
+    ext.invalidate_schema(&mut inner);
+    let Error::Sqlite(sqlite_error) = e else {
         return Err(e);
+    };
+    if !snapshot_exists(&conn, table).unwrap_or(false) {
+        // The window's snapshot is gone with it: SQLite rolled the
+        // transaction back (disk full, I/O error at the commit). End what
+        // is left of it, so that no retry can report success for an
+        // alteration that is not there.
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        return Err(Error::prefixed(
+            &format!(
+                "crsql_commit_alter: SQLite rolled back the alteration of {table}; \
+                 run crsql_begin_alter('{table}') and the alteration again: "
+            ),
+            sqlite_error,
+        ));
     }
-    Ok(())
+    Err(Error::prefixed(
+        &format!(
+            "crsql_commit_alter: the alteration of {table} is still open; \
+             fix the cause and call crsql_commit_alter('{table}') again: "
+        ),
+        sqlite_error,
+    ))
 }
 
 /// Create the global tables and read or create the site id (§1, §2.1, §3.1,

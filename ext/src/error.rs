@@ -23,6 +23,29 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// An SQLite error with `prefix` before its message, keeping its result
+    /// code (SQLITE_BUSY, SQLITE_FULL, … stay recognisable to the caller).
+    pub fn prefixed(prefix: &str, e: rusqlite::Error) -> Error {
+        match e {
+            rusqlite::Error::SqliteFailure(f, m) => {
+                let m = m.unwrap_or_else(|| f.to_string());
+                Error::Sqlite(rusqlite::Error::SqliteFailure(f, Some(format!("{prefix}{m}"))))
+            }
+            other => Error::Msg(format!("{prefix}{other}")),
+        }
+    }
+
+    /// The SQLite result code this error is reported with.
+    pub fn code(&self) -> i32 {
+        match self {
+            Error::Misuse(_) => ffi::SQLITE_MISUSE,
+            Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => f.extended_code,
+            _ => ffi::SQLITE_ERROR,
+        }
+    }
+}
+
 /// Build an [`Error::Msg`] from format arguments.
 #[macro_export]
 macro_rules! err {
@@ -31,11 +54,7 @@ macro_rules! err {
 
 impl From<Error> for rusqlite::Error {
     fn from(e: Error) -> rusqlite::Error {
-        let code = match &e {
-            Error::Misuse(_) => ffi::SQLITE_MISUSE,
-            Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => f.extended_code,
-            _ => ffi::SQLITE_ERROR,
-        };
+        let code = e.code();
         let msg = match e {
             Error::Sqlite(rusqlite::Error::SqliteFailure(_, Some(m))) => m,
             other => other.to_string(),

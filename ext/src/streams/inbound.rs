@@ -342,7 +342,7 @@ fn merge(ext: &Ext, name: &str, context: &str, sql: &str, arg: &dyn rusqlite::To
     ext.begin_merge_batch();
     let r = conn.execute(sql, [arg]);
     ext.end_merge_batch();
-    r.map_err(|e| err!("{INBOUND} {name}: {context}{}", crate::error::message(&e)))?;
+    r.map_err(|e| Error::prefixed(&format!("{INBOUND} {name}: {context}"), e))?;
     Ok(())
 }
 
