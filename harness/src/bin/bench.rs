@@ -86,7 +86,7 @@ fn make_rows(n: usize) -> Vec<Row> {
 }
 
 const USAGE: &str =
-    "usage: bench [--rows N] [--pragma NAME=VALUE]... [--stream-changes N] [--only crr|streams]\n\
+    "usage: bench [--rows N] [--pragma NAME=VALUE]... [--stream-changes N] [--only crr|streams|compaction]\n\
     (defaults: 100000 rows; a 1000000-change backlog for the streams)";
 
 struct Options {
@@ -138,9 +138,13 @@ fn parse_args() -> Result<Options, String> {
                 }
             }
             "--only" => {
-                let v = args.next().ok_or("--only needs crr or streams")?;
-                if v != "crr" && v != "streams" {
-                    return Err(format!("--only: expected crr or streams, got {v}"));
+                let v = args
+                    .next()
+                    .ok_or("--only needs crr, streams or compaction")?;
+                if !["crr", "streams", "compaction"].contains(&v.as_str()) {
+                    return Err(format!(
+                        "--only: expected crr, streams or compaction, got {v}"
+                    ));
                 }
                 only = Some(v);
             }
@@ -600,11 +604,15 @@ fn main() -> ExitCode {
         }
     };
     let result = (|| -> BoxResult<()> {
-        if opts.only.as_deref() != Some("streams") {
+        let part = |name: &str| opts.only.is_none() || opts.only.as_deref() == Some(name);
+        if part("crr") {
             run(&opts)?;
         }
-        if opts.only.as_deref() != Some("crr") {
+        if part("streams") {
             streams::run(&opts)?;
+        }
+        if part("compaction") {
+            compaction::run(&opts)?;
         }
         Ok(())
     })();
@@ -963,6 +971,102 @@ mod streams {
         crsql_stream_harness::close(small_db);
         crsql_stream_harness::close(dst);
         crsql_stream_harness::close(src);
+        Ok(())
+    }
+}
+
+/// Metadata of deleted rows before and after `crsql_compact()` (issue:
+/// peers and compaction): `--rows` rows inserted, 90% deleted, every peer
+/// acknowledged, then compacted.
+mod compaction {
+    use super::*;
+
+    /// Rows and bytes (dbstat) of the CRR's metadata tables.
+    fn metadata(conn: &Connection) -> BoxResult<(i64, Option<i64>)> {
+        let records = if count(
+            conn,
+            "SELECT count(*) FROM sqlite_master WHERE name = 'crsql_tombstones'",
+        )? > 0
+        {
+            count(conn, "SELECT count(*) FROM crsql_tombstones")?
+        } else {
+            0
+        };
+        let rows = count(conn, "SELECT count(*) FROM t__crsql_clock")?
+            + count(conn, "SELECT count(*) FROM t__crsql_pks")?
+            + records;
+        let bytes = conn
+            .query_row(
+                "SELECT sum(pgsize) FROM dbstat WHERE name LIKE 't\\_\\_crsql%' ESCAPE '\\' \
+                 OR name LIKE 'sqlite_autoindex_t\\_\\_crsql%' ESCAPE '\\' OR name LIKE 'crsql_tombstones%'",
+                [],
+                |r| r.get(0),
+            )
+            .ok();
+        Ok((rows, bytes))
+    }
+
+    pub fn run(opts: &Options) -> BoxResult<()> {
+        let n = opts.rows;
+        let deleted = n * 9 / 10;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("compact.db");
+        let mut conn = open_file(&path, true, &opts.pragmas)?;
+        conn.execute_batch(CREATE)?;
+        conn.query_row("SELECT crsql_as_crr('t')", [], |_| Ok(()))?;
+        insert_rows(&mut conn, &make_rows(n))?;
+        conn.execute_batch(&format!(
+            "CREATE VIRTUAL TABLE to_peer USING crsql_OutboundStream(peer = '0102030405060708090a0b0c0d0e0f10');
+             DELETE FROM t WHERE rowid IN (SELECT rowid FROM t LIMIT {deleted});"
+        ))?;
+        // One more write, so the deletes are below the newest version; the
+        // peer acknowledges everything.
+        conn.execute_batch("UPDATE t SET rowid = rowid WHERE rowid = (SELECT max(rowid) FROM t)")?;
+        let newest: String = conn.query_row(
+            "SELECT max(cursor) FROM (SELECT cursor FROM to_peer)",
+            [],
+            |r| r.get(0),
+        )?;
+        conn.execute("INSERT INTO to_peer(last_sent) VALUES (?1)", [&newest])?;
+        let (rows_before, bytes_before) = metadata(&conn)?;
+        let file_before = {
+            conn.execute_batch("VACUUM")?;
+            checkpointed_size(&conn, &path)?
+        };
+        let (removed, t) = timed(|| Ok(count(&conn, "SELECT crsql_compact()")?))?;
+        let (rows_after, bytes_after) = metadata(&conn)?;
+        conn.execute_batch("VACUUM")?;
+        let file_after = checkpointed_size(&conn, &path)?;
+        println!();
+        println!(
+            "compaction: {} rows inserted, {} deleted, every peer acknowledged; crsql_compact() removed {} clock and pks rows in {}",
+            grouped(n as u64),
+            grouped(deleted as u64),
+            grouped(removed as u64),
+            ms(t.wall)
+        );
+        let pct = |before: i64, after: i64| 100.0 * (before - after) as f64 / before.max(1) as f64;
+        println!(
+            "  metadata rows (clock + pks + compacted records): {} -> {} (-{:.1}%)",
+            grouped(rows_before as u64),
+            grouped(rows_after as u64),
+            pct(rows_before, rows_after)
+        );
+        match (bytes_before, bytes_after) {
+            (Some(b), Some(a)) => println!(
+                "  metadata bytes (dbstat pages): {} -> {} (-{:.1}%)",
+                mib(b as u64),
+                mib(a as u64),
+                pct(b, a)
+            ),
+            _ => println!("  metadata bytes: dbstat not available in this SQLite"),
+        }
+        println!(
+            "  file after VACUUM: {} -> {}",
+            mib(file_before),
+            mib(file_after)
+        );
+        crsql_stream_harness::close(conn);
         Ok(())
     }
 }
