@@ -5,17 +5,18 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crsql_stream_core::pack::pack_columns;
-use rusqlite::functions::{Context, FunctionFlags};
+use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
 use crate::err;
 use crate::error::{guard, Error, Result};
+use crate::sqlite::function::{create_scalar_function, Args};
 use crate::state::Ext;
 use crate::values::{to_core, type_name};
 use crate::{crr, local};
 
-type SqlFn = fn(&Ext, &Context<'_>) -> Result<Value>;
+type SqlFn = fn(&Ext, &Args<'_>) -> Result<Value>;
 
 const D: FunctionFlags = FunctionFlags::SQLITE_DETERMINISTIC;
 const I: FunctionFlags = FunctionFlags::SQLITE_INNOCUOUS;
@@ -59,21 +60,22 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 pub fn register(conn: &Connection, ext: &Arc<Ext>) -> rusqlite::Result<()> {
     for &(name, n_arg, flags, f) in FUNCTIONS {
         let ext = Arc::clone(ext);
-        conn.create_scalar_function(
+        create_scalar_function(
+            conn,
             name,
             n_arg,
             flags | FunctionFlags::SQLITE_UTF8,
-            move |ctx| guard(name, || f(&ext, ctx)),
+            Box::new(move |args| guard(name, || f(&ext, args))),
         )?;
     }
     Ok(())
 }
 
-fn args<'a>(ctx: &'a Context<'_>) -> Vec<ValueRef<'a>> {
+fn args<'a>(ctx: &'a Args<'_>) -> Vec<ValueRef<'a>> {
     (0..ctx.len()).map(|i| ctx.get_raw(i)).collect()
 }
 
-fn text_arg<'a>(ctx: &'a Context<'_>, i: usize, func: &str, what: &str) -> Result<&'a str> {
+fn text_arg<'a>(ctx: &'a Args<'_>, i: usize, func: &str, what: &str) -> Result<&'a str> {
     match ctx.get_raw(i) {
         ValueRef::Text(t) => {
             std::str::from_utf8(t).map_err(|_| err!("{func}: {what} is not valid UTF-8"))
@@ -86,7 +88,7 @@ fn text_arg<'a>(ctx: &'a Context<'_>, i: usize, func: &str, what: &str) -> Resul
 }
 
 /// The table argument of `f([schema,] table)`; the schema is ignored.
-fn table_arg<'a>(ctx: &'a Context<'_>, func: &str) -> Result<&'a str> {
+fn table_arg<'a>(ctx: &'a Args<'_>, func: &str) -> Result<&'a str> {
     match ctx.len() {
         1 | 2 => text_arg(ctx, ctx.len() - 1, func, "the table name"),
         _ if func == "crsql_as_crr" => Err(err!(
@@ -96,32 +98,32 @@ fn table_arg<'a>(ctx: &'a Context<'_>, func: &str) -> Result<&'a str> {
     }
 }
 
-fn as_crr(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn as_crr(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     crr::as_crr(ext, table_arg(ctx, "crsql_as_crr")?)?;
     Ok(Value::Text("OK".into()))
 }
 
-fn as_table(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn as_table(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     crr::as_table(ext, text_arg(ctx, 0, "crsql_as_table", "the table name")?)?;
     Ok(Value::Null)
 }
 
-fn begin_alter(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn begin_alter(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     crr::begin_alter(ext, table_arg(ctx, "crsql_begin_alter")?)?;
     Ok(Value::Text("OK".into()))
 }
 
-fn commit_alter(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn commit_alter(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     crr::commit_alter(ext, table_arg(ctx, "crsql_commit_alter")?)?;
     Ok(Value::Null)
 }
 
-fn db_version(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+fn db_version(ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {
     let mut inner = ext.lock("crsql_db_version")?;
     Ok(Value::Integer(inner.db_version(&ext.tx)?))
 }
 
-fn next_db_version(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn next_db_version(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     let floor = match ctx.len() {
         0 => None,
         1 => match ctx.get_raw(0) {
@@ -147,16 +149,16 @@ fn next_db_version(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
     Ok(Value::Integer(v))
 }
 
-fn site_id(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+fn site_id(ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {
     Ok(Value::Blob(ext.site_id().to_vec()))
 }
 
-fn new_site_id(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+fn new_site_id(ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {
     Ok(Value::Blob(crr::new_site_id(ext)?.to_vec()))
 }
 
 /// A site id argument: 16 bytes, or 32 hex digits.
-fn site_arg(ctx: &Context<'_>, i: usize, func: &str) -> Result<Vec<u8>> {
+fn site_arg(ctx: &Args<'_>, i: usize, func: &str) -> Result<Vec<u8>> {
     match ctx.get_raw(i) {
         ValueRef::Blob(b) if b.len() == 16 => Ok(b.to_vec()),
         ValueRef::Text(t) => std::str::from_utf8(t)
@@ -171,37 +173,37 @@ fn site_arg(ctx: &Context<'_>, i: usize, func: &str) -> Result<Vec<u8>> {
     }
 }
 
-fn forget_peer(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn forget_peer(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     let site = site_arg(ctx, 0, "crsql_forget_peer")?;
     Ok(Value::Integer(crate::streams::peers::forget(ext, &site)?))
 }
 
-fn compact(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+fn compact(ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {
     Ok(Value::Integer(crate::streams::compact::compact(ext)?))
 }
 
-fn sha(_ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+fn sha(_ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {
     Ok(Value::Text(env!("CRSQL_STREAM_GIT_SHA").into()))
 }
 
-fn version(_ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+fn version(_ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {
     Ok(Value::Text(env!("CARGO_PKG_VERSION").into()))
 }
 
-fn finalize(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+fn finalize(ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {
     let mut inner = ext.lock("crsql_finalize")?;
     ext.finalize_statements(&mut inner);
     Ok(Value::Text("finalized".into()))
 }
 
-fn rows_impacted(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+fn rows_impacted(ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {
     Ok(Value::Integer(ext.rows_impacted.load(Relaxed)))
 }
 
 const MERGE_EQUAL_VALUES: &str = "merge-equal-values";
 use crate::streams::peers::PEER_EXPIRY;
 
-fn setting_name<'a>(ctx: &'a Context<'_>, func: &str) -> Result<&'a str> {
+fn setting_name<'a>(ctx: &'a Args<'_>, func: &str) -> Result<&'a str> {
     let name = text_arg(ctx, 0, func, "the setting name")?;
     if name != MERGE_EQUAL_VALUES && name != PEER_EXPIRY {
         return Err(err!("Unknown setting name"));
@@ -209,7 +211,7 @@ fn setting_name<'a>(ctx: &'a Context<'_>, func: &str) -> Result<&'a str> {
     Ok(name)
 }
 
-fn config_set(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn config_set(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     let name = setting_name(ctx, "crsql_config_set")?;
     let v = match (name, ctx.get_raw(1)) {
         (MERGE_EQUAL_VALUES, ValueRef::Integer(i @ (0 | 1))) => i,
@@ -238,7 +240,7 @@ fn config_set(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
     Ok(Value::Integer(v))
 }
 
-fn config_get(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn config_get(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     if setting_name(ctx, "crsql_config_get")? == PEER_EXPIRY {
         let inner = ext.lock("crsql_config_get")?;
         return Ok(Value::Integer(crate::streams::peers::expiry_seconds(
@@ -248,7 +250,7 @@ fn config_get(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
     Ok(Value::Integer(ext.merge_equal_values.load(Relaxed) as i64))
 }
 
-fn pack(_ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn pack(_ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     let a = args(ctx);
     let packed = pack_columns(a.iter().map(|v| to_core(*v))).map_err(|source| Error::Pack {
         context: "crsql_pack_columns".into(),
@@ -257,7 +259,7 @@ fn pack(_ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
     Ok(Value::Blob(packed))
 }
 
-fn sync_bit(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn sync_bit(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     match ctx.len() {
         0 => Ok(Value::Integer(ext.sync_bit.load(Relaxed))),
         1 => {
@@ -279,30 +281,30 @@ fn sync_bit(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
     }
 }
 
-fn get_seq(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+fn get_seq(ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {
     Ok(Value::Integer(ext.tx.seq.load(Relaxed)))
 }
 
-fn increment_and_get_seq(ext: &Ext, _ctx: &Context<'_>) -> Result<Value> {
+fn increment_and_get_seq(ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {
     Ok(Value::Integer(ext.tx.take_seq()))
 }
 
-fn after_insert(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn after_insert(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     local::after_insert(ext, &args(ctx))?;
     Ok(Value::Integer(0))
 }
 
-fn after_update(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn after_update(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     local::after_update(ext, &args(ctx))?;
     Ok(Value::Integer(0))
 }
 
-fn after_delete(ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn after_delete(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     local::after_delete(ext, &args(ctx))?;
     Ok(Value::Integer(0))
 }
 
-fn package_info(_ext: &Ext, ctx: &Context<'_>) -> Result<Value> {
+fn package_info(_ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     let raw = ctx.get_raw(0);
     let pkg = crate::streams::inspect::decode_arg("crsql_package_info", raw)?;
     let len = match raw {

@@ -38,11 +38,10 @@
 //! `crsql_changes`, positions included, duplicates are no-ops, and the peers
 //! converge with `last_sent = last_applied` and `lag_versions = 0`.
 //!
-//! Two bugs were found here: `crsql_commit_alter` after an I/O error at its
-//! commit (fixed; `crsql_commit_alter_after_an_io_error_...`), and result
-//! codes lost inside the extension (fixed for merges; left for SQL
-//! functions: `errors_inside_the_extension_keep_sqlites_result_code` is
-//! `#[ignore]`d).
+//! Two bugs were found here, both fixed: `crsql_commit_alter` after an I/O
+//! error at its commit (`crsql_commit_alter_after_an_io_error_...`), and
+//! result codes lost inside the extension
+//! (`errors_inside_the_extension_keep_sqlites_result_code`).
 //!
 //! Contract: docs/streams.md ("The contract", "Atomicity"), docs/sql.md
 //! (`crsql_InboundStream`: "a package is applied entirely or not at all";
@@ -1395,14 +1394,12 @@ fn busy_from_another_connection_is_a_clean_error_that_changes_nothing_and_the_re
     }
 }
 
-/// An SQLite error met inside the extension keeps its result code. Merges
-/// do (fixed: the stream's message prefix used to drop it). Known bug left:
-/// from an SQL function the code becomes SQLITE_ERROR (rusqlite's
-/// `sqlite3_result_error` after `sqlite3_result_error_code` resets it), so
-/// `crsql_begin_alter` under SQLITE_BUSY reports SQLITE_ERROR. (Statements
-/// that fail before the extension runs keep theirs.)
+/// An SQLite error met inside the extension keeps its result code, in a
+/// merge (the stream's message prefix used to drop it) and in an SQL
+/// function (rusqlite reported the code before the message, and
+/// `sqlite3_result_error` resets it; the extension now registers its
+/// functions itself). Both were bugs found by this test.
 #[test]
-#[ignore = "bug: SQLITE_BUSY inside an SQL function (crsql_begin_alter) reaches the caller as SQLITE_ERROR"]
 fn errors_inside_the_extension_keep_sqlites_result_code() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -16,6 +16,7 @@ use rusqlite::Connection;
 
 use crate::state::TxCounters;
 
+pub mod function;
 pub mod vtab;
 
 /// Entry point derived by SQLite from the file name `libcrsql_stream.so`.
