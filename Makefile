@@ -7,7 +7,7 @@ SQLITE3 ?= sqlite3
 PYTHON  ?= /usr/bin/python3
 export CRSQL_STREAM_EXT := $(abspath $(EXT))
 
-.PHONY: all build test unit harness-test sql-test sql-bless py-test wheel py-binding-test node-package node-binding-test check fmt clippy soak bench demo fuzz clean path-check readme-test
+.PHONY: all build test unit harness-test sql-test sql-bless py-test wheel py-binding-test node-package node-binding-test check fmt clippy soak bench demo fuzz memcheck clean path-check readme-test
 
 all: build
 
@@ -150,20 +150,28 @@ bench: build
 demo: build
 	bash demo/demo.sh
 
-# Fuzz the decoders (fuzz/, its own workspace) for FUZZ_SECONDS per target.
-# Stable Rust: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z flags. A crash
-# stops the run and leaves the input in fuzz/artifacts/<target>/; keep it as
+# Fuzz the decoders (fuzz/, its own workspace): every cargo-fuzz target for
+# FUZZ_SECONDS, one after the other on one core, then a table of executions
+# and crashes per target (fuzz/run.sh; logs in fuzz/target/fuzz-logs/). A
+# crash does not stop the other targets, but fails the run; its input is in
+# fuzz/artifacts/<target>/. Keep it (minimised) as
 # core/tests/fuzz-crashers/<target>-<what-it-broke>.bin (fuzz_regressions.rs).
+# Seeds: fuzz/seeds/<target>/ (tracked); what libFuzzer finds: fuzz/corpus/.
+# cargo-fuzz is installed from crates.io when missing; stable Rust runs it
+# with RUSTC_BOOTSTRAP=1. Not part of `make test`.
 FUZZ_SECONDS  ?= 60
 FUZZ_TARGETS  ?= package_decode package_body package_json_body pack_unpack
 fuzz:
-	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for t in $(FUZZ_TARGETS); do \
-		mkdir -p corpus/$$t && \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t seeds/$$t -- \
-			-max_total_time=$(FUZZ_SECONDS) -malloc_limit_mb=64 -timeout=10 \
-			-print_final_stats=1 || exit 1; \
-	done
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) bash fuzz/run.sh $(FUZZ_TARGETS)
+
+# The SQL tests and the Python tests once under valgrind's memcheck, with the
+# built library loaded (tests/memcheck.sh): fails on any invalid read/write,
+# other memcheck error or definitely-lost block (suppressions for code outside
+# our library only: tests/valgrind.supp). Logs in target/memcheck/logs/.
+# valgrind is not installed by it (Debian: apt-get install -y valgrind).
+# About 3-4 minutes on two cores. Not part of `make test`.
+memcheck: build
+	SQLITE3=$(SQLITE3) PYTHON=$(PYTHON) bash tests/memcheck.sh
 
 clean:
 	$(CARGO) clean
