@@ -272,6 +272,12 @@ impl Drop for Ext {
                 reg.remove(&self.db.as_key());
             }
         }
+        // The registry is a static of this library: when the last
+        // connection goes SQLite may unload the library, and an emptied map
+        // would leak its table (valgrind: 84 bytes per load).
+        if reg.is_empty() {
+            *reg = HashMap::new();
+        }
     }
 }
 
