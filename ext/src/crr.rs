@@ -11,7 +11,7 @@ use crsql_stream_core::merge::SENTINEL;
 
 use crate::err;
 use crate::error::{Error, Result};
-use crate::local::{key_for, record_delete, revive_compacted};
+use crate::local::{bounded_clock_write, key_for, record_delete, revive_compacted};
 use crate::schema::{self, quote_ident, quote_str, CLOCK_SUFFIX, MAX_NAME_LEN, PKS_SUFFIX};
 use crate::state::{Ext, Inner};
 
@@ -20,12 +20,23 @@ pub const CRSQLITE_LAYOUT_VERSION: i64 = 160300;
 
 /// Run `f` inside `SAVEPOINT name`; on error roll back to it and release it.
 pub fn in_savepoint<T>(conn: &Connection, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let outermost = conn.is_autocommit();
     conn.execute_batch(&format!("SAVEPOINT {name}"))?;
     match f() {
-        Ok(v) => {
-            conn.execute_batch(&format!("RELEASE {name}"))?;
-            Ok(v)
-        }
+        Ok(v) => match conn.execute_batch(&format!("RELEASE {name}")) {
+            Ok(()) => Ok(v),
+            // A RELEASE that had to commit (SQLITE_BUSY, …) leaves the
+            // transaction open: undo it, so no later write lands in it.
+            Err(e) => {
+                let undo = if outermost {
+                    "ROLLBACK".to_string()
+                } else {
+                    format!("ROLLBACK TO {name}; RELEASE {name}")
+                };
+                let _ = conn.execute_batch(&undo);
+                Err(e.into())
+            }
+        },
         Err(e) => {
             let _ = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
             Err(e)
@@ -313,11 +324,17 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
         for key in keys(inner, &dead)? {
             let v = version_of(inner)?;
             let conn = &inner.conn;
-            conn.prepare_cached(&t.sql.sentinel_insert)?
-                .execute(params![key, v, ext.tx.take_seq()])?;
+            bounded_clock_write(
+                conn,
+                &t.sql.sentinel_insert,
+                params![key, v, ext.tx.take_seq()],
+            )?;
             for col in &t.cols {
-                conn.prepare_cached(&t.sql.clock_upsert_cell)?
-                    .execute(params![key, col.name, v, ext.tx.take_seq()])?;
+                bounded_clock_write(
+                    conn,
+                    &t.sql.clock_upsert_cell,
+                    params![key, col.name, v, ext.tx.take_seq()],
+                )?;
             }
         }
     }
@@ -325,10 +342,11 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
         // 0c. Cells whose value changed during the window.
         for key_col in changed_cells(inner, &t)? {
             let v = version_of(inner)?;
-            inner
-                .conn
-                .prepare_cached(&t.sql.clock_upsert_cell)?
-                .execute(params![key_col.0, key_col.1, v, ext.tx.take_seq()])?;
+            bounded_clock_write(
+                &inner.conn,
+                &t.sql.clock_upsert_cell,
+                params![key_col.0, key_col.1, v, ext.tx.take_seq()],
+            )?;
         }
     }
 
@@ -353,10 +371,11 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
         let (key, existed) = key_for(inner, &t, &refs, true)?;
         if !existed && revive_compacted(ext, inner, &t, key, &refs, v)? {
             // Back under a compacted deleted key: a resurrection.
-            inner
-                .conn
-                .prepare_cached(&t.sql.sentinel_insert)?
-                .execute(params![key, v, ext.tx.take_seq()])?;
+            bounded_clock_write(
+                &inner.conn,
+                &t.sql.sentinel_insert,
+                params![key, v, ext.tx.take_seq()],
+            )?;
         }
         let names: Vec<&str> = if t.cols.is_empty() {
             vec!["-1"]
@@ -480,7 +499,7 @@ fn changed_cells(inner: &Inner, t: &schema::TableInfo) -> Result<Vec<(i64, Strin
             .prepare(&format!(
                 "SELECT s.k FROM temp.{snap} AS s JOIN main.{pkst} AS p ON p.__crsql_key = s.k \
                  JOIN main.{base} AS b ON {join} \
-                 WHERE {now} IS NOT {old} OR typeof({now}) != typeof({old}) ORDER BY s.k"
+                 WHERE {now} IS NOT {old} COLLATE BINARY OR typeof({now}) != typeof({old}) ORDER BY s.k"
             ))?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
@@ -534,18 +553,29 @@ pub fn as_crr(ext: &Ext, table: &str) -> Result<()> {
     check_name("crsql_as_crr", table)?;
     let mut inner = ext.lock("crsql_as_crr")?;
     let conn = ext.db.connection()?;
+    // No alter window can be open outside a transaction (it is a savepoint).
+    let autocommit = conn.is_autocommit();
     in_savepoint(&conn, "crsql_as_crr", || {
         check_compatible(&inner.conn, table)?;
         if schema::is_crr(&inner.conn, table)? {
             return Ok(());
         }
         if !schema::table_exists(&inner.conn, &format!("{table}{CLOCK_SUFFIX}"))? {
+            // New clocks: no compacted record of an earlier life applies.
+            crate::streams::compact::drop_table(&inner, table)?;
             return create_crr(ext, &mut inner, table, Untracked::Nothing);
         }
         if snapshot_exists(&inner.conn, table)? {
-            return Err(err!(
-                "crsql_as_crr: {table} is inside a crsql_begin_alter window; finish it with crsql_commit_alter('{table}')"
-            ));
+            if !autocommit {
+                return Err(err!(
+                    "crsql_as_crr: {table} is inside a crsql_begin_alter window; finish it with crsql_commit_alter('{table}')"
+                ));
+            }
+            // A window ended by a plain COMMIT: record what it did, as
+            // crsql_commit_alter would have.
+            prune_dropped_columns(&inner.conn, table)?;
+            create_crr(ext, &mut inner, table, Untracked::AlterWindow)?;
+            return drop_snapshot(&inner.conn, table);
         }
         // The base table was dropped and created again (DECISIONS D19).
         check_leftover_clocks(&inner.conn, table)?;
@@ -641,6 +671,7 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
                 "DROP TABLE IF EXISTS {clock}; DROP TABLE IF EXISTS {pkst};"
             ))?;
             drop_snapshot(&inner.conn, table)?;
+            crate::streams::compact::drop_table(&inner, table)?;
         } else {
             prune_dropped_columns(&inner.conn, table)?;
         }
@@ -653,7 +684,10 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
         drop_snapshot(&inner.conn, table)?;
         conn.execute_batch("RELEASE alter_crr").map_err(|e| {
             if crate::error::message(&e).contains("no such savepoint") {
-                err!("crsql_commit_alter: no crsql_begin_alter('{table}') is open on this connection ({e})")
+                err!(
+                    "crsql_commit_alter: no crsql_begin_alter('{table}') is open on this connection ({e}); \
+                     if a COMMIT ended the window, crsql_as_crr('{table}') records what it did"
+                )
             } else {
                 Error::Sqlite(e)
             }
@@ -805,6 +839,21 @@ pub fn bootstrap(conn: &Connection) -> Result<([u8; 16], bool)> {
     Ok((site, mev))
 }
 
+/// The site ids this database had before (`crsql_new_site_id`), oldest first.
+pub fn former_site_ids(conn: &Connection) -> Result<Vec<[u8; 16]>> {
+    let blob: Option<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT value FROM crsql_master WHERE key = 'former_site_ids' AND typeof(value) = 'blob'",
+        )?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    Ok(blob
+        .unwrap_or_default()
+        .chunks_exact(16)
+        .filter_map(|c| <[u8; 16]>::try_from(c).ok())
+        .collect())
+}
+
 /// `crsql_new_site_id()`: give this database a fresh site id, for a restored
 /// backup or a file copied to several devices (docs/operations.md). Changes
 /// written so far keep the old id (it becomes an ordinary site of
@@ -837,6 +886,11 @@ pub fn new_site_id(ext: &Ext) -> Result<[u8; 16]> {
             "INSERT INTO crsql_site_id (site_id) VALUES (?1) RETURNING ordinal",
             [old.as_slice()],
             |r| r.get(0),
+        )?;
+        inner.conn.execute(
+            "INSERT INTO crsql_master (key, value) VALUES ('former_site_ids', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = CAST(value AS BLOB) || excluded.value",
+            [old.as_slice()],
         )?;
         for clock in inner.clock_tables() {
             inner.conn.execute(

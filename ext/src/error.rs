@@ -30,7 +30,10 @@ impl Error {
         match e {
             rusqlite::Error::SqliteFailure(f, m) => {
                 let m = m.unwrap_or_else(|| f.to_string());
-                Error::Sqlite(rusqlite::Error::SqliteFailure(f, Some(format!("{prefix}{m}"))))
+                Error::Sqlite(rusqlite::Error::SqliteFailure(
+                    f,
+                    Some(format!("{prefix}{m}")),
+                ))
             }
             other => Error::Msg(format!("{prefix}{other}")),
         }

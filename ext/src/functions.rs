@@ -150,6 +150,11 @@ fn next_db_version(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
 }
 
 fn site_id(ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {
+    // Notice another connection's crsql_new_site_id(); inside a merge (a
+    // user trigger) the state is busy and the id cannot have changed.
+    if let Ok(mut inner) = ext.lock("crsql_site_id") {
+        let _ = inner.db_version(&ext.tx);
+    }
     Ok(Value::Blob(ext.site_id().to_vec()))
 }
 

@@ -4,7 +4,7 @@ use rusqlite::params_from_iter;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, OptionalExtension};
 
-use crsql_stream_core::merge::SENTINEL;
+use crsql_stream_core::merge::{MAX_CLOCK, SENTINEL};
 use crsql_stream_core::pack::pack_columns;
 
 use crate::err;
@@ -53,6 +53,30 @@ pub fn key_for(
     Ok((k, true))
 }
 
+/// Run one of the clock writes that count up (a cell's col_version, a
+/// sentinel's causal length; they end in `RETURNING col_version`), refusing
+/// to store a value beyond [`MAX_CLOCK`]: no peer would accept it, and the
+/// stream would be stuck (DECISIONS D20). Only a value injected at the
+/// bound can get there; the write then fails and changes nothing.
+pub fn bounded_clock_write(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    while let Some(r) = rows.next()? {
+        let v: i64 = r.get(0)?;
+        if v > MAX_CLOCK {
+            return Err(err!(
+                "crsql_stream: this write would raise a clock to {v}, beyond the largest value peers accept \
+                 ({MAX_CLOCK}); delete the row and insert it again to restart its clocks"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Look up the CRR of a trigger helper call and check its argument count.
 fn trigger_table(
     ext: &Ext,
@@ -95,18 +119,23 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     }
     let conn = &inner.conn;
     if t.cols.is_empty() {
-        conn.prepare_cached(&t.sql.sentinel_insert)?
-            .execute(params![key, v, ext.tx.take_seq()])?;
+        bounded_clock_write(
+            conn,
+            &t.sql.sentinel_insert,
+            params![key, v, ext.tx.take_seq()],
+        )?;
         return Ok(());
     }
     if existed {
         // A seq is consumed even when there is no sentinel to bump (§6.1).
-        conn.prepare_cached(&t.sql.sentinel_bump)?
-            .execute(params![key, v, ext.tx.take_seq()])?;
+        bounded_clock_write(
+            conn,
+            &t.sql.sentinel_bump,
+            params![key, v, ext.tx.take_seq()],
+        )?;
     }
     let first = ext.tx.take_seqs(t.cols.len() as i64);
-    conn.prepare_cached(&t.sql.clock_insert_all)?
-        .execute(params![key, v, first])?;
+    bounded_clock_write(conn, &t.sql.clock_insert_all, params![key, v, first])?;
     Ok(())
 }
 
@@ -143,8 +172,11 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
             record_delete(ext, &inner, &t, new_key, v)?;
         }
         let (old_key, _) = key_for(&inner, &t, old_pks, false)?;
-        conn.prepare_cached(&t.sql.sentinel_delete)?
-            .execute(params![old_key, v, ext.tx.take_seq()])?;
+        bounded_clock_write(
+            conn,
+            &t.sql.sentinel_delete,
+            params![old_key, v, ext.tx.take_seq()],
+        )?;
         let names: Vec<String> = conn
             .prepare_cached(&t.sql.cell_names)?
             .query_map([old_key], |r| r.get(0))?
@@ -155,8 +187,11 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
             conn.prepare_cached(&t.sql.clock_delete_cell)?
                 .execute(params![old_key, name])?;
         }
-        conn.prepare_cached(&t.sql.sentinel_insert)?
-            .execute(params![new_key, v, ext.tx.take_seq()])?;
+        bounded_clock_write(
+            conn,
+            &t.sql.sentinel_insert,
+            params![new_key, v, ext.tx.take_seq()],
+        )?;
         wrote = true;
         // Columns that had no clock to move still carry a value on the new
         // key: give them a clock, so peers that zeroed their own copy on the
@@ -164,15 +199,21 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         for (i, col) in t.cols.iter().enumerate() {
             let changed = compare(new_cols[i], old_cols[i]).is_ne();
             if !changed && !names.iter().any(|n| n == &col.name) {
-                conn.prepare_cached(&t.sql.clock_upsert_cell)?
-                    .execute(params![new_key, col.name, v, ext.tx.take_seq()])?;
+                bounded_clock_write(
+                    conn,
+                    &t.sql.clock_upsert_cell,
+                    params![new_key, col.name, v, ext.tx.take_seq()],
+                )?;
             }
         }
     }
     for (i, col) in t.cols.iter().enumerate() {
         if compare(new_cols[i], old_cols[i]).is_ne() {
-            conn.prepare_cached(&t.sql.clock_upsert_cell)?
-                .execute(params![new_key, col.name, v, ext.tx.take_seq()])?;
+            bounded_clock_write(
+                conn,
+                &t.sql.clock_upsert_cell,
+                params![new_key, col.name, v, ext.tx.take_seq()],
+            )?;
             wrote = true;
         }
     }
@@ -234,10 +275,11 @@ pub fn row_is_live(inner: &Inner, t: &TableInfo, key: i64) -> Result<bool> {
 /// The clocks of a local delete of the row of `key` at version `v`: the
 /// sentinel's causal length becomes even and the cells' clocks go.
 pub fn record_delete(ext: &Ext, inner: &Inner, t: &TableInfo, key: i64, v: i64) -> Result<()> {
-    inner
-        .conn
-        .prepare_cached(&t.sql.sentinel_delete)?
-        .execute(params![key, v, ext.tx.take_seq()])?;
+    bounded_clock_write(
+        &inner.conn,
+        &t.sql.sentinel_delete,
+        params![key, v, ext.tx.take_seq()],
+    )?;
     inner
         .conn
         .prepare_cached(&t.sql.clock_delete_cells)?

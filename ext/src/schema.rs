@@ -285,7 +285,8 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
             .join(", ");
         format!(
             "INSERT INTO {clock} ({clock_cols}) VALUES {rows} ON CONFLICT (key, col_name) DO UPDATE SET \
-             col_version = col_version + 1, db_version = excluded.db_version, seq = excluded.seq, site_id = 0"
+             col_version = col_version + 1, db_version = excluded.db_version, seq = excluded.seq, site_id = 0 \
+             RETURNING col_version"
         )
     };
     let bump_cl = "CASE col_version % 2 WHEN 0 THEN col_version + 1 ELSE col_version + 2 END";
@@ -361,20 +362,23 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
         ),
         clock_upsert_cell: format!(
             "INSERT INTO {clock} ({clock_cols}) VALUES (?1, ?2, 1, ?3, ?4, 0) ON CONFLICT (key, col_name) DO UPDATE SET \
-             col_version = col_version + 1, db_version = excluded.db_version, seq = excluded.seq, site_id = 0"
+             col_version = col_version + 1, db_version = excluded.db_version, seq = excluded.seq, site_id = 0 \
+             RETURNING col_version"
         ),
         clock_insert_all,
         sentinel_bump: format!(
             "UPDATE {clock} SET col_version = {bump_cl}, db_version = ?2, seq = ?3, site_id = 0 \
-             WHERE key = ?1 AND col_name = '-1'"
+             WHERE key = ?1 AND col_name = '-1' RETURNING col_version"
         ),
         sentinel_insert: format!(
             "INSERT INTO {clock} ({clock_cols}) VALUES (?1, '-1', 1, ?2, ?3, 0) ON CONFLICT (key, col_name) DO UPDATE SET \
-             col_version = {bump_cl}, db_version = excluded.db_version, seq = excluded.seq, site_id = 0"
+             col_version = {bump_cl}, db_version = excluded.db_version, seq = excluded.seq, site_id = 0 \
+             RETURNING col_version"
         ),
         sentinel_delete: format!(
             "INSERT INTO {clock} ({clock_cols}) VALUES (?1, '-1', 2, ?2, ?3, 0) ON CONFLICT (key, col_name) DO UPDATE SET \
-             col_version = col_version + 1, db_version = excluded.db_version, seq = excluded.seq, site_id = 0"
+             col_version = col_version + 1, db_version = excluded.db_version, seq = excluded.seq, site_id = 0 \
+             RETURNING col_version"
         ),
         clock_delete_cells: format!("DELETE FROM {clock} WHERE key = ?1 AND col_name != '-1'"),
         clock_move_cell: format!(

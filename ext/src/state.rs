@@ -359,6 +359,12 @@ impl Inner {
         Ok(())
     }
 
+    /// `crsql_tombstones` was just created on this connection (the flag is
+    /// otherwise refreshed with the schema, once per transaction).
+    pub fn note_tombstones(&mut self) {
+        self.tombstones = true;
+    }
+
     /// Whether compacted tombstones may exist (`crsql_tombstones` exists).
     pub fn has_tombstones(&self) -> bool {
         self.tombstones

@@ -87,7 +87,7 @@ fn metadata_rows(c: &Connection) -> i64 {
 }
 
 fn table(c: &Connection) -> Vec<Vec<Value>> {
-    rows(c, "SELECT * FROM t ORDER BY id")
+    rows(c, "SELECT * FROM t ORDER BY 1")
 }
 
 #[test]
@@ -272,5 +272,124 @@ fn without_streams_everything_below_the_newest_version_is_compactable() {
     exec(&a, "INSERT INTO t VALUES (4, 'w')");
     exec(&a, "BEGIN; SELECT crsql_compact(); ROLLBACK;");
     assert_eq!(tombstones(&a), 1);
+    close(a);
+}
+
+#[test]
+fn every_stream_of_a_peer_must_pass_a_delete_before_it_is_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir.path().join("a.db"));
+    exec(
+        &a,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT); SELECT crsql_as_crr('t');
+         CREATE TABLE u (id INTEGER PRIMARY KEY NOT NULL, v TEXT); SELECT crsql_as_crr('u');
+         CREATE VIRTUAL TABLE to_b_t USING crsql_OutboundStream(peer = '0102030405060708090a0b0c0d0e0f10', tables = 't');
+         CREATE VIRTUAL TABLE to_b_u USING crsql_OutboundStream(peer = '0102030405060708090a0b0c0d0e0f10', tables = 'u');
+         INSERT INTO u VALUES (1, 'x');",
+    );
+    let c = text(&a, "SELECT cursor FROM to_b_u");
+    exec(&a, &format!("INSERT INTO to_b_u(last_sent) VALUES ('{c}')"));
+    exec(
+        &a,
+        "DELETE FROM u WHERE id = 1; INSERT INTO t VALUES (1, 'y'); INSERT INTO t VALUES (2, 'z');",
+    );
+    let c = text(&a, "SELECT max(cursor) FROM (SELECT cursor FROM to_b_t)");
+    exec(&a, &format!("INSERT INTO to_b_t(last_sent) VALUES ('{c}')"));
+    // to_b_u has not carried the delete of u: it holds it.
+    assert_eq!(int(&a, "SELECT crsql_compact()"), 0);
+    let c = text(&a, "SELECT max(cursor) FROM (SELECT cursor FROM to_b_u)");
+    exec(&a, &format!("INSERT INTO to_b_u(last_sent) VALUES ('{c}')"));
+    assert_eq!(int(&a, "SELECT crsql_compact()"), 2);
+    close(a);
+}
+
+#[test]
+fn no_way_around_a_compacted_horizon_but_a_fresh_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir.path().join("a.db"));
+    exec(
+        &a,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT); SELECT crsql_as_crr('t');
+         INSERT INTO t VALUES (1, 'x'), (2, 'y');
+         DELETE FROM t WHERE id = 1;
+         UPDATE t SET v = 'z' WHERE id = 2;",
+    );
+    assert_eq!(int(&a, "SELECT crsql_compact()"), 2);
+    // A stream created, or read, after a position below the horizon would
+    // skip the compacted delete.
+    let e = fails(
+        &a,
+        "CREATE VIRTUAL TABLE late USING crsql_OutboundStream(since = '[1,0]')",
+    );
+    assert!(e.contains("resync required"), "{e}");
+    exec(
+        &a,
+        "CREATE VIRTUAL TABLE fresh USING crsql_OutboundStream()",
+    );
+    let e = fails(&a, "SELECT * FROM fresh WHERE cursor > '[1,0]'");
+    assert!(e.contains("resync required"), "{e}");
+    // From the start (a peer with nothing) everything live is sent.
+    assert!(int(&a, "SELECT count(*) FROM fresh") >= 1);
+    close(a);
+}
+
+#[test]
+fn a_re_insert_in_the_transaction_that_compacted_still_wins() {
+    let p = pair();
+    exec(&p.a, "INSERT INTO t VALUES (1, 'x')");
+    sync(&p);
+    exec(&p.a, "DELETE FROM t WHERE id = 1");
+    sync(&p);
+    exec(
+        &p.a,
+        "BEGIN; INSERT INTO t VALUES (2, 'y'); SELECT crsql_compact(); INSERT INTO t VALUES (1, 'again'); COMMIT;",
+    );
+    sync(&p);
+    assert_eq!(table(&p.a), table(&p.b));
+    assert_eq!(text(&p.b, "SELECT v FROM t WHERE id = 1"), "again");
+}
+
+#[test]
+fn a_new_primary_key_forgets_the_compacted_records_of_the_old_one() {
+    let p = pair();
+    exec(
+        &p.a,
+        "INSERT INTO t VALUES (5, 'x'); DELETE FROM t WHERE id = 5; INSERT INTO t VALUES (6, 'y');",
+    );
+    sync(&p);
+    assert_eq!(int(&p.a, "SELECT crsql_compact()"), 2);
+    for c in [&p.a, &p.b] {
+        exec(
+            c,
+            "SELECT crsql_begin_alter('t');
+             CREATE TABLE t2 (code INTEGER PRIMARY KEY NOT NULL, v TEXT);
+             INSERT INTO t2 SELECT id, v FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;
+             SELECT crsql_commit_alter('t');",
+        );
+    }
+    assert_eq!(int(&p.a, "SELECT count(*) FROM crsql_tombstones"), 0);
+    exec(&p.b, "INSERT INTO t VALUES (5, 'new identity')");
+    sync(&p);
+    assert_eq!(table(&p.a), table(&p.b));
+    assert_eq!(int(&p.a, "SELECT count(*) FROM t"), 2);
+}
+
+#[test]
+fn streams_from_before_last_seen_existed_are_not_expired_on_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        // The stream state layout of the previous release.
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "CREATE TABLE crsql_stream_state (name TEXT PRIMARY KEY NOT NULL, direction TEXT NOT NULL,
+               stream_id BLOB, peer BLOB, db_version INTEGER NOT NULL DEFAULT 0, seq INTEGER NOT NULL DEFAULT 0) STRICT;
+             INSERT INTO crsql_stream_state VALUES ('to_b', 'outbound', randomblob(16), X'0102030405060708090a0b0c0d0e0f10', 0, 0);",
+        )
+        .unwrap();
+    }
+    let a = open(&path);
+    assert_eq!(int(&a, "SELECT expired FROM crsql_peers"), 0);
+    assert!(int(&a, "SELECT last_seen FROM crsql_peers") > 1_700_000_000);
     close(a);
 }

@@ -355,15 +355,47 @@ fn versions_that_would_overflow_are_refused_never_wrapped() {
         );
     }
     assert_eq!(table(&p.b, "t"), before);
-    // The largest accepted col_version still leaves room for local writes.
+    // At the largest accepted col_version, a local write that would pass it
+    // (and be refused by every peer, leaving the stream stuck) is refused
+    // with nothing changed; deleting and re-inserting the row restarts its
+    // clocks, and the stream keeps flowing.
     p.b.execute(
         "INSERT INTO crsql_changes VALUES ('t', crsql_pack_columns('a'), 'v', 'big', ?1, 5, ?2, 1, 0)",
         params![1i64 << 62, site],
     )
     .unwrap();
-    exec(&p.b, "UPDATE t SET v = 'local' WHERE id = 'a'");
-    exec(&p.b, "DELETE FROM t WHERE id = 'a'");
-    assert_eq!(table(&p.b, "t").len(), 0);
+    exec(
+        &p.b,
+        "CREATE VIRTUAL TABLE back USING crsql_OutboundStream();
+         CREATE TABLE sink (id TEXT PRIMARY KEY NOT NULL, v, w); SELECT crsql_as_crr('sink');",
+    );
+    let e = fails(&p.b, "UPDATE t SET v = 'local' WHERE id = 'a'");
+    assert!(e.contains("beyond the largest value peers accept"), "{e}");
+    assert_eq!(text(&p.b, "SELECT v FROM t WHERE id = 'a'"), "big");
+    exec(
+        &p.b,
+        "DELETE FROM t WHERE id = 'a'; INSERT INTO t VALUES ('a', 'fresh', NULL)",
+    );
+    let c = open(&p._dir.path().join("c.db"));
+    exec(
+        &c,
+        "CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, v, w); SELECT crsql_as_crr('t');
+         CREATE TABLE sink (id TEXT PRIMARY KEY NOT NULL, v, w); SELECT crsql_as_crr('sink');
+         CREATE VIRTUAL TABLE i USING crsql_InboundStream();",
+    );
+    let pkgs: Vec<Vec<u8>> =
+        p.b.prepare("SELECT package FROM back")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    for pkg in &pkgs {
+        c.execute("INSERT INTO i(package) VALUES (?1)", [pkg])
+            .unwrap();
+    }
+    assert_eq!(table(&c, "t"), table(&p.b, "t"));
+    close(c);
 }
 
 #[test]
@@ -461,4 +493,50 @@ fn stream_arguments_are_given_once_and_table_names_may_be_quoted() {
     let e = fails(&c, "INSERT INTO o(package) VALUES (NULL)");
     assert!(e.contains("nothing to acknowledge"), "{e}");
     close(c);
+}
+
+#[test]
+fn a_case_only_change_of_a_nocase_column_in_an_alter_window_reaches_a_peer() {
+    let p = pair(
+        "CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, name TEXT COLLATE NOCASE, w)",
+        "t",
+    );
+    exec(&p.a, "INSERT INTO t VALUES ('1', 'alice', NULL)");
+    sync(&p);
+    for c in [&p.a, &p.b] {
+        exec(
+            c,
+            "SELECT crsql_begin_alter('t'); ALTER TABLE t ADD COLUMN x;",
+        );
+        if std::ptr::eq(c, &p.a) {
+            exec(c, "UPDATE t SET name = 'Alice'");
+        }
+        exec(c, "SELECT crsql_commit_alter('t')");
+    }
+    assert_converged(&p, "t");
+    assert_eq!(text(&p.b, "SELECT name FROM t"), "Alice");
+}
+
+#[test]
+fn an_alter_window_ended_by_commit_is_recorded_by_crsql_as_crr() {
+    let p = tpair();
+    exec(
+        &p.a,
+        "INSERT INTO t VALUES ('1', 'a', NULL), ('2', 'b', NULL)",
+    );
+    sync(&p);
+    // The window is ended by COMMIT instead of crsql_commit_alter.
+    exec(
+        &p.a,
+        "BEGIN; SELECT crsql_begin_alter('t'); UPDATE t SET v = 'changed' WHERE id = '1';
+         DELETE FROM t WHERE id = '2'; COMMIT;",
+    );
+    let e = fails(&p.a, "SELECT crsql_commit_alter('t')");
+    assert!(e.contains("crsql_as_crr('t') records what it did"), "{e}");
+    exec(&p.a, "SELECT crsql_as_crr('t')");
+    assert_converged(&p, "t");
+    assert_eq!(
+        table(&p.b, "t"),
+        vec![vec![s("1"), s("changed"), Value::Null]]
+    );
 }

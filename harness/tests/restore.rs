@@ -3,7 +3,7 @@
 //! fix, gets a new site id, its peer follows the new identity and moves its
 //! outbound stream back, and both end equal with nothing lost.
 
-use crsql_stream_harness::sql::{exec, rows, text};
+use crsql_stream_harness::sql::{exec, int, rows, text};
 use crsql_stream_harness::{close, open};
 use rusqlite::Connection;
 
@@ -186,4 +186,45 @@ fn restore_story(exclude: bool) {
     assert_eq!(site_of("a2"), sa);
     close(a);
     close(b);
+}
+
+#[test]
+fn a_new_site_id_keeps_local_only_streams_whole_and_reaches_other_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let a = open(&path);
+    let other = open(&path);
+    exec(
+        &a,
+        "CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, v); SELECT crsql_as_crr('t');
+         CREATE VIRTUAL TABLE mine USING crsql_OutboundStream(local_only = 1);
+         INSERT INTO t VALUES ('1', 'before');",
+    );
+    let before = text(&other, "SELECT hex(crsql_site_id())");
+    exec(&a, "SELECT crsql_new_site_id()");
+    exec(&a, "INSERT INTO t VALUES ('2', 'after')");
+    // Both local writes, under the old and the new id, are local.
+    assert_eq!(int(&a, "SELECT sum(changes) FROM mine"), 2);
+    // Another connection sees the new id.
+    let after = text(&other, "SELECT hex(crsql_site_id())");
+    assert_ne!(before, after);
+    assert_eq!(after, text(&a, "SELECT hex(crsql_site_id())"));
+    // A busy database: refused, and no transaction is left open.
+    other
+        .execute_batch("BEGIN; SELECT count(*) FROM t;")
+        .unwrap();
+    a.busy_timeout(std::time::Duration::ZERO).unwrap();
+    let journal: String = a
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    if journal != "wal" {
+        assert!(a.execute_batch("SELECT crsql_new_site_id()").is_err());
+        assert!(
+            a.is_autocommit(),
+            "a failed crsql_new_site_id left a transaction open"
+        );
+    }
+    other.execute_batch("COMMIT").unwrap();
+    close(other);
+    close(a);
 }

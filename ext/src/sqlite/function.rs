@@ -146,7 +146,11 @@ unsafe extern "C" fn call(
                 };
                 report(ctx, code, &msg);
             }
-            Err(_) => report(ctx, ffi::SQLITE_ERROR, "crsql_stream: internal error in an SQL function"),
+            Err(_) => report(
+                ctx,
+                ffi::SQLITE_ERROR,
+                "crsql_stream: internal error in an SQL function",
+            ),
         }
     }
 }

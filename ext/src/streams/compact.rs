@@ -132,9 +132,10 @@ pub fn horizon(conn: &Connection) -> Result<Horizon> {
             horizon.expired.extend(g.outbound);
             continue;
         }
-        // Any of the peer's streams that got the changes is enough.
-        if let Some(best) = g.outbound.iter().map(|(_, p)| *p).max() {
-            horizon.position = Some(horizon.position.map_or(best, |h| h.min(best)));
+        // Every stream of the peer must have passed a delete: streams with
+        // other filters (tables, local_only, …) may not have carried it.
+        if let Some(lowest) = g.outbound.iter().map(|(_, p)| *p).min() {
+            horizon.position = Some(horizon.position.map_or(lowest, |h| h.min(lowest)));
         }
     }
     Ok(horizon)
@@ -149,14 +150,25 @@ pub fn compacted_through(conn: &Connection) -> Result<Option<Position>> {
     Ok(v.and_then(|t| Position::parse(&t).ok()))
 }
 
+/// Whether a stream starting after `start` would miss compacted deletes.
+/// Starting from the very beginning is not behind when the peer `is_fresh`
+/// (a new stream: a peer that starts from nothing has none of the deleted
+/// rows); a peer moved back there (a rewind) is.
+pub fn is_behind(conn: &Connection, start: Position, is_fresh: bool) -> Result<bool> {
+    if start == Position::ZERO && is_fresh {
+        return Ok(false);
+    }
+    Ok(compacted_through(conn)?.is_some_and(|h| start < h))
+}
+
 /// The error of an outbound stream left behind a compaction.
 pub fn resync_required(module: &str, name: &str, conn: &Connection) -> Result<Error> {
     let h = compacted_through(conn)?.unwrap_or(Position::ZERO);
     Ok(err!(
         "{module} {name}: resync required: this database compacted the metadata of rows deleted \
-         up to the horizon {h} (crsql_compact) while this stream's peer was expired, so those deletes \
-         can no longer be sent; re-seed the peer from a copy of this database (docs/operations.md, \
-         \"Compaction\")"
+         up to the horizon {h} (crsql_compact), which this stream's peer has not been sent, so those \
+         deletes can no longer be sent; re-seed the peer from a copy of this database \
+         (docs/operations.md, \"Compaction\")"
     ))
 }
 
@@ -175,6 +187,7 @@ pub fn compact(ext: &Ext) -> Result<i64> {
         let db_version = inner.db_version(&ext.tx)?;
         inner.persist_version(db_version)?;
         inner.conn.execute_batch(TOMBSTONES_DDL)?;
+        inner.note_tombstones();
         let mut removed = 0;
         for t in inner.tables().to_vec() {
             let clock = quote_ident(&format!("{}{CLOCK_SUFFIX}", t.name));

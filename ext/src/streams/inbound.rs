@@ -246,9 +246,6 @@ fn check_package(
     let state = load_state(&inner.conn, name)?.ok_or_else(|| {
         err!("{INBOUND} {name}: stored state is missing; DROP and re-create the table")
     })?;
-    if state.resync {
-        return Err(super::compact::resync_required(INBOUND, name, &inner.conn)?);
-    }
     let sender = pkg.sender.0.as_slice();
     if sender == ext.site_id().as_slice() {
         return Err(err!(

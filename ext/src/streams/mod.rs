@@ -80,6 +80,14 @@ pub fn migrate_state(conn: &Connection) -> Result<()> {
             conn.execute_batch(&format!(
                 "ALTER TABLE crsql_stream_state ADD COLUMN {col} {def}"
             ))?;
+            if col == "last_seen" {
+                // Streams from before `last_seen` count as seen now, not
+                // as expired.
+                conn.execute(
+                    &format!("UPDATE crsql_stream_state SET last_seen = {NOW}"),
+                    [],
+                )?;
+            }
         }
     }
     Ok(())

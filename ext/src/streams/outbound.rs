@@ -144,6 +144,13 @@ impl Table for OutboundTable {
             let mut inner = ext.lock(OUTBOUND)?;
             if create {
                 super::check_new_name(OUTBOUND, name)?;
+                if super::compact::is_behind(&inner.conn, cfg.since, true)? {
+                    return Err(super::compact::resync_required(
+                        OUTBOUND,
+                        name,
+                        &inner.conn,
+                    )?);
+                }
                 super::check_crrs(&ext, &mut inner, OUTBOUND, name, cfg.tables.as_ref())?;
                 let id: Vec<u8> = inner
                     .conn
@@ -273,14 +280,12 @@ impl Table for OutboundTable {
         if what == "rewind" {
             // The peer lost what it had acknowledged (a restored backup):
             // send again from `pos`, unless deletes after it were compacted.
-            if let Some(h) = super::compact::compacted_through(&inner.conn)? {
-                if pos < h {
-                    return Err(err!(
-                        "{OUTBOUND} {}: cannot rewind to {pos}: resync required: the metadata of rows \
-                         deleted up to {h} was compacted (crsql_compact), so the deletes cannot be sent again",
-                        self.name
-                    ));
-                }
+            if super::compact::is_behind(&inner.conn, pos, false)? {
+                return Err(super::compact::resync_required(
+                    OUTBOUND,
+                    &self.name,
+                    &inner.conn,
+                )?);
             }
             super::set_position(&inner.conn, &self.name, pos)?;
             self.ext.forget_retrieved(&self.name);
@@ -419,6 +424,8 @@ struct Producer {
     sites: SiteMap,
     excluded: HashSet<i64>,
     local_only: bool,
+    /// Ordinals of this database's own site ids, current (0) and former.
+    local: HashSet<i64>,
     max_changes: usize,
     /// Byte limit for the changes (max_bytes less the header's bound).
     max_bytes: usize,
@@ -467,6 +474,15 @@ impl Producer {
             .iter()
             .filter_map(|s| sites.ordinal(s))
             .collect();
+        // Changes made here under an earlier site id (crsql_new_site_id)
+        // are local too.
+        let local = std::iter::once(0)
+            .chain(
+                crate::crr::former_site_ids(&inner.conn)?
+                    .iter()
+                    .filter_map(|s| sites.ordinal(s)),
+            )
+            .collect();
         drop(inner);
         // A stream that has caught up (the usual poll) reads no table: every
         // committed change lies at or before `newest`.
@@ -500,6 +516,7 @@ impl Producer {
             sites,
             excluded,
             local_only: cfg.local_only,
+            local,
             max_changes: cfg.max_changes,
             max_bytes: cfg.max_bytes.saturating_sub(header).max(1),
             encoding: cfg.encoding,
@@ -549,7 +566,8 @@ impl Producer {
                 break;
             }
             let site = row.site_ordinal();
-            let included = !self.excluded.contains(&site) && (!self.local_only || site == 0);
+            let included =
+                !self.excluded.contains(&site) && (!self.local_only || self.local.contains(&site));
             if included {
                 let table = self
                     .tables
@@ -802,19 +820,26 @@ impl TableCursor for OutboundCursor {
                 self.row = None;
                 return Ok(());
             }
-            super::position_value(OUTBOUND, &self.name, "cursor", args[0])?
+            Some(super::position_value(
+                OUTBOUND, &self.name, "cursor", args[0],
+            )?)
         } else {
+            None
+        };
+        let start = {
             let inner = self.ext.lock(OUTBOUND)?;
             let state = load_state(&inner.conn, &self.name)?
                 .ok_or_else(|| err!("{OUTBOUND} {}: stored state is missing", self.name))?;
-            if state.resync {
+            let start = start.unwrap_or(state.position);
+            // Deletes compacted after `start` can no longer be sent.
+            if state.resync || super::compact::is_behind(&inner.conn, start, true)? {
                 return Err(super::compact::resync_required(
                     OUTBOUND,
                     &self.name,
                     &inner.conn,
                 )?);
             }
-            state.position
+            start
         };
         self.rowid = 0;
         self.producer = Some(Producer::open(&self.ext, &self.name, &self.cfg, start)?);
