@@ -283,12 +283,7 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
         "COALESCE((SELECT col_version FROM {clock} WHERE key = p.__crsql_key AND col_name = '-1'), \
          (SELECT 1 FROM {clock} WHERE key = p.__crsql_key LIMIT 1), 0)"
     );
-    let join = t
-        .pks
-        .iter()
-        .map(|c| format!("p.{q} = b.{q}", q = quote_ident(&c.name)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let join = schema::pk_join(&t.pks);
     let keys = |inner: &Inner, sql: &str| -> Result<Vec<i64>> {
         Ok(inner
             .conn
@@ -429,11 +424,7 @@ fn snapshot_exists(conn: &Connection, table: &str) -> Result<bool> {
 fn take_snapshot(conn: &Connection, table: &str) -> Result<()> {
     let (pks, cols) = schema::read_columns(conn, table)?
         .ok_or_else(|| err!("crsql_begin_alter: no such table: {table}"))?;
-    let join = pks
-        .iter()
-        .map(|c| format!("p.{q} = b.{q}", q = quote_ident(&c.name)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let join = schema::pk_join(&pks);
     let values: String = cols
         .iter()
         .map(|c| {
@@ -476,12 +467,7 @@ fn changed_cells(inner: &Inner, t: &schema::TableInfo) -> Result<Vec<(i64, Strin
         .prepare("SELECT name FROM pragma_table_info(?1, 'temp')")?
         .query_map([&snap_name], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let join = t
-        .pks
-        .iter()
-        .map(|c| format!("p.{q} = b.{q}", q = quote_ident(&c.name)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let join = schema::pk_join(&t.pks);
     let snap = quote_ident(&snap_name);
     let base = quote_ident(&t.name);
     let pkst = quote_ident(&format!("{}{PKS_SUFFIX}", t.name));

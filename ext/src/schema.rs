@@ -247,6 +247,15 @@ pub fn load_table(conn: &Connection, name: &str) -> Result<TableInfo> {
     })
 }
 
+/// `p."a" = b."a" AND …`: the pks table (alias `p`) joined to the base
+/// table (alias `b`) on the primary-key columns.
+pub fn pk_join(pks: &[Column]) -> String {
+    pks.iter()
+        .map(|c| format!("p.{q} = b.{q}", q = quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 fn pk_where(pks: &[Column], alias: &str, first_param: usize) -> String {
     pks.iter()
         .enumerate()
@@ -331,11 +340,7 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
         .map(|c| format!("p.{}", quote_ident(&c.name)))
         .collect::<Vec<_>>()
         .join(", ");
-    let join_base = pks
-        .iter()
-        .map(|c| format!("b.{q} = p.{q}", q = quote_ident(&c.name)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let join_base = pk_join(pks);
     let changes_select = format!(
         "SELECT c.col_name, c.col_version, c.db_version, c.site_id, c.seq, \
          COALESCE(s.col_version, 1), {val_expr}, {p_cols} \

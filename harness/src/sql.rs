@@ -386,3 +386,36 @@ pub fn assert_positions_unique(c: &Connection) {
 pub fn positions(c: &Connection) -> Vec<(i64, i64)> {
     changes(c).iter().map(|x| (x.db_version, x.seq)).collect()
 }
+
+/// Carry packages from outbound stream `out` on `from` to inbound stream
+/// `inb` on `to` until none is left, acknowledging each with the receiver's
+/// `last_applied` (as the bindings do). Returns the number of packages, or
+/// the first error of a read, an apply or an acknowledgement.
+pub fn pump(from: &Connection, out: &str, to: &Connection, inb: &str) -> Result<usize, String> {
+    let mut n = 0;
+    loop {
+        let pkg: Option<Vec<u8>> =
+            match from.query_row(&format!("SELECT package FROM {out} LIMIT 1"), [], |r| {
+                r.get(0)
+            }) {
+                Ok(p) => Some(p),
+                Err(rusqlite::Error::QueryReturnedNoRows) => None,
+                Err(e) => return Err(message(&e)),
+            };
+        let Some(pkg) = pkg else { return Ok(n) };
+        to.execute(&format!("INSERT INTO {inb}(package) VALUES (?1)"), [&pkg])
+            .map_err(|e| message(&e))?;
+        let applied: String = to
+            .query_row(&format!("SELECT last_applied FROM {inb}"), [], |r| r.get(0))
+            .map_err(|e| message(&e))?;
+        from.execute(
+            &format!("INSERT INTO {out}(last_sent) VALUES (?1)"),
+            [&applied],
+        )
+        .map_err(|e| message(&e))?;
+        n += 1;
+        if n > 100_000 {
+            return Err(format!("{out} -> {inb}: more than 100,000 packages"));
+        }
+    }
+}

@@ -3,34 +3,10 @@
 //! against late concurrent changes and lets a re-insert win everywhere;
 //! peers left behind are told to resync (DECISIONS D22).
 
-use crsql_stream_harness::sql::{exec, fails, int, rows, text};
+use crsql_stream_harness::sql::{exec, fails, int, pump, rows, text};
 use crsql_stream_harness::{close, open};
 use rusqlite::types::Value;
 use rusqlite::Connection;
-
-/// Carry packages from `out` on `from` to `inb` on `to` until none is left,
-/// acknowledging with the receiver's `last_applied` (as the bindings do).
-fn pump(from: &Connection, out: &str, to: &Connection, inb: &str) -> usize {
-    let mut n = 0;
-    loop {
-        let got: Option<Vec<u8>> = from
-            .query_row(&format!("SELECT package FROM {out} LIMIT 1"), [], |r| {
-                r.get(0)
-            })
-            .ok();
-        let Some(pkg) = got else { return n };
-        to.execute(&format!("INSERT INTO {inb}(package) VALUES (?1)"), [&pkg])
-            .unwrap();
-        let applied = text(to, &format!("SELECT last_applied FROM {inb}"));
-        from.execute(
-            &format!("INSERT INTO {out}(last_sent) VALUES (?1)"),
-            [&applied],
-        )
-        .unwrap();
-        n += 1;
-        assert!(n < 10_000);
-    }
-}
 
 struct Pair {
     _dir: tempfile::TempDir,
@@ -70,8 +46,8 @@ fn pair() -> Pair {
 
 fn sync(p: &Pair) {
     for _ in 0..2 {
-        pump(&p.a, "to_b", &p.b, "from_a");
-        pump(&p.b, "to_a", &p.a, "from_b");
+        pump(&p.a, "to_b", &p.b, "from_a").unwrap();
+        pump(&p.b, "to_a", &p.a, "from_b").unwrap();
     }
 }
 
@@ -164,7 +140,7 @@ fn a_late_update_concurrent_with_a_compacted_delete_still_loses() {
         &p.a,
         "DELETE FROM t WHERE id = 1; UPDATE t SET v = 'later' WHERE id = 2",
     );
-    pump(&p.a, "to_b", &p.b, "from_a");
+    pump(&p.a, "to_b", &p.b, "from_a").unwrap();
     assert_eq!(int(&p.a, "SELECT crsql_compact()"), 2);
     assert_eq!(tombstones(&p.a), 0);
     assert_eq!(int(&p.a, "SELECT count(*) FROM crsql_tombstones"), 1);

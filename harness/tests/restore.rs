@@ -3,35 +3,9 @@
 //! fix, gets a new site id, its peer follows the new identity and moves its
 //! outbound stream back, and both end equal with nothing lost.
 
-use crsql_stream_harness::sql::{exec, int, rows, text};
+use crsql_stream_harness::sql::{exec, int, pump, rows, text};
 use crsql_stream_harness::{close, open};
 use rusqlite::Connection;
-
-/// Carry packages from `out` on `from` to `inb` on `to` until none is left,
-/// acknowledging with the receiver's `last_applied`, as the bindings do.
-fn pump(from: &Connection, out: &str, to: &Connection, inb: &str) -> Result<usize, String> {
-    let mut n = 0;
-    loop {
-        let got: Option<Vec<u8>> = from
-            .query_row(&format!("SELECT package FROM {out} LIMIT 1"), [], |r| {
-                r.get(0)
-            })
-            .ok();
-        let Some(pkg) = got else {
-            return Ok(n);
-        };
-        to.execute(&format!("INSERT INTO {inb}(package) VALUES (?1)"), [&pkg])
-            .map_err(|e| e.to_string())?;
-        let applied = text(to, &format!("SELECT last_applied FROM {inb}"));
-        from.execute(
-            &format!("INSERT INTO {out}(last_sent) VALUES (?1)"),
-            [&applied],
-        )
-        .map_err(|e| e.to_string())?;
-        n += 1;
-        assert!(n < 1000, "pump does not end");
-    }
-}
 
 fn hex_site(c: &Connection) -> String {
     text(c, "SELECT lower(hex(crsql_site_id()))")

@@ -13,8 +13,6 @@
 //! goes is the position of the delete, which only a peer that has not
 //! received it would need, and such a peer is told to resync.
 
-use std::collections::BTreeMap;
-
 use crsql_stream_core::Position;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -73,15 +71,6 @@ pub fn drop_table(inner: &Inner, tbl: &str) -> Result<()> {
     Ok(())
 }
 
-/// The streams of one peer (or of one stream whose peer is unknown).
-#[derive(Default)]
-struct Group {
-    /// `(name, position)` of its outbound streams.
-    outbound: Vec<(String, Position)>,
-    last_seen: Option<i64>,
-    forgotten: bool,
-}
-
 /// Where compaction may go, and who is left behind.
 pub struct Horizon {
     /// The lowest position an active peer acknowledged; `None` when no
@@ -91,50 +80,26 @@ pub struct Horizon {
     expired: Vec<(String, Position)>,
 }
 
-/// The lowest acknowledgement of the active (not expired) peers that we
-/// send to. A peer that only sends to us holds nothing back: a late change
-/// of its own still meets the compacted record.
+/// The lowest acknowledgement over every outbound stream of the active (not
+/// expired) peers: streams with other filters (tables, local_only, …) may
+/// not have carried a delete. A peer that only sends to us holds nothing
+/// back: a late change of its own still meets the compacted record.
 pub fn horizon(conn: &Connection) -> Result<Horizon> {
     let expiry = super::peers::expiry_seconds(conn)?;
-    let now: i64 = conn.query_row(&format!("SELECT {}", super::NOW), [], |r| r.get(0))?;
-    let mut groups: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
-    if super::state_tables_exist(conn)? {
-        let mut stmt = conn.prepare_cached(
-            "SELECT name, direction, peer, db_version, seq, last_seen, forgotten \
-             FROM crsql_stream_state ORDER BY name",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let name: String = r.get(0)?;
-            let peer: Option<Vec<u8>> = r.get(2)?;
-            let key = peer.unwrap_or_else(|| [b"stream:".as_slice(), name.as_bytes()].concat());
-            let fresh = !groups.contains_key(&key);
-            let g = groups.entry(key).or_default();
-            g.last_seen = g.last_seen.max(r.get(5)?);
-            let forgotten = r.get::<_, i64>(6)? != 0;
-            g.forgotten = forgotten && (fresh || g.forgotten);
-            if r.get::<_, String>(1)? == "outbound" {
-                g.outbound.push((name, Position::new(r.get(3)?, r.get(4)?)));
-            }
-        }
-    }
+    let (groups, now) = super::peers::groups(conn)?;
     let mut horizon = Horizon {
         position: None,
         expired: Vec::new(),
     };
-    for g in groups.into_values() {
-        let peer = super::peers::Peer {
-            last_seen: g.last_seen,
-            forgotten: g.forgotten,
-            ..Default::default()
-        };
-        if peer.expired(now, expiry) {
-            horizon.expired.extend(g.outbound);
-            continue;
-        }
-        // Every stream of the peer must have passed a delete: streams with
-        // other filters (tables, local_only, …) may not have carried it.
-        if let Some(lowest) = g.outbound.iter().map(|(_, p)| *p).min() {
+    for g in &groups {
+        if g.expired(now, expiry) {
+            horizon.expired.extend(
+                g.streams
+                    .iter()
+                    .filter(|m| m.outbound)
+                    .map(|m| (m.name.clone(), m.position)),
+            );
+        } else if let Some(lowest) = g.positions(true).min() {
             horizon.position = Some(horizon.position.map_or(lowest, |h| h.min(lowest)));
         }
     }

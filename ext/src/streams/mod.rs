@@ -19,6 +19,43 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::err;
 use crate::error::Result;
 
+/// The rows of a read-only listing table (`crsql_streams`, `crsql_peers`),
+/// computed at `xFilter` and served one at a time.
+#[derive(Default)]
+pub struct Listing {
+    rows: Vec<Vec<rusqlite::types::Value>>,
+    pos: usize,
+}
+
+impl Listing {
+    /// Serve `rows` from the first.
+    pub fn reset(&mut self, rows: Vec<Vec<rusqlite::types::Value>>) {
+        self.rows = rows;
+        self.pos = 0;
+    }
+
+    pub fn next(&mut self) {
+        self.pos += 1;
+    }
+
+    pub fn eof(&self) -> bool {
+        self.pos >= self.rows.len()
+    }
+
+    /// Column `col` of the current row (NULL past the end).
+    pub fn column(&self, col: std::ffi::c_int) -> rusqlite::types::Value {
+        self.rows
+            .get(self.pos)
+            .and_then(|r| r.get(col as usize))
+            .cloned()
+            .unwrap_or(rusqlite::types::Value::Null)
+    }
+
+    pub fn rowid(&self) -> i64 {
+        self.pos as i64
+    }
+}
+
 pub const OUTBOUND: &str = "crsql_OutboundStream";
 pub const INBOUND: &str = "crsql_InboundStream";
 

@@ -50,16 +50,14 @@ impl Table for StreamsTable {
     fn open(&mut self) -> Result<StreamsCursor> {
         Ok(StreamsCursor {
             ext: Arc::clone(&self.ext),
-            rows: Vec::new(),
-            pos: 0,
+            rows: Default::default(),
         })
     }
 }
 
 pub struct StreamsCursor {
     ext: Arc<Ext>,
-    rows: Vec<[Value; 7]>,
-    pos: usize,
+    rows: super::Listing,
 }
 
 fn text(p: Position) -> Value {
@@ -73,8 +71,7 @@ impl TableCursor for StreamsCursor {
         _idx_str: Option<&str>,
         _args: &[ValueRef<'_>],
     ) -> Result<()> {
-        self.rows.clear();
-        self.pos = 0;
+        let mut rows = Vec::new();
         let mut inner = self.ext.lock(NAME)?;
         if !super::state_tables_exist(&inner.conn)? {
             return Ok(());
@@ -127,31 +124,26 @@ impl TableCursor for StreamsCursor {
                     Value::Null,
                 ]
             };
-            self.rows.push(row);
+            rows.push(row.to_vec());
         }
+        self.rows.reset(rows);
         Ok(())
     }
 
     fn next(&mut self) -> Result<()> {
-        self.pos += 1;
+        self.rows.next();
         Ok(())
     }
 
     fn eof(&self) -> bool {
-        self.pos >= self.rows.len()
+        self.rows.eof()
     }
 
     fn column(&self, ctx: &mut Context, col: c_int) -> Result<()> {
-        let v = self
-            .rows
-            .get(self.pos)
-            .and_then(|r| r.get(col as usize))
-            .cloned()
-            .unwrap_or(Value::Null);
-        Ok(ctx.set_result(&v)?)
+        Ok(ctx.set_result(&self.rows.column(col))?)
     }
 
     fn rowid(&self) -> Result<i64> {
-        Ok(self.pos as i64)
+        Ok(self.rows.rowid())
     }
 }

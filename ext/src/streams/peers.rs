@@ -38,54 +38,76 @@ pub fn expiry_seconds(conn: &Connection) -> Result<i64> {
     Ok(v.unwrap_or(DEFAULT_PEER_EXPIRY))
 }
 
-/// One peer, from the rows of its streams.
+/// One stream, as a member of its peer's group.
+#[derive(Debug)]
+pub struct Member {
+    pub name: String,
+    pub outbound: bool,
+    /// `last_sent` (outbound) or `last_applied` (inbound).
+    pub position: Position,
+}
+
+/// The streams of one peer, or of one stream whose peer is unknown.
 #[derive(Debug, Default)]
-pub struct Peer {
-    /// Largest acknowledged position over its outbound streams.
-    pub last_acked: Option<Position>,
-    /// Largest applied position over its inbound streams.
-    pub last_applied: Option<Position>,
+pub struct Group {
+    /// The peer's site id; None for a stream that names no peer.
+    pub peer: Option<Vec<u8>>,
+    pub streams: Vec<Member>,
     pub last_seen: Option<i64>,
-    /// Every stream of the peer was forgotten with `crsql_forget_peer`.
+    /// Every stream of the group was forgotten with `crsql_forget_peer`.
     pub forgotten: bool,
 }
 
-impl Peer {
+impl Group {
     /// Forgotten, or not seen for longer than `expiry` seconds at `now`
     /// (an expiry of 0 expires every peer at once).
     pub fn expired(&self, now: i64, expiry: i64) -> bool {
         self.forgotten || expiry == 0 || self.last_seen.is_none_or(|seen| now - seen > expiry)
     }
+
+    /// The positions of its outbound (`true`) or inbound streams.
+    pub fn positions(&self, outbound: bool) -> impl Iterator<Item = Position> + '_ {
+        self.streams
+            .iter()
+            .filter(move |m| m.outbound == outbound)
+            .map(|m| m.position)
+    }
 }
 
-/// Every peer named by a stream, by site id, with the time now.
-pub fn peers(conn: &Connection) -> Result<(BTreeMap<Vec<u8>, Peer>, i64)> {
+/// Every stream, grouped by peer (streams naming no peer alone), ordered by
+/// peer site id, with the time now.
+pub fn groups(conn: &Connection) -> Result<(Vec<Group>, i64)> {
     let now: i64 = conn.query_row(&format!("SELECT {}", super::NOW), [], |r| r.get(0))?;
-    let mut out: BTreeMap<Vec<u8>, Peer> = BTreeMap::new();
+    let mut out: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
     if !super::state_tables_exist(conn)? {
-        return Ok((out, now));
+        return Ok((Vec::new(), now));
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT peer, direction, db_version, seq, last_seen, forgotten FROM crsql_stream_state \
-         WHERE peer IS NOT NULL ORDER BY peer",
+        "SELECT name, direction, peer, db_version, seq, last_seen, forgotten \
+         FROM crsql_stream_state ORDER BY name",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let site: Vec<u8> = r.get(0)?;
-        let fresh = !out.contains_key(&site);
-        let p = out.entry(site).or_default();
-        let pos = Position::new(r.get(2)?, r.get(3)?);
-        let slot = if r.get::<_, String>(1)? == "outbound" {
-            &mut p.last_acked
-        } else {
-            &mut p.last_applied
+        let name: String = r.get(0)?;
+        let peer: Option<Vec<u8>> = r.get(2)?;
+        // Known peers sort first (by site id), then streams without one.
+        let key = match &peer {
+            Some(p) => [&[0u8][..], p].concat(),
+            None => [&[1u8][..], name.as_bytes()].concat(),
         };
-        *slot = (*slot).max(Some(pos));
-        p.last_seen = p.last_seen.max(r.get(4)?);
-        let forgotten = r.get::<_, i64>(5)? != 0;
-        p.forgotten = forgotten && (fresh || p.forgotten);
+        let fresh = !out.contains_key(&key);
+        let g = out.entry(key).or_default();
+        g.peer = peer;
+        g.last_seen = g.last_seen.max(r.get(5)?);
+        let forgotten = r.get::<_, i64>(6)? != 0;
+        g.forgotten = forgotten && (fresh || g.forgotten);
+        g.streams.push(Member {
+            name,
+            outbound: r.get::<_, String>(1)? == "outbound",
+            position: Position::new(r.get(3)?, r.get(4)?),
+        });
     }
-    Ok((out, now))
+    Ok((out.into_values().collect(), now))
 }
 
 /// `crsql_forget_peer(site_id)`: the peer's streams stop holding anything
@@ -144,16 +166,14 @@ impl Table for PeersTable {
     fn open(&mut self) -> Result<PeersCursor> {
         Ok(PeersCursor {
             ext: Arc::clone(&self.ext),
-            rows: Vec::new(),
-            pos: 0,
+            rows: Default::default(),
         })
     }
 }
 
 pub struct PeersCursor {
     ext: Arc<Ext>,
-    rows: Vec<[Value; 5]>,
-    pos: usize,
+    rows: super::Listing,
 }
 
 impl TableCursor for PeersCursor {
@@ -165,45 +185,40 @@ impl TableCursor for PeersCursor {
     ) -> Result<()> {
         let inner = self.ext.lock(NAME)?;
         let expiry = expiry_seconds(&inner.conn)?;
-        let (peers, now) = peers(&inner.conn)?;
+        let (groups, now) = groups(&inner.conn)?;
         let text = |p: Option<Position>| p.map_or(Value::Null, |p| Value::Text(p.to_string()));
-        self.rows = peers
-            .into_iter()
-            .map(|(site, p)| {
-                let expired = Value::Integer(p.expired(now, expiry) as i64);
-                [
-                    Value::Blob(site),
-                    text(p.last_acked),
-                    text(p.last_applied),
-                    p.last_seen.map_or(Value::Null, Value::Integer),
-                    expired,
-                ]
-            })
-            .collect();
-        self.pos = 0;
+        self.rows.reset(
+            groups
+                .iter()
+                .filter_map(|g| {
+                    let site = g.peer.clone()?;
+                    Some(vec![
+                        Value::Blob(site),
+                        text(g.positions(true).max()),
+                        text(g.positions(false).max()),
+                        g.last_seen.map_or(Value::Null, Value::Integer),
+                        Value::Integer(g.expired(now, expiry) as i64),
+                    ])
+                })
+                .collect(),
+        );
         Ok(())
     }
 
     fn next(&mut self) -> Result<()> {
-        self.pos += 1;
+        self.rows.next();
         Ok(())
     }
 
     fn eof(&self) -> bool {
-        self.pos >= self.rows.len()
+        self.rows.eof()
     }
 
     fn column(&self, ctx: &mut Context, col: c_int) -> Result<()> {
-        let v = self
-            .rows
-            .get(self.pos)
-            .and_then(|r| r.get(col as usize))
-            .cloned()
-            .unwrap_or(Value::Null);
-        Ok(ctx.set_result(&v)?)
+        Ok(ctx.set_result(&self.rows.column(col))?)
     }
 
     fn rowid(&self) -> Result<i64> {
-        Ok(self.pos as i64)
+        Ok(self.rows.rowid())
     }
 }

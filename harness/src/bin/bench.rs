@@ -1033,7 +1033,7 @@ mod compaction {
             conn.execute_batch("VACUUM")?;
             checkpointed_size(&conn, &path)?
         };
-        let (removed, t) = timed(|| Ok(count(&conn, "SELECT crsql_compact()")?))?;
+        let (removed, t) = timed(|| count(&conn, "SELECT crsql_compact()"))?;
         let (rows_after, bytes_after) = metadata(&conn)?;
         conn.execute_batch("VACUUM")?;
         let file_after = checkpointed_size(&conn, &path)?;
