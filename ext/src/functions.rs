@@ -9,12 +9,12 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
+use crate::crr::values::{to_core, type_name};
+use crate::crr::{self, local};
 use crate::err;
 use crate::error::{guard, Error, Result};
 use crate::sqlite::function::{create_scalar_function, Args};
 use crate::state::Ext;
-use crate::values::{to_core, type_name};
-use crate::{crr, local};
 
 type SqlFn = fn(&Ext, &Args<'_>) -> Result<Value>;
 
@@ -230,7 +230,7 @@ fn config_set(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
             return Err(err!(
                 "crsql_config_set: {name} must be {want}, got {} {}",
                 type_name(other),
-                crate::values::display(other)
+                crate::crr::values::display(other)
             ));
         }
     };

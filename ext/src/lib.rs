@@ -4,19 +4,12 @@
 //! All `unsafe` code is in [`sqlite`]; the rest of the crate denies it.
 #![deny(unsafe_code)]
 
-pub mod changes;
 pub mod crr;
 pub mod error;
 pub mod functions;
-pub mod local;
-pub mod merge;
-pub mod scan;
-pub mod schema;
 pub mod sqlite;
 pub mod state;
 pub mod streams;
-pub mod unpack;
-pub mod values;
 
 use std::sync::Arc;
 
@@ -74,8 +67,8 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         let _ = streams::migrate_state(conn);
         let ext = Ext::new(db, site_id, merge_equal_values)?;
         functions::register(conn, &ext)?;
-        changes::register(conn, &ext)?;
-        unpack::register(conn)?;
+        crr::changes::register(conn, &ext)?;
+        crr::unpack::register(conn)?;
         sqlite::vtab::register::<streams::outbound::OutboundTable>(
             conn,
             streams::OUTBOUND,
@@ -101,7 +94,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
             "crsql_package_changes",
             (),
         )?;
-        changes::connect_now(db)?;
+        crr::changes::connect_now(db)?;
         Ok(())
     })
 }

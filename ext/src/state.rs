@@ -14,9 +14,9 @@ use crsql_stream_core::merge::MAX_CLOCK;
 use crsql_stream_core::Position;
 use rusqlite::{Connection, OptionalExtension};
 
+use crate::crr::schema::{self, quote_ident, TableInfo};
 use crate::err;
 use crate::error::Result;
-use crate::schema::{self, quote_ident, TableInfo};
 use crate::sqlite::DbHandle;
 
 /// Per-transaction counters, reset by the commit and rollback hooks.
@@ -93,9 +93,9 @@ pub struct Ext {
     /// `last_retrieved` of each outbound stream (per connection, not durable).
     retrieved: Mutex<HashMap<String, Position>>,
     /// Set while a package is merged, so consecutive changes share lookups.
-    merge_batch: Mutex<Option<crate::merge::MergeCache>>,
+    merge_batch: Mutex<Option<crate::crr::merge::MergeCache>>,
     /// Seq order of the large transactions outbound streams are reading.
-    pub memos: Mutex<crate::scan::MemoStore>,
+    pub memos: Mutex<crate::crr::scan::MemoStore>,
     inner: Mutex<Inner>,
 }
 
@@ -242,7 +242,10 @@ impl Ext {
     }
 
     /// Run `f` with the batch merge cache if one is active, else a fresh one.
-    pub fn with_merge_cache<T>(&self, f: impl FnOnce(&mut crate::merge::MergeCache) -> T) -> T {
+    pub fn with_merge_cache<T>(
+        &self,
+        f: impl FnOnce(&mut crate::crr::merge::MergeCache) -> T,
+    ) -> T {
         let mut slot = self.merge_batch.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_mut() {
             Some(c) => f(c),

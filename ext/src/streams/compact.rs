@@ -17,9 +17,9 @@ use crsql_stream_core::Position;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::crr::in_savepoint;
+use crate::crr::schema::{quote_ident, CLOCK_SUFFIX, PKS_SUFFIX};
 use crate::err;
 use crate::error::{Error, Result};
-use crate::schema::{quote_ident, CLOCK_SUFFIX, PKS_SUFFIX};
 use crate::state::{Ext, Inner};
 
 /// The table of compacted tombstones.

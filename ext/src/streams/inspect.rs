@@ -8,10 +8,10 @@ use crsql_stream_core::package::{to_hex, Package};
 use rusqlite::types::ValueRef;
 use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
 
+use crate::crr::values::{out, to_sql, type_name};
 use crate::err;
 use crate::error::Result;
 use crate::sqlite::vtab::{plan_argument, Table, TableCursor};
-use crate::values::{out, to_sql, type_name};
 
 const CHANGES: &str = "crsql_package_changes";
 /// The hidden `package` argument column of crsql_package_changes.

@@ -369,7 +369,7 @@ pub fn position_value(
         }
         other => Err(err!(
             "{module} {table}: {what} must be a position such as '[12,3]', got {}",
-            crate::values::type_name(other)
+            crate::crr::values::type_name(other)
         )),
     }
 }

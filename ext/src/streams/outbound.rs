@@ -21,10 +21,10 @@ use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo, VTabConnection, VTab
 use super::{
     load_state, parse_args, parse_count, parse_position, parse_sites, parse_tables, OUTBOUND,
 };
+use crate::crr::scan::{Scanner, SiteMap};
+use crate::crr::schema::TableInfo;
 use crate::err;
 use crate::error::{Error, Result};
-use crate::scan::{Scanner, SiteMap};
-use crate::schema::TableInfo;
 use crate::sqlite::vtab::{Table, TableCursor};
 use crate::state::Ext;
 
@@ -599,7 +599,7 @@ impl Producer {
                     table,
                     pk: row.pk()?,
                     cid,
-                    val: crate::values::to_core(row.val()).to_owned_value(),
+                    val: crate::crr::values::to_core(row.val()).to_owned_value(),
                     col_version: row.col_version(),
                     db_version: row.db_version(),
                     site,

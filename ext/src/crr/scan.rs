@@ -12,12 +12,12 @@ use crsql_stream_core::pack::pack_columns;
 use crsql_stream_core::Position;
 use rusqlite::types::ValueRef;
 
+use crate::crr::schema::TableInfo;
+use crate::crr::values::to_core;
 use crate::err;
 use crate::error::{Error, Result};
-use crate::schema::TableInfo;
 use crate::sqlite::{DbHandle, RawStmt};
 use crate::state::Inner;
-use crate::values::to_core;
 
 /// Columns of a per-table scan (see `TableSql::changes_select`).
 const S_CID: usize = 0;

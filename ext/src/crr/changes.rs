@@ -14,13 +14,13 @@ use rusqlite::types::ValueRef;
 use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo, VTabConnection, VTabKind};
 use rusqlite::Connection;
 
+use crate::crr::merge::{merge_change, Change};
+use crate::crr::scan::{Scanner, SiteMap};
+use crate::crr::values::out;
 use crate::error::{Error, Result};
-use crate::merge::{merge_change, Change};
-use crate::scan::{Scanner, SiteMap};
 use crate::sqlite::vtab::{register as register_module, Table, TableCursor};
 use crate::sqlite::DbHandle;
 use crate::state::Ext;
-use crate::values::out;
 
 pub const COL_TABLE: c_int = 0;
 pub const COL_PK: c_int = 1;

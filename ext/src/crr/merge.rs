@@ -13,12 +13,12 @@ use crsql_stream_core::pack::unpack_columns_ref;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, params_from_iter, OptionalExtension};
 
+use crate::crr::local::key_for;
+use crate::crr::schema::{TableInfo, MAX_NAME_LEN};
+use crate::crr::values::{compare, to_sql, type_name};
 use crate::err;
 use crate::error::{Error, Result};
-use crate::local::key_for;
-use crate::schema::{TableInfo, MAX_NAME_LEN};
 use crate::state::{Ext, Inner};
-use crate::values::{compare, to_sql, type_name};
 
 /// One change row, as the nine columns of `crsql_changes`.
 #[derive(Debug, Clone, Copy)]
@@ -206,7 +206,7 @@ pub fn merge_change(
                 .conn
                 .prepare_cached(&t.sql.key_lookup)?
                 .query_row(
-                    params_from_iter(pks.iter().map(|v| crate::values::out(*v))),
+                    params_from_iter(pks.iter().map(|v| crate::crr::values::out(*v))),
                     |r| r.get(0),
                 )
                 .optional()?;
@@ -329,7 +329,7 @@ impl Merger<'_, '_> {
         let r = (|| -> Result<()> {
             let mut stmt = self.inner.conn.prepare_cached(sql)?;
             let vals = self.pks.iter().copied().chain(extra);
-            stmt.execute(params_from_iter(vals.map(crate::values::out)))?;
+            stmt.execute(params_from_iter(vals.map(crate::crr::values::out)))?;
             Ok(())
         })();
         self.ext.sync_bit.store(prev, Relaxed);
@@ -401,7 +401,7 @@ impl Merger<'_, '_> {
         }
         let mut stmt = conn.prepare_cached(&self.t.sql.base_value[col])?;
         let mut rows = stmt.query(params_from_iter(
-            self.pks.iter().map(|v| crate::values::out(*v)),
+            self.pks.iter().map(|v| crate::crr::values::out(*v)),
         ))?;
         let row = rows
             .next()?

@@ -5,15 +5,23 @@
 //! rolls back to it and releases it: the caller's transaction is never
 //! discarded (§15 Q9).
 
+pub mod changes;
+pub mod local;
+pub mod merge;
+pub mod scan;
+pub mod schema;
+pub mod unpack;
+pub mod values;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crsql_stream_core::merge::SENTINEL;
 
+use crate::crr::local::{bounded_clock_write, key_for, record_delete, revive_compacted};
 use crate::err;
 use crate::error::{Error, Result};
-use crate::local::{bounded_clock_write, key_for, record_delete, revive_compacted};
-use crate::schema::{self, quote_ident, quote_str, CLOCK_SUFFIX, MAX_NAME_LEN, PKS_SUFFIX};
 use crate::state::{Ext, Inner};
+use schema::{quote_ident, quote_str, CLOCK_SUFFIX, MAX_NAME_LEN, PKS_SUFFIX};
 
 /// `crsqlite_version` this layout corresponds to (cr-sqlite 0.16.3).
 pub const CRSQLITE_LAYOUT_VERSION: i64 = 160300;

@@ -8,9 +8,9 @@ use rusqlite::types::ValueRef;
 use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
 use rusqlite::Connection;
 
+use crate::crr::values::{to_sql, type_name};
 use crate::error::{Error, Result};
 use crate::sqlite::vtab::{plan_argument, register as register_module, Table, TableCursor};
-use crate::values::{to_sql, type_name};
 
 const COL_CELL: c_int = 0;
 const COL_PACKAGE: c_int = 1;
@@ -102,9 +102,9 @@ impl TableCursor for UnpackCursor {
 
     fn column(&self, ctx: &mut Context, col: c_int) -> Result<()> {
         match col {
-            COL_CELL => {
-                ctx.set_result(&crate::values::out(to_sql(self.cells[self.pos].as_ref())))?
-            }
+            COL_CELL => ctx.set_result(&crate::crr::values::out(to_sql(
+                self.cells[self.pos].as_ref(),
+            )))?,
             _ => ctx.set_result(&self.package)?,
         }
         Ok(())

@@ -7,11 +7,11 @@ use rusqlite::{params, OptionalExtension};
 use crsql_stream_core::merge::{MAX_CLOCK, SENTINEL};
 use crsql_stream_core::pack::pack_columns;
 
+use crate::crr::schema::TableInfo;
+use crate::crr::values::{compare, to_core};
 use crate::err;
 use crate::error::{Error, Result};
-use crate::schema::TableInfo;
 use crate::state::{Ext, Inner};
-use crate::values::{compare, to_core};
 
 /// Find the local key of a primary-key tuple, creating it when missing.
 /// Returns the key and whether it existed before. With `insert_first` the
@@ -27,7 +27,7 @@ pub fn key_for(
             .conn
             .prepare_cached(&t.sql.key_lookup)?
             .query_row(
-                params_from_iter(pks.iter().map(|v| crate::values::out(*v))),
+                params_from_iter(pks.iter().map(|v| crate::crr::values::out(*v))),
                 |r| r.get(0),
             )
             .optional()?)
@@ -40,7 +40,9 @@ pub fn key_for(
     let inserted = inner
         .conn
         .prepare_cached(&t.sql.key_insert)?
-        .execute(params_from_iter(pks.iter().map(|v| crate::values::out(*v))))?;
+        .execute(params_from_iter(
+            pks.iter().map(|v| crate::crr::values::out(*v)),
+        ))?;
     if inserted == 1 {
         return Ok((inner.conn.last_insert_rowid(), false));
     }
