@@ -36,6 +36,7 @@ const FUNCTIONS: &[(&str, i32, FunctionFlags, SqlFn)] = &[
     ("crsql_new_site_id", 0, DO, new_site_id),
     ("crsql_forget_peer", 1, DO, forget_peer),
     ("crsql_compact", 0, DO, compact),
+    ("crsql_internal_clock_limit", 1, I, clock_limit),
     ("crsql_sha", 0, I.union(D), sha),
     ("crsql_version", 0, I.union(D), version),
     ("crsql_finalize", -1, DO, finalize),
@@ -181,6 +182,14 @@ fn site_arg(ctx: &Args<'_>, i: usize, func: &str) -> Result<Vec<u8>> {
 fn forget_peer(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     let site = site_arg(ctx, 0, "crsql_forget_peer")?;
     Ok(Value::Integer(crate::streams::peers::forget(ext, &site)?))
+}
+
+fn clock_limit(_ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
+    let v = match ctx.get_raw(0) {
+        ValueRef::Integer(i) => i,
+        _ => crsql_stream_core::merge::MAX_CLOCK,
+    };
+    Err(local::clock_limit(v))
 }
 
 fn compact(ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {

@@ -434,6 +434,20 @@ impl Inner {
                 .query_row([v], |r| r.get(0))?;
             seq = seq.max(s.unwrap_or(0));
         }
+        // Clocks removed at the newest version (a column dropped by an
+        // alteration) leave the position they had reached recorded.
+        let kept: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT value FROM crsql_master WHERE key = 'newest_position' AND typeof(value) = 'text'",
+            )?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        if let Some(p) = kept.and_then(|t| Position::parse(&t).ok()) {
+            if p.db_version == v {
+                seq = seq.max(p.seq);
+            }
+        }
         // Inside this connection's write transaction, cells of version v may
         // have moved to the pending version: that view may not outlive a
         // rollback, so only a committed view is kept.
@@ -474,6 +488,19 @@ impl Inner {
         }
         tx.pending.store(v, Relaxed);
         Ok(v)
+    }
+
+    /// Record the newest position before clocks are removed, so that it
+    /// does not move back (peers may have acknowledged it).
+    pub fn persist_newest(&mut self, tx: &TxCounters) -> Result<()> {
+        let p = self.newest_position(tx)?;
+        self.persist_version(p.db_version)?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO crsql_master (key, value) VALUES ('newest_position', ?1)",
+            )?
+            .execute([p.to_string()])?;
+        Ok(())
     }
 
     /// Record `v` in `crsql_master.pre_compact_dbversion` (only ever raised),

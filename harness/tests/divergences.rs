@@ -540,3 +540,135 @@ fn an_alter_window_ended_by_commit_is_recorded_by_crsql_as_crr() {
         vec![vec![s("1"), s("changed"), Value::Null]]
     );
 }
+
+/// Regressions for the bugs the hostile-schema property test found
+/// (`hostile_schema.rs`), each as its shrunk reproduction.
+mod found_by_hostile_schema {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(&dir.path().join("a.db"));
+        (dir, c)
+    }
+
+    #[test]
+    fn update_or_replace_after_a_schema_change_keeps_the_callers_transaction() {
+        let (_d, c) = db();
+        exec(
+            &c,
+            "CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, v TEXT); SELECT crsql_as_crr('t');
+             INSERT INTO t VALUES ('u', NULL), ('q', NULL), ('a', NULL);
+             PRAGMA recursive_triggers = ON; DELETE FROM t WHERE id = 'a'; CREATE TABLE zz (x);
+             BEGIN; INSERT INTO t VALUES ('earlier', 'write');
+             UPDATE OR REPLACE t SET id = 'q' WHERE id = 'u';
+             COMMIT;",
+        );
+        assert_eq!(
+            int(&c, "SELECT count(*) FROM t WHERE id IN ('earlier', 'q')"),
+            2
+        );
+    }
+
+    #[test]
+    fn a_crr_re_created_with_another_primary_key_does_not_break_the_others() {
+        let (_d, c) = db();
+        exec(
+            &c,
+            "CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, v); SELECT crsql_as_crr('t');
+             CREATE TABLE u (id TEXT PRIMARY KEY NOT NULL, v); SELECT crsql_as_crr('u');
+             INSERT INTO u VALUES ('1', 'x');
+             DROP TABLE t; CREATE TABLE t (code INTEGER PRIMARY KEY NOT NULL, w);",
+        );
+        assert_eq!(int(&c, "SELECT count(*) FROM crsql_changes"), 1);
+        exec(&c, "CREATE VIRTUAL TABLE o USING crsql_OutboundStream()");
+        assert_eq!(int(&c, "SELECT count(*) FROM o"), 1);
+    }
+
+    #[test]
+    fn crsql_changes_follows_ddl_inside_an_alter_window() {
+        let (_d, c) = db();
+        exec(
+            &c,
+            "CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, a, b); SELECT crsql_as_crr('t');
+             INSERT INTO t VALUES ('x', 1, 2);
+             SELECT crsql_begin_alter('t');",
+        );
+        assert_eq!(int(&c, "SELECT count(*) FROM crsql_changes"), 2);
+        // Read after the DDL: no stale metadata error (b's clock stays
+        // until the commit prunes it).
+        exec(&c, "ALTER TABLE t DROP COLUMN b");
+        assert_eq!(int(&c, "SELECT count(*) FROM crsql_changes"), 2);
+        exec(&c, "SELECT crsql_commit_alter('t')");
+        assert_eq!(int(&c, "SELECT count(*) FROM crsql_changes"), 1);
+    }
+
+    #[test]
+    fn a_user_table_named_like_a_clock_table_is_not_one() {
+        let (_d, c) = db();
+        exec(
+            &c,
+            "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v); SELECT crsql_as_crr('t');
+             INSERT INTO t VALUES (1, 'a');
+             CREATE TABLE \"z__crsql_clock\" (id INTEGER PRIMARY KEY NOT NULL, db_version);
+             INSERT INTO \"z__crsql_clock\" VALUES (1, 1000);
+             CREATE VIRTUAL TABLE o USING crsql_OutboundStream();",
+        );
+        assert_eq!(int(&c, "SELECT crsql_db_version()"), 1);
+        assert_eq!(int(&c, "SELECT count(*) FROM o"), 1);
+    }
+
+    #[test]
+    fn an_acknowledged_position_stays_acknowledgeable_after_a_column_is_dropped() {
+        let (_d, c) = db();
+        exec(
+            &c,
+            "CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, v, w); SELECT crsql_as_crr('t');
+             CREATE VIRTUAL TABLE to_b USING crsql_OutboundStream();
+             INSERT INTO t VALUES ('x', 'a', 'b');
+             INSERT INTO to_b(last_sent) VALUES ('[1,1]');
+             SELECT crsql_begin_alter('t'); ALTER TABLE t DROP COLUMN w; SELECT crsql_commit_alter('t');
+             INSERT INTO to_b(last_sent) VALUES ('[1,1]');",
+        );
+        assert_eq!(text(&c, "SELECT last_sent FROM crsql_streams"), "[1,1]");
+    }
+
+    #[test]
+    fn a_crr_re_created_without_a_column_tombstones_every_old_row() {
+        let (_d, c) = db();
+        exec(
+            &c,
+            "CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, v); SELECT crsql_as_crr('t');
+             INSERT INTO t VALUES ('a', 1); INSERT INTO t VALUES ('b', 2);
+             DROP TABLE t; CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, w); SELECT crsql_as_crr('t');",
+        );
+        assert!(int(&c, "SELECT crsql_db_version()") > 2);
+        assert_eq!(
+            int(
+                &c,
+                "SELECT count(*) FROM crsql_changes WHERE cid = '-1' AND cl = 2"
+            ),
+            2
+        );
+        exec(&c, "INSERT INTO t VALUES ('c', 3)");
+        assert!(
+            int(
+                &c,
+                "SELECT min(db_version) FROM crsql_changes WHERE cid = 'w'"
+            ) > 2
+        );
+    }
+
+    #[test]
+    fn merging_after_a_generated_column_keeps_the_columns_affinity() {
+        let (_d, c) = db();
+        exec(
+            &c,
+            "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, g TEXT GENERATED ALWAYS AS ('x') VIRTUAL, r REAL, v);
+             SELECT crsql_as_crr('t');
+             INSERT INTO crsql_changes VALUES ('t', crsql_pack_columns(1), 'r', NULL, 1, 1, X'0102030405060708090a0b0c0d0e0f10', 1, 0);
+             INSERT INTO crsql_changes VALUES ('t', crsql_pack_columns(1), 'v', 7, 1, 1, X'0102030405060708090a0b0c0d0e0f10', 1, 1);",
+        );
+        assert_eq!(text(&c, "SELECT typeof(v) FROM t"), "integer");
+    }
+}

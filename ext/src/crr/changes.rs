@@ -234,6 +234,8 @@ impl TableCursor for ChangesCursor {
         let (tables, sites) = {
             let mut inner = self.ext.lock("crsql_changes")?;
             inner.sync(&self.ext.tx)?;
+            // A scan also sees this transaction's own DDL (an alter window).
+            inner.refresh_tables(&self.ext.tx, true)?;
             (inner.tables().to_vec(), SiteMap::load(&inner)?)
         };
         // Translate the pushed-down constraints into a WHERE clause.

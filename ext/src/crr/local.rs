@@ -56,27 +56,24 @@ pub fn key_for(
 }
 
 /// Run one of the clock writes that count up (a cell's col_version, a
-/// sentinel's causal length; they end in `RETURNING col_version`), refusing
-/// to store a value beyond [`MAX_CLOCK`]: no peer would accept it, and the
-/// stream would be stuck (DECISIONS D20). Only a value injected at the
-/// bound can get there; the write then fails and changes nothing.
+/// sentinel's causal length). Their SQL stops at [`MAX_CLOCK`] by calling
+/// `crsql_internal_clock_limit` (DECISIONS D20).
 pub fn bounded_clock_write(
     conn: &rusqlite::Connection,
     sql: &str,
     params: impl rusqlite::Params,
 ) -> Result<()> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params)?;
-    while let Some(r) = rows.next()? {
-        let v: i64 = r.get(0)?;
-        if v > MAX_CLOCK {
-            return Err(err!(
-                "crsql_stream: this write would raise a clock to {v}, beyond the largest value peers accept \
-                 ({MAX_CLOCK}); delete the row and insert it again to restart its clocks"
-            ));
-        }
-    }
+    conn.prepare_cached(sql)?.execute(params)?;
     Ok(())
+}
+
+/// `crsql_internal_clock_limit(v)`: the error of a clock write that would
+/// pass [`MAX_CLOCK`], called by the clock SQL only at the bound.
+pub fn clock_limit(v: i64) -> Error {
+    err!(
+        "crsql_stream: this write would raise a clock stored at {v} beyond the largest value peers \
+         accept ({MAX_CLOCK}); delete the row and insert it again to restart its clocks"
+    )
 }
 
 /// Look up the CRR of a trigger helper call and check its argument count.

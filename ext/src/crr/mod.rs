@@ -317,6 +317,9 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
             let v = version_of(inner)?;
             record_delete(ext, inner, &t, key, v)?;
         }
+        // Only now the clocks of dropped columns go: a row whose only
+        // clocks were there was still live above, and got its tombstone.
+        prune_dropped_columns(ext, inner, name)?;
         // 0b. Rows present under a deleted key are inserted again: an odd
         //     causal length and clocks for every cell. (A key with no clock
         //     left at all is clocked as a new row in step 1b.)
@@ -529,9 +532,11 @@ fn check_leftover_clocks(conn: &Connection, table: &str) -> Result<()> {
     Ok(())
 }
 
-/// Remove the clocks of columns `table` no longer has (the sentinel stays).
-fn prune_dropped_columns(conn: &Connection, table: &str) -> Result<()> {
-    conn.execute(
+/// Remove the clocks of columns `table` no longer has (the sentinel stays),
+/// keeping the newest position where it was.
+fn prune_dropped_columns(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
+    inner.persist_newest(&ext.tx)?;
+    inner.conn.execute(
         &format!(
             "DELETE FROM {} WHERE col_name != '-1' AND col_name NOT IN \
              (SELECT name FROM pragma_table_info(?1) WHERE pk = 0)",
@@ -567,13 +572,11 @@ pub fn as_crr(ext: &Ext, table: &str) -> Result<()> {
             }
             // A window ended by a plain COMMIT: record what it did, as
             // crsql_commit_alter would have.
-            prune_dropped_columns(&inner.conn, table)?;
             create_crr(ext, &mut inner, table, Untracked::AlterWindow)?;
             return drop_snapshot(&inner.conn, table);
         }
         // The base table was dropped and created again (DECISIONS D19).
         check_leftover_clocks(&inner.conn, table)?;
-        prune_dropped_columns(&inner.conn, table)?;
         create_crr(ext, &mut inner, table, Untracked::Recreated)
     })
 }
@@ -666,8 +669,6 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
             ))?;
             drop_snapshot(&inner.conn, table)?;
             crate::streams::compact::drop_table(&inner, table)?;
-        } else {
-            prune_dropped_columns(&inner.conn, table)?;
         }
         if cur > 0 {
             inner.persist_version(cur)?;

@@ -200,11 +200,15 @@ impl Catalog {
 /// Whether a `…__crsql_clock` table has this layout's `db_version` column
 /// (not a cr-sqlite 0.15 clock table, whose versions mean nothing here).
 pub fn is_clock_table(conn: &Connection, name: &str) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE name = 'db_version'")?
-        .query_row([name], |_| Ok(()))
-        .optional()?
-        .is_some())
+    // Exactly the columns of the layout: a user table that merely ends in
+    // `__crsql_clock` and has a `db_version` column is not one.
+    let cols: String = conn
+        .prepare_cached(
+            "SELECT group_concat(name, ',') FROM (SELECT name FROM pragma_table_info(?1) ORDER BY name)",
+        )?
+        .query_row([name], |r| r.get::<_, Option<String>>(0))?
+        .unwrap_or_default();
+    Ok(cols == "col_name,col_version,db_version,key,seq,site_id")
 }
 
 /// Whether a table named exactly `name` exists in the main schema.
@@ -236,6 +240,20 @@ pub fn load_table(conn: &Connection, name: &str) -> Result<TableInfo> {
     if pks.is_empty() {
         return Err(err!(
             "crsql_stream: CRR {name} has no primary key columns; its clock table is unusable"
+        ));
+    }
+    // A base table re-created with another primary key no longer matches
+    // its pks table: not a CRR until crsql_as_crr says what to do.
+    let mut key_cols: Vec<String> = conn
+        .prepare_cached("SELECT name FROM pragma_table_info(?1) WHERE name != '__crsql_key'")?
+        .query_map([format!("{name}{PKS_SUFFIX}")], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut pk_names: Vec<String> = pks.iter().map(|c| c.name.clone()).collect();
+    key_cols.sort();
+    pk_names.sort();
+    if key_cols != pk_names {
+        return Err(err!(
+            "crsql_stream: the primary key of {name} does not match its pks table"
         ));
     }
     let sql = build_sql(name, &pks, &cols);
@@ -282,6 +300,18 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
         .join(", ");
     let npk = pks.len();
     let clock_cols = "key, col_name, col_version, db_version, seq, site_id";
+    // Clock increments stop at MAX_CLOCK with an error naming it, so that no
+    // value a peer would refuse is ever stored (DECISIONS D20); the guard
+    // costs nothing below the bound.
+    let limit = crsql_stream_core::merge::MAX_CLOCK;
+    let inc = format!(
+        "CASE WHEN col_version < {limit} THEN col_version + 1 ELSE crsql_internal_clock_limit(col_version) END"
+    );
+    let bump_cl = format!(
+        "CASE WHEN col_version < {limit} - 1 THEN \
+         CASE col_version % 2 WHEN 0 THEN col_version + 1 ELSE col_version + 2 END \
+         ELSE crsql_internal_clock_limit(col_version) END"
+    );
 
     let clock_insert_all = if cols.is_empty() {
         String::new()
@@ -294,11 +324,10 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
             .join(", ");
         format!(
             "INSERT INTO {clock} ({clock_cols}) VALUES {rows} ON CONFLICT (key, col_name) DO UPDATE SET \
-             col_version = col_version + 1, db_version = excluded.db_version, seq = excluded.seq, site_id = 0 \
-             RETURNING col_version"
+             col_version = {inc}, db_version = excluded.db_version, seq = excluded.seq, site_id = 0"
         )
     };
-    let bump_cl = "CASE col_version % 2 WHEN 0 THEN col_version + 1 ELSE col_version + 2 END";
+
     let base_value = cols
         .iter()
         .map(|c| {
@@ -314,8 +343,11 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
         .map(|c| {
             let q = quote_ident(&c.name);
             format!(
-                "INSERT INTO {base} ({pk_list}, {q}) VALUES ({}) ON CONFLICT ({pk_list}) DO UPDATE SET {q} = excluded.{q}",
-                params(npk + 1, 1)
+                // `= ?n`, not `= excluded.{q}`: SQLite 3.40 gives
+                // `excluded` the wrong affinity after a generated column.
+                "INSERT INTO {base} ({pk_list}, {q}) VALUES ({}) ON CONFLICT ({pk_list}) DO UPDATE SET {q} = ?{}",
+                params(npk + 1, 1),
+                npk + 1
             )
         })
         .collect();
@@ -367,23 +399,20 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
         ),
         clock_upsert_cell: format!(
             "INSERT INTO {clock} ({clock_cols}) VALUES (?1, ?2, 1, ?3, ?4, 0) ON CONFLICT (key, col_name) DO UPDATE SET \
-             col_version = col_version + 1, db_version = excluded.db_version, seq = excluded.seq, site_id = 0 \
-             RETURNING col_version"
+             col_version = {inc}, db_version = excluded.db_version, seq = excluded.seq, site_id = 0"
         ),
         clock_insert_all,
         sentinel_bump: format!(
             "UPDATE {clock} SET col_version = {bump_cl}, db_version = ?2, seq = ?3, site_id = 0 \
-             WHERE key = ?1 AND col_name = '-1' RETURNING col_version"
+             WHERE key = ?1 AND col_name = '-1'"
         ),
         sentinel_insert: format!(
             "INSERT INTO {clock} ({clock_cols}) VALUES (?1, '-1', 1, ?2, ?3, 0) ON CONFLICT (key, col_name) DO UPDATE SET \
-             col_version = {bump_cl}, db_version = excluded.db_version, seq = excluded.seq, site_id = 0 \
-             RETURNING col_version"
+             col_version = {bump_cl}, db_version = excluded.db_version, seq = excluded.seq, site_id = 0"
         ),
         sentinel_delete: format!(
             "INSERT INTO {clock} ({clock_cols}) VALUES (?1, '-1', 2, ?2, ?3, 0) ON CONFLICT (key, col_name) DO UPDATE SET \
-             col_version = col_version + 1, db_version = excluded.db_version, seq = excluded.seq, site_id = 0 \
-             RETURNING col_version"
+             col_version = {inc}, db_version = excluded.db_version, seq = excluded.seq, site_id = 0"
         ),
         clock_delete_cells: format!("DELETE FROM {clock} WHERE key = ?1 AND col_name != '-1'"),
         clock_move_cell: format!(

@@ -453,6 +453,8 @@ impl Producer {
     fn open(ext: &Ext, name: &str, cfg: &OutboundConfig, start: Position) -> Result<Producer> {
         let mut inner = ext.lock(OUTBOUND)?;
         inner.sync(&ext.tx)?;
+        // A scan also sees this transaction's own DDL (an alter window).
+        inner.refresh_tables(&ext.tx, true)?;
         // Only committed changes: rows of this connection's open write
         // transaction carry versions above the committed one and have no
         // final position yet.
