@@ -369,3 +369,44 @@ fn streams_from_before_last_seen_existed_are_not_expired_on_upgrade() {
     assert!(int(&a, "SELECT last_seen FROM crsql_peers") > 1_700_000_000);
     close(a);
 }
+
+#[test]
+fn compaction_on_a_full_disk_fails_cleanly_and_succeeds_once_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir.path().join("a.db"));
+    exec(
+        &a,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT); SELECT crsql_as_crr('t');
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+         INSERT INTO t SELECT i, hex(randomblob(40)) FROM n;
+         DELETE FROM t WHERE id % 2 = 0;
+         UPDATE t SET v = 'last' WHERE id = 1;
+         VACUUM;",
+    );
+    let snapshot = |c: &Connection| {
+        (
+            rows(c, "SELECT * FROM t__crsql_clock ORDER BY key, col_name"),
+            rows(c, "SELECT * FROM t__crsql_pks ORDER BY 1"),
+            int(c, "SELECT crsql_db_version()"),
+            int(
+                c,
+                "SELECT count(*) FROM sqlite_master WHERE name = 'crsql_tombstones'",
+            ),
+        )
+    };
+    let before = snapshot(&a);
+    let pages = int(&a, "PRAGMA page_count");
+    exec(&a, &format!("PRAGMA max_page_count = {pages}"));
+    let e = fails(&a, "SELECT crsql_compact()");
+    assert!(e.contains("full"), "{e}");
+    assert!(a.is_autocommit());
+    assert_eq!(
+        snapshot(&a),
+        before,
+        "a failed compaction changed something"
+    );
+    exec(&a, &format!("PRAGMA max_page_count = {}", pages * 4));
+    assert_eq!(int(&a, "SELECT crsql_compact()"), 2000);
+    assert_eq!(int(&a, "SELECT count(*) FROM crsql_tombstones"), 1000);
+    close(a);
+}
