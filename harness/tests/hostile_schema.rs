@@ -65,8 +65,15 @@
 //! of the cases set) and the same CRDT state in `crsql_changes` (see
 //! `crdt_state` for what is compared and why).
 //!
-//! Bugs this test found are described below (`BUG_…`); the generator stays
-//! clear of them until they are fixed, each place saying which bug.
+//! Bugs this test found are described below (`BUG_…`). All but one are
+//! fixed (regression tests in `divergences.rs::found_by_hostile_schema`),
+//! and the generator exercises them again: tables named like clock tables,
+//! columns added after a generated column, re-creation without a column,
+//! `UPDATE OR REPLACE` after schema changes with recursive triggers, and
+//! acknowledgements after a column is dropped. Still open:
+//! BUG_STAGED_PARTS_AFTER_SCHEMA_CHANGE (the generator stays clear of it);
+//! the comparisons still tolerate the two `crsql_changes` errors that are
+//! fixed (BUG_CHANGES_…), which no longer occur.
 //!
 //! Runs `PROPTEST_CASES` cases (default 150, about 20 s on two cores); the
 //! ignored `soak_…` test runs 2000 by default with longer histories (`make
@@ -138,7 +145,7 @@ const REPLICAS: usize = 3;
 // cells of `v`), so the next local write takes a version peers have already
 // synced past and never reaches them. Re-created tables keep every column
 // here (they may still gain columns).
-const KEEP_ALL_COLUMNS_ON_RECREATE: bool = true;
+const KEEP_ALL_COLUMNS_ON_RECREATE: bool = false;
 //
 // BUG_REPLACE_AFTER_SCHEMA_CHANGE: with `PRAGMA recursive_triggers = ON`,
 // once a CRR row has been deleted (a DELETE, or the REPLACE of an earlier
@@ -281,11 +288,10 @@ fn lower(s: &str) -> String {
 
 /// Column names a table must not get (BUG_TABLE_NAMED_LIKE_A_CLOCK_TABLE).
 fn reserved(table: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    if table.ends_with("__crsql_clock") {
-        out.insert("db_version".to_string());
-    }
-    out
+    // Fixed: only tables with the clock layout's columns count as clock
+    // tables, so nothing is reserved any more.
+    let _ = table;
+    BTreeSet::new()
 }
 
 // ---------------------------------------------------------------------------
@@ -2075,9 +2081,8 @@ impl Net {
         );
         if let Err(e) = res {
             let msg = message(&e);
-            if !(msg.contains("cannot acknowledge") && msg.contains("the newest change")) {
-                self.fail(format!("acknowledging {pos} on link {li}: {msg}"));
-            }
+            // Fixed: an acknowledged position stays acknowledgeable.
+            self.fail(format!("acknowledging {pos} on link {li}: {msg}"));
             count(Stat::AcksRefusedAfterCompaction);
             let after = last_sent(sender.c());
             if after != before {
@@ -2232,10 +2237,6 @@ impl Net {
                 adds.push(col);
             }
         }
-        if new.generated.is_some() {
-            // A column added after a generated one: BUG_GENERATED_COLUMN_AFFINITY.
-            adds.clear();
-        }
         new.cols.extend(adds.iter().cloned());
         count(Stat::Alters);
         let plan = Plan::Alter {
@@ -2310,13 +2311,8 @@ impl Net {
     /// a row onto an existing key after a schema change fails and rolls
     /// back the caller's transaction: BUG_REPLACE_AFTER_SCHEMA_CHANGE.
     /// Setting the pragma again after the change avoids it.
-    fn after_schema_change(&self, r: usize) {
-        if self.reps[r].recursive {
-            self.reps[r]
-                .c()
-                .execute_batch("PRAGMA recursive_triggers = ON")
-                .unwrap();
-        }
+    fn after_schema_change(&self, _r: usize) {
+        // Fixed: nothing to do any more (kept as the hook it was).
     }
 
     fn apply_plan(&mut self, r: usize, plan: &Plan, ops: &(Vec<Op>, Vec<Op>)) {

@@ -590,11 +590,9 @@ pub fn as_table(ext: &Ext, table: &str) -> Result<()> {
         let pks = schema::read_columns(&inner.conn, table)?
             .map(|(p, _)| p)
             .unwrap_or_default();
-        // Keep db_version from moving backwards once the clocks are gone.
-        let v = inner.db_version(&ext.tx)?;
-        if v > 0 {
-            inner.persist_version(v)?;
-        }
+        // Keep db_version and the newest position from moving backwards
+        // once the clocks are gone.
+        inner.persist_newest(&ext.tx)?;
         let mut sql = drop_triggers_sql(table, &pks);
         sql.push_str(&format!(
             "DROP TABLE IF EXISTS {};\nDROP TABLE IF EXISTS {};",
@@ -664,6 +662,7 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
         if now != before {
             // A new primary key is a new identity for every row: the clocks
             // start over, and the snapshot's keys mean nothing any more.
+            inner.persist_newest(&ext.tx)?;
             inner.conn.execute_batch(&format!(
                 "DROP TABLE IF EXISTS {clock}; DROP TABLE IF EXISTS {pkst};"
             ))?;
