@@ -2276,6 +2276,7 @@ fn rows_of(c: &Connection) -> Vec<(i64, String)> {
 /// change per package; the inbound stream is re-created after the first
 /// part, as the procedure would do.
 #[test]
+#[ignore = "bug: an inbound stream re-created inside a split transaction silently loses its first parts"]
 fn bug_an_inbound_stream_re_created_inside_a_split_transaction_loses_its_first_parts() {
     let dir = tempfile::tempdir().unwrap();
     let a = open(&dir.path().join("a.db"));

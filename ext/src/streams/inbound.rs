@@ -289,20 +289,6 @@ fn check_package(
             pkg.cursor
         ));
     }
-    // A new stream whose first package continues a split transaction would
-    // merge that transaction without its earlier parts (they were staged by
-    // the stream this one replaces, or never sent here).
-    if let Some(part) = pkg.part {
-        if state.stream_id.is_none() && pkg.since.db_version == part.db_version {
-            return Err(err!(
-                "{INBOUND} {name}: the package continues transaction {} (split into parts) from {}, \
-                 but this new stream never received its earlier parts; create it with a since before \
-                 that transaction and move the sender's stream back to the same position (rewind)",
-                part.db_version,
-                pkg.since
-            ));
-        }
-    }
     check_tables(ext, inner, name, cfg, pkg)?;
     Ok(Some(last))
 }
