@@ -55,18 +55,6 @@ pub fn key_for(
     Ok((k, true))
 }
 
-/// Run one of the clock writes that count up (a cell's col_version, a
-/// sentinel's causal length). Their SQL stops at [`MAX_CLOCK`] by calling
-/// `crsql_internal_clock_limit` (DECISIONS D20).
-pub fn bounded_clock_write(
-    conn: &rusqlite::Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> Result<()> {
-    conn.prepare_cached(sql)?.execute(params)?;
-    Ok(())
-}
-
 /// `crsql_internal_clock_limit(v)`: the error of a clock write that would
 /// pass [`MAX_CLOCK`], called by the clock SQL only at the bound.
 pub fn clock_limit(v: i64) -> Error {
@@ -118,23 +106,18 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     }
     let conn = &inner.conn;
     if t.cols.is_empty() {
-        bounded_clock_write(
-            conn,
-            &t.sql.sentinel_insert,
-            params![key, v, ext.tx.take_seq()],
-        )?;
+        conn.prepare_cached(&t.sql.sentinel_insert)?
+            .execute(params![key, v, ext.tx.take_seq()])?;
         return Ok(());
     }
     if existed {
         // A seq is consumed even when there is no sentinel to bump (§6.1).
-        bounded_clock_write(
-            conn,
-            &t.sql.sentinel_bump,
-            params![key, v, ext.tx.take_seq()],
-        )?;
+        conn.prepare_cached(&t.sql.sentinel_bump)?
+            .execute(params![key, v, ext.tx.take_seq()])?;
     }
     let first = ext.tx.take_seqs(t.cols.len() as i64);
-    bounded_clock_write(conn, &t.sql.clock_insert_all, params![key, v, first])?;
+    conn.prepare_cached(&t.sql.clock_insert_all)?
+        .execute(params![key, v, first])?;
     Ok(())
 }
 
@@ -171,11 +154,8 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
             record_delete(ext, &inner, &t, new_key, v)?;
         }
         let (old_key, _) = key_for(&inner, &t, old_pks, false)?;
-        bounded_clock_write(
-            conn,
-            &t.sql.sentinel_delete,
-            params![old_key, v, ext.tx.take_seq()],
-        )?;
+        conn.prepare_cached(&t.sql.sentinel_delete)?
+            .execute(params![old_key, v, ext.tx.take_seq()])?;
         let names: Vec<String> = conn
             .prepare_cached(&t.sql.cell_names)?
             .query_map([old_key], |r| r.get(0))?
@@ -186,11 +166,8 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
             conn.prepare_cached(&t.sql.clock_delete_cell)?
                 .execute(params![old_key, name])?;
         }
-        bounded_clock_write(
-            conn,
-            &t.sql.sentinel_insert,
-            params![new_key, v, ext.tx.take_seq()],
-        )?;
+        conn.prepare_cached(&t.sql.sentinel_insert)?
+            .execute(params![new_key, v, ext.tx.take_seq()])?;
         wrote = true;
         // Columns that had no clock to move still carry a value on the new
         // key: give them a clock, so peers that zeroed their own copy on the
@@ -198,21 +175,15 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         for (i, col) in t.cols.iter().enumerate() {
             let changed = compare(new_cols[i], old_cols[i]).is_ne();
             if !changed && !names.iter().any(|n| n == &col.name) {
-                bounded_clock_write(
-                    conn,
-                    &t.sql.clock_upsert_cell,
-                    params![new_key, col.name, v, ext.tx.take_seq()],
-                )?;
+                conn.prepare_cached(&t.sql.clock_upsert_cell)?
+                    .execute(params![new_key, col.name, v, ext.tx.take_seq()])?;
             }
         }
     }
     for (i, col) in t.cols.iter().enumerate() {
         if compare(new_cols[i], old_cols[i]).is_ne() {
-            bounded_clock_write(
-                conn,
-                &t.sql.clock_upsert_cell,
-                params![new_key, col.name, v, ext.tx.take_seq()],
-            )?;
+            conn.prepare_cached(&t.sql.clock_upsert_cell)?
+                .execute(params![new_key, col.name, v, ext.tx.take_seq()])?;
             wrote = true;
         }
     }
@@ -274,11 +245,10 @@ pub fn row_is_live(inner: &Inner, t: &TableInfo, key: i64) -> Result<bool> {
 /// The clocks of a local delete of the row of `key` at version `v`: the
 /// sentinel's causal length becomes even and the cells' clocks go.
 pub fn record_delete(ext: &Ext, inner: &Inner, t: &TableInfo, key: i64, v: i64) -> Result<()> {
-    bounded_clock_write(
-        &inner.conn,
-        &t.sql.sentinel_delete,
-        params![key, v, ext.tx.take_seq()],
-    )?;
+    inner
+        .conn
+        .prepare_cached(&t.sql.sentinel_delete)?
+        .execute(params![key, v, ext.tx.take_seq()])?;
     inner
         .conn
         .prepare_cached(&t.sql.clock_delete_cells)?

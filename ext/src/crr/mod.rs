@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crsql_stream_core::merge::SENTINEL;
 
-use crate::crr::local::{bounded_clock_write, key_for, record_delete, revive_compacted};
+use crate::crr::local::{key_for, record_delete, revive_compacted};
 use crate::err;
 use crate::error::{Error, Result};
 use crate::state::{Ext, Inner};
@@ -330,17 +330,11 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
         for key in keys(inner, &dead)? {
             let v = version_of(inner)?;
             let conn = &inner.conn;
-            bounded_clock_write(
-                conn,
-                &t.sql.sentinel_insert,
-                params![key, v, ext.tx.take_seq()],
-            )?;
+            conn.prepare_cached(&t.sql.sentinel_insert)?
+                .execute(params![key, v, ext.tx.take_seq()])?;
             for col in &t.cols {
-                bounded_clock_write(
-                    conn,
-                    &t.sql.clock_upsert_cell,
-                    params![key, col.name, v, ext.tx.take_seq()],
-                )?;
+                conn.prepare_cached(&t.sql.clock_upsert_cell)?
+                    .execute(params![key, col.name, v, ext.tx.take_seq()])?;
             }
         }
     }
@@ -348,11 +342,10 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
         // 0c. Cells whose value changed during the window.
         for key_col in changed_cells(inner, &t)? {
             let v = version_of(inner)?;
-            bounded_clock_write(
-                &inner.conn,
-                &t.sql.clock_upsert_cell,
-                params![key_col.0, key_col.1, v, ext.tx.take_seq()],
-            )?;
+            inner
+                .conn
+                .prepare_cached(&t.sql.clock_upsert_cell)?
+                .execute(params![key_col.0, key_col.1, v, ext.tx.take_seq()])?;
         }
     }
 
@@ -377,11 +370,10 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
         let (key, existed) = key_for(inner, &t, &refs, true)?;
         if !existed && revive_compacted(ext, inner, &t, key, &refs, v)? {
             // Back under a compacted deleted key: a resurrection.
-            bounded_clock_write(
-                &inner.conn,
-                &t.sql.sentinel_insert,
-                params![key, v, ext.tx.take_seq()],
-            )?;
+            inner
+                .conn
+                .prepare_cached(&t.sql.sentinel_insert)?
+                .execute(params![key, v, ext.tx.take_seq()])?;
         }
         let names: Vec<&str> = if t.cols.is_empty() {
             vec!["-1"]
@@ -802,15 +794,12 @@ pub fn bootstrap(conn: &Connection) -> Result<([u8; 16], bool)> {
             )
         })?,
         None => {
-            let mut id: Vec<u8> = conn.query_row("SELECT randomblob(16)", [], |r| r.get(0))?;
-            id[6] = (id[6] & 0x0F) | 0x40;
-            id[8] = (id[8] & 0x3F) | 0x80;
+            let id = random_site_id(conn)?;
             conn.execute(
                 "INSERT INTO crsql_site_id (site_id, ordinal) VALUES (?1, 0)",
-                [&id],
+                [id.as_slice()],
             )?;
-            <[u8; 16]>::try_from(id.as_slice())
-                .map_err(|_| err!("randomblob(16) returned a wrong size"))?
+            id
         }
     };
     let mev: Option<rusqlite::types::Value> = conn
@@ -831,6 +820,17 @@ pub fn bootstrap(conn: &Connection) -> Result<([u8; 16], bool)> {
         }
     };
     Ok((site, mev))
+}
+
+/// A fresh random site id: SQLite's `randomblob(16)` with the bits of a
+/// UUID v4.
+fn random_site_id(conn: &Connection) -> Result<[u8; 16]> {
+    let bytes: Vec<u8> = conn.query_row("SELECT randomblob(16)", [], |r| r.get(0))?;
+    let mut id = <[u8; 16]>::try_from(bytes.as_slice())
+        .map_err(|_| err!("randomblob(16) returned a wrong size"))?;
+    id[6] = (id[6] & 0x0F) | 0x40;
+    id[8] = (id[8] & 0x3F) | 0x80;
+    Ok(id)
 }
 
 /// The site ids this database had before (`crsql_new_site_id`), oldest first.
@@ -865,13 +865,7 @@ pub fn new_site_id(ext: &Ext) -> Result<[u8; 16]> {
     inner.db_version(&ext.tx)?;
     let old = inner.site_id();
     let new = in_savepoint(&conn, "crsql_new_site_id", || {
-        let mut id: Vec<u8> = inner
-            .conn
-            .query_row("SELECT randomblob(16)", [], |r| r.get(0))?;
-        id[6] = (id[6] & 0x0F) | 0x40;
-        id[8] = (id[8] & 0x3F) | 0x80;
-        let new = <[u8; 16]>::try_from(id.as_slice())
-            .map_err(|_| err!("randomblob(16) returned a wrong size"))?;
+        let new = random_site_id(&inner.conn)?;
         inner.conn.execute(
             "UPDATE crsql_site_id SET site_id = ?1 WHERE ordinal = 0",
             [new.as_slice()],
