@@ -671,4 +671,29 @@ mod found_by_hostile_schema {
         );
         assert_eq!(text(&c, "SELECT typeof(v) FROM t"), "integer");
     }
+
+    /// A primary-key column named `col_name` (a column of the clock
+    /// table) was left out when `crsql_commit_alter` compared the key
+    /// before and after the window: an empty window then looked like a new
+    /// primary key and started every clock over, and a replica that had
+    /// merged a newer causal length went back to 1 (HOSTILE_SEED=6216918143822384442).
+    #[test]
+    fn an_alter_window_keeps_the_clocks_of_a_pk_column_named_col_name() {
+        let p = pair(
+            "CREATE TABLE \"select\" (col_name INTEGER PRIMARY KEY NOT NULL)",
+            "select",
+        );
+        exec(&p.a, "INSERT INTO \"select\" VALUES (1)");
+        sync(&p);
+        let window = "SELECT crsql_begin_alter('select'); SELECT crsql_commit_alter('select');";
+        exec(&p.a, window);
+        assert_eq!(int(&p.a, "SELECT crsql_db_version()"), 1, "an empty window is no change");
+        exec(&p.a, "INSERT OR REPLACE INTO \"select\" VALUES (1)");
+        sync(&p);
+        exec(&p.b, window);
+        assert_converged(&p, "select");
+        for c in [&p.a, &p.b] {
+            assert_eq!(int(c, "SELECT cl FROM crsql_changes"), 3);
+        }
+    }
 }

@@ -642,9 +642,7 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
         let pkst = quote_ident(&format!("{table}{PKS_SUFFIX}"));
         let idx_cols: Vec<String> = inner
             .conn
-            .prepare(
-                "SELECT name FROM pragma_index_info(?1) WHERE name != 'col_name' ORDER BY seqno",
-            )?
+            .prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?
             .query_map([format!("{table}__crsql_pks_pks")], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let mut now: Vec<String> = pks.iter().map(|c| c.name.clone()).collect();
