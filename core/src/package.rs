@@ -21,8 +21,12 @@ use crate::value::{Value, ValueRef};
 
 /// First bytes of a binary package.
 pub const MAGIC: [u8; 4] = *b"CRSP";
-/// Current format version.
+/// Format version of ordinary packages (readable by every build).
 pub const FORMAT_VERSION: u8 = 1;
+/// Format version of packages that carry a [`PackageKind`] byte after the
+/// version: `"CRSP"`, 2, kind, body, CRC. Ordinary packages are still written
+/// as version 1, so older builds keep reading them.
+pub const FORMAT_VERSION_KIND: u8 = 2;
 const JSON_PREFIX: &str = "{\"body\":";
 const JSON_SUFFIX_LEN: usize = ",\"crc\":\"0123456789abcdef\"}".len();
 /// Most elements any decoded list pre-allocates room for.
@@ -60,6 +64,58 @@ pub struct Package {
     pub sites: Vec<Bytes>,
     #[serde(deserialize_with = "bounded_vec")]
     pub changes: Vec<PkgChange>,
+    /// What the package is. Not part of the body: binary packages carry it
+    /// in the header (format version 2), JSON packages as a `"kind"` key of
+    /// the body, both only when it is not [`PackageKind::Changes`].
+    #[serde(skip)]
+    pub kind: PackageKind,
+}
+
+/// What a package is. The receiver applies both kinds the same way (a
+/// merge); the kind tells people and tools why a package is there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PackageKind {
+    /// Changes in position order.
+    #[default]
+    Changes,
+    /// Changes of a stream catching up from below its database's
+    /// compaction horizon: they include compacted deletes.
+    Snapshot,
+}
+
+impl PackageKind {
+    /// The kind's name, as `crsql_package_info` and JSON packages show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PackageKind::Changes => "changes",
+            PackageKind::Snapshot => "snapshot",
+        }
+    }
+
+    fn byte(self) -> u8 {
+        match self {
+            PackageKind::Changes => 0,
+            PackageKind::Snapshot => 1,
+        }
+    }
+
+    fn from_byte(b: u8) -> Result<PackageKind, PackageError> {
+        match b {
+            0 => Ok(PackageKind::Changes),
+            1 => Ok(PackageKind::Snapshot),
+            _ => Err(PackageError::Malformed(format!("unknown package kind {b}"))),
+        }
+    }
+
+    fn from_name(name: &str) -> Result<PackageKind, PackageError> {
+        match name {
+            "changes" => Ok(PackageKind::Changes),
+            "snapshot" => Ok(PackageKind::Snapshot),
+            _ => Err(PackageError::Malformed(format!(
+                "unknown package kind {name:?} (expected \"changes\" or \"snapshot\")"
+            ))),
+        }
+    }
 }
 
 /// Marks one part of a split transaction.
@@ -128,7 +184,7 @@ pub enum PackageError {
     TooShort { need: usize, have: usize },
     #[error("not a crsql_stream package (bad magic bytes)")]
     BadMagic,
-    #[error("package format version {0} is not supported (this build reads version 1)")]
+    #[error("package format version {0} is not supported (this build reads versions 1 and 2)")]
     UnsupportedVersion(u8),
     #[error(
         "corrupted package: checksum mismatch (stored {stored:016x}, computed {computed:016x})"
@@ -353,7 +409,12 @@ impl Package {
             Encoding::Binary => {
                 let mut out = Vec::with_capacity(64 + self.changes.len() * 32);
                 out.extend_from_slice(&MAGIC);
-                out.push(FORMAT_VERSION);
+                if self.kind == PackageKind::Changes {
+                    out.push(FORMAT_VERSION);
+                } else {
+                    out.push(FORMAT_VERSION_KIND);
+                    out.push(self.kind.byte());
+                }
                 let out = postcard::to_extend(self, out)
                     .map_err(|e| PackageError::Malformed(format!("cannot encode: {e}")))?;
                 let mut out = out;
@@ -362,8 +423,17 @@ impl Package {
                 Ok(out)
             }
             Encoding::Json => {
-                let body = serde_json::to_string(self)
-                    .map_err(|e| PackageError::Malformed(format!("cannot encode: {e}")))?;
+                let cannot =
+                    |e: serde_json::Error| PackageError::Malformed(format!("cannot encode: {e}"));
+                let body = if self.kind == PackageKind::Changes {
+                    serde_json::to_string(self).map_err(cannot)?
+                } else {
+                    let mut v = serde_json::to_value(self).map_err(cannot)?;
+                    if let serde_json::Value::Object(m) = &mut v {
+                        m.insert("kind".into(), self.kind.name().into());
+                    }
+                    serde_json::to_string(&v).map_err(cannot)?
+                };
                 let crc = crc64(body.as_bytes());
                 Ok(format!("{JSON_PREFIX}{body},\"crc\":\"{crc:016x}\"}}").into_bytes())
             }
@@ -408,11 +478,17 @@ impl Package {
         if stored != computed {
             return Err(PackageError::Checksum { stored, computed });
         }
-        if content[4] != FORMAT_VERSION {
-            return Err(PackageError::UnsupportedVersion(content[4]));
-        }
-        let (pkg, rest) = postcard::take_from_bytes::<Package>(&content[5..])
+        let (kind, body) = match content[4] {
+            FORMAT_VERSION => (PackageKind::Changes, &content[5..]),
+            FORMAT_VERSION_KIND => match content.get(5) {
+                Some(b) => (PackageKind::from_byte(*b)?, &content[6..]),
+                None => return Err(PackageError::Malformed("package kind missing".into())),
+            },
+            v => return Err(PackageError::UnsupportedVersion(v)),
+        };
+        let (mut pkg, rest) = postcard::take_from_bytes::<Package>(body)
             .map_err(|e| PackageError::Malformed(e.to_string()))?;
+        pkg.kind = kind;
         if !rest.is_empty() {
             return Err(PackageError::Malformed(format!(
                 "{} unexpected bytes after the body",
@@ -457,7 +533,25 @@ impl Package {
         if stored != computed {
             return Err(PackageError::Checksum { stored, computed });
         }
-        serde_json::from_str(body).map_err(|e| PackageError::Malformed(e.to_string()))
+        let malformed = |e: serde_json::Error| PackageError::Malformed(e.to_string());
+        if !body.contains("\"kind\"") {
+            return serde_json::from_str(body).map_err(malformed);
+        }
+        // Only packages of another kind carry the key: take it out, then
+        // read the rest as any other body (unknown keys are still refused).
+        let mut v: serde_json::Value = serde_json::from_str(body).map_err(malformed)?;
+        let kind = match v.as_object_mut().and_then(|m| m.remove("kind")) {
+            Some(serde_json::Value::String(k)) => PackageKind::from_name(&k)?,
+            Some(other) => {
+                return Err(PackageError::Malformed(format!(
+                    "package kind must be a string, got {other}"
+                )))
+            }
+            None => PackageKind::Changes,
+        };
+        let mut pkg: Package = serde_json::from_value(v).map_err(malformed)?;
+        pkg.kind = kind;
+        Ok(pkg)
     }
 
     /// Check every cross-reference and ordering rule of the format.
@@ -580,6 +674,7 @@ mod tests {
                     seq: 2,
                 },
             ],
+            kind: PackageKind::Changes,
         }
     }
 

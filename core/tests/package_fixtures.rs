@@ -17,7 +17,8 @@
 use std::path::PathBuf;
 
 use crsql_stream_core::package::{
-    schema_hash, to_hex, Bytes, Encoding, Package, Part, PkgChange, TableEntry, WireValue,
+    schema_hash, to_hex, Bytes, Encoding, Package, PackageKind, Part, PkgChange, TableEntry,
+    WireValue,
 };
 use crsql_stream_core::{pack_columns, Position, Value, ValueRef};
 
@@ -109,6 +110,7 @@ fn small() -> Package {
                 seq: 1,
             },
         ],
+        kind: PackageKind::Changes,
     }
 }
 
@@ -190,6 +192,7 @@ fn all_values() -> Package {
             Bytes(vec![0x01]),
         ],
         changes,
+        kind: PackageKind::Changes,
     }
 }
 
@@ -231,7 +234,34 @@ fn split_part(last: bool) -> Package {
                 seq,
             })
             .collect(),
+        kind: PackageKind::Changes,
     }
+}
+
+/// A package of a stream catching up from below its database's compaction
+/// horizon: a compacted delete, at the position it was made.
+fn snapshot() -> Package {
+    let mut p = small();
+    p.kind = PackageKind::Snapshot;
+    p.changes.truncate(1);
+    p.changes[0].col_version = 2;
+    p.changes[0].cl = 2;
+    p.cursor = Position::new(4, 0);
+    p
+}
+
+#[test]
+fn a_snapshot_package_matches_its_fixtures_and_says_its_kind() {
+    let bin = check_fixture("snapshot.bin", &snapshot(), Encoding::Binary);
+    assert_eq!(bin[4..6], [2, 1], "format version 2, kind byte 1");
+    let json = check_fixture("snapshot.json", &snapshot(), Encoding::Json);
+    assert!(String::from_utf8(json)
+        .unwrap()
+        .contains("\"kind\":\"snapshot\""));
+    // An ordinary package stays at format version 1, without the key.
+    assert_eq!(small().encode(Encoding::Binary).unwrap()[4], 1);
+    let small_json = small().encode(Encoding::Json).unwrap();
+    assert!(!String::from_utf8(small_json).unwrap().contains("\"kind\""));
 }
 
 #[test]

@@ -14,7 +14,8 @@
 //! `PROPTEST_CASES=50000` runs more cases (256 by default; 50 000 take ~20 s).
 
 use crsql_stream_core::package::{
-    crc64, Bytes, Encoding, Package, Part, PkgChange, TableEntry, WireValue, FORMAT_VERSION, MAGIC,
+    crc64, Bytes, Encoding, Package, PackageKind, Part, PkgChange, TableEntry, WireValue,
+    FORMAT_VERSION, MAGIC,
 };
 use crsql_stream_core::{Position, Value};
 use proptest::prelude::*;
@@ -175,6 +176,12 @@ fn package() -> impl Strategy<Value = Package> {
                     tables,
                     sites,
                     changes,
+                    // Both kinds, drawn from a bit the strategy already varies.
+                    kind: if since.seq % 2 == 0 {
+                        PackageKind::Changes
+                    } else {
+                        PackageKind::Snapshot
+                    },
                 }
             },
         )

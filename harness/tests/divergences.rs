@@ -687,7 +687,11 @@ mod found_by_hostile_schema {
         sync(&p);
         let window = "SELECT crsql_begin_alter('select'); SELECT crsql_commit_alter('select');";
         exec(&p.a, window);
-        assert_eq!(int(&p.a, "SELECT crsql_db_version()"), 1, "an empty window is no change");
+        assert_eq!(
+            int(&p.a, "SELECT crsql_db_version()"),
+            1,
+            "an empty window is no change"
+        );
         exec(&p.a, "INSERT OR REPLACE INTO \"select\" VALUES (1)");
         sync(&p);
         exec(&p.b, window);

@@ -28,6 +28,9 @@ const S_SEQ: usize = 4;
 const S_CL: usize = 5;
 const S_VAL: usize = 6;
 const S_PK0: usize = 7;
+/// Records scan (compacted deletes): the packed key is column `S_PK0`, the
+/// table name this one.
+const S_TBL: usize = 8;
 
 /// Site ids by ordinal (0 is the local site), loaded once per scan.
 pub struct SiteMap {
@@ -215,10 +218,14 @@ struct MemoRead {
 }
 
 struct Scan {
+    /// The table of the current row.
     table: Arc<TableInfo>,
     /// Rows of the first transaction from a memo; `stmt` continues after it.
     memo: Option<MemoRead>,
     stmt: RawStmt,
+    /// Set for the scan of compacted deletes (`crsql_tombstones`), whose
+    /// rows belong to several tables: the tables read, by name.
+    records: Option<HashMap<String, Arc<TableInfo>>>,
 }
 
 impl Scan {
@@ -241,6 +248,8 @@ pub struct Scanner {
 pub struct RowView<'a> {
     pub table: &'a Arc<TableInfo>,
     stmt: &'a RawStmt,
+    /// The row is a compacted delete: its key is stored packed.
+    record: bool,
 }
 
 impl RowView<'_> {
@@ -270,6 +279,15 @@ impl RowView<'_> {
     }
     /// The primary key in cr-sqlite's packed format.
     pub fn pk(&self) -> Result<Vec<u8>> {
+        if self.record {
+            return match self.stmt.column(S_PK0) {
+                ValueRef::Blob(b) => Ok(b.to_vec()),
+                _ => Err(err!(
+                    "crsql_stream: a crsql_tombstones record of {} has no packed key",
+                    self.table.name
+                )),
+            };
+        }
         let n = self.table.pks.len();
         pack_columns((S_PK0..S_PK0 + n).map(|i| to_core(self.stmt.column(i)))).map_err(|source| {
             Error::Pack {
@@ -299,6 +317,7 @@ impl Scanner {
                 table: Arc::clone(t),
                 memo: None,
                 stmt,
+                records: None,
             });
         }
         s.start()?;
@@ -362,10 +381,50 @@ impl Scanner {
                 table: Arc::clone(t),
                 memo,
                 stmt,
+                records: None,
             });
         }
         s.start()?;
         Ok(s)
+    }
+
+    /// Also read the compacted deletes (`crsql_tombstones` records) of
+    /// `tables` at positions in `(after, through]`, each at the position of
+    /// its delete, as the sentinel change the delete was.
+    pub fn add_records(
+        &mut self,
+        db: DbHandle,
+        tables: &[Arc<TableInfo>],
+        after: Position,
+        through: Position,
+    ) -> Result<()> {
+        let Some(first) = tables.first() else {
+            return Ok(());
+        };
+        let sql = "SELECT '-1', r.cl, r.db_version, r.site_id, r.seq, r.cl, NULL, r.pk, r.tbl \
+                   FROM crsql_tombstones AS r \
+                   WHERE (r.db_version > ?1 OR (r.db_version = ?1 AND r.seq > ?2)) \
+                   AND (r.db_version < ?3 OR (r.db_version = ?3 AND r.seq <= ?4)) \
+                   ORDER BY r.db_version, r.seq";
+        let mut stmt = RawStmt::prepare(db, sql)?;
+        for (i, v) in [after.db_version, after.seq, through.db_version, through.seq]
+            .into_iter()
+            .enumerate()
+        {
+            stmt.bind(i + 1, ValueRef::Integer(v))?;
+        }
+        self.scans.push(Scan {
+            table: Arc::clone(first),
+            memo: None,
+            stmt,
+            records: Some(
+                tables
+                    .iter()
+                    .map(|t| (t.name.clone(), Arc::clone(t)))
+                    .collect(),
+            ),
+        });
+        self.step(self.scans.len() - 1)
     }
 
     fn with_capacity(n: usize) -> Scanner {
@@ -437,6 +496,25 @@ impl Scanner {
                 return Ok(());
             }
         }
+        while let Some(by_name) = &s.records {
+            if !s.stmt.step()? {
+                return Ok(());
+            }
+            // Records of tables this scan does not read are skipped.
+            let tbl = match s.stmt.column(S_TBL) {
+                ValueRef::Text(t) => std::str::from_utf8(t).unwrap_or_default(),
+                _ => "",
+            };
+            if let Some(t) = by_name.get(tbl) {
+                s.table = Arc::clone(t);
+                self.heap.push(Reverse((
+                    s.stmt.column_i64(S_DB_VERSION),
+                    s.stmt.column_i64(S_SEQ),
+                    i,
+                )));
+                return Ok(());
+            }
+        }
         if s.stmt.step()? {
             self.heap.push(Reverse((
                 s.stmt.column_i64(S_DB_VERSION),
@@ -453,6 +531,7 @@ impl Scanner {
             RowView {
                 table: &s.table,
                 stmt: s.current(),
+                record: s.records.is_some(),
             }
         })
     }

@@ -25,12 +25,19 @@ use crate::state::{Ext, Inner};
 /// The table of compacted tombstones.
 pub const TOMBSTONES: &str = "crsql_tombstones";
 
+/// One record per compacted delete: the row's packed key and causal length
+/// (what the merge rules need), and the delete's position and origin (what
+/// a stream catching up from below the horizon sends, `resync = 'snapshot'`).
 const TOMBSTONES_DDL: &str = "CREATE TABLE IF NOT EXISTS crsql_tombstones (
   tbl TEXT NOT NULL,
   pk BLOB NOT NULL,
   cl INTEGER NOT NULL,
+  db_version INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  site_id INTEGER NOT NULL,
   PRIMARY KEY (tbl, pk)
-) WITHOUT ROWID, STRICT;";
+) WITHOUT ROWID, STRICT;
+CREATE INDEX IF NOT EXISTS crsql_tombstones_position ON crsql_tombstones (db_version, seq);";
 
 /// `crsql_master` key of the highest horizon metadata was removed at.
 const COMPACTED_THROUGH: &str = "compacted_through";
@@ -171,8 +178,8 @@ pub fn compact(ext: &Ext) -> Result<i64> {
             let bounds = params![limit.db_version, limit.seq, newest.db_version];
             inner.conn.execute(
                 &format!(
-                    "INSERT OR REPLACE INTO crsql_tombstones (tbl, pk, cl) \
-                     SELECT ?4, crsql_pack_columns({pk_cols}), c.col_version \
+                    "INSERT OR REPLACE INTO crsql_tombstones (tbl, pk, cl, db_version, seq, site_id) \
+                     SELECT ?4, crsql_pack_columns({pk_cols}), c.col_version, c.db_version, c.seq, c.site_id \
                      FROM {clock} AS c JOIN {pkst} AS p ON p.__crsql_key = c.key \
                      WHERE c.col_name = '-1' AND c.key IN ({dead})"
                 ),

@@ -4,7 +4,9 @@
 
 use std::ffi::c_int;
 
-use crsql_stream_core::package::{to_hex, Package};
+use crsql_stream_core::package::{
+    to_hex, Package, PackageKind, FORMAT_VERSION, FORMAT_VERSION_KIND,
+};
 use rusqlite::types::ValueRef;
 use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
 
@@ -45,7 +47,11 @@ pub fn package_info(pkg: &Package, len: usize) -> String {
         })
         .collect();
     serde_json::json!({
-        "format": crsql_stream_core::package::FORMAT_VERSION,
+        "format": match pkg.kind {
+            PackageKind::Changes => FORMAT_VERSION,
+            _ => FORMAT_VERSION_KIND,
+        },
+        "kind": pkg.kind.name(),
         "bytes": len,
         "sender": to_hex(&pkg.sender.0),
         "stream_id": to_hex(&pkg.stream_id.0),

@@ -12,7 +12,7 @@ use std::ffi::c_int;
 use std::sync::Arc;
 
 use crsql_stream_core::package::{
-    Bytes, Encoding, Package, Part, PkgChange, TableEntry, WireValue,
+    Bytes, Encoding, Package, PackageKind, Part, PkgChange, TableEntry, WireValue,
 };
 use crsql_stream_core::{Position, Value};
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -53,6 +53,9 @@ pub struct OutboundConfig {
     /// The site this stream sends to, for `crsql_peers` (default: the one
     /// site of `exclude_sites`, if there is exactly one).
     pub peer: Option<[u8; 16]>,
+    /// `resync = 'snapshot'`: from below the compaction horizon, send the
+    /// compacted deletes too instead of failing with "resync required".
+    pub resync_snapshot: bool,
 }
 
 impl OutboundConfig {
@@ -66,6 +69,7 @@ impl OutboundConfig {
             max_bytes: 1 << 20,
             encoding: Encoding::Binary,
             peer: None,
+            resync_snapshot: false,
         };
         for (k, v) in parse_args(OUTBOUND, table, args)? {
             match k.as_str() {
@@ -97,6 +101,13 @@ impl OutboundConfig {
                     cfg.max_changes = parse_count(OUTBOUND, table, "max_changes", &v, MAX_CHANGES_LIMIT)? as usize
                 }
                 "max_bytes" => cfg.max_bytes = parse_count(OUTBOUND, table, "max_bytes", &v, MAX_BYTES_LIMIT)? as usize,
+                "resync" => {
+                    cfg.resync_snapshot = match v.trim() {
+                        "error" => false,
+                        "snapshot" => true,
+                        _ => return Err(err!("{OUTBOUND} {table}: resync must be 'error' or 'snapshot', got {v:?}")),
+                    }
+                }
                 "encoding" => {
                     cfg.encoding = match v.trim() {
                         "binary" => Encoding::Binary,
@@ -107,7 +118,7 @@ impl OutboundConfig {
                 _ => {
                     return Err(err!(
                         "{OUTBOUND} {table}: unknown argument {k:?} (expected since, exclude_sites, local_only, \
-                         tables, max_changes, max_bytes, encoding, peer)"
+                         tables, max_changes, max_bytes, encoding, peer, resync)"
                     ))
                 }
             }
@@ -144,7 +155,8 @@ impl Table for OutboundTable {
             let mut inner = ext.lock(OUTBOUND)?;
             if create {
                 super::check_new_name(OUTBOUND, name)?;
-                if super::compact::is_behind(&inner.conn, cfg.since, true)? {
+                if !cfg.resync_snapshot && super::compact::is_behind(&inner.conn, cfg.since, true)?
+                {
                     return Err(super::compact::resync_required(
                         OUTBOUND,
                         name,
@@ -280,7 +292,7 @@ impl Table for OutboundTable {
         if what == "rewind" {
             // The peer lost what it had acknowledged (a restored backup):
             // send again from `pos`, unless deletes after it were compacted.
-            if super::compact::is_behind(&inner.conn, pos, false)? {
+            if !self.cfg.resync_snapshot && super::compact::is_behind(&inner.conn, pos, false)? {
                 return Err(super::compact::resync_required(
                     OUTBOUND,
                     &self.name,
@@ -433,6 +445,9 @@ struct Producer {
     pending: Option<Group>,
     /// Position of the newest committed change when the scan started.
     newest: Position,
+    /// The compaction horizon, when the scan reads compacted deletes: the
+    /// packages before it are snapshot packages.
+    snapshot_through: Option<Position>,
 }
 
 /// An upper bound of a package's size without its changes: fixed fields,
@@ -450,7 +465,15 @@ fn header_bound(name: &str, tables: &[Arc<TableInfo>], sites: usize, encoding: E
 }
 
 impl Producer {
-    fn open(ext: &Ext, name: &str, cfg: &OutboundConfig, start: Position) -> Result<Producer> {
+    /// With `records`, the compacted deletes after `start` up to it are
+    /// read too, and the packages up to there are snapshot packages.
+    fn open(
+        ext: &Ext,
+        name: &str,
+        cfg: &OutboundConfig,
+        start: Position,
+        records: Option<Position>,
+    ) -> Result<Producer> {
         let mut inner = ext.lock(OUTBOUND)?;
         inner.sync(&ext.tx)?;
         // A scan also sees this transaction's own DDL (an alter window).
@@ -511,6 +534,10 @@ impl Producer {
                 &mut memos,
             )?
         };
+        let mut scanner = scanner;
+        if let Some(through) = records {
+            scanner.add_records(ext.db, &tables, start, through)?;
+        }
         let header = header_bound(name, &tables, sites.count(), cfg.encoding);
         Ok(Producer {
             scanner,
@@ -524,6 +551,7 @@ impl Producer {
             encoding: cfg.encoding,
             pending: None,
             newest,
+            snapshot_through: records,
         })
     }
 
@@ -762,7 +790,12 @@ impl Producer {
                 seq: c.seq,
             });
         }
+        let kind = match self.snapshot_through {
+            Some(through) if since < through => PackageKind::Snapshot,
+            _ => PackageKind::Changes,
+        };
         let pkg = Package {
+            kind,
             sender: Bytes(ext.site_id().to_vec()),
             stream_id: Bytes(stream_id.to_vec()),
             stream: name.to_string(),
@@ -828,23 +861,37 @@ impl TableCursor for OutboundCursor {
         } else {
             None
         };
-        let start = {
+        let (start, records) = {
             let inner = self.ext.lock(OUTBOUND)?;
             let state = load_state(&inner.conn, &self.name)?
                 .ok_or_else(|| err!("{OUTBOUND} {}: stored state is missing", self.name))?;
             let start = start.unwrap_or(state.position);
-            // Deletes compacted after `start` can no longer be sent.
-            if state.resync || super::compact::is_behind(&inner.conn, start, true)? {
+            // Deletes compacted after `start` are sent from their records
+            // in snapshot mode, and by a stream created from nothing (its
+            // peer may be a restored copy holding the deleted rows) until it
+            // passes the horizon; otherwise they can no longer be sent. (A
+            // stream of an active peer never lies below the horizon: it
+            // holds it. One left behind by compaction is marked `resync`,
+            // and other ways below it are refused: `since`, `rewind`.)
+            let through = super::compact::compacted_through(&inner.conn)?.filter(|h| start < *h);
+            let fresh = self.cfg.since == Position::ZERO && !state.resync;
+            let records = through.filter(|_| self.cfg.resync_snapshot || fresh);
+            if records.is_none()
+                && !self.cfg.resync_snapshot
+                && (state.resync || super::compact::is_behind(&inner.conn, start, true)?)
+            {
                 return Err(super::compact::resync_required(
                     OUTBOUND,
                     &self.name,
                     &inner.conn,
                 )?);
             }
-            start
+            (start, records)
         };
         self.rowid = 0;
-        self.producer = Some(Producer::open(&self.ext, &self.name, &self.cfg, start)?);
+        self.producer = Some(Producer::open(
+            &self.ext, &self.name, &self.cfg, start, records,
+        )?);
         self.produce(start)
     }
 
