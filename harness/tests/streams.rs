@@ -3345,6 +3345,34 @@ fn a_corrupted_staged_part_refuses_the_last_part_and_changes_nothing() {
     assert_eq!(last_applied(&b, "i"), p[1].cursor);
 }
 
+/// The staged parts are deleted before the merge that applies them, so
+/// the merge reuses their pages: the receiver is not left with the staged
+/// size as free pages (it used to be about half as large again as the sender).
+#[test]
+fn applying_staged_parts_leaves_no_staging_space_behind() {
+    let d = Dir::new();
+    let a = d.create("a");
+    let b = d.create("b");
+    notes_in_one_transaction(&a, 3000, "printf('%0200d', x)");
+    link(&a, &b, "o", "i", "max_changes = 500");
+    let p = pull(&a, "o", "");
+    assert!(p.len() >= 6, "{} packages", p.len());
+    let (last, staged) = p.split_last().unwrap();
+    for q in staged {
+        apply_ok(&b, "i", q);
+    }
+    let staged_bytes = int(&b, "SELECT sum(length(package)) FROM crsql_stream_staging");
+    assert!(staged_bytes > 500_000, "{staged_bytes} bytes staged");
+    apply_ok(&b, "i", last);
+    assert_eq!(int(&b, "SELECT count(*) FROM crsql_stream_staging"), 0);
+    let free = int(&b, "PRAGMA freelist_count") * int(&b, "PRAGMA page_size");
+    assert!(
+        free < staged_bytes / 10,
+        "{free} bytes of free pages after merging {staged_bytes} staged bytes"
+    );
+    assert_eq!(int(&b, "SELECT count(*) FROM notes"), 3000);
+}
+
 #[test]
 fn parts_read_after_their_transaction_changed_leave_out_the_rows_that_moved_on() {
     // The rest of a split transaction is read in seq order from a memo made

@@ -723,6 +723,10 @@ mod streams {
         last_apply: Duration,
         /// Median `LIMIT 1` once everything is acknowledged (a poll).
         idle_micros: f64,
+        /// File sizes of the sender and of the receiver, which staged the
+        /// parts before applying them.
+        src_bytes: u64,
+        dst_bytes: u64,
     }
 
     /// One transaction of `rows` rows x 3 columns, sent the way the bindings
@@ -770,9 +774,13 @@ mod streams {
             return Err(format!("split transaction: receiver differs: {why}").into());
         }
         reads.sort_by(|a, b| a.total_cmp(b));
+        let src_bytes = checkpointed_size(&src, &dir.join("split_src.db"))?;
+        let dst_bytes = checkpointed_size(&dst, &dir.join("split_dst.db"))?;
         crsql_stream_harness::close(dst);
         crsql_stream_harness::close(src);
         Ok(Split {
+            src_bytes,
+            dst_bytes,
             packages,
             changes,
             read_micros: reads.get(reads.len() / 2).copied().unwrap_or(0.0),
@@ -953,6 +961,13 @@ mod streams {
             "  the last part (applies all of it), wall",
             ms(split.last_apply),
             "",
+            ""
+        );
+        println!(
+            "{:<44} {:>16} {:>14} {:>6}",
+            "  file: sender / receiver (staged the parts)",
+            format!("{} / {}", mib(split.src_bytes), mib(split.dst_bytes)),
+            "about equal",
             ""
         );
         println!(
