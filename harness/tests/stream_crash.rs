@@ -17,6 +17,11 @@
 //! - nothing is lost or doubled: on copies of both files, syncing to the end
 //!   gives the receiver the sender's CRR tables and clocks.
 //!
+//! Both sides also run `crsql_compact()` now and then (the sender at times
+//! with every peer expired, so its stream, created with `resync =
+//! 'snapshot'`, sends compacted deletes from their records: the child is
+//! also killed while compacting and while applying such packages).
+//!
 //! The next round resumes from the killed state (the child acknowledges the
 //! receiver's `last_applied` and reads on). The master seed is printed and can
 //! be set with `CRASH_SEED`; `CRASH_ROUNDS` sets the number of kills
@@ -30,7 +35,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crsql_stream_core::package::Package;
+use crsql_stream_core::package::{Package, PackageKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rusqlite::types::Value;
@@ -86,15 +91,33 @@ fn dump(conn: &Connection) -> Vec<Rows> {
 /// primary-key change writes a `-1` clock row with cl 1 for the new key on the
 /// sender, which a receiver that creates the row from its cells does not
 /// keep; the same happens through `crsql_changes`.)
+///
+/// A compacted delete (`crsql_compact`) counts with its record's causal
+/// length, as the merge rules use it.
 fn clocks(conn: &Connection) -> Rows {
+    let compacted: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'crsql_tombstones'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let records = if compacted > 0 {
+        "UNION ALL SELECT tbl, pk, cl FROM crsql_tombstones"
+    } else {
+        ""
+    };
     rows(
         conn,
-        "SELECT \"table\", pk, cid, col_version, site_id, cl FROM crsql_changes \
-         WHERE \"table\" IN ('items', 'pairs', 'kv') AND cid != '-1' \
-         UNION ALL \
-         SELECT \"table\", pk, NULL, NULL, NULL, max(cl) FROM crsql_changes \
-         WHERE \"table\" IN ('items', 'pairs', 'kv') GROUP BY 1, 2 \
-         ORDER BY 1, 2, 3",
+        &format!(
+            "SELECT \"table\", pk, cid, col_version, site_id, cl FROM crsql_changes \
+             WHERE \"table\" IN ('items', 'pairs', 'kv') AND cid != '-1' \
+             UNION ALL \
+             SELECT t, pk, NULL, NULL, NULL, max(cl) FROM \
+             (SELECT \"table\" AS t, pk, cl FROM crsql_changes {records}) \
+             WHERE t IN ('items', 'pairs', 'kv') GROUP BY 1, 2 \
+             ORDER BY 1, 2, 3"
+        ),
     )
 }
 
@@ -223,6 +246,8 @@ struct Harness {
     seed: u64,
     kills: usize,
     finished: usize,
+    /// Replayed packages of kind snapshot (compacted deletes in them).
+    snapshots: usize,
     /// Kills after logging a package whose effect was then not committed
     /// (or was a no-op).
     unapplied: usize,
@@ -248,7 +273,7 @@ impl Harness {
         };
         s.execute_batch(&format!(
             "CREATE VIRTUAL TABLE to_r USING crsql_OutboundStream(\
-             exclude_sites = '{receiver_hex}', max_changes = {max_changes}{max_bytes})"
+             exclude_sites = '{receiver_hex}', max_changes = {max_changes}{max_bytes}, resync = 'snapshot')"
         ))
         .unwrap();
         r.execute_batch(&format!(
@@ -279,6 +304,7 @@ impl Harness {
             seed,
             kills: 0,
             finished: 0,
+            snapshots: 0,
             unapplied: 0,
             hot: 0,
         }
@@ -413,6 +439,7 @@ impl Harness {
             let ok = apply(&self.replay, &rec.pkg)
                 .unwrap_or_else(|e| panic!("{ctx}: replaying logged package {i} failed: {e}"));
             let cursor = Pos(pkg.cursor.db_version, pkg.cursor.seq);
+            self.snapshots += usize::from(pkg.kind == PackageKind::Snapshot);
             if ok && rec.with_note {
                 self.noted.insert(cursor);
             }
@@ -506,7 +533,7 @@ fn crash_rounds(default_rounds: usize) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut h = Harness::new(seed, &mut rng);
     let start = Instant::now();
-    let mut events = 0;
+    let (mut events, mut compactions) = (0, 0);
     for round in 0..rounds {
         let (delay, after_lines) = match rng.gen_range(0..10) {
             0 => (Duration::ZERO, 0),
@@ -520,6 +547,10 @@ fn crash_rounds(default_rounds: usize) {
         };
         let lines = h.run_child(rng.gen(), delay, after_lines);
         events += lines.len();
+        compactions += lines
+            .iter()
+            .filter(|l| l.starts_with("compacted") && !l.ends_with(" 0"))
+            .count();
         h.check(round);
     }
     // Resume once more in-process and sync the real files to the end.
@@ -533,12 +564,14 @@ fn crash_rounds(default_rounds: usize) {
     eprintln!(
         "stream_crash: seed {seed}: {} kills ({} inside a write transaction with a rollback journal, {} after logging a package \
          not applied), {} runs finished, {events} child events, {} logged packages replayed, \
+         {} of them snapshot packages, {compactions} compactions removing rows, \
          final last_applied {applied} (sender db_version {version}), from {} in {:?}",
         h.kills,
         h.hot,
         h.unapplied,
         h.finished,
         h.replayed,
+        h.snapshots,
         h.sender_hex,
         start.elapsed()
     );

@@ -66,6 +66,8 @@ fn main() {
         let roll = rng.gen_range(0..100);
         if roll < 35 {
             sender_write(&s, &r, &mut rng);
+        } else if roll < 40 {
+            compact(&s, &r, &mut rng);
         } else if roll < 45 {
             r.execute(
                 "INSERT INTO notes (cursor, note) VALUES (NULL, ?1)",
@@ -78,6 +80,30 @@ fn main() {
         }
     }
     println!("done");
+}
+
+/// `crsql_compact()` on the sender (half the time with every peer expired,
+/// so that the receiver's stream falls behind the horizon) or on the
+/// receiver.
+fn compact(s: &Connection, r: &Connection, rng: &mut StdRng) {
+    let (conn, side) = if rng.gen_bool(0.7) {
+        (s, "s")
+    } else {
+        (r, "r")
+    };
+    let expire = side == "s" && rng.gen_bool(0.5);
+    if expire {
+        conn.execute_batch("SELECT crsql_config_set('peer-expiry-seconds', 0)")
+            .unwrap_or_else(|e| fail(&format!("peer-expiry-seconds: {e}")));
+    }
+    let n: i64 = conn
+        .query_row("SELECT crsql_compact()", [], |row| row.get(0))
+        .unwrap_or_else(|e| fail(&format!("crsql_compact on {side}: {e}")));
+    if expire {
+        conn.execute_batch("SELECT crsql_config_set('peer-expiry-seconds', 2592000)")
+            .unwrap_or_else(|e| fail(&format!("peer-expiry-seconds: {e}")));
+    }
+    println!("compacted {side} {n}");
 }
 
 fn fail(msg: &str) -> ! {
