@@ -385,10 +385,12 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
     clear(ext)?;
     let merged = merge_package(ext, name, CONTEXT, &whole);
     if merged.is_err() {
-        // Nothing was merged (one statement): the parts stay staged.
+        // Nothing was merged (one statement): the parts stay staged. (If
+        // SQLite rolled the whole transaction back, as it may on an I/O
+        // error or a full disk, they are back already.)
         let inner = ext.lock(INBOUND)?;
         let mut put = inner.conn.prepare_cached(
-            "INSERT INTO crsql_stream_staging (name, part, package) VALUES (?1, ?2, ?3)",
+            "INSERT OR IGNORE INTO crsql_stream_staging (name, part, package) VALUES (?1, ?2, ?3)",
         )?;
         for (part, bytes) in &staged {
             put.execute(params![name, part, bytes])?;
