@@ -2,8 +2,10 @@
 -- corrupted (checksum over all bytes: flipped, missing or extra byte),
 -- malformed or foreign, not a package at all, from this database itself,
 -- from another sender or another stream than the one the table follows, or
--- naming a table that is not allowed, not a CRR here, or has another schema.
--- Each is refused with a clear error and nothing changes.
+-- naming a table that is not allowed. Each is refused with a clear error and
+-- nothing changes. A table that is not a CRR here, or a column we do not
+-- have, is no refusal: those changes wait in crsql_pending_changes
+-- (docs/schema-evolution.md) and the rest applies.
 -- Site ids and stream ids are fixed (stream ids through crsql_stream_state,
 -- then a reopen) so that checksums in the errors are stable.
 .bail off
@@ -112,13 +114,15 @@ SELECT last_applied FROM from_a;
 -- A table not in tables =.
 INSERT INTO only_shape(package) SELECT package FROM wire.packets WHERE name = 't1';
 SELECT last_applied FROM only_shape;
--- A table that is not a CRR here.
+-- A table that is not a CRR here: its changes wait.
 INSERT INTO from_a_notes(package) SELECT package FROM wire.packets WHERE name = 'notes';
 SELECT last_applied FROM from_a_notes;
--- A table whose columns differ.
+-- A table whose columns differ: x applies, y waits.
 INSERT INTO from_a_shape(package) SELECT package FROM wire.packets WHERE name = 'shape';
 SELECT last_applied FROM from_a_shape;
--- Nothing changed but the todos package applied (twice: from_a and pinned).
+SELECT "table", "column", changes, reason FROM crsql_pending_schema ORDER BY 1, 2;
+-- Nothing changed but the todos package applied (twice: from_a and pinned),
+-- and what b has a place for of notes and shape.
 SELECT name, peer, last_applied FROM crsql_streams ORDER BY name;
 SELECT id, title FROM todos ORDER BY id;
 SELECT count(*) FROM notes;

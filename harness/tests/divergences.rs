@@ -700,4 +700,58 @@ mod found_by_hostile_schema {
             assert_eq!(int(c, "SELECT cl FROM crsql_changes"), 3);
         }
     }
+
+    /// `-0.0` and `0.0` are equal to SQL but not the same value: a write
+    /// of one over the other inside an alter window was not seen as a
+    /// change, and a peer kept the other (HOSTILE_SEED=6704573227765703134).
+    #[test]
+    fn an_alter_window_write_of_the_other_zero_reaches_a_peer() {
+        let p = pair(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v DEFAULT -0.0)",
+            "t",
+        );
+        exec(&p.a, "INSERT INTO t (id) VALUES (1)");
+        sync(&p);
+        exec(
+            &p.a,
+            "SELECT crsql_begin_alter('t'); INSERT OR REPLACE INTO t VALUES (1, 0.0); \
+             SELECT crsql_commit_alter('t');",
+        );
+        sync(&p);
+        let sign =
+            |c: &Connection| -> f64 { c.query_row("SELECT v FROM t", [], |r| r.get(0)).unwrap() };
+        assert_eq!(sign(&p.a).to_bits(), 0.0f64.to_bits());
+        assert_eq!(sign(&p.b).to_bits(), 0.0f64.to_bits(), "B kept -0.0");
+    }
+
+    /// A column added in an alter window with a default, and a row written
+    /// there with a value SQL holds equal to the default but of another
+    /// type (integer 0 for -0.0): the value got no clock, and a peer filled
+    /// in the default (HOSTILE_SEED=12067930168502939943).
+    #[test]
+    fn a_value_equal_to_the_default_but_of_another_type_reaches_a_peer() {
+        let p = tpair();
+        exec(&p.a, "INSERT INTO t VALUES ('1', 'a', NULL)");
+        sync(&p);
+        for c in [&p.a, &p.b] {
+            exec(
+                c,
+                "SELECT crsql_begin_alter('t'); ALTER TABLE t ADD COLUMN n BLOB DEFAULT -0.0;",
+            );
+            if std::ptr::eq(c, &p.a) {
+                // Deleted and written again in the window, as the probe did.
+                exec(
+                    c,
+                    "DELETE FROM t WHERE id = '1'; INSERT INTO t VALUES ('1', 'a', NULL, 0);",
+                );
+            }
+            exec(c, "SELECT crsql_commit_alter('t')");
+        }
+        sync(&p);
+        assert_converged(&p, "t");
+        assert_eq!(
+            text(&p.b, "SELECT typeof(n) FROM t WHERE id = '1'"),
+            "integer"
+        );
+    }
 }

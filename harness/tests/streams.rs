@@ -2234,7 +2234,7 @@ fn a_package_touching_a_table_outside_the_allow_list_is_rejected() {
 }
 
 #[test]
-fn a_package_touching_a_table_the_receiver_lacks_is_rejected() {
+fn a_package_touching_a_table_the_receiver_lacks_applies_the_rest_and_its_changes_wait() {
     let d = Dir::new();
     let a = d.create("a");
     add_todos(&a, 1, 1);
@@ -2265,14 +2265,19 @@ fn a_package_touching_a_table_the_receiver_lacks_is_rejected() {
         exec(&b, schema);
         exec(&b, "CREATE VIRTUAL TABLE i USING crsql_InboundStream()");
         apply_ok(&b, "i", &p[0]);
-        let e = assert_rejected(&b, "i", &p[1].package, name);
-        assert!(e.contains("notes"), "{name}: {e}");
-        assert_eq!(int(&b, "SELECT count(*) FROM todos"), 1, "{name}");
+        apply_ok(&b, "i", &p[1]);
+        assert_eq!(int(&b, "SELECT count(*) FROM todos"), 2, "{name}");
+        assert_eq!(
+            int(&b, "SELECT count(*) FROM crsql_pending_changes WHERE \"table\" = 'notes'"),
+            1,
+            "{name}: the notes change waits"
+        );
+        assert_eq!(last_applied(&b, "i"), p[1].cursor, "{name}");
     }
 }
 
 #[test]
-fn a_schema_mismatch_is_rejected_with_a_message_naming_the_table() {
+fn other_columns_apply_and_another_primary_key_is_rejected_naming_the_table() {
     let d = Dir::new();
     let a = d.create("a");
     add_todos(&a, 1, 1);
@@ -2291,8 +2296,17 @@ fn a_schema_mismatch_is_rejected_with_a_message_naming_the_table() {
         let b = d.open(name);
         exec(&b, &format!("{ddl}; SELECT crsql_as_crr('todos');"));
         exec(&b, "CREATE VIRTUAL TABLE i USING crsql_InboundStream()");
-        let e = assert_rejected(&b, "i", &p[0].package, name);
-        assert!(e.contains("todos"), "{name}: the message must name the table: {e}");
+        if name.contains("pk") {
+            let e = assert_rejected(&b, "i", &p[0].package, name);
+            assert!(
+                e.contains("todos") && e.contains("primary key"),
+                "{name}: the message must name the table: {e}"
+            );
+        } else {
+            // Columns we lack wait; the others apply.
+            apply_ok(&b, "i", &p[0]);
+            assert_eq!(int(&b, "SELECT count(*) FROM todos"), 1, "{name}");
+        }
     }
 }
 

@@ -244,7 +244,9 @@ fn create_crr(ext: &Ext, inner: &mut Inner, t: &str, untracked: Untracked) -> Re
     conn.execute_batch(&create_triggers_sql(t, &pks, &cols))?;
     ext.invalidate_schema(inner);
     inner.refresh_tables(&ext.tx, true)?;
-    backfill(ext, inner, t, untracked)
+    backfill(ext, inner, t, untracked)?;
+    // Changes that waited for this table or its new columns apply now.
+    crate::streams::pending::apply_pending(ext, inner, t)
 }
 
 /// Give clocks to rows and cells that have none (§5.3), and record what
@@ -385,19 +387,59 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
         }
     }
 
-    // 2. Known rows with a cell that has no clock and a non-default value.
+    // 2. Known rows with a cell that has no clock and a non-default value
+    //    (another value, another type, or the other zero: SQL holds 0,
+    //    0.0 and -0.0 equal, but a peer filling in the default would not
+    //    hold this value).
     for col in &t.cols {
         let dflt = col.dflt.clone().unwrap_or_else(|| "NULL".to_string());
-        let keys: Vec<i64> = inner
+        let c = format!("b.{}", quote_ident(&col.name));
+        let from = format!(
+            "FROM {base} AS b JOIN {pkst} AS p ON {join} \
+             WHERE NOT EXISTS (SELECT 1 FROM {clock} WHERE key = p.__crsql_key AND col_name = ?1)"
+        );
+        // Without a type affinity the default is stored as written, so its
+        // type counts too; with one, both are converted alike.
+        let declared: String = inner
+            .conn
+            .prepare_cached("SELECT type FROM pragma_table_info(?1) WHERE name = ?2")?
+            .query_row([name, &col.name], |r| r.get(0))?;
+        // (ANY: no conversion in a STRICT table; elsewhere NUMERIC, where
+        // comparing types costs at most a clock more.)
+        let upper = declared.to_ascii_uppercase();
+        let untyped = upper.is_empty()
+            || upper == "ANY"
+            || (upper.contains("BLOB")
+                && !["INT", "CHAR", "CLOB", "TEXT"]
+                    .iter()
+                    .any(|a| upper.contains(a)));
+        let other_type = if untyped {
+            format!(" OR typeof({c}) != typeof(({dflt}))")
+        } else {
+            String::new()
+        };
+        let mut keys: Vec<i64> = inner
             .conn
             .prepare(&format!(
-                "SELECT p.__crsql_key FROM {base} AS b JOIN {pkst} AS p ON {join} \
-                 WHERE NOT EXISTS (SELECT 1 FROM {clock} WHERE key = p.__crsql_key AND col_name = ?1) \
-                 AND b.{} IS NOT ({dflt}) ORDER BY p.__crsql_key",
-                quote_ident(&col.name)
+                "SELECT p.__crsql_key {from} \
+                 AND ({c} IS NOT ({dflt}){other_type}) ORDER BY p.__crsql_key"
             ))?
             .query_map([&col.name], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
+        let zeros: Vec<(i64, f64, f64)> = inner
+            .conn
+            .prepare(&format!(
+                "SELECT p.__crsql_key, {c}, ({dflt}) {from} AND typeof({c}) = 'real' \
+                 AND typeof(({dflt})) = 'real' AND {c} = 0 AND ({dflt}) = 0 ORDER BY p.__crsql_key"
+            ))?
+            .query_map([&col.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        keys.extend(
+            zeros
+                .into_iter()
+                .filter(|(_, v, d)| v.to_bits() != d.to_bits())
+                .map(|(k, _, _)| k),
+        );
         for key in keys {
             let v = version_of(inner)?;
             insert_clock(inner, key, &col.name, v)?;
@@ -484,15 +526,33 @@ fn changed_cells(inner: &Inner, t: &schema::TableInfo) -> Result<Vec<(i64, Strin
             format!("b.{}", quote_ident(&col.name)),
             format!("s.{}", quote_ident(&old_name)),
         );
+        let from = format!(
+            "FROM temp.{snap} AS s JOIN main.{pkst} AS p ON p.__crsql_key = s.k \
+             JOIN main.{base} AS b ON {join}"
+        );
         let keys: Vec<i64> = conn
             .prepare(&format!(
-                "SELECT s.k FROM temp.{snap} AS s JOIN main.{pkst} AS p ON p.__crsql_key = s.k \
-                 JOIN main.{base} AS b ON {join} \
+                "SELECT s.k {from} \
                  WHERE {now} IS NOT {old} COLLATE BINARY OR typeof({now}) != typeof({old}) ORDER BY s.k"
             ))?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         out.extend(keys.into_iter().map(|k| (k, col.name.clone())));
+        // SQL holds 0.0 and -0.0 equal, but they are different values (and
+        // a peer keeps the one it was sent): compare their bits.
+        let zeros: Vec<(i64, f64, f64)> = conn
+            .prepare(&format!(
+                "SELECT s.k, {now}, {old} {from} WHERE typeof({now}) = 'real' AND typeof({old}) = 'real' \
+                 AND {now} = 0 AND {old} = 0 ORDER BY s.k"
+            ))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        out.extend(
+            zeros
+                .into_iter()
+                .filter(|(_, a, b)| a.to_bits() != b.to_bits())
+                .map(|(k, _, _)| (k, col.name.clone())),
+        );
     }
     Ok(out)
 }

@@ -11,14 +11,15 @@
 use std::ffi::c_int;
 use std::sync::Arc;
 
-use crsql_stream_core::package::{to_hex, Encoding, Package};
+use crsql_stream_core::package::{to_hex, Encoding, Package, TableEntry};
 use crsql_stream_core::Position;
 use rusqlite::types::ValueRef;
 use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    load_state, parse_args, parse_position, parse_sites, parse_tables, StreamState, INBOUND,
+    load_state, parse_args, parse_position, parse_sites, parse_tables, pending, StreamState,
+    INBOUND,
 };
 use crate::err;
 use crate::error::{Error, Result};
@@ -216,7 +217,11 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
             return Err(e);
         }
     } else {
-        merge_package(ext, name, "", bytes)?;
+        let known = {
+            let mut inner = ext.lock(INBOUND)?;
+            pending::known_filter(ext, &mut inner, &format!("{INBOUND} {name}"), &pkg.tables)?
+        };
+        merge_package(ext, name, "", bytes, known.as_deref())?;
     }
     let inner = ext.lock(INBOUND)?;
     inner
@@ -297,15 +302,82 @@ fn check_package(
 /// name them.
 const CHANGE_COLS: &str = "\"table\", pk, cid, val, col_version, db_version, site_id, cl, seq";
 
-/// Merge one package (see [`apply_package`] for why one statement).
-fn merge_package(ext: &Ext, name: &str, context: &str, package: &[u8]) -> Result<()> {
-    merge(
+/// Where a merge reads its changes from: a `FROM` clause naming the changes
+/// `c`, with a `WHERE` condition, `?1` as its argument, and an order.
+struct Source<'a> {
+    from_where: &'a str,
+    order: &'a str,
+}
+
+const ONE_PACKAGE: Source<'static> = Source {
+    from_where: "crsql_package_changes(?1) AS c WHERE 1",
+    order: "",
+};
+
+/// The staging table's columns (name, part, package) are not change columns,
+/// so the change columns need no qualifier.
+const STAGED_PARTS: Source<'static> = Source {
+    from_where: "crsql_stream_staging AS s CROSS JOIN crsql_package_changes(s.package) AS c \
+                 WHERE s.name = ?1",
+    order: "ORDER BY s.part",
+};
+
+/// Merge the changes of `source` (see [`apply_package`] for why one
+/// statement). With `known` (from [`pending::known_filter`]) only the
+/// changes it selects are merged; the others, for columns or tables this
+/// database does not have yet, wait in `crsql_pending_changes`, kept first
+/// and taken back if the merge is refused.
+fn merge_from(
+    ext: &Ext,
+    name: &str,
+    context: &str,
+    source: &Source<'_>,
+    arg: &dyn rusqlite::ToSql,
+    known: Option<&str>,
+) -> Result<()> {
+    let Source { from_where, order } = source;
+    let Some(known) = known else {
+        return merge(
+            ext,
+            name,
+            context,
+            &format!("INSERT INTO crsql_changes ({CHANGE_COLS}) SELECT {CHANGE_COLS} FROM {from_where} {order}"),
+            arg,
+        );
+    };
+    let before = {
+        let inner = ext.lock(INBOUND)?;
+        pending::stash(
+            &inner.conn,
+            &format!("{from_where} AND NOT ({known}) {order}"),
+            arg,
+        )?
+    };
+    let merged = merge(
         ext,
         name,
         context,
-        &format!("INSERT INTO crsql_changes ({CHANGE_COLS}) SELECT {CHANGE_COLS} FROM crsql_package_changes(?1)"),
-        &package,
-    )
+        &format!(
+            "INSERT INTO crsql_changes ({CHANGE_COLS}) SELECT {CHANGE_COLS} FROM {from_where} AND ({known}) {order}"
+        ),
+        arg,
+    );
+    if merged.is_err() {
+        let inner = ext.lock(INBOUND)?;
+        pending::unstash(&inner.conn, before)?;
+    }
+    merged
+}
+
+/// Merge one package.
+fn merge_package(
+    ext: &Ext,
+    name: &str,
+    context: &str,
+    package: &[u8],
+    known: Option<&str>,
+) -> Result<()> {
+    merge_from(ext, name, context, &ONE_PACKAGE, &package, known)
 }
 
 /// Staged parts up to this many bytes in all are merged from memory.
@@ -327,17 +399,18 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
                 "SELECT COALESCE(sum(length(package)), 0) FROM crsql_stream_staging WHERE name = ?1",
             )?
             .query_row([name], |r| r.get(0))?;
-        if total > MERGE_FROM_MEMORY_MAX {
-            Vec::new()
-        } else {
-            inner
-                .conn
-                .prepare_cached(
-                    "SELECT part, package FROM crsql_stream_staging WHERE name = ?1 ORDER BY part",
-                )?
-                .query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?
-        }
+        let mut stmt = inner
+            .conn
+            .prepare_cached(if total > MERGE_FROM_MEMORY_MAX {
+                // Only the headers matter (the tables): one part at a time.
+                "SELECT part, package FROM crsql_stream_staging WHERE name = ?1 AND 0"
+            } else {
+                "SELECT part, package FROM crsql_stream_staging WHERE name = ?1 ORDER BY part"
+            })?;
+        let rows = stmt
+            .query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows
     };
     let clear = |ext: &Ext| -> Result<()> {
         let inner = ext.lock(INBOUND)?;
@@ -348,19 +421,12 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
         Ok(())
     };
     let stream_staged = |ext: &Ext| -> Result<()> {
-        merge(
-            ext,
-            name,
-            CONTEXT,
-            // The staging table's columns (name, part, package) are not
-            // change columns, so the change columns need no qualifier.
-            &format!(
-                "INSERT INTO crsql_changes ({CHANGE_COLS}) SELECT {CHANGE_COLS} \
-                 FROM crsql_stream_staging AS s CROSS JOIN crsql_package_changes(s.package) AS c \
-                 WHERE s.name = ?1 ORDER BY s.part"
-            ),
-            &name,
-        )?;
+        let known = {
+            let mut inner = ext.lock(INBOUND)?;
+            let tables = staged_tables(&inner.conn, name)?;
+            pending::known_filter(ext, &mut inner, &format!("{INBOUND} {name}"), &tables)?
+        };
+        merge_from(ext, name, CONTEXT, &STAGED_PARTS, &name, known.as_deref())?;
         clear(ext)
     };
     if staged.is_empty() {
@@ -377,13 +443,19 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
         .map(|(_, bytes)| Package::decode(bytes).ok())
         .collect::<Option<Vec<_>>>()
         .and_then(Package::concat)
-        .filter(|p| p.validate().is_ok())
-        .and_then(|p| p.encode(Encoding::Binary).ok());
+        .filter(|p| p.validate().is_ok());
     let Some(whole) = whole else {
         return stream_staged(ext);
     };
+    let known = {
+        let mut inner = ext.lock(INBOUND)?;
+        pending::known_filter(ext, &mut inner, &format!("{INBOUND} {name}"), &whole.tables)?
+    };
+    let Ok(bytes) = whole.encode(Encoding::Binary) else {
+        return stream_staged(ext);
+    };
     clear(ext)?;
-    let merged = merge_package(ext, name, CONTEXT, &whole);
+    let merged = merge_package(ext, name, CONTEXT, &bytes, known.as_deref());
     if merged.is_err() {
         // Nothing was merged (one statement): the parts stay staged. (If
         // SQLite rolled the whole transaction back, as it may on an I/O
@@ -397,6 +469,25 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
         }
     }
     merged
+}
+
+/// The tables of every staged part of `name` that decodes (one part in
+/// memory at a time).
+fn staged_tables(conn: &Connection, name: &str) -> Result<Vec<TableEntry>> {
+    let mut tables: Vec<TableEntry> = Vec::new();
+    let mut stmt =
+        conn.prepare_cached("SELECT package FROM crsql_stream_staging WHERE name = ?1")?;
+    let mut rows = stmt.query([name])?;
+    while let Some(row) = rows.next()? {
+        if let Ok(p) = Package::decode(row.get_ref(0)?.as_blob().unwrap_or_default()) {
+            for t in p.tables {
+                if !tables.contains(&t) {
+                    tables.push(t);
+                }
+            }
+        }
+    }
+    Ok(tables)
 }
 
 /// Run one merge statement; `context` prefixes its error message.
@@ -444,26 +535,10 @@ fn check_tables(
                 ));
             }
         }
-        let local = inner.table(&t.name).ok_or_else(|| {
-            err!(
-                "{INBOUND} {name}: the package touches table {}, which is not a CRR here",
-                t.name
-            )
-        })?;
-        let here = local.schema_hash();
-        if here != t.schema_hash {
-            let cols: Vec<&str> = local.cols.iter().map(|c| c.name.as_str()).collect();
-            return Err(err!(
-                "{INBOUND} {name}: schema mismatch for table {}: the sender's columns are ({}), ours are ({}) \
-                 (schema hash {:016x} vs {:016x}); bring both databases to the same schema",
-                t.name,
-                t.columns.join(","),
-                cols.join(","),
-                t.schema_hash,
-                here
-            ));
-        }
     }
+    // Columns and tables we do not have yet wait (crsql_pending_changes);
+    // a primary key that differs is refused here.
+    pending::known_filter(ext, inner, &format!("{INBOUND} {name}"), &pkg.tables)?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod observe;
 pub mod outbound;
 pub mod peers;
+pub mod pending;
 
 use crsql_stream_core::{Position, SiteId};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -91,6 +92,7 @@ pub struct StreamState {
 
 pub fn ensure_state_tables(conn: &Connection) -> Result<()> {
     conn.execute_batch(STATE_DDL)?;
+    conn.execute_batch(pending::PENDING_DDL)?;
     Ok(())
 }
 
@@ -398,6 +400,8 @@ const RESERVED_NAMES: &[&str] = &[
     "crsql_tracked_peers",
     "crsql_tombstones",
     "crsql_peers",
+    "crsql_pending_changes",
+    "crsql_pending_schema",
     OUTBOUND,
     INBOUND,
 ];
