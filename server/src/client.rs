@@ -397,6 +397,18 @@ async fn run_session(
         pull_total: welcome.backlog,
         last: None,
     };
+    if read_only {
+        let pending: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM crsql_changes WHERE db_version > ?1 AND site_id IS crsql_site_id()",
+                [welcome.applied.db_version],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        if pending > 0 {
+            tracing::warn!("the token is read-only: pulling only; {pending} local changes are not pushed");
+        }
+    }
     if progress.on && !read_only {
         progress.push_total = conn
             .query_row(
