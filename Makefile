@@ -166,7 +166,7 @@ demo: build
 # cargo-fuzz is installed from crates.io when missing; stable Rust runs it
 # with RUSTC_BOOTSTRAP=1. Not part of `make test`.
 FUZZ_SECONDS  ?= 60
-FUZZ_TARGETS  ?= package_decode package_body package_json_body pack_unpack
+FUZZ_TARGETS  ?= package_decode package_body package_json_body pack_unpack hub_frame
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) bash fuzz/run.sh $(FUZZ_TARGETS)
 
