@@ -124,6 +124,17 @@ pub async fn sync(opts: SyncOptions) -> Result<(), SyncError> {
     };
     let conn = db::open(&opts.db)
         .map_err(|e| SyncError::Failed(format!("cannot open {}: {}", opts.db.display(), db::message(&e))))?;
+    // This connection's own writes (applied packages and their positions,
+    // acknowledgements) need no fsync each in WAL mode: after a power loss
+    // a package and its position vanish together and are fetched again,
+    // and a lost acknowledgement is sent again. Per connection only; the
+    // file's other users keep their setting.
+    let wal: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap_or_default();
+    if wal.eq_ignore_ascii_case("wal") {
+        let _ = conn.execute_batch("PRAGMA synchronous = NORMAL");
+    }
     let deadline = opts.timeout.map(|t| Instant::now() + t);
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -21,6 +21,12 @@ use crate::protocol::{
 /// How long a client has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Acknowledgements are written to the tenant database at most this often
+/// per connection (and when the connection ends): they only move
+/// `last_sent` (lag, peers, the compaction horizon); where to resume comes
+/// from the client's hello.
+const ACK_EVERY: Duration = Duration::from_millis(200);
+
 /// Frames queued for the writer task: at most `window` packages plus one
 /// ack per push being processed and a few control frames.
 const OUT_QUEUE: usize = 64;
@@ -36,8 +42,12 @@ pub(super) async fn run(hub: Arc<Hub>, tenant: String, socket: WebSocket, guard:
         site: [0; 16],
         tenant: None,
         labels: None,
+        unwritten_ack: None,
     };
     let result = c.session(&mut stream).await;
+    if let (Some(t), Some(pos)) = (&c.tenant, c.unwritten_ack.take()) {
+        let _ = t.ack(c.site, pos).await;
+    }
     if let Err(r) = result {
         hub.metrics
             .errors
@@ -91,6 +101,8 @@ struct Conn {
     site: Site,
     tenant: Option<Arc<Tenant>>,
     labels: Option<metrics::Labels>,
+    /// An acknowledgement received but not yet written (ACK_EVERY).
+    unwritten_ack: Option<Pos>,
 }
 
 type Stream = futures_util::stream::SplitStream<WebSocket>;
@@ -217,6 +229,7 @@ impl Conn {
         let mut inflight: VecDeque<Pos> = VecDeque::new();
         let mut exhausted = false;
         let mut caught_up_sent = false;
+        let mut ack_written = Instant::now();
         loop {
             if !exhausted && inflight.len() < window {
                 let pulled = tenant
@@ -239,8 +252,16 @@ impl Conn {
             m.client_lag
                 .get_or_create(&labels)
                 .set((hub_version - acked.db_version).max(0));
+            let flush_at = tokio::time::Instant::from_std(ack_written + ACK_EVERY);
             let incoming = tokio::select! {
                 r = self.next(stream) => r?,
+                _ = tokio::time::sleep_until(flush_at), if self.unwritten_ack.is_some() => {
+                    if let Some(pos) = self.unwritten_ack.take() {
+                        tenant.ack(hello.site, pos).await?;
+                    }
+                    ack_written = Instant::now();
+                    continue;
+                }
                 r = version.changed() => {
                     if r.is_err() {
                         return Err(Refusal::new(ErrorCode::ShuttingDown, "the tenant is closing"));
@@ -318,8 +339,14 @@ impl Conn {
                             format!("ack of {pos}, but only packages up to {sent} were sent"),
                         ));
                     }
-                    tenant.ack(hello.site, pos).await?;
                     acked = acked.max(pos);
+                    if ack_written.elapsed() >= ACK_EVERY {
+                        self.unwritten_ack = None;
+                        tenant.ack(hello.site, acked).await?;
+                        ack_written = Instant::now();
+                    } else {
+                        self.unwritten_ack = Some(acked);
+                    }
                     while inflight.front().is_some_and(|c| *c <= pos) {
                         inflight.pop_front();
                     }

@@ -271,7 +271,11 @@ async fn upgrade(
     };
     let max = hub.cfg.max_frame;
     let guard = hub.live_guard();
+    // Small I/O buffers: an idle connection then costs a few KiB; a large
+    // frame grows them while it is read.
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(16 << 10)
+        .write_buffer_size(16 << 10)
         .on_upgrade(move |socket| conn::run(hub, tenant, socket, guard))
 }
