@@ -49,9 +49,12 @@ pub struct Grant {
     pub writers: Option<HashSet<Site>>,
 }
 
+/// A tenant's token hashes (with read-only) and writer sites.
+type TenantAuth = (Vec<([u8; 32], bool)>, Option<HashSet<Site>>);
+
 #[derive(Debug, Default)]
 pub struct Auth {
-    tenants: HashMap<String, (Vec<([u8; 32], bool)>, Option<HashSet<Site>>)>,
+    tenants: HashMap<String, TenantAuth>,
 }
 
 /// SHA-256 of a token, as the auth file stores it (hex).
@@ -95,7 +98,9 @@ impl Auth {
                     let mut set = HashSet::new();
                     for w in list {
                         set.insert(parse_site(&w).ok_or_else(|| {
-                            format!("tenants.{name}.writers: {w:?} is not a site id (32 hex digits)")
+                            format!(
+                                "tenants.{name}.writers: {w:?} is not a site id (32 hex digits)"
+                            )
                         })?);
                     }
                     Some(set)
@@ -148,11 +153,26 @@ mod tests {
         assert!(!g.read_only);
         assert_eq!(g.writers.unwrap().len(), 1);
         assert!(auth.check("acme", b"ro").unwrap().read_only);
-        assert!(auth.check("acme", b"nope").unwrap_err().contains("wrong token"));
-        assert!(auth.check("other", b"rw").unwrap_err().contains("not in the hub's auth file"));
-        assert!(auth.check("acme", b"").unwrap_err().contains("needs a token"));
-        assert!(Auth::parse("[tenants.acme]\ntokens = [{ sha256 = \"xy\" }]").unwrap_err().contains("64 hex"));
-        assert!(Auth::parse("[tenants.\"a/b\"]").unwrap_err().contains("not a valid tenant"));
+        assert!(auth
+            .check("acme", b"nope")
+            .unwrap_err()
+            .contains("wrong token"));
+        assert!(auth
+            .check("other", b"rw")
+            .unwrap_err()
+            .contains("not in the hub's auth file"));
+        assert!(auth
+            .check("acme", b"")
+            .unwrap_err()
+            .contains("needs a token"));
+        assert!(
+            Auth::parse("[tenants.acme]\ntokens = [{ sha256 = \"xy\" }]")
+                .unwrap_err()
+                .contains("64 hex")
+        );
+        assert!(Auth::parse("[tenants.\"a/b\"]")
+            .unwrap_err()
+            .contains("not a valid tenant"));
         assert!(Auth::parse("[tenants.a]\nbogus = 1").is_err());
     }
 }

@@ -76,7 +76,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// `ws://host:port/tenant` or `wss://…`: (tls, host, port, tenant).
 pub fn parse_url(url: &str) -> Result<(bool, String, u16, String), String> {
-    let bad = |why: &str| format!("bad hub URL {url:?}: {why} (expected ws://HOST:PORT/<tenant> or wss://…)");
+    let bad = |why: &str| {
+        format!("bad hub URL {url:?}: {why} (expected ws://HOST:PORT/<tenant> or wss://…)")
+    };
     let (tls, rest) = if let Some(r) = url.strip_prefix("ws://") {
         (false, r)
     } else if let Some(r) = url.strip_prefix("wss://") {
@@ -87,7 +89,9 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16, String), String> {
     let (authority, path) = rest.split_once('/').ok_or_else(|| bad("no tenant path"))?;
     let tenant = path.trim_end_matches('/');
     if !crate::protocol::valid_tenant(tenant) {
-        return Err(bad("the path must be one tenant name (1-64 of A-Z a-z 0-9 _ -)"));
+        return Err(bad(
+            "the path must be one tenant name (1-64 of A-Z a-z 0-9 _ -)",
+        ));
     }
     let (host, port) = if let Some(r) = authority.strip_prefix('[') {
         let (h, p) = r.split_once(']').ok_or_else(|| bad("unclosed ["))?;
@@ -122,8 +126,13 @@ pub async fn sync(opts: SyncOptions) -> Result<(), SyncError> {
     } else {
         None
     };
-    let conn = db::open(&opts.db)
-        .map_err(|e| SyncError::Failed(format!("cannot open {}: {}", opts.db.display(), db::message(&e))))?;
+    let conn = db::open(&opts.db).map_err(|e| {
+        SyncError::Failed(format!(
+            "cannot open {}: {}",
+            opts.db.display(),
+            db::message(&e)
+        ))
+    })?;
     // This connection's own writes (applied packages and their positions,
     // acknowledgements) need no fsync each in WAL mode: after a power loss
     // a package and its position vanish together and are fetched again,
@@ -189,23 +198,31 @@ async fn connect(
     port: u16,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<Box<dyn Io>, End> {
-    let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| End::Retry(format!("connecting to {host}:{port} timed out")))?
-        .map_err(|e| End::Retry(format!("cannot connect to {host}:{port}: {e}")))?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .map_err(|_| End::Retry(format!("connecting to {host}:{port} timed out")))?
+    .map_err(|e| End::Retry(format!("cannot connect to {host}:{port}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     match tls {
         None => Ok(Box::new(tcp)),
         Some(cfg) => {
-            let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                .map_err(|e| End::Fatal(SyncError::Failed(format!("bad TLS server name {host:?}: {e}"))))?;
+            let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+                End::Fatal(SyncError::Failed(format!(
+                    "bad TLS server name {host:?}: {e}"
+                )))
+            })?;
             let s = tokio_rustls::TlsConnector::from(cfg)
                 .connect(name, tcp)
                 .await
                 .map_err(|e| {
                     let m = format!("TLS handshake with {host}:{port} failed: {e}");
                     if e.to_string().contains("certificate") {
-                        End::Fatal(SyncError::Failed(m + " (a self-signed hub needs --ca-cert)"))
+                        End::Fatal(SyncError::Failed(
+                            m + " (a self-signed hub needs --ca-cert)",
+                        ))
                     } else {
                         End::Retry(m)
                     }
@@ -229,7 +246,11 @@ impl Progress {
         if !self.on {
             return;
         }
-        if !force && self.last.is_some_and(|l| l.elapsed() < Duration::from_millis(100)) {
+        if !force
+            && self
+                .last
+                .is_some_and(|l| l.elapsed() < Duration::from_millis(100))
+        {
             return;
         }
         self.last = Some(Instant::now());
@@ -237,7 +258,11 @@ impl Progress {
             let total = total.max(done);
             let w = 20usize;
             let fill = (done * w as u64).checked_div(total).unwrap_or(w as u64) as usize;
-            format!("[{}{}] {done}/{total}", "#".repeat(fill), ".".repeat(w - fill))
+            format!(
+                "[{}{}] {done}/{total}",
+                "#".repeat(fill),
+                ".".repeat(w - fill)
+            )
         };
         let mut out = std::io::stdout();
         let _ = write!(
@@ -289,7 +314,9 @@ async fn session(opts: &SyncOptions, conn: &Connection, tenant: &str, io: Box<dy
     });
     let end = run_session(opts, conn, tenant, &out, &mut stream).await;
     if let End::Fatal(SyncError::Failed(m)) = &end {
-        let _ = out.send(Message::Binary(Frame::error(ErrorCode::Internal, m.clone()).encode().into()));
+        let _ = out.send(Message::Binary(
+            Frame::error(ErrorCode::Internal, m.clone()).encode().into(),
+        ));
     }
     let _ = out.send(Message::Close(None));
     drop(out);
@@ -315,7 +342,9 @@ async fn next_frame(stream: &mut WsStream) -> Result<Frame, End> {
                     Err(e) => Err(End::Retry(format!("bad frame from the hub: {e}"))),
                 }
             }
-            Some(Ok(Message::Close(_))) => return Err(End::Retry("the hub closed the connection".into())),
+            Some(Ok(Message::Close(_))) => {
+                return Err(End::Retry("the hub closed the connection".into()))
+            }
             Some(Ok(_)) => continue,
         }
     }
@@ -328,7 +357,10 @@ async fn run_session(
     out: &mpsc::UnboundedSender<Message>,
     stream: &mut WsStream,
 ) -> End {
-    let send = |f: Frame| out.send(Message::Binary(f.encode().into())).map_err(|_| End::Retry("writer gone".into()));
+    let send = |f: Frame| {
+        out.send(Message::Binary(f.encode().into()))
+            .map_err(|_| End::Retry("writer gone".into()))
+    };
     let site = match db::site_id(conn) {
         Ok(s) => s,
         Err(e) => return sql(e),
@@ -357,7 +389,10 @@ async fn run_session(
     let hub = welcome.hub_site;
     let (out_name, in_name) = (db::client_out(&hub), db::client_in(&hub));
     let h = hex(&hub);
-    let package_bytes = (welcome.max_frame as usize).min(opts.max_frame).saturating_sub(64).max(1024);
+    let package_bytes = (welcome.max_frame as usize)
+        .min(opts.max_frame)
+        .saturating_sub(64)
+        .max(1024);
     let setup = || -> rusqlite::Result<Pos> {
         if !db::stream_exists(conn, &out_name)? {
             conn.execute_batch(&format!(
@@ -393,7 +428,10 @@ async fn run_session(
             welcome.applied
         );
         let r = conn
-            .prepare(&format!("INSERT INTO {}(rewind) VALUES (?1)", db::ident(&out_name)))
+            .prepare(&format!(
+                "INSERT INTO {}(rewind) VALUES (?1)",
+                db::ident(&out_name)
+            ))
             .and_then(|mut s| s.execute([welcome.applied.to_string()]));
         if let Err(e) = r {
             return sql(e);
@@ -417,7 +455,9 @@ async fn run_session(
             )
             .unwrap_or(0);
         if pending > 0 {
-            tracing::warn!("the token is read-only: pulling only; {pending} local changes are not pushed");
+            tracing::warn!(
+                "the token is read-only: pulling only; {pending} local changes are not pushed"
+            );
         }
     }
     if progress.on && !read_only {
@@ -434,7 +474,10 @@ async fn run_session(
         "SELECT package, cursor, changes FROM {} WHERE cursor > ?1 LIMIT 1",
         db::ident(&out_name)
     );
-    let ack_sql = format!("INSERT INTO {}(last_sent) VALUES (?1)", db::ident(&out_name));
+    let ack_sql = format!(
+        "INSERT INTO {}(last_sent) VALUES (?1)",
+        db::ident(&out_name)
+    );
     let apply_sql = format!("INSERT INTO {}(package) VALUES (?1)", db::ident(&in_name));
     let window = opts.window.max(1);
     let mut push_cursor = welcome.applied;
@@ -447,14 +490,16 @@ async fn run_session(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while !push_exhausted && inflight.len() < window {
-            let next = conn
-                .prepare_cached(&read_sql)
-                .and_then(|mut s| {
-                    s.query_row([push_cursor.to_string()], |r| {
-                        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-                    })
-                    .optional()
-                });
+            let next = conn.prepare_cached(&read_sql).and_then(|mut s| {
+                s.query_row([push_cursor.to_string()], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .optional()
+            });
             match next {
                 Err(e) => {
                     let m = db::message(&e);
@@ -503,7 +548,9 @@ async fn run_session(
         match frame {
             Frame::Package(bytes) => {
                 caught_up = false;
-                let n = crate::protocol::inspect_package(&bytes).map(|s| s.changes as u64).unwrap_or(0);
+                let n = crate::protocol::inspect_package(&bytes)
+                    .map(|s| s.changes as u64)
+                    .unwrap_or(0);
                 let applied = conn
                     .prepare_cached(&apply_sql)
                     .and_then(|mut s| s.execute([&bytes]))
@@ -517,7 +564,8 @@ async fn run_session(
                     }
                     Err(e) => {
                         let m = db::message(&e);
-                        let code = if m.contains("schema mismatch") || m.contains("not a CRR here") {
+                        let code = if m.contains("schema mismatch") || m.contains("not a CRR here")
+                        {
                             ErrorCode::SchemaMismatch
                         } else if m.contains(": gap: ") {
                             ErrorCode::Gap
@@ -533,7 +581,10 @@ async fn run_session(
                 }
             }
             Frame::Ack(pos) => {
-                if let Err(e) = conn.prepare_cached(&ack_sql).and_then(|mut s| s.execute([pos.to_string()])) {
+                if let Err(e) = conn
+                    .prepare_cached(&ack_sql)
+                    .and_then(|mut s| s.execute([pos.to_string()]))
+                {
                     return sql(e);
                 }
                 while inflight.front().is_some_and(|(c, _)| *c <= pos) {

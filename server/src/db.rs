@@ -37,8 +37,11 @@ pub fn schema_hash(conn: &Connection) -> rusqlite::Result<[u8; 16]> {
     Ok(out)
 }
 
+/// A CRR: name, primary-key columns (key order), other columns.
+pub type CrrSchema = (String, Vec<String>, Vec<String>);
+
 /// Every CRR with its primary-key columns (key order) and other columns.
-pub fn crr_schemas(conn: &Connection) -> rusqlite::Result<Vec<(String, Vec<String>, Vec<String>)>> {
+pub fn crr_schemas(conn: &Connection) -> rusqlite::Result<Vec<CrrSchema>> {
     let mut tables: Vec<String> = conn
         .prepare(
             "SELECT substr(name, 1, length(name) - 13) FROM sqlite_master \

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use crsql_sync::{auth, client, hub, status, tls};
 
 #[derive(Parser)]
-#[command(name = "crsql-sync", version, about = "Sync hub and client for crsql_stream databases")]
+#[command(
+    name = "crsql-sync",
+    version,
+    about = "Sync hub and client for crsql_stream databases"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -157,7 +161,12 @@ fn main() -> ExitCode {
                 "auto" => client::stdout_is_terminal(),
                 "always" => true,
                 "never" => false,
-                other => return fail(&format!("--progress must be auto, always or never, got {other:?}"), 1),
+                other => {
+                    return fail(
+                        &format!("--progress must be auto, always or never, got {other:?}"),
+                        1,
+                    )
+                }
             };
             let opts = client::SyncOptions {
                 db,
@@ -171,7 +180,10 @@ fn main() -> ExitCode {
                 progress,
                 max_frame: 64 << 20,
             };
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
             };

@@ -49,11 +49,31 @@ impl Metrics {
         let apply_seconds = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
         );
-        registry.register("connected_clients", "Connected clients (after the hello)", clients.clone());
-        registry.register("packages_in", "Packages received from clients and applied", packages_in.clone());
-        registry.register("changes_in", "Changes in the packages received and applied", changes_in.clone());
-        registry.register("packages_out", "Packages sent to clients", packages_out.clone());
-        registry.register("changes_out", "Changes in the packages sent to clients", changes_out.clone());
+        registry.register(
+            "connected_clients",
+            "Connected clients (after the hello)",
+            clients.clone(),
+        );
+        registry.register(
+            "packages_in",
+            "Packages received from clients and applied",
+            packages_in.clone(),
+        );
+        registry.register(
+            "changes_in",
+            "Changes in the packages received and applied",
+            changes_in.clone(),
+        );
+        registry.register(
+            "packages_out",
+            "Packages sent to clients",
+            packages_out.clone(),
+        );
+        registry.register(
+            "changes_out",
+            "Changes in the packages sent to clients",
+            changes_out.clone(),
+        );
         registry.register(
             "apply_seconds",
             "Time from receiving a package to its commit in the tenant database",

@@ -17,23 +17,38 @@ fn cell(v: &Value) -> String {
     }
 }
 
-fn table(out: &mut String, conn: &crsql_stream_rs::rusqlite::Connection, title: &str, sql: &str) -> Result<(), String> {
+fn table(
+    out: &mut String,
+    conn: &crsql_stream_rs::rusqlite::Connection,
+    title: &str,
+    sql: &str,
+) -> Result<(), String> {
     let mut stmt = conn.prepare(sql).map_err(|e| db::message(&e))?;
     let cols: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
     let n = cols.len();
     let mut rows = vec![cols];
     let mut q = stmt.query([]).map_err(|e| db::message(&e))?;
     while let Some(r) = q.next().map_err(|e| db::message(&e))? {
-        rows.push((0..n).map(|i| cell(&r.get::<_, Value>(i).unwrap_or(Value::Null))).collect());
+        rows.push(
+            (0..n)
+                .map(|i| cell(&r.get::<_, Value>(i).unwrap_or(Value::Null)))
+                .collect(),
+        );
     }
-    let widths: Vec<usize> = (0..n).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..n)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     let _ = writeln!(out, "{title}:");
     if rows.len() == 1 {
         let _ = writeln!(out, "  (none)");
         return Ok(());
     }
     for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         let _ = writeln!(out, "  {}", line.join("  ").trim_end());
     }
     Ok(())
@@ -44,7 +59,8 @@ pub fn report(path: &Path) -> Result<String, String> {
     if !path.exists() {
         return Err(format!("no database at {}", path.display()));
     }
-    let conn = db::open(path).map_err(|e| format!("cannot open {}: {}", path.display(), db::message(&e)))?;
+    let conn = db::open(path)
+        .map_err(|e| format!("cannot open {}: {}", path.display(), db::message(&e)))?;
     let mut out = String::new();
     let site = db::site_id(&conn).map_err(|e| db::message(&e))?;
     let v = db::db_version(&conn).map_err(|e| db::message(&e))?;

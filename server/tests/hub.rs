@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use crsql_sync::protocol::{hex, ErrorCode, Frame, Hello, Pos, PROTOCOL_VERSION};
 use crsql_stream_rs::rusqlite::{params, Connection};
+use crsql_sync::protocol::{hex, ErrorCode, Frame, Hello, Pos, PROTOCOL_VERSION};
 use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use tokio_tungstenite::tungstenite::Message;
@@ -48,8 +48,11 @@ fn random_txn(c: &Connection, client: usize, n: u64, rng: &mut impl Rng) -> Opti
         }
     }
     let key = format!("{client}-{n}");
-    tx.execute("INSERT INTO log VALUES (?1, ?2, ?3)", params![key, client as i64, n as i64])
-        .ok()?;
+    tx.execute(
+        "INSERT INTO log VALUES (?1, ?2, ?3)",
+        params![key, client as i64, n as i64],
+    )
+    .ok()?;
     tx.commit().ok()?;
     Some(key)
 }
@@ -73,7 +76,9 @@ fn twenty_clients_converge_through_cut_connections_and_a_killed_hub() {
     let mut hub = Hub::start(dir.path(), 0, &[]);
     let port = hub.port;
     let url = hub.url("acme");
-    let paths: Vec<_> = (0..CLIENTS).map(|i| dir.path().join(format!("c{i}.db"))).collect();
+    let paths: Vec<_> = (0..CLIENTS)
+        .map(|i| dir.path().join(format!("c{i}.db")))
+        .collect();
     let conns: Vec<Connection> = paths.iter().map(|p| client_db(p)).collect();
     let mut syncs: Vec<_> = paths.iter().map(|p| sync_forever(p, &url)).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
@@ -106,16 +111,24 @@ fn twenty_clients_converge_through_cut_connections_and_a_killed_hub() {
             hub_killed_at = Some(Instant::now());
         }
         if let Some(t) = hub_killed_at {
-            if t.elapsed() > Duration::from_millis(300) && hub.child.try_wait().ok().flatten().is_some() {
+            if t.elapsed() > Duration::from_millis(300)
+                && hub.child.try_wait().ok().flatten().is_some()
+            {
                 hub = Hub::start(dir.path(), port, &[]);
             }
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    assert!(written.len() > 100, "only {} transactions committed", written.len());
+    assert!(
+        written.len() > 100,
+        "only {} transactions committed",
+        written.len()
+    );
     // Live sync reached other clients while running: c0 has rows of others.
     let before: i64 = conns[0]
-        .query_row("SELECT count(*) FROM log WHERE client != 0", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM log WHERE client != 0", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     for mut s in syncs {
         let _ = s.kill();
@@ -132,7 +145,11 @@ fn twenty_clients_converge_through_cut_connections_and_a_killed_hub() {
     let expected = state(&hub_conn);
     let logged: BTreeSet<String> = rows(&hub_conn, "SELECT id FROM log")
         .into_iter()
-        .map(|s| s.trim_start_matches("Text(\"").trim_end_matches("\")").to_string())
+        .map(|s| {
+            s.trim_start_matches("Text(\"")
+                .trim_end_matches("\")")
+                .to_string()
+        })
         .collect();
     assert_eq!(logged, written, "the hub lost or invented transactions");
     for (i, c) in conns.iter().enumerate() {
@@ -146,7 +163,10 @@ fn twenty_clients_converge_through_cut_connections_and_a_killed_hub() {
         "{} transactions by {CLIENTS} clients, {cuts} cut connections, {hub_kills} hub SIGKILL; {before} foreign log rows on c0 before settling",
         written.len()
     );
-    assert!(before > 0, "no change travelled while the clients were connected");
+    assert!(
+        before > 0,
+        "no change travelled while the clients were connected"
+    );
 }
 
 #[test]
@@ -168,8 +188,13 @@ fn auth_refuses_wrong_tokens_read_only_pushes_and_non_member_sites() {
     let auth = dir.path().join("auth.toml").display().to_string();
     let hub = Hub::start(dir.path(), 0, &["--auth", &auth]);
     let url = hub.url("acme");
-    for (c, who) in [(&writer, "writer"), (&outsider, "outsider"), (&reader, "reader")] {
-        c.execute("INSERT INTO log VALUES (?1, 0, 0)", [who]).unwrap();
+    for (c, who) in [
+        (&writer, "writer"),
+        (&outsider, "outsider"),
+        (&reader, "reader"),
+    ] {
+        c.execute("INSERT INTO log VALUES (?1, 0, 0)", [who])
+            .unwrap();
     }
     let hub_rows = || {
         let h = crsql_sync::db::open(&hub.db_path("acme")).unwrap();
@@ -179,13 +204,22 @@ fn auth_refuses_wrong_tokens_read_only_pushes_and_non_member_sites() {
     let p = |n: &str| dir.path().join(n);
     let (code, _, err) = sync_once(&p("writer.db"), &url, &["--token", "wrong"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("unauthorized") && err.contains("wrong token"), "{err}");
+    assert!(
+        err.contains("unauthorized") && err.contains("wrong token"),
+        "{err}"
+    );
     let (code, _, err) = sync_once(&p("writer.db"), &url, &[]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("unauthorized") && err.contains("needs a token"), "{err}");
+    assert!(
+        err.contains("unauthorized") && err.contains("needs a token"),
+        "{err}"
+    );
     let (code, _, err) = sync_once(&p("writer.db"), &hub.url("other"), &["--token", "rw-token"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("unauthorized") && err.contains("not in the hub's auth file"), "{err}");
+    assert!(
+        err.contains("unauthorized") && err.contains("not in the hub's auth file"),
+        "{err}"
+    );
 
     // A read-only token: `sync` only pulls (its local change stays here);
     // a client that pushes anyway is refused.
@@ -193,28 +227,43 @@ fn auth_refuses_wrong_tokens_read_only_pushes_and_non_member_sites() {
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("read-only"), "{err}");
     let package: Vec<u8> = {
-        reader.execute_batch("CREATE VIRTUAL TABLE t USING crsql_OutboundStream()").unwrap();
-        reader.query_row("SELECT package FROM t LIMIT 1", [], |r| r.get(0)).unwrap()
+        reader
+            .execute_batch("CREATE VIRTUAL TABLE t USING crsql_OutboundStream()")
+            .unwrap();
+        reader
+            .query_row("SELECT package FROM t LIMIT 1", [], |r| r.get(0))
+            .unwrap()
     };
     let (hash, reader_site) = (crsql_sync::db::schema_hash(&reader).unwrap(), site(&reader));
     let port = hub.port;
-    let (code, message) = tokio::runtime::Runtime::new().unwrap().block_on(async move {
-        let mut ws = raw(port, "acme").await;
-        let mut h = Frame::decode(&hello(reader_site, hash)).unwrap();
-        if let Frame::Hello(h) = &mut h {
-            h.token = b"ro-token".to_vec();
-        }
-        ws.send(Message::Binary(h.encode().into())).await.unwrap();
-        ws.send(Message::Binary(Frame::Package(package).encode().into())).await.unwrap();
-        refused(&mut ws).await
-    });
+    let (code, message) = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let mut ws = raw(port, "acme").await;
+            let mut h = Frame::decode(&hello(reader_site, hash)).unwrap();
+            if let Frame::Hello(h) = &mut h {
+                h.token = b"ro-token".to_vec();
+            }
+            ws.send(Message::Binary(h.encode().into())).await.unwrap();
+            ws.send(Message::Binary(Frame::Package(package).encode().into()))
+                .await
+                .unwrap();
+            refused(&mut ws).await
+        });
     assert_eq!(code, ErrorCode::ReadOnly, "{message}");
     assert!(message.contains("not applied"), "{message}");
 
     let (code, _, err) = sync_once(&p("outsider.db"), &url, &["--token", "rw-token"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("unauthorized") && err.contains("is not a writer"), "{err}");
-    assert!(hub_rows().is_empty(), "a refused push was applied: {:?}", hub_rows());
+    assert!(
+        err.contains("unauthorized") && err.contains("is not a writer"),
+        "{err}"
+    );
+    assert!(
+        hub_rows().is_empty(),
+        "a refused push was applied: {:?}",
+        hub_rows()
+    );
 
     let (code, _, err) = sync_once(&p("writer.db"), &url, &["--token", "rw-token"]);
     assert_eq!(code, Some(0), "{err}");
@@ -225,13 +274,18 @@ fn auth_refuses_wrong_tokens_read_only_pushes_and_non_member_sites() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(rows(&fresh, "SELECT id FROM log"), vec!["Text(\"writer\")"]);
     let metrics = hub.http_get("/metrics");
-    assert!(metrics.contains("crsql_sync_errors_total{code=\"read_only\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("crsql_sync_errors_total{code=\"read_only\"} 1"),
+        "{metrics}"
+    );
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 async fn raw(port: u16, tenant: &str) -> Ws {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     cfg.max_message_size = Some(64 << 20);
     cfg.max_frame_size = Some(64 << 20);
@@ -250,7 +304,10 @@ async fn refused(ws: &mut Ws) -> (ErrorCode, String) {
     let mut error = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await.expect("hub answered") {
+        match tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("hub answered")
+        {
             Some(Ok(Message::Binary(b))) => match Frame::decode(&b).unwrap() {
                 Frame::Error(e) => error = Some((e.code, e.message)),
                 _ => continue,
@@ -284,10 +341,13 @@ async fn malformed_and_oversized_frames_close_that_connection_and_the_hub_serves
     let b_path = dir.path().join("b.db");
     let (a_site, hash, package) = {
         let a = client_db(&a_path);
-        a.execute("INSERT INTO log VALUES ('a1', 1, 1)", []).unwrap();
+        a.execute("INSERT INTO log VALUES ('a1', 1, 1)", [])
+            .unwrap();
         let pkg: Vec<u8> = {
-            a.execute_batch("CREATE VIRTUAL TABLE t USING crsql_OutboundStream()").unwrap();
-            a.query_row("SELECT package FROM t LIMIT 1", [], |r| r.get(0)).unwrap()
+            a.execute_batch("CREATE VIRTUAL TABLE t USING crsql_OutboundStream()")
+                .unwrap();
+            a.query_row("SELECT package FROM t LIMIT 1", [], |r| r.get(0))
+                .unwrap()
         };
         a.execute_batch("DROP TABLE t").unwrap();
         (site(&a), crsql_sync::db::schema_hash(&a).unwrap(), pkg)
@@ -295,14 +355,38 @@ async fn malformed_and_oversized_frames_close_that_connection_and_the_hub_serves
     drop(client_db(&b_path));
     // A well-behaved client stays connected through all of it.
     let mut good = raw(port, "acme").await;
-    good.send(Message::Binary(hello([7; 16], hash).into())).await.unwrap();
-    let welcome = tokio::time::timeout(Duration::from_secs(10), good.next()).await.unwrap().unwrap().unwrap();
-    assert!(matches!(Frame::decode(&welcome.into_data()).unwrap(), Frame::Welcome(_)));
+    good.send(Message::Binary(hello([7; 16], hash).into()))
+        .await
+        .unwrap();
+    let welcome = tokio::time::timeout(Duration::from_secs(10), good.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        Frame::decode(&welcome.into_data()).unwrap(),
+        Frame::Welcome(_)
+    ));
 
     let cases: Vec<(&str, Vec<Message>, ErrorCode, &str)> = vec![
-        ("garbage first", vec![Message::Binary(vec![0xff, 1, 2].into())], ErrorCode::BadFrame, "unknown frame type 0xff"),
-        ("empty", vec![Message::Binary(vec![].into())], ErrorCode::BadFrame, "empty frame"),
-        ("text", vec![Message::Text("hello".into())], ErrorCode::BadFrame, "binary messages only"),
+        (
+            "garbage first",
+            vec![Message::Binary(vec![0xff, 1, 2].into())],
+            ErrorCode::BadFrame,
+            "unknown frame type 0xff",
+        ),
+        (
+            "empty",
+            vec![Message::Binary(vec![].into())],
+            ErrorCode::BadFrame,
+            "empty frame",
+        ),
+        (
+            "text",
+            vec![Message::Text("hello".into())],
+            ErrorCode::BadFrame,
+            "binary messages only",
+        ),
         (
             "future version",
             vec![Message::Binary({
@@ -314,46 +398,71 @@ async fn malformed_and_oversized_frames_close_that_connection_and_the_hub_serves
             ErrorCode::ProtocolVersion,
             "protocol version 99 is not supported",
         ),
-        ("truncated hello", vec![Message::Binary(hello([8; 16], hash)[..20].to_vec().into())], ErrorCode::BadFrame, "truncated"),
+        (
+            "truncated hello",
+            vec![Message::Binary(hello([8; 16], hash)[..20].to_vec().into())],
+            ErrorCode::BadFrame,
+            "truncated",
+        ),
         (
             "ack before hello",
             vec![Message::Binary(Frame::Ack(Pos::new(1, 0)).encode().into())],
             ErrorCode::BadFrame,
             "expected a hello first",
         ),
-        ("schema", vec![Message::Binary(hello([8; 16], [0; 16]).into())], ErrorCode::SchemaMismatch, "schema"),
+        (
+            "schema",
+            vec![Message::Binary(hello([8; 16], [0; 16]).into())],
+            ErrorCode::SchemaMismatch,
+            "schema",
+        ),
         (
             "garbage after hello",
-            vec![Message::Binary(hello([9; 16], hash).into()), Message::Binary(vec![3].into())],
+            vec![
+                Message::Binary(hello([9; 16], hash).into()),
+                Message::Binary(vec![3].into()),
+            ],
             ErrorCode::BadFrame,
             "no package bytes",
         ),
         (
             "corrupt package",
-            vec![Message::Binary(hello([9; 16], hash).into()), Message::Binary({
-                let mut p = Frame::Package(package.clone()).encode();
-                let n = p.len();
-                p[n - 3] ^= 0x55;
-                p.into()
-            })],
+            vec![
+                Message::Binary(hello([9; 16], hash).into()),
+                Message::Binary({
+                    let mut p = Frame::Package(package.clone()).encode();
+                    let n = p.len();
+                    p[n - 3] ^= 0x55;
+                    p.into()
+                }),
+            ],
             ErrorCode::BadPackage,
             "package refused",
         ),
         (
             "foreign sender",
-            vec![Message::Binary(hello([10; 16], hash).into()), Message::Binary(Frame::Package(package.clone()).encode().into())],
+            vec![
+                Message::Binary(hello([10; 16], hash).into()),
+                Message::Binary(Frame::Package(package.clone()).encode().into()),
+            ],
             ErrorCode::ForeignSender,
-            &"produced by site",
+            "produced by site",
         ),
         (
             "oversized",
-            vec![Message::Binary(hello([11; 16], hash).into()), Message::Binary(vec![3u8; 200_000].into())],
+            vec![
+                Message::Binary(hello([11; 16], hash).into()),
+                Message::Binary(vec![3u8; 200_000].into()),
+            ],
             ErrorCode::FrameTooLarge,
             "65536",
         ),
         (
             "ack beyond what was sent",
-            vec![Message::Binary(hello([12; 16], hash).into()), Message::Binary(Frame::Ack(Pos::new(99, 0)).encode().into())],
+            vec![
+                Message::Binary(hello([12; 16], hash).into()),
+                Message::Binary(Frame::Ack(Pos::new(99, 0)).encode().into()),
+            ],
             ErrorCode::BadFrame,
             "only packages up to",
         ),
@@ -418,12 +527,18 @@ fn tls_with_a_self_signed_certificate() {
     let hub = Hub::start(
         dir.path(),
         0,
-        &["--tls-cert", cert_pem.to_str().unwrap(), "--tls-key", key_pem.to_str().unwrap()],
+        &[
+            "--tls-cert",
+            cert_pem.to_str().unwrap(),
+            "--tls-key",
+            key_pem.to_str().unwrap(),
+        ],
     );
     let url = format!("wss://localhost:{}/acme", hub.port);
     let a = client_db(&dir.path().join("a.db"));
     let b = client_db(&dir.path().join("b.db"));
-    a.execute("INSERT INTO log VALUES ('over-tls', 1, 1)", []).unwrap();
+    a.execute("INSERT INTO log VALUES ('over-tls', 1, 1)", [])
+        .unwrap();
     let ca = ["--ca-cert", cert_pem.to_str().unwrap()];
     let (code, _, err) = sync_once(&dir.path().join("a.db"), &url, &ca);
     assert_eq!(code, Some(0), "{err}");
@@ -433,8 +548,15 @@ fn tls_with_a_self_signed_certificate() {
     // Without trusting the certificate: refused, with the reason.
     let (code, _, err) = sync_once(&dir.path().join("b.db"), &url, &[]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("certificate") && err.contains("--ca-cert"), "{err}");
+    assert!(
+        err.contains("certificate") && err.contains("--ca-cert"),
+        "{err}"
+    );
     // Plain ws:// to a TLS hub does not get through either.
-    let (code, _, err) = sync_once(&dir.path().join("b.db"), &hub.url("acme"), &["--timeout", "2"]);
+    let (code, _, err) = sync_once(
+        &dir.path().join("b.db"),
+        &hub.url("acme"),
+        &["--timeout", "2"],
+    );
     assert_ne!(code, Some(0), "{err}");
 }

@@ -324,9 +324,7 @@ impl<'a> Reader<'a> {
         let a = self.u64(field)?;
         let b = self.u64(field)?;
         if a > i64::MAX as u64 || b > i64::MAX as u64 {
-            return Err(self.err(format_args!(
-                "{field}: position [{a},{b}] is beyond 2^63-1"
-            )));
+            return Err(self.err(format_args!("{field}: position [{a},{b}] is beyond 2^63-1")));
         }
         Ok(Pos::new(a as i64, b as i64))
     }
@@ -361,11 +359,7 @@ impl Frame {
                 )))
             }
         };
-        let mut r = Reader {
-            bytes,
-            at: 1,
-            what,
-        };
+        let mut r = Reader { bytes, at: 1, what };
         let frame = match ty {
             T_HELLO => {
                 if r.take(4, "magic")? != MAGIC {
@@ -386,9 +380,7 @@ impl Frame {
                 let token = r.take(klen, "token")?.to_vec();
                 let n = r.u16("position count")? as usize;
                 if n > MAX_HELLO_POSITIONS {
-                    return Err(r.err(format_args!(
-                        "{n} positions: at most {MAX_HELLO_POSITIONS}"
-                    )));
+                    return Err(r.err(format_args!("{n} positions: at most {MAX_HELLO_POSITIONS}")));
                 }
                 let mut positions = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -609,6 +601,48 @@ mod tests {
             Frame::Ack(Pos::new(12, 3)).encode(),
             [4, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 3]
         );
+        let h = |s: &str| -> Vec<u8> {
+            (0..s.len() / 2)
+                .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+                .collect()
+        };
+        let site = |s: &str| -> Site { h(s).try_into().unwrap() };
+        let hello = Frame::Hello(Hello {
+            version: 1,
+            site: site("7a1cd6b1a6e44e3f9c2b5d8e0f112233"),
+            schema_hash: site("5c0e2a3b4d6f708192a3b4c5d6e7f809"),
+            tenant: "acme".into(),
+            token: b"s3cret".to_vec(),
+            positions: vec![(site("f434e185b3a94d04b0ede0edcdb8e448"), Pos::new(12, 3))],
+        });
+        assert_eq!(
+            hex(&hello.encode()),
+            "014352535900017a1cd6b1a6e44e3f9c2b5d8e0f1122335c0e2a3b4d6f708192a3b4c5d6e7f80904\
+             61636d65000673336372657400\
+             01f434e185b3a94d04b0ede0edcdb8e448000000000000000c0000000000000003"
+        );
+        let welcome = Frame::Welcome(Welcome {
+            version: 1,
+            hub_site: site("f434e185b3a94d04b0ede0edcdb8e448"),
+            schema_hash: site("5c0e2a3b4d6f708192a3b4c5d6e7f809"),
+            flags: 0,
+            max_frame: 4 << 20,
+            applied: Pos::new(7, 2),
+            backlog: 1500,
+        });
+        assert_eq!(
+            hex(&welcome.encode()),
+            "020001f434e185b3a94d04b0ede0edcdb8e4485c0e2a3b4d6f708192a3b4c5d6e7f80900004000000000\
+             0000000000070000000000000002000000000000\
+             05dc"
+        );
+        let e = Frame::error(
+            ErrorCode::ReadOnly,
+            "this token may only pull: the package was not applied",
+        )
+        .encode();
+        assert_eq!(e.len(), 66);
+        assert_eq!(hex(&e[..13]), "0609726561645f6f6e6c790035");
         let e = Frame::error(ErrorCode::ReadOnly, "no").encode();
         assert_eq!(
             e,
@@ -623,7 +657,9 @@ mod tests {
         let e = Frame::decode(&b).unwrap_err();
         assert_eq!(e, FrameError::Version(2));
         assert_eq!(e.code(), ErrorCode::ProtocolVersion);
-        assert!(e.to_string().contains("protocol version 2 is not supported"));
+        assert!(e
+            .to_string()
+            .contains("protocol version 2 is not supported"));
     }
 
     #[test]
@@ -636,12 +672,18 @@ mod tests {
         longer.push(0);
         let e = Frame::decode(&longer).unwrap_err().to_string();
         assert!(e.contains("unexpected bytes"), "{e}");
-        assert!(Frame::decode(&[0x07]).unwrap_err().to_string().contains("unknown frame type 0x07"));
+        assert!(Frame::decode(&[0x07])
+            .unwrap_err()
+            .to_string()
+            .contains("unknown frame type 0x07"));
         assert!(Frame::decode(&[T_PACKAGE]).is_err());
         let mut big = vec![T_ACK];
         big.extend_from_slice(&u64::MAX.to_be_bytes());
         big.extend_from_slice(&0u64.to_be_bytes());
-        assert!(Frame::decode(&big).unwrap_err().to_string().contains("beyond"));
+        assert!(Frame::decode(&big)
+            .unwrap_err()
+            .to_string()
+            .contains("beyond"));
     }
 
     #[test]
@@ -649,7 +691,17 @@ mod tests {
         for ok in ["acme", "a", "team-1", "A_b", &"x".repeat(64)] {
             assert!(valid_tenant(ok), "{ok}");
         }
-        for bad in ["", "-a", "_a", "a/b", "..", "a.db", "é", &"x".repeat(65), "a b"] {
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            "a/b",
+            "..",
+            "a.db",
+            "é",
+            &"x".repeat(65),
+            "a b",
+        ] {
             assert!(!valid_tenant(bad), "{bad}");
         }
     }

@@ -95,8 +95,16 @@ impl Hub {
             .spawn()
             .expect("start crsql-sync serve (build it first: make)");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().rsplit(':').next().unwrap().parse().expect("port");
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .expect("port");
         Hub { child, port }
     }
     fn url(&self) -> String {
@@ -107,7 +115,10 @@ impl Hub {
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
             return 0.0;
         };
-        let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let _ = write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
         let mut body = String::new();
         let _ = s.read_to_string(&mut body);
         body.lines()
@@ -116,7 +127,8 @@ impl Hub {
             .sum()
     }
     fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         s.lines()
             .find(|l| l.starts_with("VmRSS:"))
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
@@ -133,13 +145,17 @@ impl Drop for Hub {
 
 fn client(path: &Path) -> Connection {
     let c = db::open(path).unwrap();
-    c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;").unwrap();
+    c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+        .unwrap();
     c.execute_batch(SCHEMA).unwrap();
     c
 }
 
 fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -156,13 +172,17 @@ fn main() {
     println!(
         "bench-hub: {} clients, loopback, {} cores",
         a.clients,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
 
     // 1. ingest
     let dir = root.path().join("ingest");
     let hub = Hub::start(&dir);
-    let paths: Vec<PathBuf> = (0..a.clients).map(|i| dir.join(format!("c{i}.db"))).collect();
+    let paths: Vec<PathBuf> = (0..a.clients)
+        .map(|i| dir.join(format!("c{i}.db")))
+        .collect();
     for (i, p) in paths.iter().enumerate() {
         let c = client(p);
         for t in 0..a.txns {
@@ -223,7 +243,9 @@ fn main() {
     // 2. live
     let dir = root.path().join("live");
     let hub = Hub::start(&dir);
-    let paths: Vec<PathBuf> = (0..a.clients).map(|i| dir.join(format!("c{i}.db"))).collect();
+    let paths: Vec<PathBuf> = (0..a.clients)
+        .map(|i| dir.join(format!("c{i}.db")))
+        .collect();
     let conns: Vec<Connection> = paths.iter().map(|p| client(p)).collect();
     let mut syncs: Vec<Child> = paths
         .iter()
@@ -248,12 +270,16 @@ fn main() {
             let mut seen = 0i64;
             let mut last_dv = -1i64;
             while !stop.load(Ordering::Relaxed) {
-                let dv: i64 = c.query_row("PRAGMA data_version", [], |r| r.get(0)).unwrap();
+                let dv: i64 = c
+                    .query_row("PRAGMA data_version", [], |r| r.get(0))
+                    .unwrap();
                 if dv != last_dv {
                     last_dv = dv;
                     let now = now_us();
                     let mut st = c
-                        .prepare_cached("SELECT rowid, t FROM items WHERE rowid > ?1 AND a = -1 ORDER BY rowid")
+                        .prepare_cached(
+                            "SELECT rowid, t FROM items WHERE rowid > ?1 AND a = -1 ORDER BY rowid",
+                        )
                         .unwrap();
                     let got: Vec<(i64, i64)> = st
                         .query_map([seen], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -281,13 +307,20 @@ fn main() {
         for r in 0..a.rows {
             tx.execute(
                 "INSERT INTO items VALUES (?1, ?2, 'x', ?3)",
-                params![format!("l{i}-{n}-{r}"), if r == 0 { -1 } else { r as i64 }, now_us()],
+                params![
+                    format!("l{i}-{n}-{r}"),
+                    if r == 0 { -1 } else { r as i64 },
+                    now_us()
+                ],
             )
             .unwrap();
         }
         // The timestamp is taken just before the commit.
-        tx.execute("UPDATE items SET t = ?1 WHERE id = ?2", params![now_us(), format!("l{i}-{n}-0")])
-            .unwrap();
+        tx.execute(
+            "UPDATE items SET t = ?1 WHERE id = ?2",
+            params![now_us(), format!("l{i}-{n}-0")],
+        )
+        .unwrap();
         tx.commit().unwrap();
         n += 1;
         let next = began + interval.mul_f64(n as f64);
@@ -324,16 +357,22 @@ fn main() {
         db::schema_hash(&c).unwrap()
     };
     let rss0 = hub.rss_kib();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let port = hub.port;
     let began = Instant::now();
     let held = rt.block_on(async move {
         let mut held = Vec::new();
         for i in 0..a.idle {
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-            let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/bench"), tcp)
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .unwrap();
+            let (mut ws, _) =
+                tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/bench"), tcp)
+                    .await
+                    .unwrap();
             let mut site = [0u8; 16];
             site[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
             site[8..].copy_from_slice(&(now_us() as u64).to_be_bytes());
@@ -345,9 +384,11 @@ fn main() {
                 token: vec![],
                 positions: vec![],
             });
-            ws.send(tokio_tungstenite::tungstenite::Message::Binary(hello.encode().into()))
-                .await
-                .unwrap();
+            ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+                hello.encode().into(),
+            ))
+            .await
+            .unwrap();
             loop {
                 let m = ws.next().await.unwrap().unwrap();
                 if let Ok(Frame::CaughtUp(_)) = Frame::decode(&m.into_data()) {

@@ -56,11 +56,16 @@ pub(super) async fn run(hub: Arc<Hub>, tenant: String, socket: WebSocket, guard:
         tracing::info!(tenant = %c.tenant_name, site = %hex(&c.site), code = %r.code, "closing connection: {}", r.message);
         let _ = c
             .out
-            .send(Message::Binary(Frame::error(r.code, r.message).encode().into()))
+            .send(Message::Binary(
+                Frame::error(r.code, r.message).encode().into(),
+            ))
             .await;
     }
     if let Some(labels) = &c.labels {
-        hub.metrics.clients.get_or_create(&metrics::tenant(&c.tenant_name)).dec();
+        hub.metrics
+            .clients
+            .get_or_create(&metrics::tenant(&c.tenant_name))
+            .dec();
         hub.metrics.client_lag.remove(labels);
     }
     let _ = c.out.send(Message::Close(None)).await;
@@ -128,7 +133,10 @@ impl Conn {
             };
             let msg = msg.map_err(|e| {
                 let text = e.to_string();
-                if text.contains("too long") || text.contains("size") || text.contains("Space limit") {
+                if text.contains("too long")
+                    || text.contains("size")
+                    || text.contains("Space limit")
+                {
                     Refusal::new(
                         ErrorCode::FrameTooLarge,
                         format!(
@@ -173,7 +181,11 @@ impl Conn {
         self.site = hello.site;
         let read_only = self.admit(&hello)?;
         let writers = match &self.hub.cfg.auth {
-            Some(a) => a.check(&self.tenant_name, &hello.token).map_err(|m| Refusal::new(ErrorCode::Unauthorized, m))?.writers,
+            Some(a) => {
+                a.check(&self.tenant_name, &hello.token)
+                    .map_err(|m| Refusal::new(ErrorCode::Unauthorized, m))?
+                    .writers
+            }
             None => None,
         };
         let tenant = self.hub.tenant(&self.tenant_name).await?;
@@ -215,7 +227,9 @@ impl Conn {
         let site_hex = hex(&hello.site);
         tracing::info!(tenant = %self.tenant_name, site = %site_hex, start = %ok.start, read_only, "client connected");
         let m = &self.hub.metrics;
-        m.clients.get_or_create(&metrics::tenant(&self.tenant_name)).inc();
+        m.clients
+            .get_or_create(&metrics::tenant(&self.tenant_name))
+            .inc();
         let labels = metrics::client(&self.tenant_name, &site_hex);
         self.labels = Some(labels.clone());
         let tlabels = metrics::tenant(&self.tenant_name);
@@ -325,7 +339,9 @@ impl Conn {
                     let applied = tenant.apply(hello.site, bytes).await?;
                     m.apply_seconds.observe(began.elapsed().as_secs_f64());
                     m.packages_in.get_or_create(&tlabels).inc();
-                    m.changes_in.get_or_create(&tlabels).inc_by(summary.changes as u64);
+                    m.changes_in
+                        .get_or_create(&tlabels)
+                        .inc_by(summary.changes as u64);
                     self.send(Frame::Ack(applied)).await?;
                     // A fresh caught_up after this ack: the client's --once
                     // waits for one.

@@ -77,7 +77,10 @@ impl Hub {
             return Ok(t.clone());
         }
         if *self.shutdown.borrow() {
-            return Err(Refusal::new(ErrorCode::ShuttingDown, "the hub is shutting down"));
+            return Err(Refusal::new(
+                ErrorCode::ShuttingDown,
+                "the hub is shutting down",
+            ));
         }
         let cfg = TenantConfig {
             data_dir: self.cfg.data_dir.clone(),
@@ -112,7 +115,9 @@ pub async fn serve(
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", cfg.data_dir.display()))?;
     if cfg.auth.is_none() {
-        tracing::warn!("no --auth file: every tenant is open to anyone who can connect (development mode)");
+        tracing::warn!(
+            "no --auth file: every tenant is open to anyone who can connect (development mode)"
+        );
     }
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -168,7 +173,9 @@ pub async fn serve(
             let http = hyper::server::conn::http1::Builder::new();
             let res = match tls {
                 None => {
-                    let c = http.serve_connection(TokioIo::new(tcp), svc).with_upgrades();
+                    let c = http
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades();
                     tokio::pin!(c);
                     tokio::select! {
                         r = &mut c => r,
@@ -176,7 +183,9 @@ pub async fn serve(
                     }
                 }
                 Some(acc) => {
-                    let tls = match tokio::time::timeout(Duration::from_secs(10), acc.accept(tcp)).await {
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acc.accept(tcp))
+                        .await
+                    {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, "TLS handshake failed: {e}");
@@ -187,7 +196,9 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let c = http.serve_connection(TokioIo::new(tls), svc).with_upgrades();
+                    let c = http
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .with_upgrades();
                     tokio::pin!(c);
                     tokio::select! {
                         r = &mut c => r,
@@ -226,7 +237,10 @@ pub async fn serve(
             let _ = t.join();
         }
     });
-    if tokio::time::timeout(hub.cfg.shutdown_grace, join).await.is_err() {
+    if tokio::time::timeout(hub.cfg.shutdown_grace, join)
+        .await
+        .is_err()
+    {
         tracing::warn!("tenant databases still busy after the grace period");
     }
     tracing::info!("stopped");
@@ -244,7 +258,10 @@ async fn healthz() -> &'static str {
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         hub.metrics.render(),
     )
         .into_response()

@@ -166,14 +166,18 @@ impl Tenant {
         let tname = name.to_string();
         let thread = std::thread::Builder::new()
             .name(format!("tenant-{name}"))
-            .spawn(move || Worker {
-                conn,
-                version: vtx,
-                package_bytes,
-                name: tname,
-            }
-            .run(rx))
-            .map_err(|e| Refusal::new(ErrorCode::Internal, format!("cannot start a thread: {e}")))?;
+            .spawn(move || {
+                Worker {
+                    conn,
+                    version: vtx,
+                    package_bytes,
+                    name: tname,
+                }
+                .run(rx)
+            })
+            .map_err(|e| {
+                Refusal::new(ErrorCode::Internal, format!("cannot start a thread: {e}"))
+            })?;
         Ok((
             Tenant {
                 name: name.to_string(),
@@ -234,7 +238,6 @@ impl Tenant {
         })
         .await
     }
-
 }
 
 /// Open the tenant database: WAL, the extension, and the schema file run

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crsql_stream_rs::rusqlite::Connection;
 use crsql_sync::db;
 use crsql_sync::protocol::Site;
-use crsql_stream_rs::rusqlite::Connection;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_crsql-sync");
 
@@ -88,12 +88,15 @@ impl Hub {
     pub fn kill9(&mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// SIGTERM, wait (bounded), and the log.
     pub fn stop(&mut self) -> (Option<i32>, String) {
-        unsafe_free_sigterm(self.child.id());
+        sigterm(self.child.id());
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -106,7 +109,11 @@ impl Hub {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let log = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        let log = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
         (status, log)
     }
 
@@ -114,7 +121,11 @@ impl Hub {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
@@ -128,9 +139,12 @@ impl Drop for Hub {
     }
 }
 
-/// `kill -TERM <pid>` through the kill(1) command (no libc in the tests).
-pub fn unsafe_free_sigterm(pid: u32) {
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+/// SIGTERM to a child process of this test (by its pid).
+pub fn sigterm(pid: u32) {
+    // SAFETY: kill(2) on the pid of a child we started and have not reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
 }
 
 /// A client database with the tenant's schema.
@@ -147,7 +161,11 @@ pub fn site(c: &Connection) -> Site {
 
 /// Run `crsql-sync sync --once`; (exit code, stdout, stderr).
 pub fn sync_once(db: &Path, url: &str, extra: &[&str]) -> (Option<i32>, String, String) {
-    let timeout: &[&str] = if extra.contains(&"--timeout") { &[] } else { &["--timeout", "60"] };
+    let timeout: &[&str] = if extra.contains(&"--timeout") {
+        &[]
+    } else {
+        &["--timeout", "60"]
+    };
     let out = Command::new(BIN)
         .args(["sync", "--once", "--progress", "never"])
         .args(timeout)
