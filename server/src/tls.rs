@@ -7,7 +7,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// ring, not aws-lc-rs: aws-lc-sys needs cmake and a long C build
-/// (DECISIONS D25). rustls 0.23.48 deprecates ring's provider for lacking
+/// (DECISIONS D27). rustls 0.23.48 deprecates ring's provider for lacking
 /// post-quantum key exchange; classical TLS 1.3/1.2 is what we offer.
 #[allow(deprecated)]
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
