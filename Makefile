@@ -36,7 +36,7 @@ hub:
 # and a SIGKILLed hub, auth, malformed and oversized frames, TLS
 # (server/tests/hub.rs), plus the protocol and auth unit tests.
 server-test: hub
-	$(SERVER_CARGO) test --release
+	$(SERVER_CARGO) test --release --workspace
 
 # Loopback benchmark of one hub (server/src/bin/bench_hub.rs): ingest
 # changes/s, end-to-end latency, RSS with 1,000 idle connections.

@@ -560,3 +560,95 @@ fn tls_with_a_self_signed_certificate() {
     );
     assert_ne!(code, Some(0), "{err}");
 }
+
+fn rss_mib(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_held_to_its_window_then_dropped_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(
+        dir.path(),
+        0,
+        &["--max-frame", "65536", "--write-timeout", "2"],
+    );
+    let (port, pid, url) = (hub.port, hub.child.id(), hub.url("acme"));
+    let (w_path, r_path) = (dir.path().join("w.db"), dir.path().join("r.db"));
+    let hash = {
+        let w = client_db(&w_path);
+        // About 16 MB of changes: more than the loopback socket buffers hold.
+        w.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000)
+             INSERT INTO items SELECT i, 'w', i, printf('%.400c', 'x') FROM n;",
+        )
+        .unwrap();
+        crsql_sync::db::schema_hash(&w).unwrap()
+    };
+    drop(client_db(&r_path));
+    // The slow client: says hello, then never reads.
+    let mut slow = raw(port, "acme").await;
+    slow.send(Message::Binary(hello([5; 16], hash).into()))
+        .await
+        .unwrap();
+    let connected = || {
+        hub.http_get("/metrics")
+            .contains("crsql_sync_connected_clients{tenant=\"acme\"} 1")
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !connected() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the slow client was admitted");
+    let began = Instant::now();
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let (p, u) = (w_path.clone(), url.clone());
+        move || sync_once(&p, &u, &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let (p, u) = (r_path.clone(), url.clone());
+        move || sync_once(&p, &u, &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let r = crsql_sync::db::open(&r_path).unwrap();
+    let n: i64 = r
+        .query_row("SELECT count(*) FROM items", [], |x| x.get(0))
+        .unwrap();
+    assert_eq!(n, 40000);
+    // Meanwhile the hub held at most a window of packages for the slow
+    // client, and dropped it after --write-timeout.
+    let rss = rss_mib(pid);
+    assert!(
+        rss < 150.0,
+        "hub RSS {rss:.0} MiB with a client that does not read"
+    );
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !hub
+            .http_get("/metrics")
+            .contains("crsql_sync_connected_clients{tenant=\"acme\"} 0")
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the hub dropped the client that stopped reading");
+    let (code, message) = refused(&mut slow).await;
+    assert_eq!(code, ErrorCode::Timeout, "{message}");
+    assert!(message.contains("no acknowledgement"), "{message}");
+    eprintln!(
+        "slow client dropped {:.1} s after the push began; hub RSS {rss:.0} MiB",
+        began.elapsed().as_secs_f64()
+    );
+}

@@ -161,6 +161,7 @@ pub enum ErrorCode {
     ResyncRequired,
     BadPackage,
     ShuttingDown,
+    Timeout,
     Internal,
     /// A code this build does not know (a newer peer).
     Other(String),
@@ -182,6 +183,7 @@ impl ErrorCode {
             ErrorCode::ResyncRequired => "resync_required",
             ErrorCode::BadPackage => "bad_package",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::Other(s) => s,
         }
@@ -202,6 +204,7 @@ impl ErrorCode {
             "resync_required" => ErrorCode::ResyncRequired,
             "bad_package" => ErrorCode::BadPackage,
             "shutting_down" => ErrorCode::ShuttingDown,
+            "timeout" => ErrorCode::Timeout,
             "internal" => ErrorCode::Internal,
             other => ErrorCode::Other(other.to_string()),
         }

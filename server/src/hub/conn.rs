@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::tenant::{Refusal, Tenant};
 use super::{Hub, LiveGuard};
+use crate::auth::Grant;
 use crate::metrics;
 use crate::protocol::{
     hex, inspect_package, ErrorCode, Frame, Hello, Pos, Site, Welcome, PROTOCOL_VERSION,
@@ -179,15 +180,7 @@ impl Conn {
             _ = super::stopped(&mut shutdown) => return Err(Refusal::new(ErrorCode::ShuttingDown, "the hub is shutting down")),
         };
         self.site = hello.site;
-        let read_only = self.admit(&hello)?;
-        let writers = match &self.hub.cfg.auth {
-            Some(a) => {
-                a.check(&self.tenant_name, &hello.token)
-                    .map_err(|m| Refusal::new(ErrorCode::Unauthorized, m))?
-                    .writers
-            }
-            None => None,
-        };
+        let Grant { read_only, writers } = self.admit(&hello)?;
         let tenant = self.hub.tenant(&self.tenant_name).await?;
         self.tenant = Some(tenant.clone());
         if hello.schema_hash != tenant.schema_hash {
@@ -244,6 +237,9 @@ impl Conn {
         let mut exhausted = false;
         let mut caught_up_sent = false;
         let mut ack_written = Instant::now();
+        // Since when the oldest package in flight waits for an ack.
+        let mut waiting_since = Instant::now();
+        let ack_timeout = self.hub.cfg.write_timeout;
         loop {
             if !exhausted && inflight.len() < window {
                 let pulled = tenant
@@ -253,6 +249,9 @@ impl Conn {
                     m.packages_out.get_or_create(&tlabels).inc();
                     m.changes_out.get_or_create(&tlabels).inc_by(p.changes);
                     sent = p.cursor;
+                    if inflight.is_empty() {
+                        waiting_since = Instant::now();
+                    }
                     inflight.push_back(p.cursor);
                     self.send(Frame::Package(p.bytes)).await?;
                     caught_up_sent = false;
@@ -269,6 +268,16 @@ impl Conn {
             let flush_at = tokio::time::Instant::from_std(ack_written + ACK_EVERY);
             let incoming = tokio::select! {
                 r = self.next(stream) => r?,
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(waiting_since + ack_timeout)), if !inflight.is_empty() => {
+                    return Err(Refusal::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "no acknowledgement for {} s with {} packages in flight (--write-timeout)",
+                            ack_timeout.as_secs(),
+                            inflight.len()
+                        ),
+                    ));
+                }
                 _ = tokio::time::sleep_until(flush_at), if self.unwritten_ack.is_some() => {
                     if let Some(pos) = self.unwritten_ack.take() {
                         tenant.ack(hello.site, pos).await?;
@@ -365,6 +374,7 @@ impl Conn {
                     }
                     while inflight.front().is_some_and(|c| *c <= pos) {
                         inflight.pop_front();
+                        waiting_since = Instant::now();
                     }
                 }
                 Frame::Error(e) => {
@@ -381,8 +391,9 @@ impl Conn {
         }
     }
 
-    /// Version, tenant and token checks of a hello; returns read-only.
-    fn admit(&self, hello: &Hello) -> Result<bool, Refusal> {
+    /// Tenant and token checks of a hello (the decoder checked the
+    /// version): what the token may do.
+    fn admit(&self, hello: &Hello) -> Result<Grant, Refusal> {
         if hello.tenant != self.tenant_name {
             return Err(Refusal::new(
                 ErrorCode::BadTenant,
@@ -393,10 +404,12 @@ impl Conn {
             ));
         }
         match &self.hub.cfg.auth {
-            None => Ok(false),
+            None => Ok(Grant {
+                read_only: false,
+                writers: None,
+            }),
             Some(a) => a
                 .check(&self.tenant_name, &hello.token)
-                .map(|g| g.read_only)
                 .map_err(|m| Refusal::new(ErrorCode::Unauthorized, m)),
         }
     }

@@ -170,7 +170,11 @@ pub async fn serve(
                     app.call(req).await
                 }
             });
-            let http = hyper::server::conn::http1::Builder::new();
+            // A peer that does not finish its request headers in 10 s is
+            // dropped (slow-loris); upgraded connections are not affected.
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
             let res = match tls {
                 None => {
                     let c = http
