@@ -548,9 +548,11 @@ async fn run_session(
         match frame {
             Frame::Package(bytes) => {
                 caught_up = false;
-                let n = crate::protocol::inspect_package(&bytes)
-                    .map(|s| s.changes as u64)
-                    .unwrap_or(0);
+                let n = if progress.on {
+                    crate::protocol::inspect_package(&bytes).map_or(0, |s| s.changes as u64)
+                } else {
+                    0
+                };
                 let applied = conn
                     .prepare_cached(&apply_sql)
                     .and_then(|mut s| s.execute([&bytes]))
