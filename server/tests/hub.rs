@@ -582,12 +582,17 @@ async fn a_client_that_stops_reading_is_held_to_its_window_then_dropped_and_othe
     let (w_path, r_path) = (dir.path().join("w.db"), dir.path().join("r.db"));
     let hash = {
         let w = client_db(&w_path);
-        // About 16 MB of changes: more than the loopback socket buffers hold.
-        w.execute_batch(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000)
-             INSERT INTO items SELECT i, 'w', i, printf('%.400c', 'x') FROM n;",
-        )
-        .unwrap();
+        // About 16 MB of changes, more than the loopback socket buffers
+        // hold, in 400 transactions (a single huge transaction would be
+        // split into parts, which the hub stages and merges in memory).
+        for t in 0..400 {
+            w.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+                 INSERT INTO items SELECT ?1 * 100 + i, 'w', i, printf('%.400c', 'x') FROM n",
+                [t],
+            )
+            .unwrap();
+        }
         crsql_sync::db::schema_hash(&w).unwrap()
     };
     drop(client_db(&r_path));
