@@ -1,0 +1,223 @@
+//! Helpers of the hub tests: the built `crsql-sync` binary as a real
+//! process on 127.0.0.1, client databases as real files.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crsql_stream_rs::rusqlite::Connection;
+use crsql_sync::db;
+use crsql_sync::protocol::Site;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_crsql-sync");
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY NOT NULL, owner TEXT, val INTEGER, note TEXT);
+SELECT crsql_as_crr('items');
+CREATE TABLE IF NOT EXISTS log (id TEXT PRIMARY KEY NOT NULL, client INTEGER, n INTEGER);
+SELECT crsql_as_crr('log');
+";
+
+/// A hub process.
+pub struct Hub {
+    pub child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub args: Vec<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Hub {
+    /// Start `crsql-sync serve` on 127.0.0.1 (`port` 0: any free port) with
+    /// the data and schema directories under `dir`.
+    pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Hub {
+        std::fs::create_dir_all(dir.join("schema")).unwrap();
+        std::fs::write(dir.join("schema").join("acme.sql"), SCHEMA).unwrap();
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--data".into(),
+            dir.join("data").display().to_string(),
+            "--schema-dir".into(),
+            dir.join("schema").display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .env("CRSQL_SYNC_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the hub");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).expect("hub stdout");
+        let port: u16 = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("hub did not say where it listens: {line:?}"));
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Hub {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+            args,
+            stderr: Some(stderr),
+        }
+    }
+
+    pub fn url(&self, tenant: &str) -> String {
+        format!("ws://127.0.0.1:{}/{tenant}", self.port)
+    }
+
+    pub fn db_path(&self, tenant: &str) -> PathBuf {
+        self.dir.join("data").join(format!("{tenant}.db"))
+    }
+
+    /// SIGKILL, and the log so far.
+    pub fn kill9(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM, wait (bounded), and the log.
+    pub fn stop(&mut self) -> (Option<i32>, String) {
+        sigterm(self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        (status, log)
+    }
+
+    pub fn http_get(&self, path: &str) -> String {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SIGTERM to a child process of this test (by its pid).
+pub fn sigterm(pid: u32) {
+    // SAFETY: kill(2) on the pid of a child we started and have not reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+/// A client database with the tenant's schema.
+pub fn client_db(path: &Path) -> Connection {
+    let c = db::open(path).unwrap();
+    c.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+    c.execute_batch(SCHEMA).unwrap();
+    c
+}
+
+pub fn site(c: &Connection) -> Site {
+    db::site_id(c).unwrap()
+}
+
+/// Run `crsql-sync sync --once`; (exit code, stdout, stderr).
+pub fn sync_once(db: &Path, url: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let timeout: &[&str] = if extra.contains(&"--timeout") {
+        &[]
+    } else {
+        &["--timeout", "60"]
+    };
+    let out = Command::new(BIN)
+        .args(["sync", "--once", "--progress", "never"])
+        .args(timeout)
+        .arg("--db")
+        .arg(db)
+        .args(["--url", url])
+        .args(extra)
+        .env("CRSQL_SYNC_LOG", "warn")
+        .output()
+        .expect("run crsql-sync sync");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Start a persistent `crsql-sync sync`.
+pub fn sync_forever(db: &Path, url: &str) -> Child {
+    Command::new(BIN)
+        .args(["sync", "--progress", "never", "--poll-ms", "20", "--db"])
+        .arg(db)
+        .args(["--url", url])
+        .env("CRSQL_SYNC_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start crsql-sync sync")
+}
+
+/// The rows of a table, as text, in key order.
+pub fn rows(c: &Connection, sql: &str) -> Vec<String> {
+    let mut stmt = c.prepare(sql).unwrap();
+    let n = stmt.column_count();
+    let mut q = stmt.query([]).unwrap();
+    let mut out = Vec::new();
+    while let Some(r) = q.next().unwrap() {
+        let mut line = Vec::new();
+        for i in 0..n {
+            let v: crsql_stream_rs::rusqlite::types::Value = r.get(i).unwrap();
+            line.push(format!("{v:?}"));
+        }
+        out.push(line.join("|"));
+    }
+    out
+}
+
+/// Wait (bounded) until `f` holds.
+pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
