@@ -230,3 +230,43 @@ fn a_split_transaction_across_a_schema_change_applies_whole_and_its_new_columns_
     close(p.a);
     close(p.b);
 }
+
+/// Staged parts from before a schema change completed by a package read
+/// after it name the same table twice, with other columns: the changes to a
+/// column we lack wait whichever entry they come with (found by
+/// `hostile_schema.rs`, HOSTILE_SEED=14563440008444929312).
+#[test]
+fn a_package_naming_a_table_twice_keeps_waiting_what_we_lack() {
+    use crsql_stream_core::package::{Encoding, Package};
+    let p = pair();
+    add_column(&p.a, "notes", "color TEXT");
+    exec(&p.a, "INSERT INTO notes VALUES (1, 'one', 'red')");
+    let bytes: Vec<u8> =
+        p.a.query_row("SELECT package FROM to_b LIMIT 1", [], |r| r.get(0))
+            .unwrap();
+    let mut pkg = Package::decode(&bytes).unwrap();
+    // A second entry for notes without color, first in the dictionary,
+    // and every change moved to it: the color change now names a column
+    // its entry lacks, but the table is the same.
+    let mut other = pkg.tables[0].clone();
+    other.columns.retain(|c| c != "color");
+    other.schema_hash = crsql_stream_core::package::schema_hash("notes", &["id"], &["body"]);
+    pkg.tables.push(other);
+    let body = pkg
+        .changes
+        .iter()
+        .position(|c| pkg.cid_of(c) == "body")
+        .unwrap();
+    pkg.changes[body].table = 1;
+    pkg.changes[body].cid = 1;
+    let crafted = pkg.encode(Encoding::Binary).unwrap();
+    p.b.execute("INSERT INTO from_a(package) VALUES (?1)", [&crafted])
+        .unwrap();
+    assert_eq!(
+        rows(&p.b, "SELECT * FROM notes"),
+        vec![vec![Value::Integer(1), t("one")]]
+    );
+    assert_eq!(int(&p.b, "SELECT changes FROM crsql_pending_schema"), 1);
+    close(p.a);
+    close(p.b);
+}

@@ -2268,7 +2268,10 @@ fn a_package_touching_a_table_the_receiver_lacks_applies_the_rest_and_its_change
         apply_ok(&b, "i", &p[1]);
         assert_eq!(int(&b, "SELECT count(*) FROM todos"), 2, "{name}");
         assert_eq!(
-            int(&b, "SELECT count(*) FROM crsql_pending_changes WHERE \"table\" = 'notes'"),
+            int(
+                &b,
+                "SELECT count(*) FROM crsql_pending_changes WHERE \"table\" = 'notes'"
+            ),
             1,
             "{name}: the notes change waits"
         );

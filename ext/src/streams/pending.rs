@@ -55,9 +55,10 @@ pub fn known_filter(
     stream: &str,
     tables: &[TableEntry],
 ) -> Result<Option<String>> {
-    // The schema as it is now (a DDL since the last merge).
-    inner.sync(&ext.tx)?;
-    let mut known = Vec::new();
+    // The schema as it is now, even after a DDL earlier in this
+    // transaction (`sync` checks it once per transaction).
+    inner.refresh_tables(&ext.tx, true)?;
+    let mut tables_here: Vec<(&str, bool)> = Vec::new();
     let mut any_unknown = false;
     for t in tables {
         let Some(local) = inner.table(&t.name) else {
@@ -82,21 +83,27 @@ pub fn known_filter(
                 t.columns.join(",")
             ));
         }
-        let missing: Vec<String> = t
-            .columns
-            .iter()
-            .filter(|c| local.col_index(c).is_none())
-            .map(|c| literal(c))
-            .collect();
-        let table = format!("c.\"table\" = {}", literal(&t.name));
-        if missing.is_empty() {
-            known.push(format!("({table})"));
-        } else {
-            any_unknown = true;
-            known.push(format!(
-                "({table} AND c.cid NOT IN ({}))",
-                missing.join(", ")
-            ));
+        // A package may name a table twice (parts of a transaction from
+        // before and after a schema change): one term per table.
+        let missing = t.columns.iter().any(|c| local.col_index(c).is_none());
+        match tables_here.iter_mut().find(|(name, _)| *name == t.name) {
+            Some(entry) => entry.1 |= missing,
+            None => tables_here.push((&t.name, missing)),
+        }
+    }
+    let mut known = Vec::new();
+    for (name, missing) in tables_here {
+        let table = format!("c.\"table\" = {}", literal(name));
+        match inner.table(name) {
+            Some(local) if missing => {
+                any_unknown = true;
+                let ours: Vec<String> = std::iter::once("-1")
+                    .chain(local.cols.iter().map(|c| c.name.as_str()))
+                    .map(literal)
+                    .collect();
+                known.push(format!("({table} AND c.cid IN ({}))", ours.join(", ")));
+            }
+            _ => known.push(format!("({table})")),
         }
     }
     Ok(any_unknown.then(|| {
