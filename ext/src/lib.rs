@@ -66,6 +66,8 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         // read-only database this cannot run, and nothing there writes state.
         let _ = streams::migrate_state(conn);
         let ext = Ext::new(db, site_id, merge_equal_values)?;
+        // Likewise the change counts behind `lag_changes` (crr::counts).
+        let _ = crr::counts::migrate(&ext);
         functions::register(conn, &ext)?;
         crr::changes::register(conn, &ext)?;
         crr::unpack::register(conn)?;

@@ -118,6 +118,8 @@ pub struct Inner {
     clocks: Vec<String>,
     /// Whether `crsql_tombstones` exists (a compaction ran).
     tombstones: bool,
+    /// Whether `crsql_change_counts` exists (`crr::counts`).
+    counts: bool,
     /// Statements whose largest result is the committed db_version.
     version_sql: Vec<String>,
     /// Statements whose largest result is the newest seq at version `?1`.
@@ -179,6 +181,7 @@ impl Ext {
                 table_cache: HashMap::new(),
                 clocks: Vec::new(),
                 tombstones: false,
+                counts: false,
                 clock_cache: HashMap::new(),
                 version_sql: Vec::new(),
                 newest_seq_sql: Vec::new(),
@@ -355,6 +358,7 @@ impl Inner {
         );
         self.clocks = clocks;
         self.tombstones = cat.has_table(crate::streams::compact::TOMBSTONES);
+        self.counts = cat.has_table(crate::crr::counts::TABLE);
         self.tables = tables;
         self.by_name = by_name;
         self.schema_version = sv;
@@ -366,6 +370,16 @@ impl Inner {
     /// otherwise refreshed with the schema, once per transaction).
     pub fn note_tombstones(&mut self) {
         self.tombstones = true;
+    }
+
+    /// Whether `crsql_change_counts` exists.
+    pub fn has_counts(&self) -> bool {
+        self.counts
+    }
+
+    /// `crsql_change_counts` was just created on this connection.
+    pub fn note_counts(&mut self) {
+        self.counts = true;
     }
 
     /// Whether compacted tombstones may exist (`crsql_tombstones` exists).
@@ -485,6 +499,11 @@ impl Inner {
                 "crsql_stream: db_version {v} is beyond the largest version this extension hands out \
                  ({MAX_CLOCK}); refused so that versions never wrap"
             ));
+        }
+        if pending < 0 {
+            // The first write of a transaction counts the changes the
+            // transactions before it committed (`crr::counts`).
+            crate::crr::counts::catch_up(self, committed)?;
         }
         tx.pending.store(v, Relaxed);
         Ok(v)

@@ -7,6 +7,7 @@ use rusqlite::{params, OptionalExtension};
 use crsql_stream_core::merge::{MAX_CLOCK, SENTINEL};
 use crsql_stream_core::pack::pack_columns;
 
+use crate::crr::counts::KeyCounts;
 use crate::crr::schema::TableInfo;
 use crate::crr::values::{compare, to_core};
 use crate::err;
@@ -101,6 +102,7 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let v = inner.next_db_version(&ext.tx, None)?;
     let pks = &args[1..];
     let (key, mut existed) = key_for(&inner, &t, pks, true)?;
+    let counted = KeyCounts::take(&mut inner, &ext.tx, &t, existed.then_some(key))?;
     if !existed {
         existed = revive_compacted(ext, &inner, &t, key, pks, v)?;
     }
@@ -108,17 +110,17 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     if t.cols.is_empty() {
         conn.prepare_cached(&t.sql.sentinel_insert)?
             .execute(params![key, v, ext.tx.take_seq()])?;
-        return Ok(());
+    } else {
+        if existed {
+            // A seq is consumed even when there is no sentinel to bump (§6.1).
+            conn.prepare_cached(&t.sql.sentinel_bump)?
+                .execute(params![key, v, ext.tx.take_seq()])?;
+        }
+        let first = ext.tx.take_seqs(t.cols.len() as i64);
+        conn.prepare_cached(&t.sql.clock_insert_all)?
+            .execute(params![key, v, first])?;
     }
-    if existed {
-        // A seq is consumed even when there is no sentinel to bump (§6.1).
-        conn.prepare_cached(&t.sql.sentinel_bump)?
-            .execute(params![key, v, ext.tx.take_seq()])?;
-    }
-    let first = ext.tx.take_seqs(t.cols.len() as i64);
-    conn.prepare_cached(&t.sql.clock_insert_all)?
-        .execute(params![key, v, first])?;
-    Ok(())
+    counted.settle(&inner, &t)
 }
 
 /// `crsql_after_update(tbl, newpk..., oldpk..., newcol..., oldcol...)` (§6.2).
@@ -140,6 +142,14 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         .zip(old_pks)
         .any(|(a, b)| compare(*a, *b).is_ne());
     let (new_key, new_existed) = key_for(&inner, &t, new_pks, false)?;
+    let counted_new = KeyCounts::take(&mut inner, &ext.tx, &t, new_existed.then_some(new_key))?;
+    let (old_key, counted_old) = if pk_changed {
+        let (old_key, _) = key_for(&inner, &t, old_pks, false)?;
+        let counted = KeyCounts::take(&mut inner, &ext.tx, &t, Some(old_key))?;
+        (old_key, Some(counted))
+    } else {
+        (new_key, None)
+    };
     if !new_existed {
         revive_compacted(ext, &inner, &t, new_key, new_pks, v)?;
     }
@@ -153,7 +163,6 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         if new_existed && row_is_live(&inner, &t, new_key)? {
             record_delete(ext, &inner, &t, new_key, v)?;
         }
-        let (old_key, _) = key_for(&inner, &t, old_pks, false)?;
         conn.prepare_cached(&t.sql.sentinel_delete)?
             .execute(params![old_key, v, ext.tx.take_seq()])?;
         let names: Vec<String> = conn
@@ -192,7 +201,11 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         // cr-sqlite; persist it so it is never handed out again (§15 Q16).
         inner.persist_version(v)?;
     }
-    Ok(())
+    counted_new.settle(&inner, &t)?;
+    match counted_old {
+        Some(c) => c.settle(&inner, &t),
+        None => Ok(()),
+    }
 }
 
 /// `crsql_after_delete(tbl, oldpk...)` (§6.3).
@@ -201,7 +214,9 @@ pub fn after_delete(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let t = trigger_table(ext, &mut inner, args, 1, 0)?;
     let v = inner.next_db_version(&ext.tx, None)?;
     let (key, _) = key_for(&inner, &t, &args[1..], false)?;
-    record_delete(ext, &inner, &t, key, v)
+    let counted = KeyCounts::take(&mut inner, &ext.tx, &t, Some(key))?;
+    record_delete(ext, &inner, &t, key, v)?;
+    counted.settle(&inner, &t)
 }
 
 /// Give a key just created for `pks` the causal length of its compacted

@@ -221,6 +221,7 @@ pub fn merge_change(
             (existing_key, local_cl)
         }
     };
+    let counted = crate::crr::counts::KeyCounts::take(inner, &ext.tx, &t, existing_key)?;
     let mut m = Merger {
         ext,
         inner,
@@ -231,6 +232,7 @@ pub fn merge_change(
     };
     let decision = decide_row(local_cl, is_sentinel, c.cl);
     let (impacted, key, cl_after) = apply_decision(&mut m, decision, existing_key, local_cl, col)?;
+    counted.settle(inner, &t)?;
     if let Some(key) = key {
         cache.row = Some(RowMemo {
             table: c.table.to_string(),

@@ -6,6 +6,7 @@
 //! discarded (§15 Q9).
 
 pub mod changes;
+pub mod counts;
 pub mod local;
 pub mod merge;
 pub mod scan;
@@ -245,6 +246,7 @@ fn create_crr(ext: &Ext, inner: &mut Inner, t: &str, untracked: Untracked) -> Re
     ext.invalidate_schema(inner);
     inner.refresh_tables(&ext.tx, true)?;
     backfill(ext, inner, t, untracked)?;
+    counts::recount(inner, &ext.tx, t)?;
     // Changes that waited for this table or its new columns apply now.
     crate::streams::pending::apply_pending(ext, inner, t)
 }
@@ -653,6 +655,7 @@ pub fn as_table(ext: &Ext, table: &str) -> Result<()> {
         ));
         inner.conn.execute_batch(&sql)?;
         crate::streams::compact::drop_table(&inner, table)?;
+        counts::drop_table(&inner, table)?;
         ext.invalidate_schema(&mut inner);
         Ok(())
     })
@@ -938,6 +941,7 @@ pub fn new_site_id(ext: &Ext) -> Result<[u8; 16]> {
              ON CONFLICT (key) DO UPDATE SET value = CAST(value AS BLOB) || excluded.value",
             [old.as_slice()],
         )?;
+        counts::move_local_site(&inner, ordinal)?;
         for clock in inner.clock_tables() {
             inner.conn.execute(
                 &format!(

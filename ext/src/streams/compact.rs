@@ -189,6 +189,13 @@ pub fn compact(ext: &Ext) -> Result<i64> {
                 &format!("DELETE FROM {pkst} WHERE __crsql_key IN ({dead})"),
                 bounds,
             )? as i64;
+            crate::crr::counts::subtract_where(
+                &mut inner,
+                &ext.tx,
+                &t.name,
+                &format!("key IN ({dead})"),
+                bounds,
+            )?;
             removed += inner.conn.execute(
                 &format!("DELETE FROM {clock} WHERE key IN ({dead})"),
                 bounds,

@@ -9,7 +9,11 @@ use crsql_stream_core::Position;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
 
+use crate::crr::counts::{changes_after, Filter};
 use crate::error::Result;
+use crate::state::Inner;
+use crate::streams::outbound::OutboundConfig;
+use rusqlite::OptionalExtension;
 use crate::sqlite::vtab::{Table, TableCursor};
 use crate::state::Ext;
 
@@ -36,7 +40,7 @@ impl Table for StreamsTable {
         let ext = super::ext_of(NAME, aux)?;
         Ok((
             "CREATE TABLE x(name TEXT COLLATE NOCASE, direction TEXT, peer TEXT, last_sent TEXT, last_retrieved TEXT, \
-             last_applied TEXT, lag_versions INTEGER)"
+             last_applied TEXT, lag_versions INTEGER, lag_changes INTEGER)"
                 .into(),
             StreamsTable { ext },
         ))
@@ -62,6 +66,57 @@ pub struct StreamsCursor {
 
 fn text(p: Position) -> Value {
     Value::Text(p.to_string())
+}
+
+/// `lag_changes` of outbound stream `name` at position `pos`: the changes
+/// after it that the stream's filters let through (NULL when its
+/// definition cannot be read).
+fn outbound_lag(inner: &mut Inner, ext: &Ext, name: &str, pos: Position) -> Result<Value> {
+    let sql: Option<String> = inner
+        .conn
+        .prepare_cached("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?;
+    let Some(args) = sql.as_deref().and_then(module_args) else {
+        return Ok(Value::Null);
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let Ok(cfg) = OutboundConfig::parse(name, &args) else {
+        return Ok(Value::Null);
+    };
+    let filter = Filter::of_stream(inner, &cfg)?;
+    Ok(Value::Integer(changes_after(inner, &ext.tx, &filter, pos)?))
+}
+
+/// The module arguments of a `CREATE VIRTUAL TABLE … USING m(a, b, …)`
+/// statement, split as SQLite splits them: at commas outside quotes and
+/// parentheses.
+fn module_args(sql: &str) -> Option<Vec<String>> {
+    let open = sql.find('(')?;
+    let body = &sql[open + 1..];
+    let (mut args, mut cur, mut depth, mut quote) = (Vec::new(), String::new(), 0usize, None);
+    for c in body.chars() {
+        match (quote, c) {
+            (Some(q), _) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"' | '`') => quote = Some(c),
+            (None, '[') => quote = Some(']'),
+            (None, '(') => depth += 1,
+            (None, ')') if depth == 0 => {
+                args.push(std::mem::take(&mut cur));
+                break;
+            }
+            (None, ')') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                args.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    args.retain(|a: &String| !a.trim().is_empty());
+    Some(args.into_iter().map(|a| a.trim().to_string()).collect())
 }
 
 impl TableCursor for StreamsCursor {
@@ -104,6 +159,7 @@ impl TableCursor for StreamsCursor {
                 .unwrap_or(Value::Null);
             let row = if direction == "outbound" {
                 let retrieved = self.ext.retrieved(&name).map(text).unwrap_or(Value::Null);
+                let lag = outbound_lag(&mut inner, &self.ext, &name, pos)?;
                 [
                     Value::Text(name),
                     Value::Text(direction),
@@ -112,6 +168,7 @@ impl TableCursor for StreamsCursor {
                     retrieved,
                     Value::Null,
                     Value::Integer((db_version - dbv).max(0)),
+                    lag,
                 ]
             } else {
                 [
@@ -121,6 +178,7 @@ impl TableCursor for StreamsCursor {
                     Value::Null,
                     Value::Null,
                     text(pos),
+                    Value::Null,
                     Value::Null,
                 ]
             };

@@ -1,0 +1,402 @@
+//! Change counts per version, so that how many changes a stream has left
+//! (`crsql_streams.lag_changes`) is exact and cheap (DECISIONS D25).
+//!
+//! `crsql_change_counts` holds, for every clock row at or below a version
+//! `U` (`crsql_master.change_counts_through`), how many rows each
+//! `(db_version, table, site ordinal)` has (`lvl = 0`, with the largest seq
+//! seen there) and how many each bucket of 1,024 versions has (`lvl = 1`).
+//! Rows above `U` (the *tail*, normally the last transaction) are counted
+//! from the clock tables when needed. So the changes after a position cost
+//! O(buckets + one bucket + tail), never a walk over the backlog.
+//!
+//! The counts are kept exact without any work in the triggers:
+//! - **Arrivals** are counted once, after commit: the first write of a
+//!   transaction ([`catch_up`], from `Inner::next_db_version`) counts the
+//!   rows of the versions committed since `U` and moves `U` to the
+//!   committed version. A committed version never gains rows (every write
+//!   takes a version above the committed one), so a count taken then is
+//!   final, up to departures.
+//! - **Departures**: a row at or below `U` that a write rewrites (it moves to
+//!   the new version) or deletes is subtracted where the extension itself
+//!   writes clocks: per row (not per column), [`KeyCounts`] reads the
+//!   row's clock rows at or below `U` before the write and after it, and
+//!   records the difference. New rows have nothing there and cost nothing.
+//! - Bulk paths recount: compaction subtracts what it removes, a CRR made,
+//!   altered or re-created is recounted ([`recount`]), `crsql_as_table`
+//!   drops its counts, `crsql_new_site_id` moves the local ordinal's.
+//!
+//! Everything is written in the caller's transaction and statement, so a
+//! rollback (of a transaction, a savepoint or a failed statement) takes
+//! the counts back with the clocks.
+
+use std::collections::{HashMap, HashSet};
+
+use crsql_stream_core::Position;
+use rusqlite::{params, OptionalExtension};
+
+use crate::crr::schema::{quote_ident, TableInfo, CLOCK_SUFFIX};
+use crate::error::Result;
+use crate::state::{Inner, TxCounters};
+
+/// The table of counts.
+pub const TABLE: &str = "crsql_change_counts";
+
+const DDL: &str = "CREATE TABLE IF NOT EXISTS crsql_change_counts (
+  lvl INTEGER NOT NULL,
+  v INTEGER NOT NULL,
+  tbl TEXT NOT NULL,
+  site INTEGER NOT NULL,
+  n INTEGER NOT NULL,
+  maxseq INTEGER NOT NULL,
+  PRIMARY KEY (lvl, v, tbl, site)
+) WITHOUT ROWID, STRICT;";
+
+/// `crsql_master` key of `U`, the version through which rows are counted.
+const THROUGH: &str = "change_counts_through";
+
+/// A bucket holds `1 << BUCKET_BITS` versions.
+const BUCKET_BITS: i64 = 10;
+
+fn clock_of(table: &str) -> String {
+    quote_ident(&format!("{table}{CLOCK_SUFFIX}"))
+}
+
+/// Add to the counts an aggregate of one table's clock rows:
+/// `(db_version, site_id, count, max seq)` rows.
+const UPSERT: &str = "ON CONFLICT (lvl, v, tbl, site) DO UPDATE SET n = n + excluded.n, \
+     maxseq = max(maxseq, excluded.maxseq)";
+
+/// Count the clock rows of `table` with `lo < db_version <= hi`.
+fn add_range(inner: &Inner, table: &str, lo: i64, hi: i64) -> Result<()> {
+    let sql = format!(
+        "WITH c AS (SELECT db_version AS v, site_id AS s, count(*) AS n, max(seq) AS m FROM {} \
+         WHERE db_version > ?1 AND db_version <= ?2 GROUP BY db_version, site_id) \
+         INSERT INTO crsql_change_counts (lvl, v, tbl, site, n, maxseq) \
+         SELECT 0, v, ?3, s, n, m FROM c UNION ALL SELECT 1, v >> {BUCKET_BITS}, ?3, s, n, 0 FROM c WHERE true {UPSERT}",
+        clock_of(table)
+    );
+    inner
+        .conn
+        .prepare_cached(&sql)?
+        .execute(params![lo, hi, table])?;
+    Ok(())
+}
+
+/// `U`: the version through which clock rows are in the counts (0 when
+/// there are no counts yet).
+pub fn counted_through(inner: &Inner) -> Result<i64> {
+    if !inner.has_counts() {
+        return Ok(0);
+    }
+    Ok(inner
+        .conn
+        .prepare_cached("SELECT value FROM crsql_master WHERE key = ?1 AND typeof(value) = 'integer'")?
+        .query_row([THROUGH], |r| r.get::<_, i64>(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+fn set_through(inner: &Inner, v: i64) -> Result<()> {
+    inner
+        .conn
+        .prepare_cached("INSERT OR REPLACE INTO crsql_master (key, value) VALUES (?1, ?2)")?
+        .execute(params![THROUGH, v])?;
+    Ok(())
+}
+
+/// Count the rows of the versions committed since `U` and move `U` to
+/// `committed`; creates the table on first use (which counts every
+/// existing row: the migration of an older database). Returns `U`.
+pub fn catch_up(inner: &mut Inner, committed: i64) -> Result<i64> {
+    if !inner.has_counts() {
+        inner.conn.execute_batch(DDL)?;
+        inner.note_counts();
+        set_through(inner, 0)?;
+    }
+    let through = counted_through(inner)?;
+    if through >= committed {
+        return Ok(through);
+    }
+    for t in inner.tables() {
+        add_range(inner, &t.name, through, committed)?;
+    }
+    set_through(inner, committed)?;
+    Ok(committed)
+}
+
+/// At load: a database without counts (new, or written by a version from
+/// before them) gets them now, every existing row counted, in one savepoint.
+/// On a read-only database this cannot run; readers then count from the
+/// clock tables (exact, slower) until a write creates them.
+pub fn migrate(ext: &crate::state::Ext) -> Result<()> {
+    let mut inner = ext.lock("crsql_stream: load")?;
+    let committed = inner.db_version(&ext.tx)?;
+    if inner.has_counts() {
+        return Ok(());
+    }
+    let conn = ext.db.connection()?;
+    crate::crr::in_savepoint(&conn, "crsql_change_counts", || {
+        catch_up(&mut inner, committed).map(drop)
+    })
+}
+
+/// Make sure the counts are caught up inside a write (for paths that write
+/// clocks before or without taking a version).
+pub fn ensure(inner: &mut Inner, tx: &TxCounters) -> Result<i64> {
+    let committed = if tx.pending() >= 0 {
+        tx.db_version.load(std::sync::atomic::Ordering::Relaxed).max(0)
+    } else {
+        inner.db_version(tx)?
+    };
+    catch_up(inner, committed)
+}
+
+/// Apply `(db_version, site) -> delta` to both levels.
+fn apply(inner: &Inner, table: &str, deltas: &HashMap<(i64, i64), i64>) -> Result<()> {
+    for (&(v, site), &n) in deltas {
+        if n == 0 {
+            continue;
+        }
+        inner
+            .conn
+            .prepare_cached(&format!(
+                "INSERT INTO crsql_change_counts (lvl, v, tbl, site, n, maxseq) \
+                 VALUES (0, ?1, ?2, ?3, ?4, 0), (1, ?1 >> {BUCKET_BITS}, ?2, ?3, ?4, 0) {UPSERT}"
+            ))?
+            .execute(params![v, table, site, n])?;
+    }
+    Ok(())
+}
+
+/// The clock rows of one key at or below `U`, per `(db_version, site)`.
+fn key_rows(inner: &Inner, t: &TableInfo, key: i64, through: i64) -> Result<HashMap<(i64, i64), i64>> {
+    let sql = format!(
+        "SELECT db_version, site_id, count(*) FROM {} WHERE key = ?1 AND db_version <= ?2 \
+         GROUP BY db_version, site_id",
+        clock_of(&t.name)
+    );
+    let mut out = HashMap::new();
+    let mut stmt = inner.conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params![key, through])?;
+    while let Some(r) = rows.next()? {
+        out.insert((r.get(0)?, r.get(1)?), r.get(2)?);
+    }
+    Ok(out)
+}
+
+/// The counted clock rows of one key before a write, to subtract what the
+/// write moves away or deletes ([`KeyCounts::settle`]).
+pub struct KeyCounts {
+    key: i64,
+    through: i64,
+    before: HashMap<(i64, i64), i64>,
+}
+
+impl KeyCounts {
+    /// Read the counted rows of `key` (None: a key without clocks).
+    pub fn take(inner: &mut Inner, tx: &TxCounters, t: &TableInfo, key: Option<i64>) -> Result<KeyCounts> {
+        let Some(key) = key else {
+            return Ok(KeyCounts {
+                key: 0,
+                through: 0,
+                before: HashMap::new(),
+            });
+        };
+        let through = ensure(inner, tx)?;
+        let before = key_rows(inner, t, key, through)?;
+        Ok(KeyCounts { key, through, before })
+    }
+
+    /// After the write: record what left the counted versions. Writes land
+    /// above `U`, so only departures are possible there.
+    pub fn settle(self, inner: &Inner, t: &TableInfo) -> Result<()> {
+        if self.before.is_empty() {
+            return Ok(());
+        }
+        let after = key_rows(inner, t, self.key, self.through)?;
+        let mut deltas = self.before;
+        for d in deltas.values_mut() {
+            *d = -*d;
+        }
+        for (k, n) in after {
+            *deltas.entry(k).or_insert(0) += n;
+        }
+        apply(inner, &t.name, &deltas)
+    }
+}
+
+/// Subtract the clock rows of `table` that `filter` (a condition on the
+/// clock table, bound to `params`) selects, before they are deleted.
+pub fn subtract_where(
+    inner: &mut Inner,
+    tx: &TxCounters,
+    table: &str,
+    filter: &str,
+    bind: &[&dyn rusqlite::ToSql],
+) -> Result<()> {
+    let through = ensure(inner, tx)?;
+    let sql = format!(
+        "SELECT db_version, site_id, count(*) FROM {} WHERE db_version <= {through} AND ({filter}) \
+         GROUP BY db_version, site_id",
+        clock_of(table)
+    );
+    let mut deltas = HashMap::new();
+    {
+        let mut stmt = inner.conn.prepare(&sql)?;
+        let mut rows = stmt.query(bind)?;
+        while let Some(r) = rows.next()? {
+            deltas.insert((r.get(0)?, r.get(1)?), -r.get::<_, i64>(2)?);
+        }
+    }
+    apply(inner, table, &deltas)
+}
+
+/// Count `table` again from its clock table (after a bulk rewrite).
+pub fn recount(inner: &mut Inner, tx: &TxCounters, table: &str) -> Result<()> {
+    let through = ensure(inner, tx)?;
+    drop_table(inner, table)?;
+    if inner.table(table).is_some() {
+        add_range(inner, table, i64::MIN, through)?;
+    }
+    Ok(())
+}
+
+/// Forget the counts of a table whose clocks are dropped.
+pub fn drop_table(inner: &Inner, table: &str) -> Result<()> {
+    if inner.has_counts() {
+        inner
+            .conn
+            .prepare_cached("DELETE FROM crsql_change_counts WHERE tbl = ?1")?
+            .execute([table])?;
+    }
+    Ok(())
+}
+
+/// The local site's rows now belong to ordinal `to` (`crsql_new_site_id`).
+pub fn move_local_site(inner: &Inner, to: i64) -> Result<()> {
+    if inner.has_counts() {
+        inner
+            .conn
+            .execute("UPDATE crsql_change_counts SET site = ?1 WHERE site = 0", [to])?;
+    }
+    Ok(())
+}
+
+/// Which changes a stream carries.
+pub struct Filter {
+    /// Table names (None: every CRR).
+    pub tables: Option<HashSet<String>>,
+    /// Site ordinals left out.
+    pub excluded: HashSet<i64>,
+    /// Only these site ordinals (`local_only`), if set.
+    pub only: Option<HashSet<i64>>,
+}
+
+impl Filter {
+    /// The filter of an outbound stream created with `cfg`.
+    pub fn of_stream(inner: &Inner, cfg: &crate::streams::outbound::OutboundConfig) -> Result<Filter> {
+        let mut excluded = HashSet::new();
+        for site in &cfg.exclude_sites {
+            excluded.extend(inner.site_ordinal(site, false)?);
+        }
+        let only = if cfg.local_only {
+            // This database's former site ids (crsql_new_site_id) are local too.
+            let mut local = HashSet::from([0]);
+            for site in crate::crr::former_site_ids(&inner.conn)? {
+                local.extend(inner.site_ordinal(&site, false)?);
+            }
+            Some(local)
+        } else {
+            None
+        };
+        Ok(Filter {
+            tables: cfg.tables.as_ref().map(|t| t.iter().cloned().collect()),
+            excluded,
+            only,
+        })
+    }
+
+    fn table(&self, name: &str) -> bool {
+        self.tables.as_ref().is_none_or(|t| t.contains(name))
+    }
+
+    fn site(&self, site: i64) -> bool {
+        !self.excluded.contains(&site) && self.only.as_ref().is_none_or(|o| o.contains(&site))
+    }
+}
+
+/// The number of committed changes after `since` that `filter` lets
+/// through: what `crsql_changes` (and so the stream) has after it.
+pub fn changes_after(inner: &mut Inner, tx: &TxCounters, filter: &Filter, since: Position) -> Result<i64> {
+    let newest = inner.newest_position(tx)?;
+    if since >= newest {
+        return Ok(0);
+    }
+    let committed = newest.db_version;
+    let through = counted_through(inner)?.min(committed);
+    let tables: Vec<String> = inner
+        .tables()
+        .iter()
+        .filter(|t| filter.table(&t.name))
+        .map(|t| t.name.clone())
+        .collect();
+    let (x, s) = (since.db_version, since.seq);
+    let mut total = 0i64;
+    let mut add = |tbl: &str, site: i64, n: i64| {
+        if filter.table(tbl) && filter.site(site) {
+            total += n;
+        }
+    };
+    if inner.has_counts() && x < through {
+        // Whole buckets after x's, and x's bucket's versions after x.
+        let bucket = x >> BUCKET_BITS;
+        let end = (bucket + 1) << BUCKET_BITS;
+        let mut stmt = inner.conn.prepare_cached(
+            "SELECT tbl, site, sum(n) FROM crsql_change_counts WHERE lvl = 1 AND v > ?1 GROUP BY tbl, site \
+             UNION ALL \
+             SELECT tbl, site, sum(n) FROM crsql_change_counts WHERE lvl = 0 AND v > ?2 AND v < ?3 GROUP BY tbl, site",
+        )?;
+        let mut rows = stmt.query(params![bucket, x, end])?;
+        while let Some(r) = rows.next()? {
+            add(&r.get::<_, String>(0)?, r.get(1)?, r.get(2)?);
+        }
+    }
+    // Version x itself, after seq s: only where its rows may reach past s.
+    let partial: Vec<String> = if x >= 1 && x <= through && inner.has_counts() {
+        inner
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT tbl FROM crsql_change_counts WHERE lvl = 0 AND v = ?1 AND maxseq > ?2 AND n > 0",
+            )?
+            .query_map(params![x, s], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    for tbl in tables.iter().filter(|t| partial.contains(t)) {
+        let sql = format!(
+            "SELECT site_id, count(*) FROM {} WHERE db_version = ?1 AND seq > ?2 GROUP BY site_id",
+            clock_of(tbl)
+        );
+        let mut stmt = inner.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![x, s])?;
+        while let Some(r) = rows.next()? {
+            add(tbl, r.get(0)?, r.get(1)?);
+        }
+    }
+    // The tail above U, straight from the clock tables.
+    let lo = through.max(x - 1);
+    for tbl in &tables {
+        let sql = format!(
+            "SELECT site_id, count(*) FROM {} WHERE db_version > ?1 AND db_version <= ?2 \
+             AND (db_version > ?3 OR seq > ?4) GROUP BY site_id",
+            clock_of(tbl)
+        );
+        let mut stmt = inner.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![lo, committed, x, s])?;
+        while let Some(r) = rows.next()? {
+            add(tbl, r.get(0)?, r.get(1)?);
+        }
+    }
+    Ok(total)
+}
