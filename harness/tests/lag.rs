@@ -61,6 +61,10 @@ enum Op {
     Recreate,
     NewSiteId,
     Reopen,
+    /// Drop a stream and create it again from `[0,0]`, which compaction
+    /// allows (a peer that starts from nothing): it must not count what
+    /// compaction removed.
+    NewStream(usize),
 }
 
 fn stmt() -> impl Strategy<Value = Stmt> {
@@ -95,6 +99,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Recreate),
         1 => Just(Op::NewSiteId),
         1 => Just(Op::Reopen),
+        1 => (0..4usize).prop_map(Op::NewStream),
     ]
 }
 
@@ -177,31 +182,38 @@ impl World {
             })
             .collect();
         let b_site = site_id(&peers[0]);
-        for (name, tables, ex, local) in STREAMS {
-            let mut args = vec!["max_changes = 3".to_string()];
-            if let Some(t) = tables {
-                args.push(format!("tables = '{t}'"));
-            }
-            if ex {
-                args.push(format!("exclude_sites = '{}'", hex(&b_site)));
-            }
-            if local {
-                args.push("local_only = 1".into());
-            }
-            a.execute_batch(&format!(
-                "CREATE VIRTUAL TABLE {name} USING crsql_OutboundStream({})",
-                args.join(", ")
-            ))
-            .unwrap();
-        }
-        World {
+        let w = World {
             path,
             a: Some(a),
             peers,
             merged: vec![0, 0],
             b_site,
             t2_has_w: false,
+        };
+        for i in 0..STREAMS.len() {
+            w.create_stream(i);
         }
+        w
+    }
+
+    fn create_stream(&self, i: usize) {
+        let (name, tables, ex, local) = STREAMS[i];
+        let mut args = vec!["max_changes = 3".to_string()];
+        if let Some(t) = tables {
+            args.push(format!("tables = '{t}'"));
+        }
+        if ex {
+            args.push(format!("exclude_sites = '{}'", hex(&self.b_site)));
+        }
+        if local {
+            args.push("local_only = 1".into());
+        }
+        self.a()
+            .execute_batch(&format!(
+                "CREATE VIRTUAL TABLE {name} USING crsql_OutboundStream({})",
+                args.join(", ")
+            ))
+            .unwrap();
     }
 
     fn a(&self) -> &Connection {
@@ -362,6 +374,10 @@ impl World {
             Op::Recreate => self.recreate(),
             Op::NewSiteId => {
                 let _: Vec<u8> = self.a().query_row("SELECT crsql_new_site_id()", [], |r| r.get(0)).unwrap();
+            }
+            Op::NewStream(i) => {
+                self.a().execute_batch(&format!("DROP TABLE {}", STREAMS[*i].0)).unwrap();
+                self.create_stream(*i);
             }
             Op::Reopen => {
                 close(self.a.take().unwrap());
