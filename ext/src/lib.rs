@@ -30,6 +30,7 @@ pub const MODULES: &[&str] = &[
     "crsql_InboundStream",
     "crsql_streams",
     "crsql_package_changes",
+    "crsql_change_counter",
 ];
 
 /// Entry-point callback for the loadable extension (`sqlite3_crsqlstream_init`):
@@ -89,6 +90,11 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         sqlite::vtab::register::<streams::peers::PeersTable>(
             conn,
             "crsql_peers",
+            Arc::clone(&ext),
+        )?;
+        sqlite::vtab::register::<crr::counts::CounterTable>(
+            conn,
+            crr::counts::COUNTER,
             Arc::clone(&ext),
         )?;
         sqlite::vtab::register::<streams::inspect::PackageChangesTable>(

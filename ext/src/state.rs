@@ -96,6 +96,8 @@ pub struct Ext {
     merge_batch: Mutex<Option<crate::crr::merge::MergeCache>>,
     /// Seq order of the large transactions outbound streams are reading.
     pub memos: Mutex<crate::crr::scan::MemoStore>,
+    /// Seqs of versions streams are acknowledged inside of (`lag_changes`).
+    pub seqs: Mutex<crate::crr::counts::SeqCache>,
     inner: Mutex<Inner>,
 }
 
@@ -169,6 +171,7 @@ impl Ext {
             rows_impacted: AtomicI64::new(0),
             retrieved: Mutex::new(HashMap::new()),
             memos: Mutex::new(Default::default()),
+            seqs: Mutex::new(Default::default()),
             merge_batch: Mutex::new(None),
             inner: Mutex::new(Inner {
                 conn,
@@ -422,12 +425,19 @@ impl Inner {
         if cached >= 0 {
             return Ok(cached);
         }
+        let v = self.stored_db_version()?;
+        tx.db_version.store(v, Relaxed);
+        Ok(v)
+    }
+
+    /// The largest version on disk (this connection's uncommitted writes
+    /// included), read without the cache.
+    pub fn stored_db_version(&self) -> Result<i64> {
         let mut v = 0;
         for sql in &self.version_sql {
             let m: Option<i64> = self.conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?;
             v = v.max(m.unwrap_or(0));
         }
-        tx.db_version.store(v, Relaxed);
         Ok(v)
     }
 
@@ -504,6 +514,7 @@ impl Inner {
             // The first write of a transaction counts the changes the
             // transactions before it committed (`crr::counts`).
             crate::crr::counts::catch_up(self, committed)?;
+            crate::crr::counts::count_at_commit(self)?;
         }
         tx.pending.store(v, Relaxed);
         Ok(v)

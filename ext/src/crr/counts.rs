@@ -10,12 +10,18 @@
 //! O(buckets + one bucket + tail), never a walk over the backlog.
 //!
 //! The counts are kept exact without any work in the triggers:
-//! - **Arrivals** are counted once, after commit: the first write of a
-//!   transaction ([`catch_up`], from `Inner::next_db_version`) counts the
-//!   rows of the versions committed since `U` and moves `U` to the
-//!   committed version. A committed version never gains rows (every write
-//!   takes a version above the committed one), so a count taken then is
-//!   final, up to departures.
+//! - **Arrivals** are counted once per transaction, at its COMMIT: the
+//!   first write of a transaction inserts a row into the internal eponymous
+//!   table `crsql_change_counter` ([`count_at_commit`]), which stores
+//!   nothing but makes SQLite call its xSync in the first phase of the
+//!   commit, still inside the transaction; there [`catch_up`] counts the
+//!   rows of the versions written since `U` (the transaction's own) and
+//!   moves `U` to the newest version. No later write can add rows to those
+//!   versions (every write takes a version above the committed one), so a
+//!   count taken then is final, up to departures. Should that not happen
+//!   (another implementation wrote, or the state was busy), the first write
+//!   of the next transaction catches up the same way, and until then
+//!   readers count the tail from the clock tables.
 //! - **Departures**: a row at or below `U` that a write rewrites (it moves to
 //!   the new version) or deletes is subtracted where the extension itself
 //!   writes clocks: per row (not per column), [`KeyCounts`] reads the
@@ -34,9 +40,16 @@ use std::collections::{HashMap, HashSet};
 use crsql_stream_core::Position;
 use rusqlite::{params, OptionalExtension};
 
+use std::ffi::c_int;
+use std::sync::Arc;
+
+use rusqlite::types::ValueRef;
+use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
+
 use crate::crr::schema::{quote_ident, TableInfo, CLOCK_SUFFIX};
 use crate::error::Result;
-use crate::state::{Inner, TxCounters};
+use crate::sqlite::vtab::{Table, TableCursor};
+use crate::state::{Ext, Inner, TxCounters};
 
 /// The table of counts.
 pub const TABLE: &str = "crsql_change_counts";
@@ -122,6 +135,91 @@ pub fn catch_up(inner: &mut Inner, committed: i64) -> Result<i64> {
     }
     set_through(inner, committed)?;
     Ok(committed)
+}
+
+/// The internal table whose xSync counts a transaction's changes at COMMIT.
+pub const COUNTER: &str = "crsql_change_counter";
+
+/// Enlist [`CounterTable`] in the current transaction (at its first write).
+pub fn count_at_commit(inner: &Inner) -> Result<()> {
+    inner
+        .conn
+        .prepare_cached("INSERT INTO crsql_change_counter VALUES (NULL)")?
+        .execute([])?;
+    Ok(())
+}
+
+/// `crsql_change_counter`: stores nothing; an INSERT enlists it in the
+/// transaction, and its xSync, in the first phase of COMMIT, counts what
+/// the transaction wrote.
+pub struct CounterTable {
+    ext: Arc<Ext>,
+}
+
+/// A cursor over no rows.
+pub struct NoRows;
+
+impl TableCursor for NoRows {
+    fn filter(&mut self, _: c_int, _: Option<&str>, _: &[ValueRef<'_>]) -> Result<()> {
+        Ok(())
+    }
+    fn next(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn eof(&self) -> bool {
+        true
+    }
+    fn column(&self, _: &mut Context, _: c_int) -> Result<()> {
+        Ok(())
+    }
+    fn rowid(&self) -> Result<i64> {
+        Ok(0)
+    }
+}
+
+impl Table for CounterTable {
+    type Aux = Arc<Ext>;
+    type Cursor = NoRows;
+    const NAME: &'static str = COUNTER;
+    const KIND: VTabKind = VTabKind::EponymousOnly;
+
+    fn connect(
+        _db: &mut VTabConnection,
+        aux: Option<&Arc<Ext>>,
+        _create: bool,
+        _schema: &str,
+        _name: &str,
+        _args: &[&str],
+    ) -> Result<(String, Self)> {
+        let ext = crate::streams::ext_of(COUNTER, aux)?;
+        Ok(("CREATE TABLE x(enlist ANY)".into(), CounterTable { ext }))
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
+        info.set_estimated_cost(1.0);
+        Ok(())
+    }
+
+    fn open(&mut self) -> Result<NoRows> {
+        Ok(NoRows)
+    }
+
+    fn insert(&mut self, _args: &[ValueRef<'_>]) -> Result<i64> {
+        Ok(0)
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        // Busy state (a COMMIT from inside one of our own calls): the next
+        // transaction's first write catches up instead.
+        let Ok(mut inner) = self.ext.lock(COUNTER) else {
+            return Ok(());
+        };
+        // Every row on disk now, this transaction's included: rows it
+        // rolled back to a savepoint are gone, so U never passes the
+        // version that will be committed.
+        let newest = inner.stored_db_version()?;
+        catch_up(&mut inner, newest).map(drop)
+    }
 }
 
 /// At load: a database without counts (new, or written by a version from
@@ -327,8 +425,8 @@ impl Filter {
 
 /// The number of committed changes after `since` that `filter` lets
 /// through: what `crsql_changes` (and so the stream) has after it.
-pub fn changes_after(inner: &mut Inner, tx: &TxCounters, filter: &Filter, since: Position) -> Result<i64> {
-    let newest = inner.newest_position(tx)?;
+pub fn changes_after(ext: &Ext, inner: &mut Inner, filter: &Filter, since: Position) -> Result<i64> {
+    let newest = inner.newest_position(&ext.tx)?;
     if since >= newest {
         return Ok(0);
     }
@@ -362,26 +460,25 @@ pub fn changes_after(inner: &mut Inner, tx: &TxCounters, filter: &Filter, since:
         }
     }
     // Version x itself, after seq s: only where its rows may reach past s.
-    let partial: Vec<String> = if x >= 1 && x <= through && inner.has_counts() {
-        inner
-            .conn
-            .prepare_cached(
-                "SELECT DISTINCT tbl FROM crsql_change_counts WHERE lvl = 0 AND v = ?1 AND maxseq > ?2 AND n > 0",
-            )?
-            .query_map(params![x, s], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?
-    } else {
-        Vec::new()
-    };
-    for tbl in tables.iter().filter(|t| partial.contains(t)) {
-        let sql = format!(
-            "SELECT site_id, count(*) FROM {} WHERE db_version = ?1 AND seq > ?2 GROUP BY site_id",
-            clock_of(tbl)
-        );
-        let mut stmt = inner.conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(params![x, s])?;
-        while let Some(r) = rows.next()? {
-            add(tbl, r.get(0)?, r.get(1)?);
+    if x >= 1 {
+        let reaching: Vec<String> = if x > through {
+            tables.clone()
+        } else if inner.has_counts() {
+            inner
+                .conn
+                .prepare_cached(
+                    "SELECT DISTINCT tbl FROM crsql_change_counts WHERE lvl = 0 AND v = ?1 AND maxseq > ?2 AND n > 0",
+                )?
+                .query_map(params![x, s], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        let mut seqs = ext.seqs.lock().unwrap_or_else(|e| e.into_inner());
+        for tbl in tables.iter().filter(|t| reaching.contains(t)) {
+            for (site, n) in seqs.after(inner, tbl, x, s, x <= through)? {
+                add(tbl, site, n);
+            }
         }
     }
     // The tail above U, straight from the clock tables.
@@ -399,4 +496,89 @@ pub fn changes_after(inner: &mut Inner, tx: &TxCounters, filter: &Filter, since:
         }
     }
     Ok(total)
+}
+
+/// Versions whose seqs a connection keeps ([`SeqCache`])...
+const SEQ_CACHE_ENTRIES: usize = 4;
+/// ...if they have at most this many rows (8 bytes each: 32 MiB).
+const SEQ_CACHE_MAX_ROWS: usize = 1 << 22;
+
+/// The seqs of one version of one table, per site, in order.
+struct Seqs {
+    table: String,
+    v: i64,
+    by_site: HashMap<i64, Vec<i64>>,
+}
+
+/// Per connection: the seqs of the versions that streams were lately
+/// acknowledged inside of (a transaction sent in parts). The layout has no
+/// index on seq, so "the rows of version x after seq s" reads every row of
+/// x; kept here, the next part's figure is a binary search. A committed
+/// version only ever loses rows, so an entry is still right exactly when
+/// its per-site totals equal the counts (exact for versions at or below
+/// `U`); otherwise it is read again.
+#[derive(Default)]
+pub struct SeqCache {
+    entries: std::collections::VecDeque<Seqs>,
+}
+
+impl SeqCache {
+    /// Per site: the rows of `table` at version `x` with seq above `s`.
+    /// `counted`: whether the counts cover `x` (so an entry can be checked).
+    fn after(&mut self, inner: &Inner, table: &str, x: i64, s: i64, counted: bool) -> Result<Vec<(i64, i64)>> {
+        let totals: HashMap<i64, i64> = if counted {
+            inner
+                .conn
+                .prepare_cached(
+                    "SELECT site, n FROM crsql_change_counts WHERE lvl = 0 AND v = ?1 AND tbl = ?2 AND n > 0",
+                )?
+                .query_map(params![x, table], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        } else {
+            HashMap::new()
+        };
+        let fresh = |e: &Seqs| {
+            e.table == table
+                && e.v == x
+                && e.by_site.len() == totals.len()
+                && e.by_site
+                    .iter()
+                    .all(|(site, q)| totals.get(site) == Some(&(q.len() as i64)))
+        };
+        let found = match self.entries.iter().position(|e| counted && fresh(e)) {
+            Some(i) => self.entries.remove(i),
+            None => None,
+        };
+        let entry = match found {
+            Some(e) => e,
+            None => {
+                let sql = format!("SELECT site_id, seq FROM {} WHERE db_version = ?1", clock_of(table));
+                let mut by_site: HashMap<i64, Vec<i64>> = HashMap::new();
+                let mut stmt = inner.conn.prepare_cached(&sql)?;
+                let mut rows = stmt.query([x])?;
+                while let Some(r) = rows.next()? {
+                    by_site.entry(r.get(0)?).or_default().push(r.get(1)?);
+                }
+                for q in by_site.values_mut() {
+                    q.sort_unstable();
+                }
+                Seqs {
+                    table: table.to_string(),
+                    v: x,
+                    by_site,
+                }
+            }
+        };
+        let out = entry
+            .by_site
+            .iter()
+            .map(|(site, q)| (*site, (q.len() - q.partition_point(|&seq| seq <= s)) as i64))
+            .collect();
+        let rows: usize = entry.by_site.values().map(Vec::len).sum();
+        if counted && rows <= SEQ_CACHE_MAX_ROWS {
+            self.entries.push_front(entry);
+            self.entries.truncate(SEQ_CACHE_ENTRIES);
+        }
+        Ok(out)
+    }
 }

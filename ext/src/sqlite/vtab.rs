@@ -61,6 +61,11 @@ pub trait Table: Sized + 'static {
     fn begin(&mut self) -> Result<()> {
         Ok(())
     }
+    /// xSync: the first phase of COMMIT of a transaction that wrote to this
+    /// table; may still write (SQLite's FTS flushes its buffers here).
+    fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
     fn commit(&mut self) -> Result<()> {
         Ok(())
     }
@@ -204,6 +209,9 @@ impl<'vtab, T: Table> UpdateVTab<'vtab> for VTabShim<T> {
 impl<'vtab, T: Table> TransactionVTab<'vtab> for VTabShim<T> {
     fn begin(&mut self) -> rusqlite::Result<()> {
         guard(T::NAME, || self.table.begin())
+    }
+    fn sync(&mut self) -> rusqlite::Result<()> {
+        guard(T::NAME, || self.table.sync())
     }
     fn commit(&mut self) -> rusqlite::Result<()> {
         guard(T::NAME, || self.table.commit())

@@ -402,6 +402,8 @@ const RESERVED_NAMES: &[&str] = &[
     "crsql_peers",
     "crsql_pending_changes",
     "crsql_pending_schema",
+    "crsql_change_counts",
+    "crsql_change_counter",
     OUTBOUND,
     INBOUND,
 ];

@@ -85,7 +85,7 @@ fn outbound_lag(inner: &mut Inner, ext: &Ext, name: &str, pos: Position) -> Resu
         return Ok(Value::Null);
     };
     let filter = Filter::of_stream(inner, &cfg)?;
-    Ok(Value::Integer(changes_after(inner, &ext.tx, &filter, pos)?))
+    Ok(Value::Integer(changes_after(ext, inner, &filter, pos)?))
 }
 
 /// The module arguments of a `CREATE VIRTUAL TABLE … USING m(a, b, …)`
