@@ -425,19 +425,12 @@ impl Inner {
         if cached >= 0 {
             return Ok(cached);
         }
-        let v = self.stored_db_version()?;
-        tx.db_version.store(v, Relaxed);
-        Ok(v)
-    }
-
-    /// The largest version on disk (this connection's uncommitted writes
-    /// included), read without the cache.
-    pub fn stored_db_version(&self) -> Result<i64> {
         let mut v = 0;
         for sql in &self.version_sql {
             let m: Option<i64> = self.conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?;
             v = v.max(m.unwrap_or(0));
         }
+        tx.db_version.store(v, Relaxed);
         Ok(v)
     }
 
@@ -511,9 +504,7 @@ impl Inner {
             ));
         }
         if pending < 0 {
-            // The first write of a transaction counts the changes the
-            // transactions before it committed (`crr::counts`).
-            crate::crr::counts::catch_up(self, committed)?;
+            // The transaction's changes are counted at its COMMIT.
             crate::crr::counts::count_at_commit(self)?;
         }
         tx.pending.store(v, Relaxed);

@@ -19,14 +19,16 @@
 //!   moves `U` to the newest version. No later write can add rows to those
 //!   versions (every write takes a version above the committed one), so a
 //!   count taken then is final, up to departures. Should that not happen
-//!   (another implementation wrote, or the state was busy), the first write
-//!   of the next transaction catches up the same way, and until then
-//!   readers count the tail from the clock tables.
+//!   (another implementation wrote, or the state was busy), the next
+//!   COMMIT catches up the same way, and until then readers count the tail
+//!   from the clock tables.
 //! - **Departures**: a row at or below `U` that a write rewrites (it moves to
 //!   the new version) or deletes is subtracted where the extension itself
 //!   writes clocks: per row (not per column), [`KeyCounts`] reads the
 //!   row's clock rows at or below `U` before the write and after it, and
 //!   records the difference. New rows have nothing there and cost nothing.
+//!   `U` moves only at a COMMIT (and at load), never between the two reads,
+//!   and a row above `U` needs nothing: it is counted when `U` passes it.
 //! - Bulk paths recount: compaction subtracts what it removes, a CRR made,
 //!   altered or re-created is recounted ([`recount`]), `crsql_as_table`
 //!   drops its counts, `crsql_new_site_id` moves the local ordinal's.
@@ -38,7 +40,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crsql_stream_core::Position;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use std::ffi::c_int;
 use std::sync::Arc;
@@ -49,7 +51,7 @@ use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
 use crate::crr::schema::{quote_ident, TableInfo, CLOCK_SUFFIX};
 use crate::error::Result;
 use crate::sqlite::vtab::{Table, TableCursor};
-use crate::state::{Ext, Inner, TxCounters};
+use crate::state::{Ext, Inner};
 
 /// The table of counts.
 pub const TABLE: &str = "crsql_change_counts";
@@ -74,25 +76,50 @@ fn clock_of(table: &str) -> String {
     quote_ident(&format!("{table}{CLOCK_SUFFIX}"))
 }
 
-/// Add to the counts an aggregate of one table's clock rows:
-/// `(db_version, site_id, count, max seq)` rows.
 const UPSERT: &str = "ON CONFLICT (lvl, v, tbl, site) DO UPDATE SET n = n + excluded.n, \
      maxseq = max(maxseq, excluded.maxseq)";
 
-/// Count the clock rows of `table` with `lo < db_version <= hi`.
-fn add_range(inner: &Inner, table: &str, lo: i64, hi: i64) -> Result<()> {
+/// `(db_version, site) -> (rows, largest seq)` of some clock rows.
+type Tally = HashMap<(i64, i64), (i64, i64)>;
+
+/// Tally the clock rows of `table` above version `lo`.
+fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {
     let sql = format!(
-        "WITH c AS (SELECT db_version AS v, site_id AS s, count(*) AS n, max(seq) AS m FROM {} \
-         WHERE db_version > ?1 AND db_version <= ?2 GROUP BY db_version, site_id) \
-         INSERT INTO crsql_change_counts (lvl, v, tbl, site, n, maxseq) \
-         SELECT 0, v, ?3, s, n, m FROM c UNION ALL SELECT 1, v >> {BUCKET_BITS}, ?3, s, n, 0 FROM c WHERE true {UPSERT}",
+        "SELECT db_version, site_id, count(*), max(seq) FROM {} WHERE db_version > ?1 \
+         GROUP BY db_version, site_id",
         clock_of(table)
     );
-    inner
-        .conn
-        .prepare_cached(&sql)?
-        .execute(params![lo, hi, table])?;
+    let mut out = Tally::new();
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([lo])?;
+    while let Some(r) = rows.next()? {
+        out.insert((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?));
+    }
+    Ok(out)
+}
+
+/// Add a tally of `table` to both levels.
+fn add_tally(conn: &Connection, table: &str, tally: &Tally) -> Result<()> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "INSERT INTO crsql_change_counts (lvl, v, tbl, site, n, maxseq) VALUES (?1, ?2, ?3, ?4, ?5, ?6) {UPSERT}"
+    ))?;
+    let mut buckets: HashMap<(i64, i64), i64> = HashMap::new();
+    for (&(v, site), &(n, maxseq)) in tally {
+        stmt.execute(params![0, v, table, site, n, maxseq])?;
+        *buckets.entry((v >> BUCKET_BITS, site)).or_insert(0) += n;
+    }
+    for ((bucket, site), n) in buckets {
+        stmt.execute(params![1, bucket, table, site, n, 0])?;
+    }
     Ok(())
+}
+
+fn read_through(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM crsql_master WHERE key = ?1 AND typeof(value) = 'integer'")?
+        .query_row([THROUGH], |r| r.get::<_, i64>(0))
+        .optional()?
+        .unwrap_or(0))
 }
 
 /// `U`: the version through which clock rows are in the counts (0 when
@@ -101,40 +128,55 @@ pub fn counted_through(inner: &Inner) -> Result<i64> {
     if !inner.has_counts() {
         return Ok(0);
     }
-    Ok(inner
-        .conn
-        .prepare_cached("SELECT value FROM crsql_master WHERE key = ?1 AND typeof(value) = 'integer'")?
-        .query_row([THROUGH], |r| r.get::<_, i64>(0))
-        .optional()?
-        .unwrap_or(0))
+    read_through(&inner.conn)
 }
 
-fn set_through(inner: &Inner, v: i64) -> Result<()> {
-    inner
-        .conn
-        .prepare_cached("INSERT OR REPLACE INTO crsql_master (key, value) VALUES (?1, ?2)")?
-        .execute(params![THROUGH, v])?;
+/// Count every clock row of `tables` above `U` and move `U` to the newest
+/// of them. Everything is read before anything is written, so a failed
+/// read changes nothing.
+fn catch_up_tables(conn: &Connection, tables: &[String]) -> Result<()> {
+    let through = read_through(conn)?;
+    let mut tallies = Vec::with_capacity(tables.len());
+    for t in tables {
+        tallies.push(tally(conn, t, through)?);
+    }
+    let mut newest = through;
+    for (t, tally) in tables.iter().zip(&tallies) {
+        if tally.is_empty() {
+            continue;
+        }
+        add_tally(conn, t, tally)?;
+        newest = newest.max(tally.keys().map(|k| k.0).max().unwrap_or(0));
+    }
+    if newest > through {
+        conn.prepare_cached("INSERT OR REPLACE INTO crsql_master (key, value) VALUES (?1, ?2)")?
+            .execute(params![THROUGH, newest])?;
+    }
     Ok(())
 }
 
-/// Count the rows of the versions committed since `U` and move `U` to
-/// `committed`; creates the table on first use (which counts every
-/// existing row: the migration of an older database). Returns `U`.
-pub fn catch_up(inner: &mut Inner, committed: i64) -> Result<i64> {
+/// Count what was written since `U` (every CRR) and move `U` past it;
+/// creates the table on first use (which counts every existing row: the
+/// migration of an older database).
+pub fn catch_up(inner: &mut Inner) -> Result<()> {
     if !inner.has_counts() {
         inner.conn.execute_batch(DDL)?;
         inner.note_counts();
-        set_through(inner, 0)?;
     }
+    let names: Vec<String> = inner.tables().iter().map(|t| t.name.clone()).collect();
+    catch_up_tables(&inner.conn, &names)
+}
+
+/// Count `table` again from its clock table (after a bulk rewrite).
+pub fn recount(inner: &Inner, table: &str) -> Result<()> {
     let through = counted_through(inner)?;
-    if through >= committed {
-        return Ok(through);
+    drop_table(inner, table)?;
+    if inner.table(table).is_some() {
+        let mut all = tally(&inner.conn, table, i64::MIN)?;
+        all.retain(|k, _| k.0 <= through);
+        add_tally(&inner.conn, table, &all)?;
     }
-    for t in inner.tables() {
-        add_range(inner, &t.name, through, committed)?;
-    }
-    set_through(inner, committed)?;
-    Ok(committed)
+    Ok(())
 }
 
 /// The internal table whose xSync counts a transaction's changes at COMMIT.
@@ -209,16 +251,29 @@ impl Table for CounterTable {
     }
 
     fn sync(&mut self) -> Result<()> {
-        // Busy state (a COMMIT from inside one of our own calls): the next
-        // transaction's first write catches up instead.
-        let Ok(mut inner) = self.ext.lock(COUNTER) else {
+        // Every row on disk now is this transaction's view at its commit:
+        // rows it rolled back to a savepoint are gone, so U never passes
+        // what is committed.
+        if let Ok(mut inner) = self.ext.lock(COUNTER) {
+            return catch_up(&mut inner);
+        }
+        // A COMMIT from inside one of our own functions (the RELEASE of
+        // its savepoint in autocommit mode, e.g. crsql_commit_alter): the
+        // state is in use up the stack, so count through a second handle,
+        // over every clock table of this layout's name.
+        let conn = self.ext.db.connection()?;
+        if !crate::crr::schema::table_exists(&conn, TABLE)? {
             return Ok(());
-        };
-        // Every row on disk now, this transaction's included: rows it
-        // rolled back to a savepoint are gone, so U never passes the
-        // version that will be committed.
-        let newest = inner.stored_db_version()?;
-        catch_up(&mut inner, newest).map(drop)
+        }
+        let names: Vec<String> = conn
+            .prepare(
+                "SELECT substr(c.name, 1, length(c.name) - 13) FROM sqlite_master AS c \
+                 JOIN sqlite_master AS b ON b.type = 'table' AND b.name = substr(c.name, 1, length(c.name) - 13) \
+                 WHERE c.type = 'table' AND c.name LIKE '%\\_\\_crsql\\_clock' ESCAPE '\\'",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        catch_up_tables(&conn, &names)
     }
 }
 
@@ -228,25 +283,12 @@ impl Table for CounterTable {
 /// clock tables (exact, slower) until a write creates them.
 pub fn migrate(ext: &crate::state::Ext) -> Result<()> {
     let mut inner = ext.lock("crsql_stream: load")?;
-    let committed = inner.db_version(&ext.tx)?;
+    inner.db_version(&ext.tx)?;
     if inner.has_counts() {
         return Ok(());
     }
     let conn = ext.db.connection()?;
-    crate::crr::in_savepoint(&conn, "crsql_change_counts", || {
-        catch_up(&mut inner, committed).map(drop)
-    })
-}
-
-/// Make sure the counts are caught up inside a write (for paths that write
-/// clocks before or without taking a version).
-pub fn ensure(inner: &mut Inner, tx: &TxCounters) -> Result<i64> {
-    let committed = if tx.pending() >= 0 {
-        tx.db_version.load(std::sync::atomic::Ordering::Relaxed).max(0)
-    } else {
-        inner.db_version(tx)?
-    };
-    catch_up(inner, committed)
+    crate::crr::in_savepoint(&conn, "crsql_change_counts", || catch_up(&mut inner))
 }
 
 /// Apply `(db_version, site) -> delta` to both levels.
@@ -266,18 +308,18 @@ fn apply(inner: &Inner, table: &str, deltas: &HashMap<(i64, i64), i64>) -> Resul
     Ok(())
 }
 
-/// The clock rows of one key at or below `U`, per `(db_version, site)`.
+/// The clock rows of one key at or below `U`, per `(db_version, site)`
+/// (a handful of rows: no GROUP BY, whose sorter costs more than the read).
 fn key_rows(inner: &Inner, t: &TableInfo, key: i64, through: i64) -> Result<HashMap<(i64, i64), i64>> {
     let sql = format!(
-        "SELECT db_version, site_id, count(*) FROM {} WHERE key = ?1 AND db_version <= ?2 \
-         GROUP BY db_version, site_id",
+        "SELECT db_version, site_id FROM {} WHERE key = ?1 AND db_version <= ?2",
         clock_of(&t.name)
     );
     let mut out = HashMap::new();
     let mut stmt = inner.conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(params![key, through])?;
     while let Some(r) = rows.next()? {
-        out.insert((r.get(0)?, r.get(1)?), r.get(2)?);
+        *out.entry((r.get(0)?, r.get(1)?)).or_insert(0) += 1;
     }
     Ok(out)
 }
@@ -292,16 +334,16 @@ pub struct KeyCounts {
 
 impl KeyCounts {
     /// Read the counted rows of `key` (None: a key without clocks).
-    pub fn take(inner: &mut Inner, tx: &TxCounters, t: &TableInfo, key: Option<i64>) -> Result<KeyCounts> {
-        let Some(key) = key else {
-            return Ok(KeyCounts {
-                key: 0,
-                through: 0,
-                before: HashMap::new(),
-            });
+    pub fn take(inner: &Inner, t: &TableInfo, key: Option<i64>) -> Result<KeyCounts> {
+        let (key, through) = match key {
+            Some(key) if inner.has_counts() => (key, counted_through(inner)?),
+            _ => (0, 0),
         };
-        let through = ensure(inner, tx)?;
-        let before = key_rows(inner, t, key, through)?;
+        let before = if through > 0 {
+            key_rows(inner, t, key, through)?
+        } else {
+            HashMap::new()
+        };
         Ok(KeyCounts { key, through, before })
     }
 
@@ -326,13 +368,12 @@ impl KeyCounts {
 /// Subtract the clock rows of `table` that `filter` (a condition on the
 /// clock table, bound to `params`) selects, before they are deleted.
 pub fn subtract_where(
-    inner: &mut Inner,
-    tx: &TxCounters,
+    inner: &Inner,
     table: &str,
     filter: &str,
     bind: &[&dyn rusqlite::ToSql],
 ) -> Result<()> {
-    let through = ensure(inner, tx)?;
+    let through = counted_through(inner)?;
     let sql = format!(
         "SELECT db_version, site_id, count(*) FROM {} WHERE db_version <= {through} AND ({filter}) \
          GROUP BY db_version, site_id",
@@ -347,16 +388,6 @@ pub fn subtract_where(
         }
     }
     apply(inner, table, &deltas)
-}
-
-/// Count `table` again from its clock table (after a bulk rewrite).
-pub fn recount(inner: &mut Inner, tx: &TxCounters, table: &str) -> Result<()> {
-    let through = ensure(inner, tx)?;
-    drop_table(inner, table)?;
-    if inner.table(table).is_some() {
-        add_range(inner, table, i64::MIN, through)?;
-    }
-    Ok(())
 }
 
 /// Forget the counts of a table whose clocks are dropped.
@@ -461,9 +492,8 @@ pub fn changes_after(ext: &Ext, inner: &mut Inner, filter: &Filter, since: Posit
     }
     // Version x itself, after seq s: only where its rows may reach past s.
     if x >= 1 {
-        let reaching: Vec<String> = if x > through {
-            tables.clone()
-        } else if inner.has_counts() {
+        // (Above U, the tail below reads it.)
+        let reaching: Vec<String> = if x <= through && inner.has_counts() {
             inner
                 .conn
                 .prepare_cached(
@@ -476,7 +506,7 @@ pub fn changes_after(ext: &Ext, inner: &mut Inner, filter: &Filter, since: Posit
         };
         let mut seqs = ext.seqs.lock().unwrap_or_else(|e| e.into_inner());
         for tbl in tables.iter().filter(|t| reaching.contains(t)) {
-            for (site, n) in seqs.after(inner, tbl, x, s, x <= through)? {
+            for (site, n) in seqs.after(inner, tbl, x, s)? {
                 add(tbl, site, n);
             }
         }
@@ -523,20 +553,16 @@ pub struct SeqCache {
 }
 
 impl SeqCache {
-    /// Per site: the rows of `table` at version `x` with seq above `s`.
-    /// `counted`: whether the counts cover `x` (so an entry can be checked).
-    fn after(&mut self, inner: &Inner, table: &str, x: i64, s: i64, counted: bool) -> Result<Vec<(i64, i64)>> {
-        let totals: HashMap<i64, i64> = if counted {
-            inner
+    /// Per site: the rows of `table` at version `x` (at or below `U`, so
+    /// that an entry can be checked against the counts) with seq above `s`.
+    fn after(&mut self, inner: &Inner, table: &str, x: i64, s: i64) -> Result<Vec<(i64, i64)>> {
+        let totals: HashMap<i64, i64> = inner
                 .conn
                 .prepare_cached(
                     "SELECT site, n FROM crsql_change_counts WHERE lvl = 0 AND v = ?1 AND tbl = ?2 AND n > 0",
                 )?
                 .query_map(params![x, table], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?
-        } else {
-            HashMap::new()
-        };
+                .collect::<rusqlite::Result<_>>()?;
         let fresh = |e: &Seqs| {
             e.table == table
                 && e.v == x
@@ -545,7 +571,7 @@ impl SeqCache {
                     .iter()
                     .all(|(site, q)| totals.get(site) == Some(&(q.len() as i64)))
         };
-        let found = match self.entries.iter().position(|e| counted && fresh(e)) {
+        let found = match self.entries.iter().position(fresh) {
             Some(i) => self.entries.remove(i),
             None => None,
         };
@@ -575,7 +601,7 @@ impl SeqCache {
             .map(|(site, q)| (*site, (q.len() - q.partition_point(|&seq| seq <= s)) as i64))
             .collect();
         let rows: usize = entry.by_site.values().map(Vec::len).sum();
-        if counted && rows <= SEQ_CACHE_MAX_ROWS {
+        if rows <= SEQ_CACHE_MAX_ROWS {
             self.entries.push_front(entry);
             self.entries.truncate(SEQ_CACHE_ENTRIES);
         }

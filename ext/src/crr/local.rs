@@ -102,7 +102,7 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let v = inner.next_db_version(&ext.tx, None)?;
     let pks = &args[1..];
     let (key, mut existed) = key_for(&inner, &t, pks, true)?;
-    let counted = KeyCounts::take(&mut inner, &ext.tx, &t, existed.then_some(key))?;
+    let counted = KeyCounts::take(&inner, &t, existed.then_some(key))?;
     if !existed {
         existed = revive_compacted(ext, &inner, &t, key, pks, v)?;
     }
@@ -142,10 +142,10 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         .zip(old_pks)
         .any(|(a, b)| compare(*a, *b).is_ne());
     let (new_key, new_existed) = key_for(&inner, &t, new_pks, false)?;
-    let counted_new = KeyCounts::take(&mut inner, &ext.tx, &t, new_existed.then_some(new_key))?;
+    let counted_new = KeyCounts::take(&inner, &t, new_existed.then_some(new_key))?;
     let (old_key, counted_old) = if pk_changed {
         let (old_key, _) = key_for(&inner, &t, old_pks, false)?;
-        let counted = KeyCounts::take(&mut inner, &ext.tx, &t, Some(old_key))?;
+        let counted = KeyCounts::take(&inner, &t, Some(old_key))?;
         (old_key, Some(counted))
     } else {
         (new_key, None)
@@ -214,7 +214,7 @@ pub fn after_delete(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let t = trigger_table(ext, &mut inner, args, 1, 0)?;
     let v = inner.next_db_version(&ext.tx, None)?;
     let (key, _) = key_for(&inner, &t, &args[1..], false)?;
-    let counted = KeyCounts::take(&mut inner, &ext.tx, &t, Some(key))?;
+    let counted = KeyCounts::take(&inner, &t, Some(key))?;
     record_delete(ext, &inner, &t, key, v)?;
     counted.settle(&inner, &t)
 }

@@ -123,6 +123,9 @@ struct RowMemo {
     pk: Vec<u8>,
     key: i64,
     cl: i64,
+    /// The row had no clocks when this batch first met it: it has none
+    /// below the counted version either (`crr::counts`).
+    fresh: bool,
 }
 
 /// Merge one change. Returns the number of "impacted" operations (§7.7).
@@ -199,8 +202,8 @@ pub fn merge_change(
         .row
         .take()
         .filter(|m| m.table == c.table && m.pk == c.pk);
-    let (existing_key, local_cl) = match memo {
-        Some(m) => (Some(m.key), m.cl),
+    let (existing_key, local_cl, fresh) = match memo {
+        Some(m) => (Some(m.key), m.cl, m.fresh),
         None => {
             let existing_key: Option<i64> = inner
                 .conn
@@ -218,10 +221,10 @@ pub fn merge_change(
                 // A compacted delete still counts (DECISIONS D22).
                 None => crate::streams::compact::compacted_cl(inner, c.table, c.pk)?.unwrap_or(0),
             };
-            (existing_key, local_cl)
+            (existing_key, local_cl, existing_key.is_none())
         }
     };
-    let counted = crate::crr::counts::KeyCounts::take(inner, &ext.tx, &t, existing_key)?;
+    let counted = crate::crr::counts::KeyCounts::take(inner, &t, existing_key.filter(|_| !fresh))?;
     let mut m = Merger {
         ext,
         inner,
@@ -239,6 +242,7 @@ pub fn merge_change(
             pk: c.pk.to_vec(),
             key,
             cl: cl_after,
+            fresh,
         });
     }
     Ok(impacted)

@@ -246,7 +246,7 @@ fn create_crr(ext: &Ext, inner: &mut Inner, t: &str, untracked: Untracked) -> Re
     ext.invalidate_schema(inner);
     inner.refresh_tables(&ext.tx, true)?;
     backfill(ext, inner, t, untracked)?;
-    counts::recount(inner, &ext.tx, t)?;
+    counts::recount(inner, t)?;
     // Changes that waited for this table or its new columns apply now.
     crate::streams::pending::apply_pending(ext, inner, t)
 }

@@ -190,8 +190,7 @@ pub fn compact(ext: &Ext) -> Result<i64> {
                 bounds,
             )? as i64;
             crate::crr::counts::subtract_where(
-                &mut inner,
-                &ext.tx,
+                &inner,
                 &t.name,
                 &format!("key IN ({dead})"),
                 bounds,
