@@ -31,6 +31,9 @@ pub struct TxCounters {
     pub db_version: AtomicI64,
     /// Whether the table metadata was checked against the schema in this tx.
     pub schema_checked: AtomicBool,
+    /// `crr::counts`' `U` as read in this transaction (it moves only at a
+    /// COMMIT); -1 when not read yet.
+    pub counted_through: AtomicI64,
 }
 
 impl TxCounters {
@@ -41,6 +44,7 @@ impl TxCounters {
             seq: AtomicI64::new(0),
             db_version: AtomicI64::new(-1),
             schema_checked: AtomicBool::new(false),
+            counted_through: AtomicI64::new(-1),
         }
     }
 
@@ -52,6 +56,7 @@ impl TxCounters {
         self.seq.store(0, Relaxed);
         self.db_version.store(-1, Relaxed);
         self.schema_checked.store(false, Relaxed);
+        self.counted_through.store(-1, Relaxed);
     }
 
     /// The version this transaction writes at, or -1 when it has not
@@ -416,6 +421,7 @@ impl Inner {
             self.data_version = dv;
             self.reload_site_id()?;
             tx.schema_checked.store(false, Relaxed);
+            tx.counted_through.store(-1, Relaxed);
             if tx.pending() < 0 {
                 tx.db_version.store(-1, Relaxed);
             }

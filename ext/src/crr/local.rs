@@ -102,7 +102,7 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let v = inner.next_db_version(&ext.tx, None)?;
     let pks = &args[1..];
     let (key, mut existed) = key_for(&inner, &t, pks, true)?;
-    let counted = KeyCounts::take(&inner, &t, existed.then_some(key))?;
+    let counted = KeyCounts::take(&inner, &ext.tx, &t, existed.then_some(key))?;
     if !existed {
         existed = revive_compacted(ext, &inner, &t, key, pks, v)?;
     }
@@ -142,12 +142,25 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         .zip(old_pks)
         .any(|(a, b)| compare(*a, *b).is_ne());
     let (new_key, new_existed) = key_for(&inner, &t, new_pks, false)?;
-    let counted_new = KeyCounts::take(&inner, &t, new_existed.then_some(new_key))?;
-    let (old_key, counted_old) = if pk_changed {
+    // What leaves the counted versions (crr::counts): with the key
+    // unchanged exactly the changed cells, subtracted at once; otherwise
+    // both keys, read before and after.
+    let (old_key, counted) = if pk_changed {
         let (old_key, _) = key_for(&inner, &t, old_pks, false)?;
-        let counted = KeyCounts::take(&inner, &t, Some(old_key))?;
-        (old_key, Some(counted))
+        let counted_new = KeyCounts::take(&inner, &ext.tx, &t, new_existed.then_some(new_key))?;
+        let counted_old = KeyCounts::take(&inner, &ext.tx, &t, Some(old_key))?;
+        (old_key, Some((counted_new, counted_old)))
     } else {
+        let changed: Vec<&str> = t
+            .cols
+            .iter()
+            .zip(new_cols.iter().zip(old_cols))
+            .filter(|(_, (n, o))| compare(**n, **o).is_ne())
+            .map(|(c, _)| c.name.as_str())
+            .collect();
+        if !changed.is_empty() {
+            KeyCounts::depart(&inner, &ext.tx, &t, new_key, Some(&changed))?;
+        }
         (new_key, None)
     };
     if !new_existed {
@@ -201,9 +214,11 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         // cr-sqlite; persist it so it is never handed out again (§15 Q16).
         inner.persist_version(v)?;
     }
-    counted_new.settle(&inner, &t)?;
-    match counted_old {
-        Some(c) => c.settle(&inner, &t),
+    match counted {
+        Some((counted_new, counted_old)) => {
+            counted_new.settle(&inner, &t)?;
+            counted_old.settle(&inner, &t)
+        }
         None => Ok(()),
     }
 }
@@ -214,9 +229,9 @@ pub fn after_delete(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let t = trigger_table(ext, &mut inner, args, 1, 0)?;
     let v = inner.next_db_version(&ext.tx, None)?;
     let (key, _) = key_for(&inner, &t, &args[1..], false)?;
-    let counted = KeyCounts::take(&inner, &t, Some(key))?;
-    record_delete(ext, &inner, &t, key, v)?;
-    counted.settle(&inner, &t)
+    // The sentinel moves and every cell goes (crr::counts).
+    KeyCounts::depart(&inner, &ext.tx, &t, key, None)?;
+    record_delete(ext, &inner, &t, key, v)
 }
 
 /// Give a key just created for `pks` the causal length of its compacted
