@@ -126,10 +126,17 @@ export function pump(out: Outbound, inb: Inbound, batch?: number): number;
 /**
  * Sync two databases both ways until quiet; returns how many packages moved.
  * `maxRounds` and `batch` are integers >= 1; `outbound` must not set
- * `exclude_sites` (sync sets it to the peer).
+ * `exclude_sites` (sync sets it to the peer). `progress(done, total)` is
+ * called before the first package and after every batch, from the outbound
+ * streams' `lag_changes`; the last call has `done === total`.
  */
 export function sync(
   a: Database,
   b: Database,
-  options?: { maxRounds?: number; batch?: number; outbound?: OutboundArgs },
+  options?: {
+    maxRounds?: number;
+    batch?: number;
+    outbound?: OutboundArgs;
+    progress?: (done: number, total: number) => void;
+  },
 ): number;

@@ -500,14 +500,55 @@ function pump(out, inb, batch = 100) {
  * an inbound stream from it, `crsql_sync_from_<peer site id>`, so repeated
  * calls continue where the previous one stopped, also across restarts.
  * `options.outbound` (`max_changes`, `tables`, …) is used when the outbound
- * streams are created. Every package and acknowledgement is committed as it
+ * streams are created. `options.progress`, if given, is called as
+ * `progress(done, total)` before the first package and after every batch:
+ * `total` is the number of changes the two outbound streams had left to send
+ * (their `lag_changes`) at the start, plus any written meanwhile, and `done`
+ * how many have been sent and acknowledged since; both only grow, and the
+ * last call has `done === total`. Every package and acknowledgement is committed as it
  * goes (unless a transaction is open). Throws a `TypeError` if
  * `options.outbound` has `exclude_sites` (sync sets it to the peer), and an
  * `Error` if the two are the same database or not quiet after `maxRounds`
  * rounds (one round: up to `batch` packages each way).
  */
+/**
+ * Feeds a `progress(done, total)` callback from `lag_changes` of the outbound
+ * streams: `total` is what was left at the start plus whatever was written
+ * meanwhile, `done` what left the streams since; both only grow, and
+ * `done === total` once every stream has caught up.
+ */
+class Progress {
+  constructor(callback, outs) {
+    this.callback = callback;
+    this.outs = outs;
+    this.done = 0;
+    this.total = 0;
+    if (callback) {
+      this.total = this.left();
+      callback(0, this.total);
+    }
+  }
+
+  left() {
+    let left = 0;
+    for (const out of this.outs) left += Number(out.streamColumn('lag_changes') || 0);
+    return left;
+  }
+
+  update() {
+    if (!this.callback) return;
+    const left = this.left();
+    if (this.done + left > this.total) this.total = this.done + left;
+    else this.done = this.total - left;
+    this.callback(this.done, this.total);
+  }
+}
+
 function sync(a, b, options) {
-  const { maxRounds = 10000, batch = 100, outbound = {} } = plainObject(options, 'sync() options');
+  const { maxRounds = 10000, batch = 100, outbound = {}, progress = null } = plainObject(options, 'sync() options');
+  if (progress !== null && typeof progress !== 'function') {
+    throw new TypeError('crsql-stream.sync: progress must be a function taking (done, total)');
+  }
   countArg(maxRounds, 'maxRounds', 1);
   countArg(batch, 'batch', 1);
   plainObject(outbound, 'sync() outbound arguments');
@@ -521,10 +562,14 @@ function sync(a, b, options) {
     [new Outbound(a, `crsql_sync_to_${sb}`, { ...outbound, exclude_sites: sb }), new Inbound(b, `crsql_sync_from_${sa}`, { from: sa })],
     [new Outbound(b, `crsql_sync_to_${sa}`, { ...outbound, exclude_sites: sa }), new Inbound(a, `crsql_sync_from_${sb}`, { from: sb })],
   ];
+  const meter = new Progress(progress, links.map(([out]) => out));
   let total = 0;
   for (let round = 0; round < maxRounds; round++) {
     let moved = 0;
-    for (const [out, inb] of links) moved += pump(out, inb, batch);
+    for (const [out, inb] of links) {
+      moved += pump(out, inb, batch);
+      meter.update();
+    }
     if (moved === 0) return total;
     total += moved;
   }

@@ -432,6 +432,33 @@ test.describe('sync', () => {
     b.close();
   });
 
+  test('sync reports progress from lag_changes', () => {
+    const a = newDb();
+    const b = newDb();
+    const insA = a.prepare("INSERT INTO todos (id, title) VALUES (?, 'from a')");
+    const insB = b.prepare("INSERT INTO todos (id, title) VALUES (?, 'from b')");
+    for (let i = 0; i < 40; i++) insA.run(`a${i}`);
+    for (let i = 0; i < 10; i++) insB.run(`b${i}`);
+    const count = (db) => db.prepare('SELECT count(*) AS n FROM crsql_changes').get().n;
+    const expected = count(a) + count(b);
+    const calls = [];
+    crsql.sync(a, b, { batch: 2, outbound: { max_changes: 5 }, progress: (done, total) => calls.push([done, total]) });
+    assert.deepEqual(calls[0], [0, expected]);
+    assert.deepEqual(calls[calls.length - 1], [expected, expected]);
+    assert.ok(calls.length > 5, `${calls.length} calls`);
+    for (let i = 1; i < calls.length; i++) {
+      assert.ok(calls[i][0] >= calls[i - 1][0] && calls[i][1] >= calls[i - 1][1], JSON.stringify(calls));
+      assert.ok(calls[i][0] <= calls[i][1], JSON.stringify(calls));
+    }
+    for (const db of [a, b]) {
+      const lags = db.prepare("SELECT lag_changes AS v FROM crsql_streams WHERE direction = 'outbound'").all();
+      assert.deepEqual(lags.map((r) => r.v), [0]);
+    }
+    assert.throws(() => crsql.sync(a, b, { progress: 42 }), { name: 'TypeError', message: /progress must be a function/ });
+    crsql.close(a);
+    crsql.close(b);
+  });
+
   test('sync refuses the same database twice', (t) => {
     const file = nodePath.join(tempDir(t), 'a.db');
     const a = newDb(file);

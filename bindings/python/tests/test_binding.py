@@ -395,6 +395,33 @@ class Sync(unittest.TestCase):
             a.close()
             b.close()
 
+    def test_sync_reports_progress_from_lag_changes(self):
+        with tempfile.TemporaryDirectory() as d:
+            a = new_db(os.path.join(d, "a.db"))
+            b = new_db(os.path.join(d, "b.db"))
+            for i in range(40):
+                a.execute("INSERT INTO todos (id, title) VALUES (?, ?)", (f"a{i:02d}", "from a"))
+            for i in range(10):
+                b.execute("INSERT INTO todos (id, title) VALUES (?, ?)", (f"b{i:02d}", "from b"))
+            expected = sum(c.execute("SELECT count(*) FROM crsql_changes").fetchone()[0] for c in (a, b))
+            calls = []
+            crsql_stream.sync(a, b, max_changes=5, batch=2, progress=lambda done, total: calls.append((done, total)))
+            self.assertEqual(calls[0], (0, expected))
+            self.assertEqual(calls[-1], (expected, expected))
+            self.assertGreater(len(calls), 5)
+            for (d0, t0), (d1, t1) in zip(calls, calls[1:]):
+                self.assertLessEqual(d0, d1)
+                self.assertLessEqual(t0, t1)
+                self.assertLessEqual(d1, t1)
+            # The figures are the streams' own: caught up now.
+            for conn in (a, b):
+                lags = conn.execute("SELECT lag_changes FROM crsql_streams WHERE direction = 'outbound'").fetchall()
+                self.assertEqual(lags, [(0,)])
+            with self.assertRaises(TypeError):
+                crsql_stream.sync(a, b, progress=42)
+            a.close()
+            b.close()
+
     def test_sync_refuses_the_same_database_twice(self):
         with tempfile.TemporaryDirectory() as d:
             a = new_db(os.path.join(d, "a.db"))

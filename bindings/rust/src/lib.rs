@@ -139,6 +139,59 @@ fn misuse(message: String) -> rusqlite::Error {
 /// site id) or if packages still move after [`MAX_SYNC_ROUNDS`] rounds
 /// (another writer keeps adding changes); what moved stays applied.
 pub fn sync(a: &Connection, b: &Connection) -> rusqlite::Result<SyncStats> {
+    sync_with_progress(a, b, |_, _| {})
+}
+
+/// Feeds a `progress(done, total)` callback from `lag_changes` of the
+/// outbound streams: `total` is what was left at the start plus whatever was
+/// written meanwhile, `done` what left the streams since; both only grow,
+/// and `done == total` once every stream has caught up.
+struct Progress<'s, F> {
+    callback: F,
+    outs: [&'s Outbound<'s>; 2],
+    done: u64,
+    total: u64,
+}
+
+impl<'s, F: FnMut(u64, u64)> Progress<'s, F> {
+    fn start(mut callback: F, outs: [&'s Outbound<'s>; 2]) -> rusqlite::Result<Self> {
+        let total = Self::left(&outs)?;
+        callback(0, total);
+        Ok(Progress {
+            callback,
+            outs,
+            done: 0,
+            total,
+        })
+    }
+
+    fn left(outs: &[&Outbound<'_>; 2]) -> rusqlite::Result<u64> {
+        Ok(outs[0].lag_changes()? + outs[1].lag_changes()?)
+    }
+
+    fn update(&mut self) -> rusqlite::Result<()> {
+        let left = Self::left(&self.outs)?;
+        if self.done + left > self.total {
+            self.total = self.done + left;
+        } else {
+            self.done = self.total - left;
+        }
+        (self.callback)(self.done, self.total);
+        Ok(())
+    }
+}
+
+/// [`sync`], calling `progress(done, total)` before the first package and
+/// after each direction of every round: `total` is the number of changes
+/// the two outbound streams had left to send (their `lag_changes`) at the
+/// start, plus any written meanwhile, and `done` how many of them have been
+/// sent and acknowledged since. Both only grow; the last call has
+/// `done == total`.
+pub fn sync_with_progress(
+    a: &Connection,
+    b: &Connection,
+    progress: impl FnMut(u64, u64),
+) -> rusqlite::Result<SyncStats> {
     let (site_a, site_b) = (site_id(a)?, site_id(b)?);
     if site_a == site_b {
         return Err(misuse(format!(
@@ -163,10 +216,14 @@ pub fn sync(a: &Connection, b: &Connection) -> rusqlite::Result<SyncStats> {
     let (a_out, b_in) = (out(a, site_b)?, inb(b, site_a)?);
     let (b_out, a_in) = (out(b, site_a)?, inb(a, site_b)?);
     let mut stats = SyncStats::default();
+    let mut meter = Progress::start(progress, [&a_out, &b_out])?;
     // Applying one side's packages can leave a heartbeat for the other (its
     // copy of the peer's changes, filtered out): a few rounds settle it.
     for _ in 0..MAX_SYNC_ROUNDS {
-        let (ab, ba) = (pump(&a_out, &b_in)?, pump(&b_out, &a_in)?);
+        let ab = pump(&a_out, &b_in)?;
+        meter.update()?;
+        let ba = pump(&b_out, &a_in)?;
+        meter.update()?;
         if ab + ba == 0 {
             return Ok(stats);
         }

@@ -245,6 +245,15 @@ impl<'c> Outbound<'c> {
             .query_row([&self.name], |r| r.get(0))
     }
 
+    /// The changes after `last_sent` that this stream carries (its filters
+    /// applied): `lag_changes` of `crsql_streams`, exact.
+    pub fn lag_changes(&self) -> rusqlite::Result<u64> {
+        self.conn
+            .prepare_cached("SELECT lag_changes FROM crsql_streams WHERE name = ?1")?
+            .query_row([&self.name], |r| r.get::<_, Option<i64>>(0))
+            .map(|n| n.unwrap_or(0).max(0) as u64)
+    }
+
     /// The largest cursor this connection has read from the stream, if any.
     pub fn last_retrieved(&self) -> rusqlite::Result<Option<Cursor>> {
         self.conn

@@ -219,6 +219,50 @@ fn sync_helper_converges_two_databases_and_resumes_after_reopen() {
 }
 
 #[test]
+fn sync_reports_progress_from_lag_changes() {
+    let (a, b) = (peer(), peer());
+    for i in 0..40 {
+        a.execute(
+            "INSERT INTO todos (id, title) VALUES (?1, 'a')",
+            [format!("a{i}")],
+        )
+        .unwrap();
+    }
+    for i in 0..10 {
+        b.execute(
+            "INSERT INTO todos (id, title) VALUES (?1, 'b')",
+            [format!("b{i}")],
+        )
+        .unwrap();
+    }
+    let count = |c: &rusqlite::Connection| -> u64 {
+        c.query_row("SELECT count(*) FROM crsql_changes", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap() as u64
+    };
+    let expected = count(&a) + count(&b);
+    let mut calls = Vec::new();
+    crsql::sync_with_progress(&a, &b, |done, total| calls.push((done, total))).unwrap();
+    assert_eq!(calls.first(), Some(&(0, expected)), "{calls:?}");
+    assert_eq!(calls.last(), Some(&(expected, expected)), "{calls:?}");
+    assert!(calls.len() >= 3, "{calls:?}");
+    for w in calls.windows(2) {
+        assert!(
+            w[0].0 <= w[1].0 && w[0].1 <= w[1].1 && w[1].0 <= w[1].1,
+            "{calls:?}"
+        );
+    }
+    // After a sync both streams have caught up, by their own figure.
+    let out = Outbound::open(
+        &a,
+        &format!("crsql_sync_to_{}", crsql::hex(&crsql::site_id(&b).unwrap())),
+    )
+    .unwrap();
+    assert_eq!(out.lag_changes().unwrap(), 0);
+}
+
+#[test]
 fn json_packages_apply_like_binary_ones() {
     let (a, b) = (peer(), peer());
     a.execute("INSERT INTO todos VALUES ('t1', 'x', 0)", [])

@@ -41,7 +41,7 @@ import re
 import sqlite3
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 __version__ = "0.1.0"
 
@@ -511,12 +511,39 @@ def _link(out: Outbound, inb: Inbound, batch: int) -> int:
     return moved
 
 
+class _Progress:
+    """Feeds a ``progress(done, total)`` callback from ``lag_changes`` of the
+    outbound streams: ``total`` is what was left at the start plus whatever
+    was written meanwhile, ``done`` what left the streams since; both only
+    grow, and ``done == total`` once every stream has caught up."""
+
+    def __init__(self, callback: Optional[Callable[[int, int], Any]], outs: Sequence["Outbound"]) -> None:
+        self.callback, self.outs, self.done, self.total = callback, outs, 0, 0
+        if callback is not None:
+            self.total = self._left()
+            callback(0, self.total)
+
+    def _left(self) -> int:
+        return sum(int(out._stream_column("lag_changes") or 0) for out in self.outs)
+
+    def update(self) -> None:
+        if self.callback is None:
+            return
+        left = self._left()
+        if self.done + left > self.total:
+            self.total = self.done + left
+        else:
+            self.done = self.total - left
+        self.callback(self.done, self.total)
+
+
 def sync(
     a: sqlite3.Connection,
     b: sqlite3.Connection,
     *,
     max_rounds: int = 10_000,
     batch: int = 100,
+    progress: Optional[Callable[[int, int], Any]] = None,
     **outbound_args: Any,
 ) -> int:
     """Sync two connections both ways until no package moves; return how many
@@ -528,6 +555,13 @@ def sync(
     repeated calls continue where the previous one stopped, also across
     restarts. ``outbound_args`` (``max_changes``, ``tables``, …) are used when
     the outbound streams are created.
+
+    ``progress``, if given, is called as ``progress(done, total)`` before the
+    first package and after every batch of packages: ``total`` is the number
+    of changes the two outbound streams had left to send (their
+    ``lag_changes``) when ``sync`` started, plus any written meanwhile, and
+    ``done`` how many of them have been sent and acknowledged since. Both
+    only grow; the last call has ``done == total``.
 
     Every package and acknowledgement is committed as it goes (unless a
     connection has a transaction open; then that transaction holds them).
@@ -544,6 +578,8 @@ def sync(
     _count_arg(batch, "sync: batch", 1)
     if "exclude_sites" in outbound_args:
         raise TypeError("crsql_stream.sync: exclude_sites is set by sync (to the peer's site id); leave it out")
+    if progress is not None and not callable(progress):
+        raise TypeError("crsql_stream.sync: progress must be a callable taking (done, total)")
     sa, sb = site_id(a), site_id(b)
     if sa == sb:
         raise ValueError(f"crsql_stream.sync: both connections are the same database (site {sa})")
@@ -551,9 +587,13 @@ def sync(
         (Outbound(a, f"crsql_sync_to_{sb}", exclude_sites=sb, **outbound_args), Inbound(b, f"crsql_sync_from_{sa}", from_=sa)),
         (Outbound(b, f"crsql_sync_to_{sa}", exclude_sites=sa, **outbound_args), Inbound(a, f"crsql_sync_from_{sb}", from_=sb)),
     )
+    meter = _Progress(progress, [out for out, _ in links])
     total = 0
     for _ in range(max_rounds):
-        moved = sum(_link(out, inb, batch) for out, inb in links)
+        moved = 0
+        for out, inb in links:
+            moved += _link(out, inb, batch)
+            meter.update()
         if moved == 0:
             return total
         total += moved
