@@ -1,5 +1,5 @@
 //! Change counts per version, so that how many changes a stream has left
-//! (`crsql_streams.lag_changes`) is exact and cheap (DECISIONS D25).
+//! (`crsql_streams.lag_changes`) is exact and cheap (DECISIONS D26).
 //!
 //! `crsql_change_counts` holds, for every clock row at or below a version
 //! `U` (`crsql_master.change_counts_through`), how many rows each
@@ -161,8 +161,12 @@ fn catch_up_tables(conn: &Connection, tables: &[String]) -> Result<()> {
 /// migration of an older database).
 pub fn catch_up(inner: &mut Inner) -> Result<()> {
     if !inner.has_counts() {
+        // A fresh table counts everything, whatever `U` was left behind.
         inner.conn.execute_batch(DDL)?;
         inner.note_counts();
+        inner
+            .conn
+            .execute("DELETE FROM crsql_master WHERE key = ?1", [THROUGH])?;
     }
     let names: Vec<String> = inner.tables().iter().map(|t| t.name.clone()).collect();
     catch_up_tables(&inner.conn, &names)
