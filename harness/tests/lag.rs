@@ -52,7 +52,11 @@ enum End {
 #[derive(Debug, Clone)]
 enum Op {
     Local(Vec<Stmt>, End),
-    Merge { peer: usize, writes: Vec<Stmt>, rollback: bool },
+    Merge {
+        peer: usize,
+        writes: Vec<Stmt>,
+        rollback: bool,
+    },
     AckNext(usize),
     AckAll(usize),
     Compact,
@@ -122,10 +126,16 @@ fn run_stmt(conn: &Connection, s: &Stmt) -> rusqlite::Result<()> {
     let t2_key = |k: i64| format!("s{}", k % 3);
     match *s {
         Stmt::Insert { t: 0, k, v } => conn
-            .execute("INSERT OR IGNORE INTO t1 VALUES (?1, ?2, ?2)", params![k, v])
+            .execute(
+                "INSERT OR IGNORE INTO t1 VALUES (?1, ?2, ?2)",
+                params![k, v],
+            )
             .map(drop),
         Stmt::Insert { k, v, .. } => conn
-            .execute("INSERT OR IGNORE INTO t2 (k, s, v) VALUES (?1, ?2, ?3)", params![k, t2_key(k), v])
+            .execute(
+                "INSERT OR IGNORE INTO t2 (k, s, v) VALUES (?1, ?2, ?3)",
+                params![k, t2_key(k), v],
+            )
             .map(drop),
         Stmt::Update { t: 0, k, v } => conn
             .execute("UPDATE t1 SET a = ?2 WHERE id = ?1", params![k, v])
@@ -136,10 +146,16 @@ fn run_stmt(conn: &Connection, s: &Stmt) -> rusqlite::Result<()> {
         Stmt::Delete { t: 0, k } => conn.execute("DELETE FROM t1 WHERE id = ?1", [k]).map(drop),
         Stmt::Delete { k, .. } => conn.execute("DELETE FROM t2 WHERE k = ?1", [k]).map(drop),
         Stmt::ChangePk { k, to } => conn
-            .execute("UPDATE OR REPLACE t1 SET id = ?2 WHERE id = ?1", params![k, to])
+            .execute(
+                "UPDATE OR REPLACE t1 SET id = ?2 WHERE id = ?1",
+                params![k, to],
+            )
             .map(drop),
         Stmt::Replace { k, v } => conn
-            .execute("INSERT OR REPLACE INTO t1 VALUES (?1, ?2, 'r')", params![k, v])
+            .execute(
+                "INSERT OR REPLACE INTO t1 VALUES (?1, ?2, 'r')",
+                params![k, v],
+            )
             .map(drop),
         Stmt::Bulk { v } => conn
             .execute(
@@ -152,7 +168,8 @@ fn run_stmt(conn: &Connection, s: &Stmt) -> rusqlite::Result<()> {
 }
 
 fn site_id(conn: &Connection) -> Vec<u8> {
-    conn.query_row("SELECT crsql_site_id()", [], |r| r.get(0)).unwrap()
+    conn.query_row("SELECT crsql_site_id()", [], |r| r.get(0))
+        .unwrap()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -246,7 +263,8 @@ impl World {
                      INSERT INTO t1 SELECT 100, 'dup', 1 FROM t1 WHERE id = 100",
                 );
                 assert!(r.is_err(), "the duplicate key must fail");
-                a.execute_batch("DELETE FROM t1 WHERE id >= 100; COMMIT").unwrap();
+                a.execute_batch("DELETE FROM t1 WHERE id >= 100; COMMIT")
+                    .unwrap();
             }
         }
     }
@@ -267,7 +285,9 @@ impl World {
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        let newest: i64 = p.query_row("SELECT crsql_db_version()", [], |r| r.get(0)).unwrap();
+        let newest: i64 = p
+            .query_row("SELECT crsql_db_version()", [], |r| r.get(0))
+            .unwrap();
         let a = self.a.as_ref().unwrap();
         a.execute_batch("BEGIN").unwrap();
         for r in &rows {
@@ -298,9 +318,12 @@ impl World {
             self.a()
                 .prepare(&format!("SELECT cursor FROM {name}"))
                 .and_then(|mut s| {
-                    let all: Vec<String> =
-                        s.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-                    all.last().cloned().ok_or(rusqlite::Error::QueryReturnedNoRows)
+                    let all: Vec<String> = s
+                        .query_map([], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    all.last()
+                        .cloned()
+                        .ok_or(rusqlite::Error::QueryReturnedNoRows)
                 })
         } else {
             self.a().query_row(&sql, [], |r| r.get(0))
@@ -359,11 +382,18 @@ impl World {
     fn apply(&mut self, op: &Op) {
         match op {
             Op::Local(stmts, end) => self.local(stmts, *end),
-            Op::Merge { peer, writes, rollback } => self.merge(*peer, writes, *rollback),
+            Op::Merge {
+                peer,
+                writes,
+                rollback,
+            } => self.merge(*peer, writes, *rollback),
             Op::AckNext(s) => self.ack(*s, false),
             Op::AckAll(s) => self.ack(*s, true),
             Op::Compact => {
-                let _: i64 = self.a().query_row("SELECT crsql_compact()", [], |r| r.get(0)).unwrap();
+                let _: i64 = self
+                    .a()
+                    .query_row("SELECT crsql_compact()", [], |r| r.get(0))
+                    .unwrap();
             }
             Op::Alter(k) => self.alter(*k),
             Op::AsTableAsCrr => {
@@ -373,10 +403,15 @@ impl World {
             }
             Op::Recreate => self.recreate(),
             Op::NewSiteId => {
-                let _: Vec<u8> = self.a().query_row("SELECT crsql_new_site_id()", [], |r| r.get(0)).unwrap();
+                let _: Vec<u8> = self
+                    .a()
+                    .query_row("SELECT crsql_new_site_id()", [], |r| r.get(0))
+                    .unwrap();
             }
             Op::NewStream(i) => {
-                self.a().execute_batch(&format!("DROP TABLE {}", STREAMS[*i].0)).unwrap();
+                self.a()
+                    .execute_batch(&format!("DROP TABLE {}", STREAMS[*i].0))
+                    .unwrap();
                 self.create_stream(*i);
             }
             Op::Reopen => {
@@ -445,17 +480,14 @@ fn run(history: &[Op]) {
     close(w.a.take().unwrap());
 }
 
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
+/// `PROPTEST_CASES` cases (else `default_cases`); failures print the
+/// minimal history and are not persisted.
 fn config(default_cases: u32) -> Config {
+    let from_env = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok());
     Config {
-        cases: cases(default_cases),
-        max_shrink_iters: 2000,
+        cases: from_env.unwrap_or(default_cases),
         max_shrink_time: 120_000,
         failure_persistence: Some(Box::new(FileFailurePersistence::Off)),
         ..Config::default()
@@ -492,7 +524,8 @@ fn a_database_from_before_the_counts_gets_them_at_load() {
     a.execute_batch("CREATE VIRTUAL TABLE s USING crsql_OutboundStream(max_changes = 2)")
         .unwrap();
     for i in 0..20 {
-        a.execute("INSERT INTO t1 VALUES (?1, 'x', 'y')", [i]).unwrap();
+        a.execute("INSERT INTO t1 VALUES (?1, 'x', 'y')", [i])
+            .unwrap();
     }
     // What an older version of the extension left: no counts at all.
     a.execute_batch("DROP TABLE crsql_change_counts").unwrap();
@@ -507,11 +540,17 @@ fn a_database_from_before_the_counts_gets_them_at_load() {
         .unwrap();
     assert_eq!(has, 1, "loading the extension creates the counts");
     let lag = |a: &Connection| -> i64 {
-        a.query_row("SELECT lag_changes FROM crsql_streams", [], |r| r.get(0)).unwrap()
+        a.query_row("SELECT lag_changes FROM crsql_streams", [], |r| r.get(0))
+            .unwrap()
     };
     assert_eq!(lag(&a), 40);
-    a.execute_batch("UPDATE t1 SET a = 'z' WHERE id < 5").unwrap();
-    assert_eq!(lag(&a), 40, "five cells moved to a newer version: still 40 changes");
+    a.execute_batch("UPDATE t1 SET a = 'z' WHERE id < 5")
+        .unwrap();
+    assert_eq!(
+        lag(&a),
+        40,
+        "five cells moved to a newer version: still 40 changes"
+    );
     a.execute_batch("DELETE FROM t1 WHERE id < 5").unwrap();
     assert_eq!(lag(&a), 35, "ten cells gone, five sentinels came");
     close(a);

@@ -117,7 +117,9 @@ fn add_tally(conn: &Connection, table: &str, tally: &Tally) -> Result<()> {
 
 fn read_through(conn: &Connection) -> Result<i64> {
     Ok(conn
-        .prepare_cached("SELECT value FROM crsql_master WHERE key = ?1 AND typeof(value) = 'integer'")?
+        .prepare_cached(
+            "SELECT value FROM crsql_master WHERE key = ?1 AND typeof(value) = 'integer'",
+        )?
         .query_row([THROUGH], |r| r.get::<_, i64>(0))
         .optional()?
         .unwrap_or(0))
@@ -328,20 +330,31 @@ fn through_in_tx(inner: &Inner, tx: &TxCounters) -> Result<i64> {
 /// The clock rows of one key at or below `U`: `(col_name, db_version,
 /// site)` (a handful of rows: no GROUP BY, whose sorter costs more than
 /// the read).
-fn key_rows(inner: &Inner, t: &TableInfo, key: i64, through: i64) -> Result<Vec<(String, i64, i64)>> {
+fn key_rows(
+    inner: &Inner,
+    t: &TableInfo,
+    key: i64,
+    through: i64,
+) -> Result<Vec<(String, i64, i64)>> {
     let sql = format!(
         "SELECT col_name, db_version, site_id FROM {} WHERE key = ?1 AND db_version <= ?2",
         clock_of(&t.name)
     );
     let mut stmt = inner.conn.prepare_cached(&sql)?;
     let rows = stmt
-        .query_map(params![key, through], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map(params![key, through], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(rows)
 }
 
 /// Per `(db_version, site)`: how many of `rows`, negated when `sign` is -1.
-fn tally_rows<'a>(rows: impl Iterator<Item = &'a (String, i64, i64)>, sign: i64, into: &mut HashMap<(i64, i64), i64>) {
+fn tally_rows<'a>(
+    rows: impl Iterator<Item = &'a (String, i64, i64)>,
+    sign: i64,
+    into: &mut HashMap<(i64, i64), i64>,
+) {
     for (_, v, site) in rows {
         *into.entry((*v, *site)).or_insert(0) += sign;
     }
@@ -357,7 +370,12 @@ pub struct KeyCounts {
 
 impl KeyCounts {
     /// Read the counted rows of `key` (None: a key without clocks).
-    pub fn take(inner: &Inner, tx: &TxCounters, t: &TableInfo, key: Option<i64>) -> Result<KeyCounts> {
+    pub fn take(
+        inner: &Inner,
+        tx: &TxCounters,
+        t: &TableInfo,
+        key: Option<i64>,
+    ) -> Result<KeyCounts> {
         let (key, through) = match key {
             Some(key) if inner.has_counts() => (key, through_in_tx(inner, tx)?),
             _ => (0, 0),
@@ -367,13 +385,23 @@ impl KeyCounts {
         } else {
             Vec::new()
         };
-        Ok(KeyCounts { key, through, before })
+        Ok(KeyCounts {
+            key,
+            through,
+            before,
+        })
     }
 
     /// Before a write that certainly moves or deletes the counted cells of
     /// `key` named in `cols` (every cell when None): subtract them now, with
     /// one read (cheaper than one INSERT … SELECT, measured).
-    pub fn depart(inner: &Inner, tx: &TxCounters, t: &TableInfo, key: i64, cols: Option<&[&str]>) -> Result<()> {
+    pub fn depart(
+        inner: &Inner,
+        tx: &TxCounters,
+        t: &TableInfo,
+        key: i64,
+        cols: Option<&[&str]>,
+    ) -> Result<()> {
         let k = KeyCounts::take(inner, tx, t, Some(key))?;
         let mut deltas = HashMap::new();
         let leaving = k
@@ -426,10 +454,8 @@ pub fn subtract_where(
 /// Forget the counts of a table whose clocks are dropped.
 pub fn drop_table(inner: &Inner, table: &str) -> Result<()> {
     if inner.has_counts() {
-        inner
-            .conn
-            .prepare_cached("DELETE FROM crsql_change_counts WHERE tbl = ?1")?
-            .execute([table])?;
+        let sql = "DELETE FROM crsql_change_counts WHERE tbl = ?1";
+        inner.conn.execute(sql, [table])?;
     }
     Ok(())
 }
@@ -437,9 +463,10 @@ pub fn drop_table(inner: &Inner, table: &str) -> Result<()> {
 /// The local site's rows now belong to ordinal `to` (`crsql_new_site_id`).
 pub fn move_local_site(inner: &Inner, to: i64) -> Result<()> {
     if inner.has_counts() {
-        inner
-            .conn
-            .execute("UPDATE crsql_change_counts SET site = ?1 WHERE site = 0", [to])?;
+        inner.conn.execute(
+            "UPDATE crsql_change_counts SET site = ?1 WHERE site = 0",
+            [to],
+        )?;
     }
     Ok(())
 }
@@ -456,7 +483,10 @@ pub struct Filter {
 
 impl Filter {
     /// The filter of an outbound stream created with `cfg`.
-    pub fn of_stream(inner: &Inner, cfg: &crate::streams::outbound::OutboundConfig) -> Result<Filter> {
+    pub fn of_stream(
+        inner: &Inner,
+        cfg: &crate::streams::outbound::OutboundConfig,
+    ) -> Result<Filter> {
         let mut excluded = HashSet::new();
         for site in &cfg.exclude_sites {
             excluded.extend(inner.site_ordinal(site, false)?);
@@ -489,7 +519,12 @@ impl Filter {
 
 /// The number of committed changes after `since` that `filter` lets
 /// through: what `crsql_changes` (and so the stream) has after it.
-pub fn changes_after(ext: &Ext, inner: &mut Inner, filter: &Filter, since: Position) -> Result<i64> {
+pub fn changes_after(
+    ext: &Ext,
+    inner: &mut Inner,
+    filter: &Filter,
+    since: Position,
+) -> Result<i64> {
     let newest = inner.newest_position(&ext.tx)?;
     if since >= newest {
         return Ok(0);
@@ -611,7 +646,10 @@ impl SeqCache {
         let entry = match found {
             Some(e) => e,
             None => {
-                let sql = format!("SELECT site_id, seq FROM {} WHERE db_version = ?1", clock_of(table));
+                let sql = format!(
+                    "SELECT site_id, seq FROM {} WHERE db_version = ?1",
+                    clock_of(table)
+                );
                 let mut by_site: HashMap<i64, Vec<i64>> = HashMap::new();
                 let mut stmt = inner.conn.prepare_cached(&sql)?;
                 let mut rows = stmt.query([x])?;

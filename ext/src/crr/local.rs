@@ -113,8 +113,11 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     } else {
         if existed {
             // A seq is consumed even when there is no sentinel to bump (§6.1).
-            conn.prepare_cached(&t.sql.sentinel_bump)?
-                .execute(params![key, v, ext.tx.take_seq()])?;
+            conn.prepare_cached(&t.sql.sentinel_bump)?.execute(params![
+                key,
+                v,
+                ext.tx.take_seq()
+            ])?;
         }
         let first = ext.tx.take_seqs(t.cols.len() as i64);
         conn.prepare_cached(&t.sql.clock_insert_all)?

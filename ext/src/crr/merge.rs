@@ -224,7 +224,8 @@ pub fn merge_change(
             (existing_key, local_cl, existing_key.is_none())
         }
     };
-    let counted = crate::crr::counts::KeyCounts::take(inner, &ext.tx, &t, existing_key.filter(|_| !fresh))?;
+    let counted =
+        crate::crr::counts::KeyCounts::take(inner, &ext.tx, &t, existing_key.filter(|_| !fresh))?;
     let mut m = Merger {
         ext,
         inner,

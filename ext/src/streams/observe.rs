@@ -11,11 +11,11 @@ use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
 
 use crate::crr::counts::{changes_after, Filter};
 use crate::error::Result;
+use crate::sqlite::vtab::{Table, TableCursor};
+use crate::state::Ext;
 use crate::state::Inner;
 use crate::streams::outbound::OutboundConfig;
 use rusqlite::OptionalExtension;
-use crate::sqlite::vtab::{Table, TableCursor};
-use crate::state::Ext;
 
 const NAME: &str = "crsql_streams";
 

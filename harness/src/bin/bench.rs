@@ -1112,7 +1112,9 @@ mod lag {
 
     fn report(what: &str, (lag, first, micros): (i64, f64, f64), expected: i64) -> BoxResult<()> {
         if lag != expected {
-            return Err(format!("{what}: lag_changes is {lag}, crsql_changes has {expected}").into());
+            return Err(
+                format!("{what}: lag_changes is {lag}, crsql_changes has {expected}").into(),
+            );
         }
         println!(
             "  {what:<54} {:>9} changes  {:>8.3} ms (first {:>8.3} ms)  {}",
@@ -1179,7 +1181,9 @@ mod lag {
         one.execute_batch(CREATE)?;
         one.query_row("SELECT crsql_as_crr('t')", [], |_| Ok(()))?;
         insert_rows(&mut one, &make_rows(rows))?;
-        one.execute_batch("CREATE VIRTUAL TABLE to_d USING crsql_OutboundStream(max_changes = 1000)")?;
+        one.execute_batch(
+            "CREATE VIRTUAL TABLE to_d USING crsql_OutboundStream(max_changes = 1000)",
+        )?;
         let cursor: String = one.query_row("SELECT cursor FROM to_d LIMIT 1", [], |r| r.get(0))?;
         one.execute("INSERT INTO to_d(last_sent) VALUES (?1)", [&cursor])?;
         let total = count(&one, "SELECT count(*) FROM crsql_changes")?;
