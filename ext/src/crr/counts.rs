@@ -298,19 +298,20 @@ pub fn migrate(ext: &crate::state::Ext) -> Result<()> {
     crate::crr::in_savepoint(&conn, "crsql_change_counts", || catch_up(&mut inner))
 }
 
-/// Apply `(db_version, site) -> delta` to both levels.
+/// Apply `(db_version, site) -> delta` to both levels, one single-row
+/// upsert each: a multi-row VALUES needs a statement journal, and such a
+/// statement re-prepared after a schema change inside a user's statement
+/// aborts the user's transaction (`abort due to ROLLBACK`; the
+/// hostile-schema regression test in divergences.rs caught it; see D20).
 fn apply(inner: &Inner, table: &str, deltas: &HashMap<(i64, i64), i64>) -> Result<()> {
+    let mut stmt = inner.conn.prepare_cached(&format!(
+        "INSERT INTO crsql_change_counts (lvl, v, tbl, site, n, maxseq) VALUES (?1, ?2, ?3, ?4, ?5, 0) {UPSERT}"
+    ))?;
     for (&(v, site), &n) in deltas {
-        if n == 0 {
-            continue;
+        if n != 0 {
+            stmt.execute(params![0, v, table, site, n])?;
+            stmt.execute(params![1, v >> BUCKET_BITS, table, site, n])?;
         }
-        inner
-            .conn
-            .prepare_cached(&format!(
-                "INSERT INTO crsql_change_counts (lvl, v, tbl, site, n, maxseq) \
-                 VALUES (0, ?1, ?2, ?3, ?4, 0), (1, ?1 >> {BUCKET_BITS}, ?2, ?3, ?4, 0) {UPSERT}"
-            ))?
-            .execute(params![v, table, site, n])?;
     }
     Ok(())
 }
