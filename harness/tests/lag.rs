@@ -555,3 +555,42 @@ fn a_database_from_before_the_counts_gets_them_at_load() {
     assert_eq!(lag(&a), 35, "ten cells gone, five sentinels came");
     close(a);
 }
+
+/// Compaction removes deleted rows' tombstones below the horizon: the
+/// stream of a forgotten peer, which the horizon no longer waits for, loses
+/// them from its lag, exactly as `crsql_changes` loses them.
+#[test]
+fn compaction_removes_what_it_compacts_from_the_lag_of_streams_behind_it() {
+    let a = open_memory();
+    a.execute_batch(SCHEMA).unwrap();
+    a.execute_batch(
+        "CREATE VIRTUAL TABLE to_peer USING crsql_OutboundStream(peer = '0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b');
+         CREATE VIRTUAL TABLE behind USING crsql_OutboundStream(peer = '0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c');",
+    )
+    .unwrap();
+    for i in 0..10 {
+        a.execute("INSERT INTO t1 VALUES (?1, 'x', 'y')", [i]).unwrap();
+    }
+    a.execute_batch("DELETE FROM t1 WHERE id < 6; INSERT INTO t1 VALUES (100, 'newest', 1)")
+        .unwrap();
+    let newest: String = a
+        .query_row("SELECT max(cursor) FROM (SELECT cursor FROM to_peer)", [], |r| r.get(0))
+        .unwrap();
+    a.execute("INSERT INTO to_peer(last_sent) VALUES (?1)", [newest]).unwrap();
+    let lag = |a: &Connection| -> (i64, i64) {
+        a.query_row(
+            "SELECT lag_changes, (SELECT count(*) FROM crsql_changes) FROM crsql_streams WHERE name = 'behind'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    assert_eq!(lag(&a), (4 * 2 + 6 + 2, 16));
+    a.execute_batch("SELECT crsql_forget_peer(x'0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c')")
+        .unwrap();
+    let removed: i64 = a.query_row("SELECT crsql_compact()", [], |r| r.get(0)).unwrap();
+    assert!(removed >= 12, "removed {removed}");
+    let (lag_changes, changes) = lag(&a);
+    assert_eq!(lag_changes, changes);
+    assert_eq!(changes, 4 * 2 + 2, "the six tombstones are gone");
+}
