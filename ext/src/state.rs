@@ -34,6 +34,9 @@ pub struct TxCounters {
     /// `crr::counts`' `U` as read in this transaction (it moves only at a
     /// COMMIT); -1 when not read yet.
     pub counted_through: AtomicI64,
+    /// `U` before this transaction's first COMMIT attempt counted it (a
+    /// COMMIT can fail, SQLITE_BUSY, and the transaction go on); -1 before.
+    pub sync_base: AtomicI64,
 }
 
 impl TxCounters {
@@ -45,6 +48,7 @@ impl TxCounters {
             db_version: AtomicI64::new(-1),
             schema_checked: AtomicBool::new(false),
             counted_through: AtomicI64::new(-1),
+            sync_base: AtomicI64::new(-1),
         }
     }
 
@@ -57,6 +61,7 @@ impl TxCounters {
         self.db_version.store(-1, Relaxed);
         self.schema_checked.store(false, Relaxed);
         self.counted_through.store(-1, Relaxed);
+        self.sync_base.store(-1, Relaxed);
     }
 
     /// The version this transaction writes at, or -1 when it has not

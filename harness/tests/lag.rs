@@ -569,14 +569,20 @@ fn compaction_removes_what_it_compacts_from_the_lag_of_streams_behind_it() {
     )
     .unwrap();
     for i in 0..10 {
-        a.execute("INSERT INTO t1 VALUES (?1, 'x', 'y')", [i]).unwrap();
+        a.execute("INSERT INTO t1 VALUES (?1, 'x', 'y')", [i])
+            .unwrap();
     }
     a.execute_batch("DELETE FROM t1 WHERE id < 6; INSERT INTO t1 VALUES (100, 'newest', 1)")
         .unwrap();
     let newest: String = a
-        .query_row("SELECT max(cursor) FROM (SELECT cursor FROM to_peer)", [], |r| r.get(0))
+        .query_row(
+            "SELECT max(cursor) FROM (SELECT cursor FROM to_peer)",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
-    a.execute("INSERT INTO to_peer(last_sent) VALUES (?1)", [newest]).unwrap();
+    a.execute("INSERT INTO to_peer(last_sent) VALUES (?1)", [newest])
+        .unwrap();
     let lag = |a: &Connection| -> (i64, i64) {
         a.query_row(
             "SELECT lag_changes, (SELECT count(*) FROM crsql_changes) FROM crsql_streams WHERE name = 'behind'",
@@ -588,9 +594,63 @@ fn compaction_removes_what_it_compacts_from_the_lag_of_streams_behind_it() {
     assert_eq!(lag(&a), (4 * 2 + 6 + 2, 16));
     a.execute_batch("SELECT crsql_forget_peer(x'0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c')")
         .unwrap();
-    let removed: i64 = a.query_row("SELECT crsql_compact()", [], |r| r.get(0)).unwrap();
+    let removed: i64 = a
+        .query_row("SELECT crsql_compact()", [], |r| r.get(0))
+        .unwrap();
     assert!(removed >= 12, "removed {removed}");
     let (lag_changes, changes) = lag(&a);
     assert_eq!(lag_changes, changes);
     assert_eq!(changes, 4 * 2 + 2, "the six tombstones are gone");
+}
+
+/// A COMMIT that fails with SQLITE_BUSY has already counted the
+/// transaction (the counting runs in the first phase of COMMIT); the
+/// transaction stays open and may write on. The retried COMMIT counts it
+/// again from its rows, so nothing is counted twice or missed.
+#[test]
+fn a_commit_that_fails_busy_and_a_transaction_that_writes_on_are_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.db");
+    let a = open(&path);
+    a.execute_batch(SCHEMA).unwrap();
+    a.execute_batch("CREATE VIRTUAL TABLE s USING crsql_OutboundStream()")
+        .unwrap();
+    a.execute_batch("INSERT INTO t1 VALUES (1, 'x', 'y')")
+        .unwrap();
+    a.busy_timeout(std::time::Duration::ZERO).unwrap();
+    let reader = Connection::open(&path).unwrap();
+    a.execute_batch(
+        "BEGIN; INSERT INTO t1 VALUES (2, 'x', 'y'); UPDATE t1 SET a = 'z' WHERE id = 1;",
+    )
+    .unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM t1;")
+        .unwrap();
+    let e = a
+        .execute_batch("COMMIT")
+        .expect_err("a reader holds the file");
+    assert!(e.to_string().contains("locked"), "{e}");
+    // The transaction goes on: a rewrite of its own rows, a new row, a delete.
+    a.execute_batch(
+        "UPDATE t1 SET b = 'w' WHERE id = 2; INSERT INTO t1 VALUES (3, 'x', 'y'); DELETE FROM t1 WHERE id = 1;",
+    )
+    .unwrap();
+    reader.execute_batch("COMMIT").unwrap();
+    a.execute_batch("COMMIT").unwrap();
+    let (lag, changes): (i64, i64) = a
+        .query_row(
+            "SELECT lag_changes, (SELECT count(*) FROM crsql_changes) FROM crsql_streams",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(lag, changes);
+    assert_eq!(changes, 2 + 2 + 1, "rows 2 and 3, and the sentinel of 1");
+    // And later writes still count from there.
+    a.execute_batch("UPDATE t1 SET a = 'v' WHERE id = 3")
+        .unwrap();
+    let lag: i64 = a
+        .query_row("SELECT lag_changes FROM crsql_streams", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(lag, 5);
 }

@@ -262,6 +262,9 @@ impl Table for CounterTable {
         // rows it rolled back to a savepoint are gone, so U never passes
         // what is committed.
         if let Ok(mut inner) = self.ext.lock(COUNTER) {
+            if inner.has_counts() {
+                from_base(&inner.conn, &self.ext.tx)?;
+            }
             return catch_up(&mut inner);
         }
         // A COMMIT from inside one of our own functions (the RELEASE of
@@ -280,8 +283,37 @@ impl Table for CounterTable {
             )?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
+        from_base(&conn, &self.ext.tx)?;
         catch_up_tables(&conn, &names)
     }
+}
+
+/// Before a COMMIT counts the transaction: if an earlier COMMIT of this same
+/// transaction already did and then failed (SQLITE_BUSY keeps the
+/// transaction open, and it may write on), take back everything counted
+/// above the `U` it started from, so that the count is made again from the
+/// rows as they are now.
+fn from_base(conn: &Connection, tx: &TxCounters) -> Result<()> {
+    let base = tx.sync_base.load(Relaxed);
+    if base < 0 {
+        tx.sync_base.store(read_through(conn)?, Relaxed);
+        return Ok(());
+    }
+    let above: Vec<(i64, String, i64, i64)> = conn
+        .prepare_cached("SELECT v, tbl, site, n FROM crsql_change_counts WHERE lvl = 0 AND v > ?1")?
+        .query_map([base], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut bucket = conn.prepare_cached(
+        "UPDATE crsql_change_counts SET n = n - ?4 WHERE lvl = 1 AND v = ?1 AND tbl = ?2 AND site = ?3",
+    )?;
+    for (v, tbl, site, n) in &above {
+        bucket.execute(params![v >> BUCKET_BITS, tbl, site, n])?;
+    }
+    conn.prepare_cached("DELETE FROM crsql_change_counts WHERE lvl = 0 AND v > ?1")?
+        .execute([base])?;
+    conn.prepare_cached("INSERT OR REPLACE INTO crsql_master (key, value) VALUES (?1, ?2)")?
+        .execute(params![THROUGH, base])?;
+    Ok(())
 }
 
 /// At load: a database without counts (new, or written by a version from
@@ -546,15 +578,24 @@ pub fn changes_after(
         }
     };
     if inner.has_counts() && x < through {
-        // Whole buckets after x's, and x's bucket's versions after x.
-        let bucket = x >> BUCKET_BITS;
-        let end = (bucket + 1) << BUCKET_BITS;
+        // Versions (x, through]: the rest of x's bucket and the start of
+        // through's one version by version, the buckets between whole.
+        // (Bounded by `through`: inside a transaction whose COMMIT failed
+        // the counts already hold its own, uncommitted versions.)
+        let (bx, bt) = (x >> BUCKET_BITS, through >> BUCKET_BITS);
+        let (lo_end, hi_start) = if bx == bt {
+            (through + 1, through + 1)
+        } else {
+            ((bx + 1) << BUCKET_BITS, bt << BUCKET_BITS)
+        };
         let mut stmt = inner.conn.prepare_cached(
-            "SELECT tbl, site, sum(n) FROM crsql_change_counts WHERE lvl = 1 AND v > ?1 GROUP BY tbl, site \
+            "SELECT tbl, site, sum(n) FROM crsql_change_counts WHERE lvl = 0 AND v > ?1 AND v < ?2 GROUP BY tbl, site \
              UNION ALL \
-             SELECT tbl, site, sum(n) FROM crsql_change_counts WHERE lvl = 0 AND v > ?2 AND v < ?3 GROUP BY tbl, site",
+             SELECT tbl, site, sum(n) FROM crsql_change_counts WHERE lvl = 1 AND v > ?3 AND v < ?4 GROUP BY tbl, site \
+             UNION ALL \
+             SELECT tbl, site, sum(n) FROM crsql_change_counts WHERE lvl = 0 AND v >= ?5 AND v <= ?6 GROUP BY tbl, site",
         )?;
-        let mut rows = stmt.query(params![bucket, x, end])?;
+        let mut rows = stmt.query(params![x, lo_end, bx, bt, hi_start, through])?;
         while let Some(r) = rows.next()? {
             add(&r.get::<_, String>(0)?, r.get(1)?, r.get(2)?);
         }
