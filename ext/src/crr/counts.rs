@@ -19,14 +19,16 @@
 //!   moves `U` to the newest version. No later write can add rows to those
 //!   versions (every write takes a version above the committed one), so a
 //!   count taken then is final, up to departures. Should that not happen
-//!   (another implementation wrote, or the state was busy), the next
-//!   COMMIT catches up the same way, and until then readers count the tail
-//!   from the clock tables.
+//!   (another implementation wrote), the next COMMIT catches up the same
+//!   way, and until then readers count the tail from the clock tables. A
+//!   COMMIT that fails after counting (SQLITE_BUSY) is counted again by the
+//!   retry (`from_base`).
 //! - **Departures**: a row at or below `U` that a write rewrites (it moves to
 //!   the new version) or deletes is subtracted where the extension itself
 //!   writes clocks: per row (not per column), [`KeyCounts`] reads the
-//!   row's clock rows at or below `U` before the write and after it, and
-//!   records the difference. New rows have nothing there and cost nothing.
+//!   row's clock rows at or below `U` before the write, and subtracts the
+//!   cells the write moves (an update, a delete) or the difference with a
+//!   second read after it (other writes). New rows cost nothing here.
 //!   `U` moves only at a COMMIT (and at load), never between the two reads,
 //!   and a row above `U` needs nothing: it is counted when `U` passes it.
 //! - Bulk paths recount: compaction subtracts what it removes, a CRR made,
@@ -38,21 +40,19 @@
 //! the counts back with the clocks.
 
 use std::collections::{HashMap, HashSet};
-
-use crsql_stream_core::Position;
-use rusqlite::{params, Connection, OptionalExtension};
-
 use std::ffi::c_int;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use crsql_stream_core::Position;
 use rusqlite::types::ValueRef;
 use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::crr::schema::{quote_ident, TableInfo, CLOCK_SUFFIX};
 use crate::error::Result;
 use crate::sqlite::vtab::{Table, TableCursor};
 use crate::state::{Ext, Inner, TxCounters};
-use std::sync::atomic::Ordering::Relaxed;
 
 /// The table of counts.
 pub const TABLE: &str = "crsql_change_counts";
