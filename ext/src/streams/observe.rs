@@ -8,14 +8,13 @@ use crsql_stream_core::package::to_hex;
 use crsql_stream_core::Position;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
+use rusqlite::OptionalExtension;
 
 use crate::crr::counts::{changes_after, Filter};
 use crate::error::Result;
 use crate::sqlite::vtab::{Table, TableCursor};
-use crate::state::Ext;
-use crate::state::Inner;
+use crate::state::{Ext, Inner};
 use crate::streams::outbound::OutboundConfig;
-use rusqlite::OptionalExtension;
 
 const NAME: &str = "crsql_streams";
 
