@@ -1,4 +1,4 @@
--- crsql_streams.lag_changes (docs/sql.md "crsql_streams", DECISIONS D27):
+-- crsql_streams.lag_changes (docs/sql.md "crsql_streams", DECISIONS D32):
 -- the changes after last_sent that an outbound stream carries, exact,
 -- with its tables / exclude_sites / local_only filters; NULL for inbound
 -- streams. The counts behind it live in crsql_change_counts; the internal
