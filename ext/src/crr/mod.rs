@@ -933,10 +933,12 @@ pub fn new_site_id(ext: &Ext) -> Result<[u8; 16]> {
             [old.as_slice()],
             |r| r.get(0),
         )?;
+        // Appended here: `||` in SQL would turn the blob into text.
+        let mut former = former_site_ids(&inner.conn)?;
+        former.push(old);
         inner.conn.execute(
-            "INSERT INTO crsql_master (key, value) VALUES ('former_site_ids', ?1) \
-             ON CONFLICT (key) DO UPDATE SET value = CAST(value AS BLOB) || excluded.value",
-            [old.as_slice()],
+            "INSERT OR REPLACE INTO crsql_master (key, value) VALUES ('former_site_ids', ?1)",
+            [former.concat()],
         )?;
         for clock in inner.clock_tables() {
             inner.conn.execute(
