@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ids;
+pub mod fract;
 pub mod merge;
 pub mod pack;
 pub mod package;
