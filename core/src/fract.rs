@@ -319,7 +319,11 @@ mod tests {
             ),
         ];
         for &(a, b, want) in cases {
-            assert_eq!(between(a, b).as_deref(), Ok(want), "key_between({a:?}, {b:?})");
+            assert_eq!(
+                between(a, b).as_deref(),
+                Ok(want),
+                "key_between({a:?}, {b:?})"
+            );
         }
         let zy = format!("{z26}y");
         let zz = format!("{z26}z");

@@ -6,8 +6,8 @@
 //! property-tested and fuzzed without a database.
 #![forbid(unsafe_code)]
 
-pub mod ids;
 pub mod fract;
+pub mod ids;
 pub mod merge;
 pub mod pack;
 pub mod package;

@@ -30,6 +30,7 @@ pub const MODULES: &[&str] = &[
     "crsql_InboundStream",
     "crsql_streams",
     "crsql_package_changes",
+    "clset",
 ];
 
 /// Entry-point callback for the loadable extension (`sqlite3_crsqlstream_init`):
@@ -69,6 +70,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         functions::register(conn, &ext)?;
         crr::changes::register(conn, &ext)?;
         crr::unpack::register(conn)?;
+        crr::clset::register(conn, &ext)?;
         sqlite::vtab::register::<streams::outbound::OutboundTable>(
             conn,
             streams::OUTBOUND,

@@ -6,6 +6,8 @@
 //! discarded (§15 Q9).
 
 pub mod changes;
+pub mod clset;
+pub mod fract;
 pub mod local;
 pub mod merge;
 pub mod scan;
@@ -599,14 +601,43 @@ fn prune_dropped_columns(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()
     Ok(())
 }
 
+/// How an entry point makes its work all-or-nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Atomic {
+    /// In its own savepoint (the SQL functions).
+    Savepoint,
+    /// Through the statement that runs it: SQLite refuses to open a
+    /// savepoint while a writing statement runs, as `CREATE VIRTUAL TABLE`
+    /// and `DROP TABLE` of a `clset` table do; their statement journal undoes
+    /// the work when they fail.
+    Statement,
+}
+
+fn atomically<T>(
+    conn: &Connection,
+    name: &str,
+    how: Atomic,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    match how {
+        Atomic::Savepoint => in_savepoint(conn, name, f),
+        Atomic::Statement => f(),
+    }
+}
+
 /// `crsql_as_crr([schema,] table)`.
 pub fn as_crr(ext: &Ext, table: &str) -> Result<()> {
+    as_crr_in(ext, table, Atomic::Savepoint)
+}
+
+/// [`as_crr`], made atomic as `how` says.
+pub fn as_crr_in(ext: &Ext, table: &str, how: Atomic) -> Result<()> {
     check_name("crsql_as_crr", table)?;
     let mut inner = ext.lock("crsql_as_crr")?;
     let conn = ext.db.connection()?;
     // No alter window can be open outside a transaction (it is a savepoint).
     let autocommit = conn.is_autocommit();
-    in_savepoint(&conn, "crsql_as_crr", || {
+    atomically(&conn, "crsql_as_crr", how, || {
         check_compatible(&inner.conn, table)?;
         if schema::is_crr(&inner.conn, table)? {
             return Ok(());
@@ -635,10 +666,15 @@ pub fn as_crr(ext: &Ext, table: &str) -> Result<()> {
 
 /// `crsql_as_table(table)`: drop the CRR machinery, keep the data.
 pub fn as_table(ext: &Ext, table: &str) -> Result<()> {
+    as_table_in(ext, table, Atomic::Savepoint)
+}
+
+/// [`as_table`], made atomic as `how` says.
+pub fn as_table_in(ext: &Ext, table: &str, how: Atomic) -> Result<()> {
     check_name("crsql_as_table", table)?;
     let mut inner = ext.lock("crsql_as_table")?;
     let conn = ext.db.connection()?;
-    in_savepoint(&conn, "crsql_as_table", || {
+    atomically(&conn, "crsql_as_table", how, || {
         let pks = schema::read_columns(&inner.conn, table)?
             .map(|(p, _)| p)
             .unwrap_or_default();
