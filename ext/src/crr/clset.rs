@@ -48,8 +48,13 @@ impl Table for ClSetTable {
             .cloned()
             .ok_or_else(|| err!("{CLSET}: missing extension state"))?;
         let base = match name.strip_suffix(SUFFIX) {
-            Some(b) if !b.is_empty() => b.to_string(),
-            _ => {
+            Some("") => {
+                return Err(err!(
+                    "{CLSET} {name}: the name of the data table (before _schema) must not be empty"
+                ))
+            }
+            Some(b) => b.to_string(),
+            None => {
                 return Err(err!(
                     "{name} MUST end with _schema. E.g., {name}_schema. Two tables will be created: {name}_schema for managing the CRDT schemas and {name} for storing the data."
                 ))

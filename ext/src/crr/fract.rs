@@ -351,6 +351,14 @@ fn fix_conflict(
             }
             other => other.into(),
         })?;
+    let text = |v: &Value| match v {
+        Value::Text(s) => Ok(s.clone()),
+        other => Err(err!(
+            "{FIX_CONFLICT}: the {order} value of the row in {table} must be a TEXT key, got {}",
+            type_name(ValueRef::from(other))
+        )),
+    };
+    let old_key = text(&old)?;
     let same_list = if coll.is_empty() {
         String::new()
     } else {
@@ -376,14 +384,7 @@ fn fix_conflict(
     let mut params = pk_values.to_vec();
     params.push(old.clone());
     let moved: Value = conn.query_row(&sql, params_from_iter(&params), |r| r.get(0))?;
-    let text = |v: &Value| match v {
-        Value::Text(s) => Ok(s.clone()),
-        other => Err(err!(
-            "{FIX_CONFLICT}: the order value of the row in {table} must be a TEXT key, got {}",
-            type_name(ValueRef::from(other))
-        )),
-    };
-    let key = key_between(Some(&text(&moved)?), Some(&text(&old)?))
+    let key = key_between(Some(&text(&moved)?), Some(&old_key))
         .map_err(|e| err!("{FIX_CONFLICT}: {e}"))?;
     Ok(Value::Text(key))
 }
