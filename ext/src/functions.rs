@@ -89,7 +89,7 @@ fn args<'a>(ctx: &'a Args<'_>) -> Vec<ValueRef<'a>> {
     (0..ctx.len()).map(|i| ctx.get_raw(i)).collect()
 }
 
-fn text_arg<'a>(ctx: &'a Args<'_>, i: usize, func: &str, what: &str) -> Result<&'a str> {
+pub(crate) fn text_arg<'a>(ctx: &'a Args<'_>, i: usize, func: &str, what: &str) -> Result<&'a str> {
     match ctx.get_raw(i) {
         ValueRef::Text(t) => {
             std::str::from_utf8(t).map_err(|_| err!("{func}: {what} is not valid UTF-8"))

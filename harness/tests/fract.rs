@@ -325,6 +325,13 @@ fn run(ops: &[Op]) {
     p.close();
 }
 
+/// Row `id` comes right after row `after` in the list.
+fn check_follows(c: &Connection, id: i64, after: i64) {
+    let now = list(c, "L");
+    let i = now.iter().position(|&x| x == after).unwrap();
+    assert_eq!(now.get(i + 1), Some(&id), "{id} after {after}: {now:?}");
+}
+
 fn check_end(c: &Connection, id: i64, end: i64) {
     let now = list(c, "L");
     let want = if end < 0 { now.first() } else { now.last() };

@@ -18,6 +18,7 @@ use crate::crr::schema::{quote_ident, quote_str};
 use crate::crr::values::type_name;
 use crate::err;
 use crate::error::Result;
+use crate::functions::text_arg;
 use crate::sqlite::function::Args;
 use crate::state::Ext;
 
@@ -42,18 +43,6 @@ fn key_arg<'a>(v: ValueRef<'a>, which: &str) -> Result<Option<&'a str>> {
             .map_err(|_| err!("{KEY_BETWEEN}: {which} is not valid UTF-8")),
         other => Err(err!(
             "{KEY_BETWEEN}: {which} must be a TEXT key or NULL, got {}",
-            type_name(other)
-        )),
-    }
-}
-
-fn name_arg<'a>(args: &'a Args<'_>, i: usize, func: &str, what: &str) -> Result<&'a str> {
-    match args.get_raw(i) {
-        ValueRef::Text(t) => {
-            std::str::from_utf8(t).map_err(|_| err!("{func}: {what} is not valid UTF-8"))
-        }
-        other => Err(err!(
-            "{func}: {what} must be TEXT, got {}",
             type_name(other)
         )),
     }
@@ -265,10 +254,10 @@ pub fn sql_as_ordered(ext: &Ext, args: &Args<'_>) -> Result<Value> {
             if args.len() == 1 { "" } else { "s" }
         ));
     }
-    let table = name_arg(args, 0, AS_ORDERED, "the table name")?;
-    let order = name_arg(args, 1, AS_ORDERED, "the order column")?;
+    let table = text_arg(args, 0, AS_ORDERED, "the table name")?;
+    let order = text_arg(args, 1, AS_ORDERED, "the order column")?;
     let coll = (2..args.len())
-        .map(|i| name_arg(args, i, AS_ORDERED, "a collection column").map(String::from))
+        .map(|i| text_arg(args, i, AS_ORDERED, "a collection column").map(String::from))
         .collect::<Result<Vec<_>>>()?;
     let conn = ext.db.connection()?;
     in_savepoint(&conn, "crsql_fract_as_ordered", || {
@@ -291,8 +280,8 @@ pub fn sql_fix_conflict(ext: &Ext, args: &Args<'_>) -> Result<Value> {
             args.len()
         ));
     }
-    let table = name_arg(args, 0, FIX_CONFLICT, "the table name")?;
-    let order = name_arg(args, 1, FIX_CONFLICT, "the order column")?;
+    let table = text_arg(args, 0, FIX_CONFLICT, "the table name")?;
+    let order = text_arg(args, 1, FIX_CONFLICT, "the order column")?;
     // Collection columns run up to the first INTEGER argument (the -1).
     let sep = (2..args.len())
         .find(|&i| matches!(args.get_raw(i), ValueRef::Integer(_)))
@@ -300,7 +289,7 @@ pub fn sql_fix_conflict(ext: &Ext, args: &Args<'_>) -> Result<Value> {
             err!("{FIX_CONFLICT}: the -1 that ends the collection columns is missing")
         })?;
     let coll = (2..sep)
-        .map(|i| name_arg(args, i, FIX_CONFLICT, "a collection column"))
+        .map(|i| text_arg(args, i, FIX_CONFLICT, "a collection column"))
         .collect::<Result<Vec<_>>>()?;
     let rest = args.len() - sep - 1;
     if rest == 0 || rest % 2 != 0 {
@@ -310,7 +299,7 @@ pub fn sql_fix_conflict(ext: &Ext, args: &Args<'_>) -> Result<Value> {
     }
     let n = rest / 2;
     let pk_names = (sep + 1..sep + 1 + n)
-        .map(|i| name_arg(args, i, FIX_CONFLICT, "a primary-key column"))
+        .map(|i| text_arg(args, i, FIX_CONFLICT, "a primary-key column"))
         .collect::<Result<Vec<_>>>()?;
     let pk_values: Vec<Value> = (sep + 1 + n..args.len())
         .map(|i| args.get_raw(i).into())
