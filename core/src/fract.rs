@@ -20,7 +20,7 @@
 //!
 //! Written from the algorithm, not from cr-sqlite's code. Deliberate
 //! differences, all on inputs where cr-sqlite aborts the process or refuses
-//! valid keys (docs/compat.md, DECISIONS D27): an empty key, a key that is
+//! valid keys (docs/compat.md, DECISIONS D32): an empty key, a key that is
 //! the same on both sides, a key whose integer part would cut a multi-byte
 //! character, and keys of 256 bytes or more (cr-sqlite compares the key's
 //! length truncated to a byte) are handled here: errors for the first three,

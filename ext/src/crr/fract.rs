@@ -7,7 +7,7 @@
 //! cr-sqlite's names and effects; where cr-sqlite's SQL breaks (quotes in
 //! names, composite primary keys, WITHOUT ROWID tables, NULL collection
 //! values, a primary key changed through the view) the SQL here is written so
-//! that it does not (DECISIONS D27).
+//! that it does not (DECISIONS D32).
 
 use crsql_stream_core::fract::key_between;
 use rusqlite::types::{Value, ValueRef};
