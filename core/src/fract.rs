@@ -208,7 +208,7 @@ fn midpoint(key: &str, a: &[u8], b: Option<&[u8]>) -> Result<Vec<u8>> {
     }
     if digit_b - digit_a > 1 {
         // Round half up, as cr-sqlite does.
-        let mid = (digit_a + digit_b + 1) / 2;
+        let mid = (digit_a + digit_b).div_ceil(2);
         return Ok(vec![DIGITS[mid]]);
     }
     match b {
@@ -425,8 +425,8 @@ mod tests {
                     let after = keys.get(at).map(String::as_str);
                     let key = key_between(before, after).unwrap();
                     prop_assert!(validate_key(&key).is_ok(), "{key}");
-                    prop_assert!(before.map_or(true, |b| b < key.as_str()), "{before:?} < {key}");
-                    prop_assert!(after.map_or(true, |a| key.as_str() < a), "{key} < {after:?}");
+                    prop_assert!(before.is_none_or(|b| b < key.as_str()), "{before:?} < {key}");
+                    prop_assert!(after.is_none_or(|a| key.as_str() < a), "{key} < {after:?}");
                     prop_assert!(key.bytes().all(|d| DIGITS.contains(&d)));
                     keys.insert(at, key);
                 }

@@ -256,13 +256,7 @@ fn run(ops: &[Op]) {
                 let after = order[at.index(order.len())];
                 next_id += 1;
                 insert_after(c, next_id, after);
-                let now = list(c, "L");
-                let i = now.iter().position(|&x| x == after).unwrap();
-                assert_eq!(
-                    now.get(i + 1),
-                    Some(&next_id),
-                    "insert after {after}: {now:?}"
-                );
+                check_follows(c, next_id, after);
             }
             Op::InsertEnd(peer, end) => {
                 let c = &p.conns[peer];
@@ -284,13 +278,7 @@ fn run(ops: &[Op]) {
                     continue;
                 }
                 move_after(c, id, after);
-                let now = list(c, "L");
-                let i = now.iter().position(|&x| x == after).unwrap();
-                assert_eq!(
-                    now.get(i + 1),
-                    Some(&id),
-                    "move {id} after {after}: {now:?}"
-                );
+                check_follows(c, id, after);
             }
             Op::MoveEnd(peer, ref row, end) => {
                 let c = &p.conns[peer];
