@@ -402,20 +402,7 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
         );
         // Without a type affinity the default is stored as written, so its
         // type counts too; with one, both are converted alike.
-        let declared: String = inner
-            .conn
-            .prepare_cached("SELECT type FROM pragma_table_info(?1) WHERE name = ?2")?
-            .query_row([name, &col.name], |r| r.get(0))?;
-        // (ANY: no conversion in a STRICT table; elsewhere NUMERIC, where
-        // comparing types costs at most a clock more.)
-        let upper = declared.to_ascii_uppercase();
-        let untyped = upper.is_empty()
-            || upper == "ANY"
-            || (upper.contains("BLOB")
-                && !["INT", "CHAR", "CLOB", "TEXT"]
-                    .iter()
-                    .any(|a| upper.contains(a)));
-        let other_type = if untyped {
+        let other_type = if col.untyped() {
             format!(" OR typeof({c}) != typeof(({dflt}))")
         } else {
             String::new()
