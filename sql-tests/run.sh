@@ -156,11 +156,11 @@ for sql in "$here"/*.sql; do
     fi
 done
 
-# Coverage: every registered crsql% function and module is named in a test.
+# Coverage: every registered crsql% function and module (and clset) is named in a test.
 if [ ${#filters[@]} -eq 0 ]; then
     names=$(cd "$work" && "$SQLITE3" -batch -init /dev/null :memory: \
         ".load \"$ext\"" \
-        "SELECT name FROM pragma_function_list WHERE name LIKE 'crsql%' UNION SELECT name FROM pragma_module_list WHERE name LIKE 'crsql%' ORDER BY 1;" 2>&1)
+        "SELECT name FROM pragma_function_list WHERE name LIKE 'crsql%' UNION SELECT name FROM pragma_module_list WHERE name LIKE 'crsql%' OR name = 'clset' ORDER BY 1;" 2>&1)
     if [ $? -ne 0 ] || [ -z "$names" ]; then
         echo "FAIL surface-coverage (could not list the registered names)"
         printf '%s\n' "$names" | sed 's/^/    /'

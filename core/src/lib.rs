@@ -6,6 +6,7 @@
 //! property-tested and fuzzed without a database.
 #![forbid(unsafe_code)]
 
+pub mod fract;
 pub mod ids;
 pub mod merge;
 pub mod pack;

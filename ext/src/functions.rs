@@ -10,7 +10,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
 use crate::crr::values::{to_core, type_name};
-use crate::crr::{self, local};
+use crate::crr::{self, fract, local};
 use crate::err;
 use crate::error::{guard, Error, Result};
 use crate::sqlite::function::{create_scalar_function, Args};
@@ -51,6 +51,19 @@ const FUNCTIONS: &[(&str, i32, FunctionFlags, SqlFn)] = &[
     ("crsql_after_update", -1, I, after_update),
     ("crsql_after_delete", -1, I, after_delete),
     ("crsql_package_info", 1, I.union(D), package_info),
+    (
+        "crsql_fract_key_between",
+        2,
+        I.union(D),
+        fract::sql_key_between,
+    ),
+    ("crsql_fract_as_ordered", -1, DO, fract::sql_as_ordered),
+    (
+        "crsql_fract_fix_conflict_return_old_key",
+        -1,
+        I,
+        fract::sql_fix_conflict,
+    ),
 ];
 
 /// Names of all registered functions (for the surface test and docs).
@@ -76,7 +89,7 @@ fn args<'a>(ctx: &'a Args<'_>) -> Vec<ValueRef<'a>> {
     (0..ctx.len()).map(|i| ctx.get_raw(i)).collect()
 }
 
-fn text_arg<'a>(ctx: &'a Args<'_>, i: usize, func: &str, what: &str) -> Result<&'a str> {
+pub(crate) fn text_arg<'a>(ctx: &'a Args<'_>, i: usize, func: &str, what: &str) -> Result<&'a str> {
     match ctx.get_raw(i) {
         ValueRef::Text(t) => {
             std::str::from_utf8(t).map_err(|_| err!("{func}: {what} is not valid UTF-8"))

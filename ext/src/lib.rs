@@ -31,6 +31,7 @@ pub const MODULES: &[&str] = &[
     "crsql_streams",
     "crsql_package_changes",
     "crsql_change_counter",
+    "clset",
 ];
 
 /// Entry-point callback for the loadable extension (`sqlite3_crsqlstream_init`):
@@ -72,6 +73,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         functions::register(conn, &ext)?;
         crr::changes::register(conn, &ext)?;
         crr::unpack::register(conn)?;
+        crr::clset::register(conn, &ext)?;
         sqlite::vtab::register::<streams::outbound::OutboundTable>(
             conn,
             streams::OUTBOUND,

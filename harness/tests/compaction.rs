@@ -16,6 +16,11 @@ struct Pair {
 
 /// A and B syncing both ways, each outbound stream naming its peer.
 fn pair() -> Pair {
+    pair_with("")
+}
+
+/// [`pair`], with more arguments for A's outbound stream `to_b`.
+fn pair_with(to_b_args: &str) -> Pair {
     let dir = tempfile::tempdir().unwrap();
     let a = open(&dir.path().join("a.db"));
     let b = open(&dir.path().join("b.db"));
@@ -30,7 +35,7 @@ fn pair() -> Pair {
     exec(
         &a,
         &format!(
-            "CREATE VIRTUAL TABLE to_b USING crsql_OutboundStream(exclude_sites = '{sb}');
+            "CREATE VIRTUAL TABLE to_b USING crsql_OutboundStream(exclude_sites = '{sb}'{to_b_args});
              CREATE VIRTUAL TABLE from_b USING crsql_InboundStream(from = '{sb}');"
         ),
     );
@@ -339,31 +344,7 @@ fn no_way_around_a_compacted_horizon_but_a_fresh_start() {
 /// and keeps what it wrote meanwhile, which reaches the other side.
 #[test]
 fn an_expired_peer_catches_up_by_snapshot_and_keeps_its_own_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = open(&dir.path().join("a.db"));
-    let b = open(&dir.path().join("b.db"));
-    for c in [&a, &b] {
-        exec(
-            c,
-            "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, v TEXT); SELECT crsql_as_crr('t');",
-        );
-    }
-    let site = |c: &Connection| text(c, "SELECT lower(hex(crsql_site_id()))");
-    let (sa, sb) = (site(&a), site(&b));
-    exec(
-        &a,
-        &format!(
-            "CREATE VIRTUAL TABLE to_b USING crsql_OutboundStream(exclude_sites = '{sb}', resync = 'snapshot', max_changes = 2);
-             CREATE VIRTUAL TABLE from_b USING crsql_InboundStream(from = '{sb}');"
-        ),
-    );
-    exec(
-        &b,
-        &format!(
-            "CREATE VIRTUAL TABLE to_a USING crsql_OutboundStream(exclude_sites = '{sa}');
-             CREATE VIRTUAL TABLE from_a USING crsql_InboundStream(from = '{sa}');"
-        ),
-    );
+    let Pair { _dir, a, b } = pair_with(", resync = 'snapshot', max_changes = 2");
     exec(
         &a,
         "INSERT INTO t VALUES (1, 'a1'), (2, 'a2'), (3, 'a3'), (4, 'a4')",

@@ -179,7 +179,7 @@ fn basic_fixture_final_user_and_internal_tables_match() {
     )
     .into_iter()
     .map(|r| r[0].text().to_string())
-    // Ours besides cr-sqlite's: the change counts behind lag_changes (D32).
+    // Ours besides cr-sqlite's: the change counts behind lag_changes (D33).
     .filter(|name| name != "crsql_change_counts")
     .collect();
     assert_eq!(
@@ -195,7 +195,7 @@ fn basic_fixture_final_user_and_internal_tables_match() {
             // only store pre_compact_dbversion (DECISIONS D4), which holds the
             // last version used up without a clock row (tx 7's no-op update),
             // and change_counts_through, the version the change counts
-            // cover (D32: every version, once the last write committed).
+            // cover (D33: every version, once the last write committed).
             let (cols, ours) = query_cols(conn, t["query"].as_str().unwrap(), &[]);
             assert_eq!(cols, strs(&t["columns"]), "{ctx}: columns");
             let ours: BTreeMap<String, Val> = ours

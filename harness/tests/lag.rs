@@ -1,4 +1,4 @@
-//! `crsql_streams.lag_changes` is exact (issue 10, item 6; DECISIONS D32).
+//! `crsql_streams.lag_changes` is exact (issue 10, item 6; DECISIONS D33).
 //!
 //! A property test: one database A (a file, so it can be closed and opened
 //! again) with two CRRs and four outbound streams with different filters

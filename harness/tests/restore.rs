@@ -179,6 +179,18 @@ fn a_new_site_id_keeps_local_only_streams_whole_and_reaches_other_connections() 
     exec(&a, "INSERT INTO t VALUES ('2', 'after')");
     // Both local writes, under the old and the new id, are local.
     assert_eq!(int(&a, "SELECT sum(changes) FROM mine"), 2);
+    // A second new id keeps both former ones (their list stays a blob of
+    // 16-byte ids: SQL's `||` used to turn it into text and lose them).
+    exec(&a, "SELECT crsql_new_site_id()");
+    exec(&a, "INSERT INTO t VALUES ('3', 'later')");
+    assert_eq!(int(&a, "SELECT sum(changes) FROM mine"), 3);
+    assert_eq!(
+        int(
+            &a,
+            "SELECT length(value) FROM crsql_master WHERE key = 'former_site_ids' AND typeof(value) = 'blob'"
+        ),
+        32
+    );
     // Another connection sees the new id.
     let after = text(&other, "SELECT hex(crsql_site_id())");
     assert_ne!(before, after);

@@ -1,5 +1,5 @@
 //! Change counts per version, so that how many changes a stream has left
-//! (`crsql_streams.lag_changes`) is exact and cheap (DECISIONS D32).
+//! (`crsql_streams.lag_changes`) is exact and cheap (DECISIONS D33).
 //!
 //! `crsql_change_counts` holds, for every clock row at or below a version
 //! `U` (`crsql_master.change_counts_through`), how many rows each

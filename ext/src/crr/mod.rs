@@ -6,6 +6,8 @@
 //! discarded (§15 Q9).
 
 pub mod changes;
+pub mod clset;
+pub mod fract;
 pub mod counts;
 pub mod local;
 pub mod merge;
@@ -402,20 +404,7 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
         );
         // Without a type affinity the default is stored as written, so its
         // type counts too; with one, both are converted alike.
-        let declared: String = inner
-            .conn
-            .prepare_cached("SELECT type FROM pragma_table_info(?1) WHERE name = ?2")?
-            .query_row([name, &col.name], |r| r.get(0))?;
-        // (ANY: no conversion in a STRICT table; elsewhere NUMERIC, where
-        // comparing types costs at most a clock more.)
-        let upper = declared.to_ascii_uppercase();
-        let untyped = upper.is_empty()
-            || upper == "ANY"
-            || (upper.contains("BLOB")
-                && !["INT", "CHAR", "CLOB", "TEXT"]
-                    .iter()
-                    .any(|a| upper.contains(a)));
-        let other_type = if untyped {
+        let other_type = if col.untyped() {
             format!(" OR typeof({c}) != typeof(({dflt}))")
         } else {
             String::new()
@@ -601,14 +590,43 @@ fn prune_dropped_columns(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()
     Ok(())
 }
 
+/// How an entry point makes its work all-or-nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Atomic {
+    /// In its own savepoint (the SQL functions).
+    Savepoint,
+    /// Through the statement that runs it: SQLite refuses to open a
+    /// savepoint while a writing statement runs, as `CREATE VIRTUAL TABLE`
+    /// and `DROP TABLE` of a `clset` table do; their statement journal undoes
+    /// the work when they fail.
+    Statement,
+}
+
+fn atomically<T>(
+    conn: &Connection,
+    name: &str,
+    how: Atomic,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    match how {
+        Atomic::Savepoint => in_savepoint(conn, name, f),
+        Atomic::Statement => f(),
+    }
+}
+
 /// `crsql_as_crr([schema,] table)`.
 pub fn as_crr(ext: &Ext, table: &str) -> Result<()> {
+    as_crr_in(ext, table, Atomic::Savepoint)
+}
+
+/// [`as_crr`], made atomic as `how` says.
+pub fn as_crr_in(ext: &Ext, table: &str, how: Atomic) -> Result<()> {
     check_name("crsql_as_crr", table)?;
     let mut inner = ext.lock("crsql_as_crr")?;
     let conn = ext.db.connection()?;
     // No alter window can be open outside a transaction (it is a savepoint).
     let autocommit = conn.is_autocommit();
-    in_savepoint(&conn, "crsql_as_crr", || {
+    atomically(&conn, "crsql_as_crr", how, || {
         check_compatible(&inner.conn, table)?;
         if schema::is_crr(&inner.conn, table)? {
             return Ok(());
@@ -637,10 +655,15 @@ pub fn as_crr(ext: &Ext, table: &str) -> Result<()> {
 
 /// `crsql_as_table(table)`: drop the CRR machinery, keep the data.
 pub fn as_table(ext: &Ext, table: &str) -> Result<()> {
+    as_table_in(ext, table, Atomic::Savepoint)
+}
+
+/// [`as_table`], made atomic as `how` says.
+pub fn as_table_in(ext: &Ext, table: &str, how: Atomic) -> Result<()> {
     check_name("crsql_as_table", table)?;
     let mut inner = ext.lock("crsql_as_table")?;
     let conn = ext.db.connection()?;
-    in_savepoint(&conn, "crsql_as_table", || {
+    atomically(&conn, "crsql_as_table", how, || {
         let pks = schema::read_columns(&inner.conn, table)?
             .map(|(p, _)| p)
             .unwrap_or_default();
@@ -936,10 +959,12 @@ pub fn new_site_id(ext: &Ext) -> Result<[u8; 16]> {
             [old.as_slice()],
             |r| r.get(0),
         )?;
+        // Appended here: `||` in SQL would turn the blob into text.
+        let mut former = former_site_ids(&inner.conn)?;
+        former.push(old);
         inner.conn.execute(
-            "INSERT INTO crsql_master (key, value) VALUES ('former_site_ids', ?1) \
-             ON CONFLICT (key) DO UPDATE SET value = CAST(value AS BLOB) || excluded.value",
-            [old.as_slice()],
+            "INSERT OR REPLACE INTO crsql_master (key, value) VALUES ('former_site_ids', ?1)",
+            [former.concat()],
         )?;
         counts::move_local_site(&inner, ordinal)?;
         for clock in inner.clock_tables() {

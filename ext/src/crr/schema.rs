@@ -32,6 +32,24 @@ pub struct Column {
     pub notnull: bool,
     /// The declared default as SQL text, as `pragma_table_info` reports it.
     pub dflt: Option<String>,
+    /// The declared type, as written (may be empty).
+    pub decl_type: String,
+}
+
+impl Column {
+    /// Whether values are stored as written, without a type affinity that
+    /// converts them: no declared type, a BLOB type, or ANY (no conversion
+    /// in a STRICT table; elsewhere NUMERIC, where treating it as untyped
+    /// costs at most a clock more in the backfill).
+    pub fn untyped(&self) -> bool {
+        let t = self.decl_type.to_ascii_uppercase();
+        t.is_empty()
+            || t == "ANY"
+            || (t.contains("BLOB")
+                && !["INT", "CHAR", "CLOB", "TEXT"]
+                    .iter()
+                    .any(|a| t.contains(a)))
+    }
 }
 
 /// The metadata of one CRR and the statements used on it.
@@ -89,7 +107,7 @@ pub struct TableSql {
 /// Read one table's columns; None when the table does not exist.
 pub fn read_columns(conn: &Connection, table: &str) -> Result<Option<(Vec<Column>, Vec<Column>)>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT name, pk, \"notnull\", dflt_value FROM pragma_table_info(?1) ORDER BY cid",
+        "SELECT name, pk, \"notnull\", dflt_value, type FROM pragma_table_info(?1) ORDER BY cid",
     )?;
     let mut rows = stmt.query([table])?;
     let mut pks: Vec<(i64, Column)> = Vec::new();
@@ -101,6 +119,7 @@ pub fn read_columns(conn: &Connection, table: &str) -> Result<Option<(Vec<Column
             name: row.get(0)?,
             notnull: row.get::<_, i64>(2)? != 0,
             dflt: row.get(3)?,
+            decl_type: row.get(4)?,
         };
         let pk: i64 = row.get(1)?;
         if pk > 0 {

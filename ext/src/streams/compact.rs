@@ -133,6 +133,21 @@ pub fn is_behind(conn: &Connection, start: Position, is_fresh: bool) -> Result<b
     Ok(compacted_through(conn)?.is_some_and(|h| start < h))
 }
 
+/// Refuse to send from `start` if that is behind a compaction
+/// ([`is_behind`], [`resync_required`]).
+pub fn refuse_behind(
+    module: &str,
+    name: &str,
+    conn: &Connection,
+    start: Position,
+    is_fresh: bool,
+) -> Result<()> {
+    if is_behind(conn, start, is_fresh)? {
+        return Err(resync_required(module, name, conn)?);
+    }
+    Ok(())
+}
+
 /// The error of an outbound stream left behind a compaction.
 pub fn resync_required(module: &str, name: &str, conn: &Connection) -> Result<Error> {
     let h = compacted_through(conn)?.unwrap_or(Position::ZERO);

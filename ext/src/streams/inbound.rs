@@ -187,12 +187,12 @@ fn hex(b: &[u8]) -> String {
 /// while the caller's INSERT runs). Positions are written only afterwards.
 fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Result<()> {
     let pkg = Package::decode(bytes).map_err(|e| err!("{INBOUND} {name}: {e}"))?;
-    let staged_dbv = {
+    let (staged_dbv, known) = {
         let mut inner = ext.lock(INBOUND)?;
-        let Some(last) = check_package(ext, &mut inner, name, cfg, &pkg)? else {
+        let Some((last, known)) = check_package(ext, &mut inner, name, cfg, &pkg)? else {
             return Ok(()); // already covered: duplicates are no-ops
         };
-        staged_db_version(&inner.conn, name, last)?
+        (staged_db_version(&inner.conn, name, last)?, known)
     };
     let stage_this = matches!(pkg.part, Some(part) if !part.last);
     if stage_this {
@@ -217,10 +217,6 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
             return Err(e);
         }
     } else {
-        let known = {
-            let mut inner = ext.lock(INBOUND)?;
-            pending::known_filter(ext, &mut inner, &format!("{INBOUND} {name}"), &pkg.tables)?
-        };
         merge_package(ext, name, "", bytes, known.as_deref())?;
     }
     let inner = ext.lock(INBOUND)?;
@@ -240,14 +236,15 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
 }
 
 /// Sender, stream, position and schema checks. Returns the stream's
-/// `last_applied`, or None when the package is already covered.
+/// `last_applied` and the filter of the changes we can apply now (see
+/// [`pending::known_filter`]), or None when the package is already covered.
 fn check_package(
     ext: &Ext,
     inner: &mut Inner,
     name: &str,
     cfg: &InboundConfig,
     pkg: &Package,
-) -> Result<Option<Position>> {
+) -> Result<Option<(Position, Option<String>)>> {
     let state = load_state(&inner.conn, name)?.ok_or_else(|| {
         err!("{INBOUND} {name}: stored state is missing; DROP and re-create the table")
     })?;
@@ -294,8 +291,8 @@ fn check_package(
             pkg.cursor
         ));
     }
-    check_tables(ext, inner, name, cfg, pkg)?;
-    Ok(Some(last))
+    let known = check_tables(ext, inner, name, cfg, pkg)?;
+    Ok(Some((last, known)))
 }
 
 /// The columns of a change, as `crsql_changes` and `crsql_package_changes`
@@ -399,18 +396,17 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
                 "SELECT COALESCE(sum(length(package)), 0) FROM crsql_stream_staging WHERE name = ?1",
             )?
             .query_row([name], |r| r.get(0))?;
-        let mut stmt = inner
-            .conn
-            .prepare_cached(if total > MERGE_FROM_MEMORY_MAX {
-                // Only the headers matter (the tables): one part at a time.
-                "SELECT part, package FROM crsql_stream_staging WHERE name = ?1 AND 0"
-            } else {
-                "SELECT part, package FROM crsql_stream_staging WHERE name = ?1 ORDER BY part"
-            })?;
-        let rows = stmt
-            .query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        rows
+        if total > MERGE_FROM_MEMORY_MAX {
+            Vec::new()
+        } else {
+            let mut stmt = inner.conn.prepare_cached(
+                "SELECT part, package FROM crsql_stream_staging WHERE name = ?1 ORDER BY part",
+            )?;
+            let rows = stmt
+                .query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            rows
+        }
     };
     let clear = |ext: &Ext| -> Result<()> {
         let inner = ext.lock(INBOUND)?;
@@ -515,16 +511,16 @@ fn stage(ext: &Ext, name: &str, bytes: &[u8]) -> Result<i64> {
     Ok(part)
 }
 
-/// Refuse a package naming a table that is not allowed, not a CRR here, or
-/// whose schema differs from the sender's.
+/// Refuse a package naming a table that is not allowed, or whose primary
+/// key differs from ours; return the filter of the changes we can apply now
+/// ([`pending::known_filter`]).
 fn check_tables(
     ext: &Ext,
     inner: &mut Inner,
     name: &str,
     cfg: &InboundConfig,
     pkg: &Package,
-) -> Result<()> {
-    inner.sync(&ext.tx)?;
+) -> Result<Option<String>> {
     for t in &pkg.tables {
         if let Some(allowed) = &cfg.tables {
             if !allowed.iter().any(|a| a == &t.name) {
@@ -538,8 +534,7 @@ fn check_tables(
     }
     // Columns and tables we do not have yet wait (crsql_pending_changes);
     // a primary key that differs is refused here.
-    pending::known_filter(ext, inner, &format!("{INBOUND} {name}"), &pkg.tables)?;
-    Ok(())
+    pending::known_filter(ext, inner, &format!("{INBOUND} {name}"), &pkg.tables)
 }
 
 /// The db_version of the split transaction whose parts are staged, if any.

@@ -155,13 +155,8 @@ impl Table for OutboundTable {
             let mut inner = ext.lock(OUTBOUND)?;
             if create {
                 super::check_new_name(OUTBOUND, name)?;
-                if !cfg.resync_snapshot && super::compact::is_behind(&inner.conn, cfg.since, true)?
-                {
-                    return Err(super::compact::resync_required(
-                        OUTBOUND,
-                        name,
-                        &inner.conn,
-                    )?);
+                if !cfg.resync_snapshot {
+                    super::compact::refuse_behind(OUTBOUND, name, &inner.conn, cfg.since, true)?;
                 }
                 super::check_crrs(&ext, &mut inner, OUTBOUND, name, cfg.tables.as_ref())?;
                 let id: Vec<u8> = inner
@@ -292,12 +287,8 @@ impl Table for OutboundTable {
         if what == "rewind" {
             // The peer lost what it had acknowledged (a restored backup):
             // send again from `pos`, unless deletes after it were compacted.
-            if !self.cfg.resync_snapshot && super::compact::is_behind(&inner.conn, pos, false)? {
-                return Err(super::compact::resync_required(
-                    OUTBOUND,
-                    &self.name,
-                    &inner.conn,
-                )?);
+            if !self.cfg.resync_snapshot {
+                super::compact::refuse_behind(OUTBOUND, &self.name, &inner.conn, pos, false)?;
             }
             super::set_position(&inner.conn, &self.name, pos)?;
             self.ext.forget_retrieved(&self.name);
@@ -511,7 +502,7 @@ impl Producer {
         drop(inner);
         // A stream that has caught up (the usual poll) reads no table: every
         // committed change lies at or before `newest`.
-        let scanner = if start >= newest {
+        let mut scanner = if start >= newest {
             Scanner::empty()
         } else {
             // A transaction larger than a package is sent in parts, each read
@@ -534,7 +525,6 @@ impl Producer {
                 &mut memos,
             )?
         };
-        let mut scanner = scanner;
         if let Some(through) = records {
             scanner.add_records(ext.db, &tables, start, through)?;
         }

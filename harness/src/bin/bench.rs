@@ -1089,7 +1089,7 @@ mod compaction {
     }
 }
 
-/// What `crsql_streams.lag_changes` costs (issue 10, item 6; DECISIONS D32).
+/// What `crsql_streams.lag_changes` costs (issue 10, item 6; DECISIONS D33).
 mod lag {
     use super::streams::{backlog, median_micros};
     use super::*;
