@@ -1,8 +1,9 @@
--- crsql_streams.lag_changes (docs/sql.md "crsql_streams", DECISIONS D32):
+-- crsql_streams.lag_changes (docs/sql.md "crsql_streams", DECISIONS D33):
 -- the changes after last_sent that an outbound stream carries, exact,
--- with its tables / exclude_sites / local_only filters; NULL for inbound
--- streams. The counts behind it live in crsql_change_counts; the internal
--- table crsql_change_counter, whose COMMIT counts a transaction's changes,
+-- with its tables / exclude_sites / local_only filters; for an inbound
+-- stream, the changes of its staged parts (0 here: nothing staged). The
+-- counts behind it live in crsql_change_counts; the internal table
+-- crsql_change_counter, whose COMMIT counts a transaction's changes,
 -- stores nothing.
 .bail off
 .mode list

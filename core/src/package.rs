@@ -470,7 +470,36 @@ impl Package {
         Ok(pkg)
     }
 
-    fn decode_binary(bytes: &[u8]) -> Result<Package, PackageError> {
+    /// The kind and postcard body of a binary package, after checking its
+    /// length, magic, checksum and format version.
+    /// How many changes the package holds, without decoding them: a binary
+    /// package is read up to the length of its change list (the header
+    /// fields before it are small), a JSON one is decoded whole.
+    pub fn change_count(bytes: &[u8]) -> Result<usize, PackageError> {
+        /// The body's fields before `changes`, in order (postcard writes a
+        /// tuple and a struct the same way).
+        type Head = (
+            Bytes,
+            Bytes,
+            String,
+            Position,
+            Position,
+            Option<Part>,
+            Vec<TableEntry>,
+            Vec<Bytes>,
+        );
+        if Package::sniff(bytes) == Encoding::Json {
+            return Ok(Package::decode_json(bytes)?.changes.len());
+        }
+        let malformed = |e: postcard::Error| PackageError::Malformed(e.to_string());
+        let (_, body) = Package::binary_body(bytes)?;
+        let (_, rest) = postcard::take_from_bytes::<Head>(body).map_err(malformed)?;
+        // A sequence's length is a varint, as a u64 is.
+        let (n, _) = postcard::take_from_bytes::<u64>(rest).map_err(malformed)?;
+        usize::try_from(n).map_err(|_| PackageError::Malformed("change count out of range".into()))
+    }
+
+    fn binary_body(bytes: &[u8]) -> Result<(PackageKind, &[u8]), PackageError> {
         let min = MAGIC.len() + 1 + 8;
         if bytes.len() < min {
             return Err(PackageError::TooShort {
@@ -497,6 +526,11 @@ impl Package {
             },
             v => return Err(PackageError::UnsupportedVersion(v)),
         };
+        Ok((kind, body))
+    }
+
+    fn decode_binary(bytes: &[u8]) -> Result<Package, PackageError> {
+        let (kind, body) = Package::binary_body(bytes)?;
         let (mut pkg, rest) = postcard::take_from_bytes::<Package>(body)
             .map_err(|e| PackageError::Malformed(e.to_string()))?;
         pkg.kind = kind;
@@ -720,6 +754,30 @@ mod tests {
             ],
             kind: PackageKind::Changes,
         }
+    }
+
+    #[test]
+    fn change_count_reads_the_length_without_the_changes() {
+        let mut many = sample();
+        many.part = Some(Part {
+            db_version: 5,
+            last: false,
+        });
+        many.kind = PackageKind::Snapshot;
+        // Past one byte of varint, so a length read from the wrong place shows.
+        many.changes = (0..300).map(|_| sample().changes[0].clone()).collect();
+        for pkg in [sample(), many] {
+            for enc in [Encoding::Binary, Encoding::Json] {
+                let bytes = pkg.encode(enc).unwrap();
+                assert_eq!(Package::change_count(&bytes).unwrap(), pkg.changes.len());
+            }
+        }
+        let mut bad = sample().encode(Encoding::Binary).unwrap();
+        bad[10] ^= 1;
+        assert!(matches!(
+            Package::change_count(&bad),
+            Err(PackageError::Checksum { .. })
+        ));
     }
 
     #[test]

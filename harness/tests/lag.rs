@@ -654,3 +654,49 @@ fn a_commit_that_fails_busy_and_a_transaction_that_writes_on_are_counted_once() 
         .unwrap();
     assert_eq!(lag, 5);
 }
+
+/// An inbound stream's `lag_changes` is what it received and has not
+/// applied: the staged parts of a split transaction, 0 once the last part
+/// merges them.
+#[test]
+fn inbound_lag_counts_the_staged_parts_of_a_split_transaction() {
+    let (a, b) = (open_memory(), open_memory());
+    for c in [&a, &b] {
+        c.execute_batch(SCHEMA).unwrap();
+    }
+    a.execute_batch("CREATE VIRTUAL TABLE to_b USING crsql_OutboundStream(max_changes = 4); BEGIN")
+        .unwrap();
+    for i in 1..=7 {
+        a.execute("INSERT INTO t1 VALUES (?1, 'x', 'y')", [i]).unwrap();
+    }
+    a.execute_batch("COMMIT").unwrap();
+    b.execute_batch("CREATE VIRTUAL TABLE from_a USING crsql_InboundStream")
+        .unwrap();
+    let parts: Vec<Vec<u8>> = a
+        .prepare("SELECT package FROM to_b")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(parts.len(), 4, "14 changes in parts of at most 4");
+    let lag = || -> i64 {
+        b.query_row(
+            "SELECT lag_changes FROM crsql_streams WHERE name = 'from_a'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(lag(), 0);
+    for (i, part) in parts.iter().enumerate() {
+        b.execute("INSERT INTO from_a(package) VALUES (?1)", [part])
+            .unwrap();
+        let staged = if i + 1 < parts.len() { 4 * (i as i64 + 1) } else { 0 };
+        assert_eq!(lag(), staged, "after part {}", i + 1);
+    }
+    let rows: i64 = b
+        .query_row("SELECT count(*) FROM t1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 7);
+}

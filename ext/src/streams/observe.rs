@@ -4,13 +4,14 @@
 use std::ffi::c_int;
 use std::sync::Arc;
 
-use crsql_stream_core::package::to_hex;
+use crsql_stream_core::package::{to_hex, Package};
 use crsql_stream_core::Position;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
 use rusqlite::OptionalExtension;
 
 use crate::crr::counts::{changes_after, Filter};
+use crate::err;
 use crate::error::Result;
 use crate::sqlite::vtab::{Table, TableCursor};
 use crate::state::{Ext, Inner};
@@ -85,6 +86,27 @@ fn outbound_lag(inner: &mut Inner, ext: &Ext, name: &str, pos: Position) -> Resu
     };
     let filter = Filter::of_stream(inner, &cfg)?;
     Ok(Value::Integer(changes_after(ext, inner, &filter, pos)?))
+}
+
+/// `lag_changes` of inbound stream `name`: the changes it received and has
+/// not applied yet, those of the staged parts of a split transaction (0
+/// between transactions). Read from the parts' headers, not their changes.
+fn staged_changes(inner: &Inner, name: &str) -> Result<i64> {
+    let mut stmt = inner
+        .conn
+        .prepare_cached("SELECT package FROM crsql_stream_staging WHERE name = ?1")?;
+    let mut rows = stmt.query([name])?;
+    let mut n = 0usize;
+    while let Some(r) = rows.next()? {
+        let bytes = match r.get_ref(0)? {
+            ValueRef::Blob(b) | ValueRef::Text(b) => b,
+            _ => continue,
+        };
+        n += Package::change_count(bytes).map_err(|e| {
+            err!("inbound stream {name}: a staged part does not decode ({e}); drop and re-create the stream")
+        })?;
+    }
+    Ok(n as i64)
 }
 
 /// The module arguments of a `CREATE VIRTUAL TABLE … USING m(a, b, …)`
@@ -170,6 +192,7 @@ impl TableCursor for StreamsCursor {
                     lag,
                 ]
             } else {
+                let lag = staged_changes(&inner, &name)?;
                 [
                     Value::Text(name),
                     Value::Text(direction),
@@ -178,7 +201,7 @@ impl TableCursor for StreamsCursor {
                     Value::Null,
                     text(pos),
                     Value::Null,
-                    Value::Null,
+                    Value::Integer(lag),
                 ]
             };
             rows.push(row.to_vec());
