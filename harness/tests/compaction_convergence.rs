@@ -46,11 +46,11 @@
 //!   in a rolled-back transaction): the case goes on without the restore.
 //!   A stream re-created from `[0,0]` sends the compacted deletes, so that
 //!   variant needs no trial. A restore drops every backup: a backup taken
-//!   before a restore holds streams that follow old site ids. One kind of
-//!   restore is skipped because of a known bug (see `restore` and the
-//!   `bug_…` test at the end; `COMPACTION_CONVERGENCE_KNOWN_BUGS=split`
-//!   runs it, and the test then fails): an inbound stream re-created inside
-//!   a split transaction loses its first parts.
+//!   before a restore holds streams that follow old site ids. Restores that
+//!   would re-create an inbound stream inside a split transaction are
+//!   skipped: that stream refuses the rest of the transaction until it is
+//!   sent whole (see `restore`, and the test at the end that follows the
+//!   procedure through it).
 //! - about 40% of the links use `resync = 'snapshot'`; a quarter of the
 //!   compactions first expire every peer of the replica
 //!   (`peer-expiry-seconds` 0), so deletes its peers were not sent are
@@ -1660,17 +1660,18 @@ impl World {
             stat(|s| s.restores_refused += 1);
             return;
         }
-        // Known bug (split): an inbound stream re-created with `since`
-        // inside a transaction that the sender split into parts never merges
-        // the parts up to `since`: they were staged in the dropped stream,
-        // and the new one merges only the parts after it. The procedure
-        // re-creates inbound streams at such positions: in step 3 when the
-        // peer's inbound stream from the restored replica holds staged parts
-        // of the transaction the restored `to_<peer>.last_sent` lies in, and
-        // in step 4 (`exclude_sites`) when the backup's inbound stream from
-        // the peer held staged parts. Those restores are skipped (run them
-        // with COMPACTION_CONVERGENCE_KNOWN_BUGS=split); see
-        // `bug_an_inbound_stream_re_created_inside_a_split_transaction_loses_its_first_parts`.
+        // An inbound stream re-created with `since` inside a transaction
+        // that the sender split into parts refuses the parts after `since`
+        // (the earlier ones were staged in the dropped stream); the
+        // procedure then has the transaction sent whole from the version
+        // before (the error says how). The procedure re-creates inbound
+        // streams at such positions in step 3 when the peer's inbound
+        // stream from the restored replica holds staged parts of the
+        // transaction the restored `to_<peer>.last_sent` lies in, and in
+        // step 4 (`exclude_sites`) when the backup's inbound stream from
+        // the peer held staged parts. Those restores are skipped here;
+        // `an_inbound_stream_re_created_inside_a_split_transaction_refuses_the_rest_until_resent_whole`
+        // follows the procedure through that case.
         let mut inside = false;
         for &li in &outgoing {
             let l = &self.links[li];
@@ -1686,7 +1687,7 @@ impl World {
             let recreated = !l.cfg.peer_arg || self.follows_an_old_stream(&snap.path, li);
             inside |= recreated && staged_in_backup.contains(&l.inb);
         }
-        if inside && !known_bug("split") {
+        if inside {
             stat(|s| s.restores_skipped_bug += 1);
             self.log.push(format!(
                 "replica {r}: restore skipped: a re-created inbound stream would start inside a split transaction"
@@ -2205,13 +2206,6 @@ impl World {
 
 type Positions = BTreeMap<String, (Option<Pos>, Option<Pos>)>;
 
-/// Run the operations excluded because of a known bug:
-/// `COMPACTION_CONVERGENCE_KNOWN_BUGS` = `split`, `horizon`, or `split,horizon`.
-fn known_bug(name: &str) -> bool {
-    std::env::var("COMPACTION_CONVERGENCE_KNOWN_BUGS")
-        .is_ok_and(|v| v.split(',').any(|b| b.trim() == name))
-}
-
 fn exact_to_value(e: &Exact) -> Value {
     match e {
         Exact::Null => Value::Null,
@@ -2369,14 +2363,15 @@ fn rows_of(c: &Connection) -> Vec<(i64, String)> {
 /// Steps 3 and 4 of docs/operations.md ("Restoring a database") re-create
 /// inbound streams with `since` = a position that can lie inside a
 /// transaction the sender split into parts (`max_changes`, `max_bytes`).
-/// The parts before it were staged in the dropped stream and are gone; the
-/// new stream merges the remaining parts alone (no gap is reported), so the
-/// changes of the first parts never arrive. Here: a two-row insert sent one
+/// The parts before it were staged in the dropped stream and are gone. The
+/// new stream used to merge the remaining parts alone (no gap reported), so
+/// the changes of the first parts never arrived. It now refuses them,
+/// applying nothing, and its error says how to have the transaction sent
+/// whole; done as it says, the row arrives. Here: a two-row insert sent one
 /// change per package; the inbound stream is re-created after the first
 /// part, as the procedure would do.
 #[test]
-#[ignore = "bug: an inbound stream re-created inside a split transaction silently loses its first parts"]
-fn bug_an_inbound_stream_re_created_inside_a_split_transaction_loses_its_first_parts() {
+fn an_inbound_stream_re_created_inside_a_split_transaction_refuses_the_rest_until_resent_whole() {
     let dir = tempfile::tempdir().unwrap();
     let a = open(&dir.path().join("a.db"));
     let b = open(&dir.path().join("b.db"));
@@ -2387,39 +2382,53 @@ fn bug_an_inbound_stream_re_created_inside_a_split_transaction_loses_its_first_p
         .unwrap();
     }
     a.execute_batch(
-        "CREATE VIRTUAL TABLE to_b USING crsql_OutboundStream(max_changes = 1);
+        "INSERT INTO t VALUES (0, 'before');
+         CREATE VIRTUAL TABLE to_b USING crsql_OutboundStream(max_changes = 1);
          INSERT INTO t VALUES (1, 'x'), (2, 'y');",
     )
     .unwrap();
     b.execute_batch("CREATE VIRTUAL TABLE from_a USING crsql_InboundStream();")
         .unwrap();
-    // The first part only: staged on B, last_applied [1,0].
-    let first: Value = a
-        .query_row("SELECT package FROM to_b LIMIT 1", [], |r| r.get(0))
+    // Version 1 whole, then the first part of version 2: staged on B.
+    let first: Vec<Value> = a
+        .prepare("SELECT package FROM to_b LIMIT 2")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
         .unwrap();
-    b.execute("INSERT INTO from_a(package) VALUES (?1)", [&first])
-        .unwrap();
+    for p in &first {
+        b.execute("INSERT INTO from_a(package) VALUES (?1)", [p])
+            .unwrap();
+    }
     let applied: String = b
         .query_row("SELECT last_applied FROM from_a", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(applied, "[1,0]");
+    assert_eq!(applied, "[2,0]");
     a.execute("INSERT INTO to_b(last_sent) VALUES (?1)", [&applied])
         .unwrap();
     // Re-created from that position, as step 3 or 4 of the procedure does.
-    if let Err(e) = b.execute_batch(&format!(
+    b.execute_batch(&format!(
         "DROP TABLE from_a; CREATE VIRTUAL TABLE from_a USING crsql_InboundStream(since = '{applied}');"
-    )) {
-        eprintln!("refused: {e}");
-        return;
+    ))
+    .unwrap();
+    let e = pump(&a, "to_b", &b, "from_a").unwrap_err().to_string();
+    for part in ["continues transaction 2", "none of its earlier parts", "Nothing was applied"] {
+        assert!(e.contains(part), "{e}");
     }
-    // Either the remaining part is refused (the first one is missing), or
-    // the re-creation is, or row 1 arrives; today row 1 is silently lost.
-    if let Err(e) = pump(&a, "to_b", &b, "from_a") {
-        eprintln!("refused: {e}");
-        assert!(rows_of(&b).is_empty(), "a part was merged alone");
-        return;
-    }
-    assert_eq!(rows_of(&b), rows_of(&a), "row 1 never reached B");
+    assert_eq!(rows_of(&b), vec![(0, "before".to_string())], "a part was merged alone");
+    // As the error says.
+    let before = format!("[1,{}]", i64::MAX);
+    assert!(e.contains(&format!("since = '{before}'")), "{e}");
+    assert!(e.contains(&format!("INSERT INTO to_b(rewind) VALUES ('{before}')")), "{e}");
+    b.execute_batch(&format!(
+        "DROP TABLE from_a; CREATE VIRTUAL TABLE from_a USING crsql_InboundStream(since = '{before}');"
+    ))
+    .unwrap();
+    a.execute("INSERT INTO to_b(rewind) VALUES (?1)", [&before])
+        .unwrap();
+    pump(&a, "to_b", &b, "from_a").unwrap();
+    assert_eq!(rows_of(&b), rows_of(&a));
 }
 
 /// docs/operations.md step 4 with `exclude_sites`, for a backup of A

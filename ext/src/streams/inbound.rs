@@ -194,6 +194,11 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
         };
         (staged_db_version(&inner.conn, name, last)?, known)
     };
+    if let Some(part) = pkg.part {
+        if pkg.since.db_version == part.db_version && staged_dbv.is_none() {
+            return Err(missing_first_parts(name, &pkg, part.db_version));
+        }
+    }
     let stage_this = matches!(pkg.part, Some(part) if !part.last);
     if stage_this {
         // A new split transaction: staged parts of an older one (whose other
@@ -233,6 +238,27 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
             pkg.stream_id.0
         ])?;
     super::touch(&inner.conn, name)
+}
+
+/// A part that continues a split transaction (its `since` lies inside it)
+/// reached a stream that holds none of the transaction's earlier parts: the
+/// stream was created at a position inside the transaction, and the parts
+/// before it were staged by a stream that no longer exists. Merging the
+/// rest alone would lose the first parts for good, so the package is
+/// refused, with the way to have the transaction sent whole: both ends
+/// start again from the end of the version before it.
+fn missing_first_parts(name: &str, pkg: &Package, v: i64) -> Error {
+    let before = Position::new(v - 1, i64::MAX);
+    err!(
+        "{INBOUND} {name}: this package continues transaction {v} of the sender (it starts \
+         after {}), but this stream holds none of its earlier parts: it was created inside \
+         that transaction, and the parts before were staged by a stream that no longer \
+         exists. Nothing was applied. Have the transaction sent whole: re-create this stream \
+         with since = '{before}' and, on the sender, run INSERT INTO {}(rewind) VALUES \
+         ('{before}') (docs/operations.md, \"Restoring a database\")",
+        pkg.since,
+        pkg.stream
+    )
 }
 
 /// Sender, stream, position and schema checks. Returns the stream's
