@@ -2802,8 +2802,10 @@ fn drop_table_removes_a_streams_state() {
     );
     assert_eq!(last_sent(&a, "o"), "[0,0]");
     assert_eq!(pull(&a, "o", "")[0].since, "[0,0]");
-    // Re-created inbound: the staged first part is gone, so continuing the
-    // split transaction from its position brings only the later parts.
+    // Re-created inbound: the staged first part is gone, so the later parts
+    // of the split transaction are refused (merged alone, they would lose
+    // the first part for good), and nothing of the dropped staging comes
+    // back.
     exec(
         &b,
         &format!(
@@ -2821,9 +2823,11 @@ fn drop_table_removes_a_streams_state() {
             })
         })
         .collect();
-    for q in &p[first_part + 1..] {
-        apply(&b, "i", &q.package).unwrap();
-    }
+    let before = rows(&b, "SELECT count(*) FROM notes");
+    let e = apply(&b, "i", &p[first_part + 1].package).unwrap_err();
+    assert!(e.contains("none of its earlier parts"), "{e}");
+    assert_eq!(rows(&b, "SELECT count(*) FROM notes"), before);
+    assert_eq!(last_applied(&b, "i"), p[first_part].cursor);
     let notes: BTreeSet<i64> = rows(&b, "SELECT id FROM notes")
         .iter()
         .map(|r| as_int(&r[0]))
