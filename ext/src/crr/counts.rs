@@ -77,8 +77,11 @@ fn clock_of(table: &str) -> String {
     quote_ident(&format!("{table}{CLOCK_SUFFIX}"))
 }
 
-const UPSERT: &str = "ON CONFLICT (lvl, v, tbl, site) DO UPDATE SET n = n + excluded.n, \
-     maxseq = max(maxseq, excluded.maxseq)";
+/// Add `n` (?5) to the count of `(lvl, v, tbl, site)` (?1–?4), keeping the
+/// largest seq (?6). A literal, so that a write costs no formatting.
+const ADD_COUNT: &str = "INSERT INTO crsql_change_counts (lvl, v, tbl, site, n, maxseq) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (lvl, v, tbl, site) DO UPDATE SET \
+     n = n + excluded.n, maxseq = max(maxseq, excluded.maxseq)";
 
 /// `(db_version, site) -> (rows, largest seq)` of some clock rows.
 type Tally = HashMap<(i64, i64), (i64, i64)>;
@@ -101,9 +104,7 @@ fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {
 
 /// Add a tally of `table` to both levels.
 fn add_tally(conn: &Connection, table: &str, tally: &Tally) -> Result<()> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "INSERT INTO crsql_change_counts (lvl, v, tbl, site, n, maxseq) VALUES (?1, ?2, ?3, ?4, ?5, ?6) {UPSERT}"
-    ))?;
+    let mut stmt = conn.prepare_cached(ADD_COUNT)?;
     let mut buckets: HashMap<(i64, i64), i64> = HashMap::new();
     for (&(v, site), &(n, maxseq)) in tally {
         stmt.execute(params![0, v, table, site, n, maxseq])?;
@@ -336,13 +337,11 @@ pub fn migrate(ext: &crate::state::Ext) -> Result<()> {
 /// aborts the user's transaction (`abort due to ROLLBACK`; the
 /// hostile-schema regression test in divergences.rs caught it; see D20).
 fn apply(inner: &Inner, table: &str, deltas: &HashMap<(i64, i64), i64>) -> Result<()> {
-    let mut stmt = inner.conn.prepare_cached(&format!(
-        "INSERT INTO crsql_change_counts (lvl, v, tbl, site, n, maxseq) VALUES (?1, ?2, ?3, ?4, ?5, 0) {UPSERT}"
-    ))?;
+    let mut stmt = inner.conn.prepare_cached(ADD_COUNT)?;
     for (&(v, site), &n) in deltas {
         if n != 0 {
-            stmt.execute(params![0, v, table, site, n])?;
-            stmt.execute(params![1, v >> BUCKET_BITS, table, site, n])?;
+            stmt.execute(params![0, v, table, site, n, 0])?;
+            stmt.execute(params![1, v >> BUCKET_BITS, table, site, n, 0])?;
         }
     }
     Ok(())
@@ -369,11 +368,7 @@ fn key_rows(
     key: i64,
     through: i64,
 ) -> Result<Vec<(String, i64, i64)>> {
-    let sql = format!(
-        "SELECT col_name, db_version, site_id FROM {} WHERE key = ?1 AND db_version <= ?2",
-        clock_of(&t.name)
-    );
-    let mut stmt = inner.conn.prepare_cached(&sql)?;
+    let mut stmt = inner.conn.prepare_cached(&t.sql.clock_counted_rows)?;
     let rows = stmt
         .query_map(params![key, through], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))

@@ -7,8 +7,8 @@
 
 pub mod changes;
 pub mod clset;
-pub mod fract;
 pub mod counts;
+pub mod fract;
 pub mod local;
 pub mod merge;
 pub mod scan;

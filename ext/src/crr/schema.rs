@@ -87,6 +87,8 @@ pub struct TableSql {
     pub clock_delete_cells: String,
     pub clock_move_cell: String,
     pub clock_delete_cell: String,
+    /// A key's clock rows at or below a version (`crr::counts`).
+    pub clock_counted_rows: String,
     pub clock_write: String,
     pub clock_zero_cell: String,
     pub base_delete: String,
@@ -439,6 +441,9 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
              FROM {clock} WHERE key = ?1 AND col_name = ?3"
         ),
         clock_delete_cell: format!("DELETE FROM {clock} WHERE key = ?1 AND col_name = ?2"),
+        clock_counted_rows: format!(
+            "SELECT col_name, db_version, site_id FROM {clock} WHERE key = ?1 AND db_version <= ?2"
+        ),
         clock_write: format!(
             "INSERT OR REPLACE INTO {clock} ({clock_cols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
         ),
