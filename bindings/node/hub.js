@@ -411,7 +411,7 @@ async function run(db, ws, inbox, tenant, opts, control) {
       tell(true);
       return progress;
     }
-    if (control.stopped) throw STOPPED;
+    if (control.stopped || control.timedOut) throw STOPPED;
     const frame = await inbox.next(opts.poll);
     if (frame === null) {
       const v = dataVersion();
@@ -478,25 +478,23 @@ function options(o, once) {
 async function loop(db, url, opts, control) {
   const tenant = tenantOf(url);
   const deadline = opts.timeout === null ? null : Date.now() + opts.timeout;
+  const timedOut = (last) => new SyncTimeoutError(`not caught up after ${opts.timeout} ms (timeout)`, last);
   let backoff = 100;
   let failures = 0;
   for (;;) {
     let timer = null;
+    if (deadline !== null) {
+      timer = setTimeout(() => {
+        control.timedOut = true;
+        if (control.wake) control.wake();
+      }, Math.max(deadline - Date.now(), 0));
+    }
     try {
-      const attempt = session(db, url, tenant, opts, control);
-      if (deadline === null) return await attempt;
-      const expired = new Promise((_, reject) => {
-        timer = setTimeout(() => {
-          control.stopped = true;
-          if (control.wake) control.wake();
-          reject(new SyncTimeoutError(`not caught up after ${opts.timeout} ms (timeout)`));
-        }, Math.max(deadline - Date.now(), 0));
-      });
-      attempt.catch(() => {});
-      return await Promise.race([attempt, expired]);
+      return await session(db, url, tenant, opts, control);
     } catch (e) {
-      if (e === STOPPED) return null;
-      if (!(e instanceof HubError)) throw e;
+      if (e !== STOPPED && !(e instanceof HubError)) throw e;
+      if (control.timedOut) throw timedOut(e === STOPPED ? null : e);
+      if (e === STOPPED || control.stopped) return null;
       failures += 1;
       if (e.fatal || (opts.maxRetries !== null && failures > opts.maxRetries)) throw e;
       if (opts.onError) opts.onError(e);
@@ -514,7 +512,7 @@ async function loop(db, url, opts, control) {
       if (control.stopped) return null;
       backoff = Math.min(backoff * 2, opts.maxBackoff);
     } finally {
-      if (timer) clearTimeout(timer);
+      clearTimeout(timer);
     }
   }
 }
@@ -531,7 +529,7 @@ async function loop(db, url, opts, control) {
  * `ca` for a private CA), `onError(err)` for each retried error.
  */
 async function sync(db, url, options_) {
-  return loop(db, url, options(options_, true), { stopped: false, wake: null });
+  return loop(db, url, options(options_, true), { stopped: false, timedOut: false, wake: null });
 }
 
 /**
@@ -547,7 +545,7 @@ class Syncer {
     this.db = db;
     this.url = url;
     this.opts = options(options_, false);
-    this.control = { stopped: false, wake: null };
+    this.control = { stopped: false, timedOut: false, wake: null };
     this.error = null;
     this.promise = null;
   }

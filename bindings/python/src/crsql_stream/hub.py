@@ -470,6 +470,8 @@ def _run(conn, ws, tenant: str, opts: Dict[str, Any], stop: threading.Event, sit
             return progress
         if stop.is_set():
             raise _Stop()
+        if opts["deadline"] is not None and time.monotonic() > opts["deadline"]:
+            raise SyncTimeoutError(f"not caught up after {opts['timeout']} s (timeout)")
         try:
             frame = ws.recv(timeout=poll)
         except TimeoutError:
@@ -532,7 +534,7 @@ def _sync(
         raise HubError(f"bad hub URL {url!r}: the scheme must be ws or wss")
     tenant = _tenant(url)
     timeout = opts["timeout"]
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = opts["deadline"] = None if timeout is None else time.monotonic() + timeout
     backoff, failures = 0.1, 0
     while True:
         if deadline is not None and time.monotonic() > deadline:
@@ -541,6 +543,8 @@ def _sync(
             return _session(conn, url, tenant, opts, stop)
         except _Stop:
             return None
+        except SyncTimeoutError:
+            raise
         except HubError as e:
             failures += 1
             retries = opts["max_retries"]
