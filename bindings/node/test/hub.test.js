@@ -69,6 +69,18 @@ function setup() {
   return dir;
 }
 
+/** Run `fn(dir, hub)` with a hub started in a fresh directory; kill it and remove the directory after. */
+async function withHub(fn) {
+  const dir = setup();
+  const state = { hub: await Hub.start(dir) };
+  try {
+    await fn(dir, state);
+  } finally {
+    await state.hub.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 function openDb(dir, name, schema = SCHEMA) {
   const db = crsql.connect(nodePath.join(dir, name));
   db.exec(schema);
@@ -86,9 +98,8 @@ async function waitUntil(cond, what) {
 }
 
 test('two clients sync through the hub, with progress', async () => {
-  const dir = setup();
-  const h = await Hub.start(dir);
-  try {
+  await withHub(async (dir, state) => {
+    const h = state.hub;
     const a = openDb(dir, 'a.db');
     const b = openDb(dir, 'b.db');
     const ins = a.prepare('INSERT INTO todos (id, title) VALUES (?, ?)');
@@ -113,16 +124,12 @@ test('two clients sync through the hub, with progress', async () => {
     assert.deepEqual([again.pushed, again.pulled], [0, 0]);
     a.close();
     b.close();
-  } finally {
-    await h.kill();
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('a Syncer reconnects after the hub is killed and restarted', async () => {
-  const dir = setup();
-  let h = await Hub.start(dir);
-  try {
+  await withHub(async (dir, state) => {
+    let h = state.hub;
     const a = openDb(dir, 'a.db');
     const b = openDb(dir, 'b.db');
     const errors = [];
@@ -136,7 +143,7 @@ test('a Syncer reconnects after the hub is killed and restarted', async () => {
     a.prepare("INSERT INTO todos (id, title) VALUES ('t2', 'while down')").run();
     b.prepare("INSERT INTO todos (id, title) VALUES ('t3', 'from b while down')").run();
     await waitUntil(() => errors.length > 0, 'the Syncer noticed the lost connection');
-    h = await Hub.start(dir, port);
+    h = state.hub = await Hub.start(dir, port);
     await hub.sync(a, h.url, { token: TOKEN, timeout: WAIT });
     await waitUntil(() => rows(b).length === 3, 'b got t2 after the restart');
     await waitUntil(async () => {
@@ -150,16 +157,12 @@ test('a Syncer reconnects after the hub is killed and restarted', async () => {
     assert.ok(errors.every((e) => e instanceof hub.HubConnectionError), errors.map(String).join('\n'));
     a.close();
     b.close();
-  } finally {
-    await h.kill();
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('error codes arrive as typed errors', async () => {
-  const dir = setup();
-  const h = await Hub.start(dir);
-  try {
+  await withHub(async (dir, state) => {
+    const h = state.hub;
     const a = openDb(dir, 'a.db');
     await assert.rejects(hub.sync(a, h.url, { token: 'wrong', timeout: WAIT }), (e) => {
       assert.ok(e instanceof hub.UnauthorizedError && e instanceof hub.HubError, String(e));
@@ -189,10 +192,7 @@ test('error codes arrive as typed errors', async () => {
     assert.throws(() => hub.decode(hub.errorFrame('brand_new', 'x')), (e) => e.constructor === hub.HubError && !e.fatal);
     a.close();
     other.close();
-  } finally {
-    await h.kill();
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('the documented hello bytes', () => {
@@ -212,9 +212,8 @@ test('the documented hello bytes', () => {
 });
 
 test('a Node client and a Python client through one hub', { skip: !PYTHON && 'no CRSQL_STREAM_PYTHON' }, async () => {
-  const dir = setup();
-  const h = await Hub.start(dir);
-  try {
+  await withHub(async (dir, state) => {
+    const h = state.hub;
     const a = openDb(dir, 'a.db');
     a.prepare("INSERT INTO todos (id, title) VALUES ('n1', 'from node')").run();
     await hub.sync(a, h.url, { token: TOKEN });
@@ -225,8 +224,5 @@ test('a Node client and a Python client through one hub', { skip: !PYTHON && 'no
     await hub.sync(a, h.url, { token: TOKEN });
     assert.deepEqual(rows(a), [['n1', 'from node'], ['p1', 'from python']]);
     a.close();
-  } finally {
-    await h.kill();
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });

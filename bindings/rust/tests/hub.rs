@@ -20,7 +20,11 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn bin() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/crsql-sync");
-    assert!(p.is_file(), "{} is missing: build it with `make hub`", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: build it with `make hub`",
+        p.display()
+    );
     p
 }
 
@@ -38,7 +42,13 @@ impl Hub {
             .unwrap();
         let arg = |p: &str| dir.join(p).to_str().unwrap().to_string();
         let mut child = Command::new(bin())
-            .args(["serve", "--data", &arg("data"), "--schema-dir", &arg("schema")])
+            .args([
+                "serve",
+                "--data",
+                &arg("data"),
+                "--schema-dir",
+                &arg("schema"),
+            ])
             .args(["--auth", &arg("auth.toml")])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::piped())
@@ -141,13 +151,17 @@ fn two_clients_sync_through_the_hub_with_progress() {
     let calls: Arc<Mutex<Vec<Progress>>> = Arc::default();
     let seen = calls.clone();
     let with_progress = opts().progress(move |p| seen.lock().unwrap().push(p));
-    let pa = rt.block_on(hub::sync(&mut a, &hub.url(), &with_progress)).unwrap();
+    let pa = rt
+        .block_on(hub::sync(&mut a, &hub.url(), &with_progress))
+        .unwrap();
     // 50 rows of 2 columns: 100 changes.
     assert_eq!((pa.pushed, pa.pulled), (100, 0));
     let last = *calls.lock().unwrap().last().expect("progress was reported");
     assert_eq!((last.done(), last.total()), (100, 100));
     assert!(calls.lock().unwrap().iter().all(|p| p.done() <= p.total()));
-    let pb = rt.block_on(hub::sync(&mut b, &hub.url(), &with_progress)).unwrap();
+    let pb = rt
+        .block_on(hub::sync(&mut b, &hub.url(), &with_progress))
+        .unwrap();
     assert_eq!((pb.pushed, pb.pulled, pb.total()), (2, 100, 102));
     rt.block_on(hub::sync(&mut a, &hub.url(), &opts())).unwrap();
     assert_eq!(rows(&a).len(), 51);
@@ -199,10 +213,16 @@ fn a_connected_client_resumes_after_the_hub_is_killed_and_restarted() {
     wait_until("b got t1", || rows(&watch).len() == 1);
     let port = hub.port;
     hub.kill();
-    a.execute("INSERT INTO todos (id, title) VALUES ('t2', 'while down')", [])
-        .unwrap();
+    a.execute(
+        "INSERT INTO todos (id, title) VALUES ('t2', 'while down')",
+        [],
+    )
+    .unwrap();
     watch
-        .execute("INSERT INTO todos (id, title) VALUES ('t3', 'from b while down')", [])
+        .execute(
+            "INSERT INTO todos (id, title) VALUES ('t3', 'from b while down')",
+            [],
+        )
         .unwrap();
     let hub = Hub::start(dir.path(), port);
     rt.block_on(hub::sync(&mut a, &hub.url(), &opts())).unwrap();
@@ -226,7 +246,13 @@ fn error_codes_are_typed() {
         .block_on(hub::sync(&mut a, &hub.url(), &opts().token("wrong")))
         .unwrap_err();
     assert!(
-        matches!(&e, HubError::Code { code: ErrorCode::Unauthorized, .. }),
+        matches!(
+            &e,
+            HubError::Code {
+                code: ErrorCode::Unauthorized,
+                ..
+            }
+        ),
         "{e:?}"
     );
     let mut other = open(
