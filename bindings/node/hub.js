@@ -383,7 +383,11 @@ async function run(db, ws, inbox, tenant, opts, control) {
   const applied = db.prepare(`SELECT last_applied AS p FROM ${inName}`);
   const ack = db.prepare(`INSERT INTO ${outName}(last_sent) VALUES (?)`);
   const info = db.prepare("SELECT json_extract(crsql_package_info(?), '$.changes') AS n");
-  const dataVersion = () => db.pragma('data_version', { simple: true });
+  // Commits of other connections change data_version; the application's
+  // own commits on this same connection (a Syncer shares it) change only
+  // the db_version.
+  const version = db.prepare('SELECT crsql_db_version() AS v');
+  const dataVersion = () => `${db.pragma('data_version', { simple: true })}:${version.get().v}`;
   let pushCursor = welcome.applied;
   const inflight = [];
   let pushExhausted = welcome.readOnly;

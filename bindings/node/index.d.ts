@@ -133,3 +133,6 @@ export function sync(
   b: Database,
   options?: { maxRounds?: number; batch?: number; outbound?: OutboundArgs },
 ): number;
+
+/** The client of the crsql-sync hub (hub.js, on the `ws` package). */
+export * as hub from './hub';

@@ -120,7 +120,7 @@ test('two clients sync through the hub, with progress', async () => {
     await hub.sync(a, h.url, { token: TOKEN });
     assert.equal(rows(a).length, 51);
     assert.deepEqual(rows(a), rows(b));
-    const again = await hub.sync(a, h.url, { token: TOKEN });
+    const again = await hub.sync(a, h.url, { token: TOKEN, progress: () => {} });
     assert.deepEqual([again.pushed, again.pulled], [0, 0]);
     a.close();
     b.close();
@@ -138,6 +138,13 @@ test('a Syncer reconnects after the hub is killed and restarted', async () => {
     a.prepare("INSERT INTO todos (id, title) VALUES ('t1', 'before')").run();
     await hub.sync(a, h.url, { token: TOKEN });
     await waitUntil(() => rows(b).length === 1, 'b got t1 through the Syncer');
+    // A commit while connected is pushed within `poll`.
+    b.prepare("INSERT INTO todos (id, title) VALUES ('t0', 'from b while connected')").run();
+    const aHas = (n) => async () => {
+      await hub.sync(a, h.url, { token: TOKEN, timeout: WAIT });
+      return rows(a).length === n;
+    };
+    await waitUntil(aHas(2), 'a got t0 from the Syncer');
     const port = h.port;
     await h.kill();
     a.prepare("INSERT INTO todos (id, title) VALUES ('t2', 'while down')").run();
@@ -145,11 +152,8 @@ test('a Syncer reconnects after the hub is killed and restarted', async () => {
     await waitUntil(() => errors.length > 0, 'the Syncer noticed the lost connection');
     h = state.hub = await Hub.start(dir, port);
     await hub.sync(a, h.url, { token: TOKEN, timeout: WAIT });
-    await waitUntil(() => rows(b).length === 3, 'b got t2 after the restart');
-    await waitUntil(async () => {
-      await hub.sync(a, h.url, { token: TOKEN, timeout: WAIT });
-      return rows(a).length === 3;
-    }, 'a got t3 from b');
+    await waitUntil(() => rows(b).length === 4, 'b got t2 after the restart');
+    await waitUntil(aHas(4), 'a got t3 from b');
     assert.ok(syncer.running);
     await syncer.stop();
     assert.equal(syncer.running, false);

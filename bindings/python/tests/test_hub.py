@@ -124,7 +124,7 @@ class HubClientTest(unittest.TestCase):
         self.assertEqual(len(rows(a)), 51)
         # Nothing new: a second round moves nothing either way (positions
         # resumed from the streams, not sent again).
-        again = hub.sync(a, self.hub.url, token=TOKEN)
+        again = hub.sync(a, self.hub.url, token=TOKEN, progress=lambda d, t: None)
         self.assertEqual((again.pushed, again.pulled), (0, 0))
         names = {r[0] for r in a.execute("SELECT name FROM crsql_streams")}
         self.assertEqual(len([n for n in names if n.startswith("crsql_hub_")]), 2, names)
@@ -143,6 +143,15 @@ class HubClientTest(unittest.TestCase):
             a.commit()
             hub.sync(a, self.hub.url, token=TOKEN)
             wait_until(lambda: rows(watch) == [("t1", "before")], "b got t1 through the Syncer")
+            # A commit of another connection while connected is pushed.
+            watch.execute("INSERT INTO todos (id, title) VALUES ('t0', 'from b while connected')")
+            watch.commit()
+
+            def a_has(n: int) -> bool:
+                hub.sync(a, self.hub.url, token=TOKEN, timeout=WAIT)
+                return len(rows(a)) == n
+
+            wait_until(lambda: a_has(2), "a got t0 from the Syncer")
             port = self.hub.port
             self.hub.kill()
             a.execute("INSERT INTO todos (id, title) VALUES ('t2', 'while down')")
@@ -153,13 +162,8 @@ class HubClientTest(unittest.TestCase):
             wait_until(lambda: errors, "the Syncer noticed the lost connection")
             self.hub = Hub(self.d, port)
             hub.sync(a, self.hub.url, token=TOKEN, timeout=WAIT)
-            wait_until(lambda: len(rows(watch)) == 3, "b got t2 after the restart")
-
-            def a_has_all() -> bool:
-                hub.sync(a, self.hub.url, token=TOKEN, timeout=WAIT)
-                return len(rows(a)) == 3
-
-            wait_until(a_has_all, "a got t3 from b")
+            wait_until(lambda: len(rows(watch)) == 4, "b got t2 after the restart")
+            wait_until(lambda: a_has(4), "a got t3 from b")
             self.assertTrue(syncer.running)
         finally:
             syncer.stop()
