@@ -14,7 +14,7 @@ export CRSQL_STREAM_EXT := $(abspath $(EXT))
 # these on the command line to replay a seed a soak printed.
 TEST_SEEDS ?= PROPTEST_RNG_SEED=20261207 HOSTILE_SEED=20261207 CRASH_SEED=20261207
 
-.PHONY: all build hub server-test bench-hub test unit harness-test sql-test sql-bless py-test wheel py-binding-test node-package node-binding-test check fmt clippy soak bench demo fuzz memcheck clean path-check readme-test
+.PHONY: all build hub server-test bench-hub test unit harness-test sql-test sql-bless py-test wheel py-binding-test node-package node-binding-test hub-examples-test check fmt clippy soak bench demo fuzz memcheck clean path-check readme-test
 
 all: build hub
 
@@ -45,7 +45,7 @@ bench-hub: hub
 	server/target/release/bench-hub $(BENCH_HUB_ARGS)
 
 # Everything CI runs.
-test: path-check build unit harness-test sql-test py-test py-binding-test rust-binding-test node-binding-test readme-test server-test
+test: path-check build unit harness-test sql-test py-test py-binding-test rust-binding-test node-binding-test hub-examples-test readme-test server-test
 	@echo "make test: all suites passed"
 
 # The repository stands alone: no tracked file may name a path outside it
@@ -94,13 +94,14 @@ wheel: build
 		>$(PY_RAW_WHEEL)/auditwheel.log 2>&1 || { cat $(PY_RAW_WHEEL)/auditwheel.log; exit 1; }
 	@ls dist/crsql_stream-*-manylinux_*.whl
 
-# Install the wheel into a fresh venv of Debian's Python and run the binding's
-# tests (unittest; no network). CRSQL_STREAM_EXT is unset so that only the
-# library inside the wheel can be found.
-py-binding-test: wheel
+# Install the wheel with its `hub` extra (websockets, from PyPI) into a fresh
+# venv of Debian's Python and run the binding's tests (unittest), the hub
+# client's against dist/crsql-sync. CRSQL_STREAM_EXT is unset so that only
+# the library inside the wheel can be found.
+py-binding-test: wheel hub
 	rm -rf $(PY_TEST_VENV)
 	$(PYTHON) -m venv $(PY_TEST_VENV)
-	$(PY_TEST_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-index dist/crsql_stream-*.whl
+	$(PY_TEST_VENV)/bin/python -m pip install -q --disable-pip-version-check "$$(ls dist/crsql_stream-*.whl)[hub]"
 	cd bindings/python/tests && env -u CRSQL_STREAM_EXT $(abspath $(PY_TEST_VENV))/bin/python -m unittest discover -s . -v
 
 # The README's Python, Rust and Node snippets, parsed from its "Bindings"
@@ -112,15 +113,15 @@ readme-test: build wheel node-package
 	$(NODE_GYP_ENV) PYTHON=$(PYTHON) CARGO=$(CARGO) $(PYTHON) tests/readme_snippets.py
 
 # Rust binding (bindings/rust, its own workspace): loading dist/libcrsql_stream.so,
-# then with the extension compiled in (`static`), then a short run of the TCP
-# example that `cargo test` built (two processes, cut connections, a killed
-# peer). It shares harness/'s target directory so bundled SQLite is compiled once.
+# then with the extension compiled in (`static`), then with the hub client
+# (`hub`: tests/hub.rs against dist/crsql-sync; builds examples/rust/hub_sync).
+# It shares harness/'s target directory so bundled SQLite is compiled once.
 .PHONY: rust-binding-test
 RUST_BINDING_CARGO := cd bindings/rust && CARGO_TARGET_DIR=$(abspath harness/target) $(CARGO)
-rust-binding-test: build
+rust-binding-test: build hub
 	$(RUST_BINDING_CARGO) test --release
 	$(RUST_BINDING_CARGO) test --release --features static
-	harness/target/release/examples/tcp_sync demo --rows 200 --cuts 3
+	$(RUST_BINDING_CARGO) test --release --features hub
 
 # Node binding (bindings/node, npm package crsql-stream): `npm pack` of the
 # package with the extension copied into lib/, into dist/.
@@ -140,9 +141,10 @@ node-package: build
 # Install the package tarball and better-sqlite3 (from the npm registry, built
 # from source, cached in target/node-test) into a scratch project, then run
 # bindings/node/test with node:test, $$CRSQL_STREAM_EXT unset so that only the
-# library inside the package can load. With the venv of py-binding-test (which
-# `make test` runs first) the TCP test also syncs a Node peer with a Python one.
-node-binding-test: node-package
+# library inside the package can load; the hub client's tests run against
+# dist/crsql-sync. With the venv of py-binding-test (which `make test` runs
+# first) a Node client also syncs with a Python one through the hub.
+node-binding-test: node-package hub
 	mkdir -p $(NODE_TEST_DIR)
 	cp bindings/node/test/project.json $(NODE_TEST_DIR)/package.json
 	cd $(NODE_TEST_DIR) && $(NODE_GYP_ENV) npm install --no-audit --no-fund --loglevel=error --no-save $(abspath $(NODE_TARBALL))
@@ -151,6 +153,13 @@ node-binding-test: node-package
 	env -u CRSQL_STREAM_EXT NODE_PATH=$(abspath $(NODE_TEST_DIR)/node_modules) \
 		$(if $(wildcard $(PY_TEST_VENV)/bin/python),CRSQL_STREAM_PYTHON=$(abspath $(PY_TEST_VENV))/bin/python) \
 		node --test --test-reporter=spec bindings/node/test/
+
+# The three hub examples (examples/*/hub_sync.*) against one real hub, as a
+# user runs them (tests/hub_examples.py), with the venv, node_modules and
+# example binary the three binding tests above made.
+hub-examples-test: hub
+	NODE_PATH=$(abspath $(NODE_TEST_DIR)/node_modules) PYTHON=$(abspath $(PY_TEST_VENV))/bin/python \
+		$(PYTHON) tests/hub_examples.py
 
 fmt:
 	$(CARGO) fmt --all
@@ -166,6 +175,7 @@ check: path-check build
 	cd bindings/rust && $(CARGO) fmt -- --check
 	$(RUST_BINDING_CARGO) clippy --all-targets --release -- -D warnings
 	$(RUST_BINDING_CARGO) clippy --all-targets --release --features static -- -D warnings
+	$(RUST_BINDING_CARGO) clippy --all-targets --release --features hub -- -D warnings
 	$(SERVER_CARGO) fmt --all -- --check
 	$(SERVER_CARGO) clippy --workspace --all-targets --release -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace

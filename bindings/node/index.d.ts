@@ -140,3 +140,6 @@ export function sync(
     progress?: (done: number, total: number) => void;
   },
 ): number;
+
+/** The client of the crsql-sync hub (hub.js, on the `ws` package). */
+export * as hub from './hub';

@@ -591,4 +591,6 @@ module.exports = {
   Inbound,
   pump,
   sync,
+  /** The client of the crsql-sync hub (hub.js). */
+  hub: require('./hub'),
 };

@@ -39,6 +39,9 @@ mod cursor;
 mod load;
 mod stream;
 
+#[cfg(feature = "hub")]
+pub mod hub;
+
 use rusqlite::Connection;
 
 pub use cursor::{Cursor, ParseCursorError};
