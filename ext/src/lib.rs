@@ -30,6 +30,7 @@ pub const MODULES: &[&str] = &[
     "crsql_InboundStream",
     "crsql_streams",
     "crsql_package_changes",
+    "crsql_internal_merge",
     "clset",
 ];
 
@@ -96,6 +97,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
             "crsql_package_changes",
             (),
         )?;
+        streams::batch::register(conn, &ext)?;
         crr::changes::connect_now(db)?;
         Ok(())
     })

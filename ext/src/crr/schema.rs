@@ -4,6 +4,7 @@
 //! through [`quote_str`], so hostile names cannot change the SQL (§15 Q10).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -68,6 +69,45 @@ impl TableInfo {
     pub fn col_index(&self, name: &str) -> Option<usize> {
         self.cols.iter().position(|c| c.name == name)
     }
+
+    /// `INSERT INTO t (pks, cols) VALUES (…) ON CONFLICT (pks) DO UPDATE SET
+    /// col = ?, …` for the columns `cols` (indexes, ascending): the pk values
+    /// bind first, then one value per column.
+    pub fn upsert_sql(&self, cols: &[usize]) -> Arc<str> {
+        let mut cache = self
+            .sql
+            .base_upserts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(sql) = cache.get(cols) {
+            return Arc::clone(sql);
+        }
+        let npk = self.pks.len();
+        let pk_list = self
+            .pks
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let names: Vec<String> = cols.iter().map(|&i| quote_ident(&self.cols[i].name)).collect();
+        let sets = names
+            .iter()
+            .enumerate()
+            // `= ?n`, not `= excluded.{q}`: SQLite 3.40 gives `excluded`
+            // the wrong affinity after a generated column.
+            .map(|(j, q)| format!("{q} = ?{}", npk + 1 + j))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql: Arc<str> = format!(
+            "INSERT INTO {} ({pk_list}, {}) VALUES ({}) ON CONFLICT ({pk_list}) DO UPDATE SET {sets}",
+            quote_ident(&self.name),
+            names.join(", "),
+            params(npk + cols.len(), 1)
+        )
+        .into();
+        cache.insert(cols.to_vec(), Arc::clone(&sql));
+        sql
+    }
 }
 
 /// SQL text for every statement run against one CRR. Built once per schema
@@ -77,7 +117,16 @@ pub struct TableSql {
     pub key_lookup: String,
     pub key_insert: String,
     pub local_cl: String,
-    pub cell_clock: String,
+    /// The key of a primary key and every clock row of it (one row with a
+    /// NULL `col_name` when it has none; no row without a key).
+    pub row_clocks: String,
+    /// The key of a primary key and the row's causal length (no row
+    /// without a key).
+    pub row_cl: String,
+    /// One clock row: col_version, db_version, seq, site_id.
+    pub cell_row: String,
+    /// Every clock row of a key but the sentinel, with its name.
+    pub cell_rows: String,
     pub cell_names: String,
     pub clock_upsert_cell: String,
     pub clock_insert_all: String,
@@ -88,12 +137,13 @@ pub struct TableSql {
     pub clock_move_cell: String,
     pub clock_delete_cell: String,
     pub clock_write: String,
-    pub clock_zero_cell: String,
     pub base_delete: String,
     pub base_insert_pks: String,
     pub base_exists: String,
     pub base_value: Vec<String>,
-    pub base_upsert: Vec<String>,
+    /// Base-table upserts of a set of columns, by column indexes (built
+    /// on first use; see [`TableInfo::upsert_sql`]).
+    pub base_upserts: Mutex<HashMap<Vec<usize>, Arc<str>>>,
     pub changes_select: String,
     /// A window of one transaction's clock rows in seq order, narrow (see
     /// `scan::TxMemo`).
@@ -357,19 +407,6 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
             )
         })
         .collect();
-    let base_upsert = cols
-        .iter()
-        .map(|c| {
-            let q = quote_ident(&c.name);
-            format!(
-                // `= ?n`, not `= excluded.{q}`: SQLite 3.40 gives
-                // `excluded` the wrong affinity after a generated column.
-                "INSERT INTO {base} ({pk_list}, {q}) VALUES ({}) ON CONFLICT ({pk_list}) DO UPDATE SET {q} = ?{}",
-                params(npk + 1, 1),
-                npk + 1
-            )
-        })
-        .collect();
     let val_expr = if cols.is_empty() {
         "NULL".to_string()
     } else {
@@ -410,8 +447,21 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
             "SELECT COALESCE((SELECT col_version FROM {clock} WHERE key = ?1 AND col_name = '-1'), \
              (SELECT 1 FROM {clock} WHERE key = ?1 LIMIT 1), 0)"
         ),
-        cell_clock: format!(
-            "SELECT col_version, site_id FROM {clock} WHERE key = ?1 AND col_name = ?2"
+        row_clocks: format!(
+            "SELECT p.__crsql_key, c.col_name, c.col_version, c.db_version, c.seq, c.site_id \
+             FROM {pkst} AS p LEFT JOIN {clock} AS c ON c.key = p.__crsql_key WHERE {}",
+            pk_where(pks, "p.", 1)
+        ),
+        row_cl: format!(
+            "SELECT p.__crsql_key, COALESCE((SELECT col_version FROM {clock} WHERE key = p.__crsql_key AND col_name = '-1'), \
+             (SELECT 1 FROM {clock} WHERE key = p.__crsql_key LIMIT 1), 0) FROM {pkst} AS p WHERE {}",
+            pk_where(pks, "p.", 1)
+        ),
+        cell_row: format!(
+            "SELECT col_version, db_version, seq, site_id FROM {clock} WHERE key = ?1 AND col_name = ?2"
+        ),
+        cell_rows: format!(
+            "SELECT col_name, col_version, db_version, seq, site_id FROM {clock} WHERE key = ?1 AND col_name != '-1'"
         ),
         cell_names: format!(
             "SELECT col_name FROM {clock} WHERE key = ?1 AND col_name != '-1' ORDER BY col_name"
@@ -442,9 +492,6 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
         clock_write: format!(
             "INSERT OR REPLACE INTO {clock} ({clock_cols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
         ),
-        clock_zero_cell: format!(
-            "UPDATE {clock} SET col_version = 0, db_version = ?3, seq = ?4 WHERE key = ?1 AND col_name = ?2"
-        ),
         base_delete: format!("DELETE FROM {base} WHERE {}", pk_where(pks, "", 1)),
         base_insert_pks: format!(
             "INSERT OR IGNORE INTO {base} ({pk_list}) VALUES ({})",
@@ -452,7 +499,7 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
         ),
         base_exists: format!("SELECT 1 FROM {base} WHERE {}", pk_where(pks, "", 1)),
         base_value,
-        base_upsert,
+        base_upserts: Mutex::default(),
         tx_order: format!(
             "SELECT seq, key, col_name FROM {clock} WHERE db_version = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
         ),
