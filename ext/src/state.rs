@@ -243,9 +243,7 @@ impl Ext {
     }
 
     /// The package merge in progress, if any; refused when re-entered.
-    pub fn merge_batch(
-        &self,
-    ) -> Result<MutexGuard<'_, Option<crate::streams::batch::MergeBatch>>> {
+    pub fn merge_batch(&self) -> Result<MutexGuard<'_, Option<crate::streams::batch::MergeBatch>>> {
         match self.merge_batch.try_lock() {
             Ok(g) => Ok(g),
             Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),

@@ -106,16 +106,18 @@ fn gen_change() -> impl Strategy<Value = Gen> {
         0..4usize,
         any::<bool>(),
     )
-        .prop_map(|(table, row, cid, val, col_version, cl, site, same_row)| Gen {
-            table,
-            row,
-            cid,
-            val,
-            col_version,
-            cl,
-            site,
-            same_row,
-        })
+        .prop_map(
+            |(table, row, cid, val, col_version, cl, site, same_row)| Gen {
+                table,
+                row,
+                cid,
+                val,
+                col_version,
+                cl,
+                site,
+                same_row,
+            },
+        )
 }
 
 /// A local write at the receiver (same SQL on both copies).
@@ -285,9 +287,11 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     receiver.execute_batch(&schema()).expect("schema");
     if case.merge_equal_values {
         receiver
-            .query_row("SELECT crsql_config_set('merge-equal-values', 1)", [], |_| {
-                Ok(())
-            })
+            .query_row(
+                "SELECT crsql_config_set('merge-equal-values', 1)",
+                [],
+                |_| Ok(()),
+            )
             .expect("config");
     }
     for w in &case.before {
@@ -389,7 +393,10 @@ fn the_core_value_types_convert_as_used_here() {
         &c,
         &format!(
             "SELECT cell FROM crsql_unpack_columns(X'{}')",
-            pk(1, 2).iter().map(|b| format!("{b:02X}")).collect::<String>()
+            pk(1, 2)
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect::<String>()
         ),
     );
     assert_eq!(got, vec![vec![Value::Text("r2".into())]]);

@@ -121,7 +121,6 @@ impl<'a> Change<'a> {
     }
 }
 
-
 /// A change checked against its table: the primary-key values, and the
 /// column index (None for the sentinel).
 struct Checked<'a> {
@@ -214,6 +213,20 @@ struct Clock {
     site: Site,
     /// Changed in memory, not written yet.
     dirty: bool,
+}
+
+impl Clock {
+    /// A stored clock row: col_version, db_version, seq and site_id from
+    /// column `first` of `r` on.
+    fn read(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Clock> {
+        Ok(Clock {
+            col_version: r.get(first)?,
+            db_version: r.get(first + 1)?,
+            seq: r.get(first + 2)?,
+            site: Site::Ordinal(r.get(first + 3)?),
+            dirty: false,
+        })
+    }
 }
 
 /// What is known of the clock row of one column.
@@ -388,13 +401,7 @@ impl<'i, 'a> Merger<'i, 'a> {
                     continue;
                 };
                 any = true;
-                let clock = Clock {
-                    col_version: r.get(2)?,
-                    db_version: r.get(3)?,
-                    seq: r.get(4)?,
-                    site: Site::Ordinal(r.get(5)?),
-                    dirty: false,
-                };
+                let clock = Clock::read(r, 2)?;
                 let name = String::from_utf8_lossy(name);
                 if name == SENTINEL {
                     sentinel_cl = Some(clock.col_version);
@@ -431,7 +438,9 @@ impl<'i, 'a> Merger<'i, 'a> {
     }
 
     fn row(&mut self) -> &mut Row<'a> {
-        self.row.as_mut().expect("a merger decides changes of a loaded row")
+        self.row
+            .as_mut()
+            .expect("a merger decides changes of a loaded row")
     }
 
     /// Decide change `c` of the current row and record its writes.
@@ -567,13 +576,7 @@ impl<'i, 'a> Merger<'i, 'a> {
         let mut rows = stmt.query([key])?;
         while let Some(r) = rows.next()? {
             let name: String = r.get(0)?;
-            let clock = Clock {
-                col_version: r.get(1)?,
-                db_version: r.get(2)?,
-                seq: r.get(3)?,
-                site: Site::Ordinal(r.get(4)?),
-                dirty: false,
-            };
+            let clock = Clock::read(r, 1)?;
             match row.t.col_index(&name) {
                 Some(i) => {
                     if matches!(row.cells[i], Slot::Unknown) {
@@ -632,15 +635,7 @@ impl<'i, 'a> Merger<'i, 'a> {
                 .inner
                 .conn
                 .prepare_cached(&row.t.sql.cell_row)?
-                .query_row(params![key, c.cid], |r| {
-                    Ok(Clock {
-                        col_version: r.get(0)?,
-                        db_version: r.get(1)?,
-                        seq: r.get(2)?,
-                        site: Site::Ordinal(r.get(3)?),
-                        dirty: false,
-                    })
-                })
+                .query_row(params![key, c.cid], |r| Clock::read(r, 0))
                 .optional()?;
             row.cells[col] = found.map_or(Slot::Absent, Slot::Present);
         }

@@ -83,13 +83,11 @@ impl TableInfo {
             return Arc::clone(sql);
         }
         let npk = self.pks.len();
-        let pk_list = self
-            .pks
+        let pk_list = ident_list(&self.pks);
+        let names: Vec<String> = cols
             .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let names: Vec<String> = cols.iter().map(|&i| quote_ident(&self.cols[i].name)).collect();
+            .map(|&i| quote_ident(&self.cols[i].name))
+            .collect();
         let sets = names
             .iter()
             .enumerate()
@@ -334,6 +332,14 @@ pub fn load_table(conn: &Connection, name: &str) -> Result<TableInfo> {
     })
 }
 
+/// `"a", "b", …`: the columns' names, quoted.
+pub fn ident_list(cols: &[Column]) -> String {
+    cols.iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `p."a" = b."a" AND …`: the pks table (alias `p`) joined to the base
 /// table (alias `b`) on the primary-key columns.
 pub fn pk_join(pks: &[Column]) -> String {
@@ -362,11 +368,7 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
     let base = quote_ident(name);
     let clock = quote_ident(&format!("{name}{CLOCK_SUFFIX}"));
     let pkst = quote_ident(&format!("{name}{PKS_SUFFIX}"));
-    let pk_list = pks
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let pk_list = ident_list(pks);
     let npk = pks.len();
     let clock_cols = "key, col_name, col_version, db_version, seq, site_id";
     // Clock increments stop at MAX_CLOCK with an error naming it, so that no
