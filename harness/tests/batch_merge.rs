@@ -12,7 +12,9 @@
 //! of one row in one package, ties on col_version with values of every
 //! storage class (and affinity conversions: `'5'` into an INTEGER column),
 //! deletes and resurrections with any causal length, the receiver's own
-//! site as origin, local writes between packages. Two tables: a narrow one
+//! site as origin, local writes between packages, base rows the clocks do
+//! not know (written with the sync bit set, or the same INTEGER PRIMARY KEY
+//! under another packed key: an insert of a new row then finds it there). Two tables: a narrow one
 //! (every clock row of a row read with its key) and one of 66 columns
 //! (clocks read one by one). Both copies must end byte for byte equal:
 //! base tables (with storage classes), clock tables, key tables,
@@ -72,8 +74,11 @@ fn values() -> Vec<CoreValue> {
 }
 
 fn pk(table: usize, row: usize) -> Vec<u8> {
-    let v = match table {
-        0 => CoreValue::Integer(row as i64 + 1),
+    let v = match (table, row) {
+        // TEXT '2' is a key of its own in the clocks, but the same row as
+        // the integer 2 in the INTEGER PRIMARY KEY column.
+        (0, 3) => CoreValue::Text("2".into()),
+        (0, _) => CoreValue::Integer(row as i64 + 1),
         _ => CoreValue::Text(format!("r{row}")),
     };
     pack_columns([v.as_ref()]).expect("pack a primary key")
@@ -98,7 +103,7 @@ struct Gen {
 fn gen_change() -> impl Strategy<Value = Gen> {
     (
         0..2usize,
-        0..3usize,
+        0..4usize,
         0..4usize,
         0..10usize,
         0..4i64,
@@ -123,9 +128,22 @@ fn gen_change() -> impl Strategy<Value = Gen> {
 /// A local write at the receiver (same SQL on both copies).
 #[derive(Clone, Debug)]
 enum Local {
-    Upsert { row: usize, val: usize },
-    Update { row: usize, val: usize },
-    Delete { row: usize },
+    Upsert {
+        row: usize,
+        val: usize,
+    },
+    Update {
+        row: usize,
+        val: usize,
+    },
+    Delete {
+        row: usize,
+    },
+    /// Written with the sync bit set: a base row without key or clocks.
+    Untracked {
+        row: usize,
+        val: usize,
+    },
 }
 
 fn gen_local() -> impl Strategy<Value = Local> {
@@ -133,6 +151,7 @@ fn gen_local() -> impl Strategy<Value = Local> {
         (0..3usize, 0..10usize).prop_map(|(row, val)| Local::Upsert { row, val }),
         (0..3usize, 0..10usize).prop_map(|(row, val)| Local::Update { row, val }),
         (0..3usize).prop_map(|row| Local::Delete { row }),
+        (0..3usize, 0..10usize).prop_map(|(row, val)| Local::Untracked { row, val }),
     ]
 }
 
@@ -189,6 +208,18 @@ fn local_write(c: &Connection, w: &Local) {
             "DELETE FROM t WHERE id = ?1",
             vec![Value::Integer(*row as i64 + 1)],
         ),
+        Local::Untracked { row, val } => {
+            c.query_row("SELECT crsql_internal_sync_bit(1)", [], |_| Ok(()))
+                .expect("sync bit");
+            c.execute(
+                "INSERT OR REPLACE INTO w (k, c0, c1) VALUES (?1, ?2, ?2)",
+                rusqlite::params![format!("r{row}"), sql_value(&vals[*val])],
+            )
+            .expect("untracked write");
+            c.query_row("SELECT crsql_internal_sync_bit(0)", [], |_| Ok(()))
+                .expect("sync bit");
+            return;
+        }
     };
     c.execute(sql, rusqlite::params_from_iter(args))
         .expect("local write");

@@ -273,6 +273,15 @@ struct Row<'a> {
 }
 
 impl Row<'_> {
+    /// The base-table write is an insert of a row new to the clocks (no
+    /// key), not deleted here, with at least one value.
+    fn new_insert(&self) -> bool {
+        self.key.is_none()
+            && !self.base_delete
+            && self.base_insert
+            && self.values.iter().any(Option::is_some)
+    }
+
     /// Every clock row of the row (sentinel excluded) is known.
     fn all_known(&self) -> bool {
         self.others.is_some() && !self.cells.iter().any(|s| matches!(s, Slot::Unknown))
@@ -306,7 +315,26 @@ pub struct Merger<'i, 'a> {
     sites: HashMap<&'a [u8], i64>,
     row: Option<Row<'a>>,
     impacted: i64,
+    /// Set by [`Merger::in_one_statement`].
+    one_statement: bool,
+    /// Inserts of new rows that wait to be written together.
+    inserts: Option<Inserts<'a>>,
 }
+
+/// Base-table inserts of new rows (no key yet, not deleted here) of one
+/// table and set of columns, written by one statement
+/// ([`Merger::in_one_statement`]).
+struct Inserts<'a> {
+    t: Arc<TableInfo>,
+    cols: Vec<usize>,
+    /// Per row: the pk values, then one value per column.
+    values: Vec<ValueRef<'a>>,
+    rows: usize,
+}
+
+/// Most rows one insert statement of [`Inserts`] writes (and at most 999
+/// values, SQLite's oldest default limit).
+const INSERT_ROWS: usize = 32;
 
 impl<'i, 'a> Merger<'i, 'a> {
     pub fn new(ext: &'i Ext, inner: &'i mut Inner) -> Result<Merger<'i, 'a>> {
@@ -328,7 +356,20 @@ impl<'i, 'a> Merger<'i, 'a> {
             sites: HashMap::new(),
             row: None,
             impacted: 0,
+            one_statement: false,
+            inserts: None,
         })
+    }
+
+    /// The merges run inside one statement that SQLite journals (a package
+    /// merge), so that a refused write undoes all of them: the inserts of
+    /// new rows may then wait and be written several rows at a time, after
+    /// their keys and clocks. (An insert into a table with triggers is a
+    /// statement SQLite journals on its own, copying the pages it touches:
+    /// once per statement instead of once per row.)
+    pub fn in_one_statement(mut self) -> Self {
+        self.one_statement = true;
+        self
     }
 
     /// The state the merger reads and writes through.
@@ -364,6 +405,7 @@ impl<'i, 'a> Merger<'i, 'a> {
     /// change this merger merged.
     pub fn finish(mut self) -> Result<i64> {
         self.flush()?;
+        self.flush_inserts()?;
         Ok(self.impacted)
     }
 
@@ -648,6 +690,7 @@ impl<'i, 'a> Merger<'i, 'a> {
         // A tie: read the stored value, as it is once the waiting writes
         // are done (affinity applied).
         self.flush()?;
+        self.flush_inserts()?;
         let row = self.row.as_ref().expect("a loaded row");
         let local_site = match row.cells[col] {
             Slot::Present(Clock {
@@ -689,12 +732,18 @@ impl<'i, 'a> Merger<'i, 'a> {
     /// refused write leaves no key, clock or version behind; then the key,
     /// new site ordinals and the clock rows.
     fn flush(&mut self) -> Result<()> {
+        if !self.row.as_ref().is_some_and(|r| r.dirty) {
+            return Ok(());
+        }
+        if self.one_statement && self.row.as_ref().is_some_and(Row::new_insert) {
+            self.insert_later()?;
+        } else {
+            // Base-table writes stay in order.
+            self.flush_inserts()?;
+        }
         let Some(row) = self.row.as_mut() else {
             return Ok(());
         };
-        if !row.dirty {
-            return Ok(());
-        }
         let r = write_row(self.ext, self.inner, &mut self.sites, row);
         match r {
             Ok(()) => {
@@ -713,6 +762,73 @@ impl<'i, 'a> Merger<'i, 'a> {
                 Err(e)
             }
         }
+    }
+}
+
+impl<'a> Merger<'_, 'a> {
+    /// Move the current row's base-table insert to [`Merger::inserts`].
+    fn insert_later(&mut self) -> Result<()> {
+        let row = self.row.as_ref().expect("a loaded row");
+        let cols: Vec<usize> = (0..row.values.len())
+            .filter(|&i| row.values[i].is_some())
+            .collect();
+        let fits = matches!(&self.inserts, Some(b) if Arc::ptr_eq(&b.t, &row.t) && b.cols == cols);
+        if !fits {
+            self.flush_inserts()?;
+        }
+        let row = self.row.as_mut().expect("a loaded row");
+        let batch = self.inserts.get_or_insert_with(|| Inserts {
+            t: Arc::clone(&row.t),
+            cols: cols.clone(),
+            values: Vec::new(),
+            rows: 0,
+        });
+        batch.values.extend(row.pks.iter().copied());
+        batch
+            .values
+            .extend(cols.iter().filter_map(|&i| row.values[i]));
+        batch.rows += 1;
+        let width = row.pks.len() + cols.len();
+        row.base_insert = false;
+        row.values.fill(None);
+        if batch.rows >= INSERT_ROWS.min(999 / width).max(1) {
+            self.flush_inserts()?;
+        }
+        Ok(())
+    }
+
+    /// Write the inserts that wait, with the sync bit set. A row that is
+    /// there already (or that a constraint refuses) makes the statement
+    /// undo itself; the rows are then written one by one as upserts, as
+    /// merging them one by one does (and fail as that does).
+    fn flush_inserts(&mut self) -> Result<()> {
+        let Some(batch) = self.inserts.take() else {
+            return Ok(());
+        };
+        let conn = &self.inner.conn;
+        let prev = self.ext.sync_bit.swap(1, Relaxed);
+        let r = (|| -> Result<()> {
+            let all = batch.values.iter().map(|v| out(*v));
+            let sql = batch.t.insert_sql(&batch.cols, batch.rows);
+            match conn.prepare_cached(&sql)?.execute(params_from_iter(all)) {
+                Ok(_) => return Ok(()),
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if matches!(
+                        f.code,
+                        rusqlite::ErrorCode::ConstraintViolation
+                            | rusqlite::ErrorCode::TypeMismatch
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let mut upsert = conn.prepare_cached(&batch.t.upsert_sql(&batch.cols))?;
+            let width = batch.values.len() / batch.rows.max(1);
+            for row in batch.values.chunks(width.max(1)) {
+                upsert.execute(params_from_iter(row.iter().map(|v| out(*v))))?;
+            }
+            Ok(())
+        })();
+        self.ext.sync_bit.store(prev, Relaxed);
+        r
     }
 }
 

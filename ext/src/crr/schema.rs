@@ -74,12 +74,23 @@ impl TableInfo {
     /// col = ?, …` for the columns `cols` (indexes, ascending): the pk values
     /// bind first, then one value per column.
     pub fn upsert_sql(&self, cols: &[usize]) -> Arc<str> {
+        self.base_write_sql(cols, 0)
+    }
+
+    /// `INSERT INTO t (pks, cols) VALUES (…), …` for `rows` rows of the
+    /// columns `cols`: per row the pk values, then one value per column.
+    pub fn insert_sql(&self, cols: &[usize], rows: usize) -> Arc<str> {
+        self.base_write_sql(cols, rows.max(1))
+    }
+
+    /// [`Self::upsert_sql`] (`rows` 0) or [`Self::insert_sql`], built once.
+    fn base_write_sql(&self, cols: &[usize], rows: usize) -> Arc<str> {
         let mut cache = self
             .sql
-            .base_upserts
+            .base_writes
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(sql) = cache.get(cols) {
+        if let Some(sql) = cache.get(&(cols.to_vec(), rows)) {
             return Arc::clone(sql);
         }
         let npk = self.pks.len();
@@ -88,25 +99,36 @@ impl TableInfo {
             .iter()
             .map(|&i| quote_ident(&self.cols[i].name))
             .collect();
-        let sets = names
-            .iter()
-            .enumerate()
-            // `= ?n`, not `= excluded.{q}`: SQLite 3.40 gives `excluded`
-            // the wrong affinity after a generated column.
-            .map(|(j, q)| format!("{q} = ?{}", npk + 1 + j))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql: Arc<str> = format!(
-            "INSERT INTO {} ({pk_list}, {}) VALUES ({}) ON CONFLICT ({pk_list}) DO UPDATE SET {sets}",
+        let into = format!(
+            "INSERT INTO {} ({pk_list}, {}) VALUES",
             quote_ident(&self.name),
-            names.join(", "),
-            params(npk + cols.len(), 1)
-        )
+            names.join(", ")
+        );
+        let sql: Arc<str> = if rows == 0 {
+            let sets = names
+                .iter()
+                .enumerate()
+                // `= ?n`, not `= excluded.{q}`: SQLite 3.40 gives `excluded`
+                // the wrong affinity after a generated column.
+                .map(|(j, q)| format!("{q} = ?{}", npk + 1 + j))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "{into} ({}) ON CONFLICT ({pk_list}) DO UPDATE SET {sets}",
+                params(npk + cols.len(), 1)
+            )
+        } else {
+            let row = format!("({})", vec!["?"; npk + cols.len()].join(", "));
+            format!("{into} {}", vec![row; rows].join(", "))
+        }
         .into();
-        cache.insert(cols.to_vec(), Arc::clone(&sql));
+        cache.insert((cols.to_vec(), rows), Arc::clone(&sql));
         sql
     }
 }
+
+/// A base-table write: the column indexes, and the rows (0: an upsert).
+type BaseWrite = (Vec<usize>, usize);
 
 /// SQL text for every statement run against one CRR. Built once per schema
 /// version and run through the connection's prepared-statement cache.
@@ -139,9 +161,10 @@ pub struct TableSql {
     pub base_insert_pks: String,
     pub base_exists: String,
     pub base_value: Vec<String>,
-    /// Base-table upserts of a set of columns, by column indexes (built
-    /// on first use; see [`TableInfo::upsert_sql`]).
-    pub base_upserts: Mutex<HashMap<Vec<usize>, Arc<str>>>,
+    /// Base-table writes of a set of columns (indexes) and a number of rows
+    /// (0: an upsert), built on first use ([`TableInfo::upsert_sql`],
+    /// [`TableInfo::insert_sql`]).
+    pub base_writes: Mutex<HashMap<BaseWrite, Arc<str>>>,
     pub changes_select: String,
     /// A window of one transaction's clock rows in seq order, narrow (see
     /// `scan::TxMemo`).
@@ -501,7 +524,7 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
         ),
         base_exists: format!("SELECT 1 FROM {base} WHERE {}", pk_where(pks, "", 1)),
         base_value,
-        base_upserts: Mutex::default(),
+        base_writes: Mutex::default(),
         tx_order: format!(
             "SELECT seq, key, col_name FROM {clock} WHERE db_version = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
         ),

@@ -50,7 +50,7 @@ pub fn merge_package(
     pkg: &Package,
     known: Option<&Known>,
 ) -> Result<i64> {
-    let mut merger = Merger::new(ext, inner)?;
+    let mut merger = Merger::new(ext, inner)?.in_one_statement();
     let conn = &merger.inner().conn;
     let mut stash = None;
     for c in &pkg.changes {
