@@ -403,7 +403,7 @@ fn cases(default: u32) -> u32 {
 
 proptest! {
     #![proptest_config(Config {
-        cases: cases(200),
+        cases: cases(150),
         max_shrink_iters: 2000,
         max_shrink_time: 120_000,
         failure_persistence: Some(Box::new(FileFailurePersistence::Off)),

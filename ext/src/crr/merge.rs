@@ -13,8 +13,10 @@
 //! the versions, seqs and site ordinals a one-by-one merge would take, in
 //! the same order. Their writes wait until the next row (or the end): the
 //! base row in one statement, then the key, new site ordinals and the clock
-//! rows (a single-row statement each). A tie that needs the stored value of a cell
-//! first writes what waits, so it reads what the one-by-one merge reads.
+//! rows (a single-row statement each). A tie that needs the stored value of
+//! a cell first writes what waits, so it reads what the one-by-one merge
+//! reads. In a package merge ([`Merger::in_one_statement`]) the inserts of
+//! new rows wait longer and go several rows per statement.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
