@@ -31,6 +31,7 @@ pub const MODULES: &[&str] = &[
     "crsql_streams",
     "crsql_package_changes",
     "crsql_change_counter",
+    "crsql_internal_merge",
     "clset",
 ];
 
@@ -104,6 +105,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
             "crsql_package_changes",
             (),
         )?;
+        streams::batch::register(conn, &ext)?;
         crr::changes::connect_now(db)?;
         Ok(())
     })

@@ -102,8 +102,9 @@ pub struct Ext {
     pub rows_impacted: AtomicI64,
     /// `last_retrieved` of each outbound stream (per connection, not durable).
     retrieved: Mutex<HashMap<String, Position>>,
-    /// Set while a package is merged, so consecutive changes share lookups.
-    merge_batch: Mutex<Option<crate::crr::merge::MergeCache>>,
+    /// Set while the inbound stream merges a package
+    /// (`crate::streams::batch`).
+    merge_batch: Mutex<Option<crate::streams::batch::MergeBatch>>,
     /// Seq order of the large transactions outbound streams are reading.
     pub memos: Mutex<crate::crr::scan::MemoStore>,
     /// Seqs of versions streams are acknowledged inside of (`lag_changes`).
@@ -249,23 +250,22 @@ impl Ext {
             .remove(stream);
     }
 
-    pub fn begin_merge_batch(&self) {
-        *self.merge_batch.lock().unwrap_or_else(|e| e.into_inner()) = Some(Default::default());
+    pub fn begin_merge_batch(&self, batch: crate::streams::batch::MergeBatch) {
+        *self.merge_batch.lock().unwrap_or_else(|e| e.into_inner()) = Some(batch);
     }
 
     pub fn end_merge_batch(&self) {
         *self.merge_batch.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Run `f` with the batch merge cache if one is active, else a fresh one.
-    pub fn with_merge_cache<T>(
-        &self,
-        f: impl FnOnce(&mut crate::crr::merge::MergeCache) -> T,
-    ) -> T {
-        let mut slot = self.merge_batch.lock().unwrap_or_else(|e| e.into_inner());
-        match slot.as_mut() {
-            Some(c) => f(c),
-            None => f(&mut Default::default()),
+    /// The package merge in progress, if any; refused when re-entered.
+    pub fn merge_batch(&self) -> Result<MutexGuard<'_, Option<crate::streams::batch::MergeBatch>>> {
+        match self.merge_batch.try_lock() {
+            Ok(g) => Ok(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(err!(
+                "crsql_internal_merge: re-entrant call during a package merge (for example from a user trigger)"
+            )),
         }
     }
 

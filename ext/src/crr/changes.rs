@@ -178,9 +178,7 @@ impl Table for ChangesTable {
     fn insert(&mut self, args: &[ValueRef<'_>]) -> Result<i64> {
         let change = Change::from_values(args)?;
         let mut inner = self.ext.lock("crsql_changes")?;
-        let n = self
-            .ext
-            .with_merge_cache(|cache| merge_change(&self.ext, &mut inner, &change, cache))?;
+        let n = merge_change(&self.ext, &mut inner, &change)?;
         self.ext.rows_impacted.fetch_add(n, Relaxed);
         Ok(0)
     }

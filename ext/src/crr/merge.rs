@@ -1,21 +1,36 @@
-//! Merging one change row into the database: `INSERT INTO crsql_changes` (§8).
+//! Merging changes into the database (§8): `INSERT INTO crsql_changes`
+//! (one change per call) and the inbound stream's packages (many).
 //!
 //! Every input is validated before the first write, so a bad change is an
 //! error that names the problem and changes nothing. Unlike cr-sqlite, a
 //! merged change takes a fresh local seq (§15 Q17), so `(db_version, seq)`
 //! positions stay unique, and deletes and sentinels store the change's `cl`
 //! (§15 Q13).
+//!
+//! A [`Merger`] decides in memory and writes per row (DECISIONS D35): the
+//! consecutive changes of one row (same table, same packed primary key) are
+//! decided one after the other against the row's state, read once, taking
+//! the versions, seqs and site ordinals a one-by-one merge would take, in
+//! the same order. Their writes wait until the next row (or the end): the
+//! base row in one statement, then the key, new site ordinals and the clock
+//! rows (a single-row statement each). A tie that needs the stored value of
+//! a cell first writes what waits, so it reads what the one-by-one merge
+//! reads. In a package merge ([`Merger::in_one_statement`]) the inserts of
+//! new rows wait longer and go several rows per statement.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use crsql_stream_core::merge::{cell_wins, decide_row, RowDecision, MAX_CLOCK, SENTINEL};
 use crsql_stream_core::pack::unpack_columns_ref;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, params_from_iter, OptionalExtension};
 
+use crate::crr::counts::KeyCounts;
 use crate::crr::local::key_for;
 use crate::crr::schema::{TableInfo, MAX_NAME_LEN};
-use crate::crr::values::{compare, to_sql, type_name};
+use crate::crr::values::{compare, out, to_sql, type_name};
 use crate::err;
 use crate::error::{Error, Result};
 use crate::state::{Ext, Inner};
@@ -109,39 +124,14 @@ impl<'a> Change<'a> {
     }
 }
 
-/// What a run of merges in one call (one package) may remember between
-/// changes: the last row touched and the site ordinals resolved. Never kept
-/// across calls, so nothing can go stale.
-#[derive(Default)]
-pub struct MergeCache {
-    sites: std::collections::HashMap<Vec<u8>, i64>,
-    row: Option<RowMemo>,
+/// A change checked against its table: the primary-key values, and the
+/// column index (None for the sentinel).
+struct Checked<'a> {
+    pks: Vec<ValueRef<'a>>,
+    col: Option<usize>,
 }
 
-struct RowMemo {
-    table: String,
-    pk: Vec<u8>,
-    key: i64,
-    cl: i64,
-    /// The row had no clocks when this batch first met it: it has none
-    /// below the counted version either (`crr::counts`).
-    fresh: bool,
-}
-
-/// Merge one change. Returns the number of "impacted" operations (§7.7).
-pub fn merge_change(
-    ext: &Ext,
-    inner: &mut Inner,
-    c: &Change<'_>,
-    cache: &mut MergeCache,
-) -> Result<i64> {
-    inner.sync(&ext.tx)?;
-    let t = inner.table(c.table).ok_or_else(|| {
-        err!(
-            "crsql - could not find the schema information for table {}",
-            c.table
-        )
-    })?;
+fn check<'a>(t: &TableInfo, c: &Change<'a>) -> Result<Checked<'a>> {
     let pks = unpack_columns_ref(c.pk).map_err(|source| Error::Pack {
         context: format!("crsql_changes: invalid pk for table {}", c.table),
         source,
@@ -161,8 +151,7 @@ pub fn merge_change(
             c.table
         ));
     }
-    let is_sentinel = c.cid == SENTINEL;
-    let col = if is_sentinel {
+    let col = if c.cid == SENTINEL {
         None
     } else {
         Some(t.col_index(c.cid).ok_or_else(|| {
@@ -197,248 +186,770 @@ pub fn merge_change(
             ));
         }
     }
-
-    let memo = cache
-        .row
-        .take()
-        .filter(|m| m.table == c.table && m.pk == c.pk);
-    let (existing_key, local_cl, fresh) = match memo {
-        Some(m) => (Some(m.key), m.cl, m.fresh),
-        None => {
-            let existing_key: Option<i64> = inner
-                .conn
-                .prepare_cached(&t.sql.key_lookup)?
-                .query_row(
-                    params_from_iter(pks.iter().map(|v| crate::crr::values::out(*v))),
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let local_cl = match existing_key {
-                Some(k) => inner
-                    .conn
-                    .prepare_cached(&t.sql.local_cl)?
-                    .query_row([k], |r| r.get::<_, i64>(0))?,
-                // A compacted delete still counts (DECISIONS D22).
-                None => crate::streams::compact::compacted_cl(inner, c.table, c.pk)?.unwrap_or(0),
-            };
-            (existing_key, local_cl, existing_key.is_none())
-        }
-    };
-    let counted =
-        crate::crr::counts::KeyCounts::take(inner, &ext.tx, &t, existing_key.filter(|_| !fresh))?;
-    let mut m = Merger {
-        ext,
-        inner,
-        t: &t,
-        c,
-        pks: &pks,
-        sites: &mut cache.sites,
-    };
-    let decision = decide_row(local_cl, is_sentinel, c.cl);
-    let (impacted, key, cl_after) = apply_decision(&mut m, decision, existing_key, local_cl, col)?;
-    counted.settle(inner, &t)?;
-    if let Some(key) = key {
-        cache.row = Some(RowMemo {
-            table: c.table.to_string(),
-            pk: c.pk.to_vec(),
-            key,
-            cl: cl_after,
-            fresh,
-        });
-    }
-    Ok(impacted)
+    Ok(Checked { pks, col })
 }
 
-/// Perform a row decision. Returns (impacted, the row's key if known, the
-/// row's causal length afterwards).
-fn apply_decision(
-    m: &mut Merger<'_, '_>,
-    decision: RowDecision,
-    existing_key: Option<i64>,
-    local_cl: i64,
-    col: Option<usize>,
-) -> Result<(i64, Option<i64>, i64)> {
-    let (t, c) = (m.t, m.c);
-    match decision {
-        RowDecision::Ignore => Ok((0, existing_key, local_cl)),
-        // User constraints can only fail in the base-table write, so it goes
-        // first: a refused change leaves no key, clock or version behind,
-        // even where SQLite has no statement journal to undo a partial merge.
-        RowDecision::Delete { cl } => {
-            m.base_write(&t.sql.base_delete, None)?;
-            let key = m.key(existing_key)?;
-            m.write_clock(key, SENTINEL, cl)?;
-            m.inner
-                .conn
-                .prepare_cached(&t.sql.clock_delete_cells)?
-                .execute([key])?;
-            Ok((1, Some(key), cl))
+/// Merge one change (`INSERT INTO crsql_changes`). Returns the number of
+/// "impacted" operations (§7.7); the caller adds them to
+/// `crsql_rows_impacted`.
+pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64> {
+    let mut m = Merger::new(ext, inner)?;
+    m.push(c)?;
+    m.finish()
+}
+
+/// The site of a clock row: an ordinal of `crsql_site_id`, or a site that
+/// has none yet (an index into [`Row::new_sites`]; it gets one when the
+/// row is written, in the order a one-by-one merge would give them).
+#[derive(Clone, Copy, Debug)]
+enum Site {
+    Ordinal(i64),
+    New(usize),
+}
+
+/// One clock row as it is, or will be once written.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    col_version: i64,
+    db_version: i64,
+    seq: i64,
+    site: Site,
+    /// Changed in memory, not written yet.
+    dirty: bool,
+}
+
+impl Clock {
+    /// A stored clock row: col_version, db_version, seq and site_id from
+    /// column `first` of `r` on.
+    fn read(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Clock> {
+        Ok(Clock {
+            col_version: r.get(first)?,
+            db_version: r.get(first + 1)?,
+            seq: r.get(first + 2)?,
+            site: Site::Ordinal(r.get(first + 3)?),
+            dirty: false,
+        })
+    }
+}
+
+/// What is known of the clock row of one column.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    /// Not read yet.
+    Unknown,
+    Absent,
+    Present(Clock),
+}
+
+/// The row whose changes are being decided, and the writes that wait.
+struct Row<'a> {
+    t: Arc<TableInfo>,
+    pk: &'a [u8],
+    pks: Vec<ValueRef<'a>>,
+    key: Option<i64>,
+    /// The causal length (§8.1) after the changes decided so far.
+    cl: i64,
+    /// The clock of each column, by column index.
+    cells: Vec<Slot>,
+    /// Clock rows under names that are not columns (None: not read yet).
+    others: Option<Vec<(String, Clock)>>,
+    /// The sentinel clock, once a change here wrote it.
+    sentinel: Option<Clock>,
+    /// Something waits to be written.
+    dirty: bool,
+    /// The base row is deleted first,
+    base_delete: bool,
+    /// then (or only) inserted, with `values`.
+    base_insert: bool,
+    /// The values written since the last delete, by column index.
+    values: Vec<Option<ValueRef<'a>>>,
+    /// Every clock row but the sentinel is deleted before the clock writes.
+    drop_cells: bool,
+    /// Winning sites without an ordinal yet, in the order they won.
+    new_sites: Vec<&'a [u8]>,
+    /// Impacted operations (§7.7) of the waiting writes.
+    impacted: i64,
+    /// The transaction's pending version and next seq before the first
+    /// waiting write: restored when the base-table write is refused, so
+    /// that (as one by one) a refused change takes no version or seq.
+    undo: (i64, i64),
+}
+
+impl Row<'_> {
+    /// The base-table write is an insert of a row new to the clocks (no
+    /// key), not deleted here, with at least one value.
+    fn new_insert(&self) -> bool {
+        self.key.is_none()
+            && !self.base_delete
+            && self.base_insert
+            && self.values.iter().any(Option::is_some)
+    }
+
+    /// Every clock row of the row (sentinel excluded) is known.
+    fn all_known(&self) -> bool {
+        self.others.is_some() && !self.cells.iter().any(|s| matches!(s, Slot::Unknown))
+    }
+
+    /// No clock row at all (a new key, or a delete dropped them).
+    fn clear_cells(&mut self) {
+        self.cells.fill(Slot::Absent);
+        self.others = Some(Vec::new());
+    }
+}
+
+/// Tables with up to this many columns have every clock row of a row read
+/// with its key, in one query; wider ones read the clocks they need.
+const EAGER_COLUMNS: usize = 64;
+
+/// Merges changes: decides in memory, writes per row (see the module docs).
+/// [`Merger::finish`] writes what waits; dropping a merger without it
+/// loses the waiting writes (fine after an error: the caller's statement
+/// is rolled back).
+pub struct Merger<'i, 'a> {
+    ext: &'i Ext,
+    inner: &'i Inner,
+    /// The committed db_version + 1, as `next_db_version` computes it.
+    next_committed: i64,
+    /// The version this transaction writes at (-1: none yet).
+    pending: i64,
+    local_site: [u8; 16],
+    merge_equal_values: bool,
+    /// Ordinals of the sites seen (only for this merger's lifetime).
+    sites: HashMap<&'a [u8], i64>,
+    row: Option<Row<'a>>,
+    impacted: i64,
+    /// Set by [`Merger::in_one_statement`].
+    one_statement: bool,
+    /// Inserts of new rows that wait to be written together.
+    inserts: Option<Inserts<'a>>,
+}
+
+/// Base-table inserts of new rows (no key yet, not deleted here) of one
+/// table and set of columns, written by one statement
+/// ([`Merger::in_one_statement`]).
+struct Inserts<'a> {
+    t: Arc<TableInfo>,
+    cols: Vec<usize>,
+    /// Per row: the pk values, then one value per column.
+    values: Vec<ValueRef<'a>>,
+    rows: usize,
+}
+
+/// Most rows one insert statement of [`Inserts`] writes (and at most 999
+/// values, SQLite's oldest default limit).
+const INSERT_ROWS: usize = 32;
+
+impl<'i, 'a> Merger<'i, 'a> {
+    pub fn new(ext: &'i Ext, inner: &'i mut Inner) -> Result<Merger<'i, 'a>> {
+        inner.sync(&ext.tx)?;
+        let pending = ext.tx.pending();
+        let committed = if pending < 0 {
+            inner.db_version(&ext.tx)?
+        } else {
+            ext.tx.db_version.load(Relaxed).max(0)
+        };
+        let inner: &'i Inner = inner;
+        Ok(Merger {
+            ext,
+            inner,
+            next_committed: committed.saturating_add(1),
+            pending,
+            local_site: inner.site_id(),
+            merge_equal_values: ext.merge_equal_values.load(Relaxed),
+            sites: HashMap::new(),
+            row: None,
+            impacted: 0,
+            one_statement: false,
+            inserts: None,
+        })
+    }
+
+    /// The merges run inside one statement that SQLite journals (a package
+    /// merge), so that a refused write undoes all of them: the inserts of
+    /// new rows may then wait and be written several rows at a time, after
+    /// their keys and clocks. (An insert into a table with triggers is a
+    /// statement SQLite journals on its own, copying the pages it touches:
+    /// once per statement instead of once per row.)
+    pub fn in_one_statement(mut self) -> Self {
+        self.one_statement = true;
+        self
+    }
+
+    /// The state the merger reads and writes through.
+    pub fn inner(&self) -> &'i Inner {
+        self.inner
+    }
+
+    /// Decide one change. Its writes may wait (until a change of another
+    /// row, a tie, or [`Merger::finish`]).
+    pub fn push(&mut self, c: &Change<'a>) -> Result<()> {
+        let same_row = matches!(&self.row, Some(r) if r.t.name == c.table && r.pk == c.pk);
+        if !same_row {
+            self.flush()?;
         }
-        RowDecision::Sentinel { cl } => {
-            m.base_write(&t.sql.base_insert_pks, None)?;
-            let key = m.key(existing_key)?;
-            m.write_sentinel(key, cl)?;
-            Ok((1, Some(key), cl))
+        let t = match &self.row {
+            Some(r) if r.t.name == c.table => Arc::clone(&r.t),
+            _ => self.inner.table(c.table).ok_or_else(|| {
+                err!(
+                    "crsql - could not find the schema information for table {}",
+                    c.table
+                )
+            })?,
+        };
+        let Checked { pks, col } = check(&t, c)?;
+        if !same_row {
+            self.row = None;
+            self.row = Some(self.load(t, c.pk, pks)?);
         }
-        RowDecision::Cell {
-            sentinel_cl,
-            unconditional,
-        } => {
-            let col = col.unwrap_or_default();
-            if !unconditional {
-                // Equal causal lengths: the row and its key exist.
-                let key = m.key(existing_key)?;
-                if !m.cell_wins(key, col)? {
-                    return Ok((0, Some(key), local_cl));
+        self.decide(c, col)
+    }
+
+    /// Write what waits. Returns the impacted operations (§7.7) of every
+    /// change this merger merged.
+    pub fn finish(mut self) -> Result<i64> {
+        self.flush()?;
+        self.flush_inserts()?;
+        Ok(self.impacted)
+    }
+
+    /// Read a row's key, causal length and (narrow tables) clock rows.
+    fn load(&self, t: Arc<TableInfo>, pk: &'a [u8], pks: Vec<ValueRef<'a>>) -> Result<Row<'a>> {
+        let n = t.cols.len();
+        let mut row = Row {
+            pk,
+            key: None,
+            cl: 0,
+            cells: vec![Slot::Unknown; n],
+            others: None,
+            sentinel: None,
+            dirty: false,
+            base_delete: false,
+            base_insert: false,
+            values: vec![None; n],
+            drop_cells: false,
+            new_sites: Vec::new(),
+            impacted: 0,
+            undo: (-1, 0),
+            pks,
+            t,
+        };
+        let conn = &self.inner.conn;
+        let binds = || params_from_iter(row.pks.iter().map(|v| out(*v)));
+        if n <= EAGER_COLUMNS {
+            let mut stmt = conn.prepare_cached(&row.t.sql.row_clocks)?;
+            let mut rows = stmt.query(binds())?;
+            let (mut sentinel_cl, mut any) = (None, false);
+            let mut others = Vec::new();
+            while let Some(r) = rows.next()? {
+                row.key = Some(r.get(0)?);
+                let ValueRef::Text(name) = r.get_ref(1)? else {
+                    continue;
+                };
+                any = true;
+                let clock = Clock::read(r, 2)?;
+                let name = String::from_utf8_lossy(name);
+                if name == SENTINEL {
+                    sentinel_cl = Some(clock.col_version);
+                } else if let Some(i) = row.t.col_index(&name) {
+                    row.cells[i] = Slot::Present(clock);
+                } else {
+                    others.push((name.into_owned(), clock));
                 }
             }
-            m.base_write(&t.sql.base_upsert[col], Some(c.val))?;
-            let key = m.key(existing_key)?;
-            let mut impacted = 1;
-            let mut cl_after = local_cl.max(1);
-            if let Some(cl) = sentinel_cl {
-                m.write_sentinel(key, cl)?;
-                impacted += 1;
-                cl_after = cl;
+            if row.key.is_some() {
+                for s in &mut row.cells {
+                    if matches!(s, Slot::Unknown) {
+                        *s = Slot::Absent;
+                    }
+                }
+                row.others = Some(others);
             }
-            m.write_clock(key, c.cid, c.col_version)?;
-            Ok((impacted, Some(key), cl_after))
+            row.cl = sentinel_cl.unwrap_or(i64::from(any));
+        } else if let Some((key, cl)) = conn
+            .prepare_cached(&row.t.sql.row_cl)?
+            .query_row(binds(), |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+        {
+            row.key = Some(key);
+            row.cl = cl;
         }
+        if row.key.is_none() {
+            row.clear_cells();
+            // A compacted delete still counts (DECISIONS D22).
+            row.cl =
+                crate::streams::compact::compacted_cl(self.inner, &row.t.name, pk)?.unwrap_or(0);
+        }
+        Ok(row)
     }
-}
 
-struct Merger<'m, 'c> {
-    ext: &'m Ext,
-    inner: &'m mut Inner,
-    t: &'m TableInfo,
-    c: &'m Change<'c>,
-    pks: &'m [ValueRef<'c>],
-    sites: &'m mut std::collections::HashMap<Vec<u8>, i64>,
-}
+    fn row(&mut self) -> &mut Row<'a> {
+        self.row
+            .as_mut()
+            .expect("a merger decides changes of a loaded row")
+    }
 
-impl Merger<'_, '_> {
-    fn key(&self, existing: Option<i64>) -> Result<i64> {
-        match existing {
-            Some(k) => Ok(k),
-            None => {
-                let key = key_for(self.inner, self.t, self.pks, true)?.0;
-                // The row has clocks again: its compacted record goes.
-                crate::streams::compact::take_compacted(self.inner, self.c.table, self.c.pk)?;
-                Ok(key)
+    /// Decide change `c` of the current row and record its writes.
+    fn decide(&mut self, c: &Change<'a>, col: Option<usize>) -> Result<()> {
+        let decision = decide_row(self.row().cl, col.is_none(), c.cl);
+        match decision {
+            RowDecision::Ignore => {}
+            RowDecision::Delete { cl } => {
+                self.begin_write();
+                let row = self.row();
+                row.base_delete = true;
+                row.base_insert = false;
+                row.values.fill(None);
+                let sentinel = self.clock(c, cl)?;
+                let row = self.row();
+                row.sentinel = Some(sentinel);
+                row.clear_cells();
+                row.drop_cells = true;
+                row.cl = cl;
+                row.impacted += 1;
+            }
+            RowDecision::Sentinel { cl } => {
+                self.begin_write();
+                self.row().base_insert = true;
+                self.write_sentinel(c, cl)?;
+                let row = self.row();
+                row.cl = cl;
+                row.impacted += 1;
+            }
+            RowDecision::Cell {
+                sentinel_cl,
+                unconditional,
+            } => {
+                let col = col.unwrap_or_default();
+                if !unconditional && !self.cell_wins(c, col)? {
+                    return Ok(());
+                }
+                self.begin_write();
+                let row = self.row();
+                row.base_insert = true;
+                row.values[col] = Some(c.val);
+                row.impacted += 1;
+                match sentinel_cl {
+                    Some(cl) => {
+                        self.write_sentinel(c, cl)?;
+                        let row = self.row();
+                        row.cl = cl;
+                        row.impacted += 1;
+                    }
+                    None => {
+                        let row = self.row();
+                        row.cl = row.cl.max(1);
+                    }
+                }
+                let clock = self.clock(c, c.col_version)?;
+                self.row().cells[col] = Slot::Present(clock);
             }
         }
-    }
-
-    /// Run a base-table statement (bound to the pk values, then `extra`)
-    /// with the sync bit set, so the CRR triggers skip it.
-    fn base_write(&self, sql: &str, extra: Option<ValueRef<'_>>) -> Result<()> {
-        let prev = self.ext.sync_bit.swap(1, Relaxed);
-        let r = (|| -> Result<()> {
-            let mut stmt = self.inner.conn.prepare_cached(sql)?;
-            let vals = self.pks.iter().copied().chain(extra);
-            stmt.execute(params_from_iter(vals.map(crate::crr::values::out)))?;
-            Ok(())
-        })();
-        self.ext.sync_bit.store(prev, Relaxed);
-        r
-    }
-
-    /// `INSERT OR REPLACE` the clock of `cid` with the change's site, a local
-    /// version no lower than the change's, and a fresh local seq.
-    fn write_clock(&mut self, key: i64, cid: &str, col_version: i64) -> Result<()> {
-        let v = self
-            .inner
-            .next_db_version(&self.ext.tx, Some(self.c.db_version))?;
-        let ordinal = match self.sites.get(self.c.site_id) {
-            Some(o) => *o,
-            None => {
-                let o = self.inner.site_ordinal(self.c.site_id, true)?.unwrap_or(0);
-                self.sites.insert(self.c.site_id.to_vec(), o);
-                o
-            }
-        };
-        self.inner
-            .conn
-            .prepare_cached(&self.t.sql.clock_write)?
-            .execute(params![
-                key,
-                cid,
-                col_version,
-                v,
-                self.ext.tx.take_seq(),
-                ordinal
-            ])?;
         Ok(())
     }
 
-    /// The clock side of creating or resurrecting a row (the base row is
-    /// already written): zero the clocks of surviving cells, then store the
-    /// sentinel (§8.1).
-    fn write_sentinel(&mut self, key: i64, cl: i64) -> Result<()> {
-        let v = self
-            .inner
-            .next_db_version(&self.ext.tx, Some(self.c.db_version))?;
-        let names: Vec<String> = self
-            .inner
-            .conn
-            .prepare_cached(&self.t.sql.cell_names)?
-            .query_map([key], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for name in &names {
-            self.inner
-                .conn
-                .prepare_cached(&self.t.sql.clock_zero_cell)?
-                .execute(params![key, name, v, self.ext.tx.take_seq()])?;
+    /// The first waiting write of the row: remember the counters to restore.
+    fn begin_write(&mut self) {
+        let undo = (self.pending, self.ext.tx.seq.load(Relaxed));
+        let row = self.row();
+        if !row.dirty {
+            row.dirty = true;
+            row.undo = undo;
         }
-        self.write_clock(key, SENTINEL, cl)
+    }
+
+    /// The version for the next clock write (`Inner::next_db_version`,
+    /// with the change's version as the floor).
+    fn next_version(&mut self, floor: i64) -> Result<i64> {
+        let v = self.next_committed.max(self.pending).max(floor);
+        if v > MAX_CLOCK {
+            return Err(err!(
+                "crsql_stream: db_version {v} is beyond the largest version this extension hands out \
+                 ({MAX_CLOCK}); refused so that versions never wrap"
+            ));
+        }
+        if self.pending < 0 {
+            // The transaction's changes are counted at its COMMIT.
+            crate::crr::counts::count_at_commit(self.inner)?;
+        }
+        self.pending = v;
+        self.ext.tx.pending.store(v, Relaxed);
+        Ok(v)
+    }
+
+    /// A winning clock of change `c` with `col_version`: the change's site,
+    /// a local version no lower than the change's, a fresh local seq.
+    fn clock(&mut self, c: &Change<'a>, col_version: i64) -> Result<Clock> {
+        let db_version = self.next_version(c.db_version)?;
+        let seq = self.ext.tx.take_seq();
+        let site = self.site(c.site_id)?;
+        Ok(Clock {
+            col_version,
+            db_version,
+            seq,
+            site,
+            dirty: true,
+        })
+    }
+
+    fn site(&mut self, site: &'a [u8]) -> Result<Site> {
+        if site.is_empty() || site == self.local_site {
+            return Ok(Site::Ordinal(0));
+        }
+        if let Some(&o) = self.sites.get(site) {
+            return Ok(Site::Ordinal(o));
+        }
+        if let Some(i) = self.row().new_sites.iter().position(|s| *s == site) {
+            return Ok(Site::New(i));
+        }
+        if let Some(o) = self.inner.site_ordinal(site, false)? {
+            self.sites.insert(site, o);
+            return Ok(Site::Ordinal(o));
+        }
+        let row = self.row();
+        row.new_sites.push(site);
+        Ok(Site::New(row.new_sites.len() - 1))
+    }
+
+    /// Read every clock row of the row that is not known yet.
+    fn know_all(&mut self) -> Result<()> {
+        let row = self.row.as_mut().expect("a loaded row");
+        if row.all_known() {
+            return Ok(());
+        }
+        let Some(key) = row.key else {
+            row.clear_cells();
+            return Ok(());
+        };
+        let mut others = Vec::new();
+        let mut stmt = self.inner.conn.prepare_cached(&row.t.sql.cell_rows)?;
+        let mut rows = stmt.query([key])?;
+        while let Some(r) = rows.next()? {
+            let name: String = r.get(0)?;
+            let clock = Clock::read(r, 1)?;
+            match row.t.col_index(&name) {
+                Some(i) => {
+                    if matches!(row.cells[i], Slot::Unknown) {
+                        row.cells[i] = Slot::Present(clock);
+                    }
+                }
+                None => others.push((name, clock)),
+            }
+        }
+        for s in &mut row.cells {
+            if matches!(s, Slot::Unknown) {
+                *s = Slot::Absent;
+            }
+        }
+        if row.others.is_none() {
+            row.others = Some(others);
+        }
+        Ok(())
+    }
+
+    /// The clock side of creating or resurrecting a row (§8.1): the clocks
+    /// of surviving cells drop to col_version 0, in name order, then the
+    /// sentinel takes `cl`.
+    fn write_sentinel(&mut self, c: &Change<'a>, cl: i64) -> Result<()> {
+        let v = self.next_version(c.db_version)?;
+        self.know_all()?;
+        let tx = &self.ext.tx;
+        let row = self.row.as_mut().expect("a loaded row");
+        let mut zero: Vec<(&str, &mut Clock)> = Vec::new();
+        for (i, s) in row.cells.iter_mut().enumerate() {
+            if let Slot::Present(clock) = s {
+                zero.push((row.t.cols[i].name.as_str(), clock));
+            }
+        }
+        for (name, clock) in row.others.iter_mut().flatten() {
+            zero.push((name.as_str(), clock));
+        }
+        zero.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (_, clock) in zero {
+            clock.col_version = 0;
+            clock.db_version = v;
+            clock.seq = tx.take_seq();
+            clock.dirty = true;
+        }
+        let sentinel = self.clock(c, cl)?;
+        self.row().sentinel = Some(sentinel);
+        Ok(())
     }
 
     /// Per-cell resolution at equal causal length (§8.2).
-    fn cell_wins(&self, key: i64, col: usize) -> Result<bool> {
-        let conn = &self.inner.conn;
-        let local: Option<(i64, i64)> = conn
-            .prepare_cached(&self.t.sql.cell_clock)?
-            .query_row(params![key, self.c.cid], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let Some((local_version, local_ordinal)) = local else {
+    fn cell_wins(&mut self, c: &Change<'a>, col: usize) -> Result<bool> {
+        let row = self.row.as_mut().expect("a loaded row");
+        if matches!(row.cells[col], Slot::Unknown) {
+            let key = row.key.unwrap_or(-1);
+            let found = self
+                .inner
+                .conn
+                .prepare_cached(&row.t.sql.cell_row)?
+                .query_row(params![key, c.cid], |r| Clock::read(r, 0))
+                .optional()?;
+            row.cells[col] = found.map_or(Slot::Absent, Slot::Present);
+        }
+        let Slot::Present(local) = row.cells[col] else {
             return Ok(true);
         };
-        if self.c.col_version != local_version {
-            return Ok(self.c.col_version > local_version);
+        if c.col_version != local.col_version {
+            return Ok(c.col_version > local.col_version);
         }
-        let mut stmt = conn.prepare_cached(&self.t.sql.base_value[col])?;
-        let mut rows = stmt.query(params_from_iter(
-            self.pks.iter().map(|v| crate::crr::values::out(*v)),
-        ))?;
-        let row = rows
-            .next()?
-            .ok_or_else(|| err!("could not find row to merge with for tbl {}", self.t.name))?;
-        let local_value = row.get_ref(0)?;
-        let mev = self.ext.merge_equal_values.load(Relaxed);
-        let site_cmp = || -> Result<std::cmp::Ordering> {
-            let local_site = self
-                .inner
-                .site_of_ordinal(local_ordinal)?
-                .ok_or_else(|| {
-                    err!(
-                        "could not find site_id for previous change, cr-sqlite clock table might be corrupt for tbl {}",
-                        self.t.name
-                    )
-                })?;
-            Ok(self.c.site_id.cmp(local_site.as_slice()))
+        // A tie: read the stored value, as it is once the waiting writes
+        // are done (affinity applied).
+        self.flush()?;
+        self.flush_inserts()?;
+        let row = self.row.as_ref().expect("a loaded row");
+        let local_site = match row.cells[col] {
+            Slot::Present(Clock {
+                site: Site::Ordinal(o),
+                ..
+            }) => o,
+            _ => 0,
         };
-        let value_cmp = compare(self.c.val, local_value);
+        let mut stmt = self.inner.conn.prepare_cached(&row.t.sql.base_value[col])?;
+        let mut rows = stmt.query(params_from_iter(row.pks.iter().map(|v| out(*v))))?;
+        let found = rows
+            .next()?
+            .ok_or_else(|| err!("could not find row to merge with for tbl {}", row.t.name))?;
+        let local_value = found.get_ref(0)?;
+        let mev = self.merge_equal_values;
+        let value_cmp = compare(c.val, local_value);
         let site_order = if value_cmp.is_eq() && mev {
-            Some(site_cmp()?)
+            let local_site = self.inner.site_of_ordinal(local_site)?.ok_or_else(|| {
+                err!(
+                    "could not find site_id for previous change, cr-sqlite clock table might be corrupt for tbl {}",
+                    row.t.name
+                )
+            })?;
+            Some(c.site_id.cmp(local_site.as_slice()))
         } else {
             None
         };
         Ok(cell_wins(
-            Some(local_version),
-            self.c.col_version,
+            Some(local.col_version),
+            c.col_version,
             || value_cmp,
             || site_order.unwrap_or(std::cmp::Ordering::Equal),
             mev,
         ))
     }
+
+    /// Write what the current row's changes wait for: the base row (with
+    /// the sync bit set, so the CRR triggers skip it) first, so that a
+    /// refused write leaves no key, clock or version behind; then the key,
+    /// new site ordinals and the clock rows.
+    fn flush(&mut self) -> Result<()> {
+        if !self.row.as_ref().is_some_and(|r| r.dirty) {
+            return Ok(());
+        }
+        if self.one_statement && self.row.as_ref().is_some_and(Row::new_insert) {
+            self.insert_later()?;
+        } else {
+            // Base-table writes stay in order.
+            self.flush_inserts()?;
+        }
+        let Some(row) = self.row.as_mut() else {
+            return Ok(());
+        };
+        let r = write_row(self.ext, self.inner, &mut self.sites, row);
+        match r {
+            Ok(()) => {
+                self.impacted += row.impacted;
+                row.impacted = 0;
+                Ok(())
+            }
+            Err((e, base_refused)) => {
+                if base_refused {
+                    let (pending, seq) = row.undo;
+                    self.pending = pending;
+                    self.ext.tx.pending.store(pending, Relaxed);
+                    self.ext.tx.seq.store(seq, Relaxed);
+                }
+                self.row = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<'a> Merger<'_, 'a> {
+    /// Move the current row's base-table insert to [`Merger::inserts`].
+    fn insert_later(&mut self) -> Result<()> {
+        let row = self.row.as_ref().expect("a loaded row");
+        let cols: Vec<usize> = (0..row.values.len())
+            .filter(|&i| row.values[i].is_some())
+            .collect();
+        let fits = matches!(&self.inserts, Some(b) if Arc::ptr_eq(&b.t, &row.t) && b.cols == cols);
+        if !fits {
+            self.flush_inserts()?;
+        }
+        let row = self.row.as_mut().expect("a loaded row");
+        let batch = self.inserts.get_or_insert_with(|| Inserts {
+            t: Arc::clone(&row.t),
+            cols: cols.clone(),
+            values: Vec::new(),
+            rows: 0,
+        });
+        batch.values.extend(row.pks.iter().copied());
+        batch
+            .values
+            .extend(cols.iter().filter_map(|&i| row.values[i]));
+        batch.rows += 1;
+        let width = row.pks.len() + cols.len();
+        row.base_insert = false;
+        row.values.fill(None);
+        if batch.rows >= INSERT_ROWS.min(999 / width).max(1) {
+            self.flush_inserts()?;
+        }
+        Ok(())
+    }
+
+    /// Write the inserts that wait, with the sync bit set. A row that is
+    /// there already (or that a constraint refuses) makes the statement
+    /// undo itself; the rows are then written one by one as upserts, as
+    /// merging them one by one does (and fail as that does).
+    fn flush_inserts(&mut self) -> Result<()> {
+        let Some(batch) = self.inserts.take() else {
+            return Ok(());
+        };
+        let conn = &self.inner.conn;
+        let prev = self.ext.sync_bit.swap(1, Relaxed);
+        let r = (|| -> Result<()> {
+            let all = batch.values.iter().map(|v| out(*v));
+            let sql = batch.t.insert_sql(&batch.cols, batch.rows);
+            match conn.prepare_cached(&sql)?.execute(params_from_iter(all)) {
+                Ok(_) => return Ok(()),
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if matches!(
+                        f.code,
+                        rusqlite::ErrorCode::ConstraintViolation
+                            | rusqlite::ErrorCode::TypeMismatch
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let mut upsert = conn.prepare_cached(&batch.t.upsert_sql(&batch.cols))?;
+            let width = batch.values.len() / batch.rows.max(1);
+            for row in batch.values.chunks(width.max(1)) {
+                upsert.execute(params_from_iter(row.iter().map(|v| out(*v))))?;
+            }
+            Ok(())
+        })();
+        self.ext.sync_bit.store(prev, Relaxed);
+        r
+    }
+}
+
+/// [`Merger::flush`] of `row`; the error says whether the base-table write
+/// refused it (nothing else was written then).
+fn write_row<'a>(
+    ext: &Ext,
+    inner: &Inner,
+    sites: &mut HashMap<&'a [u8], i64>,
+    row: &mut Row<'a>,
+) -> std::result::Result<(), (Error, bool)> {
+    write_base(ext, inner, row).map_err(|e| (e, true))?;
+    // What the clock writes move away from the counted versions
+    // (`crr::counts`): a row new to the clocks has nothing there.
+    let mut clocks = || -> Result<()> {
+        let counted = KeyCounts::take(inner, &ext.tx, &row.t, row.key)?;
+        write_clocks(inner, sites, row)?;
+        counted.settle(inner, &row.t)
+    };
+    clocks().map_err(|e| (e, false))
+}
+
+fn write_base(ext: &Ext, inner: &Inner, row: &mut Row<'_>) -> Result<()> {
+    let prev = ext.sync_bit.swap(1, Relaxed);
+    let r = (|| -> Result<()> {
+        let conn = &inner.conn;
+        let pks = || row.pks.iter().map(|v| out(*v));
+        if row.base_delete {
+            conn.prepare_cached(&row.t.sql.base_delete)?
+                .execute(params_from_iter(pks()))?;
+        }
+        if row.base_insert {
+            let cols: Vec<usize> = (0..row.values.len())
+                .filter(|&i| row.values[i].is_some())
+                .collect();
+            if cols.is_empty() {
+                conn.prepare_cached(&row.t.sql.base_insert_pks)?
+                    .execute(params_from_iter(pks()))?;
+            } else {
+                let vals = cols.iter().filter_map(|&i| row.values[i].map(out));
+                conn.prepare_cached(&row.t.upsert_sql(&cols))?
+                    .execute(params_from_iter(pks().chain(vals)))?;
+            }
+        }
+        Ok(())
+    })();
+    ext.sync_bit.store(prev, Relaxed);
+    r?;
+    row.base_delete = false;
+    row.base_insert = false;
+    row.values.fill(None);
+    Ok(())
+}
+
+fn write_clocks<'a>(
+    inner: &Inner,
+    sites: &mut HashMap<&'a [u8], i64>,
+    row: &mut Row<'a>,
+) -> Result<()> {
+    let key = match row.key {
+        Some(k) => k,
+        None => {
+            let k = key_for(inner, &row.t, &row.pks, true)?.0;
+            // The row has clocks again: its compacted record goes.
+            crate::streams::compact::take_compacted(inner, &row.t.name, row.pk)?;
+            row.key = Some(k);
+            k
+        }
+    };
+    let mut ordinals = Vec::with_capacity(row.new_sites.len());
+    for site in row.new_sites.drain(..) {
+        let o = inner.site_ordinal(site, true)?.unwrap_or(0);
+        sites.insert(site, o);
+        ordinals.push(o);
+    }
+    let conn = &inner.conn;
+    if row.drop_cells {
+        conn.prepare_cached(&row.t.sql.clock_delete_cells)?
+            .execute([key])?;
+        row.drop_cells = false;
+    }
+    let t = Arc::clone(&row.t);
+    let mut writes: Vec<(&str, &mut Clock)> = Vec::new();
+    if let Some(s) = row.sentinel.as_mut() {
+        writes.push((SENTINEL, s));
+    }
+    for (i, s) in row.cells.iter_mut().enumerate() {
+        if let Slot::Present(clock) = s {
+            writes.push((t.cols[i].name.as_str(), clock));
+        }
+    }
+    for (name, clock) in row.others.iter_mut().flatten() {
+        writes.push((name.as_str(), clock));
+    }
+    // One single-row statement per clock row: a multi-row INSERT is a
+    // statement SQLite journals on its own inside the merge statement
+    // (copying every page it touches), a single-row one is not.
+    let mut stmt = conn.prepare_cached(&t.sql.clock_write)?;
+    for (name, clock) in writes.into_iter().filter(|(_, c)| c.dirty) {
+        let site = match clock.site {
+            Site::Ordinal(o) => o,
+            Site::New(i) => ordinals.get(i).copied().unwrap_or(0),
+        };
+        stmt.execute(params![
+            key,
+            name,
+            clock.col_version,
+            clock.db_version,
+            clock.seq,
+            site
+        ])?;
+        clock.site = Site::Ordinal(site);
+        clock.dirty = false;
+    }
+    row.dirty = false;
+    Ok(())
 }

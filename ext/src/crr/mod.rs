@@ -265,12 +265,7 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
     let base = quote_ident(name);
     let pkst = quote_ident(&format!("{name}{PKS_SUFFIX}"));
     let clock = quote_ident(&format!("{name}{CLOCK_SUFFIX}"));
-    let pk_cols = t
-        .pks
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let pk_cols = schema::ident_list(&t.pks);
     let insert_sql = format!(
         "INSERT OR IGNORE INTO {clock} (key, col_name, col_version, db_version, seq, site_id) \
          VALUES (?1, ?2, 1, ?3, ?4, 0)"

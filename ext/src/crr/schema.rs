@@ -4,6 +4,7 @@
 //! through [`quote_str`], so hostile names cannot change the SQL (§15 Q10).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -68,7 +69,66 @@ impl TableInfo {
     pub fn col_index(&self, name: &str) -> Option<usize> {
         self.cols.iter().position(|c| c.name == name)
     }
+
+    /// `INSERT INTO t (pks, cols) VALUES (…) ON CONFLICT (pks) DO UPDATE SET
+    /// col = ?, …` for the columns `cols` (indexes, ascending): the pk values
+    /// bind first, then one value per column.
+    pub fn upsert_sql(&self, cols: &[usize]) -> Arc<str> {
+        self.base_write_sql(cols, 0)
+    }
+
+    /// `INSERT INTO t (pks, cols) VALUES (…), …` for `rows` rows of the
+    /// columns `cols`: per row the pk values, then one value per column.
+    pub fn insert_sql(&self, cols: &[usize], rows: usize) -> Arc<str> {
+        self.base_write_sql(cols, rows.max(1))
+    }
+
+    /// [`Self::upsert_sql`] (`rows` 0) or [`Self::insert_sql`], built once.
+    fn base_write_sql(&self, cols: &[usize], rows: usize) -> Arc<str> {
+        let mut cache = self
+            .sql
+            .base_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(sql) = cache.get(&(cols.to_vec(), rows)) {
+            return Arc::clone(sql);
+        }
+        let npk = self.pks.len();
+        let pk_list = ident_list(&self.pks);
+        let names: Vec<String> = cols
+            .iter()
+            .map(|&i| quote_ident(&self.cols[i].name))
+            .collect();
+        let into = format!(
+            "INSERT INTO {} ({pk_list}, {}) VALUES",
+            quote_ident(&self.name),
+            names.join(", ")
+        );
+        let sql: Arc<str> = if rows == 0 {
+            let sets = names
+                .iter()
+                .enumerate()
+                // `= ?n`, not `= excluded.{q}`: SQLite 3.40 gives `excluded`
+                // the wrong affinity after a generated column.
+                .map(|(j, q)| format!("{q} = ?{}", npk + 1 + j))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "{into} ({}) ON CONFLICT ({pk_list}) DO UPDATE SET {sets}",
+                params(npk + cols.len(), 1)
+            )
+        } else {
+            let row = format!("({})", vec!["?"; npk + cols.len()].join(", "));
+            format!("{into} {}", vec![row; rows].join(", "))
+        }
+        .into();
+        cache.insert((cols.to_vec(), rows), Arc::clone(&sql));
+        sql
+    }
 }
+
+/// A base-table write: the column indexes, and the rows (0: an upsert).
+type BaseWrite = (Vec<usize>, usize);
 
 /// SQL text for every statement run against one CRR. Built once per schema
 /// version and run through the connection's prepared-statement cache.
@@ -77,7 +137,16 @@ pub struct TableSql {
     pub key_lookup: String,
     pub key_insert: String,
     pub local_cl: String,
-    pub cell_clock: String,
+    /// The key of a primary key and every clock row of it (one row with a
+    /// NULL `col_name` when it has none; no row without a key).
+    pub row_clocks: String,
+    /// The key of a primary key and the row's causal length (no row
+    /// without a key).
+    pub row_cl: String,
+    /// One clock row: col_version, db_version, seq, site_id.
+    pub cell_row: String,
+    /// Every clock row of a key but the sentinel, with its name.
+    pub cell_rows: String,
     pub cell_names: String,
     pub clock_upsert_cell: String,
     pub clock_insert_all: String,
@@ -90,12 +159,14 @@ pub struct TableSql {
     /// A key's clock rows at or below a version (`crr::counts`).
     pub clock_counted_rows: String,
     pub clock_write: String,
-    pub clock_zero_cell: String,
     pub base_delete: String,
     pub base_insert_pks: String,
     pub base_exists: String,
     pub base_value: Vec<String>,
-    pub base_upsert: Vec<String>,
+    /// Base-table writes of a set of columns (indexes) and a number of rows
+    /// (0: an upsert), built on first use ([`TableInfo::upsert_sql`],
+    /// [`TableInfo::insert_sql`]).
+    pub base_writes: Mutex<HashMap<BaseWrite, Arc<str>>>,
     pub changes_select: String,
     /// A window of one transaction's clock rows in seq order, narrow (see
     /// `scan::TxMemo`).
@@ -286,6 +357,14 @@ pub fn load_table(conn: &Connection, name: &str) -> Result<TableInfo> {
     })
 }
 
+/// `"a", "b", …`: the columns' names, quoted.
+pub fn ident_list(cols: &[Column]) -> String {
+    cols.iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `p."a" = b."a" AND …`: the pks table (alias `p`) joined to the base
 /// table (alias `b`) on the primary-key columns.
 pub fn pk_join(pks: &[Column]) -> String {
@@ -314,11 +393,7 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
     let base = quote_ident(name);
     let clock = quote_ident(&format!("{name}{CLOCK_SUFFIX}"));
     let pkst = quote_ident(&format!("{name}{PKS_SUFFIX}"));
-    let pk_list = pks
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let pk_list = ident_list(pks);
     let npk = pks.len();
     let clock_cols = "key, col_name, col_version, db_version, seq, site_id";
     // Clock increments stop at MAX_CLOCK with an error naming it, so that no
@@ -356,19 +431,6 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
                 "SELECT {} FROM {base} WHERE {}",
                 quote_ident(&c.name),
                 pk_where(pks, "", 1)
-            )
-        })
-        .collect();
-    let base_upsert = cols
-        .iter()
-        .map(|c| {
-            let q = quote_ident(&c.name);
-            format!(
-                // `= ?n`, not `= excluded.{q}`: SQLite 3.40 gives
-                // `excluded` the wrong affinity after a generated column.
-                "INSERT INTO {base} ({pk_list}, {q}) VALUES ({}) ON CONFLICT ({pk_list}) DO UPDATE SET {q} = ?{}",
-                params(npk + 1, 1),
-                npk + 1
             )
         })
         .collect();
@@ -412,8 +474,21 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
             "SELECT COALESCE((SELECT col_version FROM {clock} WHERE key = ?1 AND col_name = '-1'), \
              (SELECT 1 FROM {clock} WHERE key = ?1 LIMIT 1), 0)"
         ),
-        cell_clock: format!(
-            "SELECT col_version, site_id FROM {clock} WHERE key = ?1 AND col_name = ?2"
+        row_clocks: format!(
+            "SELECT p.__crsql_key, c.col_name, c.col_version, c.db_version, c.seq, c.site_id \
+             FROM {pkst} AS p LEFT JOIN {clock} AS c ON c.key = p.__crsql_key WHERE {}",
+            pk_where(pks, "p.", 1)
+        ),
+        row_cl: format!(
+            "SELECT p.__crsql_key, COALESCE((SELECT col_version FROM {clock} WHERE key = p.__crsql_key AND col_name = '-1'), \
+             (SELECT 1 FROM {clock} WHERE key = p.__crsql_key LIMIT 1), 0) FROM {pkst} AS p WHERE {}",
+            pk_where(pks, "p.", 1)
+        ),
+        cell_row: format!(
+            "SELECT col_version, db_version, seq, site_id FROM {clock} WHERE key = ?1 AND col_name = ?2"
+        ),
+        cell_rows: format!(
+            "SELECT col_name, col_version, db_version, seq, site_id FROM {clock} WHERE key = ?1 AND col_name != '-1'"
         ),
         cell_names: format!(
             "SELECT col_name FROM {clock} WHERE key = ?1 AND col_name != '-1' ORDER BY col_name"
@@ -447,9 +522,6 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
         clock_write: format!(
             "INSERT OR REPLACE INTO {clock} ({clock_cols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
         ),
-        clock_zero_cell: format!(
-            "UPDATE {clock} SET col_version = 0, db_version = ?3, seq = ?4 WHERE key = ?1 AND col_name = ?2"
-        ),
         base_delete: format!("DELETE FROM {base} WHERE {}", pk_where(pks, "", 1)),
         base_insert_pks: format!(
             "INSERT OR IGNORE INTO {base} ({pk_list}) VALUES ({})",
@@ -457,7 +529,7 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
         ),
         base_exists: format!("SELECT 1 FROM {base} WHERE {}", pk_where(pks, "", 1)),
         base_value,
-        base_upsert,
+        base_writes: Mutex::default(),
         tx_order: format!(
             "SELECT seq, key, col_name FROM {clock} WHERE db_version = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
         ),

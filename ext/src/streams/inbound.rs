@@ -11,12 +11,14 @@
 use std::ffi::c_int;
 use std::sync::Arc;
 
-use crsql_stream_core::package::{to_hex, Encoding, Package, TableEntry};
+use crsql_stream_core::package::{to_hex, Package, TableEntry};
 use crsql_stream_core::Position;
 use rusqlite::types::ValueRef;
 use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::batch::MergeBatch;
+use super::pending::Known;
 use super::{
     load_state, parse_args, parse_position, parse_sites, parse_tables, pending, StreamState,
     INBOUND,
@@ -178,13 +180,13 @@ fn hex(b: &[u8]) -> String {
 
 /// Apply one package to the inbound stream `name` (see the module docs).
 ///
-/// The merges run as ONE nested `INSERT INTO crsql_changes SELECT ... FROM
-/// crsql_package_changes(...)` statement. SQLite gives that nested
-/// multi-row statement its own statement journal, so a change that fails
-/// half-way through a package rolls back every change of the package, even
-/// inside the caller's explicit transaction (a single-row INSERT into a
-/// virtual table gets no statement journal, and SAVEPOINT cannot be opened
-/// while the caller's INSERT runs). Positions are written only afterwards.
+/// The merges run as ONE nested `INSERT INTO crsql_internal_merge(package)
+/// SELECT ...` statement (`super::batch`). SQLite gives that nested
+/// statement its own statement journal, so a change that fails half-way
+/// through a package rolls back every change of the package, even inside
+/// the caller's explicit transaction (a single-row INSERT into a virtual
+/// table gets no statement journal, and SAVEPOINT cannot be opened while
+/// the caller's INSERT runs). Positions are written only afterwards.
 fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Result<()> {
     let pkg = Package::decode(bytes).map_err(|e| err!("{INBOUND} {name}: {e}"))?;
     let (staged_dbv, known) = {
@@ -199,6 +201,7 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
             return Err(missing_first_parts(name, &pkg, part.db_version));
         }
     }
+    let (cursor, sender, stream_id) = (pkg.cursor, pkg.sender.0.clone(), pkg.stream_id.0.clone());
     let stage_this = matches!(pkg.part, Some(part) if !part.last);
     if stage_this {
         // A new split transaction: staged parts of an older one (whose other
@@ -222,7 +225,7 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
             return Err(e);
         }
     } else {
-        merge_package(ext, name, "", bytes, known.as_deref())?;
+        merge_package(ext, name, "", pkg, known)?;
     }
     let inner = ext.lock(INBOUND)?;
     inner
@@ -230,13 +233,7 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
         .prepare_cached(
             "UPDATE crsql_stream_state SET db_version = ?2, seq = ?3, peer = ?4, stream_id = ?5 WHERE name = ?1",
         )?
-        .execute(params![
-            name,
-            pkg.cursor.db_version,
-            pkg.cursor.seq,
-            pkg.sender.0,
-            pkg.stream_id.0
-        ])?;
+        .execute(params![name, cursor.db_version, cursor.seq, sender, stream_id])?;
     super::touch(&inner.conn, name)
 }
 
@@ -270,7 +267,7 @@ fn check_package(
     name: &str,
     cfg: &InboundConfig,
     pkg: &Package,
-) -> Result<Option<(Position, Option<String>)>> {
+) -> Result<Option<(Position, Option<Known>)>> {
     let state = load_state(&inner.conn, name)?.ok_or_else(|| {
         err!("{INBOUND} {name}: stored state is missing; DROP and re-create the table")
     })?;
@@ -321,75 +318,29 @@ fn check_package(
     Ok(Some((last, known)))
 }
 
-/// The columns of a change, as `crsql_changes` and `crsql_package_changes`
-/// name them.
-const CHANGE_COLS: &str = "\"table\", pk, cid, val, col_version, db_version, site_id, cl, seq";
-
-/// Where a merge reads its changes from: a `FROM` clause naming the changes
-/// `c`, with a `WHERE` condition, `?1` as its argument, and an order.
-struct Source<'a> {
-    from_where: &'a str,
-    order: &'a str,
-}
-
-const ONE_PACKAGE: Source<'static> = Source {
-    from_where: "crsql_package_changes(?1) AS c WHERE 1",
-    order: "",
-};
-
-/// The staging table's columns (name, part, package) are not change columns,
-/// so the change columns need no qualifier.
-const STAGED_PARTS: Source<'static> = Source {
-    from_where: "crsql_stream_staging AS s CROSS JOIN crsql_package_changes(s.package) AS c \
-                 WHERE s.name = ?1",
-    order: "ORDER BY s.part",
-};
-
-/// Merge the changes of `source` (see [`apply_package`] for why one
-/// statement). With `known` (from [`pending::known_filter`]) only the
-/// changes it selects are merged; the others, for columns or tables this
-/// database does not have yet, wait in `crsql_pending_changes`, kept first
-/// and taken back if the merge is refused.
+/// Merge the packages that `sql` (an `INSERT INTO crsql_internal_merge
+/// (package) SELECT ...` with `?1` bound to `arg`) hands to
+/// `crsql_internal_merge` (see [`apply_package`] for why one statement).
+/// With a `known` filter (from [`pending::known_filter`]) only the changes
+/// it admits are merged; the others, for columns or tables this database
+/// does not have yet, wait in `crsql_pending_changes`.
 fn merge_from(
     ext: &Ext,
     name: &str,
     context: &str,
-    source: &Source<'_>,
+    sql: &str,
     arg: &dyn rusqlite::ToSql,
-    known: Option<&str>,
+    batch: MergeBatch,
 ) -> Result<()> {
-    let Source { from_where, order } = source;
-    let Some(known) = known else {
-        return merge(
-            ext,
-            name,
-            context,
-            &format!("INSERT INTO crsql_changes ({CHANGE_COLS}) SELECT {CHANGE_COLS} FROM {from_where} {order}"),
-            arg,
-        );
-    };
-    let before = {
-        let inner = ext.lock(INBOUND)?;
-        pending::stash(
-            &inner.conn,
-            &format!("{from_where} AND NOT ({known}) {order}"),
-            arg,
-        )?
-    };
-    let merged = merge(
-        ext,
-        name,
-        context,
-        &format!(
-            "INSERT INTO crsql_changes ({CHANGE_COLS}) SELECT {CHANGE_COLS} FROM {from_where} AND ({known}) {order}"
-        ),
-        arg,
-    );
-    if merged.is_err() {
-        let inner = ext.lock(INBOUND)?;
-        pending::unstash(&inner.conn, before)?;
+    let conn = ext.db.connection()?;
+    if batch.known.is_some() {
+        conn.execute_batch(pending::PENDING_DDL)?;
     }
-    merged
+    ext.begin_merge_batch(batch);
+    let r = conn.execute(sql, [arg]);
+    ext.end_merge_batch();
+    r.map_err(|e| Error::prefixed(&format!("{INBOUND} {name}: {context}"), e))?;
+    Ok(())
 }
 
 /// Merge one package.
@@ -397,11 +348,23 @@ fn merge_package(
     ext: &Ext,
     name: &str,
     context: &str,
-    package: &[u8],
-    known: Option<&str>,
+    package: Package,
+    known: Option<Known>,
 ) -> Result<()> {
-    merge_from(ext, name, context, &ONE_PACKAGE, &package, known)
+    let batch = MergeBatch {
+        known,
+        package: Some(package),
+    };
+    let null: Option<&[u8]> = None;
+    merge_from(ext, name, context, MERGE_HANDED_OVER, &null, batch)
 }
+
+/// The package handed over in the [`MergeBatch`].
+const MERGE_HANDED_OVER: &str = "INSERT INTO crsql_internal_merge (package) SELECT ?1";
+
+/// Every staged part of stream `?1`, in part order.
+const MERGE_STAGED_PARTS: &str = "INSERT INTO crsql_internal_merge (package) \
+     SELECT s.package FROM crsql_stream_staging AS s WHERE s.name = ?1 ORDER BY s.part";
 
 /// Staged parts up to this many bytes in all are merged from memory.
 const MERGE_FROM_MEMORY_MAX: i64 = 32 << 20;
@@ -448,7 +411,11 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
             let tables = staged_tables(&inner.conn, name)?;
             pending::known_filter(ext, &mut inner, &format!("{INBOUND} {name}"), &tables)?
         };
-        merge_from(ext, name, CONTEXT, &STAGED_PARTS, &name, known.as_deref())?;
+        let batch = MergeBatch {
+            known,
+            package: None,
+        };
+        merge_from(ext, name, CONTEXT, MERGE_STAGED_PARTS, &name, batch)?;
         clear(ext)
     };
     if staged.is_empty() {
@@ -473,11 +440,8 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
         let mut inner = ext.lock(INBOUND)?;
         pending::known_filter(ext, &mut inner, &format!("{INBOUND} {name}"), &whole.tables)?
     };
-    let Ok(bytes) = whole.encode(Encoding::Binary) else {
-        return stream_staged(ext);
-    };
     clear(ext)?;
-    let merged = merge_package(ext, name, CONTEXT, &bytes, known.as_deref());
+    let merged = merge_package(ext, name, CONTEXT, whole, known);
     if merged.is_err() {
         // Nothing was merged (one statement): the parts stay staged. (If
         // SQLite rolled the whole transaction back, as it may on an I/O
@@ -512,16 +476,6 @@ fn staged_tables(conn: &Connection, name: &str) -> Result<Vec<TableEntry>> {
     Ok(tables)
 }
 
-/// Run one merge statement; `context` prefixes its error message.
-fn merge(ext: &Ext, name: &str, context: &str, sql: &str, arg: &dyn rusqlite::ToSql) -> Result<()> {
-    let conn = ext.db.connection()?;
-    ext.begin_merge_batch();
-    let r = conn.execute(sql, [arg]);
-    ext.end_merge_batch();
-    r.map_err(|e| Error::prefixed(&format!("{INBOUND} {name}: {context}"), e))?;
-    Ok(())
-}
-
 /// Keep a part of a split transaction until its last part arrives; returns
 /// its part number.
 fn stage(ext: &Ext, name: &str, bytes: &[u8]) -> Result<i64> {
@@ -546,7 +500,7 @@ fn check_tables(
     name: &str,
     cfg: &InboundConfig,
     pkg: &Package,
-) -> Result<Option<String>> {
+) -> Result<Option<Known>> {
     for t in &pkg.tables {
         if let Some(allowed) = &cfg.tables {
             if !allowed.iter().any(|a| a == &t.name) {

@@ -6,6 +6,7 @@
 //! `crsql_stream_state` (one row per stream) and `crsql_stream_staging`
 //! (parts of a split transaction waiting for their last part).
 
+pub mod batch;
 pub mod compact;
 pub mod inbound;
 pub mod inspect;
@@ -392,6 +393,7 @@ const RESERVED_NAMES: &[&str] = &[
     "crsql_changes",
     "crsql_streams",
     "crsql_package_changes",
+    "crsql_internal_merge",
     "crsql_unpack_columns",
     "crsql_stream_state",
     "crsql_stream_staging",

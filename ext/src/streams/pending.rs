@@ -12,9 +12,9 @@
 
 use crsql_stream_core::package::{schema_hash, TableEntry};
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, OptionalExtension};
 
-use crate::crr::merge::{merge_change, Change, MergeCache};
+use crate::crr::merge::{Change, Merger};
 use crate::err;
 use crate::error::Result;
 use crate::state::{Ext, Inner};
@@ -41,20 +41,33 @@ CREATE VIEW IF NOT EXISTS crsql_pending_schema AS
               ELSE 'the table has no such column here' END AS reason
   FROM crsql_pending_changes AS p GROUP BY \"table\", cid;";
 
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// Which changes of a package this database can apply now: the tables it
+/// has, and for a table whose package columns it does not all have, the
+/// columns (and sentinel) it has. The other changes wait.
+#[derive(Debug)]
+pub struct Known {
+    /// Per table, None when every change of it applies.
+    tables: Vec<(String, Option<Vec<String>>)>,
 }
 
-/// The SQL condition (over `c."table"`, `c.cid`) that selects the changes
-/// of a package with `tables` this database can apply now, or None when it
-/// can apply all of them. Refuses a package whose tables conflict with ours
-/// (primary key).
+impl Known {
+    /// Whether a change of `table` to column `cid` applies now.
+    pub fn admits(&self, table: &str, cid: &str) -> bool {
+        self.tables.iter().any(|(name, cols)| {
+            name == table && cols.as_ref().is_none_or(|c| c.iter().any(|x| x == cid))
+        })
+    }
+}
+
+/// What of a package with `tables` this database can apply now, or None
+/// when it can apply all of it. Refuses a package whose tables conflict
+/// with ours (primary key).
 pub fn known_filter(
     ext: &Ext,
     inner: &mut Inner,
     stream: &str,
     tables: &[TableEntry],
-) -> Result<Option<String>> {
+) -> Result<Option<Known>> {
     // The schema as it is now, even after a DDL earlier in this
     // transaction (`sync` checks it once per transaction).
     inner.refresh_tables(&ext.tx, true)?;
@@ -84,7 +97,7 @@ pub fn known_filter(
             ));
         }
         // A package may name a table twice (parts of a transaction from
-        // before and after a schema change): one term per table.
+        // before and after a schema change): one entry per table.
         let missing = t.columns.iter().any(|c| local.col_index(c).is_none());
         match tables_here.iter_mut().find(|(name, _)| *name == t.name) {
             Some(entry) => entry.1 |= missing,
@@ -93,54 +106,25 @@ pub fn known_filter(
     }
     let mut known = Vec::new();
     for (name, missing) in tables_here {
-        let table = format!("c.\"table\" = {}", literal(name));
         match inner.table(name) {
             Some(local) if missing => {
                 any_unknown = true;
-                let ours: Vec<String> = std::iter::once("-1")
+                let ours = std::iter::once("-1")
                     .chain(local.cols.iter().map(|c| c.name.as_str()))
-                    .map(literal)
+                    .map(String::from)
                     .collect();
-                known.push(format!("({table} AND c.cid IN ({}))", ours.join(", ")));
+                known.push((name.to_string(), Some(ours)));
             }
-            _ => known.push(format!("({table})")),
+            _ => known.push((name.to_string(), None)),
         }
     }
-    Ok(any_unknown.then(|| {
-        if known.is_empty() {
-            "0".to_string()
-        } else {
-            known.join(" OR ")
-        }
-    }))
+    Ok(any_unknown.then_some(Known { tables: known }))
 }
 
-/// Keep the changes `from` selects (a `FROM … WHERE …` clause naming them
-/// `c`, with `?1`). Returns the highest id before them, for [`unstash`].
-pub fn stash(conn: &Connection, from: &str, arg: &dyn rusqlite::ToSql) -> Result<i64> {
-    conn.execute_batch(PENDING_DDL)?;
-    let before: i64 = conn
-        .prepare_cached("SELECT COALESCE(max(id), 0) FROM crsql_pending_changes")?
-        .query_row([], |r| r.get(0))?;
-    conn.execute(
-        &format!(
-            "INSERT INTO crsql_pending_changes \
-             (\"table\", pk, cid, val, col_version, db_version, site_id, cl, seq) \
-             SELECT c.\"table\", c.pk, c.cid, c.val, c.col_version, c.db_version, c.site_id, c.cl, c.seq \
-             FROM {from}"
-        ),
-        [arg],
-    )?;
-    Ok(before)
-}
-
-/// Take back what [`stash`] kept after `before` (the merge that followed
-/// was refused).
-pub fn unstash(conn: &Connection, before: i64) -> Result<()> {
-    conn.prepare_cached("DELETE FROM crsql_pending_changes WHERE id > ?1")?
-        .execute([before])?;
-    Ok(())
-}
+/// Keeps the changes a package merge cannot apply yet.
+pub const STASH: &str = "INSERT INTO crsql_pending_changes \
+     (\"table\", pk, cid, val, col_version, db_version, site_id, cl, seq) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 /// Merge the waiting changes of `table` it can take now (its CRR exists,
 /// the column too), in arrival order, and forget them.
@@ -172,23 +156,25 @@ pub fn apply_pending(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let mut cache = MergeCache::default();
     let mut merged = Vec::new();
-    for (id, values) in &rows {
-        let cid = match &values[2] {
-            Value::Text(c) => c.as_str(),
-            _ => continue,
-        };
-        if cid != "-1" && t.col_index(cid).is_none() {
-            continue;
-        }
-        let refs: Vec<ValueRef<'_>> = values.iter().map(ValueRef::from).collect();
-        let change = Change::from_values(&refs)?;
-        merge_change(ext, inner, &change, &mut cache).map_err(|e| {
-            err!("applying the changes to {table} that waited for this schema (crsql_pending_changes): {e}")
-        })?;
+    let refs: Vec<(i64, Vec<ValueRef<'_>>)> = rows
+        .iter()
+        .filter(|(_, values)| match &values[2] {
+            Value::Text(cid) => cid == "-1" || t.col_index(cid).is_some(),
+            _ => false,
+        })
+        .map(|(id, values)| (*id, values.iter().map(ValueRef::from).collect()))
+        .collect();
+    let context = |e| {
+        err!("applying the changes to {table} that waited for this schema (crsql_pending_changes): {e}")
+    };
+    let mut merger = Merger::new(ext, inner)?;
+    for (id, values) in &refs {
+        let change = Change::from_values(values)?;
+        merger.push(&change).map_err(context)?;
         merged.push(*id);
     }
+    merger.finish().map_err(context)?;
     let mut forget = inner
         .conn
         .prepare_cached("DELETE FROM crsql_pending_changes WHERE id = ?1")?;
