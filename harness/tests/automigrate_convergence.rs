@@ -26,7 +26,7 @@
 //! and not overwritten later shows. The replicas' `crsql_changes`
 //! must be the same too (value, versions, causal length, site).
 //!
-//! `PROPTEST_CASES` cases (default 40, 1–100 steps each); `PROPTEST_RNG_SEED` fixes the
+//! `PROPTEST_CASES` cases (default 30, 1–100 steps each); `PROPTEST_RNG_SEED` fixes the
 //! seed (`make test` sets it); `make soak` runs the longer variant.
 
 use std::fmt;
@@ -456,7 +456,7 @@ fn run_all(default_cases: u32, max_steps: usize) {
 
 #[test]
 fn peers_migrating_at_random_moments_while_syncing_converge_without_losing_a_change() {
-    run_all(40, 100);
+    run_all(30, 100);
 }
 
 #[test]
