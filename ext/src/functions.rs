@@ -30,6 +30,7 @@ const FUNCTIONS: &[(&str, i32, FunctionFlags, SqlFn)] = &[
     ("crsql_as_table", 1, NONE, as_table),
     ("crsql_begin_alter", -1, DO, begin_alter),
     ("crsql_commit_alter", -1, DO, commit_alter),
+    ("crsql_automigrate", -1, DO, automigrate),
     ("crsql_db_version", 0, I, db_version),
     ("crsql_next_db_version", -1, I, next_db_version),
     ("crsql_site_id", 0, I.union(D), site_id),
@@ -130,6 +131,26 @@ fn begin_alter(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
 fn commit_alter(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     crr::commit_alter(ext, table_arg(ctx, "crsql_commit_alter")?)?;
     Ok(Value::Null)
+}
+
+fn automigrate(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
+    const F: &str = "crsql_automigrate";
+    if ctx.is_empty() {
+        return Err(err!("Had no args. Expected a schema to migrate to"));
+    }
+    if ctx.len() > 2 {
+        return Err(err!(
+            "{F}: expected (schema_sql) or (schema_sql, cleanup_sql), got {} arguments",
+            ctx.len()
+        ));
+    }
+    let schema = text_arg(ctx, 0, F, "the schema")?;
+    let cleanup = match ctx.get_raw(1) {
+        ValueRef::Null => None,
+        _ => Some(text_arg(ctx, 1, F, "the cleanup SQL")?),
+    };
+    crr::automigrate::automigrate(ext, schema, cleanup)?;
+    Ok(Value::Text("migration complete".into()))
 }
 
 fn db_version(ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {

@@ -53,3 +53,11 @@ pub fn close(conn: Connection) {
         .expect("crsql_finalize");
     conn.close().map_err(|(_, e)| e).expect("close");
 }
+
+/// The number of cases of a property test: `$PROPTEST_CASES`, else `default`.
+pub fn prop_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}

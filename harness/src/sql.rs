@@ -392,8 +392,19 @@ pub fn positions(c: &Connection) -> Vec<(i64, i64)> {
 /// `last_applied` (as the bindings do). Returns the number of packages, or
 /// the first error of a read, an apply or an acknowledgement.
 pub fn pump(from: &Connection, out: &str, to: &Connection, inb: &str) -> Result<usize, String> {
+    pump_at_most(from, out, to, inb, usize::MAX)
+}
+
+/// [`pump`], stopping after `max` packages.
+pub fn pump_at_most(
+    from: &Connection,
+    out: &str,
+    to: &Connection,
+    inb: &str,
+    max: usize,
+) -> Result<usize, String> {
     let mut n = 0;
-    loop {
+    while n < max {
         let pkg: Option<Vec<u8>> =
             match from.query_row(&format!("SELECT package FROM {out} LIMIT 1"), [], |r| {
                 r.get(0)
@@ -418,4 +429,5 @@ pub fn pump(from: &Connection, out: &str, to: &Connection, inb: &str) -> Result<
             return Err(format!("{out} -> {inb}: more than 100,000 packages"));
         }
     }
+    Ok(n)
 }

@@ -172,3 +172,31 @@ impl fmt::Debug for Exact {
         }
     }
 }
+
+/// How generated-history tests link their peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    Star,
+    Line,
+    Mesh,
+}
+
+/// Directed links `(sender, receiver)` of a topology.
+pub fn links_of(n: usize, topology: Topology) -> Vec<(usize, usize)> {
+    let mut undirected = Vec::new();
+    match topology {
+        Topology::Star => (1..n).for_each(|i| undirected.push((0, i))),
+        Topology::Line => (1..n).for_each(|i| undirected.push((i - 1, i))),
+        Topology::Mesh => {
+            for i in 0..n {
+                for j in i + 1..n {
+                    undirected.push((i, j));
+                }
+            }
+        }
+    }
+    undirected
+        .into_iter()
+        .flat_map(|(a, b)| [(a, b), (b, a)])
+        .collect()
+}

@@ -50,7 +50,7 @@ use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
 
-use crsql_stream_harness::tables::{quote, Exact, InsertMode, Pos, TableDef};
+use crsql_stream_harness::tables::{links_of, quote, Exact, InsertMode, Pos, TableDef, Topology};
 use crsql_stream_harness::{close, open};
 
 // ---------------------------------------------------------------------------
@@ -207,13 +207,6 @@ enum Step {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Topology {
-    Star,
-    Line,
-    Mesh,
-}
-
 #[derive(Clone, Copy, Debug)]
 struct LinkCfg {
     max_changes: usize,
@@ -241,26 +234,6 @@ impl fmt::Debug for Case {
         }
         Ok(())
     }
-}
-
-/// Directed links `(sender, receiver)` of a topology.
-fn links_of(n: usize, topology: Topology) -> Vec<(usize, usize)> {
-    let mut undirected = Vec::new();
-    match topology {
-        Topology::Star => (1..n).for_each(|i| undirected.push((0, i))),
-        Topology::Line => (1..n).for_each(|i| undirected.push((i - 1, i))),
-        Topology::Mesh => {
-            for i in 0..n {
-                for j in i + 1..n {
-                    undirected.push((i, j));
-                }
-            }
-        }
-    }
-    undirected
-        .into_iter()
-        .flat_map(|(a, b)| [(a, b), (b, a)])
-        .collect()
 }
 
 fn value() -> impl Strategy<Value = Value> {
@@ -1210,16 +1183,9 @@ fn run(case: &Case) {
     }
 }
 
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 fn config(default_cases: u32) -> Config {
     Config {
-        cases: cases(default_cases),
+        cases: crsql_stream_harness::prop_cases(default_cases),
         // Keep the source tree clean; a failure prints the minimal history.
         failure_persistence: Some(Box::new(FileFailurePersistence::Off)),
         ..Config::default()

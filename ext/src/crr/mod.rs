@@ -5,6 +5,7 @@
 //! rolls back to it and releases it: the caller's transaction is never
 //! discarded (§15 Q9).
 
+pub mod automigrate;
 pub mod changes;
 pub mod clset;
 pub mod counts;
