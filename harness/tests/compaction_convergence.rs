@@ -2413,14 +2413,25 @@ fn an_inbound_stream_re_created_inside_a_split_transaction_refuses_the_rest_unti
     ))
     .unwrap();
     let e = pump(&a, "to_b", &b, "from_a").unwrap_err().to_string();
-    for part in ["continues transaction 2", "none of its earlier parts", "Nothing was applied"] {
+    for part in [
+        "continues transaction 2",
+        "none of its earlier parts",
+        "Nothing was applied",
+    ] {
         assert!(e.contains(part), "{e}");
     }
-    assert_eq!(rows_of(&b), vec![(0, "before".to_string())], "a part was merged alone");
+    assert_eq!(
+        rows_of(&b),
+        vec![(0, "before".to_string())],
+        "a part was merged alone"
+    );
     // As the error says.
     let before = format!("[1,{}]", i64::MAX);
     assert!(e.contains(&format!("since = '{before}'")), "{e}");
-    assert!(e.contains(&format!("INSERT INTO to_b(rewind) VALUES ('{before}')")), "{e}");
+    assert!(
+        e.contains(&format!("INSERT INTO to_b(rewind) VALUES ('{before}')")),
+        "{e}"
+    );
     b.execute_batch(&format!(
         "DROP TABLE from_a; CREATE VIRTUAL TABLE from_a USING crsql_InboundStream(since = '{before}');"
     ))

@@ -667,7 +667,8 @@ fn inbound_lag_counts_the_staged_parts_of_a_split_transaction() {
     a.execute_batch("CREATE VIRTUAL TABLE to_b USING crsql_OutboundStream(max_changes = 4); BEGIN")
         .unwrap();
     for i in 1..=7 {
-        a.execute("INSERT INTO t1 VALUES (?1, 'x', 'y')", [i]).unwrap();
+        a.execute("INSERT INTO t1 VALUES (?1, 'x', 'y')", [i])
+            .unwrap();
     }
     a.execute_batch("COMMIT").unwrap();
     b.execute_batch("CREATE VIRTUAL TABLE from_a USING crsql_InboundStream")
@@ -692,7 +693,11 @@ fn inbound_lag_counts_the_staged_parts_of_a_split_transaction() {
     for (i, part) in parts.iter().enumerate() {
         b.execute("INSERT INTO from_a(package) VALUES (?1)", [part])
             .unwrap();
-        let staged = if i + 1 < parts.len() { 4 * (i as i64 + 1) } else { 0 };
+        let staged = if i + 1 < parts.len() {
+            4 * (i as i64 + 1)
+        } else {
+            0
+        };
         assert_eq!(lag(), staged, "after part {}", i + 1);
     }
     let rows: i64 = b
