@@ -25,7 +25,9 @@ use crate::protocol::{hex, ErrorCode, Frame, Hello, Pos, PROTOCOL_VERSION, WELCO
 #[derive(Clone, Debug)]
 pub struct SyncOptions {
     pub db: PathBuf,
-    pub url: String,
+    /// One hub, or several hubs of one cluster (`serve --nats`): the client
+    /// moves to the next one when a connection fails.
+    pub urls: Vec<String>,
     pub token: Option<String>,
     pub once: bool,
     pub ca_cert: Option<PathBuf>,
@@ -118,14 +120,28 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16, String), String> {
     Ok((tls, host, port, tenant.to_string()))
 }
 
-/// Sync until caught up (`once`) or for ever, reconnecting with backoff.
+/// Sync until caught up (`once`) or for ever, reconnecting with backoff;
+/// with several URLs, each reconnection goes to the next hub.
 pub async fn sync(opts: SyncOptions) -> Result<(), SyncError> {
-    let (tls, host, port, tenant) = parse_url(&opts.url).map_err(SyncError::Failed)?;
-    let tls_cfg = if tls {
-        Some(crate::tls::client_config(opts.ca_cert.as_deref()).map_err(SyncError::Failed)?)
-    } else {
-        None
+    let mut hubs = Vec::new();
+    for url in &opts.urls {
+        let (tls, host, port, tenant) = parse_url(url).map_err(SyncError::Failed)?;
+        let tls_cfg = if tls {
+            Some(crate::tls::client_config(opts.ca_cert.as_deref()).map_err(SyncError::Failed)?)
+        } else {
+            None
+        };
+        hubs.push((host, port, tenant, tls_cfg));
+    }
+    let Some(tenant) = hubs.first().map(|h| h.2.clone()) else {
+        return Err(SyncError::Failed("no hub URL (--url)".into()));
     };
+    if let Some(h) = hubs.iter().find(|h| h.2 != tenant) {
+        return Err(SyncError::Failed(format!(
+            "every --url must name the same tenant: {tenant:?} and {:?}",
+            h.2
+        )));
+    }
     let conn = db::open(&opts.db).map_err(|e| {
         SyncError::Failed(format!(
             "cannot open {}: {}",
@@ -146,10 +162,13 @@ pub async fn sync(opts: SyncOptions) -> Result<(), SyncError> {
     }
     let deadline = opts.timeout.map(|t| Instant::now() + t);
     let mut backoff = Duration::from_millis(100);
+    let mut next = 0usize;
     loop {
+        let (host, port, _, tls_cfg) = &hubs[next % hubs.len()];
+        next += 1;
         let attempt = async {
-            match connect(&host, port, tls_cfg.clone()).await {
-                Ok(io) => session(&opts, &conn, &tenant, io).await,
+            match connect(host, *port, tls_cfg.clone()).await {
+                Ok(io) => session(&opts, &conn, host, *port, &tenant, io).await,
                 Err(e) => e,
             }
         };
@@ -169,7 +188,7 @@ pub async fn sync(opts: SyncOptions) -> Result<(), SyncError> {
             End::Done => return Ok(()),
             End::Fatal(e) => return Err(e),
             End::Retry(why) => {
-                tracing::warn!("{why}; reconnecting in {backoff:?}");
+                tracing::warn!("{host}:{port}: {why}; reconnecting in {backoff:?}");
                 let sleep = tokio::time::sleep(jitter(backoff));
                 match deadline {
                     Some(d) if Instant::now() + backoff > d => {
@@ -179,7 +198,10 @@ pub async fn sync(opts: SyncOptions) -> Result<(), SyncError> {
                     }
                     _ => sleep.await,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                // Several hubs: the backoff grows once every hub was tried.
+                if next % hubs.len() == 0 {
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
             }
         }
     }
@@ -275,16 +297,21 @@ impl Progress {
     }
 }
 
-async fn session(opts: &SyncOptions, conn: &Connection, tenant: &str, io: Box<dyn Io>) -> End {
+async fn session(
+    opts: &SyncOptions,
+    conn: &Connection,
+    host: &str,
+    port: u16,
+    tenant: &str,
+    io: Box<dyn Io>,
+) -> End {
     let mut request = match format!("ws://localhost/{tenant}").into_client_request() {
         Ok(r) => r,
         Err(e) => return End::Fatal(SyncError::Failed(e.to_string())),
     };
     // The Host header names the hub as given.
-    if let Ok((_, host, port, _)) = parse_url(&opts.url) {
-        if let Ok(v) = format!("{host}:{port}").parse() {
-            request.headers_mut().insert("host", v);
-        }
+    if let Ok(v) = format!("{host}:{port}").parse() {
+        request.headers_mut().insert("host", v);
     }
     let mut cfg = WebSocketConfig::default();
     cfg.max_message_size = Some(opts.max_frame);
