@@ -126,14 +126,6 @@ pub async fn serve(
             "no --auth file: every tenant is open to anyone who can connect (development mode)"
         );
     }
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
-    tracing::info!("listening on {scheme}://{local}/<tenant>");
-    // For scripts and tests that listen on port 0.
-    println!("listening on {scheme}://{local}");
     let nats = match &cfg.nats {
         None => None,
         Some(n) => {
@@ -142,6 +134,14 @@ pub async fn serve(
             Some(Arc::new(link))
         }
     };
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
+    tracing::info!("listening on {scheme}://{local}/<tenant>");
+    // For scripts and tests that listen on port 0.
+    println!("listening on {scheme}://{local}");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tls = cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let hub = Arc::new(Hub {

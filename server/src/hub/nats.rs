@@ -97,12 +97,7 @@ impl Nats {
         .map_err(|e| format!("cannot connect to NATS at {}: {e}", cfg.url))?;
         let max_payload = client.server_info().max_payload;
         let js = jetstream::new(client.clone());
-        js.query_account().await.map_err(|e| {
-            format!(
-                "NATS at {} has no JetStream (start nats-server with -js): {e}",
-                cfg.url
-            )
-        })?;
+
         Ok(Nats {
             client,
             js,
@@ -277,6 +272,7 @@ impl Link {
                 Ok(p) => p,
                 Err(e) => return e.into(),
             };
+            tracing::debug!(tenant = %t.name, packages = pulled.packages.len(), %after, "read {OUT}");
             if pulled.packages.is_empty() {
                 if version.changed().await.is_err() {
                     return Stop::Shutdown;
@@ -308,6 +304,7 @@ impl Link {
                 after = p.cursor;
             }
             let n = acks.len() as u64;
+            tracing::debug!(tenant = %t.name, packages = n, upto = %after, "published to JetStream");
             for ack in acks {
                 if let Err(e) = ack.await {
                     return err(format!("JetStream did not acknowledge a publish: {e}"));
@@ -436,6 +433,7 @@ impl Link {
                 last_msg = Some(msg);
             }
             let n = items.iter().filter(|i| i.1.is_some()).count() as u64;
+            tracing::debug!(tenant = %t.name, messages = items.len(), packages = n, seq, ?gap, "consumed from JetStream");
             let own = t.site;
             let (done, failed) = match t.run(true, move |c| apply(c, &own, items)).await {
                 Ok(r) => r,
