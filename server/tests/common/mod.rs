@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crsql_stream_rs::rusqlite::{params, Connection};
-use rand::Rng;
 use crsql_sync::db;
 use crsql_sync::protocol::Site;
+use rand::Rng;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_crsql-sync");
 
@@ -282,7 +282,6 @@ pub fn state(c: &Connection) -> Vec<String> {
     ));
     s
 }
-
 
 /// A real `nats-server` with JetStream on 127.0.0.1 and a store directory.
 pub struct NatsServer {
