@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use crsql_stream_rs::rusqlite::{params, Connection};
+use crsql_stream_rs::rusqlite::Connection;
 use crsql_sync::protocol::{hex, ErrorCode, Frame, Hello, Pos, PROTOCOL_VERSION};
 use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};

@@ -196,10 +196,12 @@ pub(crate) async fn attach(
     Ok(())
 }
 
-/// What ends a task's round: the hub stopping, or an error to retry on.
+/// What ends a task's round: the hub stopping, an error to retry on, or
+/// a resync done (start again at once).
 enum Stop {
     Shutdown,
     Retry(String),
+    Again,
 }
 
 impl From<String> for Stop {
@@ -236,6 +238,7 @@ impl Link {
             };
             match stop {
                 Stop::Shutdown => return,
+                Stop::Again => continue,
                 Stop::Retry(e) => {
                     tracing::warn!(tenant = %self.tenant.name, "NATS {what}: {e}; again in 1 s");
                     tokio::select! {
@@ -399,7 +402,7 @@ impl Link {
                     _ => break,
                 }
             }
-            let mut items: Vec<(u64, Option<(Site, Vec<u8>)>)> = Vec::new();
+            let mut items: Vec<Consumed> = Vec::new();
             let mut gap = None;
             let mut last_msg = None;
             let mut pending = 0;
@@ -572,7 +575,7 @@ impl Link {
                 m.nats_resync_needed.get_or_create(&self.labels).set(0);
                 m.nats_resyncs.get_or_create(&self.labels).inc();
                 tracing::info!(tenant = %t.name, peer = %hex(&p), pages, seq = peer_seq, "snapshot from a peer hub applied");
-                return Stop::Retry("resynced: consuming again".into());
+                return Stop::Again;
             }
             let name = resync_from(&p);
             let pkg = reply.payload.to_vec();
@@ -667,6 +670,10 @@ impl Link {
     }
 }
 
+/// A consumed message: its sequence, and its sender and package (None:
+/// this hub's own, or unreadable: only the sequence moves).
+type Consumed = (u64, Option<(Site, Vec<u8>)>);
+
 fn applied_seq(c: &Connection) -> rusqlite::Result<u64> {
     c.query_row("SELECT seq FROM crsql_nats_state WHERE id = 1", [], |r| {
         r.get::<_, i64>(0)
@@ -686,7 +693,7 @@ fn set_seq(c: &Connection, seq: u64) -> rusqlite::Result<()> {
 fn apply(
     c: &Connection,
     own: &Site,
-    items: Vec<(u64, Option<(Site, Vec<u8>)>)>,
+    items: Vec<Consumed>,
 ) -> Result<(u64, Option<Refusal>), Refusal> {
     let mut done = applied_seq(c).map_err(|e| refusal(&e))?;
     let mut failed = None;
