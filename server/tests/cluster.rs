@@ -54,6 +54,21 @@ fn wait(hubs: &mut [Hub], what: &str, timeout: Duration, mut f: impl FnMut(&[Hub
     }
 }
 
+/// Hub `i` gets to hold `want` through exactly one snapshot from a peer.
+fn resynced(hubs: &mut [Hub], i: usize, want: &BTreeSet<String>) {
+    wait(
+        hubs,
+        &format!("hub {i} to hold every change after its resync"),
+        Duration::from_secs(60),
+        |h| hub_keys(&h[i]) == *want,
+    );
+    assert_eq!(
+        metric(&hubs[i], "crsql_sync_nats_resyncs_total{tenant=\"acme\"}"),
+        1.0,
+        "hub {i} took one snapshot"
+    );
+}
+
 /// `crsql-sync sync --once`, which must succeed.
 fn sync(db: &std::path::Path, url: &str) {
     let (code, out, err) = sync_once(db, url, &[]);
@@ -197,17 +212,7 @@ fn a_hub_away_longer_than_the_retention_and_a_hub_joining_later_resync_from_a_pe
     sync(&pa, &hubs[0].url("acme"));
     std::thread::sleep(Duration::from_secs(4));
     hubs[1] = nats_hub(&dir.path().join("hub1"), port1, &nats, age);
-    wait(
-        &mut hubs,
-        "hub 1 to have what a pushed to hub 0 while it was away",
-        Duration::from_secs(60),
-        |h| hub_keys(&h[1]) == want,
-    );
-    assert_eq!(
-        metric(&hubs[1], "crsql_sync_nats_resyncs_total{tenant=\"acme\"}"),
-        1.0,
-        "through a snapshot"
-    );
+    resynced(&mut hubs, 1, &want);
     sync(&pb, &hubs[1].url("acme"));
     assert_eq!(
         log_keys(&b),
@@ -219,17 +224,7 @@ fn a_hub_away_longer_than_the_retention_and_a_hub_joining_later_resync_from_a_pe
     // takes its snapshot from a peer.
     std::thread::sleep(Duration::from_secs(3));
     hubs.push(nats_hub(&dir.path().join("hub2"), 0, &nats, age));
-    wait(
-        &mut hubs,
-        "the new hub 2 to have everything",
-        Duration::from_secs(60),
-        |h| hub_keys(&h[2]) == want,
-    );
-    assert_eq!(
-        metric(&hubs[2], "crsql_sync_nats_resyncs_total{tenant=\"acme\"}"),
-        1.0,
-        "through a snapshot"
-    );
+    resynced(&mut hubs, 2, &want);
     sync(&pc, &hubs[2].url("acme"));
     assert_eq!(log_keys(&c), want, "c, at the new hub 2, has everything");
 
