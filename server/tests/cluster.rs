@@ -44,7 +44,11 @@ fn wait(hubs: &mut [Hub], what: &str, timeout: Duration, mut f: impl FnMut(&[Hub
     let deadline = Instant::now() + timeout;
     while !f(hubs) {
         if Instant::now() > deadline {
-            let logs: Vec<String> = hubs.iter_mut().map(|h| h.stop().1).collect();
+            // Only running hubs (a killed one's pid may be reused).
+            let logs: Vec<String> = hubs
+                .iter_mut()
+                .filter_map(|h| matches!(h.child.try_wait(), Ok(None)).then(|| h.stop().1))
+                .collect();
             panic!(
                 "timed out waiting for {what}; hub logs:\n{}",
                 logs.join("\n----\n")
@@ -118,6 +122,18 @@ fn three_hubs_converge_through_a_killed_hub_failing_over_clients_and_a_restarted
             hub_killed = true;
         }
         if n == rounds / 2 {
+            // While hub 1 is down, every client has everything: clients 1
+            // and 4 get the others' changes through hub 2 only.
+            wait(
+                &mut hubs,
+                "the clients of the dead hub 1 to converge through hub 2",
+                Duration::from_secs(120),
+                |h| {
+                    clients.iter().all(|c| log_keys(c) == want)
+                        && hub_keys(&h[0]) == want
+                        && hub_keys(&h[2]) == want
+                },
+            );
             hubs[1] = nats_hub(&dir.path().join("hub1"), ports[1], &nats, "1h");
         }
         if n == 3 * rounds / 4 {
