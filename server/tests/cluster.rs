@@ -103,9 +103,11 @@ fn three_hubs_converge_through_a_killed_hub_failing_over_clients_and_a_restarted
         .collect();
     let clients: Vec<Connection> = dbs.iter().map(|p| client_db(p)).collect();
     // Client i is at hub i % 3 and fails over to the next one.
-    let mut syncs: Vec<_> = (0..CLIENTS)
-        .map(|i| sync_forever(&dbs[i], &format!("{},{}", url(i), url(i + 1))))
-        .collect();
+    let syncs = Killed(
+        (0..CLIENTS)
+            .map(|i| sync_forever(&dbs[i], &format!("{},{}", url(i), url(i + 1))))
+            .collect(),
+    );
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
     let mut want = BTreeSet::new();
     let rounds = 120;
@@ -151,10 +153,7 @@ fn three_hubs_converge_through_a_killed_hub_failing_over_clients_and_a_restarted
         |hubs| converged(hubs, &clients, &want),
     );
     let settle = started.elapsed();
-    for s in &mut syncs {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
+    drop(syncs);
     let mut applied = Vec::new();
     for h in &hubs {
         applied.push(metric(
