@@ -34,12 +34,15 @@ hub:
 
 # The hub as a real process on 127.0.0.1: 20 clients with cut connections
 # and a SIGKILLed hub, auth, malformed and oversized frames, TLS
-# (server/tests/hub.rs), plus the protocol and auth unit tests.
+# (server/tests/hub.rs), three hubs over a real nats-server -js with a
+# SIGKILLed hub and resyncs past the retention (server/tests/cluster.rs),
+# plus the protocol and auth unit tests.
 server-test: hub
 	$(SERVER_CARGO) test --release --workspace
 
-# Loopback benchmark of one hub (server/src/bin/bench_hub.rs): ingest
-# changes/s, end-to-end latency, RSS with 1,000 idle connections.
+# Loopback benchmark of the hub (server/src/bin/bench_hub.rs): ingest
+# changes/s, end-to-end latency, RSS with 1,000 idle connections, one hub
+# against three over nats-server (when installed).
 # BENCH_HUB_ARGS passes options, e.g. BENCH_HUB_ARGS="--clients 200".
 bench-hub: hub
 	server/target/release/bench-hub $(BENCH_HUB_ARGS)

@@ -18,7 +18,9 @@ use crate::protocol::ErrorCode;
 #[derive(Clone, Debug)]
 pub struct SyncOptions {
     pub db: PathBuf,
-    pub url: String,
+    /// One hub, or several hubs of one cluster (`serve --nats`): the client
+    /// moves to the next one when a connection fails.
+    pub urls: Vec<String>,
     pub token: Option<String>,
     pub once: bool,
     pub ca_cert: Option<PathBuf>,
@@ -62,13 +64,19 @@ impl From<HubError> for SyncError {
     }
 }
 
-/// Sync until caught up (`once`) or for ever, reconnecting with backoff.
+/// Sync until caught up (`once`) or for ever, reconnecting with backoff;
+/// with several URLs, each reconnection goes to the next hub.
 pub async fn sync(opts: SyncOptions) -> Result<(), SyncError> {
-    let tls = opts
-        .url
-        .parse::<HubUrl>()
-        .map_err(|e| SyncError::Failed(e.to_string()))?
-        .tls;
+    let Some((url, failover)) = opts.urls.split_first() else {
+        return Err(SyncError::Failed("no hub URL (--url)".into()));
+    };
+    let mut tls = false;
+    for u in &opts.urls {
+        tls |= u
+            .parse::<HubUrl>()
+            .map_err(|e| SyncError::Failed(e.to_string()))?
+            .tls;
+    }
     let mut conn = db::open(&opts.db).map_err(|e| {
         SyncError::Failed(format!(
             "cannot open {}: {}",
@@ -94,6 +102,7 @@ pub async fn sync(opts: SyncOptions) -> Result<(), SyncError> {
         poll: opts.poll,
         timeout: opts.timeout,
         max_frame: opts.max_frame,
+        failover: failover.to_vec(),
         ..hub::SyncOptions::default()
     };
     if tls {
@@ -112,7 +121,7 @@ pub async fn sync(opts: SyncOptions) -> Result<(), SyncError> {
             }
         }));
     }
-    let r = hub::sync(&mut conn, &opts.url, &hub_opts).await;
+    let r = hub::sync(&mut conn, url, &hub_opts).await;
     if bar.lock().is_ok_and(|d| *d) {
         println!();
     }

@@ -53,6 +53,15 @@ enum Cmd {
         /// Seconds a client may take to read one frame before it is dropped.
         #[arg(long, default_value_t = 60)]
         write_timeout: u64,
+        /// Scale-out: NATS server URL (nats://HOST:PORT, JetStream enabled).
+        /// Hubs with the same --nats serve the same tenants and exchange
+        /// what their clients push (docs/server.md).
+        #[arg(long)]
+        nats: Option<String>,
+        /// How long JetStream keeps a package ("90s", "12h", "7d"); a hub
+        /// away for longer resyncs from a peer hub.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        nats_max_age: Duration,
     },
     /// Sync a SQLite file with a hub: push and pull until caught up (--once)
     /// or stay connected, reconnecting with backoff.
@@ -60,9 +69,11 @@ enum Cmd {
         /// The database (its CRRs must match the tenant's schema).
         #[arg(long)]
         db: PathBuf,
-        /// ws://HOST:PORT/<tenant> or wss://…
-        #[arg(long)]
-        url: String,
+        /// ws://HOST:PORT/<tenant> or wss://…; repeat it (or separate with
+        /// commas) for the hubs of a cluster: a lost connection moves on to
+        /// the next one.
+        #[arg(long = "url", required = true, value_delimiter = ',')]
+        url: Vec<String>,
         /// Token (or set CRSQL_SYNC_TOKEN).
         #[arg(long, env = "CRSQL_SYNC_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -112,6 +123,8 @@ fn main() -> ExitCode {
             max_frame,
             window,
             write_timeout,
+            nats,
+            nats_max_age,
         } => {
             let auth = match auth.map(|p| auth::Auth::load(&p)).transpose() {
                 Ok(a) => a,
@@ -136,6 +149,10 @@ fn main() -> ExitCode {
                 max_frame,
                 window,
                 write_timeout: Duration::from_secs(write_timeout.max(1)),
+                nats: nats.map(|url| hub::nats::NatsConfig {
+                    url,
+                    max_age: nats_max_age,
+                }),
                 shutdown_grace: Duration::from_secs(10),
             };
             let rt = match tokio::runtime::Runtime::new() {
@@ -170,7 +187,7 @@ fn main() -> ExitCode {
             };
             let opts = client::SyncOptions {
                 db,
-                url,
+                urls: url,
                 token,
                 once,
                 ca_cert,

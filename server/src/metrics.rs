@@ -19,6 +19,12 @@ pub struct Metrics {
     pub apply_seconds: Histogram,
     pub client_lag: Family<Labels, Gauge>,
     pub errors: Family<Labels, Counter>,
+    pub nats_published: Family<Labels, Counter>,
+    pub nats_published_changes: Family<Labels, Counter>,
+    pub nats_applied: Family<Labels, Counter>,
+    pub nats_lag: Family<Labels, Gauge>,
+    pub nats_resyncs: Family<Labels, Counter>,
+    pub nats_resync_needed: Family<Labels, Gauge>,
 }
 
 pub fn tenant(t: &str) -> Labels {
@@ -85,6 +91,42 @@ impl Metrics {
             client_lag.clone(),
         );
         registry.register("errors", "Error frames sent, by code", errors.clone());
+        let nats_published = Family::<Labels, Counter>::default();
+        let nats_published_changes = Family::<Labels, Counter>::default();
+        let nats_applied = Family::<Labels, Counter>::default();
+        let nats_lag = Family::<Labels, Gauge>::default();
+        let nats_resyncs = Family::<Labels, Counter>::default();
+        let nats_resync_needed = Family::<Labels, Gauge>::default();
+        registry.register(
+            "nats_published_packages",
+            "Packages of this hub published to JetStream (acknowledged by it)",
+            nats_published.clone(),
+        );
+        registry.register(
+            "nats_published_changes",
+            "Changes in the packages published to JetStream",
+            nats_published_changes.clone(),
+        );
+        registry.register(
+            "nats_applied_packages",
+            "Other hubs' packages consumed from JetStream and applied",
+            nats_applied.clone(),
+        );
+        registry.register(
+            "nats_lag_messages",
+            "JetStream messages of the tenant not yet delivered to this hub",
+            nats_lag.clone(),
+        );
+        registry.register(
+            "nats_resyncs",
+            "Snapshots taken from a peer hub after JetStream dropped messages this hub had not applied",
+            nats_resyncs.clone(),
+        );
+        registry.register(
+            "nats_resync_needed",
+            "1 while this hub waits for or takes a snapshot from a peer hub",
+            nats_resync_needed.clone(),
+        );
         Metrics {
             registry,
             clients,
@@ -95,6 +137,12 @@ impl Metrics {
             apply_seconds,
             client_lag,
             errors,
+            nats_published,
+            nats_published_changes,
+            nats_applied,
+            nats_lag,
+            nats_resyncs,
+            nats_resync_needed,
         }
     }
 

@@ -6,69 +6,13 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use crsql_stream_rs::rusqlite::{params, Connection};
+use crsql_stream_rs::rusqlite::Connection;
 use crsql_sync::protocol::{hex, ErrorCode, Frame, Hello, Pos, PROTOCOL_VERSION};
 use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use tokio_tungstenite::tungstenite::Message;
 
 const CLIENTS: usize = 20;
-
-fn seed() -> u64 {
-    std::env::var("HUB_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20261207)
-}
-
-/// One random transaction on a client: inserts, conflicting updates of
-/// shared rows, deletes, primary-key changes, and one append-only log row
-/// (returned when committed: it must end up everywhere).
-fn random_txn(c: &Connection, client: usize, n: u64, rng: &mut impl Rng) -> Option<String> {
-    let tx = c.unchecked_transaction().ok()?;
-    for _ in 0..rng.gen_range(1..4) {
-        let id: i64 = rng.gen_range(0..40);
-        let r = match rng.gen_range(0..10) {
-            0..=3 => tx.execute(
-                "INSERT INTO items VALUES (?1, ?2, ?3, 'new') ON CONFLICT(id) DO UPDATE SET val = excluded.val, owner = excluded.owner",
-                params![id, format!("c{client}"), rng.gen_range(0..1000)],
-            ),
-            4..=6 => tx.execute(
-                "UPDATE items SET val = ?2, note = ?3 WHERE id = ?1",
-                params![id, rng.gen_range(0..1000), format!("n{client}-{n}")],
-            ),
-            7 | 8 => tx.execute("DELETE FROM items WHERE id = ?1", [id]),
-            _ => tx.execute(
-                "UPDATE OR IGNORE items SET id = ?2 WHERE id = ?1",
-                params![id, rng.gen_range(0..40)],
-            ),
-        };
-        if r.is_err() {
-            return None;
-        }
-    }
-    let key = format!("{client}-{n}");
-    tx.execute(
-        "INSERT INTO log VALUES (?1, ?2, ?3)",
-        params![key, client as i64, n as i64],
-    )
-    .ok()?;
-    tx.commit().ok()?;
-    Some(key)
-}
-
-/// What must be identical everywhere: the data, and each cell's clock
-/// (column version and causal length; the site of equal-valued ties may
-/// differ).
-fn state(c: &Connection) -> Vec<String> {
-    let mut s = rows(c, "SELECT * FROM items ORDER BY id");
-    s.extend(rows(c, "SELECT * FROM log ORDER BY id"));
-    s.extend(rows(
-        c,
-        "SELECT \"table\", hex(pk), cid, val, col_version, cl FROM crsql_changes ORDER BY 1, 2, 3",
-    ));
-    s
-}
 
 #[test]
 fn twenty_clients_converge_through_cut_connections_and_a_killed_hub() {

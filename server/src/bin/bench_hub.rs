@@ -7,6 +7,9 @@
 //!    latency (commit on A → applied on B) p50/p99, and the rate the hub took.
 //! 3. idle: a fresh hub, 1,000 WebSocket connections that said hello and
 //!    were caught up; the hub's RSS.
+//! 4. cluster: the ingest of phase 1 into one hub with `--nats`, then into
+//!    three hubs over one `nats-server -js` (clients spread over them):
+//!    changes/s until every hub holds every change (needs `nats-server`).
 //!
 //! `bench-hub --help` lists the knobs.
 
@@ -82,6 +85,9 @@ struct Hub {
 
 impl Hub {
     fn start(dir: &Path) -> Hub {
+        Hub::start_with(dir, &[])
+    }
+    fn start_with(dir: &Path, extra: &[String]) -> Hub {
         std::fs::create_dir_all(dir.join("schema")).unwrap();
         std::fs::write(dir.join("schema/bench.sql"), SCHEMA).unwrap();
         let mut child = Command::new(bin())
@@ -89,6 +95,7 @@ impl Hub {
             .arg(dir.join("data"))
             .arg("--schema-dir")
             .arg(dir.join("schema"))
+            .args(extra)
             .env("CRSQL_SYNC_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -143,6 +150,111 @@ impl Drop for Hub {
     }
 }
 
+/// Rows of `items` in a hub's tenant database (0 before it exists).
+fn hub_rows(dir: &Path) -> i64 {
+    let Ok(c) = db::open(&dir.join("data/bench.db")) else {
+        return 0;
+    };
+    c.query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+        .unwrap_or(0)
+}
+
+/// Client databases with `txns` transactions of `rows` inserts each.
+fn backlog(dir: &Path, a: &Args) -> Vec<PathBuf> {
+    let paths: Vec<PathBuf> = (0..a.clients)
+        .map(|i| dir.join(format!("c{i}.db")))
+        .collect();
+    for (i, p) in paths.iter().enumerate() {
+        let c = client(p);
+        for t in 0..a.txns {
+            let tx = c.unchecked_transaction().unwrap();
+            for r in 0..a.rows {
+                tx.execute(
+                    "INSERT INTO items VALUES (?1, ?2, 'x', 0)",
+                    params![format!("{i}-{t}-{r}"), r as i64],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+    }
+    paths
+}
+
+/// Phase 4: ingest into `n` hubs over one nats-server: changes/s until the
+/// hubs accepted every client's pushes (as in phase 1), and until every hub
+/// holds every row.
+fn cluster(root: &Path, a: &Args, n: usize) -> Option<(f64, f64)> {
+    let dir = root.join(format!("cluster{n}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let mut nats = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("js"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let up = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            up.elapsed() < Duration::from_secs(20),
+            "nats-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let extra = ["--nats".to_string(), format!("nats://127.0.0.1:{port}")];
+    let dirs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("hub{i}"))).collect();
+    let hubs: Vec<Hub> = dirs.iter().map(|d| Hub::start_with(d, &extra)).collect();
+    let paths = backlog(&dir, a);
+    let want = (a.clients * a.txns * a.rows) as i64;
+    let began = Instant::now();
+    let procs: Vec<Child> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Command::new(bin())
+                .args(["sync", "--once", "--progress", "never", "--db"])
+                .arg(p)
+                .args(["--url", &hubs[i % n].url()])
+                .env("CRSQL_SYNC_LOG", "error")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let changes = (want * 3) as f64;
+    let mut accepted = None;
+    while dirs.iter().any(|d| hub_rows(d) < want) {
+        assert!(
+            began.elapsed() < Duration::from_secs(600),
+            "the cluster did not ingest everything in 600 s"
+        );
+        if accepted.is_none()
+            && hubs
+                .iter()
+                .map(|h| h.metric("crsql_sync_changes_in_total"))
+                .sum::<f64>()
+                >= changes
+        {
+            accepted = Some(began.elapsed().as_secs_f64());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = began.elapsed().as_secs_f64();
+    let accepted = accepted.unwrap_or(secs);
+    for mut p in procs {
+        let _ = p.wait();
+    }
+    drop(hubs);
+    let _ = nats.kill();
+    let _ = nats.wait();
+    Some((changes / accepted, changes / secs))
+}
+
 fn client(path: &Path) -> Connection {
     let c = db::open(path).unwrap();
     c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
@@ -180,23 +292,7 @@ fn main() {
     // 1. ingest
     let dir = root.path().join("ingest");
     let hub = Hub::start(&dir);
-    let paths: Vec<PathBuf> = (0..a.clients)
-        .map(|i| dir.join(format!("c{i}.db")))
-        .collect();
-    for (i, p) in paths.iter().enumerate() {
-        let c = client(p);
-        for t in 0..a.txns {
-            let tx = c.unchecked_transaction().unwrap();
-            for r in 0..a.rows {
-                tx.execute(
-                    "INSERT INTO items VALUES (?1, ?2, 'x', 0)",
-                    params![format!("{i}-{t}-{r}"), r as i64],
-                )
-                .unwrap();
-            }
-            tx.commit().unwrap();
-        }
-    }
+    let paths = backlog(&dir, &a);
     let began = Instant::now();
     let procs: Vec<Child> = paths
         .iter()
@@ -411,4 +507,18 @@ fn main() {
         hub.metric("crsql_sync_connected_clients")
     );
     drop(held);
+
+    // 4. cluster
+    match (cluster(root.path(), &a, 1), cluster(root.path(), &a, 3)) {
+        (Some(one), Some(three)) => println!(
+            "cluster: the ingest of phase 1 with --nats, clients spread over the hubs: accepted from the clients (changes_in of all hubs, as phase 1): one hub {:.0} changes/s, three hubs {:.0} changes/s ({:.2}x); until every hub holds every change: one hub {:.0} changes/s, three hubs {:.0} changes/s ({:.2}x)",
+            one.0,
+            three.0,
+            three.0 / one.0,
+            one.1,
+            three.1,
+            three.1 / one.1
+        ),
+        _ => println!("cluster: skipped (no nats-server: apt-get install nats-server)"),
+    }
 }

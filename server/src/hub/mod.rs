@@ -1,6 +1,7 @@
 //! `crsql-sync serve`: the hub.
 
 mod conn;
+pub mod nats;
 pub mod tenant;
 
 use std::collections::HashMap;
@@ -41,11 +42,14 @@ pub struct Config {
     pub write_timeout: Duration,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
+    /// Scale-out over NATS JetStream.
+    pub nats: Option<nats::NatsConfig>,
 }
 
 pub(crate) struct Hub {
     pub cfg: Config,
     pub metrics: Metrics,
+    nats: Option<Arc<nats::Nats>>,
     tenants: Mutex<HashMap<String, Arc<Tenant>>>,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     pub shutdown: watch::Receiver<bool>,
@@ -71,7 +75,7 @@ impl Hub {
     }
 
     /// The tenant, opened (and created from its schema file) on first use.
-    pub(crate) async fn tenant(&self, name: &str) -> Result<Arc<Tenant>, Refusal> {
+    pub(crate) async fn tenant(self: &Arc<Self>, name: &str) -> Result<Arc<Tenant>, Refusal> {
         let mut map = self.tenants.lock().await;
         if let Some(t) = map.get(name) {
             return Ok(t.clone());
@@ -94,6 +98,9 @@ impl Hub {
         tracing::info!(tenant = name, site = %crate::protocol::hex(&t.site), "tenant opened");
         self.threads.lock().expect("threads").push(thread);
         let t = Arc::new(t);
+        if let Some(n) = &self.nats {
+            nats::attach(self, n, &t).await?;
+        }
         map.insert(name.to_string(), t.clone());
         Ok(t)
     }
@@ -119,6 +126,14 @@ pub async fn serve(
             "no --auth file: every tenant is open to anyone who can connect (development mode)"
         );
     }
+    let nats = match &cfg.nats {
+        None => None,
+        Some(n) => {
+            let link = nats::Nats::connect(n, cfg.max_frame).await?;
+            tracing::info!(url = %n.url, max_age = ?n.max_age, "NATS JetStream connected");
+            Some(Arc::new(link))
+        }
+    };
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -132,12 +147,25 @@ pub async fn serve(
     let hub = Arc::new(Hub {
         cfg,
         metrics: Metrics::new(),
+        nats,
         tenants: Mutex::new(HashMap::new()),
         threads: std::sync::Mutex::new(Vec::new()),
         shutdown: shutdown_rx.clone(),
         live: AtomicUsize::new(0),
         idle: Notify::new(),
     });
+    if hub.nats.is_some() {
+        // A hub of a cluster follows every tenant it has, not only those
+        // its clients use.
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            for name in known_tenants(&hub.cfg) {
+                if let Err(e) = hub.tenant(&name).await {
+                    tracing::warn!(tenant = %name, "cannot open the tenant: {}", e.message);
+                }
+            }
+        });
+    }
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -249,6 +277,32 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tenants of the data directory (`<tenant>.db`) and the schema directory
+/// (`<tenant>.sql`).
+fn known_tenants(cfg: &Config) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let dirs = [
+        (Some(&cfg.data_dir), "db"),
+        (cfg.schema_dir.as_ref(), "sql"),
+    ];
+    for (dir, ext) in dirs {
+        let Some(entries) = dir.and_then(|d| std::fs::read_dir(d).ok()) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) == Some(ext) {
+                if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
+                    if valid_tenant(stem) {
+                        out.insert(stem.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// Resolves once the shutdown flag is set.

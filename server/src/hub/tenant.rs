@@ -29,7 +29,7 @@ impl Refusal {
 }
 
 /// Map an error of the extension to a protocol code, by its message.
-fn refusal(e: &rusqlite::Error) -> Refusal {
+pub(crate) fn refusal(e: &rusqlite::Error) -> Refusal {
     let m = db::message(e);
     let code = if m.contains("resync required") {
         ErrorCode::ResyncRequired
@@ -94,11 +94,25 @@ pub enum Cmd {
         max_bytes: usize,
         reply: oneshot::Sender<Result<Pulled, Refusal>>,
     },
+    /// Any other work on the database (the NATS link's): `write` jobs run
+    /// inside the batch's transaction and learn after the commit whether it
+    /// held; reads run outside.
+    Job { write: bool, job: Job },
 }
+
+/// A job: runs on the tenant's thread, returns what to do once the
+/// transaction is over (given the commit's error, if any).
+/// It is given the error instead of the connection when the batch's
+/// transaction could not begin.
+pub type Job = Box<dyn FnOnce(Result<&Connection, Refusal>) -> Finish + Send>;
+pub type Finish = Box<dyn FnOnce(Option<&Refusal>) + Send>;
 
 impl Cmd {
     fn is_write(&self) -> bool {
-        matches!(self, Cmd::Apply { .. } | Cmd::Ack { .. })
+        matches!(
+            self,
+            Cmd::Apply { .. } | Cmd::Ack { .. } | Cmd::Job { write: true, .. }
+        )
     }
 }
 
@@ -222,6 +236,29 @@ impl Tenant {
         self.call(|reply| Cmd::Ack { site, pos, reply }).await
     }
 
+    /// Run `f` on the tenant's thread, in a write transaction (`write`,
+    /// batched with other writes; the result comes after the commit) or
+    /// outside one.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        write: bool,
+        f: impl FnOnce(&Connection) -> Result<T, Refusal> + Send + 'static,
+    ) -> Result<T, Refusal> {
+        self.call(move |reply| Cmd::Job {
+            write,
+            job: Box::new(move |conn| {
+                let r = conn.and_then(f);
+                Box::new(move |commit| {
+                    let _ = reply.send(match commit {
+                        Some(e) => Err(e.clone()),
+                        None => r,
+                    });
+                })
+            }),
+        })
+        .await
+    }
+
     pub async fn pull(
         &self,
         site: Site,
@@ -270,6 +307,7 @@ struct Worker {
 enum Reply {
     Apply(oneshot::Sender<Result<Pos, Refusal>>, Result<Pos, Refusal>),
     Ack(oneshot::Sender<Result<(), Refusal>>, Result<(), Refusal>),
+    Job(Finish),
 }
 
 impl Worker {
@@ -325,6 +363,13 @@ impl Worker {
                     };
                     replies.push(Reply::Ack(reply, r));
                 }
+                Cmd::Job { job, .. } => {
+                    let finish = match &txn {
+                        Err(e) => job(Err(refusal(e))),
+                        Ok(()) => job(Ok(&self.conn)),
+                    };
+                    replies.push(Reply::Job(finish));
+                }
                 _ => unreachable!("only writes are batched"),
             }
         }
@@ -350,6 +395,7 @@ impl Worker {
                         Err(e) => Err(e.clone()),
                     });
                 }
+                Reply::Job(finish) => finish(commit.as_ref().err()),
             }
         }
         if let Ok(v) = db::db_version(&self.conn) {
@@ -411,6 +457,7 @@ impl Worker {
             } => {
                 let _ = reply.send(self.pull(&site, after, max_packages, max_bytes));
             }
+            Cmd::Job { job, .. } => job(Ok(&self.conn))(None),
             _ => unreachable!("writes are batched"),
         }
     }
@@ -475,39 +522,54 @@ impl Worker {
         max_packages: usize,
         max_bytes: usize,
     ) -> Result<Pulled, Refusal> {
-        let out = db::hub_out(site);
-        let sql = format!(
-            "SELECT package, cursor, changes FROM {} WHERE cursor > ?1 LIMIT ?2",
-            db::ident(&out)
-        );
-        let run = || -> rusqlite::Result<Pulled> {
-            let mut stmt = self.conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query(rusqlite::params![after.to_string(), max_packages as i64])?;
-            let mut got = Vec::new();
-            let mut bytes = 0usize;
-            while let Some(row) = rows.next()? {
-                let p: Vec<u8> = row.get(0)?;
-                let cursor = db::pos_of(Some(row.get(1)?))?;
-                let changes: i64 = row.get(2)?;
-                bytes += p.len();
-                got.push(OutPackage {
-                    bytes: p,
-                    cursor,
-                    changes: changes.max(0) as u64,
-                });
-                if bytes >= max_bytes {
-                    return Ok(Pulled {
-                        packages: got,
-                        exhausted: false,
-                    });
-                }
-            }
-            let exhausted = got.len() < max_packages;
-            Ok(Pulled {
-                packages: got,
-                exhausted,
-            })
-        };
-        run().map_err(|e| refusal(&e))
+        read_packages(
+            &self.conn,
+            &db::hub_out(site),
+            after,
+            max_packages,
+            max_bytes,
+        )
+        .map_err(|e| refusal(&e))
     }
+}
+
+/// Up to `max_packages` packages (and about `max_bytes`) of an outbound
+/// stream after `after`.
+pub(crate) fn read_packages(
+    conn: &Connection,
+    stream: &str,
+    after: Pos,
+    max_packages: usize,
+    max_bytes: usize,
+) -> rusqlite::Result<Pulled> {
+    let sql = format!(
+        "SELECT package, cursor, changes FROM {} WHERE cursor > ?1 LIMIT ?2",
+        db::ident(stream)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params![after.to_string(), max_packages as i64])?;
+    let mut got = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next()? {
+        let p: Vec<u8> = row.get(0)?;
+        let cursor = db::pos_of(Some(row.get(1)?))?;
+        let changes: i64 = row.get(2)?;
+        bytes += p.len();
+        got.push(OutPackage {
+            bytes: p,
+            cursor,
+            changes: changes.max(0) as u64,
+        });
+        if bytes >= max_bytes {
+            return Ok(Pulled {
+                packages: got,
+                exhausted: false,
+            });
+        }
+    }
+    let exhausted = got.len() < max_packages;
+    Ok(Pulled {
+        packages: got,
+        exhausted,
+    })
 }

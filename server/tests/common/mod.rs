@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crsql_stream_rs::rusqlite::Connection;
+use crsql_stream_rs::rusqlite::{params, Connection};
 use crsql_sync::db;
 use crsql_sync::protocol::Site;
+use rand::Rng;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_crsql-sync");
 
@@ -47,7 +48,10 @@ impl Hub {
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(BIN)
             .args(&args)
-            .env("CRSQL_SYNC_LOG", "info")
+            .env(
+                "CRSQL_SYNC_LOG",
+                std::env::var("HUB_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -219,5 +223,159 @@ pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The seed of the randomized tests (HUB_SEED, else fixed).
+pub fn seed() -> u64 {
+    std::env::var("HUB_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261207)
+}
+
+/// One random transaction on a client: inserts, conflicting updates of
+/// shared rows, deletes, primary-key changes, and one append-only log row
+/// (returned when committed: it must end up everywhere).
+pub fn random_txn(c: &Connection, client: usize, n: u64, rng: &mut impl Rng) -> Option<String> {
+    let tx = c.unchecked_transaction().ok()?;
+    for _ in 0..rng.gen_range(1..4) {
+        let id: i64 = rng.gen_range(0..40);
+        let r = match rng.gen_range(0..10) {
+            0..=3 => tx.execute(
+                "INSERT INTO items VALUES (?1, ?2, ?3, 'new') ON CONFLICT(id) DO UPDATE SET val = excluded.val, owner = excluded.owner",
+                params![id, format!("c{client}"), rng.gen_range(0..1000)],
+            ),
+            4..=6 => tx.execute(
+                "UPDATE items SET val = ?2, note = ?3 WHERE id = ?1",
+                params![id, rng.gen_range(0..1000), format!("n{client}-{n}")],
+            ),
+            7 | 8 => tx.execute("DELETE FROM items WHERE id = ?1", [id]),
+            _ => tx.execute(
+                "UPDATE OR IGNORE items SET id = ?2 WHERE id = ?1",
+                params![id, rng.gen_range(0..40)],
+            ),
+        };
+        if r.is_err() {
+            return None;
+        }
+    }
+    let key = format!("{client}-{n}");
+    tx.execute(
+        "INSERT INTO log VALUES (?1, ?2, ?3)",
+        params![key, client as i64, n as i64],
+    )
+    .ok()?;
+    tx.commit().ok()?;
+    Some(key)
+}
+
+/// What must be identical everywhere: the data, and each cell's clock
+/// (column version and causal length; the site of equal-valued ties may
+/// differ).
+pub fn state(c: &Connection) -> Vec<String> {
+    let mut s = rows(c, "SELECT * FROM items ORDER BY id");
+    s.extend(rows(c, "SELECT * FROM log ORDER BY id"));
+    s.extend(rows(
+        c,
+        "SELECT \"table\", hex(pk), cid, val, col_version, cl FROM crsql_changes ORDER BY 1, 2, 3",
+    ));
+    s
+}
+
+/// A real `nats-server` with JetStream on 127.0.0.1 and a store directory.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: PathBuf,
+}
+
+impl NatsServer {
+    /// Start one (the port is picked free). `nats-server` must be installed
+    /// (Debian's package; `.ci/run` installs it).
+    pub fn start(store: &Path) -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut n = NatsServer {
+            child: None,
+            port,
+            store: store.to_path_buf(),
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let child = Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start nats-server ({e}): install it (apt-get install nats-server); the cluster tests need a real one")
+            });
+        self.child = Some(child);
+        eventually("nats-server to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGTERM, wait, and start again on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            sigterm(c.id());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A metric's value on a hub (`name{labels}`), 0 when absent.
+pub fn metric(hub: &Hub, series: &str) -> f64 {
+    hub.http_get("/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Child processes, killed when dropped (also when a test fails).
+pub struct Killed(pub Vec<Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

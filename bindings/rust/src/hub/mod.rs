@@ -111,6 +111,11 @@ pub struct SyncOptions {
     /// How to open `wss://` connections; without one, `wss://` is a
     /// [`HubError::Config`].
     pub connector: Option<Connector>,
+    /// Other hubs of the same cluster (`crsql-sync serve --nats`), for the
+    /// same tenant: each reconnection goes to the next hub in turn, the
+    /// `url` of [`sync`] first. Positions are the same whichever hub
+    /// serves, so failing over loses and repeats nothing.
+    pub failover: Vec<String>,
 }
 
 impl Default for SyncOptions {
@@ -126,6 +131,7 @@ impl Default for SyncOptions {
             max_frame: 64 << 20,
             progress: None,
             connector: None,
+            failover: Vec::new(),
         }
     }
 }
@@ -321,17 +327,30 @@ pub async fn sync(
     url: &str,
     opts: &SyncOptions,
 ) -> Result<Progress, HubError> {
-    let url: HubUrl = url.parse()?;
-    if url.tls && opts.connector.is_none() {
-        return Err(HubError::Config(format!(
-            "wss://{}:{}/{}: this client has no TLS connector (SyncOptions::connector)",
-            url.host, url.port, url.tenant
-        )));
+    let mut hubs = Vec::with_capacity(1 + opts.failover.len());
+    for u in std::iter::once(url).chain(opts.failover.iter().map(String::as_str)) {
+        let u: HubUrl = u.parse()?;
+        if u.tls && opts.connector.is_none() {
+            return Err(HubError::Config(format!(
+                "wss://{}:{}/{}: this client has no TLS connector (SyncOptions::connector)",
+                u.host, u.port, u.tenant
+            )));
+        }
+        if let Some(first) = hubs.first().filter(|f: &&HubUrl| f.tenant != u.tenant) {
+            return Err(HubError::Config(format!(
+                "every hub URL must name the same tenant: {:?} and {:?}",
+                first.tenant, u.tenant
+            )));
+        }
+        hubs.push(u);
     }
     let deadline = opts.timeout.map(|t| Instant::now() + t);
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
+    let mut turn = 0usize;
     loop {
+        let url = &hubs[turn % hubs.len()];
+        turn += 1;
         let attempt = async {
             let io = match (&opts.connector, url.tls) {
                 (Some(c), true) => c(&url.host, url.port).await?,
@@ -359,14 +378,21 @@ pub async fn sync(
         if !why.retryable() || opts.max_retries.is_some_and(|n| failures > n) {
             return Err(why);
         }
-        tracing::warn!("{why}; reconnecting in {backoff:?}");
+        tracing::warn!(
+            "{}:{}: {why}; reconnecting in {backoff:?}",
+            url.host,
+            url.port
+        );
         if deadline.is_some_and(|d| Instant::now() + backoff > d) {
             return Err(HubError::Timeout(format!(
                 "not caught up before the timeout; last error: {why}"
             )));
         }
         tokio::time::sleep(jitter(backoff)).await;
-        backoff = (backoff * 2).min(opts.max_backoff.max(Duration::from_millis(1)));
+        // Several hubs: the backoff grows once every hub was tried.
+        if turn % hubs.len() == 0 {
+            backoff = (backoff * 2).min(opts.max_backoff.max(Duration::from_millis(1)));
+        }
     }
 }
 
