@@ -356,7 +356,7 @@ pub async fn sync(
                 (Some(c), true) => c(&url.host, url.port).await?,
                 _ => Box::new(connect_tcp(&url.host, url.port).await?) as Box<dyn HubIo>,
             };
-            Ok::<_, HubError>(session(opts, conn, &url, io).await)
+            Ok::<_, HubError>(session(opts, conn, url, io).await)
         };
         let end = match deadline {
             Some(d) => match tokio::time::timeout_at(d.into(), attempt).await {
