@@ -35,6 +35,13 @@ SELECT name, last_sent, last_retrieved, lag_versions FROM crsql_streams ORDER BY
 -- Filtering by column works as on any table.
 SELECT name FROM crsql_streams WHERE direction = 'outbound' AND lag_versions > 0 ORDER BY name;
 SELECT name FROM crsql_streams WHERE peer = '0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b' ORDER BY name;
+-- WHERE name = … reads that stream alone (names compare without case, as
+-- table names do); SQLite checks the constraint again under its collation.
+SELECT name, lag_versions FROM crsql_streams WHERE name = 'OUT_ONE_PEER';
+SELECT count(*) FROM crsql_streams WHERE name = 'OUT_ONE_PEER' COLLATE BINARY;
+SELECT count(*) FROM crsql_streams WHERE name = 'no_such_stream';
+SELECT count(*) FROM crsql_streams WHERE name = 5;
+EXPLAIN QUERY PLAN SELECT * FROM crsql_streams WHERE name = 'x';
 -- crsql_streams is read-only.
 INSERT INTO crsql_streams(name) VALUES ('x');
 DELETE FROM crsql_streams;

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub changes_out: Family<Labels, Counter>,
     pub apply_seconds: Histogram,
     pub client_lag: Family<Labels, Gauge>,
+    pub client_lag_changes: Family<Labels, Gauge>,
     pub errors: Family<Labels, Counter>,
     pub nats_published: Family<Labels, Counter>,
     pub nats_published_changes: Family<Labels, Counter>,
@@ -50,6 +51,7 @@ impl Metrics {
         let packages_out = Family::<Labels, Counter>::default();
         let changes_out = Family::<Labels, Counter>::default();
         let client_lag = Family::<Labels, Gauge>::default();
+        let client_lag_changes = Family::<Labels, Gauge>::default();
         let errors = Family::<Labels, Counter>::default();
         // 100 µs .. ~3.3 s
         let apply_seconds = Histogram::new(
@@ -89,6 +91,11 @@ impl Metrics {
             "client_lag_versions",
             "Per connected client: tenant db_version minus the db_version the client acknowledged",
             client_lag.clone(),
+        );
+        registry.register(
+            "client_lag_changes",
+            "Per connected client: changes of the tenant the client has not acknowledged yet (lag_changes of its outbound stream)",
+            client_lag_changes.clone(),
         );
         registry.register("errors", "Error frames sent, by code", errors.clone());
         let nats_published = Family::<Labels, Counter>::default();
@@ -136,6 +143,7 @@ impl Metrics {
             changes_out,
             apply_seconds,
             client_lag,
+            client_lag_changes,
             errors,
             nats_published,
             nats_published_changes,

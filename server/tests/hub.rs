@@ -601,3 +601,110 @@ async fn a_client_that_stops_reading_is_held_to_its_window_then_dropped_and_othe
         began.elapsed().as_secs_f64()
     );
 }
+
+/// `client_lag_changes` is, per connected client, what it has not
+/// acknowledged: every change of the tenant for a client that reads and
+/// never acknowledges, and the metric goes with the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_lag_changes_counts_what_a_client_has_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path(), 0, &[]);
+    let w_path = dir.path().join("w.db");
+    let hash = {
+        let w = client_db(&w_path);
+        w.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50)
+             INSERT INTO items SELECT i, 'w', i, 'note' FROM n",
+        )
+        .unwrap();
+        crsql_sync::db::schema_hash(&w).unwrap()
+    };
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let (p, u) = (w_path.clone(), hub.url("acme"));
+        move || sync_once(&p, &u, &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let mut reader = raw(hub.port, "acme").await;
+    reader
+        .send(Message::Binary(hello([6; 16], hash).into()))
+        .await
+        .unwrap();
+    let series = format!(
+        "crsql_sync_client_lag_changes{{tenant=\"acme\",site=\"{}\"}}",
+        "06".repeat(16)
+    );
+    let lag = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let lag = metric(&hub, &series);
+            if lag > 0.0 {
+                return lag;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the reader's lag shows");
+    assert_eq!(lag, 150.0, "50 rows of 3 columns, none acknowledged");
+    drop(reader);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while hub.http_get("/metrics").contains(&series) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the metric goes with the client");
+}
+
+/// A client away while the hub compacted past it (its peer entry expired)
+/// is sent a snapshot (the hub's client streams use `resync = 'snapshot'`):
+/// the delete whose tombstone the hub compacted reaches it, where a default
+/// stream would refuse with `resync_required`.
+#[test]
+fn a_client_behind_the_hubs_compaction_resyncs_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path(), 0, &[]);
+    let url = hub.url("acme");
+    let (a_path, b_path) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let a = client_db(&a_path);
+    let b = client_db(&b_path);
+    a.execute_batch("INSERT INTO items VALUES (1, 'a', 1, 'x'), (2, 'a', 2, 'y')")
+        .unwrap();
+    for p in [&a_path, &b_path, &a_path] {
+        let (code, _, err) = sync_once(p, &url, &[]);
+        assert_eq!(code, Some(0), "{err}");
+    }
+    assert_eq!(rows(&b, "SELECT id FROM items ORDER BY id").len(), 2);
+    // (Compaction keeps the newest version: the delete is followed by a write.)
+    a.execute_batch("DELETE FROM items WHERE id = 1; INSERT INTO items VALUES (3, 'a', 3, 'z')")
+        .unwrap();
+    let (code, _, err) = sync_once(&a_path, &url, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    // The operator compacts the tenant database with every peer expired.
+    let tenant = crsql_sync::db::open(&dir.path().join("data").join("acme.db")).unwrap();
+    tenant.busy_timeout(Duration::from_secs(10)).unwrap();
+    let removed: i64 = tenant
+        .query_row(
+            "SELECT crsql_config_set('peer-expiry-seconds', 0), crsql_compact()",
+            [],
+            |r| r.get(1),
+        )
+        .unwrap();
+    assert!(
+        removed > 0,
+        "the delete's tombstone was compacted: {:?} {:?}",
+        rows(
+            &tenant,
+            "SELECT hex(site_id), last_acked, last_seen, expired FROM crsql_peers"
+        ),
+        rows(&tenant, "SELECT * FROM items__crsql_clock"),
+    );
+    drop(tenant);
+    let (code, _, err) = sync_once(&b_path, &url, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        rows(&b, "SELECT id FROM items ORDER BY id"),
+        rows(&a, "SELECT id FROM items ORDER BY id")
+    );
+}

@@ -257,6 +257,15 @@ pub fn register<T: Table>(conn: &Connection, name: &str, aux: T::Aux) -> rusqlit
 /// hidden argument column `col` as the first filter argument (idx_num 1), or
 /// make the plan very expensive when there is none (idx_num 0).
 pub fn plan_argument(info: &mut IndexInfo, col: c_int) {
+    plan_equality(info, col, 1e12, true);
+}
+
+/// Plan a lookup by the equality constraint on `col`, passed as the first
+/// filter argument (idx_num 1, cheap), or a scan costing `scan_cost` when
+/// there is none (idx_num 0). With `omit` SQLite trusts the lookup; without
+/// it SQLite checks the constraint again (a lookup under another collation
+/// than the constraint's may return more rows).
+pub fn plan_equality(info: &mut IndexInfo, col: c_int, scan_cost: f64, omit: bool) {
     let found = info.constraints().position(|c| {
         c.is_usable()
             && c.column() == col
@@ -266,13 +275,13 @@ pub fn plan_argument(info: &mut IndexInfo, col: c_int) {
         Some(i) => {
             let mut u = info.constraint_usage(i);
             u.set_argv_index(1);
-            u.set_omit(true);
+            u.set_omit(omit);
             info.set_idx_num(1);
             info.set_estimated_cost(1.0);
         }
         None => {
             info.set_idx_num(0);
-            info.set_estimated_cost(1e12);
+            info.set_estimated_cost(scan_cost);
         }
     }
 }

@@ -47,7 +47,9 @@ impl Table for StreamsTable {
     }
 
     fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
-        info.set_estimated_cost(100.0);
+        // `WHERE name = …` reads one stream: a hub with many streams reads
+        // one client's lag without computing everyone's.
+        crate::sqlite::vtab::plan_equality(info, 0, 100.0, false);
         Ok(())
     }
 
@@ -143,10 +145,16 @@ fn module_args(sql: &str) -> Option<Vec<String>> {
 impl TableCursor for StreamsCursor {
     fn filter(
         &mut self,
-        _idx_num: c_int,
+        idx_num: c_int,
         _idx_str: Option<&str>,
-        _args: &[ValueRef<'_>],
+        args: &[ValueRef<'_>],
     ) -> Result<()> {
+        // (SQLite checks `name = …` again, under the constraint's collation.)
+        // Another type than text: every stream, SQLite compares.
+        let only: Option<String> = match (idx_num, args.first()) {
+            (1, Some(ValueRef::Text(t))) => Some(String::from_utf8_lossy(t).into_owned()),
+            _ => None,
+        };
         let mut rows = Vec::new();
         let mut inner = self.ext.lock(NAME)?;
         if !super::state_tables_exist(&inner.conn)? {
@@ -156,9 +164,10 @@ impl TableCursor for StreamsCursor {
         let raw: Vec<(String, super::StreamState)> = inner
             .conn
             .prepare_cached(
-                "SELECT name, direction, stream_id, peer, db_version, seq FROM crsql_stream_state ORDER BY name",
+                "SELECT name, direction, stream_id, peer, db_version, seq FROM crsql_stream_state \
+                 WHERE ?1 IS NULL OR name = ?1 COLLATE NOCASE ORDER BY name",
             )?
-            .query_map([], |r| {
+            .query_map([&only], |r| {
                 Ok((
                     r.get(0)?,
                     super::StreamState {

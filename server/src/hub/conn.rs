@@ -68,6 +68,7 @@ pub(super) async fn run(hub: Arc<Hub>, tenant: String, socket: WebSocket, guard:
             .get_or_create(&metrics::tenant(&c.tenant_name))
             .dec();
         hub.metrics.client_lag.remove(labels);
+        hub.metrics.client_lag_changes.remove(labels);
     }
     let _ = c.out.send(Message::Close(None)).await;
     drop(c);
@@ -257,6 +258,13 @@ impl Conn {
                     caught_up_sent = false;
                 }
                 exhausted = pulled.exhausted;
+                if let Some(lag) = pulled.lag_changes {
+                    m.client_lag_changes.get_or_create(&labels).set(lag);
+                }
+            }
+            if exhausted && inflight.is_empty() {
+                // Everything sent is acknowledged and nothing is left.
+                m.client_lag_changes.get_or_create(&labels).set(0);
             }
             if exhausted && !caught_up_sent {
                 self.send(Frame::CaughtUp(sent)).await?;

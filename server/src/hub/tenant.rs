@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crsql_stream_rs::rusqlite::{self, Connection};
+use crsql_stream_rs::rusqlite::{self, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::db;
@@ -132,6 +132,9 @@ pub struct Tenant {
 pub struct Pulled {
     pub packages: Vec<OutPackage>,
     pub exhausted: bool,
+    /// The stream's `lag_changes` before these packages are acknowledged
+    /// (read for a client's stream only).
+    pub lag_changes: Option<i64>,
 }
 
 /// How the tenant database is configured.
@@ -484,7 +487,7 @@ impl Worker {
             }
             if !db::stream_exists(conn, &out)? {
                 conn.execute_batch(&format!(
-                    "CREATE VIRTUAL TABLE {} USING crsql_OutboundStream(exclude_sites = '{h}', max_bytes = {})",
+                    "CREATE VIRTUAL TABLE {} USING crsql_OutboundStream(exclude_sites = '{h}', resync = 'snapshot', max_bytes = {})",
                     db::ident(&out),
                     self.package_bytes
                 ))?;
@@ -522,14 +525,18 @@ impl Worker {
         max_packages: usize,
         max_bytes: usize,
     ) -> Result<Pulled, Refusal> {
-        read_packages(
-            &self.conn,
-            &db::hub_out(site),
-            after,
-            max_packages,
-            max_bytes,
-        )
-        .map_err(|e| refusal(&e))
+        let stream = db::hub_out(site);
+        let run = || -> rusqlite::Result<Pulled> {
+            let mut pulled = read_packages(&self.conn, &stream, after, max_packages, max_bytes)?;
+            pulled.lag_changes = self
+                .conn
+                .prepare_cached("SELECT lag_changes FROM crsql_streams WHERE name = ?1")?
+                .query_row([&stream], |r| r.get(0))
+                .optional()?
+                .flatten();
+            Ok(pulled)
+        };
+        run().map_err(|e| refusal(&e))
     }
 }
 
@@ -564,6 +571,7 @@ pub(crate) fn read_packages(
             return Ok(Pulled {
                 packages: got,
                 exhausted: false,
+                lag_changes: None,
             });
         }
     }
@@ -571,5 +579,6 @@ pub(crate) fn read_packages(
     Ok(Pulled {
         packages: got,
         exhausted,
+        lag_changes: None,
     })
 }
