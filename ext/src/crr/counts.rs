@@ -40,18 +40,17 @@
 //! the counts back with the clocks.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::c_int;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crsql_stream_core::Position;
 use rusqlite::types::ValueRef;
-use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
+use rusqlite::vtab::IndexInfo;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::crr::schema::{quote_ident, TableInfo, CLOCK_SUFFIX};
 use crate::error::Result;
-use crate::sqlite::vtab::{Table, TableCursor};
+use crate::sqlite::vtab::Table;
 use crate::state::{Ext, Inner, TxCounters};
 
 /// The table of counts.
@@ -206,52 +205,20 @@ pub struct CounterTable {
     ext: Arc<Ext>,
 }
 
-/// A cursor over no rows.
-pub struct NoRows;
-
-impl TableCursor for NoRows {
-    fn filter(&mut self, _: c_int, _: Option<&str>, _: &[ValueRef<'_>]) -> Result<()> {
-        Ok(())
-    }
-    fn next(&mut self) -> Result<()> {
-        Ok(())
-    }
-    fn eof(&self) -> bool {
-        true
-    }
-    fn column(&self, _: &mut Context, _: c_int) -> Result<()> {
-        Ok(())
-    }
-    fn rowid(&self) -> Result<i64> {
-        Ok(0)
-    }
-}
-
 impl Table for CounterTable {
-    type Aux = Arc<Ext>;
-    type Cursor = NoRows;
-    const NAME: &'static str = COUNTER;
-    const KIND: VTabKind = VTabKind::EponymousOnly;
-
-    fn connect(
-        _db: &mut VTabConnection,
-        aux: Option<&Arc<Ext>>,
-        _create: bool,
-        _schema: &str,
-        _name: &str,
-        _args: &[&str],
-    ) -> Result<(String, Self)> {
-        let ext = crate::streams::ext_of(COUNTER, aux)?;
-        Ok(("CREATE TABLE x(enlist ANY)".into(), CounterTable { ext }))
-    }
+    crate::sqlite::vtab::ext_eponymous!(
+        COUNTER,
+        crate::sqlite::vtab::NoRows,
+        "CREATE TABLE x(enlist ANY)"
+    );
 
     fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
         info.set_estimated_cost(1.0);
         Ok(())
     }
 
-    fn open(&mut self) -> Result<NoRows> {
-        Ok(NoRows)
+    fn open(&mut self) -> Result<crate::sqlite::vtab::NoRows> {
+        Ok(crate::sqlite::vtab::NoRows)
     }
 
     fn insert(&mut self, _args: &[ValueRef<'_>]) -> Result<i64> {

@@ -285,3 +285,54 @@ pub fn plan_equality(info: &mut IndexInfo, col: c_int, scan_cost: f64, omit: boo
         }
     }
 }
+
+/// The associated items and `connect` of an eponymous-only table whose
+/// only state is the extension's (`struct T { ext: Arc<Ext> }`), declared
+/// with the columns of `$schema`: one line in the `impl Table` instead of
+/// the same fifteen in every such table.
+macro_rules! ext_eponymous {
+    ($name:expr, $cursor:ty, $schema:expr) => {
+        type Aux = std::sync::Arc<$crate::state::Ext>;
+        type Cursor = $cursor;
+        const NAME: &'static str = $name;
+        const KIND: rusqlite::vtab::VTabKind = rusqlite::vtab::VTabKind::EponymousOnly;
+
+        fn connect(
+            _db: &mut rusqlite::vtab::VTabConnection,
+            aux: Option<&std::sync::Arc<$crate::state::Ext>>,
+            _create: bool,
+            _schema: &str,
+            _name: &str,
+            _args: &[&str],
+        ) -> $crate::error::Result<(String, Self)> {
+            let ext = $crate::streams::ext_of($name, aux)?;
+            Ok(($schema.into(), Self { ext }))
+        }
+    };
+}
+pub(crate) use ext_eponymous;
+
+/// The cursor of a table that has no rows to read (written to only).
+pub struct NoRows;
+
+impl TableCursor for NoRows {
+    fn filter(&mut self, _: c_int, _: Option<&str>, _: &[ValueRef<'_>]) -> Result<()> {
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn eof(&self) -> bool {
+        true
+    }
+
+    fn column(&self, ctx: &mut Context, _: c_int) -> Result<()> {
+        Ok(ctx.set_result(&rusqlite::types::Null)?)
+    }
+
+    fn rowid(&self) -> Result<i64> {
+        Ok(0)
+    }
+}

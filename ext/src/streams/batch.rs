@@ -11,13 +11,12 @@
 //! wait in `crsql_pending_changes` (the stream's [`Known`] filter).
 //! Outside an inbound stream's apply the table refuses every write.
 
-use std::ffi::c_int;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crsql_stream_core::package::Package;
 use rusqlite::types::ValueRef;
-use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
+use rusqlite::vtab::IndexInfo;
 use rusqlite::{params_from_iter, Connection};
 
 use super::pending::{Known, STASH};
@@ -25,7 +24,7 @@ use crate::crr::merge::{Change, Merger};
 use crate::crr::values::{out, to_sql};
 use crate::err;
 use crate::error::Result;
-use crate::sqlite::vtab::{register as register_module, Table, TableCursor};
+use crate::sqlite::vtab::{register as register_module, Table};
 use crate::state::{Ext, Inner};
 
 pub const MODULE: &str = "crsql_internal_merge";
@@ -91,30 +90,19 @@ pub struct MergeTable {
 }
 
 impl Table for MergeTable {
-    type Aux = Arc<Ext>;
-    type Cursor = NoRows;
-    const NAME: &'static str = MODULE;
-    const KIND: VTabKind = VTabKind::EponymousOnly;
-
-    fn connect(
-        _db: &mut VTabConnection,
-        aux: Option<&Arc<Ext>>,
-        _create: bool,
-        _schema: &str,
-        _name: &str,
-        _args: &[&str],
-    ) -> Result<(String, Self)> {
-        let ext = super::ext_of(MODULE, aux)?;
-        Ok(("CREATE TABLE x(package BLOB)".into(), MergeTable { ext }))
-    }
+    crate::sqlite::vtab::ext_eponymous!(
+        MODULE,
+        crate::sqlite::vtab::NoRows,
+        "CREATE TABLE x(package BLOB)"
+    );
 
     fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
         info.set_estimated_cost(1.0);
         Ok(())
     }
 
-    fn open(&mut self) -> Result<NoRows> {
-        Ok(NoRows)
+    fn open(&mut self) -> Result<crate::sqlite::vtab::NoRows> {
+        Ok(crate::sqlite::vtab::NoRows)
     }
 
     fn insert(&mut self, args: &[ValueRef<'_>]) -> Result<i64> {
@@ -150,30 +138,5 @@ impl Table for MergeTable {
     fn rollback(&mut self) -> Result<()> {
         self.ext.rows_impacted.store(0, Relaxed);
         Ok(())
-    }
-}
-
-/// The table has no rows to read.
-pub struct NoRows;
-
-impl TableCursor for NoRows {
-    fn filter(&mut self, _: c_int, _: Option<&str>, _: &[ValueRef<'_>]) -> Result<()> {
-        Ok(())
-    }
-
-    fn next(&mut self) -> Result<()> {
-        Ok(())
-    }
-
-    fn eof(&self) -> bool {
-        true
-    }
-
-    fn column(&self, ctx: &mut Context, _: c_int) -> Result<()> {
-        Ok(ctx.set_result(&rusqlite::types::Null)?)
-    }
-
-    fn rowid(&self) -> Result<i64> {
-        Ok(0)
     }
 }

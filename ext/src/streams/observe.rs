@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crsql_stream_core::package::{to_hex, Package};
 use crsql_stream_core::Position;
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
+use rusqlite::vtab::{Context, IndexInfo};
 use rusqlite::OptionalExtension;
 
 use crate::crr::counts::{changes_after, Filter};
@@ -19,32 +19,16 @@ use crate::streams::outbound::OutboundConfig;
 
 const NAME: &str = "crsql_streams";
 
+/// The table's columns.
+const SCHEMA: &str = "CREATE TABLE x(name TEXT COLLATE NOCASE, direction TEXT, peer TEXT, last_sent TEXT, last_retrieved TEXT, \
+     last_applied TEXT, lag_versions INTEGER, lag_changes INTEGER)";
+
 pub struct StreamsTable {
     ext: Arc<Ext>,
 }
 
 impl Table for StreamsTable {
-    type Aux = Arc<Ext>;
-    type Cursor = StreamsCursor;
-    const NAME: &'static str = NAME;
-    const KIND: VTabKind = VTabKind::EponymousOnly;
-
-    fn connect(
-        _db: &mut VTabConnection,
-        aux: Option<&Arc<Ext>>,
-        _create: bool,
-        _schema: &str,
-        _name: &str,
-        _args: &[&str],
-    ) -> Result<(String, Self)> {
-        let ext = super::ext_of(NAME, aux)?;
-        Ok((
-            "CREATE TABLE x(name TEXT COLLATE NOCASE, direction TEXT, peer TEXT, last_sent TEXT, last_retrieved TEXT, \
-             last_applied TEXT, lag_versions INTEGER, lag_changes INTEGER)"
-                .into(),
-            StreamsTable { ext },
-        ))
-    }
+    crate::sqlite::vtab::ext_eponymous!(NAME, StreamsCursor, SCHEMA);
 
     fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
         // `WHERE name = …` reads one stream: a hub with many streams reads

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crsql_stream_core::Position;
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
+use rusqlite::vtab::{Context, IndexInfo};
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::err;
@@ -39,6 +39,9 @@ pub fn expiry_seconds(conn: &Connection) -> Result<i64> {
 }
 
 /// One stream, as a member of its peer's group.
+/// The table's columns.
+const SCHEMA: &str = "CREATE TABLE x(site_id BLOB, last_acked TEXT, last_applied TEXT, last_seen INTEGER, expired INTEGER)";
+
 #[derive(Debug)]
 pub struct Member {
     pub name: String,
@@ -137,26 +140,7 @@ pub struct PeersTable {
 }
 
 impl Table for PeersTable {
-    type Aux = Arc<Ext>;
-    type Cursor = PeersCursor;
-    const NAME: &'static str = NAME;
-    const KIND: VTabKind = VTabKind::EponymousOnly;
-
-    fn connect(
-        _db: &mut VTabConnection,
-        aux: Option<&Arc<Ext>>,
-        _create: bool,
-        _schema: &str,
-        _name: &str,
-        _args: &[&str],
-    ) -> Result<(String, Self)> {
-        let ext = super::ext_of(NAME, aux)?;
-        Ok((
-            "CREATE TABLE x(site_id BLOB, last_acked TEXT, last_applied TEXT, last_seen INTEGER, expired INTEGER)"
-                .into(),
-            PeersTable { ext },
-        ))
-    }
+    crate::sqlite::vtab::ext_eponymous!(NAME, PeersCursor, SCHEMA);
 
     fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
         info.set_estimated_cost(100.0);
