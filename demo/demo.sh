@@ -99,8 +99,8 @@ echo; echo "== after sync (identical on both sides)"
 echo "-- A"; sql a.db <<<"SELECT * FROM todos ORDER BY id;"
 echo "-- B"; sql b.db <<<"SELECT * FROM todos ORDER BY id;"
 echo; echo "== stream positions"
-echo "-- A"; sql a.db <<<"SELECT name, direction, last_sent, last_applied, lag_versions FROM crsql_streams;"
-echo "-- B"; sql b.db <<<"SELECT name, direction, last_sent, last_applied, lag_versions FROM crsql_streams;"
+echo "-- A"; sql a.db <<<"SELECT name, direction, last_sent, last_applied, lag_versions, lag_changes FROM crsql_streams;"
+echo "-- B"; sql b.db <<<"SELECT name, direction, last_sent, last_applied, lag_versions, lag_changes FROM crsql_streams;"
 
 if [ "$(sql a.db <<<"SELECT group_concat(id||title||done, '|') FROM (SELECT * FROM todos ORDER BY id);")" \
    != "$(sql b.db <<<"SELECT group_concat(id||title||done, '|') FROM (SELECT * FROM todos ORDER BY id);")" ]; then
