@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use rusqlite::types::ValueRef;
-use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo, VTabConnection, VTabKind};
+use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo};
 use rusqlite::Connection;
 
 use crate::crr::merge::{merge_change, Change};
@@ -31,6 +31,12 @@ pub const COL_DB_VERSION: c_int = 5;
 pub const COL_SITE_ID: c_int = 6;
 pub const COL_CL: c_int = 7;
 pub const COL_SEQ: c_int = 8;
+
+/// The columns of `crsql_changes`, as cr-sqlite declares them.
+const SCHEMA: &str =
+    "CREATE TABLE x([table] TEXT NOT NULL, [pk] BLOB NOT NULL, [cid] TEXT NOT NULL, [val] ANY, \
+     [col_version] INTEGER NOT NULL, [db_version] INTEGER NOT NULL, [site_id] BLOB NOT NULL, \
+     [cl] INTEGER NOT NULL, [seq] INTEGER NOT NULL)";
 
 pub struct ChangesTable {
     ext: Arc<Ext>,
@@ -76,28 +82,7 @@ impl Pushed {
 }
 
 impl Table for ChangesTable {
-    type Aux = Arc<Ext>;
-    type Cursor = ChangesCursor;
-    const NAME: &'static str = "crsql_changes";
-    const KIND: VTabKind = VTabKind::EponymousOnly;
-
-    fn connect(
-        _db: &mut VTabConnection,
-        aux: Option<&Arc<Ext>>,
-        _create: bool,
-        _schema: &str,
-        _name: &str,
-        _args: &[&str],
-    ) -> Result<(String, Self)> {
-        let ext = aux.ok_or_else(|| Error::Msg("crsql_changes: missing extension state".into()))?;
-        Ok((
-            "CREATE TABLE x([table] TEXT NOT NULL, [pk] BLOB NOT NULL, [cid] TEXT NOT NULL, [val] ANY, \
-             [col_version] INTEGER NOT NULL, [db_version] INTEGER NOT NULL, [site_id] BLOB NOT NULL, \
-             [cl] INTEGER NOT NULL, [seq] INTEGER NOT NULL)"
-                .into(),
-            ChangesTable { ext: Arc::clone(ext) },
-        ))
-    }
+    crate::sqlite::vtab::ext_eponymous!("crsql_changes", ChangesCursor, SCHEMA);
 
     fn best_index(&self, info: &mut IndexInfo) -> Result<()> {
         let mut codes = Vec::new();

@@ -4,17 +4,16 @@
 //! foo_schema` drops `foo` and its CRR tables. The virtual table itself has
 //! two hidden columns (`alteration`, `schema`) and no rows.
 
-use std::ffi::c_int;
 use std::sync::Arc;
 
-use rusqlite::vtab::{Context, IndexInfo, VTabConnection, VTabKind};
+use rusqlite::vtab::{IndexInfo, VTabConnection, VTabKind};
 use rusqlite::Connection;
 
 use crate::crr::schema::quote_ident;
 use crate::crr::{as_crr_in, as_table_in, Atomic};
 use crate::err;
 use crate::error::{Error, Result};
-use crate::sqlite::vtab::{register as register_module, Table, TableCursor};
+use crate::sqlite::vtab::{register as register_module, NoRows, Table};
 use crate::state::Ext;
 
 pub const CLSET: &str = "clset";
@@ -32,7 +31,7 @@ pub struct ClSetTable {
 
 impl Table for ClSetTable {
     type Aux = Arc<Ext>;
-    type Cursor = EmptyCursor;
+    type Cursor = NoRows;
     const NAME: &'static str = CLSET;
     const KIND: VTabKind = VTabKind::Default;
 
@@ -44,9 +43,7 @@ impl Table for ClSetTable {
         name: &str,
         args: &[&str],
     ) -> Result<(String, Self)> {
-        let ext = aux
-            .cloned()
-            .ok_or_else(|| err!("{CLSET}: missing extension state"))?;
+        let ext = crate::streams::ext_of(CLSET, aux)?;
         let base = match name.strip_suffix(SUFFIX) {
             Some("") => {
                 return Err(err!(
@@ -91,8 +88,8 @@ impl Table for ClSetTable {
         Ok(())
     }
 
-    fn open(&mut self) -> Result<EmptyCursor> {
-        Ok(EmptyCursor)
+    fn open(&mut self) -> Result<NoRows> {
+        Ok(NoRows)
     }
 
     fn destroy(&self) -> Result<()> {
@@ -100,31 +97,5 @@ impl Table for ClSetTable {
         let conn = self.ext.db.connection()?;
         conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote_ident(&self.base)))?;
         Ok(())
-    }
-}
-
-/// The virtual table has no rows.
-pub struct EmptyCursor;
-
-impl TableCursor for EmptyCursor {
-    fn filter(
-        &mut self,
-        _: c_int,
-        _: Option<&str>,
-        _: &[rusqlite::types::ValueRef<'_>],
-    ) -> Result<()> {
-        Ok(())
-    }
-    fn next(&mut self) -> Result<()> {
-        Ok(())
-    }
-    fn eof(&self) -> bool {
-        true
-    }
-    fn column(&self, _ctx: &mut Context, _col: c_int) -> Result<()> {
-        Ok(())
-    }
-    fn rowid(&self) -> Result<i64> {
-        Ok(0)
     }
 }

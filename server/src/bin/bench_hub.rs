@@ -151,6 +151,19 @@ impl Drop for Hub {
 }
 
 /// Rows of `items` in a hub's tenant database (0 before it exists).
+/// A `crsql-sync sync` process for `db` with `extra` flags (`--once`, …).
+fn sync_process(db: &Path, url: &str, extra: &[&str]) -> Child {
+    Command::new(bin())
+        .arg("sync")
+        .args(extra)
+        .args(["--progress", "never", "--db"])
+        .arg(db)
+        .args(["--url", url])
+        .env("CRSQL_SYNC_LOG", "error")
+        .spawn()
+        .expect("start crsql-sync sync")
+}
+
 fn hub_rows(dir: &Path) -> i64 {
     let Ok(c) = db::open(&dir.join("data/bench.db")) else {
         return 0;
@@ -216,15 +229,7 @@ fn cluster(root: &Path, a: &Args, n: usize) -> Option<(f64, f64)> {
     let procs: Vec<Child> = paths
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            Command::new(bin())
-                .args(["sync", "--once", "--progress", "never", "--db"])
-                .arg(p)
-                .args(["--url", &hubs[i % n].url()])
-                .env("CRSQL_SYNC_LOG", "error")
-                .spawn()
-                .unwrap()
-        })
+        .map(|(i, p)| sync_process(p, &hubs[i % n].url(), &["--once"]))
         .collect();
     let changes = (want * 3) as f64;
     let mut accepted = None;
@@ -296,15 +301,7 @@ fn main() {
     let began = Instant::now();
     let procs: Vec<Child> = paths
         .iter()
-        .map(|p| {
-            Command::new(bin())
-                .args(["sync", "--once", "--progress", "never", "--db"])
-                .arg(p)
-                .args(["--url", &hub.url()])
-                .env("CRSQL_SYNC_LOG", "error")
-                .spawn()
-                .unwrap()
-        })
+        .map(|p| sync_process(p, &hub.url(), &["--once"]))
         .collect();
     // Every insert is 3 column changes.
     let expected = (a.clients * a.txns * a.rows * 3) as f64;
@@ -345,15 +342,7 @@ fn main() {
     let conns: Vec<Connection> = paths.iter().map(|p| client(p)).collect();
     let mut syncs: Vec<Child> = paths
         .iter()
-        .map(|p| {
-            Command::new(bin())
-                .args(["sync", "--progress", "never", "--poll-ms", "5", "--db"])
-                .arg(p)
-                .args(["--url", &hub.url()])
-                .env("CRSQL_SYNC_LOG", "error")
-                .spawn()
-                .unwrap()
-        })
+        .map(|p| sync_process(p, &hub.url(), &["--poll-ms", "5"]))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let stop = Arc::new(AtomicBool::new(false));
