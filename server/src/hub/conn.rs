@@ -28,6 +28,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 /// from the client's hello.
 const ACK_EVERY: Duration = Duration::from_millis(200);
 
+/// How often a connection reads its client's `lag_changes` for the
+/// `client_lag_changes` metric.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
 /// Frames queued for the writer task: at most `window` packages plus one
 /// ack per push being processed and a few control frames.
 const OUT_QUEUE: usize = 64;
@@ -237,14 +241,18 @@ impl Conn {
         let mut inflight: VecDeque<Pos> = VecDeque::new();
         let mut exhausted = false;
         let mut caught_up_sent = false;
+        // When the client's lag_changes was last read: at most once a
+        // second, not at every pull (a pull follows every tenant commit).
+        let mut lag_read: Option<Instant> = None;
         let mut ack_written = Instant::now();
         // Since when the oldest package in flight waits for an ack.
         let mut waiting_since = Instant::now();
         let ack_timeout = self.hub.cfg.write_timeout;
         loop {
             if !exhausted && inflight.len() < window {
+                let with_lag = lag_read.is_none_or(|t| t.elapsed() >= LAG_EVERY);
                 let pulled = tenant
-                    .pull(hello.site, sent, window - inflight.len(), budget)
+                    .pull(hello.site, sent, window - inflight.len(), budget, with_lag)
                     .await?;
                 for p in pulled.packages {
                     m.packages_out.get_or_create(&tlabels).inc();
@@ -260,6 +268,7 @@ impl Conn {
                 exhausted = pulled.exhausted;
                 if let Some(lag) = pulled.lag_changes {
                     m.client_lag_changes.get_or_create(&labels).set(lag);
+                    lag_read = Some(Instant::now());
                 }
             }
             if exhausted && inflight.is_empty() {

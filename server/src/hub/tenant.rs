@@ -92,6 +92,8 @@ pub enum Cmd {
         after: Pos,
         max_packages: usize,
         max_bytes: usize,
+        /// Also read the stream's `lag_changes` (costs a lookup).
+        with_lag: bool,
         reply: oneshot::Sender<Result<Pulled, Refusal>>,
     },
     /// Any other work on the database (the NATS link's): `write` jobs run
@@ -133,7 +135,7 @@ pub struct Pulled {
     pub packages: Vec<OutPackage>,
     pub exhausted: bool,
     /// The stream's `lag_changes` before these packages are acknowledged
-    /// (read for a client's stream only).
+    /// (read for a client's stream, when asked for).
     pub lag_changes: Option<i64>,
 }
 
@@ -268,12 +270,14 @@ impl Tenant {
         after: Pos,
         max_packages: usize,
         max_bytes: usize,
+        with_lag: bool,
     ) -> Result<Pulled, Refusal> {
         self.call(|reply| Cmd::Pull {
             site,
             after,
             max_packages,
             max_bytes,
+            with_lag,
             reply,
         })
         .await
@@ -456,9 +460,10 @@ impl Worker {
                 after,
                 max_packages,
                 max_bytes,
+                with_lag,
                 reply,
             } => {
-                let _ = reply.send(self.pull(&site, after, max_packages, max_bytes));
+                let _ = reply.send(self.pull(&site, after, max_packages, max_bytes, with_lag));
             }
             Cmd::Job { job, .. } => job(Ok(&self.conn))(None),
             _ => unreachable!("writes are batched"),
@@ -524,10 +529,14 @@ impl Worker {
         after: Pos,
         max_packages: usize,
         max_bytes: usize,
+        with_lag: bool,
     ) -> Result<Pulled, Refusal> {
         let stream = db::hub_out(site);
         let run = || -> rusqlite::Result<Pulled> {
             let mut pulled = read_packages(&self.conn, &stream, after, max_packages, max_bytes)?;
+            if !with_lag {
+                return Ok(pulled);
+            }
             pulled.lag_changes = self
                 .conn
                 .prepare_cached("SELECT lag_changes FROM crsql_streams WHERE name = ?1")?
