@@ -11,6 +11,7 @@ pub mod ids;
 pub mod merge;
 pub mod pack;
 pub mod package;
+pub mod rowclock;
 pub mod value;
 
 pub use ids::{CausalLength, ColVersion, DbVersion, Position, PositionError, Seq, SiteId};
