@@ -10,7 +10,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
 use crate::crr::values::{to_core, type_name};
-use crate::crr::{self, fract, local};
+use crate::crr::{self, compact, fract, local};
 use crate::err;
 use crate::error::{guard, Error, Result};
 use crate::sqlite::function::{create_scalar_function, Args};
@@ -51,6 +51,34 @@ const FUNCTIONS: &[(&str, i32, FunctionFlags, SqlFn)] = &[
     ("crsql_after_insert", -1, I, after_insert),
     ("crsql_after_update", -1, I, after_update),
     ("crsql_after_delete", -1, I, after_delete),
+    // crr::compact
+    ("crsql_compact_after_insert", -1, I, compact_after_insert),
+    ("crsql_compact_after_update", -1, I, compact_after_update),
+    ("crsql_compact_after_delete", -1, I, compact_after_delete),
+    (
+        "crsql_internal_run_version",
+        2,
+        I.union(D),
+        compact::sql_run_version,
+    ),
+    (
+        "crsql_internal_run_width",
+        1,
+        I.union(D),
+        compact::sql_run_width,
+    ),
+    (
+        "crsql_internal_run_count",
+        1,
+        I.union(D),
+        compact::sql_run_count,
+    ),
+    (
+        "crsql_internal_compact_unsupported",
+        -1,
+        I,
+        compact::sql_unsupported,
+    ),
     ("crsql_package_info", 1, I.union(D), package_info),
     (
         "crsql_fract_key_between",
@@ -253,7 +281,7 @@ use crate::streams::peers::PEER_EXPIRY;
 
 fn setting_name<'a>(ctx: &'a Args<'_>, func: &str) -> Result<&'a str> {
     let name = text_arg(ctx, 0, func, "the setting name")?;
-    if name != MERGE_EQUAL_VALUES && name != PEER_EXPIRY {
+    if name != MERGE_EQUAL_VALUES && name != PEER_EXPIRY && name != compact::SETTING {
         return Err(err!("Unknown setting name"));
     }
     Ok(name)
@@ -261,6 +289,9 @@ fn setting_name<'a>(ctx: &'a Args<'_>, func: &str) -> Result<&'a str> {
 
 fn config_set(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     let name = setting_name(ctx, "crsql_config_set")?;
+    if name == compact::SETTING {
+        return compact::config_set(ext, ctx.get_raw(1));
+    }
     let v = match (name, ctx.get_raw(1)) {
         (MERGE_EQUAL_VALUES, ValueRef::Integer(i @ (0 | 1))) => i,
         (PEER_EXPIRY, ValueRef::Integer(i)) if i >= 0 => i,
@@ -289,7 +320,11 @@ fn config_set(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
 }
 
 fn config_get(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
-    if setting_name(ctx, "crsql_config_get")? == PEER_EXPIRY {
+    let name = setting_name(ctx, "crsql_config_get")?;
+    if name == compact::SETTING {
+        return compact::config_get(ext);
+    }
+    if name == PEER_EXPIRY {
         let inner = ext.lock("crsql_config_get")?;
         return Ok(Value::Integer(crate::streams::peers::expiry_seconds(
             &inner.conn,
@@ -344,6 +379,21 @@ fn after_insert(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
 
 fn after_update(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     local::after_update(ext, &args(ctx))?;
+    Ok(Value::Integer(0))
+}
+
+fn compact_after_insert(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
+    compact::local::after_insert(ext, &args(ctx))?;
+    Ok(Value::Integer(0))
+}
+
+fn compact_after_update(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
+    compact::local::after_update(ext, &args(ctx))?;
+    Ok(Value::Integer(0))
+}
+
+fn compact_after_delete(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
+    compact::local::after_delete(ext, &args(ctx))?;
     Ok(Value::Integer(0))
 }
 

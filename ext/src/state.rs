@@ -349,8 +349,11 @@ impl Inner {
                 clocks.push(name.to_string());
             }
         }
+        // crr::compact: the two clock tables of each compact CRR.
+        let compact = crate::crr::compact::clock_tables(&tables);
         let mut parts: Vec<String> = clocks
             .iter()
+            .chain(&compact)
             .map(|clock| format!("SELECT max(db_version) AS v FROM {}", quote_ident(clock)))
             .collect();
         parts.push(
@@ -361,6 +364,7 @@ impl Inner {
         self.newest_seq_sql = max_of(
             &clocks
                 .iter()
+                .chain(&compact)
                 .map(|clock| {
                     format!(
                         "SELECT max(seq) AS v FROM {} WHERE db_version = ?1",

@@ -87,11 +87,15 @@ type Tally = HashMap<(i64, i64), (i64, i64)>;
 
 /// Tally the clock rows of `table` above version `lo`.
 fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {
-    let sql = format!(
-        "SELECT db_version, site_id, count(*), max(seq) FROM {} WHERE db_version > ?1 \
-         GROUP BY db_version, site_id",
-        clock_of(table)
-    );
+    // crr::compact: its two clock tables.
+    let sql = match crate::crr::compact::tally_sql(conn, table)? {
+        Some(sql) => sql,
+        None => format!(
+            "SELECT db_version, site_id, count(*), max(seq) FROM {} WHERE db_version > ?1 \
+             GROUP BY db_version, site_id",
+            clock_of(table)
+        ),
+    };
     let mut out = Tally::new();
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query([lo])?;
@@ -303,7 +307,7 @@ pub fn migrate(ext: &crate::state::Ext) -> Result<()> {
 /// statement re-prepared after a schema change inside a user's statement
 /// aborts the user's transaction (`abort due to ROLLBACK`; the
 /// hostile-schema regression test in divergences.rs caught it; see D20).
-fn apply(inner: &Inner, table: &str, deltas: &HashMap<(i64, i64), i64>) -> Result<()> {
+pub(crate) fn apply(inner: &Inner, table: &str, deltas: &HashMap<(i64, i64), i64>) -> Result<()> {
     let mut stmt = inner.conn.prepare_cached(ADD_COUNT)?;
     for (&(v, site), &n) in deltas {
         if n != 0 {
@@ -316,7 +320,7 @@ fn apply(inner: &Inner, table: &str, deltas: &HashMap<(i64, i64), i64>) -> Resul
 
 /// `U` inside a write: it moves only at a COMMIT (and at load), so it is
 /// read once per transaction.
-fn through_in_tx(inner: &Inner, tx: &TxCounters) -> Result<i64> {
+pub(crate) fn through_in_tx(inner: &Inner, tx: &TxCounters) -> Result<i64> {
     let cached = tx.counted_through.load(Relaxed);
     if cached >= 0 {
         return Ok(cached);

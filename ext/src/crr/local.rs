@@ -66,7 +66,7 @@ pub fn clock_limit(v: i64) -> Error {
 }
 
 /// Look up the CRR of a trigger helper call and check its argument count.
-fn trigger_table(
+pub(crate) fn trigger_table(
     ext: &Ext,
     inner: &mut Inner,
     args: &[ValueRef<'_>],

@@ -8,6 +8,7 @@
 pub mod automigrate;
 pub mod changes;
 pub mod clset;
+pub mod compact;
 pub mod counts;
 pub mod fract;
 pub mod local;
@@ -187,6 +188,17 @@ fn drop_triggers_sql(t: &str, pks: &[schema::Column]) -> String {
 }
 
 fn create_triggers_sql(t: &str, pks: &[schema::Column], cols: &[schema::Column]) -> String {
+    triggers_sql(t, pks, cols, "crsql_after")
+}
+
+/// The three triggers of a CRR, calling `{helper}_insert`, `_update` and
+/// `_delete` (`crr::compact` has its own helpers).
+pub(crate) fn triggers_sql(
+    t: &str,
+    pks: &[schema::Column],
+    cols: &[schema::Column],
+    helper: &str,
+) -> String {
     let tq = quote_ident(t);
     let ts = quote_str(t);
     let list = |prefix: &str, cs: &[schema::Column]| {
@@ -210,17 +222,17 @@ fn create_triggers_sql(t: &str, pks: &[schema::Column], cols: &[schema::Column])
         "CREATE TRIGGER {itrig}
       AFTER INSERT ON {tq} WHEN crsql_internal_sync_bit() = 0
       BEGIN
-        VALUES (crsql_after_insert({ts}, {new_pks}));
+        VALUES ({helper}_insert({ts}, {new_pks}));
       END;
 CREATE TRIGGER {utrig}
       AFTER UPDATE ON {tq} WHEN crsql_internal_sync_bit() = 0
       BEGIN
-        VALUES (crsql_after_update({ts}, {upd_args}));
+        VALUES ({helper}_update({ts}, {upd_args}));
       END;
 CREATE TRIGGER {dtrig}
     AFTER DELETE ON {tq} WHEN crsql_internal_sync_bit() = 0
     BEGIN
-      VALUES (crsql_after_delete({ts}, {old_pks}));
+      VALUES ({helper}_delete({ts}, {old_pks}));
     END;"
     )
 }
@@ -628,6 +640,11 @@ pub fn as_crr_in(ext: &Ext, table: &str, how: Atomic) -> Result<()> {
             return Ok(());
         }
         if !schema::table_exists(&inner.conn, &format!("{table}{CLOCK_SUFFIX}"))? {
+            // crr::compact: the layout `crr-layout` asks for.
+            if compact::wanted(&inner.conn, table)? {
+                crate::streams::compact::drop_table(&inner, table)?;
+                return compact::create(ext, &mut inner, table);
+            }
             // New clocks: no compacted record of an earlier life applies.
             crate::streams::compact::drop_table(&inner, table)?;
             return create_crr(ext, &mut inner, table, Untracked::Nothing);
@@ -672,6 +689,7 @@ pub fn as_table_in(ext: &Ext, table: &str, how: Atomic) -> Result<()> {
             quote_ident(&format!("{table}{CLOCK_SUFFIX}")),
             quote_ident(&format!("{table}{PKS_SUFFIX}"))
         ));
+        sql.push_str(&compact::drop_sql(&inner.conn, table)?);
         inner.conn.execute_batch(&sql)?;
         crate::streams::compact::drop_table(&inner, table)?;
         counts::drop_table(&inner, table)?;
@@ -687,6 +705,9 @@ pub fn begin_alter(ext: &Ext, table: &str) -> Result<()> {
     let mut inner = ext.lock("crsql_begin_alter")?;
     if !schema::is_crr(&inner.conn, table)? {
         return Err(err!("crsql_begin_alter: {table} is not a CRR"));
+    }
+    if compact::is_compact(&inner.conn, table)? {
+        return Err(compact::unsupported(table, "crsql_begin_alter"));
     }
     let pks = schema::read_columns(&inner.conn, table)?
         .map(|(p, _)| p)
@@ -963,7 +984,9 @@ pub fn new_site_id(ext: &Ext) -> Result<[u8; 16]> {
             [former.concat()],
         )?;
         counts::move_local_site(&inner, ordinal)?;
-        for clock in inner.clock_tables() {
+        // crr::compact: its clock tables carry site ordinals too.
+        let compact = compact::clock_tables(inner.tables());
+        for clock in inner.clock_tables().iter().chain(&compact) {
             inner.conn.execute(
                 &format!(
                     "UPDATE {} SET site_id = ?1 WHERE site_id = 0",

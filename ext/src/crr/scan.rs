@@ -226,6 +226,30 @@ struct Scan {
     /// Set for the scan of compacted deletes (`crsql_tombstones`), whose
     /// rows belong to several tables: the tables read, by name.
     records: Option<HashMap<String, Arc<TableInfo>>>,
+    /// Rows of `stmt` at or before this position are skipped (a compact
+    /// table's run straddling a stream's start, `crr::compact`).
+    after: Option<(i64, i64)>,
+    /// The position of `stmt`'s last row: positions must increase.
+    last: (i64, i64),
+}
+
+impl Scan {
+    fn new(table: &Arc<TableInfo>, memo: Option<MemoRead>, stmt: RawStmt) -> Scan {
+        Scan {
+            table: Arc::clone(table),
+            memo,
+            stmt,
+            records: None,
+            after: None,
+            last: (i64::MIN, i64::MIN),
+        }
+    }
+}
+
+/// The statements of a table's changes: `changes_select`, then
+/// `extra_selects` (`crr::compact`).
+fn selects(t: &TableInfo) -> impl Iterator<Item = &String> {
+    std::iter::once(&t.sql.changes_select).chain(&t.sql.extra_selects)
 }
 
 impl Scan {
@@ -312,13 +336,10 @@ impl Scanner {
     ) -> Result<Scanner> {
         let mut s = Scanner::with_capacity(tables.len());
         for t in tables {
-            let stmt = Scanner::prepare(db, t, where_sql, binds)?;
-            s.scans.push(Scan {
-                table: Arc::clone(t),
-                memo: None,
-                stmt,
-                records: None,
-            });
+            for select in selects(t) {
+                let stmt = Scanner::prepare(db, select, where_sql, binds)?;
+                s.scans.push(Scan::new(t, None, stmt));
+            }
         }
         s.start()?;
         Ok(s)
@@ -376,13 +397,16 @@ impl Scanner {
             } else {
                 " WHERE c.db_version >= ?1 AND (c.db_version > ?1 OR c.seq > ?2) AND c.db_version <= ?3"
             };
-            let stmt = Scanner::prepare(db, t, where_sql, &binds)?;
-            s.scans.push(Scan {
-                table: Arc::clone(t),
-                memo,
-                stmt,
-                records: None,
-            });
+            let stmt = Scanner::prepare(db, &t.sql.changes_select, where_sql, &binds)?;
+            let mut scan = Scan::new(t, memo, stmt);
+            scan.after = Some((dv, start.seq));
+            s.scans.push(scan);
+            for select in &t.sql.extra_selects {
+                let where_sql = " WHERE c.db_version >= ?1 AND (c.db_version > ?1 OR c.seq > ?2) AND c.db_version <= ?3";
+                let mut scan = Scan::new(t, None, Scanner::prepare(db, select, where_sql, &binds)?);
+                scan.after = Some((dv, start.seq));
+                s.scans.push(scan);
+            }
         }
         s.start()?;
         Ok(s)
@@ -413,17 +437,14 @@ impl Scanner {
         {
             stmt.bind(i + 1, ValueRef::Integer(v))?;
         }
-        self.scans.push(Scan {
-            table: Arc::clone(first),
-            memo: None,
-            stmt,
-            records: Some(
-                tables
-                    .iter()
-                    .map(|t| (t.name.clone(), Arc::clone(t)))
-                    .collect(),
-            ),
-        });
+        let mut scan = Scan::new(first, None, stmt);
+        scan.records = Some(
+            tables
+                .iter()
+                .map(|t| (t.name.clone(), Arc::clone(t)))
+                .collect(),
+        );
+        self.scans.push(scan);
         self.step(self.scans.len() - 1)
     }
 
@@ -436,14 +457,11 @@ impl Scanner {
 
     fn prepare(
         db: DbHandle,
-        t: &TableInfo,
+        select: &str,
         where_sql: &str,
         binds: &[ValueRef<'_>],
     ) -> Result<RawStmt> {
-        let sql = format!(
-            "{}{where_sql} ORDER BY c.db_version, c.seq",
-            t.sql.changes_select
-        );
+        let sql = format!("{select}{where_sql} ORDER BY c.db_version, c.seq");
         let mut stmt = RawStmt::prepare(db, &sql)?;
         for (i, b) in binds.iter().enumerate() {
             stmt.bind(i + 1, *b)?;
@@ -515,12 +533,24 @@ impl Scanner {
                 return Ok(());
             }
         }
-        if s.stmt.step()? {
-            self.heap.push(Reverse((
-                s.stmt.column_i64(S_DB_VERSION),
-                s.stmt.column_i64(S_SEQ),
-                i,
-            )));
+        while s.stmt.step()? {
+            let pos = (s.stmt.column_i64(S_DB_VERSION), s.stmt.column_i64(S_SEQ));
+            if s.after.is_some_and(|a| pos <= a) {
+                continue;
+            }
+            // Never silently out of order (a compact table's runs are
+            // ordered by an argument, docs/compact-layout.md).
+            if pos < s.last {
+                return Err(err!(
+                    "crsql_stream: the changes of {} came out of position order ({:?} after {:?})",
+                    s.table.name,
+                    pos,
+                    s.last
+                ));
+            }
+            s.last = pos;
+            self.heap.push(Reverse((pos.0, pos.1, i)));
+            return Ok(());
         }
         Ok(())
     }

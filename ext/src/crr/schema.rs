@@ -62,6 +62,8 @@ pub struct TableInfo {
     /// Other columns in declaration order.
     pub cols: Vec<Column>,
     pub sql: TableSql,
+    /// Set for a CRR of the compact layout (`crr::compact`).
+    pub compact: Option<crate::crr::compact::Compact>,
 }
 
 impl TableInfo {
@@ -168,6 +170,9 @@ pub struct TableSql {
     /// [`TableInfo::insert_sql`]).
     pub base_writes: Mutex<HashMap<BaseWrite, Arc<str>>>,
     pub changes_select: String,
+    /// More statements of `changes_select`'s shape whose rows are changes
+    /// too, each ordered by its own index (`crr::compact`: the cells).
+    pub extra_selects: Vec<String>,
     /// A window of one transaction's clock rows in seq order, narrow (see
     /// `scan::TxMemo`).
     pub tx_order: String,
@@ -255,6 +260,18 @@ impl Catalog {
                 self.by_lower.contains_key(&t.to_ascii_lowercase())
                     && self.main.contains_key(&format!("{t}{PKS_SUFFIX}"))
             })
+            // crr::compact: `T__crsql_rows` and `T__crsql_cells`.
+            .chain(
+                self.main
+                    .keys()
+                    .filter_map(|n| n.strip_suffix(crate::crr::compact::ROWS_SUFFIX))
+                    .filter(|t| {
+                        self.by_lower.contains_key(&t.to_ascii_lowercase())
+                            && self
+                                .main
+                                .contains_key(&format!("{t}{}", crate::crr::compact::CELLS_SUFFIX))
+                    }),
+            )
             .map(String::from)
             .collect();
         names.sort();
@@ -327,6 +344,9 @@ pub fn is_crr(conn: &Connection, table: &str) -> Result<bool> {
 
 /// Load the metadata of CRR `name`.
 pub fn load_table(conn: &Connection, name: &str) -> Result<TableInfo> {
+    if crate::crr::compact::is_compact(conn, name)? {
+        return crate::crr::compact::load_table(conn, name);
+    }
     let (pks, cols) = read_columns(conn, name)?
         .ok_or_else(|| err!("crsql_stream: CRR {name} has a clock table but no base table"))?;
     if pks.is_empty() {
@@ -354,6 +374,7 @@ pub fn load_table(conn: &Connection, name: &str) -> Result<TableInfo> {
         pks,
         cols,
         sql,
+        compact: None,
     })
 }
 
@@ -389,7 +410,7 @@ fn params(n: usize, first: usize) -> String {
         .join(", ")
 }
 
-fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
+pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
     let base = quote_ident(name);
     let clock = quote_ident(&format!("{name}{CLOCK_SUFFIX}"));
     let pkst = quote_ident(&format!("{name}{PKS_SUFFIX}"));
@@ -538,6 +559,7 @@ fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql {
             "{changes_select} WHERE c.key = ?1 AND c.col_name = ?2 AND c.db_version = ?3 AND c.seq = ?4"
         ),
         changes_select,
+        extra_selects: Vec::new(),
     }
 }
 

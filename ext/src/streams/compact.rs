@@ -168,6 +168,7 @@ pub fn compact(ext: &Ext) -> Result<i64> {
     let conn = ext.db.connection()?;
     let newest = inner.newest_position(&ext.tx)?;
     in_savepoint(&conn, "crsql_compact", || {
+        crate::crr::compact::refuse_any(&inner, "crsql_compact")?;
         let h = horizon(&inner.conn)?;
         let limit = h.position.unwrap_or(newest);
         // Removing rows must not lower crsql_db_version().

@@ -1,0 +1,356 @@
+//! What the compact layout's triggers record for local writes: the same
+//! clocks, at the same positions, as `crr::local` writes in the cr-sqlite
+//! layout (spec §6), kept as a `core::rowclock::Stored`. One helper call
+//! per row reads the row clock once and writes it once.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{params_from_iter, OptionalExtension};
+
+use crsql_stream_core::merge::MAX_CLOCK;
+use crsql_stream_core::pack::pack_columns;
+use crsql_stream_core::rowclock::{Clock, Run, Stored, SENTINEL_SLOT};
+
+use super::{unsupported, Compact};
+use crate::crr::local::{clock_limit, trigger_table};
+use crate::crr::schema::TableInfo;
+use crate::crr::values::{compare, out, to_core};
+use crate::err;
+use crate::error::{Error, Result};
+use crate::state::{Ext, Inner};
+
+/// The parameters of a statement on a key: the pk values, then `vals`.
+fn key_params<'b>(pks: &'b [ValueRef<'_>], vals: &'b [Value]) -> Vec<ToSqlOutput<'b>> {
+    pks.iter()
+        .map(|v| out(*v))
+        .chain(vals.iter().map(|v| out(ValueRef::from(v))))
+        .collect()
+}
+
+fn compact_of(t: &TableInfo) -> Result<&Compact> {
+    t.compact.as_ref().ok_or_else(|| {
+        err!(
+            "crsql_stream: {} is not a CRR of the compact layout",
+            t.name
+        )
+    })
+}
+
+/// A cell's col_version after a local write (`TableSql`'s `inc`).
+fn inc(v: i64) -> Result<i64> {
+    if v < MAX_CLOCK {
+        Ok(v + 1)
+    } else {
+        Err(clock_limit(v))
+    }
+}
+
+/// The causal length after a local insert over a known sentinel
+/// (`TableSql`'s `bump_cl`: the next odd number).
+fn bump_cl(v: i64) -> Result<i64> {
+    if v < MAX_CLOCK - 1 {
+        Ok(if v % 2 == 0 { v + 1 } else { v + 2 })
+    } else {
+        Err(clock_limit(v))
+    }
+}
+
+fn local_clock(col_version: i64, db_version: i64, seq: i64) -> Clock {
+    Clock {
+        col_version,
+        db_version,
+        site: 0,
+        seq,
+    }
+}
+
+/// The name a slot has in `crsql_changes` and in the cells table.
+fn slot_name(t: &TableInfo, slot: i32) -> Result<&str> {
+    if slot == SENTINEL_SLOT {
+        return Ok("-1");
+    }
+    usize::try_from(slot)
+        .ok()
+        .and_then(|i| t.cols.get(i))
+        .map(|c| c.name.as_str())
+        .ok_or_else(|| {
+            err!(
+                "crsql_stream: a clock of {} has no column at slot {slot}",
+                t.name
+            )
+        })
+}
+
+/// Read the row clock and the cells of a key.
+fn load(inner: &Inner, t: &TableInfo, c: &Compact, pks: &[ValueRef<'_>]) -> Result<Stored> {
+    let conn = &inner.conn;
+    let row = conn
+        .prepare_cached(&c.load_row)?
+        .query_row(params_from_iter(pks.iter().map(|v| out(*v))), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<Vec<u8>>>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((cl, db_version, site, seq, vers)) = row else {
+        return Ok(Stored::default());
+    };
+    let run = match (db_version, site, seq, vers) {
+        (Some(db_version), Some(site), Some(seq), Some(vers)) => {
+            let (sentinel, versions) = Run::decode_vers(&vers)
+                .map_err(|e| err!("crsql_stream: a row clock of {}: {e}", t.name))?;
+            Some(Run {
+                db_version,
+                site,
+                seq,
+                sentinel,
+                versions,
+            })
+        }
+        _ => None,
+    };
+    let mut cells = std::collections::BTreeMap::new();
+    let mut stmt = conn.prepare_cached(&c.load_cells)?;
+    let mut rows = stmt.query(params_from_iter(pks.iter().map(|v| out(*v))))?;
+    while let Some(r) = rows.next()? {
+        let name: String = r.get(0)?;
+        let slot = if name == "-1" {
+            SENTINEL_SLOT
+        } else {
+            t.col_index(&name).map(|i| i as i32).ok_or_else(|| {
+                err!(
+                    "crsql_stream: a clock of {} names no column: {name}",
+                    t.name
+                )
+            })?
+        };
+        cells.insert(
+            slot,
+            Clock {
+                col_version: r.get(1)?,
+                db_version: r.get(2)?,
+                site: r.get(3)?,
+                seq: r.get(4)?,
+            },
+        );
+    }
+    Ok(Stored { cl, run, cells })
+}
+
+/// Write what changed from `before` to `after`, and subtract from the lag
+/// counts the clocks that left a counted version (D33): the old versions
+/// are in `before`, so this needs no read.
+fn save(
+    ext: &Ext,
+    inner: &Inner,
+    t: &TableInfo,
+    c: &Compact,
+    pks: &[ValueRef<'_>],
+    before: &Stored,
+    after: &Stored,
+) -> Result<()> {
+    let conn = &inner.conn;
+    if after.is_empty() {
+        if !before.is_empty() {
+            conn.prepare_cached(&c.delete_row)?
+                .execute(params_from_iter(key_params(pks, &[])))?;
+        }
+    } else if before.is_empty() || before.cl != after.cl || before.run != after.run {
+        let run = after.run.as_ref();
+        let vals = [
+            Value::Integer(after.cl),
+            run.map_or(Value::Null, |r| Value::Integer(r.db_version)),
+            run.map_or(Value::Null, |r| Value::Integer(r.site)),
+            run.map_or(Value::Null, |r| Value::Integer(r.seq)),
+            run.map_or(Value::Null, |r| Value::Blob(r.encode_vers())),
+        ];
+        conn.prepare_cached(&c.upsert_row)?
+            .execute(params_from_iter(key_params(pks, &vals)))?;
+    }
+    for (slot, clock) in &after.cells {
+        if before.cells.get(slot) != Some(clock) {
+            let vals = [
+                Value::Text(slot_name(t, *slot)?.to_string()),
+                Value::Integer(clock.col_version),
+                Value::Integer(clock.db_version),
+                Value::Integer(clock.site),
+                Value::Integer(clock.seq),
+            ];
+            conn.prepare_cached(&c.upsert_cell)?
+                .execute(params_from_iter(key_params(pks, &vals)))?;
+        }
+    }
+    for slot in before.cells.keys() {
+        if !after.cells.contains_key(slot) {
+            let name = [Value::Text(slot_name(t, *slot)?.to_string())];
+            conn.prepare_cached(&c.delete_cell)?
+                .execute(params_from_iter(key_params(pks, &name)))?;
+        }
+    }
+    depart(ext, inner, t, before, after)
+}
+
+/// Subtract the clocks of `before` that `after` no longer has at the same
+/// position, where they were counted (`crr::counts`).
+fn depart(ext: &Ext, inner: &Inner, t: &TableInfo, before: &Stored, after: &Stored) -> Result<()> {
+    if !inner.has_counts() || before.is_empty() {
+        return Ok(());
+    }
+    let through = crate::crr::counts::through_in_tx(inner, &ext.tx)?;
+    let now = after.expand();
+    let mut deltas: HashMap<(i64, i64), i64> = HashMap::new();
+    for (slot, clock) in before.expand() {
+        if clock.db_version <= through && now.get(&slot) != Some(&clock) {
+            *deltas.entry((clock.db_version, clock.site)).or_insert(0) -= 1;
+        }
+    }
+    crate::crr::counts::apply(inner, &t.name, &deltas)
+}
+
+/// A key with no clock whose delete was compacted takes its causal length
+/// back (DECISIONS D22; `crr::local::revive_compacted`).
+fn revive(
+    ext: &Ext,
+    inner: &Inner,
+    t: &TableInfo,
+    pks: &[ValueRef<'_>],
+    v: i64,
+    s: &mut Stored,
+) -> Result<()> {
+    if !s.is_empty() || !inner.has_tombstones() {
+        return Ok(());
+    }
+    let packed = pack_columns(pks.iter().map(|v| to_core(*v))).map_err(|source| Error::Pack {
+        context: format!("packing a primary key of {}", t.name),
+        source,
+    })?;
+    if let Some(cl) = crate::streams::compact::take_compacted(inner, &t.name, &packed)? {
+        s.write(&[(SENTINEL_SLOT, local_clock(cl, v, ext.tx.take_seq()))]);
+    }
+    Ok(())
+}
+
+/// `crsql_compact_after_insert(tbl, pk...)`: `crr::local::after_insert`.
+pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
+    let mut inner = ext.lock("crsql_compact_after_insert")?;
+    let t = trigger_table(ext, &mut inner, args, 1, 0)?;
+    let c = compact_of(&t)?;
+    let v = inner.next_db_version(&ext.tx, None)?;
+    let pks = &args[1..];
+    let n = t.cols.len() as i64;
+    // A new row (the common case): one statement. Its seqs are taken only
+    // if the row clock was written.
+    if !inner.has_tombstones() {
+        let first = ext.tx.seq.load(Relaxed);
+        let last = first + n.max(1) - 1;
+        let vals = [
+            Value::Integer(1),
+            Value::Integer(v),
+            Value::Integer(0),
+            Value::Integer(last),
+            Value::Blob(c.insert_vers.clone()),
+        ];
+        let inserted = inner
+            .conn
+            .prepare_cached(&c.insert_row)?
+            .execute(params_from_iter(key_params(pks, &vals)))?;
+        if inserted == 1 {
+            ext.tx.take_seqs(n.max(1));
+            return Ok(());
+        }
+    }
+    let before = load(&inner, &t, c, pks)?;
+    let mut s = before.clone();
+    revive(ext, &inner, &t, pks, v, &mut s)?;
+    let existed = !s.is_empty();
+    let sentinel = s.expand().get(&SENTINEL_SLOT).is_some();
+    let mut writes = Vec::new();
+    if n == 0 {
+        let cl = if sentinel { bump_cl(s.cl)? } else { 1 };
+        writes.push((SENTINEL_SLOT, local_clock(cl, v, ext.tx.take_seq())));
+    } else {
+        if existed {
+            // A seq is consumed even when there is no sentinel to bump (§6.1).
+            let seq = ext.tx.take_seq();
+            if sentinel {
+                writes.push((SENTINEL_SLOT, local_clock(bump_cl(s.cl)?, v, seq)));
+            }
+        }
+        let first = ext.tx.take_seqs(n);
+        let state = s.expand();
+        for i in 0..n as i32 {
+            let cv = match state.get(&i) {
+                Some(old) => inc(old.col_version)?,
+                None => 1,
+            };
+            writes.push((i, local_clock(cv, v, first + i64::from(i))));
+        }
+    }
+    s.write(&writes);
+    save(ext, &inner, &t, c, pks, &before, &s)
+}
+
+/// `crsql_compact_after_update(tbl, newpk..., oldpk..., newcol...,
+/// oldcol...)`: `crr::local::after_update` without primary-key changes.
+pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
+    let mut inner = ext.lock("crsql_compact_after_update")?;
+    let t = trigger_table(ext, &mut inner, args, 2, 2)?;
+    let c = compact_of(&t)?;
+    let (np, nc) = (t.pks.len(), t.cols.len());
+    let new_pks = &args[1..1 + np];
+    let old_pks = &args[1 + np..1 + 2 * np];
+    let new_cols = &args[1 + 2 * np..1 + 2 * np + nc];
+    let old_cols = &args[1 + 2 * np + nc..];
+    if new_pks
+        .iter()
+        .zip(old_pks)
+        .any(|(a, b)| compare(*a, *b).is_ne())
+    {
+        return Err(unsupported(&t.name, "an UPDATE of the primary key"));
+    }
+    let v = inner.next_db_version(&ext.tx, None)?;
+    let before = load(&inner, &t, c, new_pks)?;
+    let mut s = before.clone();
+    revive(ext, &inner, &t, new_pks, v, &mut s)?;
+    let state = s.expand();
+    let mut writes = Vec::new();
+    for i in 0..nc {
+        if compare(new_cols[i], old_cols[i]).is_ne() {
+            let cv = match state.get(&(i as i32)) {
+                Some(old) => inc(old.col_version)?,
+                None => 1,
+            };
+            writes.push((i as i32, local_clock(cv, v, ext.tx.take_seq())));
+        }
+    }
+    if writes.is_empty() && s == before {
+        // An update that changes nothing still uses up a version (§15 Q16).
+        return inner.persist_version(v);
+    }
+    s.write(&writes);
+    save(ext, &inner, &t, c, new_pks, &before, &s)
+}
+
+/// `crsql_compact_after_delete(tbl, oldpk...)`: `crr::local::after_delete`.
+pub fn after_delete(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
+    let mut inner = ext.lock("crsql_compact_after_delete")?;
+    let t = trigger_table(ext, &mut inner, args, 1, 0)?;
+    let c = compact_of(&t)?;
+    let v = inner.next_db_version(&ext.tx, None)?;
+    let pks = &args[1..];
+    let before = load(&inner, &t, c, pks)?;
+    let mut s = before.clone();
+    let cl = match s.expand().get(&SENTINEL_SLOT) {
+        Some(_) => inc(s.cl)?,
+        None => 2,
+    };
+    s.clear_cells();
+    s.write(&[(SENTINEL_SLOT, local_clock(cl, v, ext.tx.take_seq()))]);
+    save(ext, &inner, &t, c, pks, &before, &s)
+}

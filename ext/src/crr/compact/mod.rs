@@ -1,0 +1,376 @@
+//! The compact CRR layout (docs/compact-layout.md, DECISIONS D??): per CRR
+//! a row-clock table keyed by the primary key holding one *run* of clocks
+//! (`core::rowclock`), and a cells table for the clocks outside it.
+//!
+//! This is a first slice: creation, local writes and the change scan.
+//! Every other operation on a compact table fails with [`unsupported`]'s
+//! error, which names the table and the operation, until it is built. The
+//! rest of the extension reaches this module only through small dispatch
+//! points marked `crr::compact` in `schema.rs`, `scan.rs`, `state.rs`,
+//! `counts.rs`, `crr/mod.rs`, `streams/compact.rs` and `functions.rs`.
+
+pub mod local;
+pub mod sql;
+
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{Connection, OptionalExtension};
+
+use crsql_stream_core::rowclock::{Run, SENTINEL_SLOT};
+
+use crate::crr::schema::{self, quote_ident, quote_str, Column, TableInfo};
+use crate::err;
+use crate::error::{Error, Result};
+use crate::sqlite::function::Args;
+use crate::state::{Ext, Inner};
+
+pub const ROWS_SUFFIX: &str = "__crsql_rows";
+pub const CELLS_SUFFIX: &str = "__crsql_cells";
+/// The `crsql_config_set` setting that picks the layout of new CRRs.
+pub const SETTING: &str = "crr-layout";
+const SETTING_KEY: &str = "config.crr-layout";
+
+/// Column names the compact tables use beside the primary key's.
+const RESERVED: [&str; 7] = [
+    "cl",
+    "db_version",
+    "site_id",
+    "seq",
+    "vers",
+    "col_name",
+    "col_version",
+];
+
+/// The stable slot of every column of a compact CRR: a slot is a column's
+/// index in a run (docs/compact-layout.md, "Alter").
+const SLOTS_DDL: &str = "CREATE TABLE IF NOT EXISTS crsql_compact_slots (
+  tbl TEXT NOT NULL,
+  slot INTEGER NOT NULL,
+  col_name TEXT NOT NULL,
+  dropped INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (tbl, slot)
+) WITHOUT ROWID, STRICT;";
+
+/// The error of an operation the compact layout does not support yet.
+pub fn unsupported(table: &str, op: &str) -> Error {
+    err!(
+        "crsql_stream: table {table} uses the compact CRR layout, which does not support {op} yet; \
+         use the default layout for it (crsql_config_set('crr-layout', 'crsqlite') before crsql_as_crr)"
+    )
+}
+
+/// Refuse `op` on `t` if it is a compact CRR.
+pub fn refuse(t: &TableInfo, op: &str) -> Result<()> {
+    match t.compact {
+        Some(_) => Err(unsupported(&t.name, op)),
+        None => Ok(()),
+    }
+}
+
+/// Refuse `op` if any CRR is compact.
+pub fn refuse_any(inner: &Inner, op: &str) -> Result<()> {
+    inner.tables().iter().try_for_each(|t| refuse(t, op))
+}
+
+/// What the rest of the extension needs of a compact CRR.
+#[derive(Debug)]
+pub struct Compact {
+    /// `SELECT cl, db_version, site_id, seq, vers` of a key (pk binds first).
+    pub load_row: String,
+    /// `SELECT col_name, col_version, db_version, site_id, seq` of a key.
+    pub load_cells: String,
+    /// Insert a row clock unless the key has one: pks, cl, db_version,
+    /// site_id, seq, vers.
+    pub insert_row: String,
+    /// The same, replacing the key's row clock.
+    pub upsert_row: String,
+    pub delete_row: String,
+    /// pks, col_name, col_version, db_version, site_id, seq.
+    pub upsert_cell: String,
+    /// pks, col_name.
+    pub delete_cell: String,
+    /// The `vers` of a run of every column at col_version 1 (an insert).
+    pub insert_vers: Vec<u8>,
+}
+
+/// The names of a compact CRR's two tables.
+pub fn table_names(table: &str) -> [String; 2] {
+    [
+        format!("{table}{ROWS_SUFFIX}"),
+        format!("{table}{CELLS_SUFFIX}"),
+    ]
+}
+
+/// The layout new CRRs get: whether `crr-layout` is `'compact'`.
+fn compact_wanted(conn: &Connection) -> Result<bool> {
+    let v: Option<String> = conn
+        .prepare_cached("SELECT value FROM crsql_master WHERE key = ?1 AND typeof(value) = 'text'")?
+        .query_row([SETTING_KEY], |r| r.get(0))
+        .optional()?;
+    Ok(v.as_deref() == Some("compact"))
+}
+
+/// `crsql_config_set('crr-layout', 'compact' | 'crsqlite')`.
+pub fn config_set(ext: &Ext, value: ValueRef<'_>) -> Result<Value> {
+    let v = match value {
+        ValueRef::Text(b"compact") => "compact",
+        ValueRef::Text(b"crsqlite") => "crsqlite",
+        other => {
+            return Err(err!(
+                "crsql_config_set: crr-layout must be 'compact' or 'crsqlite', got {}",
+                crate::crr::values::display(other)
+            ))
+        }
+    };
+    let inner = ext.lock("crsql_config_set")?;
+    inner.conn.execute(
+        "INSERT OR REPLACE INTO crsql_master (key, value) VALUES (?1, ?2)",
+        rusqlite::params![SETTING_KEY, v],
+    )?;
+    Ok(Value::Text(v.into()))
+}
+
+/// `crsql_config_get('crr-layout')`.
+pub fn config_get(ext: &Ext) -> Result<Value> {
+    let inner = ext.lock("crsql_config_get")?;
+    let compact = compact_wanted(&inner.conn)?;
+    Ok(Value::Text(
+        if compact { "compact" } else { "crsqlite" }.into(),
+    ))
+}
+
+/// Whether `crsql_as_crr(table)` (with no clock tables of the cr-sqlite
+/// layout) must go here: the setting asks for it, or compact tables of an
+/// earlier life of the table remain.
+pub fn wanted(conn: &Connection, table: &str) -> Result<bool> {
+    Ok(compact_wanted(conn)? || is_compact(conn, table)?)
+}
+
+/// Whether `table` has a row-clock table of this layout.
+pub fn is_compact(conn: &Connection, table: &str) -> Result<bool> {
+    schema::table_exists(conn, &format!("{table}{ROWS_SUFFIX}"))
+}
+
+/// Whether the primary key is a rowid alias: one `INTEGER PRIMARY KEY`
+/// column of a rowid table (such a table has no index for its key).
+fn rowid_alias(conn: &Connection, table: &str, pks: &[Column]) -> Result<bool> {
+    if pks.len() != 1 || !pks[0].decl_type.eq_ignore_ascii_case("INTEGER") {
+        return Ok(false);
+    }
+    let pk_indexes: i64 = conn
+        .prepare_cached("SELECT count(*) FROM pragma_index_list(?1) WHERE origin = 'pk'")?
+        .query_row([table], |r| r.get(0))?;
+    Ok(pk_indexes == 0)
+}
+
+/// `crsql_as_crr(table)` in the compact layout: the two tables, the slot
+/// map and the triggers. Only a table with no rows (backfill is not built).
+pub fn create(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
+    let conn = &inner.conn;
+    let (pks, cols) = schema::read_columns(conn, table)?
+        .ok_or_else(|| err!("crsql_as_crr: no such table: {table}"))?;
+    if is_compact(conn, table)? {
+        return Err(unsupported(
+            table,
+            "crsql_as_crr on a table dropped and created again while it was a CRR",
+        ));
+    }
+    for c in &pks {
+        if RESERVED.iter().any(|r| c.name.eq_ignore_ascii_case(r)) {
+            return Err(err!(
+                "crsql_as_crr: {table} has a primary key column named \"{}\", which the compact CRR layout \
+                 reserves ({}); rename it, or use the default layout (crsql_config_set('crr-layout', 'crsqlite'))",
+                c.name,
+                RESERVED.join(", ")
+            ));
+        }
+    }
+    let has_rows = conn
+        .prepare(&format!("SELECT 1 FROM {} LIMIT 1", quote_ident(table)))?
+        .exists([])?;
+    if has_rows {
+        return Err(unsupported(
+            table,
+            "crsql_as_crr on a table that has rows (backfill)",
+        ));
+    }
+    let [rows, cells] = table_names(table).map(|n| quote_ident(&n));
+    let pk_list = schema::ident_list(&pks);
+    let pk_defs = pks
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows_ddl = if rowid_alias(conn, table, &pks)? {
+        format!(
+            "CREATE TABLE {rows} ({pk_defs} INTEGER PRIMARY KEY, cl INTEGER NOT NULL, db_version INTEGER, \
+             site_id INTEGER, seq INTEGER, vers BLOB)"
+        )
+    } else {
+        format!(
+            "CREATE TABLE {rows} ({pk_defs}, cl INTEGER NOT NULL, db_version INTEGER, site_id INTEGER, \
+             seq INTEGER, vers BLOB, PRIMARY KEY ({pk_list})) WITHOUT ROWID"
+        )
+    };
+    let idx = |suffix: &str| quote_ident(&format!("{table}{suffix}_dbv"));
+    let mut ddl = format!(
+        "{rows_ddl};
+CREATE INDEX {} ON {rows} (db_version, seq);
+CREATE TABLE {cells} ({pk_defs}, col_name TEXT NOT NULL, col_version INTEGER NOT NULL, \
+ db_version INTEGER NOT NULL, site_id INTEGER NOT NULL, seq INTEGER NOT NULL, \
+ PRIMARY KEY ({pk_list}, col_name)) WITHOUT ROWID;
+CREATE INDEX {} ON {cells} (db_version, seq);
+{SLOTS_DDL}
+DELETE FROM crsql_compact_slots WHERE tbl = {};\n",
+        idx(ROWS_SUFFIX),
+        idx(CELLS_SUFFIX),
+        quote_str(table),
+    );
+    for (slot, c) in cols.iter().enumerate() {
+        ddl.push_str(&format!(
+            "INSERT INTO crsql_compact_slots (tbl, slot, col_name) VALUES ({}, {slot}, {});\n",
+            quote_str(table),
+            quote_str(&c.name)
+        ));
+    }
+    ddl.push_str(&crate::crr::triggers_sql(
+        table,
+        &pks,
+        &cols,
+        "crsql_compact_after",
+    ));
+    conn.execute_batch(&ddl)?;
+    ext.invalidate_schema(inner);
+    inner.refresh_tables(&ext.tx, true)?;
+    crate::crr::counts::recount(inner, table)?;
+    // Changes that waited for this table: merging is not built, so this
+    // fails (with the table named) if there are any.
+    crate::streams::pending::apply_pending(ext, inner, table)
+}
+
+/// Load a compact CRR's metadata.
+pub fn load_table(conn: &Connection, name: &str) -> Result<TableInfo> {
+    let (pks, cols) = schema::read_columns(conn, name)?
+        .ok_or_else(|| err!("crsql_stream: CRR {name} has a row clock table but no base table"))?;
+    if pks.is_empty() {
+        return Err(err!(
+            "crsql_stream: CRR {name} has no primary key columns; its clock tables are unusable"
+        ));
+    }
+    let slots: Vec<String> = conn
+        .prepare_cached(
+            "SELECT col_name FROM crsql_compact_slots WHERE tbl = ?1 AND dropped = 0 ORDER BY slot",
+        )?
+        .query_map([name], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let now: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+    if slots != now {
+        return Err(unsupported(name, "altering its columns"));
+    }
+    let (sql, compact) = sql::build(name, &pks, &cols);
+    Ok(TableInfo {
+        name: name.to_string(),
+        pks,
+        cols,
+        sql,
+        compact: Some(compact),
+    })
+}
+
+/// SQL dropping a CRR's compact tables (`crsql_as_table`); empty when it
+/// has none.
+pub fn drop_sql(conn: &Connection, table: &str) -> Result<String> {
+    if !is_compact(conn, table)? {
+        return Ok(String::new());
+    }
+    let [rows, cells] = table_names(table).map(|n| quote_ident(&n));
+    Ok(format!(
+        "DROP TABLE IF EXISTS {rows};\nDROP TABLE IF EXISTS {cells};\n\
+         DELETE FROM crsql_compact_slots WHERE tbl = {};",
+        quote_str(table)
+    ))
+}
+
+/// The clock tables of the compact CRRs among `tables`: each has
+/// `db_version` and `seq` columns and an index on them (`state.rs`).
+pub fn clock_tables(tables: &[std::sync::Arc<TableInfo>]) -> Vec<String> {
+    tables
+        .iter()
+        .filter(|t| t.compact.is_some())
+        .flat_map(|t| table_names(&t.name))
+        .collect()
+}
+
+/// The tally of a compact CRR's changes above version `?1` per
+/// `(db_version, site_id)`: count and largest seq (`crr::counts`); None
+/// for a table of the cr-sqlite layout.
+pub fn tally_sql(conn: &Connection, table: &str) -> Result<Option<String>> {
+    if !is_compact(conn, table)? {
+        return Ok(None);
+    }
+    let [rows, cells] = table_names(table).map(|n| quote_ident(&n));
+    Ok(Some(format!(
+        "SELECT db_version, site_id, sum(n), max(seq) FROM (\
+         SELECT db_version, site_id, crsql_internal_run_count(vers) AS n, seq FROM {rows} WHERE db_version > ?1 \
+         UNION ALL SELECT db_version, site_id, 1, seq FROM {cells} WHERE db_version > ?1) \
+         GROUP BY db_version, site_id"
+    )))
+}
+
+/// Decode a `vers` argument (NULL: no run).
+fn run_arg(ctx: &Args<'_>) -> Result<Option<(bool, Vec<i64>)>> {
+    match ctx.get_raw(0) {
+        ValueRef::Null => Ok(None),
+        ValueRef::Blob(b) => Run::decode_vers(b)
+            .map(Some)
+            .map_err(|e| err!("crsql_stream: {e}")),
+        _ => Err(err!("crsql_stream: a row clock's vers is not a BLOB")),
+    }
+}
+
+/// `crsql_internal_run_version(vers, slot)`: the col_version of `slot` in
+/// the run (1 for a sentinel in it), or NULL.
+pub fn sql_run_version(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
+    let Some((sentinel, versions)) = run_arg(ctx)? else {
+        return Ok(Value::Null);
+    };
+    let slot = match ctx.get_raw(1) {
+        ValueRef::Integer(i) => i,
+        _ => {
+            return Err(err!(
+                "crsql_internal_run_version: the slot must be an INTEGER"
+            ))
+        }
+    };
+    let v = if slot == i64::from(SENTINEL_SLOT) {
+        sentinel.then_some(1)
+    } else {
+        usize::try_from(slot)
+            .ok()
+            .and_then(|i| versions.get(i))
+            .copied()
+            .filter(|v| *v > 0)
+    };
+    Ok(v.map_or(Value::Null, Value::Integer))
+}
+
+/// `crsql_internal_run_width(vers)`: how many column slots the run spans.
+pub fn sql_run_width(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
+    Ok(run_arg(ctx)?.map_or(Value::Null, |(_, v)| Value::Integer(v.len() as i64)))
+}
+
+/// `crsql_internal_run_count(vers)`: how many clocks the run holds.
+pub fn sql_run_count(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
+    Ok(Value::Integer(run_arg(ctx)?.map_or(0, |(s, v)| {
+        i64::from(s) + v.iter().filter(|x| **x > 0).count() as i64
+    })))
+}
+
+/// `crsql_internal_compact_unsupported(table, operation, ...)`: the error
+/// of a statement of the cr-sqlite layout run on a compact table.
+pub fn sql_unsupported(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
+    let text = |i: usize| match ctx.get_raw(i) {
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        _ => String::new(),
+    };
+    Err(unsupported(&text(0), &text(1)))
+}

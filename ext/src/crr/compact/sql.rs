@@ -1,0 +1,216 @@
+//! The SQL of a compact CRR: its change scan (two statements ordered by
+//! `(c.db_version, c.seq)`, docs/compact-layout.md "The change scan"), its
+//! row-clock statements, and, for every statement of the cr-sqlite layout
+//! not built for it yet, one that fails naming the table and operation.
+
+use crsql_stream_core::rowclock::Run;
+
+use crate::crr::schema::{self, quote_ident, quote_str, Column, TableSql};
+
+use super::{table_names, Compact};
+
+/// The largest `?N` of a statement (its parameter count: the cr-sqlite
+/// layout's statements use numbered parameters only).
+fn param_count(sql: &str) -> usize {
+    sql.split('?')
+        .skip(1)
+        .filter_map(|s| {
+            let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<usize>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// A statement taking the parameters of `like` that fails with the
+/// compact layout's "not supported yet" error for `op`.
+fn refusing(table: &str, op: &str, like: &str) -> String {
+    let params: String = (1..=param_count(like)).map(|i| format!(", ?{i}")).collect();
+    format!(
+        "SELECT crsql_internal_compact_unsupported({}, {}{params})",
+        quote_str(table),
+        quote_str(op)
+    )
+}
+
+/// `a.x = b.x AND …` over the primary-key columns.
+fn pk_eq(pks: &[Column], a: &str, b: &str) -> String {
+    pks.iter()
+        .map(|c| format!("{a}.{q} = {b}.{q}", q = quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// `x = ?first AND …` over the primary-key columns.
+fn pk_params(pks: &[Column], first: usize) -> String {
+    pks.iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = ?{}", quote_ident(&c.name), first + i))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn placeholders(n: usize, first: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The statements of compact CRR `name`.
+pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact) {
+    let base = quote_ident(name);
+    let [rows, cells] = table_names(name).map(|n| quote_ident(&n));
+    let npk = pks.len();
+    let pk_list = schema::ident_list(pks);
+    let c_pks = pks
+        .iter()
+        .map(|c| format!("c.{}", quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+
+    // The runs: per row clock (in index order), its slots in slot order.
+    let slot_list = std::iter::once(-1)
+        .chain(0..cols.len() as i64)
+        .map(|i| format!("SELECT {i} AS i"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let by_slot = |f: &dyn Fn(usize, &Column) -> String, sentinel: &str| {
+        let whens: String = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!(" WHEN {i} THEN {}", f(i, c)))
+            .collect();
+        format!("CASE o.i WHEN -1 THEN {sentinel}{whens} END")
+    };
+    let cid = by_slot(&|_, c| quote_str(&c.name), "'-1'");
+    let val = by_slot(&|_, c| format!("b.{}", quote_ident(&c.name)), "NULL");
+    let runs_select = format!(
+        "SELECT {cid}, CASE o.i WHEN -1 THEN c.cl ELSE crsql_internal_run_version(c.vers, o.i) END, \
+         c.db_version, c.site_id, c.seq - crsql_internal_run_width(c.vers) + 1 + o.i, c.cl, {val}, {c_pks} \
+         FROM {rows} AS c CROSS JOIN ({slot_list}) AS o ON crsql_internal_run_version(c.vers, o.i) IS NOT NULL \
+         LEFT JOIN {base} AS b ON {}",
+        pk_eq(pks, "b", "c")
+    );
+
+    // The cells: the cr-sqlite layout's shape.
+    let cell_val = if cols.is_empty() {
+        "NULL".to_string()
+    } else {
+        let whens: String = cols
+            .iter()
+            .map(|c| {
+                format!(
+                    " WHEN {} THEN b.{}",
+                    quote_str(&c.name),
+                    quote_ident(&c.name)
+                )
+            })
+            .collect();
+        format!("CASE c.col_name{whens} END")
+    };
+    let cells_select = format!(
+        "SELECT c.col_name, c.col_version, c.db_version, c.site_id, c.seq, r.cl, {cell_val}, {c_pks} \
+         FROM {cells} AS c CROSS JOIN {rows} AS r ON {} LEFT JOIN {base} AS b ON {}",
+        pk_eq(pks, "r", "c"),
+        pk_eq(pks, "b", "c")
+    );
+
+    // Everything but the base-table statements refuses until it is built.
+    let mut sql = schema::build_sql(name, pks, cols);
+    let merge = "merging changes";
+    let other = "this operation (backfill, alter, compaction or a primary-key change)";
+    for (field, op) in [
+        (&mut sql.key_lookup, other),
+        (&mut sql.key_insert, other),
+        (&mut sql.local_cl, other),
+        (&mut sql.row_clocks, merge),
+        (&mut sql.row_cl, merge),
+        (&mut sql.cell_row, merge),
+        (&mut sql.cell_rows, merge),
+        (&mut sql.cell_names, other),
+        (&mut sql.clock_upsert_cell, other),
+        (&mut sql.clock_insert_all, other),
+        (&mut sql.sentinel_bump, other),
+        (&mut sql.sentinel_insert, other),
+        (&mut sql.sentinel_delete, other),
+        (&mut sql.clock_delete_cells, other),
+        (&mut sql.clock_move_cell, other),
+        (&mut sql.clock_delete_cell, other),
+        (&mut sql.clock_counted_rows, "lag counts of a merge"),
+        (&mut sql.clock_write, merge),
+        (&mut sql.tx_order, "reading a transaction through a memo"),
+        (&mut sql.change_at, "reading a transaction through a memo"),
+    ] {
+        *field = refusing(name, op, field);
+    }
+    // Both statements seek (db_version, seq) through an index: a split
+    // transaction needs no memo (scan::TxMemo), so none is ever built.
+    sql.tx_size = "SELECT 0 * ?1".to_string();
+    sql.changes_select = runs_select;
+    sql.extra_selects = vec![cells_select];
+
+    let row_cols = format!("{pk_list}, cl, db_version, site_id, seq, vers");
+    let row_values = placeholders(npk + 5, 1);
+    let insert_vers = if cols.is_empty() {
+        Run {
+            db_version: 0,
+            site: 0,
+            seq: 0,
+            sentinel: true,
+            versions: Vec::new(),
+        }
+    } else {
+        Run {
+            db_version: 0,
+            site: 0,
+            seq: 0,
+            sentinel: false,
+            versions: vec![1; cols.len()],
+        }
+    }
+    .encode_vers();
+    let compact = Compact {
+        load_row: format!(
+            "SELECT cl, db_version, site_id, seq, vers FROM {rows} WHERE {}",
+            pk_params(pks, 1)
+        ),
+        load_cells: format!(
+            "SELECT col_name, col_version, db_version, site_id, seq FROM {cells} WHERE {}",
+            pk_params(pks, 1)
+        ),
+        insert_row: format!(
+            "INSERT INTO {rows} ({row_cols}) VALUES ({row_values}) ON CONFLICT DO NOTHING"
+        ),
+        upsert_row: format!(
+            "INSERT INTO {rows} ({row_cols}) VALUES ({row_values}) ON CONFLICT ({pk_list}) DO UPDATE SET \
+             cl = excluded.cl, db_version = excluded.db_version, site_id = excluded.site_id, \
+             seq = excluded.seq, vers = excluded.vers"
+        ),
+        delete_row: format!("DELETE FROM {rows} WHERE {}", pk_params(pks, 1)),
+        upsert_cell: format!(
+            "INSERT OR REPLACE INTO {cells} ({pk_list}, col_name, col_version, db_version, site_id, seq) \
+             VALUES ({})",
+            placeholders(npk + 5, 1)
+        ),
+        delete_cell: format!(
+            "DELETE FROM {cells} WHERE {} AND col_name = ?{}",
+            pk_params(pks, 1),
+            npk + 1
+        ),
+        insert_vers,
+    };
+    (sql, compact)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::param_count;
+
+    #[test]
+    fn parameter_counts_are_the_largest_number() {
+        assert_eq!(param_count("SELECT 1"), 0);
+        assert_eq!(param_count("SELECT ?1, ?12, ?3"), 12);
+        assert_eq!(param_count("x = ?2 AND y = ?1"), 2);
+    }
+}
