@@ -76,6 +76,12 @@ fn clock_of(table: &str) -> String {
     quote_ident(&format!("{table}{CLOCK_SUFFIX}"))
 }
 
+/// What the counts read a table's clocks from: its clock table, or for a
+/// compact CRR (`crr::compact`) a subquery with one row per clock.
+fn clock_source(conn: &Connection, table: &str) -> Result<String> {
+    Ok(crate::crr::compact::clock_source(conn, table)?.unwrap_or_else(|| clock_of(table)))
+}
+
 /// Add `n` (?5) to the count of `(lvl, v, tbl, site)` (?1–?4), keeping the
 /// largest seq (?6). A literal, so that a write costs no formatting.
 const ADD_COUNT: &str = "INSERT INTO crsql_change_counts (lvl, v, tbl, site, n, maxseq) \
@@ -87,15 +93,11 @@ type Tally = HashMap<(i64, i64), (i64, i64)>;
 
 /// Tally the clock rows of `table` above version `lo`.
 fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {
-    // crr::compact: its two clock tables.
-    let sql = match crate::crr::compact::tally_sql(conn, table)? {
-        Some(sql) => sql,
-        None => format!(
-            "SELECT db_version, site_id, count(*), max(seq) FROM {} WHERE db_version > ?1 \
-             GROUP BY db_version, site_id",
-            clock_of(table)
-        ),
-    };
+    let sql = format!(
+        "SELECT db_version, site_id, count(*), max(seq) FROM {} WHERE db_version > ?1 \
+         GROUP BY db_version, site_id",
+        clock_source(conn, table)?
+    );
     let mut out = Tally::new();
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query([lo])?;
@@ -593,7 +595,7 @@ pub fn changes_after(
         let sql = format!(
             "SELECT site_id, count(*) FROM {} WHERE db_version > ?1 AND db_version <= ?2 \
              AND (db_version > ?3 OR seq > ?4) GROUP BY site_id",
-            clock_of(tbl)
+            clock_source(&inner.conn, tbl)?
         );
         let mut stmt = inner.conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(params![lo, committed, x, s])?;
@@ -656,7 +658,7 @@ impl SeqCache {
             None => {
                 let sql = format!(
                     "SELECT site_id, seq FROM {} WHERE db_version = ?1",
-                    clock_of(table)
+                    clock_source(&inner.conn, table)?
                 );
                 let mut by_site: HashMap<i64, Vec<i64>> = HashMap::new();
                 let mut stmt = inner.conn.prepare_cached(&sql)?;

@@ -300,19 +300,24 @@ pub fn clock_tables(tables: &[std::sync::Arc<TableInfo>]) -> Vec<String> {
         .collect()
 }
 
-/// The tally of a compact CRR's changes above version `?1` per
-/// `(db_version, site_id)`: count and largest seq (`crr::counts`); None
-/// for a table of the cr-sqlite layout.
-pub fn tally_sql(conn: &Connection, table: &str) -> Result<Option<String>> {
+/// For a compact CRR, a subquery with one row per clock (`site_id`,
+/// `db_version`, `seq`, `col_name`), read through the two
+/// `(db_version, seq)` indexes (`crr::counts`); None for a table of the
+/// cr-sqlite layout.
+pub fn clock_source(conn: &Connection, table: &str) -> Result<Option<String>> {
     if !is_compact(conn, table)? {
         return Ok(None);
     }
+    let slots: i64 = conn
+        .prepare_cached("SELECT count(*) FROM crsql_compact_slots WHERE tbl = ?1")?
+        .query_row([table], |r| r.get(0))?;
     let [rows, cells] = table_names(table).map(|n| quote_ident(&n));
     Ok(Some(format!(
-        "SELECT db_version, site_id, sum(n), max(seq) FROM (\
-         SELECT db_version, site_id, crsql_internal_run_count(vers) AS n, seq FROM {rows} WHERE db_version > ?1 \
-         UNION ALL SELECT db_version, site_id, 1, seq FROM {cells} WHERE db_version > ?1) \
-         GROUP BY db_version, site_id"
+        "(SELECT c.site_id AS site_id, c.db_version AS db_version, \
+         c.seq - crsql_internal_run_width(c.vers) + 1 + o.i AS seq, o.i AS col_name \
+         FROM {rows} AS c CROSS JOIN ({}) AS o ON crsql_internal_run_version(c.vers, o.i) IS NOT NULL \
+         UNION ALL SELECT site_id, db_version, seq, col_name FROM {cells})",
+        sql::slot_list(slots as usize)
     )))
 }
 
@@ -356,13 +361,6 @@ pub fn sql_run_version(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
 /// `crsql_internal_run_width(vers)`: how many column slots the run spans.
 pub fn sql_run_width(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
     Ok(run_arg(ctx)?.map_or(Value::Null, |(_, v)| Value::Integer(v.len() as i64)))
-}
-
-/// `crsql_internal_run_count(vers)`: how many clocks the run holds.
-pub fn sql_run_count(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
-    Ok(Value::Integer(run_arg(ctx)?.map_or(0, |(s, v)| {
-        i64::from(s) + v.iter().filter(|x| **x > 0).count() as i64
-    })))
 }
 
 /// `crsql_internal_compact_unsupported(table, operation, ...)`: the error

@@ -57,6 +57,16 @@ fn placeholders(n: usize, first: usize) -> String {
         .join(", ")
 }
 
+/// `SELECT -1 AS i UNION ALL SELECT 0 …`: the sentinel's and the
+/// columns' slots, in seq order within a run.
+pub fn slot_list(columns: usize) -> String {
+    std::iter::once(-1)
+        .chain(0..columns as i64)
+        .map(|i| format!("SELECT {i} AS i"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
 /// The statements of compact CRR `name`.
 pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact) {
     let base = quote_ident(name);
@@ -70,11 +80,7 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
         .join(", ");
 
     // The runs: per row clock (in index order), its slots in slot order.
-    let slot_list = std::iter::once(-1)
-        .chain(0..cols.len() as i64)
-        .map(|i| format!("SELECT {i} AS i"))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
+    let slot_list = slot_list(cols.len());
     let by_slot = |f: &dyn Fn(usize, &Column) -> String, sentinel: &str| {
         let whens: String = cols
             .iter()
