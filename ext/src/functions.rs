@@ -68,6 +68,12 @@ const FUNCTIONS: &[(&str, i32, FunctionFlags, SqlFn)] = &[
         compact::sql_run_width,
     ),
     (
+        "crsql_internal_run_count",
+        1,
+        I.union(D),
+        compact::sql_run_count,
+    ),
+    (
         "crsql_internal_compact_unsupported",
         -1,
         I,

@@ -93,11 +93,16 @@ type Tally = HashMap<(i64, i64), (i64, i64)>;
 
 /// Tally the clock rows of `table` above version `lo`.
 fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {
-    let sql = format!(
-        "SELECT db_version, site_id, count(*), max(seq) FROM {} WHERE db_version > ?1 \
-         GROUP BY db_version, site_id",
-        clock_source(conn, table)?
-    );
+    // crr::compact: per row clock, not per clock (its last seq is the
+    // run's largest).
+    let sql = match crate::crr::compact::tally_sql(conn, table)? {
+        Some(sql) => sql,
+        None => format!(
+            "SELECT db_version, site_id, count(*), max(seq) FROM {} WHERE db_version > ?1 \
+             GROUP BY db_version, site_id",
+            clock_of(table)
+        ),
+    };
     let mut out = Tally::new();
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query([lo])?;

@@ -321,6 +321,30 @@ pub fn clock_source(conn: &Connection, table: &str) -> Result<Option<String>> {
     )))
 }
 
+/// The tally of a compact CRR's clocks above version `?1` per
+/// `(db_version, site_id)`: how many, and the largest seq (`crr::counts`,
+/// at every COMMIT). One row per row clock: a run's `seq` is its last
+/// clock's. None for a table of the cr-sqlite layout.
+pub fn tally_sql(conn: &Connection, table: &str) -> Result<Option<String>> {
+    if !is_compact(conn, table)? {
+        return Ok(None);
+    }
+    let [rows, cells] = table_names(table).map(|n| quote_ident(&n));
+    Ok(Some(format!(
+        "SELECT db_version, site_id, sum(n), max(seq) FROM (\
+         SELECT db_version, site_id, crsql_internal_run_count(vers) AS n, seq FROM {rows} WHERE db_version > ?1 \
+         UNION ALL SELECT db_version, site_id, 1, seq FROM {cells} WHERE db_version > ?1) \
+         GROUP BY db_version, site_id"
+    )))
+}
+
+/// `crsql_internal_run_count(vers)`: how many clocks the run holds.
+pub fn sql_run_count(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
+    Ok(Value::Integer(run_arg(ctx)?.map_or(0, |(s, v)| {
+        i64::from(s) + v.iter().filter(|x| **x > 0).count() as i64
+    })))
+}
+
 /// Decode a `vers` argument (NULL: no run).
 fn run_arg(ctx: &Args<'_>) -> Result<Option<(bool, Vec<i64>)>> {
     match ctx.get_raw(0) {
