@@ -269,7 +269,7 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let mut s = before.clone();
     revive(ext, &inner, &t, pks, v, &mut s)?;
     let existed = !s.is_empty();
-    let sentinel = s.expand().get(&SENTINEL_SLOT).is_some();
+    let sentinel = s.expand().contains_key(&SENTINEL_SLOT);
     let mut writes = Vec::new();
     if n == 0 {
         let cl = if sentinel { bump_cl(s.cl)? } else { 1 };

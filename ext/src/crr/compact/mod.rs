@@ -145,9 +145,16 @@ pub fn wanted(conn: &Connection, table: &str) -> Result<bool> {
     Ok(compact_wanted(conn)? || is_compact(conn, table)?)
 }
 
-/// Whether `table` has a row-clock table of this layout.
+/// Whether `table` is (or was, if its base table is gone) a compact CRR:
+/// its sentinel slot is in `crsql_compact_slots` (a user table that merely
+/// ends in `__crsql_rows` is not one).
 pub fn is_compact(conn: &Connection, table: &str) -> Result<bool> {
-    schema::table_exists(conn, &format!("{table}{ROWS_SUFFIX}"))
+    if !schema::table_exists(conn, "crsql_compact_slots")? {
+        return Ok(false);
+    }
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM crsql_compact_slots WHERE tbl = ?1 AND slot = -1")?
+        .exists([table])?)
 }
 
 /// Whether the primary key is a rowid alias: one `INTEGER PRIMARY KEY`
@@ -220,10 +227,11 @@ CREATE TABLE {cells} ({pk_defs}, col_name TEXT NOT NULL, col_version INTEGER NOT
  PRIMARY KEY ({pk_list}, col_name)) WITHOUT ROWID;
 CREATE INDEX {} ON {cells} (db_version, seq);
 {SLOTS_DDL}
-DELETE FROM crsql_compact_slots WHERE tbl = {};\n",
+DELETE FROM crsql_compact_slots WHERE tbl = {t};
+INSERT INTO crsql_compact_slots (tbl, slot, col_name) VALUES ({t}, -1, '-1');\n",
         idx(ROWS_SUFFIX),
         idx(CELLS_SUFFIX),
-        quote_str(table),
+        t = quote_str(table),
     );
     for (slot, c) in cols.iter().enumerate() {
         ddl.push_str(&format!(
@@ -258,7 +266,7 @@ pub fn load_table(conn: &Connection, name: &str) -> Result<TableInfo> {
     }
     let slots: Vec<String> = conn
         .prepare_cached(
-            "SELECT col_name FROM crsql_compact_slots WHERE tbl = ?1 AND dropped = 0 ORDER BY slot",
+            "SELECT col_name FROM crsql_compact_slots WHERE tbl = ?1 AND slot >= 0 AND dropped = 0 ORDER BY slot",
         )?
         .query_map([name], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
@@ -309,7 +317,7 @@ pub fn clock_source(conn: &Connection, table: &str) -> Result<Option<String>> {
         return Ok(None);
     }
     let slots: i64 = conn
-        .prepare_cached("SELECT count(*) FROM crsql_compact_slots WHERE tbl = ?1")?
+        .prepare_cached("SELECT count(*) FROM crsql_compact_slots WHERE tbl = ?1 AND slot >= 0")?
         .query_row([table], |r| r.get(0))?;
     let [rows, cells] = table_names(table).map(|n| quote_ident(&n));
     Ok(Some(format!(
