@@ -395,7 +395,7 @@ pub fn pk_join(pks: &[Column]) -> String {
         .join(" AND ")
 }
 
-fn pk_where(pks: &[Column], alias: &str, first_param: usize) -> String {
+pub(crate) fn pk_where(pks: &[Column], alias: &str, first_param: usize) -> String {
     pks.iter()
         .enumerate()
         .map(|(i, c)| format!("{alias}{} = ?{}", quote_ident(&c.name), first_param + i))
@@ -403,7 +403,7 @@ fn pk_where(pks: &[Column], alias: &str, first_param: usize) -> String {
         .join(" AND ")
 }
 
-fn params(n: usize, first: usize) -> String {
+pub(crate) fn params(n: usize, first: usize) -> String {
     (first..first + n)
         .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()

@@ -11,7 +11,7 @@ use rusqlite::{params_from_iter, OptionalExtension};
 
 use crsql_stream_core::merge::MAX_CLOCK;
 use crsql_stream_core::pack::pack_columns;
-use crsql_stream_core::rowclock::{Clock, Run, Stored, SENTINEL_SLOT};
+use crsql_stream_core::rowclock::{Clock, RowClocks, Run, Stored, SENTINEL_SLOT};
 
 use super::{unsupported, Compact};
 use crate::crr::local::{clock_limit, trigger_table};
@@ -236,121 +236,136 @@ fn revive(
     Ok(())
 }
 
-/// `crsql_compact_after_insert(tbl, pk...)`: `crr::local::after_insert`.
-pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
-    let mut inner = ext.lock("crsql_compact_after_insert")?;
-    let t = trigger_table(ext, &mut inner, args, 1, 0)?;
+/// A cell's col_version after a local write of it, from the row's state.
+fn next_cv(state: &RowClocks, slot: i32) -> Result<i64> {
+    match state.get(&slot) {
+        Some(old) => inc(old.col_version),
+        None => Ok(1),
+    }
+}
+
+/// The helpers: name, values per primary-key column, per other column.
+const INSERT: (&str, usize, usize) = ("crsql_compact_after_insert", 1, 0);
+const UPDATE: (&str, usize, usize) = ("crsql_compact_after_update", 2, 2);
+const DELETE: (&str, usize, usize) = ("crsql_compact_after_delete", 1, 0);
+
+/// Run a trigger helper: under the lock, with the CRR, its compact
+/// statements and the version of this write.
+fn helper(
+    ext: &Ext,
+    args: &[ValueRef<'_>],
+    (what, per_pk, per_col): (&str, usize, usize),
+    f: impl FnOnce(&mut Inner, &TableInfo, &Compact, i64) -> Result<()>,
+) -> Result<()> {
+    let mut inner = ext.lock(what)?;
+    let t = trigger_table(ext, &mut inner, args, per_pk, per_col)?;
     let c = compact_of(&t)?;
     let v = inner.next_db_version(&ext.tx, None)?;
-    let pks = &args[1..];
-    let n = t.cols.len() as i64;
-    // A new row (the common case): one statement. Its seqs are taken only
-    // if the row clock was written.
-    if !inner.has_tombstones() {
-        let first = ext.tx.seq.load(Relaxed);
-        let last = first + n.max(1) - 1;
-        let vals = [
-            Value::Integer(1),
-            Value::Integer(v),
-            Value::Integer(0),
-            Value::Integer(last),
-            Value::Blob(c.insert_vers.clone()),
-        ];
-        let inserted = inner
-            .conn
-            .prepare_cached(&c.insert_row)?
-            .execute(params_from_iter(key_params(pks, &vals)))?;
-        if inserted == 1 {
-            ext.tx.take_seqs(n.max(1));
-            return Ok(());
-        }
-    }
-    let before = load(&inner, &t, c, pks)?;
-    let mut s = before.clone();
-    revive(ext, &inner, &t, pks, v, &mut s)?;
-    let existed = !s.is_empty();
-    let sentinel = s.expand().contains_key(&SENTINEL_SLOT);
-    let mut writes = Vec::new();
-    if n == 0 {
-        let cl = if sentinel { bump_cl(s.cl)? } else { 1 };
-        writes.push((SENTINEL_SLOT, local_clock(cl, v, ext.tx.take_seq())));
-    } else {
-        if existed {
-            // A seq is consumed even when there is no sentinel to bump (§6.1).
-            let seq = ext.tx.take_seq();
-            if sentinel {
-                writes.push((SENTINEL_SLOT, local_clock(bump_cl(s.cl)?, v, seq)));
+    f(&mut inner, &t, c, v)
+}
+
+/// `crsql_compact_after_insert(tbl, pk...)`: `crr::local::after_insert`.
+pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
+    helper(ext, args, INSERT, |inner, t, c, v| {
+        let pks = &args[1..];
+        let n = t.cols.len() as i64;
+        // A new row (the common case): one statement. Its seqs are taken
+        // only if the row clock was written.
+        if !inner.has_tombstones() {
+            let first = ext.tx.seq.load(Relaxed);
+            let vals = [
+                Value::Integer(1),
+                Value::Integer(v),
+                Value::Integer(0),
+                Value::Integer(first + n.max(1) - 1),
+                Value::Blob(c.insert_vers.clone()),
+            ];
+            let inserted = inner
+                .conn
+                .prepare_cached(&c.insert_row)?
+                .execute(params_from_iter(key_params(pks, &vals)))?;
+            if inserted == 1 {
+                ext.tx.take_seqs(n.max(1));
+                return Ok(());
             }
         }
-        let first = ext.tx.take_seqs(n);
-        let state = s.expand();
-        for i in 0..n as i32 {
-            let cv = match state.get(&i) {
-                Some(old) => inc(old.col_version)?,
-                None => 1,
-            };
-            writes.push((i, local_clock(cv, v, first + i64::from(i))));
+        let before = load(inner, t, c, pks)?;
+        let mut s = before.clone();
+        revive(ext, inner, t, pks, v, &mut s)?;
+        let existed = !s.is_empty();
+        let sentinel = s.expand().contains_key(&SENTINEL_SLOT);
+        let mut writes = Vec::new();
+        if n == 0 {
+            let cl = if sentinel { bump_cl(s.cl)? } else { 1 };
+            writes.push((SENTINEL_SLOT, local_clock(cl, v, ext.tx.take_seq())));
+        } else {
+            if existed {
+                // A seq is consumed even with no sentinel to bump (§6.1).
+                let seq = ext.tx.take_seq();
+                if sentinel {
+                    writes.push((SENTINEL_SLOT, local_clock(bump_cl(s.cl)?, v, seq)));
+                }
+            }
+            let first = ext.tx.take_seqs(n);
+            let state = s.expand();
+            for i in 0..n as i32 {
+                let cv = next_cv(&state, i)?;
+                writes.push((i, local_clock(cv, v, first + i64::from(i))));
+            }
         }
-    }
-    s.write(&writes);
-    save(ext, &inner, &t, c, pks, &before, &s)
+        s.write(&writes);
+        save(ext, inner, t, c, pks, &before, &s)
+    })
 }
 
 /// `crsql_compact_after_update(tbl, newpk..., oldpk..., newcol...,
 /// oldcol...)`: `crr::local::after_update` without primary-key changes.
 pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
-    let mut inner = ext.lock("crsql_compact_after_update")?;
-    let t = trigger_table(ext, &mut inner, args, 2, 2)?;
-    let c = compact_of(&t)?;
-    let (np, nc) = (t.pks.len(), t.cols.len());
-    let new_pks = &args[1..1 + np];
-    let old_pks = &args[1 + np..1 + 2 * np];
-    let new_cols = &args[1 + 2 * np..1 + 2 * np + nc];
-    let old_cols = &args[1 + 2 * np + nc..];
-    if new_pks
-        .iter()
-        .zip(old_pks)
-        .any(|(a, b)| compare(*a, *b).is_ne())
-    {
-        return Err(unsupported(&t.name, "an UPDATE of the primary key"));
-    }
-    let v = inner.next_db_version(&ext.tx, None)?;
-    let before = load(&inner, &t, c, new_pks)?;
-    let mut s = before.clone();
-    revive(ext, &inner, &t, new_pks, v, &mut s)?;
-    let state = s.expand();
-    let mut writes = Vec::new();
-    for i in 0..nc {
-        if compare(new_cols[i], old_cols[i]).is_ne() {
-            let cv = match state.get(&(i as i32)) {
-                Some(old) => inc(old.col_version)?,
-                None => 1,
-            };
-            writes.push((i as i32, local_clock(cv, v, ext.tx.take_seq())));
+    helper(ext, args, UPDATE, |inner, t, c, v| {
+        let (np, nc) = (t.pks.len(), t.cols.len());
+        let new_pks = &args[1..1 + np];
+        let old_pks = &args[1 + np..1 + 2 * np];
+        let new_cols = &args[1 + 2 * np..1 + 2 * np + nc];
+        let old_cols = &args[1 + 2 * np + nc..];
+        if new_pks
+            .iter()
+            .zip(old_pks)
+            .any(|(a, b)| compare(*a, *b).is_ne())
+        {
+            return Err(unsupported(&t.name, "an UPDATE of the primary key"));
         }
-    }
-    if writes.is_empty() && s == before {
-        // An update that changes nothing still uses up a version (§15 Q16).
-        return inner.persist_version(v);
-    }
-    s.write(&writes);
-    save(ext, &inner, &t, c, new_pks, &before, &s)
+        let before = load(inner, t, c, new_pks)?;
+        let mut s = before.clone();
+        revive(ext, inner, t, new_pks, v, &mut s)?;
+        let state = s.expand();
+        let mut writes = Vec::new();
+        for i in 0..nc {
+            if compare(new_cols[i], old_cols[i]).is_ne() {
+                let cv = next_cv(&state, i as i32)?;
+                writes.push((i as i32, local_clock(cv, v, ext.tx.take_seq())));
+            }
+        }
+        if writes.is_empty() && s == before {
+            // An update that changes nothing still uses up a version (§15 Q16).
+            return inner.persist_version(v);
+        }
+        s.write(&writes);
+        save(ext, inner, t, c, new_pks, &before, &s)
+    })
 }
 
 /// `crsql_compact_after_delete(tbl, oldpk...)`: `crr::local::after_delete`.
 pub fn after_delete(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
-    let mut inner = ext.lock("crsql_compact_after_delete")?;
-    let t = trigger_table(ext, &mut inner, args, 1, 0)?;
-    let c = compact_of(&t)?;
-    let v = inner.next_db_version(&ext.tx, None)?;
-    let pks = &args[1..];
-    let before = load(&inner, &t, c, pks)?;
-    let mut s = before.clone();
-    let cl = match s.expand().get(&SENTINEL_SLOT) {
-        Some(_) => inc(s.cl)?,
-        None => 2,
-    };
-    s.clear_cells();
-    s.write(&[(SENTINEL_SLOT, local_clock(cl, v, ext.tx.take_seq()))]);
-    save(ext, &inner, &t, c, pks, &before, &s)
+    helper(ext, args, DELETE, |inner, t, c, v| {
+        let pks = &args[1..];
+        let before = load(inner, t, c, pks)?;
+        let mut s = before.clone();
+        let cl = match s.expand().get(&SENTINEL_SLOT) {
+            Some(_) => inc(s.cl)?,
+            None => 2,
+        };
+        s.clear_cells();
+        s.write(&[(SENTINEL_SLOT, local_clock(cl, v, ext.tx.take_seq()))]);
+        save(ext, inner, t, c, pks, &before, &s)
+    })
 }

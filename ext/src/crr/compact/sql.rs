@@ -41,22 +41,6 @@ fn pk_eq(pks: &[Column], a: &str, b: &str) -> String {
         .join(" AND ")
 }
 
-/// `x = ?first AND …` over the primary-key columns.
-fn pk_params(pks: &[Column], first: usize) -> String {
-    pks.iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} = ?{}", quote_ident(&c.name), first + i))
-        .collect::<Vec<_>>()
-        .join(" AND ")
-}
-
-fn placeholders(n: usize, first: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// `SELECT -1 AS i UNION ALL SELECT 0 …`: the sentinel's and the
 /// columns' slots, in seq order within a run.
 pub fn slot_list(columns: usize) -> String {
@@ -157,7 +141,7 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
     sql.extra_selects = vec![cells_select];
 
     let row_cols = format!("{pk_list}, cl, db_version, site_id, seq, vers");
-    let row_values = placeholders(npk + 5, 1);
+    let row_values = schema::params(npk + 5, 1);
     let insert_vers = if cols.is_empty() {
         Run {
             db_version: 0,
@@ -179,11 +163,11 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
     let compact = Compact {
         load_row: format!(
             "SELECT cl, db_version, site_id, seq, vers FROM {rows} WHERE {}",
-            pk_params(pks, 1)
+            schema::pk_where(pks, "", 1)
         ),
         load_cells: format!(
             "SELECT col_name, col_version, db_version, site_id, seq FROM {cells} WHERE {}",
-            pk_params(pks, 1)
+            schema::pk_where(pks, "", 1)
         ),
         insert_row: format!(
             "INSERT INTO {rows} ({row_cols}) VALUES ({row_values}) ON CONFLICT DO NOTHING"
@@ -193,15 +177,15 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
              cl = excluded.cl, db_version = excluded.db_version, site_id = excluded.site_id, \
              seq = excluded.seq, vers = excluded.vers"
         ),
-        delete_row: format!("DELETE FROM {rows} WHERE {}", pk_params(pks, 1)),
+        delete_row: format!("DELETE FROM {rows} WHERE {}", schema::pk_where(pks, "", 1)),
         upsert_cell: format!(
             "INSERT OR REPLACE INTO {cells} ({pk_list}, col_name, col_version, db_version, site_id, seq) \
              VALUES ({})",
-            placeholders(npk + 5, 1)
+            schema::params(npk + 5, 1)
         ),
         delete_cell: format!(
             "DELETE FROM {cells} WHERE {} AND col_name = ?{}",
-            pk_params(pks, 1),
+            schema::pk_where(pks, "", 1),
             npk + 1
         ),
         insert_vers,
