@@ -1,0 +1,42 @@
+-- The compact CRR layout (docs/compact-layout.md): crr-layout = 'compact'
+-- makes crsql_as_crr create a row clock table (one row per key: causal
+-- length, the run's version, site and last seq, and its per-column versions
+-- packed in `vers`) and a cells table for clocks outside the run. The
+-- changes are those of the default layout. Unsupported operations refuse.
+.bail off
+.mode list
+.nullvalue NULL
+.load EXT
+SELECT crsql_config_set('crr-layout', 'compact');
+SELECT crsql_config_get('crr-layout');
+CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, a, b, c);
+SELECT crsql_as_crr('t');
+SELECT sql FROM sqlite_master WHERE name LIKE 't\_\_crsql\_%' ESCAPE '\' ORDER BY name;
+-- An insert: one row clock, no cell (its run: slots 0..2 at seqs 0..2).
+INSERT INTO t VALUES (1, 'x', 2, 3.5), (2, 'y', NULL, x'00');
+SELECT id, cl, db_version, site_id, seq, hex(vers), crsql_internal_run_width(vers),
+       crsql_internal_run_version(vers, 1), crsql_internal_run_version(vers, -1),
+       crsql_internal_run_count(vers) FROM t__crsql_rows;
+SELECT count(*) FROM t__crsql_cells;
+-- An update of one column moves its clock to the cells table.
+UPDATE t SET b = 9 WHERE id = 1;
+SELECT id, hex(vers) FROM t__crsql_rows WHERE id = 1;
+SELECT id, col_name, col_version, db_version, seq FROM t__crsql_cells;
+-- A delete: the sentinel alone, in the run; the cells go.
+DELETE FROM t WHERE id = 1;
+SELECT id, cl, db_version, seq, hex(vers) FROM t__crsql_rows WHERE id = 1;
+SELECT count(*) FROM t__crsql_cells;
+SELECT "table", hex(pk), cid, val, col_version, db_version, cl, seq FROM crsql_changes;
+-- Refused until built.
+UPDATE t SET id = 3 WHERE id = 2;
+SELECT crsql_begin_alter('t');
+INSERT INTO crsql_changes SELECT "table", pk, cid, val, col_version + 1, db_version, site_id, cl, seq FROM crsql_changes;
+SELECT crsql_internal_compact_unsupported('t', 'something');
+SELECT crsql_compact_after_insert('nope', 1);
+SELECT crsql_compact_after_update('t', 1);
+SELECT crsql_compact_after_delete('t');
+SELECT crsql_internal_run_version(x'0000', 0);
+SELECT crsql_config_set('crr-layout', 1);
+-- crsql_as_table drops the compact tables.
+SELECT crsql_as_table('t');
+SELECT name FROM sqlite_master WHERE name LIKE 't\_\_%' ESCAPE '\';
