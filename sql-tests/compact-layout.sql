@@ -29,7 +29,6 @@ SELECT count(*) FROM t__crsql_cells;
 SELECT "table", hex(pk), cid, val, col_version, db_version, cl, seq FROM crsql_changes;
 -- Refused until built.
 UPDATE t SET id = 3 WHERE id = 2;
-SELECT crsql_begin_alter('t');
 INSERT INTO crsql_changes SELECT "table", pk, cid, val, col_version + 1, db_version, site_id, cl, seq FROM crsql_changes;
 SELECT crsql_internal_compact_unsupported('t', 'something');
 SELECT crsql_compact_after_insert('nope', 1);
@@ -37,6 +36,18 @@ SELECT crsql_compact_after_update('t', 1);
 SELECT crsql_compact_after_delete('t');
 SELECT crsql_internal_run_version(x'0000', 0);
 SELECT crsql_config_set('crr-layout', 1);
+-- crsql_convert_layout keeps every clock at its position, both ways.
+SELECT crsql_convert_layout('t', 'crsqlite');
+SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 't\_\_%' ESCAPE '\' ORDER BY name;
+SELECT "table", hex(pk), cid, val, col_version, db_version, cl, seq FROM crsql_changes;
+SELECT crsql_convert_layout('t', 'compact');
+SELECT id, cl, db_version, seq, hex(vers) FROM t__crsql_rows;
+SELECT crsql_convert_layout('t', 'sideways');
+-- Alterations run on the cr-sqlite layout and convert back.
+SELECT crsql_begin_alter('t');
+ALTER TABLE t ADD COLUMN d DEFAULT 1;
+SELECT crsql_commit_alter('t');
+SELECT col_name FROM crsql_compact_slots WHERE tbl = 't' ORDER BY slot;
 -- crsql_as_table drops the compact tables.
 SELECT crsql_as_table('t');
 SELECT name FROM sqlite_master WHERE name LIKE 't\_\_%' ESCAPE '\';

@@ -52,6 +52,7 @@ const FUNCTIONS: &[(&str, i32, FunctionFlags, SqlFn)] = &[
     ("crsql_after_update", -1, I, after_update),
     ("crsql_after_delete", -1, I, after_delete),
     // crr::compact
+    ("crsql_convert_layout", 2, DO, convert_layout),
     ("crsql_compact_after_insert", -1, I, compact_after_insert),
     ("crsql_compact_after_update", -1, I, compact_after_update),
     ("crsql_compact_after_delete", -1, I, compact_after_delete),
@@ -380,6 +381,16 @@ fn after_insert(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
 fn after_update(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     local::after_update(ext, &args(ctx))?;
     Ok(Value::Integer(0))
+}
+
+fn convert_layout(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
+    const F: &str = "crsql_convert_layout";
+    compact::convert::convert_layout(
+        ext,
+        text_arg(ctx, 0, F, "the table name")?,
+        text_arg(ctx, 1, F, "the layout")?,
+    )?;
+    Ok(Value::Text("OK".into()))
 }
 
 fn compact_after_insert(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {

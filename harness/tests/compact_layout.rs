@@ -4,7 +4,8 @@
 //! the site id, which differs per database: compared as "local or not"),
 //! identical filtered reads, and identical packages read part by part from
 //! an outbound stream that splits transactions, and an exact `lag_changes`
-//! (DECISIONS D33) after every commit. Operations the layout does
+//! (DECISIONS D33) after every commit; `crsql_convert_layout` both ways
+//! changes none of it. Operations the layout does
 //! not support yet fail with an error naming the table and the operation.
 
 use crsql_stream_harness::{close, open_memory, prop_cases};
@@ -214,6 +215,18 @@ fn packages(conn: &Connection) -> Vec<Value> {
     }
 }
 
+/// With nothing acknowledged, `lag_changes` is every change.
+fn assert_lag_exact(db: &Connection, when: &str) {
+    let (lag, count): (i64, i64) = db
+        .query_row(
+            "SELECT lag_changes, (SELECT count(*) FROM crsql_changes) FROM crsql_streams WHERE name = 'out'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(lag, count, "lag_changes {when}");
+}
+
 fn run(ops: &[Op]) {
     let dbs = [open("crsqlite"), open("compact")];
     let (mut in_tx, mut savepoint) = (false, false);
@@ -234,14 +247,7 @@ fn run(ops: &[Op]) {
             assert_eq!(a, b, "crsql_changes differ after {op:?}");
             // The lag counts (D33) follow rewrites of counted versions.
             for db in &dbs {
-                let (lag, count): (i64, i64) = db
-                    .query_row(
-                        "SELECT lag_changes, (SELECT count(*) FROM crsql_changes) FROM crsql_streams WHERE name = 'out'",
-                        [],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .unwrap();
-                assert_eq!(lag, count, "lag_changes after {op:?}");
+                assert_lag_exact(db, &format!("after {op:?}"));
             }
         }
     }
@@ -272,6 +278,20 @@ fn run(ops: &[Op]) {
     }
     let [pa, pb] = [&dbs[0], &dbs[1]].map(packages);
     assert_eq!(pa, pb, "outbound packages differ");
+    // Conversions keep every clock at its position, both ways.
+    for (db, layouts) in [
+        (&dbs[0], ["compact", "crsqlite", "compact"]),
+        (&dbs[1], ["crsqlite", "compact", "crsqlite"]),
+    ] {
+        for layout in layouts {
+            for t in TABLES {
+                db.query_row("SELECT crsql_convert_layout(?1, ?2)", [t, layout], |_| Ok(()))
+                    .unwrap();
+            }
+            assert_eq!(changes(db, ""), all, "after converting to {layout}");
+            assert_lag_exact(db, "after a conversion");
+        }
+    }
     let versions: Vec<i64> = dbs
         .iter()
         .map(|d| d.query_row("SELECT crsql_db_version()", [], |r| r.get(0)).unwrap())
@@ -353,20 +373,20 @@ fn a_split_transaction_reads_the_same_in_both_layouts() {
 #[test]
 fn unsupported_operations_are_refused_with_the_table_named() {
     let db = open("compact");
-    db.execute_batch("INSERT INTO t (id, a) VALUES (1, 'x'); CREATE TABLE u (id INTEGER PRIMARY KEY NOT NULL, a); INSERT INTO u VALUES (1, 2);")
+    db.execute_batch("INSERT INTO t (id, a) VALUES (1, 'x');")
         .unwrap();
     let before = changes(&db, "");
     let cases = [
         ("UPDATE t SET id = 2 WHERE id = 1", "table t", "an UPDATE of the primary key"),
-        ("SELECT crsql_begin_alter('t')", "table t", "crsql_begin_alter"),
         (
             "INSERT INTO crsql_changes SELECT \"table\", pk, cid, val, col_version + 1, db_version, site_id, cl, seq FROM crsql_changes",
             "table t",
             "merging changes",
         ),
         ("SELECT crsql_compact()", "table ", "crsql_compact"),
-        ("SELECT crsql_as_crr('u')", "table u", "backfill"),
         ("SELECT crsql_config_set('crr-layout', 'other')", "crr-layout", "'compact' or 'crsqlite'"),
+        ("SELECT crsql_convert_layout('t', 'other')", "crsql_convert_layout", "'compact' or 'crsqlite'"),
+        ("SELECT crsql_convert_layout('nope', 'compact')", "nope", "not a CRR"),
     ];
     for (sql, table, what) in cases {
         let e = db
@@ -382,4 +402,53 @@ fn unsupported_operations_are_refused_with_the_table_named() {
         .unwrap();
     assert_eq!(layout, "compact");
     close(db);
+}
+
+/// `crsql_as_crr` over existing rows (backfill), alterations in
+/// begin/commit windows (one ended by a plain COMMIT), automigrate and
+/// `crsql_new_site_id` give
+/// a compact table the changes they give a table of the cr-sqlite layout.
+#[test]
+fn backfill_alter_and_automigrate_record_the_same_changes() {
+    let script = "
+        CREATE TABLE u (id INTEGER PRIMARY KEY NOT NULL, a, b, c);
+        INSERT INTO u VALUES (1, 'x', 2, 3), (2, 'y', 3, 4), (3, 'z', 4, 5);
+        SELECT crsql_as_crr('u');
+        UPDATE u SET b = 10 WHERE id = 2;
+        SELECT crsql_begin_alter('u');
+        ALTER TABLE u ADD COLUMN d DEFAULT 7;
+        UPDATE u SET a = 'changed in the window' WHERE id = 1;
+        DELETE FROM u WHERE id = 3;
+        SELECT crsql_commit_alter('u');
+        INSERT INTO u VALUES (4, 'after', 1, 1, 1);
+        SELECT crsql_begin_alter('u');
+        ALTER TABLE u DROP COLUMN b;
+        SELECT crsql_commit_alter('u');
+        UPDATE u SET d = 8 WHERE id = 2;
+        SELECT crsql_automigrate('CREATE TABLE IF NOT EXISTS u (id INTEGER PRIMARY KEY NOT NULL, a, c, d DEFAULT 7, e DEFAULT 0);');
+        UPDATE u SET e = 1 WHERE id = 1;
+        BEGIN; SELECT crsql_begin_alter('u'); ALTER TABLE u ADD COLUMN f; COMMIT;
+        SELECT crsql_as_crr('u');
+        UPDATE u SET f = 'f';";
+    let dbs = [open("crsqlite"), open("compact")];
+    for db in &dbs {
+        db.execute_batch(script).unwrap();
+        assert_lag_exact(db, "after the alterations");
+        // Earlier changes keep the old site id as a former one.
+        db.query_row("SELECT crsql_new_site_id()", [], |_| Ok(()))
+            .unwrap();
+        db.execute_batch("UPDATE u SET a = 'new site' WHERE id = 2;")
+            .unwrap();
+    }
+    let all = changes(&dbs[0], "");
+    assert!(all.len() > 10, "{} changes", all.len());
+    assert_eq!(all, changes(&dbs[1], ""));
+    let compact: i64 = dbs[1]
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('u__crsql_rows', 'u__crsql_cells')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(compact, 2, "u is still in the compact layout");
 }

@@ -143,7 +143,7 @@ fn check_column_names(conn: &Connection, t: &str) -> Result<()> {
 
 /// The DDL of the clock and pks tables and indexes, byte-for-byte as
 /// cr-sqlite 0.16 writes it (identifiers quoted).
-fn create_tables_sql(t: &str, pks: &[schema::Column]) -> String {
+pub(crate) fn create_tables_sql(t: &str, pks: &[schema::Column]) -> String {
     let clock = quote_ident(&format!("{t}{CLOCK_SUFFIX}"));
     let dbv_idx = quote_ident(&format!("{t}__crsql_clock_dbv_idx"));
     let pkst = quote_ident(&format!("{t}{PKS_SUFFIX}"));
@@ -169,7 +169,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS {pks_idx} ON {pkst} ({pk_list});"
     )
 }
 
-fn drop_triggers_sql(t: &str, pks: &[schema::Column]) -> String {
+pub(crate) fn drop_triggers_sql(t: &str, pks: &[schema::Column]) -> String {
     let mut sql = String::new();
     for suffix in ["__crsql_itrig", "__crsql_utrig", "__crsql_dtrig"] {
         sql.push_str(&format!(
@@ -187,7 +187,11 @@ fn drop_triggers_sql(t: &str, pks: &[schema::Column]) -> String {
     sql
 }
 
-fn create_triggers_sql(t: &str, pks: &[schema::Column], cols: &[schema::Column]) -> String {
+pub(crate) fn create_triggers_sql(
+    t: &str,
+    pks: &[schema::Column],
+    cols: &[schema::Column],
+) -> String {
     triggers_sql(t, pks, cols, "crsql_after")
 }
 
@@ -239,7 +243,7 @@ CREATE TRIGGER {dtrig}
 
 /// What happened to the rows while no trigger recorded their writes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Untracked {
+pub(crate) enum Untracked {
     /// Nothing (a new CRR): rows without clocks get them.
     Nothing,
     /// A `crsql_begin_alter` window: rows may have been inserted, deleted or
@@ -251,7 +255,12 @@ enum Untracked {
 }
 
 /// Create clock/pks tables and triggers for `t`, then backfill (§5.1, §5.3).
-fn create_crr(ext: &Ext, inner: &mut Inner, t: &str, untracked: Untracked) -> Result<()> {
+pub(crate) fn create_crr(
+    ext: &Ext,
+    inner: &mut Inner,
+    t: &str,
+    untracked: Untracked,
+) -> Result<()> {
     let (pks, cols) = schema::read_columns(&inner.conn, t)?
         .ok_or_else(|| err!("crsql_as_crr: no such table: {t}"))?;
     let conn = &inner.conn;
@@ -658,7 +667,8 @@ pub fn as_crr_in(ext: &Ext, table: &str, how: Atomic) -> Result<()> {
             // A window ended by a plain COMMIT: record what it did, as
             // crsql_commit_alter would have.
             create_crr(ext, &mut inner, table, Untracked::AlterWindow)?;
-            return drop_snapshot(&inner.conn, table);
+            drop_snapshot(&inner.conn, table)?;
+            return compact::convert::end_alter(ext, &mut inner, table);
         }
         // The base table was dropped and created again (DECISIONS D19).
         check_leftover_clocks(&inner.conn, table)?;
@@ -706,19 +716,20 @@ pub fn begin_alter(ext: &Ext, table: &str) -> Result<()> {
     if !schema::is_crr(&inner.conn, table)? {
         return Err(err!("crsql_begin_alter: {table} is not a CRR"));
     }
-    if compact::is_compact(&inner.conn, table)? {
-        return Err(compact::unsupported(table, "crsql_begin_alter"));
-    }
     let pks = schema::read_columns(&inner.conn, table)?
         .map(|(p, _)| p)
         .unwrap_or_default();
     inner.conn.execute_batch("SAVEPOINT alter_crr")?;
-    let work = take_snapshot(&inner.conn, table).and_then(|()| {
-        inner
-            .conn
-            .execute_batch(&drop_triggers_sql(table, &pks))
-            .map_err(Into::into)
-    });
+    // crr::compact: altered in the cr-sqlite layout, converted back at the end.
+    let work = compact::convert::begin_alter(ext, &mut inner, table);
+    let work = work
+        .and_then(|()| take_snapshot(&inner.conn, table))
+        .and_then(|()| {
+            inner
+                .conn
+                .execute_batch(&drop_triggers_sql(table, &pks))
+                .map_err(Into::into)
+        });
     if let Err(e) = work {
         let _ = inner
             .conn
@@ -769,6 +780,7 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
         check_compatible(&inner.conn, table)?;
         create_crr(ext, &mut inner, table, Untracked::AlterWindow)?;
         drop_snapshot(&inner.conn, table)?;
+        compact::convert::end_alter(ext, &mut inner, table)?;
         conn.execute_batch("RELEASE alter_crr").map_err(|e| {
             if crate::error::message(&e).contains("no such savepoint") {
                 err!(

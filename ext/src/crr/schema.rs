@@ -243,6 +243,17 @@ pub fn read_catalog(conn: &Connection) -> Result<Catalog> {
             }
         }
     }
+    // crr::compact: a table's metadata also depends on its layout, which
+    // crsql_convert_layout changes without touching the base table.
+    let compact: Vec<String> = cat
+        .main
+        .keys()
+        .filter_map(|n| n.strip_suffix(crate::crr::compact::ROWS_SUFFIX))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    for t in compact {
+        cat.by_lower.entry(t).or_default().push_str("compact\0");
+    }
     Ok(cat)
 }
 

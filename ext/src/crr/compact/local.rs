@@ -67,7 +67,7 @@ fn local_clock(col_version: i64, db_version: i64, seq: i64) -> Clock {
 }
 
 /// The name a slot has in `crsql_changes` and in the cells table.
-fn slot_name(t: &TableInfo, slot: i32) -> Result<&str> {
+pub(super) fn slot_name(t: &TableInfo, slot: i32) -> Result<&str> {
     if slot == SENTINEL_SLOT {
         return Ok("-1");
     }
@@ -84,7 +84,12 @@ fn slot_name(t: &TableInfo, slot: i32) -> Result<&str> {
 }
 
 /// Read the row clock and the cells of a key.
-fn load(inner: &Inner, t: &TableInfo, c: &Compact, pks: &[ValueRef<'_>]) -> Result<Stored> {
+pub(super) fn load(
+    inner: &Inner,
+    t: &TableInfo,
+    c: &Compact,
+    pks: &[ValueRef<'_>],
+) -> Result<Stored> {
     let conn = &inner.conn;
     let row = conn
         .prepare_cached(&c.load_row)?
@@ -146,7 +151,7 @@ fn load(inner: &Inner, t: &TableInfo, c: &Compact, pks: &[ValueRef<'_>]) -> Resu
 /// Write what changed from `before` to `after`, and subtract from the lag
 /// counts the clocks that left a counted version (D33): the old versions
 /// are in `before`, so this needs no read.
-fn save(
+pub(super) fn save(
     ext: &Ext,
     inner: &Inner,
     t: &TableInfo,

@@ -9,6 +9,7 @@
 //! points marked `crr::compact` in `schema.rs`, `scan.rs`, `state.rs`,
 //! `counts.rs`, `crr/mod.rs`, `streams/compact.rs` and `functions.rs`.
 
+pub mod convert;
 pub mod local;
 pub mod sql;
 
@@ -54,7 +55,7 @@ const SLOTS_DDL: &str = "CREATE TABLE IF NOT EXISTS crsql_compact_slots (
 pub fn unsupported(table: &str, op: &str) -> Error {
     err!(
         "crsql_stream: table {table} uses the compact CRR layout, which does not support {op} yet; \
-         use the default layout for it (crsql_config_set('crr-layout', 'crsqlite') before crsql_as_crr)"
+         convert it to the default layout first: SELECT crsql_convert_layout('{table}', 'crsqlite')"
     )
 }
 
@@ -169,52 +170,34 @@ fn rowid_alias(conn: &Connection, table: &str, pks: &[Column]) -> Result<bool> {
     Ok(pk_indexes == 0)
 }
 
-/// `crsql_as_crr(table)` in the compact layout: the two tables, the slot
-/// map and the triggers. Only a table with no rows (backfill is not built).
-pub fn create(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
-    let conn = &inner.conn;
-    let (pks, cols) = schema::read_columns(conn, table)?
-        .ok_or_else(|| err!("crsql_as_crr: no such table: {table}"))?;
-    if is_compact(conn, table)? {
-        return Err(unsupported(
-            table,
-            "crsql_as_crr on a table dropped and created again while it was a CRR",
-        ));
-    }
-    for c in &pks {
+/// Refuse primary-key column names the compact tables use themselves.
+fn check_names(table: &str, pks: &[Column]) -> Result<()> {
+    for c in pks {
         if RESERVED.iter().any(|r| c.name.eq_ignore_ascii_case(r)) {
             return Err(err!(
-                "crsql_as_crr: {table} has a primary key column named \"{}\", which the compact CRR layout \
+                "crsql_stream: {table} has a primary key column named \"{}\", which the compact CRR layout \
                  reserves ({}); rename it, or use the default layout (crsql_config_set('crr-layout', 'crsqlite'))",
                 c.name,
                 RESERVED.join(", ")
             ));
         }
     }
-    let has_rows = conn
-        .prepare(&format!("SELECT 1 FROM {} LIMIT 1", quote_ident(table)))?
-        .exists([])?;
-    if has_rows {
-        return Err(unsupported(
-            table,
-            "crsql_as_crr on a table that has rows (backfill)",
-        ));
-    }
+    Ok(())
+}
+
+/// The DDL of a compact CRR's two tables and its slot map (no triggers).
+fn tables_sql(conn: &Connection, table: &str, pks: &[Column], cols: &[Column]) -> Result<String> {
+    check_names(table, pks)?;
     let [rows, cells] = table_names(table).map(|n| quote_ident(&n));
-    let pk_list = schema::ident_list(&pks);
-    let pk_defs = pks
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let rows_ddl = if rowid_alias(conn, table, &pks)? {
+    let pk_list = schema::ident_list(pks);
+    let rows_ddl = if rowid_alias(conn, table, pks)? {
         format!(
-            "CREATE TABLE {rows} ({pk_defs} INTEGER PRIMARY KEY, cl INTEGER NOT NULL, db_version INTEGER, \
+            "CREATE TABLE {rows} ({pk_list} INTEGER PRIMARY KEY, cl INTEGER NOT NULL, db_version INTEGER, \
              site_id INTEGER, seq INTEGER, vers BLOB)"
         )
     } else {
         format!(
-            "CREATE TABLE {rows} ({pk_defs}, cl INTEGER NOT NULL, db_version INTEGER, site_id INTEGER, \
+            "CREATE TABLE {rows} ({pk_list}, cl INTEGER NOT NULL, db_version INTEGER, site_id INTEGER, \
              seq INTEGER, vers BLOB, PRIMARY KEY ({pk_list})) WITHOUT ROWID"
         )
     };
@@ -222,7 +205,7 @@ pub fn create(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
     let mut ddl = format!(
         "{rows_ddl};
 CREATE INDEX {} ON {rows} (db_version, seq);
-CREATE TABLE {cells} ({pk_defs}, col_name TEXT NOT NULL, col_version INTEGER NOT NULL, \
+CREATE TABLE {cells} ({pk_list}, col_name TEXT NOT NULL, col_version INTEGER NOT NULL, \
  db_version INTEGER NOT NULL, site_id INTEGER NOT NULL, seq INTEGER NOT NULL, \
  PRIMARY KEY ({pk_list}, col_name)) WITHOUT ROWID;
 CREATE INDEX {} ON {cells} (db_version, seq);
@@ -240,12 +223,37 @@ INSERT INTO crsql_compact_slots (tbl, slot, col_name) VALUES ({t}, -1, '-1');\n"
             quote_str(&c.name)
         ));
     }
-    ddl.push_str(&crate::crr::triggers_sql(
-        table,
-        &pks,
-        &cols,
-        "crsql_compact_after",
-    ));
+    Ok(ddl)
+}
+
+/// The compact layout's triggers.
+fn triggers_sql(table: &str, pks: &[Column], cols: &[Column]) -> String {
+    crate::crr::triggers_sql(table, pks, cols, "crsql_compact_after")
+}
+
+/// `crsql_as_crr(table)` in the compact layout: the two tables, the slot
+/// map and the triggers. A table with rows is made a CRR in the cr-sqlite
+/// layout first (its backfill) and then converted, keeping every position.
+pub fn create(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
+    let conn = &inner.conn;
+    let (pks, cols) = schema::read_columns(conn, table)?
+        .ok_or_else(|| err!("crsql_as_crr: no such table: {table}"))?;
+    if is_compact(conn, table)? {
+        return Err(unsupported(
+            table,
+            "crsql_as_crr on a table dropped and created again while it was a CRR",
+        ));
+    }
+    check_names(table, &pks)?;
+    let has_rows = conn
+        .prepare(&format!("SELECT 1 FROM {} LIMIT 1", quote_ident(table)))?
+        .exists([])?;
+    if has_rows {
+        crate::crr::create_crr(ext, inner, table, crate::crr::Untracked::Nothing)?;
+        return convert::to_compact(ext, inner, table);
+    }
+    let mut ddl = tables_sql(conn, table, &pks, &cols)?;
+    ddl.push_str(&triggers_sql(table, &pks, &cols));
     conn.execute_batch(&ddl)?;
     ext.invalidate_schema(inner);
     inner.refresh_tables(&ext.tx, true)?;
