@@ -272,7 +272,12 @@ impl Stored {
     /// the longest consecutive group of clocks is the run, the rest cells.
     pub fn from_clocks(clocks: &RowClocks) -> Stored {
         let mut groups: BTreeMap<(i64, i64, i64), Vec<(i32, Clock)>> = BTreeMap::new();
-        for (slot, c) in clocks {
+        // A clock at col_version 0 (a cell zeroed by a resurrection) cannot
+        // be in a run: 0 marks a slot that is not.
+        for (slot, c) in clocks
+            .iter()
+            .filter(|(slot, c)| **slot == SENTINEL_SLOT || c.col_version > 0)
+        {
             groups
                 .entry((c.db_version, c.site, c.seq - i64::from(*slot)))
                 .or_default()
@@ -364,7 +369,8 @@ mod tests {
         *seq += 1 + gap;
         *cv += 1;
         Clock {
-            col_version: *cv,
+            // Now and then a zeroed cell (col_version 0, §8.1).
+            col_version: if *cv % 7 == 0 { 0 } else { *cv },
             db_version: v,
             site,
             seq: *seq,

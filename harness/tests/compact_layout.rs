@@ -8,6 +8,7 @@
 //! changes none of it. Operations the layout does
 //! not support yet fail with an error naming the table and the operation.
 
+use crsql_stream_harness::sql::rows;
 use crsql_stream_harness::{close, open_memory, prop_cases};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
@@ -166,18 +167,13 @@ fn sql(op: &Op, in_tx: &mut bool, savepoint: &mut bool) -> Option<(String, Vec<V
 /// Every change, as `crsql_changes` gives it without ORDER BY (position
 /// order), the site id as "local or not".
 fn changes(conn: &Connection, filter: &str) -> Vec<Vec<Value>> {
-    let mut stmt = conn
-        .prepare(&format!(
+    rows(
+        conn,
+        &format!(
             "SELECT \"table\", pk, cid, val, col_version, db_version, cl, seq, \
              site_id = crsql_site_id() FROM crsql_changes {filter}"
-        ))
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| (0..9).map(|i| r.get::<_, Value>(i)).collect())
-        .unwrap()
-        .collect::<rusqlite::Result<Vec<Vec<Value>>>>()
-        .unwrap();
-    rows
+        ),
+    )
 }
 
 /// The outbound stream's packages, read one at a time from the last
@@ -378,11 +374,6 @@ fn unsupported_operations_are_refused_with_the_table_named() {
     let before = changes(&db, "");
     let cases = [
         ("UPDATE t SET id = 2 WHERE id = 1", "table t", "an UPDATE of the primary key"),
-        (
-            "INSERT INTO crsql_changes SELECT \"table\", pk, cid, val, col_version + 1, db_version, site_id, cl, seq FROM crsql_changes",
-            "table t",
-            "merging changes",
-        ),
         ("SELECT crsql_compact()", "table ", "crsql_compact"),
         ("SELECT crsql_config_set('crr-layout', 'other')", "crr-layout", "'compact' or 'crsqlite'"),
         ("SELECT crsql_convert_layout('t', 'other')", "crsql_convert_layout", "'compact' or 'crsqlite'"),
@@ -451,4 +442,167 @@ fn backfill_alter_and_automigrate_record_the_same_changes() {
         )
         .unwrap();
     assert_eq!(compact, 2, "u is still in the compact layout");
+}
+
+/// Peers of both layouts syncing through streams (packages split at 3
+/// changes, read one at a time) converge; and two observers, one of each
+/// layout, receiving the same packages in the same order, merge them into
+/// identical `crsql_changes`: merging into a compact table takes the
+/// versions, seqs and site ordinals the cr-sqlite layout takes.
+mod mixed {
+    use super::*;
+
+    pub const LAYOUTS: [&str; 3] = ["crsqlite", "compact", "compact"];
+
+    #[derive(Debug, Clone)]
+    pub enum Step {
+        Write(usize, Vec<Op>),
+        Sync(usize, usize),
+        Observe(usize),
+    }
+
+    pub fn step() -> impl Strategy<Value = Step> {
+        let data = op().prop_filter("a data write", |o| {
+            !matches!(o, Op::Begin | Op::Commit | Op::Savepoint | Op::RollbackTo)
+        });
+        prop_oneof![
+            3 => (0..LAYOUTS.len(), prop::collection::vec(data, 1..5)).prop_map(|(p, o)| Step::Write(p, o)),
+            2 => (0..LAYOUTS.len(), 0..LAYOUTS.len()).prop_map(|(a, b)| Step::Sync(a, b)),
+            1 => (0..LAYOUTS.len()).prop_map(Step::Observe),
+        ]
+    }
+
+    fn site(db: &Connection) -> String {
+        db.query_row("SELECT hex(crsql_site_id())", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Move every package of `out` on `from` after its last_sent to the
+    /// inbound streams `inb` of `to` (each in turn), acknowledging them.
+    fn send(from: &Connection, out: &str, to: &[&Connection], inb: &str) {
+        loop {
+            let next: Option<(Vec<u8>, String)> = from
+                .query_row(
+                    &format!("SELECT package, cursor FROM {out} LIMIT 1"),
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .ok();
+            let Some((package, cursor)) = next else {
+                return;
+            };
+            for db in to {
+                db.execute(&format!("INSERT INTO {inb} (package) VALUES (?1)"), [&package])
+                    .unwrap_or_else(|e| panic!("applying to {inb}: {e}"));
+            }
+            from.execute(&format!("INSERT INTO {out} (last_sent) VALUES (?1)"), [&cursor])
+                .unwrap();
+        }
+    }
+
+    pub fn run(steps: &[Step]) {
+        let peers: Vec<Connection> = LAYOUTS.iter().map(|l| open(l)).collect();
+        let observers = [open("crsqlite"), open("compact")];
+        let sites: Vec<String> = peers.iter().map(site).collect();
+        for (i, p) in peers.iter().enumerate() {
+            for (j, site_j) in sites.iter().enumerate() {
+                if i != j {
+                    p.execute_batch(&format!(
+                        "CREATE VIRTUAL TABLE to_{j} USING crsql_OutboundStream(exclude_sites = '{site_j}', max_changes = 3);
+                         CREATE VIRTUAL TABLE from_{j} USING crsql_InboundStream(from = '{site_j}');"
+                    ))
+                    .unwrap();
+                }
+            }
+            p.execute_batch("CREATE VIRTUAL TABLE to_obs USING crsql_OutboundStream(max_changes = 3);")
+                .unwrap();
+            for o in &observers {
+                o.execute_batch(&format!(
+                    "CREATE VIRTUAL TABLE from_{i} USING crsql_InboundStream(from = '{}');",
+                    sites[i]
+                ))
+                .unwrap();
+            }
+        }
+        let obs: Vec<&Connection> = observers.iter().collect();
+        let sync = |a: usize, b: usize| {
+            if a != b {
+                send(&peers[a], &format!("to_{b}"), &[&peers[b]], &format!("from_{a}"));
+            }
+        };
+        for step in steps {
+            match step {
+                Step::Write(p, ops) => {
+                    let db = &peers[*p];
+                    db.execute_batch("BEGIN").unwrap();
+                    let (mut in_tx, mut sp) = (true, false);
+                    for op in ops {
+                        if let Some((sql, params)) = sql(op, &mut in_tx, &mut sp) {
+                            db.execute(&sql, rusqlite::params_from_iter(&params))
+                                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                        }
+                    }
+                    db.execute_batch("COMMIT").unwrap();
+                }
+                Step::Sync(a, b) => sync(*a, *b),
+                Step::Observe(p) => send(&peers[*p], "to_obs", &obs, &format!("from_{p}")),
+            }
+        }
+        // Everything everywhere: two rounds carry changes over two hops.
+        for _ in 0..2 {
+            for a in 0..peers.len() {
+                for b in 0..peers.len() {
+                    sync(a, b);
+                }
+            }
+        }
+        for (p, db) in peers.iter().enumerate() {
+            send(db, "to_obs", &obs, &format!("from_{p}"));
+        }
+        let dump = |db: &Connection| -> Vec<Vec<Value>> {
+            TABLES
+                .iter()
+                .flat_map(|t| rows(db, &format!("SELECT * FROM {t} ORDER BY 1, 2")))
+                .collect()
+        };
+        let want = dump(&peers[0]);
+        for (i, db) in peers.iter().chain(&observers).enumerate() {
+            assert_eq!(dump(db), want, "database {i} did not converge");
+            assert_lag_exact_for(db, "to_obs", &format!("database {i}"));
+        }
+        let q = "SELECT \"table\", pk, cid, val, col_version, db_version, cl, seq, site_id FROM crsql_changes";
+        let [a, b] = [&observers[0], &observers[1]].map(|db| rows(db, q));
+        assert_eq!(a, b, "the observers' crsql_changes differ");
+    }
+
+    fn assert_lag_exact_for(db: &Connection, stream: &str, who: &str) {
+        let exists: bool = db
+            .query_row("SELECT count(*) FROM crsql_streams WHERE name = ?1", [stream], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap()
+            > 0;
+        if !exists {
+            return;
+        }
+        let (lag, after): (i64, i64) = db
+            .query_row(
+                "SELECT lag_changes, (SELECT count(*) FROM crsql_changes WHERE db_version > p ->> 0 \
+                 OR (db_version = p ->> 0 AND seq > p ->> 1)) FROM crsql_streams, \
+                 (SELECT last_sent AS p FROM crsql_streams WHERE name = ?1) WHERE name = ?1",
+                [stream],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(lag, after, "lag_changes of {stream} on {who}");
+    }
+}
+
+proptest! {
+    #![proptest_config(config(25))]
+
+    #[test]
+    fn peers_of_both_layouts_converge_and_merge_alike(steps in prop::collection::vec(mixed::step(), 1..40)) {
+        mixed::run(&steps);
+    }
 }

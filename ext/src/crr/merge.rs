@@ -18,6 +18,9 @@
 //! reads. In a package merge ([`Merger::in_one_statement`]) the inserts of
 //! new rows wait longer and go several rows per statement.
 
+// crr::compact: the merger's row read and write for compact CRRs.
+mod compact;
+
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -273,6 +276,8 @@ struct Row<'a> {
     /// waiting write: restored when the base-table write is refused, so
     /// that (as one by one) a refused change takes no version or seq.
     undo: (i64, i64),
+    /// crr::compact: the row's clocks as stored (a compact CRR's row).
+    compact: Option<crsql_stream_core::rowclock::Stored>,
 }
 
 impl Row<'_> {
@@ -430,12 +435,16 @@ impl<'i, 'a> Merger<'i, 'a> {
             new_sites: Vec::new(),
             impacted: 0,
             undo: (-1, 0),
+            compact: None,
             pks,
             t,
         };
         let conn = &self.inner.conn;
         let binds = || params_from_iter(row.pks.iter().map(|v| out(*v)));
-        if n <= EAGER_COLUMNS {
+        if row.t.compact.is_some() {
+            // crr::compact: every clock of the row in one read.
+            compact::load(self.inner, &mut row)?;
+        } else if n <= EAGER_COLUMNS {
             let mut stmt = conn.prepare_cached(&row.t.sql.row_clocks)?;
             let mut rows = stmt.query(binds())?;
             let (mut sentinel_cl, mut any) = (None, false);
@@ -848,6 +857,10 @@ fn write_row<'a>(
     row: &mut Row<'a>,
 ) -> std::result::Result<(), (Error, bool)> {
     write_base(ext, inner, row).map_err(|e| (e, true))?;
+    if row.t.compact.is_some() {
+        // crr::compact: the row clock and cells, departures included.
+        return compact::write_clocks(ext, inner, sites, row).map_err(|e| (e, false));
+    }
     // What the clock writes move away from the counted versions
     // (`crr::counts`): a row new to the clocks has nothing there.
     let mut clocks = || -> Result<()> {

@@ -7,7 +7,7 @@
 use rusqlite::params;
 use rusqlite::types::{Value, ValueRef};
 
-use crsql_stream_core::rowclock::{Clock, RowClocks, Stored, SENTINEL_SLOT};
+use crsql_stream_core::rowclock::{RowClocks, Stored, SENTINEL_SLOT};
 
 use super::{local, sql, table_names, tables_sql, triggers_sql, unsupported};
 use crate::crr::schema::{self, quote_ident, TableInfo, CLOCK_SUFFIX, PKS_SUFFIX};
@@ -110,15 +110,7 @@ pub fn to_compact(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
             })?
         };
         if let Some((_, _, clocks)) = &mut row {
-            clocks.insert(
-                slot,
-                Clock {
-                    col_version: r.get(2)?,
-                    db_version: r.get(3)?,
-                    site: r.get(4)?,
-                    seq: r.get(5)?,
-                },
-            );
+            clocks.insert(slot, local::clock_at(r, 2)?);
         }
     }
     flush(&row)?;

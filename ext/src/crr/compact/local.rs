@@ -83,8 +83,19 @@ pub(super) fn slot_name(t: &TableInfo, slot: i32) -> Result<&str> {
         })
 }
 
+/// A clock from columns col_version, db_version, site_id, seq of `r`, from
+/// column `first` on.
+pub(super) fn clock_at(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Clock> {
+    Ok(Clock {
+        col_version: r.get(first)?,
+        db_version: r.get(first + 1)?,
+        site: r.get(first + 2)?,
+        seq: r.get(first + 3)?,
+    })
+}
+
 /// Read the row clock and the cells of a key.
-pub(super) fn load(
+pub(crate) fn load(
     inner: &Inner,
     t: &TableInfo,
     c: &Compact,
@@ -135,15 +146,7 @@ pub(super) fn load(
                 )
             })?
         };
-        cells.insert(
-            slot,
-            Clock {
-                col_version: r.get(1)?,
-                db_version: r.get(2)?,
-                site: r.get(3)?,
-                seq: r.get(4)?,
-            },
-        );
+        cells.insert(slot, clock_at(r, 1)?);
     }
     Ok(Stored { cl, run, cells })
 }
@@ -151,7 +154,7 @@ pub(super) fn load(
 /// Write what changed from `before` to `after`, and subtract from the lag
 /// counts the clocks that left a counted version (D33): the old versions
 /// are in `before`, so this needs no read.
-pub(super) fn save(
+pub(crate) fn save(
     ext: &Ext,
     inner: &Inner,
     t: &TableInfo,
