@@ -13,7 +13,7 @@ use crsql_stream_core::merge::MAX_CLOCK;
 use crsql_stream_core::pack::pack_columns;
 use crsql_stream_core::rowclock::{Clock, RowClocks, Run, Stored, SENTINEL_SLOT};
 
-use super::{unsupported, Compact};
+use super::Compact;
 use crate::crr::local::{clock_limit, trigger_table};
 use crate::crr::schema::TableInfo;
 use crate::crr::values::{compare, out, to_core};
@@ -340,7 +340,14 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
             .zip(old_pks)
             .any(|(a, b)| compare(*a, *b).is_ne())
         {
-            return Err(unsupported(&t.name, "an UPDATE of the primary key"));
+            let changed: Vec<bool> = (0..nc)
+                .map(|i| compare(new_cols[i], old_cols[i]).is_ne())
+                .collect();
+            let keys = Keys {
+                old: old_pks,
+                new: new_pks,
+            };
+            return move_row(ext, inner, t, c, v, keys, &changed);
         }
         let before = load(inner, t, c, new_pks)?;
         let mut s = before.clone();
@@ -376,4 +383,114 @@ pub fn after_delete(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         s.write(&[(SENTINEL_SLOT, local_clock(cl, v, ext.tx.take_seq()))]);
         save(ext, inner, t, c, pks, &before, &s)
     })
+}
+
+/// The primary key of a row before and after an UPDATE.
+struct Keys<'p, 'v> {
+    old: &'p [ValueRef<'v>],
+    new: &'p [ValueRef<'v>],
+}
+
+/// Clocks written one after the other, each seeing the ones before (a
+/// later write of a slot replaces an earlier one, as a clock row is
+/// overwritten); [`Pending::into_writes`] gives the last of each slot.
+struct Pending {
+    state: RowClocks,
+    writes: Vec<(i32, Clock)>,
+}
+
+impl Pending {
+    fn new(s: &Stored) -> Pending {
+        Pending {
+            state: s.expand(),
+            writes: Vec::new(),
+        }
+    }
+
+    fn put(&mut self, slot: i32, clock: Clock) {
+        self.state.insert(slot, clock);
+        self.writes.push((slot, clock));
+    }
+
+    fn into_writes(self) -> Vec<(i32, Clock)> {
+        let mut last: std::collections::BTreeMap<i32, Clock> = std::collections::BTreeMap::new();
+        for (slot, clock) in self.writes {
+            last.insert(slot, clock);
+        }
+        last.into_iter().collect()
+    }
+}
+
+/// An UPDATE of the primary key (`crr::local::after_update`, §6.2 and
+/// DECISIONS D13): the old key is deleted; its cells move to the new key at
+/// this version, fresh seqs and the local site, in column-name order; the
+/// new key is created or resurrected; every other column gets a clock there.
+/// The same clocks at the same positions as the cr-sqlite layout writes.
+fn move_row(
+    ext: &Ext,
+    inner: &mut Inner,
+    t: &TableInfo,
+    c: &Compact,
+    v: i64,
+    keys: Keys<'_, '_>,
+    changed: &[bool],
+) -> Result<()> {
+    let new_before = load(inner, t, c, keys.new)?;
+    let old_before = load(inner, t, c, keys.old)?;
+    let mut n = new_before.clone();
+    let mut o = old_before.clone();
+    let new_existed = !n.is_empty();
+    if !new_existed {
+        revive(ext, inner, t, keys.new, v, &mut n)?;
+    }
+    let take = |cv: i64| local_clock(cv, v, ext.tx.take_seq());
+    // `UPDATE OR REPLACE` may have deleted a live row at the new key
+    // without a trigger: recorded now (DECISIONS D17).
+    if new_existed && n.cl % 2 == 1 {
+        let cl = match n.expand().get(&SENTINEL_SLOT) {
+            Some(_) => inc(n.cl)?,
+            None => 2,
+        };
+        n.clear_cells();
+        n.write(&[(SENTINEL_SLOT, take(cl))]);
+    }
+    let old_state = o.expand();
+    let cl = match old_state.get(&SENTINEL_SLOT) {
+        Some(_) => inc(o.cl)?,
+        None => 2,
+    };
+    o.clear_cells();
+    o.write(&[(SENTINEL_SLOT, take(cl))]);
+    let mut moved: Vec<(&str, i32, i64)> = old_state
+        .iter()
+        .filter(|(slot, _)| **slot != SENTINEL_SLOT)
+        .map(|(slot, clock)| Ok((slot_name(t, *slot)?, *slot, clock.col_version)))
+        .collect::<Result<_>>()?;
+    moved.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut p = Pending::new(&n);
+    for (_, slot, cv) in &moved {
+        p.put(*slot, take(*cv));
+    }
+    let cl = match p.state.get(&SENTINEL_SLOT) {
+        Some(_) => bump_cl(n.cl)?,
+        None => 1,
+    };
+    p.put(SENTINEL_SLOT, take(cl));
+    for (i, was_changed) in changed.iter().enumerate() {
+        let slot = i as i32;
+        if !was_changed && !moved.iter().any(|m| m.1 == slot) {
+            let cv = next_cv(&p.state, slot)?;
+            p.put(slot, take(cv));
+        }
+    }
+    for (i, was_changed) in changed.iter().enumerate() {
+        if *was_changed {
+            let slot = i as i32;
+            let cv = next_cv(&p.state, slot)?;
+            p.put(slot, take(cv));
+        }
+    }
+    n.write(&p.into_writes());
+    save(ext, inner, t, c, keys.old, &old_before, &o)?;
+    save(ext, inner, t, c, keys.new, &new_before, &n)
 }
