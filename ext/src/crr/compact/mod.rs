@@ -16,7 +16,7 @@ pub mod sql;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension};
 
-use crsql_stream_core::rowclock::{Run, SENTINEL_SLOT};
+use crsql_stream_core::rowclock::{Run, Stored, SENTINEL_SLOT};
 
 use crate::crr::schema::{self, quote_ident, quote_str, Column, TableInfo};
 use crate::err;
@@ -57,19 +57,6 @@ pub fn unsupported(table: &str, op: &str) -> Error {
         "crsql_stream: table {table} uses the compact CRR layout, which does not support {op} yet; \
          convert it to the default layout first: SELECT crsql_convert_layout('{table}', 'crsqlite')"
     )
-}
-
-/// Refuse `op` on `t` if it is a compact CRR.
-pub fn refuse(t: &TableInfo, op: &str) -> Result<()> {
-    match t.compact {
-        Some(_) => Err(unsupported(&t.name, op)),
-        None => Ok(()),
-    }
-}
-
-/// Refuse `op` if any CRR is compact.
-pub fn refuse_any(inner: &Inner, op: &str) -> Result<()> {
-    inner.tables().iter().try_for_each(|t| refuse(t, op))
 }
 
 /// What the rest of the extension needs of a compact CRR.
@@ -411,4 +398,70 @@ pub fn sql_unsupported(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
         _ => String::new(),
     };
     Err(unsupported(&text(0), &text(1)))
+}
+
+/// `crsql_compact` on a compact CRR (DECISIONS D22): every row clock that
+/// holds only the sentinel of a delete at or below `limit` and below
+/// version `below` becomes a `crsql_tombstones` record, and goes (with its
+/// lag counts). Returns the row-clock and cells rows removed.
+pub fn compact_table(
+    ext: &Ext,
+    inner: &Inner,
+    t: &TableInfo,
+    limit: crsql_stream_core::Position,
+    below: i64,
+) -> Result<i64> {
+    let c = t
+        .compact
+        .as_ref()
+        .ok_or_else(|| err!("crsql_compact: {} is not a compact CRR", t.name))?;
+    let [rows, _] = table_names(&t.name).map(|n| quote_ident(&n));
+    let dead: Vec<Vec<Value>> = {
+        let mut stmt = inner.conn.prepare(&format!(
+            "SELECT {} FROM {rows} WHERE cl % 2 = 0",
+            schema::ident_list(&t.pks)
+        ))?;
+        let n = t.pks.len();
+        let found = stmt
+            .query_map([], |r| (0..n).map(|i| r.get(i)).collect())?
+            .collect::<rusqlite::Result<_>>()?;
+        found
+    };
+    let mut removed = 0;
+    for pks in &dead {
+        let pks: Vec<ValueRef<'_>> = pks.iter().map(ValueRef::from).collect();
+        let before = local::load(inner, t, c, &pks)?;
+        let clocks = before.expand();
+        let Some(s) = clocks.get(&SENTINEL_SLOT).filter(|_| clocks.len() == 1) else {
+            continue;
+        };
+        let at = crsql_stream_core::Position::new(s.db_version, s.seq);
+        if s.db_version >= below || at > limit {
+            continue;
+        }
+        let packed = crsql_stream_core::pack::pack_columns(
+            pks.iter().map(|v| crate::crr::values::to_core(*v)),
+        )
+        .map_err(|source| Error::Pack {
+            context: format!("packing a primary key of {}", t.name),
+            source,
+        })?;
+        inner
+            .conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO crsql_tombstones (tbl, pk, cl, db_version, seq, site_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(rusqlite::params![
+                t.name,
+                packed,
+                s.col_version,
+                s.db_version,
+                s.seq,
+                s.site
+            ])?;
+        removed += 1 + before.cells.len() as i64;
+        local::save(ext, inner, t, c, &pks, &before, &Stored::default())?;
+    }
+    Ok(removed)
 }
