@@ -246,6 +246,10 @@ impl Scan {
     }
 }
 
+/// A scan's condition for the changes after `[?1, ?2]` through version ?3.
+const AFTER_START: &str =
+    " WHERE c.db_version >= ?1 AND (c.db_version > ?1 OR c.seq > ?2) AND c.db_version <= ?3";
+
 /// The statements of a table's changes: `changes_select`, then
 /// `extra_selects` (`crr::compact`).
 fn selects(t: &TableInfo) -> impl Iterator<Item = &String> {
@@ -395,15 +399,15 @@ impl Scanner {
             let where_sql = if memo.is_some() {
                 " WHERE c.db_version > ?1 AND c.db_version <= ?3"
             } else {
-                " WHERE c.db_version >= ?1 AND (c.db_version > ?1 OR c.seq > ?2) AND c.db_version <= ?3"
+                AFTER_START
             };
             let stmt = Scanner::prepare(db, &t.sql.changes_select, where_sql, &binds)?;
             let mut scan = Scan::new(t, memo, stmt);
             scan.after = Some((dv, start.seq));
             s.scans.push(scan);
             for select in &t.sql.extra_selects {
-                let where_sql = " WHERE c.db_version >= ?1 AND (c.db_version > ?1 OR c.seq > ?2) AND c.db_version <= ?3";
-                let mut scan = Scan::new(t, None, Scanner::prepare(db, select, where_sql, &binds)?);
+                let stmt = Scanner::prepare(db, select, AFTER_START, &binds)?;
+                let mut scan = Scan::new(t, None, stmt);
                 scan.after = Some((dv, start.seq));
                 s.scans.push(scan);
             }
