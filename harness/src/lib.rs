@@ -29,6 +29,15 @@ pub fn load(conn: &Connection) -> rusqlite::Result<()> {
         let _guard = rusqlite::LoadExtensionGuard::new(conn)?;
         conn.load_extension(&path, None::<&str>)?;
     }
+    // `CRSQL_TEST_LAYOUT=compact` runs a suite on the compact CRR layout
+    // (docs/compact-layout.md): the CRRs it creates take that layout.
+    if let Ok(layout) = std::env::var("CRSQL_TEST_LAYOUT") {
+        conn.query_row(
+            "SELECT crsql_config_set('crr-layout', ?1)",
+            [layout],
+            |_| Ok(()),
+        )?;
+    }
     Ok(())
 }
 
