@@ -655,6 +655,82 @@ fn a_commit_that_fails_busy_and_a_transaction_that_writes_on_are_counted_once() 
     assert_eq!(lag, 5);
 }
 
+/// Clock rows another writer added without counting them (cr-sqlite on
+/// the same file, say) are counted by the next COMMIT with their own sites
+/// and seqs, also when that COMMIT's own transaction wrote only local rows
+/// (whose count takes the `db_version` index alone).
+#[test]
+fn rows_another_writer_left_uncounted_are_counted_with_their_site_by_a_local_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("foreign.db");
+    let a = open(&path);
+    a.execute_batch(SCHEMA).unwrap();
+    let other = [7u8; 16];
+    a.execute_batch(&format!(
+        "CREATE VIRTUAL TABLE s_all USING crsql_OutboundStream();
+         CREATE VIRTUAL TABLE s_ex USING crsql_OutboundStream(exclude_sites = '{}');
+         INSERT INTO t1 VALUES (1, 'x', 'y');",
+        hex(&other)
+    ))
+    .unwrap();
+    // The other writer: a key and two cells of another site, above every
+    // version, with seqs above anything A hands out next.
+    let raw = Connection::open(&path).unwrap();
+    raw.execute_batch(&format!(
+        "BEGIN;
+         INSERT INTO crsql_site_id (site_id) VALUES (x'{}');
+         INSERT INTO t1__crsql_pks (id) VALUES (50);
+         INSERT INTO t1__crsql_clock (key, col_name, col_version, db_version, site_id, seq)
+           SELECT (SELECT __crsql_key FROM t1__crsql_pks WHERE id = 50), c, 1,
+                  (SELECT max(db_version) + 1 FROM t1__crsql_clock),
+                  (SELECT ordinal FROM crsql_site_id WHERE site_id = x'{}'), 40 + n
+           FROM (SELECT 'a' AS c, 0 AS n UNION ALL SELECT 'b', 1);
+         COMMIT;",
+        hex(&other),
+        hex(&other)
+    ))
+    .unwrap();
+    drop(raw);
+    a.execute_batch("INSERT INTO t1 VALUES (2, 'x', 'y')")
+        .unwrap();
+    let lag = |name: &str| -> i64 {
+        a.query_row(
+            "SELECT lag_changes FROM crsql_streams WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let count = |filter: &str| -> i64 {
+        a.query_row(
+            &format!("SELECT count(*) FROM crsql_changes {filter}"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(count(""), 6);
+    assert_eq!(lag("s_all"), 6);
+    let theirs = format!("WHERE site_id != x'{}'", hex(&other));
+    assert_eq!(count(&theirs), 4);
+    assert_eq!(lag("s_ex"), 4, "the other site's two cells are not A's");
+    // Acknowledged up to the first of the other writer's cells: the one
+    // after it (seq 41) and A's newer row remain.
+    let v: i64 = a
+        .query_row(
+            "SELECT max(db_version) FROM t1__crsql_clock WHERE seq = 40",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    a.execute(
+        "INSERT INTO s_all(last_sent) VALUES (?1)",
+        [format!("[{v},40]")],
+    )
+    .unwrap();
+    assert_eq!(lag("s_all"), 3);
+}
+
 /// An inbound stream's `lag_changes` is what it received and has not
 /// applied: the staged parts of a split transaction, 0 once the last part
 /// merges them.

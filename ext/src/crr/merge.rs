@@ -342,6 +342,8 @@ const INSERT_ROWS: usize = 32;
 impl<'i, 'a> Merger<'i, 'a> {
     pub fn new(ext: &'i Ext, inner: &'i mut Inner) -> Result<Merger<'i, 'a>> {
         inner.sync(&ext.tx)?;
+        // Merged clock rows carry other sites: the COMMIT counts in full.
+        ext.tx.local_only.store(false, Relaxed);
         let pending = ext.tx.pending();
         let committed = if pending < 0 {
             inner.db_version(&ext.tx)?
