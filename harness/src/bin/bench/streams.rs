@@ -10,7 +10,7 @@ use super::Options;
 
 /// Changes per transaction in the backlog (333 rows x 3 columns).
 const ROWS_PER_TX: usize = 333;
-const MAX_CHANGES: usize = 1000;
+pub const MAX_CHANGES: usize = 1000;
 const TARGET_PACK_RATE: f64 = 2_000_000.0;
 const TARGET_APPLY_RATE: f64 = 1_000_000.0;
 const TARGET_MEMORY_MIB: f64 = 64.0;
@@ -27,7 +27,7 @@ pub fn backlog(path: &Path, rows: usize, pragmas: &[String]) -> BoxResult<Connec
 
 /// Stream every package of a fresh outbound table; returns (packages,
 /// changes, bytes) and keeps the packages when `keep` is set.
-fn stream_all(
+pub fn stream_all(
     conn: &Connection,
     name: &str,
     encoding: &str,
