@@ -256,7 +256,10 @@ fn crr_phases(
     let (packages, streamed, apply) = phase(memory, "pack + apply via the streams", || {
         stream_into(src, &applied)
     })?;
-    for (what, n) in [("outbound stream packed", packed), ("streams carried", streamed)] {
+    for (what, n) in [
+        ("outbound stream packed", packed),
+        ("streams carried", streamed),
+    ] {
         if n != changes {
             return Err(format!("the {what} {n} changes, crsql_changes has {changes}").into());
         }
@@ -403,7 +406,10 @@ fn layout_cells(f: Figure, layout: &str, c: &Column, plain: &Column, time: Clock
     let rate = |t: Timing, min: Option<f64>| {
         let r = x.changes as f64 / secs(t).max(1e-9);
         let (target, ok) = min.map_or(("-".into(), String::new()), |m| {
-            (format!(">= {}", grouped(m as u64)), verdict(r >= m).to_string())
+            (
+                format!(">= {}", grouped(m as u64)),
+                verdict(r >= m).to_string(),
+            )
         });
         [grouped(r as u64), "-".into(), target, ok]
     };
@@ -544,7 +550,10 @@ pub fn run(opts: &Options) -> BoxResult<()> {
             took.as_secs_f64()
         );
         println!("this thread's CPU time (excludes waiting for a CPU on a busy machine); issue 12's targets:");
-        print!("{}", table(&plain, &layouts, Timing::cpu_or_wall, true).render());
+        print!(
+            "{}",
+            table(&plain, &layouts, Timing::cpu_or_wall, true).render()
+        );
         println!("wall-clock time:");
         print!("{}", table(&plain, &layouts, |t| t.wall, false).render());
         print!("{}", memory_table(&plain, &layouts).render());
@@ -566,9 +575,9 @@ pub fn run(opts: &Options) -> BoxResult<()> {
                         );
                     }
                 }
-                Err(why) => println!(
-                    "{l}: n/a: crsql_config_set('crr-layout', '{l}') failed: {why}"
-                ),
+                Err(why) => {
+                    println!("{l}: n/a: crsql_config_set('crr-layout', '{l}') failed: {why}")
+                }
             }
         }
     }

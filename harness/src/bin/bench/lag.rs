@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use rusqlite::Connection;
 
-use super::streams::{backlog, median_micros};
 use super::common::*;
+use super::streams::{backlog, median_micros};
 use super::Options;
 
 const TARGET_MICROS: f64 = 5000.0;
@@ -26,9 +26,7 @@ fn lag_of(conn: &Connection, name: &str) -> BoxResult<(i64, f64, f64)> {
 
 fn report(what: &str, (lag, first, micros): (i64, f64, f64), expected: i64) -> BoxResult<()> {
     if lag != expected {
-        return Err(
-            format!("{what}: lag_changes is {lag}, crsql_changes has {expected}").into(),
-        );
+        return Err(format!("{what}: lag_changes is {lag}, crsql_changes has {expected}").into());
     }
     println!(
         "  {what:<54} {:>9} changes  {:>8.3} ms (first {:>8.3} ms)  {}",
@@ -93,9 +91,7 @@ pub fn run(opts: &Options) -> BoxResult<()> {
     // the median is what the following polls and parts cost.
     let mut one = open_crr(&dir.path().join("one.db"), &opts.pragmas)?;
     insert_rows(&mut one, &make_rows(rows))?;
-    one.execute_batch(
-        "CREATE VIRTUAL TABLE to_d USING crsql_OutboundStream(max_changes = 1000)",
-    )?;
+    one.execute_batch("CREATE VIRTUAL TABLE to_d USING crsql_OutboundStream(max_changes = 1000)")?;
     let cursor: String = one.query_row("SELECT cursor FROM to_d LIMIT 1", [], |r| r.get(0))?;
     one.execute("INSERT INTO to_d(last_sent) VALUES (?1)", [&cursor])?;
     let total = count(&one, "SELECT count(*) FROM crsql_changes")?;

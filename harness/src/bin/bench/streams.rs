@@ -209,9 +209,7 @@ pub fn run(opts: &Options) -> BoxResult<()> {
     match tables_equal(&src, &dst)? {
         Ok(_) => {}
         Err(why) => {
-            return Err(
-                format!("receiver differs from the sender after applying: {why}").into(),
-            )
+            return Err(format!("receiver differs from the sender after applying: {why}").into())
         }
     }
     // 4. LIMIT 1 on this backlog and on a small one.
