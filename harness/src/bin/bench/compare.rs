@@ -478,7 +478,7 @@ fn table(
 
 /// Peak RSS growth of each phase, per column.
 fn memory_table(plain: &Column, layouts: &[(&str, Result<Column, String>)]) -> Table {
-    let mut head = vec!["peak RSS growth".to_string(), "plain".to_string()];
+    let mut head = vec!["phase".to_string(), "plain".to_string()];
     head.extend(layouts.iter().map(|(l, _)| l.to_string()));
     let mut t = Table::new(head);
     let kib = |c: &Column, phase: &str| {
@@ -530,6 +530,7 @@ pub fn run(opts: &Options) -> BoxResult<()> {
     );
     for &n in &opts.rows {
         let dir = tempfile::tempdir()?;
+        let rss = status_kib("VmRSS:");
         let (plain, wall) = timed(|| Ok(measure(dir.path(), n, None, &opts.pragmas)??))?;
         let mut took = wall.wall;
         let mut layouts = Vec::new();
@@ -556,6 +557,10 @@ pub fn run(opts: &Options) -> BoxResult<()> {
         );
         println!("wall-clock time:");
         print!("{}", table(&plain, &layouts, |t| t.wall, false).render());
+        println!(
+            "peak RSS growth: the peak above the RSS at each phase's start (RSS before this table: {})",
+            rss.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+        );
         print!("{}", memory_table(&plain, &layouts).render());
         for (l, col) in &layouts {
             match col {

@@ -138,6 +138,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let start = std::time::Instant::now();
     let result = (|| -> BoxResult<()> {
         let part = |name: &str| opts.only.is_none() || opts.only.as_deref() == Some(name);
         if part("crr") {
@@ -152,6 +153,8 @@ fn main() -> ExitCode {
         if part("lag") {
             lag::run(&opts)?;
         }
+        println!();
+        println!("bench: done in {:.0} s", start.elapsed().as_secs_f64());
         Ok(())
     })();
     match result {
