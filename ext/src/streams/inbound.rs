@@ -367,7 +367,7 @@ const MERGE_STAGED_PARTS: &str = "INSERT INTO crsql_internal_merge (package) \
      SELECT s.package FROM crsql_stream_staging AS s WHERE s.name = ?1 ORDER BY s.part";
 
 /// Staged parts up to this many bytes in all are merged from memory.
-const MERGE_FROM_MEMORY_MAX: i64 = 32 << 20;
+const MERGE_FROM_MEMORY_MAX: i64 = 4 << 20;
 
 /// Merge every staged part of `name` in part order, in one statement, then
 /// clear them. Parts up to [`MERGE_FROM_MEMORY_MAX`] bytes in all are read
