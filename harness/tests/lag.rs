@@ -731,6 +731,64 @@ fn rows_another_writer_left_uncounted_are_counted_with_their_site_by_a_local_com
     assert_eq!(lag("s_all"), 3);
 }
 
+/// A package merged through an inbound stream (the batch merge) into rows
+/// whose clocks are counted moves those cells to a new version: what left
+/// the old versions is subtracted, as for a local write.
+#[test]
+fn a_package_merged_over_counted_rows_moves_their_counts() {
+    let (a, b) = (open_memory(), open_memory());
+    for c in [&a, &b] {
+        c.execute_batch(SCHEMA).unwrap();
+    }
+    let packages = |from: &Connection, stream: &str| -> Vec<Vec<u8>> {
+        from.prepare(&format!("SELECT package FROM {stream}"))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    a.execute_batch(
+        "CREATE VIRTUAL TABLE s_all USING crsql_OutboundStream();
+         CREATE VIRTUAL TABLE to_b USING crsql_OutboundStream();
+         CREATE VIRTUAL TABLE from_b USING crsql_InboundStream();",
+    )
+    .unwrap();
+    b.execute_batch(
+        "CREATE VIRTUAL TABLE to_a USING crsql_OutboundStream();
+         CREATE VIRTUAL TABLE from_a USING crsql_InboundStream();",
+    )
+    .unwrap();
+    for i in 1..=6 {
+        a.execute("INSERT INTO t1 VALUES (?1, 'x', 'y')", [i])
+            .unwrap();
+    }
+    for p in packages(&a, "to_b") {
+        b.execute("INSERT INTO from_a(package) VALUES (?1)", [p])
+            .unwrap();
+    }
+    // B rewrites one column of every row; A merges that in one package.
+    b.execute_batch("UPDATE t1 SET a = 'z'").unwrap();
+    let back = packages(&b, "to_a");
+    assert!(!back.is_empty());
+    for p in back {
+        a.execute("INSERT INTO from_b(package) VALUES (?1)", [p])
+            .unwrap();
+    }
+    let (lag, changes): (i64, i64) = a
+        .query_row(
+            "SELECT lag_changes, (SELECT count(*) FROM crsql_changes) FROM crsql_streams WHERE name = 's_all'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(changes, 12);
+    assert_eq!(
+        lag, changes,
+        "six cells moved to B's version: still 12 changes"
+    );
+}
+
 /// An inbound stream's `lag_changes` is what it received and has not
 /// applied: the staged parts of a split transaction, 0 once the last part
 /// merges them.

@@ -435,6 +435,12 @@ impl KeyCounts {
         })
     }
 
+    /// Whether the key had no counted clock row: the write moves nothing
+    /// counted, and [`KeyCounts::settle`] has nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.before.is_empty()
+    }
+
     /// Before a write that certainly moves or deletes the counted cells of
     /// `key` named in `cols` (every cell when None): subtract them now, with
     /// one read (cheaper than one INSERT … SELECT, measured).
