@@ -37,7 +37,17 @@ struct Args {
     rate: f64,
     seconds: f64,
     idle: usize,
+    /// Phases to run (`--phases ingest,live,idle,cluster`; default all).
+    phases: Vec<String>,
 }
+
+impl Args {
+    fn runs(&self, phase: &str) -> bool {
+        self.phases.iter().any(|p| p == phase)
+    }
+}
+
+const PHASES: [&str; 4] = ["ingest", "live", "idle", "cluster"];
 
 fn args() -> Args {
     let mut a = Args {
@@ -47,6 +57,7 @@ fn args() -> Args {
         rate: 100.0,
         seconds: 10.0,
         idle: 1000,
+        phases: PHASES.iter().map(|p| p.to_string()).collect(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -59,10 +70,21 @@ fn args() -> Args {
             "--rate" => a.rate = val().parse().expect("--rate TXN_PER_S"),
             "--seconds" => a.seconds = val().parse().expect("--seconds S"),
             "--idle" => a.idle = val().parse().expect("--idle N"),
+            "--phases" => {
+                a.phases = val().split(',').map(|p| p.trim().to_string()).collect();
+                if let Some(p) = a.phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
+                    println!(
+                        "--phases: unknown phase {p:?} (expected some of {})",
+                        PHASES.join(",")
+                    );
+                    std::process::exit(2);
+                }
+            }
             _ => {
                 println!(
                     "bench-hub [--clients 20] [--txns 300 per client, ingest] [--rows 10 per txn] \
-                     [--rate 100 txn/s, live] [--seconds 10, live] [--idle 1000 connections]"
+                     [--rate 100 txn/s, live] [--seconds 10, live] [--idle 1000 connections] \
+                     [--phases ingest,live,idle,cluster]"
                 );
                 std::process::exit(if v[i] == "--help" { 0 } else { 2 });
             }
@@ -283,21 +305,12 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn main() {
-    let a = args();
-    let root = tempfile::tempdir().unwrap();
-    println!(
-        "bench-hub: {} clients, loopback, {} cores",
-        a.clients,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    );
-
+/// Phase 1.
+fn ingest(root: &Path, a: &Args) {
     // 1. ingest
-    let dir = root.path().join("ingest");
+    let dir = root.join("ingest");
     let hub = Hub::start(&dir);
-    let paths = backlog(&dir, &a);
+    let paths = backlog(&dir, a);
     let began = Instant::now();
     let procs: Vec<Child> = paths
         .iter()
@@ -332,9 +345,12 @@ fn main() {
         out / all
     );
     drop(hub);
+}
 
+/// Phase 2.
+fn live(root: &Path, a: &Args) {
     // 2. live
-    let dir = root.path().join("live");
+    let dir = root.join("live");
     let hub = Hub::start(&dir);
     let paths: Vec<PathBuf> = (0..a.clients)
         .map(|i| dir.join(format!("c{i}.db")))
@@ -433,9 +449,12 @@ fn main() {
         let _ = s.wait();
     }
     drop(hub);
+}
 
+/// Phase 3.
+fn idle(root: &Path, a: &Args) {
     // 3. idle connections
-    let dir = root.path().join("idle");
+    let dir = root.join("idle");
     let hub = Hub::start(&dir);
     let hash = {
         let c = client(&dir.join("probe.db"));
@@ -496,9 +515,12 @@ fn main() {
         hub.metric("crsql_sync_connected_clients")
     );
     drop(held);
+}
 
+/// Phase 4.
+fn cluster_phase(root: &Path, a: &Args) {
     // 4. cluster
-    match (cluster(root.path(), &a, 1), cluster(root.path(), &a, 3)) {
+    match (cluster(root, a, 1), cluster(root, a, 3)) {
         (Some(one), Some(three)) => println!(
             "cluster: the ingest of phase 1 with --nats, clients spread over the hubs: accepted from the clients (changes_in of all hubs, as phase 1): one hub {:.0} changes/s, three hubs {:.0} changes/s ({:.2}x); until every hub holds every change: one hub {:.0} changes/s, three hubs {:.0} changes/s ({:.2}x)",
             one.0,
@@ -509,5 +531,29 @@ fn main() {
             three.1 / one.1
         ),
         _ => println!("cluster: skipped (no nats-server: apt-get install nats-server)"),
+    }
+}
+
+fn main() {
+    let a = args();
+    let root = tempfile::tempdir().unwrap();
+    println!(
+        "bench-hub: {} clients, loopback, {} cores",
+        a.clients,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    let phases: [(&str, fn(&Path, &Args)); 4] = [
+        ("ingest", ingest),
+        ("live", live),
+        ("idle", idle),
+        ("cluster", cluster_phase),
+    ];
+    for (name, run) in phases {
+        if a.runs(name) {
+            run(root.path(), &a);
+        }
     }
 }
