@@ -256,24 +256,24 @@ impl Link {
         let subject = format!("crsql.{}.{}", t.name, hex(&t.site));
         let site = hex(&t.site);
         let mut pushed = t.pushed.clone();
-        let mut after = match t
-            .run(false, |c| db::last_sent(c, OUT).map_err(|e| refusal(&e)))
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => return e.into(),
-        };
         // Whether this read may end with a heartbeat.
         let mut beat = true;
         loop {
             pushed.borrow_and_update();
-            let pulled = match t
+            // From `last_sent`, which is where the last publish ended, or,
+            // after create_out re-created the stream, where it starts.
+            let read = t
                 .run(false, move |c| {
-                    read_packages(c, OUT, after, 64, 8 << 20).map_err(|e| refusal(&e))
+                    let r = || {
+                        let id = out_stream_id(c)?;
+                        let after = db::last_sent(c, OUT)?;
+                        Ok((id, after, read_packages(c, OUT, after, 64, 8 << 20)?))
+                    };
+                    r().map_err(|e: rusqlite::Error| refusal(&e))
                 })
-                .await
-            {
-                Ok(p) => p,
+                .await;
+            let (id, after, pulled) = match read {
+                Ok(r) => r,
                 Err(e) => return e.into(),
             };
             let mut packages = pulled.packages;
@@ -282,13 +282,18 @@ impl Link {
                     .iter()
                     .rposition(|p| p.changes > 0)
                     .map_or(0, |i| i + 1);
+                if keep == 0 && !pulled.exhausted {
+                    // Only empty packages, and more after them: publish
+                    // them now rather than wait for a heartbeat.
+                    beat = true;
+                    continue;
+                }
                 packages.truncate(keep);
             }
             tracing::debug!(tenant = %t.name, packages = packages.len(), %after, "read {OUT}");
             if !packages.is_empty() {
-                match self.publish_packages(&subject, &site, packages).await {
-                    Ok(pos) => after = pos,
-                    Err(e) => return e,
+                if let Err(e) = self.publish_packages(&subject, &site, id, packages).await {
+                    return e;
                 }
                 if !pulled.exhausted {
                     continue;
@@ -306,14 +311,18 @@ impl Link {
         }
     }
 
-    /// Publish `packages` (in order), wait for JetStream's acks, then move
-    /// `last_sent`: the cursor published up to.
+    /// Publish `packages` (in order) of the stream whose id is `id`, wait
+    /// for JetStream's acks, then move `last_sent` to the cursor published
+    /// up to, unless the stream was re-created meanwhile (the new one
+    /// starts at a transaction's beginning, which a receiver following it
+    /// needs: it is not moved past that).
     async fn publish_packages(
         &self,
         subject: &str,
         site: &str,
+        id: Vec<u8>,
         packages: Vec<OutPackage>,
-    ) -> Result<Pos, Stop> {
+    ) -> Result<(), Stop> {
         let t = &self.tenant;
         let m = &self.hub.metrics;
         let mut acks = Vec::with_capacity(packages.len());
@@ -345,17 +354,21 @@ impl Link {
             }
         }
         t.run(true, move |c| {
-            c.prepare_cached(&format!("INSERT INTO {OUT}(last_sent) VALUES (?1)"))
-                .and_then(|mut s| s.execute([after.to_string()]))
-                .map(|_| ())
-                .map_err(|e| refusal(&e))
+            let ack = || {
+                if out_stream_id(c)? == id {
+                    c.prepare_cached(&format!("INSERT INTO {OUT}(last_sent) VALUES (?1)"))?
+                        .execute([after.to_string()])?;
+                }
+                Ok(())
+            };
+            ack().map_err(|e: rusqlite::Error| refusal(&e))
         })
         .await?;
         m.nats_published.get_or_create(&self.labels).inc_by(n);
         m.nats_published_changes
             .get_or_create(&self.labels)
             .inc_by(changes);
-        Ok(after)
+        Ok(())
     }
 
     /// Apply the other hubs' packages in stream order (a round ends on an
@@ -745,6 +758,12 @@ fn create_out(c: &Connection, max: usize) -> rusqlite::Result<()> {
         "CREATE VIRTUAL TABLE {OUT} USING crsql_OutboundStream(max_bytes = {max}, since = '{since}', exclude_sites = '{}')",
         exclude.join(",")
     ))
+}
+
+/// The stream id of `crsql_nats_out` (new at each create_out).
+fn out_stream_id(c: &Connection) -> rusqlite::Result<Vec<u8>> {
+    c.prepare_cached("SELECT stream_id FROM crsql_stream_state WHERE name = ?1")?
+        .query_row([OUT], |r| r.get(0))
 }
 
 /// The sites whose changes clients pushed to this hub.
