@@ -188,8 +188,15 @@ check: path-check build
 soak: build
 	cd harness && PROPTEST_CASES=$${PROPTEST_CASES:-3000} $(CARGO) test --release -- --include-ignored soak
 
+# Benchmark (harness/src/bin/bench/): plain SQLite vs each CRR layout at
+# 100,000 and 1,000,000 rows (issue 12's table: insert, update, reading
+# crsql_changes, merging through crsql_changes and through the streams, pack
+# rate, file sizes, ratios, targets, peak memory per phase), then the
+# streams, compaction and lag_changes. Figures, not tests: nothing fails on
+# a slow run. BENCH_ARGS passes options, e.g.
+# BENCH_ARGS="--only crr --rows 100000 --layouts crsqlite".
 bench: build
-	cd harness && $(CARGO) run --release --bin bench
+	cd harness && $(CARGO) run --release --bin bench -- $(BENCH_ARGS)
 
 demo: build
 	bash demo/demo.sh

@@ -402,17 +402,6 @@ pub fn schema_hash(table: &str, pks: &[&str], cols: &[&str]) -> u64 {
     h
 }
 
-/// The index of `item` in `list`, added at the end if absent.
-fn index_of<T: PartialEq + Clone>(list: &mut Vec<T>, item: &T) -> u32 {
-    match list.iter().position(|x| x == item) {
-        Some(i) => i as u32,
-        None => {
-            list.push(item.clone());
-            list.len() as u32 - 1
-        }
-    }
-}
-
 impl Package {
     /// Encode in the given encoding.
     pub fn encode(&self, enc: Encoding) -> Result<Vec<u8>, PackageError> {
@@ -599,39 +588,6 @@ impl Package {
         Ok(pkg)
     }
 
-    /// The parts of one split transaction as one package: the changes of
-    /// every part in order, with merged table and site dictionaries; header
-    /// fields from the last part, `since` from the first, no `part` mark.
-    /// None for no parts.
-    pub fn concat(parts: Vec<Package>) -> Option<Package> {
-        let since = parts.first()?.since;
-        let mut tables: Vec<TableEntry> = Vec::new();
-        let mut sites: Vec<Bytes> = Vec::new();
-        let mut changes = Vec::with_capacity(parts.iter().map(|p| p.changes.len()).sum());
-        let mut last = None;
-        for mut p in parts {
-            let table_map: Vec<u32> = p.tables.iter().map(|t| index_of(&mut tables, t)).collect();
-            let site_map: Vec<u32> = p.sites.iter().map(|s| index_of(&mut sites, s)).collect();
-            for mut c in std::mem::take(&mut p.changes) {
-                // A decoded package's indexes are valid (`validate`); an
-                // unchecked one keeps an out-of-range index out of range.
-                c.table = table_map.get(c.table as usize).copied().unwrap_or(u32::MAX);
-                c.site = site_map.get(c.site as usize).copied().unwrap_or(u32::MAX);
-                changes.push(c);
-            }
-            last = Some(p);
-        }
-        let last = last?;
-        Some(Package {
-            since,
-            part: None,
-            tables,
-            sites,
-            changes,
-            ..last
-        })
-    }
-
     /// Check every cross-reference and ordering rule of the format.
     pub fn validate(&self) -> Result<(), PackageError> {
         let bad = |m: String| Err(PackageError::Malformed(m));
@@ -778,55 +734,6 @@ mod tests {
             Package::change_count(&bad),
             Err(PackageError::Checksum { .. })
         ));
-    }
-
-    #[test]
-    fn the_parts_of_a_transaction_concatenate_with_merged_dictionaries() {
-        let first = sample();
-        let mut second = sample();
-        second.since = first.cursor;
-        second.cursor = Position::new(5, 4);
-        // Another dictionary order, one new table and one new site.
-        second.tables.insert(
-            0,
-            TableEntry {
-                name: "other".into(),
-                schema_hash: 7,
-                columns: vec!["x".into()],
-            },
-        );
-        second.sites.insert(0, Bytes(vec![0xc; 16]));
-        for (i, c) in second.changes.iter_mut().enumerate() {
-            c.table += 1;
-            c.site += 1;
-            (c.db_version, c.seq) = (5, 3 + i as i64);
-        }
-        second.changes[1].table = 0;
-        second.changes[1].cid = 1;
-        second.changes[1].site = 0;
-        let all = Package::concat(vec![first.clone(), second.clone()]).unwrap();
-        all.validate().unwrap();
-        assert_eq!(
-            (all.since, all.cursor, all.part),
-            (first.since, second.cursor, None)
-        );
-        let view = |p: &Package| -> Vec<(String, String, Vec<u8>)> {
-            p.changes
-                .iter()
-                .map(|c| {
-                    (
-                        p.tables[c.table as usize].name.clone(),
-                        p.cid_of(c).to_string(),
-                        p.sites[c.site as usize].0.clone(),
-                    )
-                })
-                .collect()
-        };
-        let mut want = view(&first);
-        want.extend(view(&second));
-        assert_eq!(view(&all), want);
-        assert_eq!((all.tables.len(), all.sites.len()), (2, 2));
-        assert!(Package::concat(Vec::new()).is_none());
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub struct TxCounters {
     /// `U` before this transaction's first COMMIT attempt counted it (a
     /// COMMIT can fail, SQLITE_BUSY, and the transaction go on); -1 before.
     pub sync_base: AtomicI64,
+    /// Whether every clock row this transaction wrote is the local site's
+    /// (no merge, no site move): its COMMIT may then count them from the
+    /// `db_version` index alone (`crr::counts`). Cleared conservatively.
+    pub local_only: AtomicBool,
 }
 
 impl TxCounters {
@@ -49,6 +53,7 @@ impl TxCounters {
             schema_checked: AtomicBool::new(false),
             counted_through: AtomicI64::new(-1),
             sync_base: AtomicI64::new(-1),
+            local_only: AtomicBool::new(true),
         }
     }
 
@@ -62,6 +67,7 @@ impl TxCounters {
         self.schema_checked.store(false, Relaxed);
         self.counted_through.store(-1, Relaxed);
         self.sync_base.store(-1, Relaxed);
+        self.local_only.store(true, Relaxed);
     }
 
     /// The version this transaction writes at, or -1 when it has not

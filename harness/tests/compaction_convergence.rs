@@ -1508,6 +1508,24 @@ impl World {
         self.log.push(format!("replica {r}: backup"));
     }
 
+    /// Whether the database at `path` has changes in the transaction of
+    /// position `p` after it (`p` is then inside that transaction).
+    fn transaction_goes_on_in(&self, path: &Path, p: Pos) -> bool {
+        let scratch = self.dir.join("scratch.db");
+        std::fs::copy(path, &scratch).unwrap();
+        let c = open(&scratch);
+        let more: i64 = c
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM crsql_changes WHERE db_version = ?1 AND seq > ?2)",
+                [p.0, p.1],
+                |r| r.get(0),
+            )
+            .unwrap();
+        close(c);
+        std::fs::remove_file(&scratch).unwrap();
+        more == 1
+    }
+
     /// `(last_sent, last_applied)` of every stream of a database file,
     /// read from a scratch copy, and the inbound streams that hold staged
     /// parts of a split transaction there.
@@ -1681,6 +1699,10 @@ impl World {
                 &[Value::Text(l.inb.clone())],
             );
             inside |= staged > 0 && self.last_applied(li).0 == sent(l).0;
+            // Or the backup's acknowledged position is inside a
+            // transaction it split (the peer may have applied all of it
+            // since): the re-created stream would start there.
+            inside |= self.transaction_goes_on_in(&snap.path, sent(l));
         }
         for &li in &incoming {
             let l = &self.links[li];

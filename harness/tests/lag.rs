@@ -655,6 +655,140 @@ fn a_commit_that_fails_busy_and_a_transaction_that_writes_on_are_counted_once() 
     assert_eq!(lag, 5);
 }
 
+/// Clock rows another writer added without counting them (cr-sqlite on
+/// the same file, say) are counted by the next COMMIT with their own sites
+/// and seqs, also when that COMMIT's own transaction wrote only local rows
+/// (whose count takes the `db_version` index alone).
+#[test]
+fn rows_another_writer_left_uncounted_are_counted_with_their_site_by_a_local_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("foreign.db");
+    let a = open(&path);
+    a.execute_batch(SCHEMA).unwrap();
+    let other = [7u8; 16];
+    a.execute_batch(&format!(
+        "CREATE VIRTUAL TABLE s_all USING crsql_OutboundStream();
+         CREATE VIRTUAL TABLE s_ex USING crsql_OutboundStream(exclude_sites = '{}');
+         INSERT INTO t1 VALUES (1, 'x', 'y');",
+        hex(&other)
+    ))
+    .unwrap();
+    // The other writer: a key and two cells of another site, above every
+    // version, with seqs above anything A hands out next.
+    let raw = Connection::open(&path).unwrap();
+    raw.execute_batch(&format!(
+        "BEGIN;
+         INSERT INTO crsql_site_id (site_id) VALUES (x'{}');
+         INSERT INTO t1__crsql_pks (id) VALUES (50);
+         INSERT INTO t1__crsql_clock (key, col_name, col_version, db_version, site_id, seq)
+           SELECT (SELECT __crsql_key FROM t1__crsql_pks WHERE id = 50), c, 1,
+                  (SELECT max(db_version) + 1 FROM t1__crsql_clock),
+                  (SELECT ordinal FROM crsql_site_id WHERE site_id = x'{}'), 40 + n
+           FROM (SELECT 'a' AS c, 0 AS n UNION ALL SELECT 'b', 1);
+         COMMIT;",
+        hex(&other),
+        hex(&other)
+    ))
+    .unwrap();
+    drop(raw);
+    a.execute_batch("INSERT INTO t1 VALUES (2, 'x', 'y')")
+        .unwrap();
+    let lag = |name: &str| -> i64 {
+        a.query_row(
+            "SELECT lag_changes FROM crsql_streams WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let count = |filter: &str| -> i64 {
+        a.query_row(
+            &format!("SELECT count(*) FROM crsql_changes {filter}"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(count(""), 6);
+    assert_eq!(lag("s_all"), 6);
+    let theirs = format!("WHERE site_id != x'{}'", hex(&other));
+    assert_eq!(count(&theirs), 4);
+    assert_eq!(lag("s_ex"), 4, "the other site's two cells are not A's");
+    // Acknowledged up to the first of the other writer's cells: the one
+    // after it (seq 41) and A's newer row remain.
+    let v: i64 = a
+        .query_row(
+            "SELECT max(db_version) FROM t1__crsql_clock WHERE seq = 40",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    a.execute(
+        "INSERT INTO s_all(last_sent) VALUES (?1)",
+        [format!("[{v},40]")],
+    )
+    .unwrap();
+    assert_eq!(lag("s_all"), 3);
+}
+
+/// A package merged through an inbound stream (the batch merge) into rows
+/// whose clocks are counted moves those cells to a new version: what left
+/// the old versions is subtracted, as for a local write.
+#[test]
+fn a_package_merged_over_counted_rows_moves_their_counts() {
+    let (a, b) = (open_memory(), open_memory());
+    for c in [&a, &b] {
+        c.execute_batch(SCHEMA).unwrap();
+    }
+    let packages = |from: &Connection, stream: &str| -> Vec<Vec<u8>> {
+        from.prepare(&format!("SELECT package FROM {stream}"))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    a.execute_batch(
+        "CREATE VIRTUAL TABLE s_all USING crsql_OutboundStream();
+         CREATE VIRTUAL TABLE to_b USING crsql_OutboundStream();
+         CREATE VIRTUAL TABLE from_b USING crsql_InboundStream();",
+    )
+    .unwrap();
+    b.execute_batch(
+        "CREATE VIRTUAL TABLE to_a USING crsql_OutboundStream();
+         CREATE VIRTUAL TABLE from_a USING crsql_InboundStream();",
+    )
+    .unwrap();
+    for i in 1..=6 {
+        a.execute("INSERT INTO t1 VALUES (?1, 'x', 'y')", [i])
+            .unwrap();
+    }
+    for p in packages(&a, "to_b") {
+        b.execute("INSERT INTO from_a(package) VALUES (?1)", [p])
+            .unwrap();
+    }
+    // B rewrites one column of every row; A merges that in one package.
+    b.execute_batch("UPDATE t1 SET a = 'z'").unwrap();
+    let back = packages(&b, "to_a");
+    assert!(!back.is_empty());
+    for p in back {
+        a.execute("INSERT INTO from_b(package) VALUES (?1)", [p])
+            .unwrap();
+    }
+    let (lag, changes): (i64, i64) = a
+        .query_row(
+            "SELECT lag_changes, (SELECT count(*) FROM crsql_changes) FROM crsql_streams WHERE name = 's_all'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(changes, 12);
+    assert_eq!(
+        lag, changes,
+        "six cells moved to B's version: still 12 changes"
+    );
+}
+
 /// An inbound stream's `lag_changes` is what it received and has not
 /// applied: the staged parts of a split transaction, 0 once the last part
 /// merges them.

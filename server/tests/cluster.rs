@@ -285,3 +285,96 @@ fn a_hub_away_longer_than_the_retention_and_a_hub_joining_later_resync_from_a_pe
         );
     }
 }
+
+/// `n` transactions of one new log row each on a client.
+fn log_rows(c: &Connection, client: usize, from: u64, n: u64) -> BTreeSet<String> {
+    (from..from + n)
+        .map(|k| {
+            let key = format!("{client}-{k}");
+            c.execute(
+                "INSERT INTO log VALUES (?1, ?2, ?3)",
+                crsql_stream_rs::rusqlite::params![key, client as i64, k as i64],
+            )
+            .unwrap();
+            key
+        })
+        .collect()
+}
+
+/// A hub's `name{tenant="acme"}` metric.
+fn acme(h: &Hub, name: &str) -> f64 {
+    metric(h, &format!("{name}{{tenant=\"acme\"}}"))
+}
+
+#[test]
+fn each_hub_publishes_only_its_own_clients_pushes_and_a_failed_over_clients_changes_are_published_by_its_new_hub(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::start(&dir.path().join("js"));
+    let mut hubs: Vec<Hub> = (0..3)
+        .map(|i| nats_hub(&dir.path().join(format!("hub{i}")), 0, &nats, "1h"))
+        .collect();
+    let (pa, pb) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let (a, b) = (client_db(&pa), client_db(&pb));
+
+    // a pushes to hub 0, b to hub 1, nobody to hub 2: 20 transactions of
+    // one new row each, so that every change pushed is a change published.
+    let mut want = log_rows(&a, 0, 0, 20);
+    want.extend(log_rows(&b, 1, 100, 20));
+    sync(&pa, &hubs[0].url("acme"));
+    sync(&pb, &hubs[1].url("acme"));
+    wait(
+        &mut hubs,
+        "every hub to hold a's and b's rows, and hub 2 to publish its first (empty) package",
+        Duration::from_secs(60),
+        |h| {
+            h.iter().all(|h| hub_keys(h) == want)
+                && acme(&h[2], "crsql_sync_nats_published_packages_total") > 0.0
+        },
+    );
+    // Each hub published what its own clients pushed, not what it merged
+    // from the others (before, every hub published every change). When the
+    // other client's site first arrived, a hub's stream was re-created one
+    // transaction back: that transaction may go out twice.
+    let published: Vec<f64> = hubs
+        .iter()
+        .map(|h| acme(h, "crsql_sync_nats_published_changes_total"))
+        .collect();
+    let pushed: Vec<f64> = hubs
+        .iter()
+        .map(|h| acme(h, "crsql_sync_changes_in_total"))
+        .collect();
+    assert!(
+        pushed[0] > 0.0 && pushed[0] == pushed[1] && pushed[2] == 0.0,
+        "pushed: {pushed:?}"
+    );
+    let one_txn = pushed[0] / 20.0;
+    for i in 0..3 {
+        assert!(
+            published[i] <= pushed[i] + one_txn,
+            "hub {i} published {} changes, its clients pushed {} (published {published:?}, pushed {pushed:?})",
+            published[i],
+            pushed[i]
+        );
+    }
+
+    // Hub 0 accepts a's next changes but cannot publish them (JetStream is
+    // down), then dies for good. a fails over to hub 1, where its site
+    // reached only through JetStream so far: hub 1 must publish what a
+    // pushes now, or hub 2 never gets it.
+    nats.stop();
+    let later = log_rows(&a, 0, 200, 10);
+    sync(&pa, &hubs[0].url("acme"));
+    hubs[0].kill9();
+    nats.spawn();
+    want.extend(later);
+    sync(&pa, &hubs[1].url("acme"));
+    wait(
+        &mut hubs[1..],
+        "hub 2 to get, through hub 1, what a pushed to the dead hub 0",
+        Duration::from_secs(60),
+        |h| h.iter().all(|h| hub_keys(h) == want),
+    );
+    sync(&pb, &hubs[2].url("acme"));
+    assert_eq!(log_keys(&b), want, "b, now at hub 2, has every change of a");
+}

@@ -16,7 +16,11 @@
 //!   nothing but makes SQLite call its xSync in the first phase of the
 //!   commit, still inside the transaction; there [`catch_up`] counts the
 //!   rows of the versions written since `U` (the transaction's own) and
-//!   moves `U` to the newest version. No later write can add rows to those
+//!   moves `U` to the newest version. A transaction that wrote only local
+//!   rows (no merge: [`TxCounters::local_only`]) is counted from the
+//!   `db_version` index alone, without reading the clock rows (their site is
+//!   the local one, their seqs below the transaction's counter), unless a
+//!   row above `U` is at another version. No later write can add rows to those
 //!   versions (every write takes a version above the committed one), so a
 //!   count taken then is final, up to departures. Should that not happen
 //!   (another implementation wrote), the next COMMIT catches up the same
@@ -112,6 +116,37 @@ fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {
     Ok(out)
 }
 
+/// What a transaction that wrote only local clock rows, all at `version`,
+/// knows of them: the site (0) and a bound on their seqs (`maxseq` only
+/// prunes, so a bound above the largest is safe).
+#[derive(Clone, Copy)]
+pub struct LocalTx {
+    pub version: i64,
+    pub maxseq: i64,
+}
+
+/// [`tally`] for a [`LocalTx`]: counted from the `db_version` index alone
+/// (no table lookups, no sorter). None when a row above `lo` is at another
+/// version than the transaction's (rows nobody counted yet): the caller
+/// then tallies in full.
+fn tally_local(conn: &Connection, table: &str, lo: i64, local: LocalTx) -> Result<Option<Tally>> {
+    let sql = format!(
+        "SELECT db_version, count(*) FROM {} WHERE db_version > ?1 GROUP BY db_version",
+        clock_of(table)
+    );
+    let mut out = Tally::new();
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([lo])?;
+    while let Some(r) = rows.next()? {
+        let v: i64 = r.get(0)?;
+        if v != local.version {
+            return Ok(None);
+        }
+        out.insert((v, 0), (r.get(1)?, local.maxseq));
+    }
+    Ok(Some(out))
+}
+
 /// Add a tally of `table` to both levels.
 fn add_tally(conn: &Connection, table: &str, tally: &Tally) -> Result<()> {
     let mut stmt = conn.prepare_cached(ADD_COUNT)?;
@@ -148,11 +183,18 @@ pub fn counted_through(inner: &Inner) -> Result<i64> {
 /// Count every clock row of `tables` above `U` and move `U` to the newest
 /// of them. Everything is read before anything is written, so a failed
 /// read changes nothing.
-fn catch_up_tables(conn: &Connection, tables: &[String]) -> Result<()> {
+fn catch_up_tables(conn: &Connection, tables: &[String], local: Option<LocalTx>) -> Result<()> {
     let through = read_through(conn)?;
     let mut tallies = Vec::with_capacity(tables.len());
     for t in tables {
-        tallies.push(tally(conn, t, through)?);
+        let fast = match local {
+            Some(l) => tally_local(conn, t, through, l)?,
+            None => None,
+        };
+        tallies.push(match fast {
+            Some(f) => f,
+            None => tally(conn, t, through)?,
+        });
     }
     let mut newest = through;
     for (t, tally) in tables.iter().zip(&tallies) {
@@ -172,7 +214,7 @@ fn catch_up_tables(conn: &Connection, tables: &[String]) -> Result<()> {
 /// Count what was written since `U` (every CRR) and move `U` past it;
 /// creates the table on first use (which counts every existing row: the
 /// migration of an older database).
-pub fn catch_up(inner: &mut Inner) -> Result<()> {
+pub fn catch_up(inner: &mut Inner, local: Option<LocalTx>) -> Result<()> {
     if !inner.has_counts() {
         // A fresh table counts everything, whatever `U` was left behind.
         inner.conn.execute_batch(DDL)?;
@@ -182,7 +224,7 @@ pub fn catch_up(inner: &mut Inner) -> Result<()> {
             .execute("DELETE FROM crsql_master WHERE key = ?1", [THROUGH])?;
     }
     let names: Vec<String> = inner.tables().iter().map(|t| t.name.clone()).collect();
-    catch_up_tables(&inner.conn, &names)
+    catch_up_tables(&inner.conn, &names, local)
 }
 
 /// Count `table` again from its clock table (after a bulk rewrite).
@@ -244,7 +286,13 @@ impl Table for CounterTable {
             if inner.has_counts() {
                 from_base(&inner.conn, &self.ext.tx)?;
             }
-            return catch_up(&mut inner);
+            let tx = &self.ext.tx;
+            let version = tx.pending();
+            let local = (version >= 0 && tx.local_only.load(Relaxed)).then(|| LocalTx {
+                version,
+                maxseq: tx.seq.load(Relaxed) - 1,
+            });
+            return catch_up(&mut inner, local);
         }
         // A COMMIT from inside one of our own functions (the RELEASE of
         // its savepoint in autocommit mode, e.g. crsql_commit_alter): the
@@ -263,7 +311,7 @@ impl Table for CounterTable {
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         from_base(&conn, &self.ext.tx)?;
-        catch_up_tables(&conn, &names)
+        catch_up_tables(&conn, &names, None)
     }
 }
 
@@ -306,7 +354,7 @@ pub fn migrate(ext: &crate::state::Ext) -> Result<()> {
         return Ok(());
     }
     let conn = ext.db.connection()?;
-    crate::crr::in_savepoint(&conn, "crsql_change_counts", || catch_up(&mut inner))
+    crate::crr::in_savepoint(&conn, "crsql_change_counts", || catch_up(&mut inner, None))
 }
 
 /// Apply `(db_version, site) -> delta` to both levels, one single-row
@@ -396,6 +444,12 @@ impl KeyCounts {
             through,
             before,
         })
+    }
+
+    /// Whether the key had no counted clock row: the write moves nothing
+    /// counted, and [`KeyCounts::settle`] has nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.before.is_empty()
     }
 
     /// Before a write that certainly moves or deletes the counted cells of

@@ -21,7 +21,7 @@
 // crr::compact: the merger's row read and write for compact CRRs.
 mod compact;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -32,7 +32,7 @@ use rusqlite::{params, params_from_iter, OptionalExtension};
 
 use crate::crr::counts::KeyCounts;
 use crate::crr::local::key_for;
-use crate::crr::schema::{TableInfo, MAX_NAME_LEN};
+use crate::crr::schema::{TableInfo, CLOCK_ROWS, MAX_NAME_LEN};
 use crate::crr::values::{compare, out, to_sql, type_name};
 use crate::err;
 use crate::error::{Error, Result};
@@ -327,6 +327,29 @@ pub struct Merger<'i, 'a> {
     one_statement: bool,
     /// Inserts of new rows that wait to be written together.
     inserts: Option<Inserts<'a>>,
+    /// Clock rows of rows done with that wait to be written together
+    /// ([`Merger::in_one_statement`]). Never holds the current row's.
+    clocks: Option<Clocks<'a>>,
+}
+
+/// Clock rows of one table, of rows the merger is done with and whose
+/// counted clocks (`crr::counts`) they do not move, written
+/// [`CLOCK_ROWS`] at a time by one statement: like [`Inserts`], once per
+/// statement instead of once per row for SQLite's journal of a nested
+/// statement.
+struct Clocks<'a> {
+    t: Arc<TableInfo>,
+    /// key, clock name, col_version, db_version, seq, site.
+    rows: Vec<(i64, ClockName, i64, i64, i64, i64)>,
+    /// The primary keys of the rows they are of.
+    pks: HashSet<&'a [u8]>,
+}
+
+/// The name of a clock row waiting in [`Clocks`].
+enum ClockName {
+    Sentinel,
+    Column(usize),
+    Other(String),
 }
 
 /// Base-table inserts of new rows (no key yet, not deleted here) of one
@@ -347,6 +370,8 @@ const INSERT_ROWS: usize = 32;
 impl<'i, 'a> Merger<'i, 'a> {
     pub fn new(ext: &'i Ext, inner: &'i mut Inner) -> Result<Merger<'i, 'a>> {
         inner.sync(&ext.tx)?;
+        // Merged clock rows carry other sites: the COMMIT counts in full.
+        ext.tx.local_only.store(false, Relaxed);
         let pending = ext.tx.pending();
         let committed = if pending < 0 {
             inner.db_version(&ext.tx)?
@@ -366,6 +391,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             impacted: 0,
             one_statement: false,
             inserts: None,
+            clocks: None,
         })
     }
 
@@ -404,6 +430,13 @@ impl<'i, 'a> Merger<'i, 'a> {
         let Checked { pks, col } = check(&t, c)?;
         if !same_row {
             self.row = None;
+            if self
+                .clocks
+                .as_ref()
+                .is_some_and(|b| b.t.name == c.table && b.pks.contains(c.pk))
+            {
+                self.flush_clocks()?;
+            }
             self.row = Some(self.load(t, c.pk, pks)?);
         }
         self.decide(c, col)
@@ -414,6 +447,7 @@ impl<'i, 'a> Merger<'i, 'a> {
     pub fn finish(mut self) -> Result<i64> {
         self.flush()?;
         self.flush_inserts()?;
+        self.flush_clocks()?;
         Ok(self.impacted)
     }
 
@@ -705,7 +739,7 @@ impl<'i, 'a> Merger<'i, 'a> {
         }
         // A tie: read the stored value, as it is once the waiting writes
         // are done (affinity applied).
-        self.flush()?;
+        self.flush_now()?;
         self.flush_inserts()?;
         let row = self.row.as_ref().expect("a loaded row");
         let local_site = match row.cells[col] {
@@ -748,6 +782,19 @@ impl<'i, 'a> Merger<'i, 'a> {
     /// refused write leaves no key, clock or version behind; then the key,
     /// new site ordinals and the clock rows.
     fn flush(&mut self) -> Result<()> {
+        self.flush_row(true)
+    }
+
+    /// [`Merger::flush`] of a row the merger goes on with (its clock rows
+    /// are written now, so that reads of them see them).
+    fn flush_now(&mut self) -> Result<()> {
+        self.flush_row(false)
+    }
+
+    /// Write the current row's waiting writes; with `done` (the merger
+    /// moves to another row, or finishes), its clock rows may wait in
+    /// [`Merger::clocks`].
+    fn flush_row(&mut self, done: bool) -> Result<()> {
         if !self.row.as_ref().is_some_and(|r| r.dirty) {
             return Ok(());
         }
@@ -760,7 +807,12 @@ impl<'i, 'a> Merger<'i, 'a> {
         let Some(row) = self.row.as_mut() else {
             return Ok(());
         };
-        let r = write_row(self.ext, self.inner, &mut self.sites, row);
+        let later = if self.one_statement && done {
+            Some(&mut self.clocks)
+        } else {
+            None
+        };
+        let r = write_row(self.ext, self.inner, &mut self.sites, row, later);
         match r {
             Ok(()) => {
                 self.impacted += row.impacted;
@@ -817,6 +869,10 @@ impl<'a> Merger<'_, 'a> {
     /// there already (or that a constraint refuses) makes the statement
     /// undo itself; the rows are then written one by one as upserts, as
     /// merging them one by one does (and fail as that does).
+    fn flush_clocks(&mut self) -> Result<()> {
+        write_clock_rows(self.inner, self.clocks.take())
+    }
+
     fn flush_inserts(&mut self) -> Result<()> {
         let Some(batch) = self.inserts.take() else {
             return Ok(());
@@ -848,13 +904,52 @@ impl<'a> Merger<'_, 'a> {
     }
 }
 
+/// Write `batch`'s clock rows: [`CLOCK_ROWS`] at a time by one statement,
+/// the rest one by one.
+fn write_clock_rows(inner: &Inner, batch: Option<Clocks<'_>>) -> Result<()> {
+    let Some(batch) = batch else {
+        return Ok(());
+    };
+    let t = &batch.t;
+    fn name<'n>(t: &'n TableInfo, n: &'n ClockName) -> &'n str {
+        match n {
+            ClockName::Sentinel => SENTINEL,
+            ClockName::Column(i) => t.cols[*i].name.as_str(),
+            ClockName::Other(s) => s.as_str(),
+        }
+    }
+    let conn = &inner.conn;
+    let mut chunks = batch.rows.chunks_exact(CLOCK_ROWS);
+    for chunk in chunks.by_ref() {
+        let mut stmt = conn.prepare_cached(&t.sql.clock_write_many)?;
+        let values = chunk.iter().flat_map(|(key, n, cv, dbv, seq, site)| {
+            [
+                ValueRef::Integer(*key),
+                ValueRef::Text(name(t, n).as_bytes()),
+                ValueRef::Integer(*cv),
+                ValueRef::Integer(*dbv),
+                ValueRef::Integer(*seq),
+                ValueRef::Integer(*site),
+            ]
+        });
+        stmt.execute(params_from_iter(values.map(out)))?;
+    }
+    let mut stmt = conn.prepare_cached(&t.sql.clock_write)?;
+    for (key, n, cv, dbv, seq, site) in chunks.remainder() {
+        stmt.execute(params![key, name(t, n), cv, dbv, seq, site])?;
+    }
+    Ok(())
+}
+
 /// [`Merger::flush`] of `row`; the error says whether the base-table write
 /// refused it (nothing else was written then).
+/// With `later`, clock rows that move nothing counted wait there.
 fn write_row<'a>(
     ext: &Ext,
     inner: &Inner,
     sites: &mut HashMap<&'a [u8], i64>,
     row: &mut Row<'a>,
+    later: Option<&mut Option<Clocks<'a>>>,
 ) -> std::result::Result<(), (Error, bool)> {
     write_base(ext, inner, row).map_err(|e| (e, true))?;
     if row.t.compact.is_some() {
@@ -863,9 +958,11 @@ fn write_row<'a>(
     }
     // What the clock writes move away from the counted versions
     // (`crr::counts`): a row new to the clocks has nothing there.
-    let mut clocks = || -> Result<()> {
+    let clocks = || -> Result<()> {
         let counted = KeyCounts::take(inner, &ext.tx, &row.t, row.key)?;
-        write_clocks(inner, sites, row)?;
+        // Settling reads the rows written: those may not wait.
+        let later = later.filter(|_| counted.is_empty());
+        write_clocks(inner, sites, row, later)?;
         counted.settle(inner, &row.t)
     };
     clocks().map_err(|e| (e, false))
@@ -907,6 +1004,7 @@ fn write_clocks<'a>(
     inner: &Inner,
     sites: &mut HashMap<&'a [u8], i64>,
     row: &mut Row<'a>,
+    later: Option<&mut Option<Clocks<'a>>>,
 ) -> Result<()> {
     let key = match row.key {
         Some(k) => k,
@@ -931,37 +1029,62 @@ fn write_clocks<'a>(
         row.drop_cells = false;
     }
     let t = Arc::clone(&row.t);
-    let mut writes: Vec<(&str, &mut Clock)> = Vec::new();
+    let mut writes: Vec<(ClockName, &mut Clock)> = Vec::new();
     if let Some(s) = row.sentinel.as_mut() {
-        writes.push((SENTINEL, s));
+        writes.push((ClockName::Sentinel, s));
     }
     for (i, s) in row.cells.iter_mut().enumerate() {
         if let Slot::Present(clock) = s {
-            writes.push((t.cols[i].name.as_str(), clock));
+            writes.push((ClockName::Column(i), clock));
         }
     }
     for (name, clock) in row.others.iter_mut().flatten() {
-        writes.push((name.as_str(), clock));
+        writes.push((ClockName::Other(name.clone()), clock));
     }
-    // One single-row statement per clock row: a multi-row INSERT is a
-    // statement SQLite journals on its own inside the merge statement
-    // (copying every page it touches), a single-row one is not.
-    let mut stmt = conn.prepare_cached(&t.sql.clock_write)?;
+    let mut rows = Vec::new();
     for (name, clock) in writes.into_iter().filter(|(_, c)| c.dirty) {
         let site = match clock.site {
             Site::Ordinal(o) => o,
             Site::New(i) => ordinals.get(i).copied().unwrap_or(0),
         };
-        stmt.execute(params![
+        rows.push((
             key,
             name,
             clock.col_version,
             clock.db_version,
             clock.seq,
-            site
-        ])?;
+            site,
+        ));
         clock.site = Site::Ordinal(site);
         clock.dirty = false;
+    }
+    match later {
+        Some(slot) => {
+            if slot.as_ref().is_some_and(|b| !Arc::ptr_eq(&b.t, &t)) {
+                write_clock_rows(inner, slot.take())?;
+            }
+            let batch = slot.get_or_insert_with(|| Clocks {
+                t: Arc::clone(&t),
+                rows: Vec::new(),
+                pks: HashSet::new(),
+            });
+            batch.rows.extend(rows);
+            batch.pks.insert(row.pk);
+            if batch.rows.len() >= CLOCK_ROWS {
+                write_clock_rows(inner, slot.take())?;
+            }
+        }
+        // One single-row statement per clock row: a multi-row INSERT is a
+        // statement SQLite journals on its own inside the merge statement
+        // (copying every page it touches), a single-row one is not.
+        None => write_clock_rows(
+            inner,
+            Some(Clocks {
+                t,
+                rows,
+                pks: HashSet::new(),
+            }),
+        )?,
     }
     row.dirty = false;
     Ok(())

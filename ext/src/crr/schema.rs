@@ -129,6 +129,10 @@ impl TableInfo {
     }
 }
 
+/// Clock rows one statement of [`TableSql::clock_write_many`] writes (six
+/// values each, under SQLite's oldest limit of 999).
+pub const CLOCK_ROWS: usize = 128;
+
 /// A base-table write: the column indexes, and the rows (0: an upsert).
 type BaseWrite = (Vec<usize>, usize);
 
@@ -161,6 +165,8 @@ pub struct TableSql {
     /// A key's clock rows at or below a version (`crr::counts`).
     pub clock_counted_rows: String,
     pub clock_write: String,
+    /// [`TableSql::clock_write`] of [`CLOCK_ROWS`] rows in one statement.
+    pub clock_write_many: String,
     pub base_delete: String,
     pub base_insert_pks: String,
     pub base_exists: String,
@@ -562,6 +568,10 @@ pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql
         clock_delete_cell: format!("DELETE FROM {clock} WHERE key = ?1 AND col_name = ?2"),
         clock_counted_rows: format!(
             "SELECT col_name, db_version, site_id FROM {clock} WHERE key = ?1 AND db_version <= ?2"
+        ),
+        clock_write_many: format!(
+            "INSERT OR REPLACE INTO {clock} ({clock_cols}) VALUES {}",
+            vec!["(?, ?, ?, ?, ?, ?)"; CLOCK_ROWS].join(", ")
         ),
         clock_write: format!(
             "INSERT OR REPLACE INTO {clock} ({clock_cols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"

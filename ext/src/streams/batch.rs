@@ -30,10 +30,14 @@ use crate::state::{Ext, Inner};
 pub const MODULE: &str = "crsql_internal_merge";
 
 /// What the inbound stream hands to the rows it inserts: the filter of the
-/// changes that apply now, and the package of a row whose `package` is NULL.
+/// changes that apply now, the package of a row whose `package` is NULL,
+/// and the encoded packages a row names by index (an integer `package`:
+/// staged parts read into memory, decoded one at a time).
+#[derive(Default)]
 pub struct MergeBatch {
     pub known: Option<Known>,
     pub package: Option<Package>,
+    pub parts: Arc<[Vec<u8>]>,
 }
 
 pub fn register(conn: &Connection, ext: &Arc<Ext>) -> rusqlite::Result<()> {
@@ -119,6 +123,15 @@ impl Table for MergeTable {
                 .package
                 .as_ref()
                 .ok_or_else(|| err!("{MODULE}: no package to merge"))?,
+            ValueRef::Integer(i) => {
+                let bytes = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| batch.parts.get(i))
+                    .ok_or_else(|| err!("{MODULE}: no handed-over package #{i}"))?;
+                decoded =
+                    super::inspect::decode_arg("crsql_package_changes", ValueRef::Blob(bytes))?;
+                &decoded
+            }
             v => {
                 decoded = super::inspect::decode_arg("crsql_package_changes", v)?;
                 &decoded

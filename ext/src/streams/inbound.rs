@@ -354,6 +354,7 @@ fn merge_package(
     let batch = MergeBatch {
         known,
         package: Some(package),
+        ..MergeBatch::default()
     };
     let null: Option<&[u8]> = None;
     merge_from(ext, name, context, MERGE_HANDED_OVER, &null, batch)
@@ -366,15 +367,22 @@ const MERGE_HANDED_OVER: &str = "INSERT INTO crsql_internal_merge (package) SELE
 const MERGE_STAGED_PARTS: &str = "INSERT INTO crsql_internal_merge (package) \
      SELECT s.package FROM crsql_stream_staging AS s WHERE s.name = ?1 ORDER BY s.part";
 
+/// The staged parts handed over in the [`MergeBatch`], by index (`?1`
+/// parts, in part order).
+const MERGE_HANDED_OVER_PARTS: &str = "WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL \
+     SELECT i + 1 FROM k WHERE i + 1 < ?1) INSERT INTO crsql_internal_merge (package) SELECT i FROM k";
+
 /// Staged parts up to this many bytes in all are merged from memory.
 const MERGE_FROM_MEMORY_MAX: i64 = 32 << 20;
 
 /// Merge every staged part of `name` in part order, in one statement, then
 /// clear them. Parts up to [`MERGE_FROM_MEMORY_MAX`] bytes in all are read
-/// into one package and their rows deleted first, so the merge reuses the
-/// pages they held: the file does not keep the staged size as free pages
-/// (DECISIONS D26). Larger ones are streamed from the staging table
-/// (memory: one part at a time; no limit on the number of parts).
+/// into memory, encoded, and their rows deleted first, so the merge reuses
+/// the pages they held: the file does not keep the staged size as free
+/// pages (DECISIONS D26); each is decoded when it is merged, so memory is
+/// their bytes plus one decoded part. Larger ones are streamed from the
+/// staging table (memory: one part at a time; no limit on the number of
+/// parts).
 fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
     const CONTEXT: &str = "merging the staged parts of a split transaction: ";
     let staged: Vec<(i64, Vec<u8>)> = {
@@ -413,7 +421,7 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
         };
         let batch = MergeBatch {
             known,
-            package: None,
+            ..MergeBatch::default()
         };
         merge_from(ext, name, CONTEXT, MERGE_STAGED_PARTS, &name, batch)?;
         clear(ext)
@@ -421,27 +429,43 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
     if staged.is_empty() {
         return stream_staged(ext);
     }
-    // One package of all the parts, if they make a valid one: their
-    // changes in position order, which a package that completes the
-    // transaction from an earlier position (a replay overlapping the
-    // staged parts) breaks. Else, or for a part that does not decode, the
-    // statement over the staging table does the merge (and reports the
-    // error).
-    let whole = staged
-        .iter()
-        .map(|(_, bytes)| Package::decode(bytes).ok())
-        .collect::<Option<Vec<_>>>()
-        .and_then(Package::concat)
-        .filter(|p| p.validate().is_ok());
-    let Some(whole) = whole else {
-        return stream_staged(ext);
-    };
+    // The parts, if they make one valid package: each valid, each starting
+    // at or after the previous one's cursor (so their changes are in
+    // position order), which a package that completes the transaction from
+    // an earlier position (a replay overlapping the staged parts) breaks.
+    // Else, or for a part that does not decode, the statement over the
+    // staging table does the merge (and reports the error). One part is
+    // decoded at a time.
+    let mut tables: Vec<TableEntry> = Vec::new();
+    let mut previous: Option<Position> = None;
+    for (_, bytes) in &staged {
+        let Some(p) = Package::decode(bytes).ok().filter(|p| p.validate().is_ok()) else {
+            return stream_staged(ext);
+        };
+        if previous.is_some_and(|c| p.since < c) {
+            return stream_staged(ext);
+        }
+        previous = Some(p.cursor);
+        for t in p.tables {
+            if !tables.contains(&t) {
+                tables.push(t);
+            }
+        }
+    }
     let known = {
         let mut inner = ext.lock(INBOUND)?;
-        pending::known_filter(ext, &mut inner, &format!("{INBOUND} {name}"), &whole.tables)?
+        pending::known_filter(ext, &mut inner, &format!("{INBOUND} {name}"), &tables)?
     };
     clear(ext)?;
-    let merged = merge_package(ext, name, CONTEXT, whole, known);
+    let (numbers, bytes): (Vec<i64>, Vec<Vec<u8>>) = staged.into_iter().unzip();
+    let parts: Arc<[Vec<u8>]> = bytes.into();
+    let count = parts.len() as i64;
+    let batch = MergeBatch {
+        known,
+        parts: Arc::clone(&parts),
+        ..MergeBatch::default()
+    };
+    let merged = merge_from(ext, name, CONTEXT, MERGE_HANDED_OVER_PARTS, &count, batch);
     if merged.is_err() {
         // Nothing was merged (one statement): the parts stay staged. (If
         // SQLite rolled the whole transaction back, as it may on an I/O
@@ -450,7 +474,7 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
         let mut put = inner.conn.prepare_cached(
             "INSERT OR IGNORE INTO crsql_stream_staging (name, part, package) VALUES (?1, ?2, ?3)",
         )?;
-        for (part, bytes) in &staged {
+        for (part, bytes) in numbers.iter().zip(parts.iter()) {
             put.execute(params![name, part, bytes])?;
         }
     }

@@ -58,6 +58,34 @@ impl Listing {
     }
 }
 
+/// The `next`, `eof`, `column` and `rowid` of a cursor (a `TableCursor`
+/// impl) that serves a [`Listing`] held in its field `rows`.
+macro_rules! listing_cursor {
+    () => {
+        fn next(&mut self) -> $crate::error::Result<()> {
+            self.rows.next();
+            Ok(())
+        }
+
+        fn eof(&self) -> bool {
+            self.rows.eof()
+        }
+
+        fn column(
+            &self,
+            ctx: &mut rusqlite::vtab::Context,
+            col: std::ffi::c_int,
+        ) -> $crate::error::Result<()> {
+            Ok(ctx.set_result(&self.rows.column(col))?)
+        }
+
+        fn rowid(&self) -> $crate::error::Result<i64> {
+            Ok(self.rows.rowid())
+        }
+    };
+}
+pub(crate) use listing_cursor;
+
 pub const OUTBOUND: &str = "crsql_OutboundStream";
 pub const INBOUND: &str = "crsql_InboundStream";
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crsql_stream_core::package::{to_hex, Package};
 use crsql_stream_core::Position;
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::vtab::{Context, IndexInfo};
+use rusqlite::vtab::IndexInfo;
 use rusqlite::OptionalExtension;
 
 use crate::crr::counts::{changes_after, Filter};
@@ -203,20 +203,5 @@ impl TableCursor for StreamsCursor {
         Ok(())
     }
 
-    fn next(&mut self) -> Result<()> {
-        self.rows.next();
-        Ok(())
-    }
-
-    fn eof(&self) -> bool {
-        self.rows.eof()
-    }
-
-    fn column(&self, ctx: &mut Context, col: c_int) -> Result<()> {
-        Ok(ctx.set_result(&self.rows.column(col))?)
-    }
-
-    fn rowid(&self) -> Result<i64> {
-        Ok(self.rows.rowid())
-    }
+    super::listing_cursor!();
 }

@@ -362,12 +362,11 @@ impl Conn {
                             ));
                         }
                     }
-                    let applied = tenant.apply(hello.site, bytes).await?;
+                    let changes = summary.changes as u64;
+                    let applied = tenant.apply(hello.site, bytes, summary.sites).await?;
                     m.apply_seconds.observe(began.elapsed().as_secs_f64());
                     m.packages_in.get_or_create(&tlabels).inc();
-                    m.changes_in
-                        .get_or_create(&tlabels)
-                        .inc_by(summary.changes as u64);
+                    m.changes_in.get_or_create(&tlabels).inc_by(changes);
                     self.send(Frame::Ack(applied)).await?;
                     // A fresh caught_up after this ack: the client's --once
                     // waits for one.

@@ -90,6 +90,7 @@ impl Hub {
             data_dir: self.cfg.data_dir.clone(),
             schema_dir: self.cfg.schema_dir.clone(),
             package_bytes: self.package_bytes(),
+            nats_package_bytes: self.nats.as_ref().map(|n| n.package_bytes),
         };
         let n = name.to_string();
         let (t, thread) = tokio::task::spawn_blocking(move || Tenant::open(&n, &cfg))

@@ -21,20 +21,21 @@
 //!   `crsql_resync_from_<peer>`, takes over the peer's positions, and goes
 //!   on after the peer's sequence.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
 use async_nats::HeaderMap;
-use crsql_stream_rs::rusqlite::{self, Connection};
+use crsql_stream_rs::rusqlite::{self, Connection, OptionalExtension};
 use futures_util::{FutureExt, StreamExt};
 
-use super::tenant::{read_packages, refusal, Refusal, Tenant};
+use super::tenant::{read_packages, refusal, OutPackage, Refusal, Tenant};
 use super::Hub;
 use crate::db;
 use crate::metrics;
-use crate::protocol::{hex, inspect_package, parse_site, ErrorCode, Pos, Site};
+use crate::protocol::{hex, parse_site, ErrorCode, Pos, Site};
 
 /// `serve --nats URL --nats-max-age D`.
 #[derive(Clone, Debug)]
@@ -49,10 +50,18 @@ pub(crate) struct Nats {
     js: jetstream::Context,
     max_age: Duration,
     /// Largest package published (below the server's max_payload).
-    package_bytes: usize,
+    pub(crate) package_bytes: usize,
 }
 
 const OUT: &str = "crsql_nats_out";
+/// The first `exclude_sites` entry of `crsql_nats_out`: no database has
+/// this site id, and with two entries or more the stream names no peer
+/// (an outbound stream with exactly one excluded site takes it as its
+/// peer in `crsql_peers`).
+const NO_SITE: &str = "00000000000000000000000000000000";
+/// A hub whose own clients pushed nothing for this long still publishes
+/// the empty package that moves its stream past what it merged.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 const IN_PREFIX: &str = "crsql_nats_in_";
 const H_SITE: &str = "Crsql-Site";
 const H_AFTER: &str = "Crsql-After";
@@ -168,20 +177,7 @@ pub(crate) async fn attach(
 ) -> Result<(), Refusal> {
     let max = nats.package_bytes;
     tenant
-        .run(true, move |c| {
-            c.execute_batch(
-                "CREATE TABLE IF NOT EXISTS crsql_nats_state(id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL); \
-                 INSERT OR IGNORE INTO crsql_nats_state VALUES (1, 0);",
-            )
-            .map_err(|e| refusal(&e))?;
-            if !db::stream_exists(c, OUT).map_err(|e| refusal(&e))? {
-                c.execute_batch(&format!(
-                    "CREATE VIRTUAL TABLE {OUT} USING crsql_OutboundStream(max_bytes = {max})"
-                ))
-                .map_err(|e| refusal(&e))?;
-            }
-            Ok(())
-        })
+        .run(true, move |c| setup(c, max).map_err(|e| refusal(&e)))
         .await?;
     let link = Arc::new(Link {
         hub: hub.clone(),
@@ -250,86 +246,129 @@ impl Link {
         }
     }
 
-    /// Publish `crsql_nats_out` for ever (a round ends on an error).
+    /// Publish `crsql_nats_out` for ever (a round ends on an error). It
+    /// leaves out what other hubs published, so the read after a client's
+    /// push publishes up to the last package with changes; the empty
+    /// package that moves the stream past merged changes only (a
+    /// heartbeat) waits for the next push, or HEARTBEAT.
     async fn publish(self: Arc<Self>) -> Stop {
         let t = &self.tenant;
-        let m = &self.hub.metrics;
         let subject = format!("crsql.{}.{}", t.name, hex(&t.site));
         let site = hex(&t.site);
-        let mut version = t.version.clone();
-        let mut after = match t
-            .run(false, |c| db::last_sent(c, OUT).map_err(|e| refusal(&e)))
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => return e.into(),
-        };
+        let mut pushed = t.pushed.clone();
+        // Whether this read may end with a heartbeat.
+        let mut beat = true;
         loop {
-            version.borrow_and_update();
-            let pulled = match t
+            pushed.borrow_and_update();
+            // From `last_sent`, which is where the last publish ended, or,
+            // after create_out re-created the stream, where it starts.
+            let read = t
                 .run(false, move |c| {
-                    read_packages(c, OUT, after, 64, 8 << 20).map_err(|e| refusal(&e))
+                    let r = || {
+                        let id = out_stream_id(c)?;
+                        let after = db::last_sent(c, OUT)?;
+                        Ok((id, after, read_packages(c, OUT, after, 64, 8 << 20)?))
+                    };
+                    r().map_err(|e: rusqlite::Error| refusal(&e))
                 })
-                .await
-            {
-                Ok(p) => p,
+                .await;
+            let (id, after, pulled) = match read {
+                Ok(r) => r,
                 Err(e) => return e.into(),
             };
-            tracing::debug!(tenant = %t.name, packages = pulled.packages.len(), %after, "read {OUT}");
-            if pulled.packages.is_empty() {
-                if version.changed().await.is_err() {
-                    return Stop::Shutdown;
+            let mut packages = pulled.packages;
+            if !beat {
+                let keep = packages
+                    .iter()
+                    .rposition(|p| p.changes > 0)
+                    .map_or(0, |i| i + 1);
+                if keep == 0 && !pulled.exhausted {
+                    // Only empty packages, and more after them: publish
+                    // them now rather than wait for a heartbeat.
+                    beat = true;
+                    continue;
                 }
-                continue;
+                packages.truncate(keep);
             }
-            let mut acks = Vec::with_capacity(pulled.packages.len());
-            let mut changes = 0;
-            for p in pulled.packages {
-                let s = match inspect_package(&p.bytes) {
-                    Ok(s) => s,
-                    Err(e) => return Stop::Retry(format!("reading {OUT}: {e}")),
-                };
-                let mut h = HeaderMap::new();
-                h.insert(
-                    "Nats-Msg-Id",
-                    format!("{site}:{}-{}", s.since, s.cursor).as_str(),
-                );
-                match self
-                    .nats
-                    .js
-                    .publish_with_headers(subject.clone(), h, p.bytes.into())
-                    .await
-                {
-                    Ok(ack) => acks.push(ack),
-                    Err(e) => return err(format!("publishing: {e}")),
+            tracing::debug!(tenant = %t.name, packages = packages.len(), %after, "read {OUT}");
+            if !packages.is_empty() {
+                if let Err(e) = self.publish_packages(&subject, &site, id, packages).await {
+                    return e;
                 }
-                changes += p.changes;
-                after = p.cursor;
-            }
-            let n = acks.len() as u64;
-            tracing::debug!(tenant = %t.name, packages = n, upto = %after, "published to JetStream");
-            for ack in acks {
-                if let Err(e) = ack.await {
-                    return err(format!("JetStream did not acknowledge a publish: {e}"));
+                if !pulled.exhausted {
+                    continue;
                 }
             }
-            let pos = after;
-            if let Err(e) = t
-                .run(true, move |c| {
-                    c.prepare_cached(&format!("INSERT INTO {OUT}(last_sent) VALUES (?1)"))
-                        .and_then(|mut s| s.execute([pos.to_string()]))
-                        .map(|_| ())
-                        .map_err(|e| refusal(&e))
-                })
+            beat = tokio::select! {
+                r = pushed.changed() => {
+                    if r.is_err() {
+                        return Stop::Shutdown;
+                    }
+                    false
+                }
+                _ = tokio::time::sleep(HEARTBEAT) => true,
+            };
+        }
+    }
+
+    /// Publish `packages` (in order) of the stream whose id is `id`, wait
+    /// for JetStream's acks, then move `last_sent` to the cursor published
+    /// up to, unless the stream was re-created meanwhile (the new one
+    /// starts at a transaction's beginning, which a receiver following it
+    /// needs: it is not moved past that).
+    async fn publish_packages(
+        &self,
+        subject: &str,
+        site: &str,
+        id: Vec<u8>,
+        packages: Vec<OutPackage>,
+    ) -> Result<(), Stop> {
+        let t = &self.tenant;
+        let m = &self.hub.metrics;
+        let mut acks = Vec::with_capacity(packages.len());
+        let mut changes = 0;
+        let mut after = Pos::ZERO;
+        for p in packages {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "Nats-Msg-Id",
+                format!("{site}:{}-{}", p.since, p.cursor).as_str(),
+            );
+            match self
+                .nats
+                .js
+                .publish_with_headers(subject.to_string(), h, p.bytes.into())
                 .await
             {
-                return e.into();
+                Ok(ack) => acks.push(ack),
+                Err(e) => return Err(err(format!("publishing: {e}"))),
             }
-            m.nats_published.get_or_create(&self.labels).inc_by(n);
-            m.nats_published_changes
-                .get_or_create(&self.labels)
-                .inc_by(changes);
+            changes += p.changes;
+            after = p.cursor;
         }
+        let n = acks.len() as u64;
+        tracing::debug!(tenant = %t.name, packages = n, upto = %after, "published to JetStream");
+        for ack in acks {
+            if let Err(e) = ack.await {
+                return Err(err(format!("JetStream did not acknowledge a publish: {e}")));
+            }
+        }
+        t.run(true, move |c| {
+            let ack = || {
+                if out_stream_id(c)? == id {
+                    c.prepare_cached(&format!("INSERT INTO {OUT}(last_sent) VALUES (?1)"))?
+                        .execute([after.to_string()])?;
+                }
+                Ok(())
+            };
+            ack().map_err(|e: rusqlite::Error| refusal(&e))
+        })
+        .await?;
+        m.nats_published.get_or_create(&self.labels).inc_by(n);
+        m.nats_published_changes
+            .get_or_create(&self.labels)
+            .inc_by(changes);
+        Ok(())
     }
 
     /// Apply the other hubs' packages in stream order (a round ends on an
@@ -438,7 +477,8 @@ impl Link {
             let n = items.iter().filter(|i| i.1.is_some()).count() as u64;
             tracing::debug!(tenant = %t.name, messages = items.len(), packages = n, seq, ?gap, "consumed from JetStream");
             let own = t.site;
-            let (done, failed) = match t.run(true, move |c| apply(c, &own, items)).await {
+            let max = self.nats.package_bytes;
+            let (done, failed) = match t.run(true, move |c| apply(c, &own, items, max)).await {
                 Ok(r) => r,
                 Err(e) => return e.into(),
             };
@@ -579,12 +619,16 @@ impl Link {
             }
             let name = resync_from(&p);
             let pkg = reply.payload.to_vec();
+            let max = self.nats.package_bytes;
             if let Err(e) = t
                 .run(true, move |c| {
-                    c.prepare_cached(&format!("INSERT INTO {name}(package) VALUES (?1)"))
-                        .and_then(|mut s| s.execute([pkg]))
-                        .map(|_| ())
-                        .map_err(|e| refusal(&e))
+                    let apply = || {
+                        let before = newest_site(c)?;
+                        c.prepare_cached(&format!("INSERT INTO {name}(package) VALUES (?1)"))?
+                            .execute([pkg])?;
+                        exclude_new_sites(c, before, max)
+                    };
+                    apply().map_err(|e| refusal(&e))
                 })
                 .await
             {
@@ -670,6 +714,112 @@ impl Link {
     }
 }
 
+/// The tenant database's NATS tables and `crsql_nats_out`.
+fn setup(c: &Connection, max: usize) -> rusqlite::Result<()> {
+    let new = !c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'crsql_nats_sites')",
+        [],
+        |r| r.get::<_, bool>(0),
+    )?;
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS crsql_nats_state(id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL); \
+         INSERT OR IGNORE INTO crsql_nats_state VALUES (1, 0); \
+         CREATE TABLE IF NOT EXISTS crsql_nats_sites(site BLOB PRIMARY KEY, pushed INTEGER NOT NULL) WITHOUT ROWID;",
+    )?;
+    // A database of an older hub: its stream had no filter.
+    if new || !db::stream_exists(c, OUT)? {
+        create_out(c, max)?;
+    }
+    Ok(())
+}
+
+/// (Re-)create `crsql_nats_out` where it is (at `last_sent`), leaving out
+/// the changes of the sites that reached this hub only from other hubs
+/// (`crsql_nats_sites.pushed = 0`): those hubs published them.
+fn create_out(c: &Connection, max: usize) -> rusqlite::Result<()> {
+    // Before the transaction of `last_sent`: the receivers drop the parts
+    // of a split transaction they staged from the old stream when they
+    // follow the new one, so it starts again at a transaction's first
+    // part (what they had is merged again as a no-op).
+    let since = if db::stream_exists(c, OUT)? {
+        before_transaction(db::last_sent(c, OUT)?, true)
+    } else {
+        Pos::ZERO
+    };
+    let mut exclude = vec![NO_SITE.to_string()];
+    exclude.extend(
+        c.prepare("SELECT site FROM crsql_nats_sites WHERE pushed = 0 ORDER BY site")?
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .map(|s| s.map(|s| hex(&s)))
+            .collect::<Result<Vec<_>, _>>()?,
+    );
+    drop_stream(c, OUT)?;
+    c.execute_batch(&format!(
+        "CREATE VIRTUAL TABLE {OUT} USING crsql_OutboundStream(max_bytes = {max}, since = '{since}', exclude_sites = '{}')",
+        exclude.join(",")
+    ))
+}
+
+/// The stream id of `crsql_nats_out` (new at each create_out).
+fn out_stream_id(c: &Connection) -> rusqlite::Result<Vec<u8>> {
+    c.prepare_cached("SELECT stream_id FROM crsql_stream_state WHERE name = ?1")?
+        .query_row([OUT], |r| r.get(0))
+}
+
+/// The sites whose changes clients pushed to this hub.
+pub(crate) fn pushed_sites(c: &Connection) -> rusqlite::Result<HashSet<Site>> {
+    c.prepare("SELECT site FROM crsql_nats_sites WHERE pushed = 1")?
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+        .filter_map(|s| s.map(|s| Site::try_from(s.as_slice()).ok()).transpose())
+        .collect()
+}
+
+/// In the transaction that applies a client's push: the origin sites
+/// `sites` (not yet marked) are pushed here, so this hub publishes their
+/// changes from now on, including a failed-over client's changes that its
+/// former hub accepted and never published. A site that was left out
+/// (seen only from other hubs) is put back into `crsql_nats_out`.
+pub(crate) fn mark_pushed(c: &Connection, sites: &[Site], max: usize) -> rusqlite::Result<()> {
+    let mut was_excluded = false;
+    for s in sites {
+        was_excluded |= c
+            .prepare_cached("SELECT pushed = 0 FROM crsql_nats_sites WHERE site = ?1")?
+            .query_row([&s[..]], |r| r.get::<_, bool>(0))
+            .optional()?
+            .unwrap_or(false);
+        c.prepare_cached("INSERT OR REPLACE INTO crsql_nats_sites(site, pushed) VALUES (?1, 1)")?
+            .execute([&s[..]])?;
+    }
+    if was_excluded {
+        create_out(c, max)?;
+    }
+    Ok(())
+}
+
+/// The highest ordinal of `crsql_site_id` (sites known to the database).
+fn newest_site(c: &Connection) -> rusqlite::Result<i64> {
+    c.prepare_cached("SELECT coalesce(max(ordinal), 0) FROM crsql_site_id")?
+        .query_row([], |r| r.get(0))
+}
+
+/// After merging packages of other hubs (JetStream or a snapshot) in the
+/// open transaction: the sites they brought that the database did not know
+/// (ordinal above `before`) reached this hub only from other hubs, so
+/// `crsql_nats_out` leaves them out (unless a client pushes them here
+/// later, see `mark_pushed`).
+fn exclude_new_sites(c: &Connection, before: i64, max: usize) -> rusqlite::Result<()> {
+    let added = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO crsql_nats_sites(site, pushed) \
+             SELECT site_id, 0 FROM crsql_site_id WHERE ordinal > ?1",
+        )?
+        .execute([before])?;
+    if added > 0 {
+        create_out(c, max)?;
+    }
+    Ok(())
+}
+
 /// A consumed message: its sequence, and its sender and package (None:
 /// this hub's own, or unreadable: only the sequence moves).
 type Consumed = (u64, Option<(Site, Vec<u8>)>);
@@ -694,13 +844,19 @@ fn apply(
     c: &Connection,
     own: &Site,
     items: Vec<Consumed>,
+    max: usize,
 ) -> Result<(u64, Option<Refusal>), Refusal> {
     let mut done = applied_seq(c).map_err(|e| refusal(&e))?;
+    let before = newest_site(c).map_err(|e| refusal(&e))?;
     let mut failed = None;
     for (seq, item) in items {
         if let Some((sender, package)) = item {
             debug_assert!(&sender != own);
             let name = nats_in(&sender);
+            let insert = || {
+                c.prepare_cached(&format!("INSERT INTO {name}(package) VALUES (?1)"))?
+                    .execute([&package])
+            };
             let r = (|| {
                 if !db::stream_exists(c, &name)? {
                     c.execute_batch(&format!(
@@ -708,8 +864,21 @@ fn apply(
                         hex(&sender)
                     ))?;
                 }
-                c.prepare_cached(&format!("INSERT INTO {name}(package) VALUES (?1)"))?
-                    .execute([package])
+                match insert() {
+                    // The sender re-created its crsql_nats_out (its filter
+                    // changed, create_out): follow the new stream from
+                    // where this one is, as far as it is complete.
+                    Err(e) if db::message(&e).contains("wrong stream") => {
+                        let pos = complete_position(c, &name)?;
+                        drop_stream(c, &name)?;
+                        c.execute_batch(&format!(
+                            "CREATE VIRTUAL TABLE {name} USING crsql_InboundStream(from = '{}', since = '{pos}')",
+                            hex(&sender)
+                        ))?;
+                        insert()
+                    }
+                    r => r,
+                }
             })();
             if let Err(e) = r {
                 failed = Some(refusal(&e));
@@ -718,6 +887,7 @@ fn apply(
         }
         done = seq;
     }
+    exclude_new_sites(c, before, max).map_err(|e| refusal(&e))?;
     set_seq(c, done).map_err(|e| refusal(&e))?;
     Ok((done, failed))
 }
@@ -760,34 +930,45 @@ fn snapshot_page(
         return Ok(Page::Package(p.bytes, p.cursor));
     }
     let seq = applied_seq(c)?;
-    let rows: Vec<(String, Option<String>)> = c
+    let rows: Vec<String> = c
         .prepare(
-            "SELECT name, last_applied FROM crsql_streams WHERE direction = 'inbound' \
+            "SELECT name FROM crsql_streams WHERE direction = 'inbound' \
              AND name LIKE 'crsql\\_nats\\_in\\_%' ESCAPE '\\'",
         )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let mut positions = Vec::new();
-    for (n, pos) in rows {
+    for n in rows {
         let Some(site) = parse_site(&n[IN_PREFIX.len()..]) else {
             continue;
         };
-        let mut pos = db::pos_of(pos)?;
-        // Staged parts of a split transaction are not in the database yet:
-        // report the position before that transaction.
-        let staged: bool = c
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM crsql_stream_staging WHERE name = ?1)")?
-            .query_row([&n], |r| r.get(0))?;
-        if staged && pos.db_version > 0 {
-            pos = Pos {
-                db_version: pos.db_version - 1,
-                seq: i64::MAX,
-            };
-        }
-        positions.push((site, pos));
+        positions.push((site, complete_position(c, &n)?));
     }
     drop_stream(c, &name)?;
     Ok(Page::Done { seq, positions })
+}
+
+/// How far inbound stream `name` holds its sender's changes: its
+/// `last_applied`, or, while parts of a split transaction are staged (not
+/// in the database yet), the position before that transaction.
+fn complete_position(c: &Connection, name: &str) -> rusqlite::Result<Pos> {
+    let pos = db::last_applied(c, name)?;
+    let staged: bool = c
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM crsql_stream_staging WHERE name = ?1)")?
+        .query_row([name], |r| r.get(0))?;
+    Ok(before_transaction(pos, staged))
+}
+
+/// `pos`, or with `back`, the position just before its transaction.
+fn before_transaction(pos: Pos, back: bool) -> Pos {
+    if back && pos.db_version > 0 {
+        Pos {
+            db_version: pos.db_version - 1,
+            seq: i64::MAX,
+        }
+    } else {
+        pos
+    }
 }
 
 fn parse_positions(s: &str) -> Vec<(Site, Pos)> {

@@ -3,6 +3,7 @@
 //! (applied packages, acknowledgements) queued together share one
 //! transaction; reads of outbound streams run between them, outside it.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -67,6 +68,7 @@ pub struct HelloOk {
 
 pub struct OutPackage {
     pub bytes: Vec<u8>,
+    pub since: Pos,
     pub cursor: Pos,
     pub changes: u64,
 }
@@ -80,6 +82,9 @@ pub enum Cmd {
     Apply {
         site: Site,
         package: Vec<u8>,
+        /// The package's origin sites (with `--nats`, they become sites
+        /// this hub publishes).
+        origins: Vec<Site>,
         reply: oneshot::Sender<Result<Pos, Refusal>>,
     },
     Ack {
@@ -127,6 +132,10 @@ pub struct Tenant {
     /// The tenant database's `crsql_db_version()` after each commit:
     /// connections wait on it to send new changes at once.
     pub version: watch::Receiver<i64>,
+    /// Bumped after each commit that applied a client's push: the NATS
+    /// publisher waits on it (what the hub merged from other hubs is not
+    /// its to publish).
+    pub pushed: watch::Receiver<u64>,
 }
 
 /// What a pull returns: packages, and whether the stream ran out (rather
@@ -145,6 +154,9 @@ pub struct TenantConfig {
     pub schema_dir: Option<PathBuf>,
     /// `max_bytes` of the outbound streams (below the frame limit).
     pub package_bytes: usize,
+    /// With `--nats`: `max_bytes` of `crsql_nats_out`, whose filter follows
+    /// the origin sites of clients' pushes (hub/nats.rs).
+    pub nats_package_bytes: Option<usize>,
 }
 
 impl Tenant {
@@ -180,8 +192,12 @@ impl Tenant {
         let schema_hash = db::schema_hash(&conn).map_err(|e| refusal(&e))?;
         let v = db::db_version(&conn).map_err(|e| refusal(&e))?;
         let (vtx, vrx) = watch::channel(v);
+        let (ptx, prx) = watch::channel(0);
         let (tx, rx) = mpsc::channel(1024);
         let package_bytes = cfg.package_bytes;
+        let nats = cfg
+            .nats_package_bytes
+            .map(|max| Publishing { max, known: None });
         let tname = name.to_string();
         let thread = std::thread::Builder::new()
             .name(format!("tenant-{name}"))
@@ -189,7 +205,9 @@ impl Tenant {
                 Worker {
                     conn,
                     version: vtx,
+                    pushed: ptx,
                     package_bytes,
+                    nats,
                     name: tname,
                 }
                 .run(rx)
@@ -204,6 +222,7 @@ impl Tenant {
                 schema_hash,
                 tx,
                 version: vrx,
+                pushed: prx,
             },
             thread,
         ))
@@ -228,10 +247,18 @@ impl Tenant {
         .await
     }
 
-    pub async fn apply(&self, site: Site, package: Vec<u8>) -> Result<Pos, Refusal> {
+    /// Apply a client's push; `origins` are the origin sites of its
+    /// changes.
+    pub async fn apply(
+        &self,
+        site: Site,
+        package: Vec<u8>,
+        origins: Vec<Site>,
+    ) -> Result<Pos, Refusal> {
         self.call(|reply| Cmd::Apply {
             site,
             package,
+            origins,
             reply,
         })
         .await
@@ -307,8 +334,41 @@ fn open_tenant_db(path: &Path, schema: Option<&Path>) -> Result<Connection, Stri
 struct Worker {
     conn: Connection,
     version: watch::Sender<i64>,
+    pushed: watch::Sender<u64>,
     package_bytes: usize,
+    /// With `--nats`.
+    nats: Option<Publishing>,
     name: String,
+}
+
+/// With `--nats`: the origin sites whose changes this hub publishes.
+struct Publishing {
+    /// `max_bytes` of `crsql_nats_out`.
+    max: usize,
+    /// The sites `crsql_nats_sites` marks as pushed here (loaded at the
+    /// first push; dropped when a transaction fails).
+    known: Option<HashSet<Site>>,
+}
+
+impl Publishing {
+    /// In the open transaction, before a push is applied: its origin sites
+    /// are published by this hub from now on.
+    fn pushed(&mut self, conn: &Connection, origins: &[Site]) -> rusqlite::Result<()> {
+        let known = match &mut self.known {
+            Some(k) => k,
+            None => self.known.insert(super::nats::pushed_sites(conn)?),
+        };
+        let new: Vec<Site> = origins
+            .iter()
+            .filter(|s| !known.contains(*s))
+            .copied()
+            .collect();
+        if !new.is_empty() {
+            super::nats::mark_pushed(conn, &new, self.max)?;
+            known.extend(new);
+        }
+        Ok(())
+    }
 }
 
 enum Reply {
@@ -349,18 +409,21 @@ impl Worker {
     fn writes(&mut self, cmds: Vec<Cmd>) {
         let began = Instant::now();
         let mut replies = Vec::with_capacity(cmds.len());
+        let mut pushes = false;
         let txn = self.conn.execute_batch("BEGIN IMMEDIATE");
         for cmd in cmds {
             match cmd {
                 Cmd::Apply {
                     site,
                     package,
+                    origins,
                     reply,
                 } => {
                     let r = match &txn {
                         Err(e) => Err(refusal(e)),
-                        Ok(()) => self.apply(&site, &package),
+                        Ok(()) => self.apply(&site, &package, &origins),
                     };
+                    pushes |= r.is_ok();
                     replies.push(Reply::Apply(reply, r));
                 }
                 Cmd::Ack { site, pos, reply } => {
@@ -388,6 +451,13 @@ impl Worker {
         } else {
             Ok(())
         };
+        if commit.is_err() {
+            if let Some(n) = &mut self.nats {
+                n.known = None;
+            }
+        } else if pushes {
+            self.pushed.send_modify(|n| *n += 1);
+        }
         for r in replies {
             match r {
                 Reply::Apply(tx, res) => {
@@ -418,12 +488,17 @@ impl Worker {
         tracing::trace!(tenant = %self.name, elapsed = ?began.elapsed(), "write batch");
     }
 
-    fn apply(&self, site: &Site, package: &[u8]) -> Result<Pos, Refusal> {
+    fn apply(&mut self, site: &Site, package: &[u8], origins: &[Site]) -> Result<Pos, Refusal> {
         let name = db::hub_in(site);
         let sql = format!("INSERT INTO {}(package) VALUES (?1)", db::ident(&name));
-        let run = || -> rusqlite::Result<Pos> {
-            self.conn.prepare_cached(&sql)?.execute([package])?;
-            db::last_applied(&self.conn, &name)
+        let conn = &self.conn;
+        let nats = &mut self.nats;
+        let mut run = || -> rusqlite::Result<Pos> {
+            if let Some(n) = nats {
+                n.pushed(conn, origins)?;
+            }
+            conn.prepare_cached(&sql)?.execute([package])?;
+            db::last_applied(conn, &name)
         };
         run().map_err(|e| refusal(&e))
     }
@@ -559,7 +634,7 @@ pub(crate) fn read_packages(
     max_bytes: usize,
 ) -> rusqlite::Result<Pulled> {
     let sql = format!(
-        "SELECT package, cursor, changes FROM {} WHERE cursor > ?1 LIMIT ?2",
+        "SELECT package, since, cursor, changes FROM {} WHERE cursor > ?1 LIMIT ?2",
         db::ident(stream)
     );
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -568,11 +643,13 @@ pub(crate) fn read_packages(
     let mut bytes = 0usize;
     while let Some(row) = rows.next()? {
         let p: Vec<u8> = row.get(0)?;
-        let cursor = db::pos_of(Some(row.get(1)?))?;
-        let changes: i64 = row.get(2)?;
+        let since = db::pos_of(Some(row.get(1)?))?;
+        let cursor = db::pos_of(Some(row.get(2)?))?;
+        let changes: i64 = row.get(3)?;
         bytes += p.len();
         got.push(OutPackage {
             bytes: p,
+            since,
             cursor,
             changes: changes.max(0) as u64,
         });

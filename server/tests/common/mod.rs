@@ -308,7 +308,8 @@ impl NatsServer {
         n
     }
 
-    fn spawn(&mut self) {
+    /// Start it (again, after `stop`) on the same port and store.
+    pub fn spawn(&mut self) {
         let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
             .into_iter()
             .find(|p| Path::new(p).exists())

@@ -1,4 +1,4 @@
-//! The compact CRR layout (docs/compact-layout.md, DECISIONS D??): per CRR
+//! The compact CRR layout (docs/compact-layout.md, DECISIONS D41): per CRR
 //! a row-clock table keyed by the primary key holding one *run* of clocks
 //! (`core::rowclock`), and a cells table for the clocks outside it.
 //!
