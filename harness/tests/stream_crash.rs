@@ -41,7 +41,7 @@ use rand::{Rng, SeedableRng};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
-use crsql_stream_harness::tables::{Exact, Pos};
+use crsql_stream_harness::tables::{changes_without_positions, Exact, Pos};
 use crsql_stream_harness::{close, open, open_memory};
 
 const SHARED: &str = "
@@ -85,40 +85,9 @@ fn dump(conn: &Connection) -> Vec<Rows> {
         .collect()
 }
 
-/// The clocks of the shared tables, without the local positions: every
-/// cell's version, origin and row causal length, and every row's causal
-/// length. (Sentinel rows are compared through the causal length only: a
-/// primary-key change writes a `-1` clock row with cl 1 for the new key on the
-/// sender, which a receiver that creates the row from its cells does not
-/// keep; the same happens through `crsql_changes`.)
-///
-/// A compacted delete (`crsql_compact`) counts with its record's causal
-/// length, as the merge rules use it.
+/// The clocks of the shared tables, without the local positions.
 fn clocks(conn: &Connection) -> Rows {
-    let compacted: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'crsql_tombstones'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let records = if compacted > 0 {
-        "UNION ALL SELECT tbl, pk, cl FROM crsql_tombstones"
-    } else {
-        ""
-    };
-    rows(
-        conn,
-        &format!(
-            "SELECT \"table\", pk, cid, col_version, site_id, cl FROM crsql_changes \
-             WHERE \"table\" IN ('items', 'pairs', 'kv') AND cid != '-1' \
-             UNION ALL \
-             SELECT t, pk, NULL, NULL, NULL, max(cl) FROM \
-             (SELECT \"table\" AS t, pk, cl FROM crsql_changes {records}) \
-             WHERE t IN ('items', 'pairs', 'kv') GROUP BY 1, 2 \
-             ORDER BY 1, 2, 3"
-        ),
-    )
+    changes_without_positions(conn, &["items", "pairs", "kv"], true)
 }
 
 fn staged(conn: &Connection) -> Rows {
