@@ -71,6 +71,21 @@ impl Layout {
         )
     }
 
+    /// The layout CRR `table` is stored in, checking that the tables of
+    /// exactly one layout exist for it.
+    pub fn of(conn: &Connection, table: &str) -> Layout {
+        let has = |suffix: &str| sql::exists(conn, &format!("{table}{suffix}"));
+        let crsqlite = has("__crsql_clock") && has("__crsql_pks");
+        let compact = has("__crsql_rows") && has("__crsql_cells");
+        match (crsqlite, compact) {
+            (true, false) => Layout::Crsqlite,
+            (false, true) => Layout::Compact,
+            _ => panic!(
+                "table {table}: tables of the cr-sqlite layout {crsqlite}, of the compact layout {compact}"
+            ),
+        }
+    }
+
     /// `crsql_convert_layout(table, <this layout>)`.
     pub fn convert(self, conn: &Connection, table: &str) -> rusqlite::Result<()> {
         conn.query_row(

@@ -431,3 +431,25 @@ pub fn pump_at_most(
     }
     Ok(n)
 }
+
+/// Everything a layout conversion must keep, of a database with CRRs
+/// `tables`: its changes (all nine columns, in the order `crsql_changes`
+/// gives them), its compaction records, its db_version and its tables.
+pub fn crr_state(c: &Connection, tables: &[&str]) -> Vec<Vec<Value>> {
+    let mut out = rows(c, SELECT_CHANGES);
+    if exists(c, "crsql_tombstones") {
+        out.push(vec![Value::Text("records".into())]);
+        out.extend(rows(
+            c,
+            "SELECT tbl, pk, cl, db_version, seq, site_id FROM crsql_tombstones ORDER BY 1, 2",
+        ));
+    }
+    out.push(rows(c, "SELECT crsql_db_version()").remove(0));
+    for t in tables {
+        out.push(vec![Value::Text(t.to_string())]);
+        let single = int(c, &format!("SELECT count(*) FROM pragma_table_info('{t}')")) == 1;
+        let order = if single { "1" } else { "1, 2" };
+        out.extend(rows(c, &format!("SELECT * FROM \"{t}\" ORDER BY {order}")));
+    }
+    out
+}

@@ -27,7 +27,7 @@ use proptest::test_runner::{Config, FileFailurePersistence};
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
 
-use crsql_stream_harness::sql::{exec, exists, rows, INSERT_CHANGE, SELECT_CHANGES};
+use crsql_stream_harness::sql::{crr_state, exec, rows, INSERT_CHANGE, SELECT_CHANGES};
 use crsql_stream_harness::{close, open, prop_cases, Layout};
 
 /// Tables of every key shape the compact layout stores differently: a rowid
@@ -269,34 +269,7 @@ fn run_ops(conn: &Connection, ops: &[Op]) {
 /// nine columns, in the order `crsql_changes` gives them), its compaction
 /// records, its db_version and its tables.
 fn state(conn: &Connection) -> Vec<Vec<Value>> {
-    state_of(conn, &TABLES)
-}
-
-/// [`state`] of a database with CRRs `tables`.
-fn state_of(conn: &Connection, tables: &[&str]) -> Vec<Vec<Value>> {
-    let mut out = rows(conn, SELECT_CHANGES);
-    if exists(conn, "crsql_tombstones") {
-        out.push(vec![Value::Text("records".into())]);
-        out.extend(rows(
-            conn,
-            "SELECT tbl, pk, cl, db_version, seq, site_id FROM crsql_tombstones ORDER BY 1, 2",
-        ));
-    }
-    out.push(rows(conn, "SELECT crsql_db_version()").remove(0));
-    for t in tables {
-        out.push(vec![Value::Text(t.to_string())]);
-        let n = rows(
-            conn,
-            &format!("SELECT count(*) FROM pragma_table_info('{t}')"),
-        );
-        let order = if n[0][0] == Value::Integer(1) {
-            "1"
-        } else {
-            "1, 2"
-        };
-        out.extend(rows(conn, &format!("SELECT * FROM {t} ORDER BY {order}")));
-    }
-    out
+    crr_state(conn, &TABLES)
 }
 
 /// The changes of a twin, its own site id read as NULL (the twins' ids differ).
@@ -308,22 +281,6 @@ fn twin_changes(conn: &Connection) -> Vec<Vec<Value>> {
     )
 }
 
-/// The layout table `t` is stored in, checking that exactly one layout's
-/// tables exist for it.
-pub fn layout_of(conn: &Connection, t: &str) -> Layout {
-    let crsqlite =
-        exists(conn, &format!("{t}__crsql_clock")) && exists(conn, &format!("{t}__crsql_pks"));
-    let compact =
-        exists(conn, &format!("{t}__crsql_rows")) && exists(conn, &format!("{t}__crsql_cells"));
-    match (crsqlite, compact) {
-        (true, false) => Layout::Crsqlite,
-        (false, true) => Layout::Compact,
-        _ => {
-            panic!("table {t}: cr-sqlite layout tables {crsqlite}, compact layout tables {compact}")
-        }
-    }
-}
-
 /// Convert `t` to `layout`, checking that nothing else changed.
 fn convert_checked(conn: &Connection, t: &str, layout: Layout, what: &str) {
     convert_checked_of(conn, &TABLES, t, layout, what)
@@ -331,17 +288,17 @@ fn convert_checked(conn: &Connection, t: &str, layout: Layout, what: &str) {
 
 /// [`convert_checked`] in a database with CRRs `tables`.
 fn convert_checked_of(conn: &Connection, tables: &[&str], t: &str, layout: Layout, what: &str) {
-    let before = state_of(conn, tables);
+    let before = crr_state(conn, tables);
     layout
         .convert(conn, t)
         .unwrap_or_else(|e| panic!("{what}: converting {t} to {layout:?}: {e}"));
     assert_eq!(
-        layout_of(conn, t),
+        Layout::of(conn, t),
         layout,
         "{what}: {t} after its conversion"
     );
     assert_eq!(
-        state_of(conn, tables),
+        crr_state(conn, tables),
         before,
         "{what}: converting {t} to {layout:?} changed the state"
     );
@@ -404,7 +361,7 @@ fn run(steps: &[Step], peer_layout: Layout) {
             }
             Step::Convert { t } => {
                 let t = TABLES[*t];
-                let to = layout_of(&a, t).other();
+                let to = Layout::of(&a, t).other();
                 convert_checked(&a, t, to, &what);
             }
             Step::Reopen => {
@@ -423,7 +380,7 @@ fn run(steps: &[Step], peer_layout: Layout) {
     // The round trip of every table, whatever layout it is in now.
     for t in TABLES {
         for layout in [Layout::Compact, Layout::Crsqlite, Layout::Compact] {
-            if layout_of(&a, t) != layout {
+            if Layout::of(&a, t) != layout {
                 convert_checked(&a, t, layout, "the final round trip");
             }
         }
@@ -536,7 +493,7 @@ fn basic_db_written_by_cr_sqlite_converts_to_compact_and_back_and_keeps_syncing(
     }
     let conv = open(&conv_path);
     let twin = open(&twin_path);
-    let theirs = state_of(&twin, &BASIC_CRRS);
+    let theirs = crr_state(&twin, &BASIC_CRRS);
     assert!(
         theirs.len() > 40,
         "basic.db has its changes: {}",
@@ -544,13 +501,13 @@ fn basic_db_written_by_cr_sqlite_converts_to_compact_and_back_and_keeps_syncing(
     );
     for t in BASIC_CRRS {
         assert_eq!(
-            layout_of(&conv, t),
+            Layout::of(&conv, t),
             Layout::Crsqlite,
             "basic.db as cr-sqlite wrote it"
         );
         convert_checked_of(&conv, &BASIC_CRRS, t, Layout::Compact, "basic.db");
     }
-    assert_eq!(state_of(&conv, &BASIC_CRRS), theirs);
+    assert_eq!(crr_state(&conv, &BASIC_CRRS), theirs);
 
     // Peers of both layouts, created from basic.db's schema, that got
     // everything basic.db had.
@@ -595,8 +552,8 @@ fn basic_db_written_by_cr_sqlite_converts_to_compact_and_back_and_keeps_syncing(
             pull(&twin, p);
         }
         assert_eq!(
-            state_of(&conv, &BASIC_CRRS),
-            state_of(&twin, &BASIC_CRRS),
+            crr_state(&conv, &BASIC_CRRS),
+            crr_state(&twin, &BASIC_CRRS),
             "round {round}: the converted basic.db (left) and the copy in the cr-sqlite layout (right)"
         );
         for p in &peers {
@@ -617,7 +574,7 @@ fn basic_db_written_by_cr_sqlite_converts_to_compact_and_back_and_keeps_syncing(
             }
         }
     }
-    assert_eq!(state_of(&conv, &BASIC_CRRS), state_of(&twin, &BASIC_CRRS));
+    assert_eq!(crr_state(&conv, &BASIC_CRRS), crr_state(&twin, &BASIC_CRRS));
     for c in [conv, twin].into_iter().chain(peers) {
         close(c);
     }
