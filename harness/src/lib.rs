@@ -116,6 +116,29 @@ pub fn compact_layout() -> bool {
     test_layout() == Layout::Compact
 }
 
+/// `assert_eq!` of an assertion about the cr-sqlite layout's own tables
+/// (`t__crsql_clock`, `t__crsql_pks`, trigger DDL): skipped when the
+/// suites run on the compact layout, which has none of them. What those
+/// tables record is what `crsql_changes` shows, which the tests assert
+/// too and which tests/compact_layout.rs compares between the layouts.
+#[macro_export]
+macro_rules! assert_internal_eq {
+    ($($arg:tt)*) => {
+        if !$crate::compact_layout() {
+            assert_eq!($($arg)*);
+        }
+    };
+}
+
+/// The table holding CRR `table`'s clocks in the layout of [`test_layout`]:
+/// `<table>__crsql_clock`, or the compact layout's `<table>__crsql_rows`.
+pub fn clock_table(table: &str) -> String {
+    match test_layout() {
+        Layout::Crsqlite => format!("{table}__crsql_clock"),
+        Layout::Compact => format!("{table}__crsql_rows"),
+    }
+}
+
 /// Apply [`test_layout`] to a connection that just loaded the extension.
 /// Nothing is written for the default layout, on a read-only connection, or
 /// when the database already has the setting (reopening a file writes

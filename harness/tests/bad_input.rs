@@ -242,7 +242,10 @@ fn with(idx: usize, v: Value) -> [Value; 9] {
 fn still_works(c: &Connection, v0: i64) {
     exec(c, "INSERT INTO foo VALUES (77, 'after', 'after')");
     assert_eq!(
-        int(c, "SELECT max(db_version) FROM foo__crsql_clock"),
+        int(
+            c,
+            "SELECT max(db_version) FROM crsql_changes WHERE \"table\" = 'foo'"
+        ),
         v0 + 1
     );
     let g = good();
