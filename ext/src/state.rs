@@ -349,11 +349,10 @@ impl Inner {
                 clocks.push(name.to_string());
             }
         }
-        // crr::compact: the two clock tables of each compact CRR.
-        let compact = crate::crr::compact::clock_tables(&tables);
+        // crr::compact: the two clock tables of compact CRRs (dropped ones too).
+        clocks.extend(crate::crr::compact::clock_tables(&self.conn, &cat)?);
         let mut parts: Vec<String> = clocks
             .iter()
-            .chain(&compact)
             .map(|clock| format!("SELECT max(db_version) AS v FROM {}", quote_ident(clock)))
             .collect();
         parts.push(
@@ -364,7 +363,6 @@ impl Inner {
         self.newest_seq_sql = max_of(
             &clocks
                 .iter()
-                .chain(&compact)
                 .map(|clock| {
                     format!(
                         "SELECT max(seq) AS v FROM {} WHERE db_version = ?1",

@@ -749,6 +749,12 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
     let conn = ext.db.connection()?;
     conn.execute_batch("SAVEPOINT crsql_commit_alter")?;
     let work = (|| -> Result<()> {
+        // crr::compact: a compact table still in its layout had no window.
+        if compact::is_compact(&inner.conn, table)? {
+            return Err(err!(
+                "crsql_commit_alter: no crsql_begin_alter('{table}') is open on this connection"
+            ));
+        }
         let cur = inner.db_version(&ext.tx)?;
         let (pks, _) = schema::read_columns(&inner.conn, table)?
             .ok_or_else(|| err!("crsql_commit_alter: no such table: {table}"))?;
@@ -996,9 +1002,7 @@ pub fn new_site_id(ext: &Ext) -> Result<[u8; 16]> {
             [former.concat()],
         )?;
         counts::move_local_site(&inner, ordinal)?;
-        // crr::compact: its clock tables carry site ordinals too.
-        let compact = compact::clock_tables(inner.tables());
-        for clock in inner.clock_tables().iter().chain(&compact) {
+        for clock in inner.clock_tables() {
             inner.conn.execute(
                 &format!(
                     "UPDATE {} SET site_id = ?1 WHERE site_id = 0",

@@ -303,6 +303,18 @@ impl Catalog {
         v
     }
 
+    /// Main-schema table names ending in `suffix` (`crr::compact`).
+    pub fn tables_ending(&self, suffix: &str) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .main
+            .keys()
+            .filter(|n| n.ends_with(suffix))
+            .map(String::as_str)
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Whether the main schema has a table named exactly `name`.
     pub fn has_table(&self, name: &str) -> bool {
         self.main.contains_key(name)

@@ -36,7 +36,7 @@ CREATE VIEW IF NOT EXISTS crsql_pending_schema AS
   SELECT \"table\", CASE cid WHEN '-1' THEN NULL ELSE cid END AS \"column\",
          count(*) AS changes,
          CASE WHEN cid = '-1' OR NOT EXISTS (SELECT 1 FROM sqlite_master AS m
-                WHERE m.type = 'table' AND m.name = p.\"table\" || '__crsql_clock')
+                WHERE m.type = 'table' AND m.name IN (p.\"table\" || '__crsql_clock', p.\"table\" || '__crsql_rows'))
               THEN 'the table is not a CRR here'
               ELSE 'the table has no such column here' END AS reason
   FROM crsql_pending_changes AS p GROUP BY \"table\", cid;";

@@ -293,14 +293,21 @@ pub fn drop_sql(conn: &Connection, table: &str) -> Result<String> {
     ))
 }
 
-/// The clock tables of the compact CRRs among `tables`: each has
-/// `db_version` and `seq` columns and an index on them (`state.rs`).
-pub fn clock_tables(tables: &[std::sync::Arc<TableInfo>]) -> Vec<String> {
-    tables
-        .iter()
-        .filter(|t| t.compact.is_some())
-        .flat_map(|t| table_names(&t.name))
-        .collect()
+/// The clock tables of every compact CRR, and of compact CRRs whose base
+/// table was dropped: each has `db_version`, `seq` and `site_id` columns
+/// and an index on the first two (`state.rs`: the database's version, the
+/// newest position, `crsql_new_site_id`).
+pub fn clock_tables(conn: &Connection, cat: &schema::Catalog) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for rows in cat.tables_ending(ROWS_SUFFIX) {
+        let stem = rows.strip_suffix(ROWS_SUFFIX).unwrap_or(rows);
+        let [rows, cells] = table_names(stem);
+        if cat.has_table(&cells) && is_compact(conn, stem)? {
+            out.push(rows);
+            out.push(cells);
+        }
+    }
+    Ok(out)
 }
 
 /// For a compact CRR, a subquery with one row per clock (`site_id`,
