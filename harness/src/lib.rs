@@ -170,6 +170,24 @@ pub fn open_memory() -> Connection {
     conn
 }
 
+/// SIGKILL a child process of a crash test, wait for it, and collect what
+/// it printed: its exit status, the stdout lines `reader` gathered, and its
+/// stderr.
+pub fn kill_and_collect(
+    child: &mut std::process::Child,
+    reader: std::thread::JoinHandle<Vec<String>>,
+) -> (std::process::ExitStatus, Vec<String>, String) {
+    use std::io::Read;
+    let _ = child.kill(); // SIGKILL
+    let status = child.wait().expect("wait for the child");
+    let lines = reader.join().expect("the child's stdout reader");
+    let mut err = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        stderr.read_to_string(&mut err).expect("the child's stderr");
+    }
+    (status, lines, err)
+}
+
 /// Close cleanly: finalize the extension's statements, then close.
 pub fn close(conn: Connection) {
     let _: String = conn

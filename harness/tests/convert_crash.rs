@@ -22,7 +22,7 @@
 //! test).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -34,7 +34,7 @@ use rand::{Rng, SeedableRng};
 use rusqlite::types::Value;
 
 use crsql_stream_harness::sql::{crr_state, exec, rows, text};
-use crsql_stream_harness::{close, open, Layout};
+use crsql_stream_harness::{close, kill_and_collect, open, Layout};
 
 const TABLES: [&str; 3] = ["t", "s", "w"];
 
@@ -105,16 +105,7 @@ fn run_child(db: &Path, after: usize, delay: Duration) -> Vec<String> {
     if progressed {
         std::thread::sleep(delay);
     }
-    let _ = child.kill(); // SIGKILL
-    let status = child.wait().unwrap();
-    let lines = reader.join().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, lines, err) = kill_and_collect(&mut child, reader);
     assert!(
         status.signal() == Some(9),
         "convert_child ended by itself with {status}: {err}\nlast output: {:?}",

@@ -135,6 +135,21 @@ fn pk_where(t: usize, first: usize) -> String {
         .join(" AND ")
 }
 
+/// `<verb> t SET c1 = ?1, … WHERE <pk> = ?n+1 …`.
+fn update_sql(t: usize, verb: &str, cols: &[&str]) -> String {
+    let set: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("\"{c}\" = ?{}", i + 1))
+        .collect();
+    format!(
+        "{verb} {} SET {} WHERE {}",
+        TABLES[t],
+        set.join(", "),
+        pk_where(t, cols.len() + 1)
+    )
+}
+
 /// The statement of an op and its parameters (None: nothing to do).
 fn statement(op: &Op) -> Option<(String, Vec<Value>)> {
     let name = |t: usize| TABLES[t];
@@ -177,17 +192,7 @@ fn statement(op: &Op) -> Option<(String, Vec<Value>)> {
             if COLS[t].is_empty() {
                 return None;
             }
-            let set: Vec<String> = COLS[t]
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("\"{c}\" = ?{}", i + 1))
-                .collect();
-            let sql = format!(
-                "UPDATE {} SET {} WHERE {}",
-                name(t),
-                set.join(", "),
-                pk_where(t, COLS[t].len() + 1)
-            );
+            let sql = update_sql(t, "UPDATE", COLS[t]);
             let mut params: Vec<Value> = (0..COLS[t].len())
                 .map(|i| value(v.wrapping_add(i as u8 * 3)))
                 .collect();
@@ -199,17 +204,7 @@ fn statement(op: &Op) -> Option<(String, Vec<Value>)> {
             key(t, k),
         ),
         Op::MoveKey { t, k, to } => {
-            let set: Vec<String> = PKS[t]
-                .iter()
-                .enumerate()
-                .map(|(i, p)| format!("\"{p}\" = ?{}", i + 1))
-                .collect();
-            let sql = format!(
-                "UPDATE OR IGNORE {} SET {} WHERE {}",
-                name(t),
-                set.join(", "),
-                pk_where(t, PKS[t].len() + 1)
-            );
+            let sql = update_sql(t, "UPDATE OR IGNORE", PKS[t]);
             let mut params = key(t, to);
             params.extend(key(t, k));
             (sql, params)

@@ -28,7 +28,7 @@
 //! (default 60; 300 in the soak test).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,7 +42,7 @@ use rusqlite::types::Value;
 use rusqlite::Connection;
 
 use crsql_stream_harness::tables::{changes_without_positions, Exact, Pos};
-use crsql_stream_harness::{close, open, open_memory};
+use crsql_stream_harness::{close, kill_and_collect, open, open_memory};
 
 const SHARED: &str = "
 CREATE TABLE items (id INTEGER PRIMARY KEY NOT NULL, a, b TEXT, c REAL, d BLOB);
@@ -317,16 +317,7 @@ impl Harness {
             }
             std::thread::sleep(delay);
         }
-        let _ = child.kill(); // SIGKILL
-        let status = child.wait().unwrap();
-        let lines = reader.join().unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let (status, lines, err) = kill_and_collect(&mut child, reader);
         match status.signal() {
             Some(9) => self.kills += 1,
             _ if status.success() => self.finished += 1,
