@@ -240,6 +240,23 @@ impl Stored {
         if self.run.as_ref().is_some_and(Run::is_empty) {
             self.run = None;
         }
+        if let (Some(run), Some(more)) = (&mut self.run, Run::of_consecutive(&writes)) {
+            // Clocks that continue the run (the next slot at the next seq,
+            // the same version and site: a row merged change by change)
+            // join it. Nothing else can be at those seqs, so the run's
+            // range still overlaps no other run's.
+            if !more.sentinel
+                && more.db_version == run.db_version
+                && more.site == run.site
+                && writes[0].0 == run.versions.len() as i32
+                && writes[0].1.seq == run.seq + 1
+            {
+                run.versions.extend(&more.versions[run.versions.len()..]);
+                run.seq = more.seq;
+                self.fix_cl();
+                return;
+            }
+        }
         let kept = self.run.as_ref().map_or(0, Run::len);
         match Run::of_consecutive(&writes) {
             Some(new_run) if kept < writes.len() => {

@@ -480,7 +480,10 @@ fn bad_settings_and_conversions_are_refused() {
         .expect_err("no window")
         .to_string();
     assert!(e.contains("no crsql_begin_alter('t') is open"), "{e}");
-    assert!(!db.is_autocommit(), "the caller's transaction is still open");
+    assert!(
+        !db.is_autocommit(),
+        "the caller's transaction is still open"
+    );
     db.execute_batch("COMMIT").unwrap();
     assert_eq!(changes(&db, "").len(), before.len() + 3);
     // The setting is persisted and read back.
@@ -723,8 +726,10 @@ proptest! {
 #[test]
 fn a_dropped_compact_table_keeps_the_version() {
     let db = open("compact");
-    db.execute_batch("INSERT INTO t (id, m) VALUES (1, 'x'); INSERT INTO t (id, m) VALUES (2, 'y');")
-        .unwrap();
+    db.execute_batch(
+        "INSERT INTO t (id, m) VALUES (1, 'x'); INSERT INTO t (id, m) VALUES (2, 'y');",
+    )
+    .unwrap();
     let version = |db: &Connection| -> i64 {
         db.query_row("SELECT crsql_db_version()", [], |r| r.get(0))
             .unwrap()
@@ -738,6 +743,9 @@ fn a_dropped_compact_table_keeps_the_version() {
         .execute_batch("SELECT crsql_as_crr('t')")
         .expect_err("re-creation")
         .to_string();
-    assert!(e.contains("table t") && e.contains("dropped and created again"), "{e}");
+    assert!(
+        e.contains("table t") && e.contains("dropped and created again"),
+        "{e}"
+    );
     close(db);
 }
