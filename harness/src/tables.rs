@@ -6,6 +6,9 @@
 use std::fmt;
 
 use rusqlite::types::Value;
+use rusqlite::Connection;
+
+use crate::Layout;
 
 pub struct TableDef {
     pub name: &'static str,
@@ -84,13 +87,18 @@ impl TableDef {
         )
     }
 
-    /// Keys the replica has seen (its pks lookaside table) but no longer has.
-    pub fn select_dead_keys(&self) -> String {
+    /// Keys the replica has seen (its pks lookaside table, or the row clocks
+    /// of a compact table) but no longer has.
+    pub fn select_dead_keys(&self, layout: Layout) -> String {
         let order: Vec<String> = (1..=self.pks.len()).map(|i| i.to_string()).collect();
+        let keys = match layout {
+            Layout::Crsqlite => "__crsql_pks",
+            Layout::Compact => "__crsql_rows",
+        };
         format!(
             "SELECT {0} FROM {1} EXCEPT SELECT {0} FROM {2} ORDER BY {3}",
             self.pk_list(),
-            quote(&format!("{}__crsql_pks", self.name)),
+            quote(&format!("{}{keys}", self.name)),
             quote(self.name),
             order.join(", ")
         )
@@ -199,4 +207,59 @@ pub fn links_of(n: usize, topology: Topology) -> Vec<(usize, usize)> {
         .into_iter()
         .flat_map(|(a, b)| [(a, b), (b, a)])
         .collect()
+}
+
+/// `crsql_changes` of `tables` without the local positions, in a form that
+/// converged peers share whatever their layouts: every cell's value,
+/// version, origin (with `origin`) and row causal length, and every row's
+/// causal length. Peers that wrote equal values at equal versions
+/// concurrently keep each their own origin (the merge of an equal value is
+/// a no-op, cr-sqlite's rule), so the origin is only comparable between
+/// peers with one writer.
+/// Sentinels count through the causal length only: a primary-key change
+/// writes a sentinel for the new key that a receiver creating the row from
+/// its cells does not keep. A compacted delete (`crsql_compact`) counts
+/// with its record's causal length, as the merge rules use it.
+pub fn changes_without_positions(
+    conn: &Connection,
+    tables: &[&str],
+    origin: bool,
+) -> Vec<Vec<Exact>> {
+    let compacted: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'crsql_tombstones'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("sqlite_master");
+    let records = if compacted {
+        "UNION ALL SELECT tbl, pk, cl FROM crsql_tombstones"
+    } else {
+        ""
+    };
+    let names: Vec<String> = tables
+        .iter()
+        .map(|t| format!("'{}'", t.replace('\'', "''")))
+        .collect();
+    let names = names.join(", ");
+    let site = if origin { "site_id" } else { "NULL" };
+    let sql = format!(
+        "SELECT \"table\", pk, cid, val, col_version, {site}, cl FROM crsql_changes \
+         WHERE \"table\" IN ({names}) AND cid != '-1' \
+         UNION ALL \
+         SELECT t, pk, NULL, NULL, NULL, NULL, max(cl) FROM \
+         (SELECT \"table\" AS t, pk, cl FROM crsql_changes {records}) \
+         WHERE t IN ({names}) GROUP BY 1, 2 \
+         ORDER BY 1, 2, 3"
+    );
+    let mut stmt = conn.prepare(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let rows = stmt
+        .query_map([], |r| {
+            (0..7)
+                .map(|i| r.get::<_, Value>(i).map(Exact::from))
+                .collect()
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<Vec<Exact>>>>())
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows
 }

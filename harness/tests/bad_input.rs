@@ -9,7 +9,7 @@
 //! pending db_version, a half-applied merge) would be committed and seen.
 
 use crsql_stream_harness::sql::*;
-use crsql_stream_harness::{close, open};
+use crsql_stream_harness::{clock_table, close, open};
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
 
@@ -242,7 +242,10 @@ fn with(idx: usize, v: Value) -> [Value; 9] {
 fn still_works(c: &Connection, v0: i64) {
     exec(c, "INSERT INTO foo VALUES (77, 'after', 'after')");
     assert_eq!(
-        int(c, "SELECT max(db_version) FROM foo__crsql_clock"),
+        int(
+            c,
+            "SELECT max(db_version) FROM crsql_changes WHERE \"table\" = 'foo'"
+        ),
         v0 + 1
     );
     let g = good();
@@ -665,14 +668,19 @@ fn as_crr_on_hostile_or_missing_names_is_rejected_and_changes_nothing() {
         ("crsql_site_id", "has unique indices besidesthe primary key"),
         ("crsql_changes", nopk),
         ("gone", nopk),
-        (
-            "foo__crsql_clock",
-            "NOT NULL column without a DEFAULT VALUE",
-        ),
     ] {
         let lit = format!("'{}'", name.replace('\'', "''"));
         rejects_sql(&c, &format!("SELECT crsql_as_crr({lit})"), &[want]);
         rejects_sql(&c, &format!("SELECT crsql_as_crr('main', {lit})"), &[want]);
+    }
+    // The layout's own clock table (the cr-sqlite layout's or the compact
+    // one's) has a NOT NULL column without a default.
+    let own = format!("'{}'", clock_table("foo"));
+    for sql in [
+        format!("SELECT crsql_as_crr({own})"),
+        format!("SELECT crsql_as_crr('main', {own})"),
+    ] {
+        rejects_sql(&c, &sql, &["NOT NULL column without a DEFAULT VALUE"]);
     }
     rejects_sql(&c, "SELECT crsql_as_crr('')", &[]);
     rejects_sql(&c, "SELECT crsql_as_crr(NULL)", &[]);

@@ -32,7 +32,7 @@ use rusqlite::types::Value;
 use rusqlite::Connection;
 
 use crsql_stream_harness::sql::{rows, Change, INSERT_CHANGE};
-use crsql_stream_harness::{close, open};
+use crsql_stream_harness::{close, compact_layout, open};
 
 const WIDE_COLUMNS: usize = 66;
 
@@ -294,19 +294,34 @@ fn state(c: &Connection) -> Vec<Vec<Vec<Value>>> {
     let wide: Vec<String> = (0..WIDE_COLUMNS)
         .map(|i| format!("c{i}, typeof(c{i})"))
         .collect();
+    // The clock tables of the layout under test, byte for byte.
+    let clocks: [String; 4] = if compact_layout() {
+        [
+            "t__crsql_rows",
+            "w__crsql_rows",
+            "t__crsql_cells",
+            "w__crsql_cells",
+        ]
+        .map(|t| format!("SELECT * FROM {t} ORDER BY 1, 2"))
+    } else {
+        [
+            "t__crsql_clock ORDER BY key, col_name",
+            "w__crsql_clock ORDER BY key, col_name",
+            "t__crsql_pks ORDER BY 1",
+            "w__crsql_pks ORDER BY 1",
+        ]
+        .map(|t| format!("SELECT * FROM {t}"))
+    };
     [
         "SELECT id, a, typeof(a), b, typeof(b), c, typeof(c) FROM t ORDER BY id".to_string(),
         format!("SELECT k, {} FROM w ORDER BY k", wide.join(", ")),
-        "SELECT * FROM t__crsql_clock ORDER BY key, col_name".into(),
-        "SELECT * FROM w__crsql_clock ORDER BY key, col_name".into(),
-        "SELECT * FROM t__crsql_pks ORDER BY 1".into(),
-        "SELECT * FROM w__crsql_pks ORDER BY 1".into(),
         "SELECT ordinal, site_id FROM crsql_site_id ORDER BY ordinal".into(),
         "SELECT * FROM crsql_changes".into(),
         "SELECT crsql_db_version()".into(),
     ]
-    .iter()
-    .map(|q| rows(c, q))
+    .into_iter()
+    .chain(clocks)
+    .map(|q| rows(c, &q))
     .collect()
 }
 

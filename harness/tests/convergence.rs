@@ -37,8 +37,8 @@ use rand::SeedableRng;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection};
 
-use crsql_stream_harness::tables::{quote, Exact, InsertMode, TableDef};
-use crsql_stream_harness::{close, open};
+use crsql_stream_harness::tables::{changes_without_positions, quote, Exact, InsertMode, TableDef};
+use crsql_stream_harness::{close, open, test_layout, Layout};
 
 // ---------------------------------------------------------------------------
 // Schema
@@ -178,12 +178,14 @@ enum Step {
 #[derive(Clone)]
 struct History {
     replicas: usize,
+    /// Each replica's CRR layout.
+    layouts: Vec<Layout>,
     steps: Vec<Step>,
 }
 
 impl fmt::Debug for History {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} replicas", self.replicas)?;
+        writeln!(f, "{} replicas, layouts {:?}", self.replicas, self.layouts)?;
         for s in &self.steps {
             writeln!(f, "  {s:?}")?;
         }
@@ -274,10 +276,29 @@ fn step(n: usize) -> impl Strategy<Value = Step> {
     ]
 }
 
+/// Histories of replicas all in the layout of `$CRSQL_TEST_LAYOUT`.
 fn history(max_steps: usize) -> impl Strategy<Value = History> {
     (2..=5usize).prop_flat_map(move |n| {
-        prop::collection::vec(step(n), 1..max_steps)
-            .prop_map(move |steps| History { replicas: n, steps })
+        prop::collection::vec(step(n), 1..max_steps).prop_map(move |steps| History {
+            replicas: n,
+            layouts: vec![test_layout(); n],
+            steps,
+        })
+    })
+}
+
+/// Histories of replicas whose layouts are drawn at random.
+fn mixed_history(max_steps: usize) -> impl Strategy<Value = History> {
+    (2..=5usize).prop_flat_map(move |n| {
+        (
+            prop::collection::vec(prop::sample::select(Layout::ALL.to_vec()), n),
+            prop::collection::vec(step(n), 1..max_steps),
+        )
+            .prop_map(move |(layouts, steps)| History {
+                replicas: n,
+                layouts,
+                steps,
+            })
     })
 }
 
@@ -293,6 +314,7 @@ type Change = [Value; 9];
 
 struct Replica {
     path: PathBuf,
+    layout: Layout,
     conn: Option<Connection>,
     site: Vec<u8>,
     /// Highest `crsql_db_version()` seen so far.
@@ -302,9 +324,10 @@ struct Replica {
 }
 
 impl Replica {
-    fn new(dir: &Path, i: usize, n: usize) -> Replica {
+    fn new(dir: &Path, i: usize, n: usize, layout: Layout) -> Replica {
         let path = dir.join(format!("r{i}.db"));
         let conn = open_replica(&path);
+        layout.set(&conn).expect("crr-layout");
         conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))
             .expect("create schema");
         let site: Vec<u8> = conn
@@ -312,6 +335,7 @@ impl Replica {
             .unwrap();
         let mut r = Replica {
             path,
+            layout,
             conn: Some(conn),
             site,
             db_version: 0,
@@ -438,7 +462,7 @@ impl Replica {
             }
             Op::Resurrect { t, dead, vals } => {
                 let def = &TABLES[*t];
-                let keys = self.rows(&def.select_dead_keys());
+                let keys = self.rows(&def.select_dead_keys(self.layout));
                 if keys.is_empty() {
                     return;
                 }
@@ -504,6 +528,13 @@ impl Replica {
         if !per_row {
             conn.execute_batch("COMMIT").unwrap();
         }
+    }
+
+    /// `crsql_changes` without the local positions (what converged peers
+    /// share whatever their layouts).
+    fn clocks(&self) -> Vec<Vec<Exact>> {
+        let names: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
+        changes_without_positions(self.conn(), &names, false)
     }
 
     fn dump(&self) -> Vec<Vec<Vec<Exact>>> {
@@ -616,7 +647,9 @@ fn sync(
 fn run(h: &History) {
     let dir = tempfile::tempdir().unwrap();
     let n = h.replicas;
-    let mut replicas: Vec<Replica> = (0..n).map(|i| Replica::new(dir.path(), i, n)).collect();
+    let mut replicas: Vec<Replica> = (0..n)
+        .map(|i| Replica::new(dir.path(), i, n, h.layouts[i]))
+        .collect();
     for (i, s) in h.steps.iter().enumerate() {
         match s {
             Step::Write { replica, ops } => {
@@ -670,6 +703,7 @@ fn run(h: &History) {
     assert!(quiet, "the full mesh sync never went quiet");
 
     let first = replicas[0].dump();
+    let first_clocks = replicas[0].clocks();
     for (i, r) in replicas.iter().enumerate().skip(1) {
         let other = r.dump();
         for (t, def) in TABLES.iter().enumerate() {
@@ -679,6 +713,13 @@ fn run(h: &History) {
                 def.name
             );
         }
+        assert_eq!(
+            first_clocks,
+            r.clocks(),
+            "crsql_changes differ between replica 0 ({:?}, left) and replica {i} ({:?}, right)",
+            h.layouts[0],
+            h.layouts[i]
+        );
     }
     for r in replicas {
         close(r.conn.expect("replica is open"));
@@ -793,6 +834,7 @@ fn a_resurrection_by_pk_change_converges_when_the_zeroed_cell_was_written_by_the
     first[0] = min;
     run(&History {
         replicas: 5,
+        layouts: vec![test_layout(); 5],
         steps: vec![
             write(
                 2,
@@ -860,6 +902,19 @@ proptest! {
 
     #[test]
     fn replicas_that_write_and_sync_randomly_end_with_identical_tables(h in history(60)) {
+        run(&h);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(100, 120))]
+
+    /// Issue 12: peers of different layouts converge, to the same
+    /// `crsql_changes`.
+    #[test]
+    fn replicas_of_mixed_layouts_that_write_and_sync_randomly_end_with_identical_tables_and_changes(
+        h in mixed_history(60)
+    ) {
         run(&h);
     }
 }

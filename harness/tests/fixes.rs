@@ -4,7 +4,7 @@
 //! cr-sqlite outcome it replaces.
 
 use crsql_stream_harness::sql::*;
-use crsql_stream_harness::{close, open, open_memory};
+use crsql_stream_harness::{assert_internal_eq, clock_table, close, open, open_memory};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection};
 
@@ -67,7 +67,7 @@ fn zeroed_cells_of_a_row_resurrected_by_a_peer_take_fresh_seqs() {
     foo(&c);
     exec(&c, "INSERT INTO foo VALUES (1, 'x', 'y')");
     apply(&c, &chg("foo", pk1(1), "-1", NULL, 3, 1, &R, 3, 0));
-    assert_eq!(
+    assert_internal_eq!(
         clock_noseq(&c, "foo"),
         vec![
             nsq(1, "-1", 3, 2, 1),
@@ -148,7 +148,7 @@ fn db_version_persists_across_reopen_after_next_db_version_10() {
     let c = open(&path);
     assert_eq!(dbv(&c), 10);
     exec(&c, "INSERT INTO foo VALUES (2, 2, 2)");
-    assert_eq!(
+    assert_internal_eq!(
         int(
             &c,
             "SELECT db_version FROM foo__crsql_clock WHERE key = 2 AND col_name = 'b'"
@@ -178,7 +178,7 @@ fn the_version_used_by_a_no_op_update_survives_reopen() {
     assert_eq!(
         int(
             &c,
-            "SELECT db_version FROM foo__crsql_clock WHERE col_name = 'b'"
+            "SELECT max(db_version) FROM crsql_changes WHERE \"table\" = 'foo' AND cid = 'b'"
         ),
         3
     );
@@ -206,7 +206,7 @@ fn db_version_does_not_go_backwards_after_an_alter_drops_the_newest_clocks_and_a
     assert!(
         int(
             &c,
-            "SELECT db_version FROM foo__crsql_clock WHERE col_name = 'b'"
+            "SELECT max(db_version) FROM crsql_changes WHERE \"table\" = 'foo' AND cid = 'b'"
         ) > after_alter
     );
     close(c);
@@ -246,7 +246,7 @@ fn a_pk_change_delivers_the_moved_values_to_a_peer_syncing_since_its_last_versio
         .filter(|x| x.0 == 2)
         .map(|x| (x.1, x.3))
         .collect();
-    assert_eq!(
+    assert_internal_eq!(
         moved,
         vec![
             ("-1".to_string(), 2),
@@ -357,7 +357,7 @@ fn an_unknown_column_in_a_change_gets_a_message_naming_the_column() {
     let m = message(&e);
     assert!(m.contains("zzz_col"), "{m}");
     assert!(m.contains("foo"), "{m}");
-    assert_eq!(
+    assert_internal_eq!(
         int(&c, "SELECT count(*) FROM foo__crsql_pks"),
         0,
         "no key left behind"
@@ -375,7 +375,7 @@ fn a_pk_column_used_as_cid_gets_a_message_naming_the_column() {
         "{m}"
     );
     assert_ne!(m, "SQL logic error");
-    assert_eq!(
+    assert_internal_eq!(
         int(&c, "SELECT count(*) FROM foo__crsql_pks"),
         0,
         "no key left behind"
@@ -392,7 +392,7 @@ fn a_change_without_cl_is_an_error_not_a_silent_drop() {
     );
     let m = message(&r.unwrap_err());
     assert!(m.contains("cl"), "{m}");
-    assert_eq!(int(&c, "SELECT count(*) FROM foo__crsql_pks"), 0);
+    assert_internal_eq!(int(&c, "SELECT count(*) FROM foo__crsql_pks"), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -407,7 +407,7 @@ fn a_delete_sentinel_stores_its_cl_not_its_col_version() {
     exec(&c, "INSERT INTO foo VALUES (1, 'x', 'y')");
     apply(&c, &chg("foo", pk1(1), "-1", NULL, 5, 1, &R, 2, 0));
     assert_eq!(base(&c, "SELECT * FROM foo"), Vec::<Vec<Value>>::new());
-    assert_eq!(clock_noseq(&c, "foo"), vec![nsq(1, "-1", 2, 2, 1)]);
+    assert_internal_eq!(clock_noseq(&c, "foo"), vec![nsq(1, "-1", 2, 2, 1)]);
     let ch = changes(&c);
     assert_eq!((ch[0].col_version, ch[0].cl), (2, 2));
     // The row is known to be deleted: a resurrection at cl 3 brings it back.
@@ -424,7 +424,7 @@ fn a_resurrecting_sentinel_stores_its_cl_not_its_col_version() {
     foo(&c);
     exec(&c, "INSERT INTO foo VALUES (1, 'x', 'y'); DELETE FROM foo;");
     apply(&c, &chg("foo", pk1(1), "-1", NULL, 9, 1, &R, 3, 0));
-    assert_eq!(clock_noseq(&c, "foo"), vec![nsq(1, "-1", 3, 3, 1)]);
+    assert_internal_eq!(clock_noseq(&c, "foo"), vec![nsq(1, "-1", 3, 3, 1)]);
     assert_eq!(base(&c, "SELECT a FROM foo"), vec![vec![i(1)]]);
 }
 
@@ -483,7 +483,7 @@ fn a_failing_commit_alter_keeps_the_callers_transaction_and_earlier_writes() {
     assert_eq!(
         int(
             &c,
-            "SELECT col_version FROM foo__crsql_clock WHERE col_name = 'b'"
+            "SELECT max(col_version) FROM crsql_changes WHERE \"table\" = 'foo' AND cid = 'b'"
         ),
         2
     );
@@ -515,7 +515,7 @@ fn a_commit_alter_refused_by_a_precondition_keeps_the_callers_writes_and_can_be_
     assert_eq!(
         int(
             &c,
-            "SELECT col_version FROM foo__crsql_clock WHERE col_name = 'b'"
+            "SELECT max(col_version) FROM crsql_changes WHERE \"table\" = 'foo' AND cid = 'b'"
         ),
         2
     );
@@ -568,7 +568,7 @@ fn tables_and_columns_with_spaces_quotes_and_unicode_work_end_to_end() {
                 "OK",
                 "{tbl}"
             );
-            assert!(exists(x, &format!("{tbl}__crsql_clock")), "{tbl}");
+            assert!(exists(x, &clock_table(tbl)), "{tbl}");
             assert!(exists(x, &format!("{tbl}__crsql_itrig")), "{tbl}");
         }
         let qt = q(tbl);
@@ -808,7 +808,7 @@ fn rows_written_during_an_alter_window_reach_a_peer_that_already_synced() {
         .filter(|x| x.0 == 2)
         .map(|x| x.3)
         .collect();
-    assert_eq!(k2, vec![2, 2], "backfilled at the next version");
+    assert_internal_eq!(k2, vec![2, 2], "backfilled at the next version");
     assert_eq!(dbv(&a), 2);
     assert_positions_unique(&a);
     sync(&a, &b, last);
@@ -844,7 +844,7 @@ fn values_of_a_column_added_during_an_alter_window_reach_a_peer_that_already_syn
     assert!(
         int(
             &a,
-            "SELECT db_version FROM foo__crsql_clock WHERE col_name = 'c'"
+            "SELECT max(db_version) FROM crsql_changes WHERE \"table\" = 'foo' AND cid = 'c'"
         ) > last
     );
     sync(&a, &b, last);

@@ -20,7 +20,7 @@ mod fixtures_support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crsql_stream_harness::{close, open};
+use crsql_stream_harness::{close, compact_layout, open};
 use fixtures_support::*;
 use rusqlite::Connection;
 use serde_json::Value as Json;
@@ -169,6 +169,13 @@ fn basic_fixture_final_user_and_internal_tables_match() {
         "site id"
     );
     assert_tables(conn, &fin["tables"], "basic final");
+    if compact_layout() {
+        // The internal tables below are cr-sqlite's on-disk layout; the
+        // compact layout has others (its changes were compared after every
+        // transaction above).
+        close(run.conn);
+        return;
+    }
 
     let internal = fin["internal_tables"].as_object().expect("internal_tables");
     let ours_internal: BTreeSet<String> = query(

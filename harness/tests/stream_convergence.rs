@@ -50,8 +50,10 @@ use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
 
-use crsql_stream_harness::tables::{links_of, quote, Exact, InsertMode, Pos, TableDef, Topology};
-use crsql_stream_harness::{close, open};
+use crsql_stream_harness::tables::{
+    changes_without_positions, links_of, quote, Exact, InsertMode, Pos, TableDef, Topology,
+};
+use crsql_stream_harness::{close, open, test_layout, Layout};
 
 // ---------------------------------------------------------------------------
 // Schema
@@ -217,6 +219,8 @@ struct LinkCfg {
 #[derive(Clone)]
 struct Case {
     peers: usize,
+    /// Each peer's CRR layout.
+    layouts: Vec<Layout>,
     topology: Topology,
     links: Vec<LinkCfg>,
     steps: Vec<Step>,
@@ -224,7 +228,11 @@ struct Case {
 
 impl fmt::Debug for Case {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} peers, {:?}", self.peers, self.topology)?;
+        writeln!(
+            f,
+            "{} peers, {:?}, layouts {:?}",
+            self.peers, self.topology, self.layouts
+        )?;
         let n = links_of(self.peers, self.topology).len();
         for (i, l) in self.links.iter().take(n).enumerate() {
             writeln!(f, "  link {i}: {l:?}")?;
@@ -324,9 +332,17 @@ fn link_cfg() -> impl Strategy<Value = LinkCfg> {
         })
 }
 
-fn case(max_steps: usize) -> impl Strategy<Value = Case> {
+/// Cases whose peers all use the layout of `$CRSQL_TEST_LAYOUT`, or, with
+/// `mixed`, each a layout drawn at random.
+fn case(max_steps: usize, mixed: bool) -> impl Strategy<Value = Case> {
+    let layout = if mixed {
+        prop::sample::select(Layout::ALL.to_vec()).boxed()
+    } else {
+        Just(test_layout()).boxed()
+    };
     (
         3..=5usize,
+        prop::collection::vec(layout, 5),
         prop_oneof![
             Just(Topology::Star),
             Just(Topology::Line),
@@ -335,11 +351,15 @@ fn case(max_steps: usize) -> impl Strategy<Value = Case> {
         prop::collection::vec(link_cfg(), 20),
         prop::collection::vec(step(), 1..max_steps),
     )
-        .prop_map(|(peers, topology, links, steps)| Case {
-            peers,
-            topology,
-            links,
-            steps,
+        .prop_map(|(peers, mut layouts, topology, links, steps)| {
+            layouts.truncate(peers);
+            Case {
+                peers,
+                layouts,
+                topology,
+                links,
+                steps,
+            }
         })
 }
 
@@ -402,14 +422,16 @@ fn count(o: Outcome) {
 
 struct Peer {
     path: PathBuf,
+    layout: Layout,
     conn: Option<Connection>,
     site_hex: String,
 }
 
 impl Peer {
-    fn new(dir: &Path, i: usize) -> Peer {
+    fn new(dir: &Path, i: usize, layout: Layout) -> Peer {
         let path = dir.join(format!("p{i}.db"));
         let conn = open_peer(&path);
+        layout.set(&conn).expect("crr-layout");
         conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))
             .expect("create schema");
         let site_hex: String = conn
@@ -417,6 +439,7 @@ impl Peer {
             .unwrap();
         Peer {
             path,
+            layout,
             conn: Some(conn),
             site_hex,
         }
@@ -499,7 +522,7 @@ impl Peer {
             }
             Op::Resurrect { t, dead, vals } => {
                 let def = &TABLES[*t];
-                let keys = self.rows(&def.select_dead_keys(), &[]);
+                let keys = self.rows(&def.select_dead_keys(self.layout), &[]);
                 if keys.is_empty() {
                     return;
                 }
@@ -687,7 +710,9 @@ struct Net {
 
 impl Net {
     fn new(dir: &Path, case: &Case) -> Net {
-        let peers: Vec<Peer> = (0..case.peers).map(|i| Peer::new(dir, i)).collect();
+        let peers: Vec<Peer> = (0..case.peers)
+            .map(|i| Peer::new(dir, i, case.layouts[i]))
+            .collect();
         let links: Vec<Link> = links_of(case.peers, case.topology)
             .into_iter()
             .zip(&case.links)
@@ -1149,7 +1174,16 @@ impl Net {
 
     fn check_converged(&self) {
         let first = self.peers[0].dump();
+        let names: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
+        let first_changes = changes_without_positions(self.peers[0].conn(), &names, false);
         for (p, peer) in self.peers.iter().enumerate().skip(1) {
+            let changes = changes_without_positions(peer.conn(), &names, false);
+            if changes != first_changes {
+                self.fail(format!(
+                    "peers 0 ({:?}) and {p} ({:?}) differ in crsql_changes:\npeer 0: {first_changes:?}\npeer {p}: {changes:?}",
+                    self.peers[0].layout, peer.layout
+                ));
+            }
             let d = peer.dump();
             for (t, def) in TABLES.iter().enumerate() {
                 if d[t] != first[t] {
@@ -1192,10 +1226,10 @@ fn config(default_cases: u32) -> Config {
     }
 }
 
-fn run_all(default_cases: u32, max_steps: usize) {
+fn run_all(default_cases: u32, max_steps: usize, mixed: bool) {
     let mut runner = TestRunner::new(config(default_cases));
     let start = Instant::now();
-    let result = runner.run(&case(max_steps), |c| {
+    let result = runner.run(&case(max_steps, mixed), |c| {
         run(&c);
         Ok(())
     });
@@ -1223,13 +1257,20 @@ fn run_all(default_cases: u32, max_steps: usize) {
 
 #[test]
 fn peers_linked_by_streams_converge_despite_drops_duplicates_reordering_splits_and_restarts() {
-    run_all(100, 90);
+    run_all(100, 90, false);
+}
+
+/// Issue 12: peers of different layouts converge, to the same
+/// `crsql_changes`.
+#[test]
+fn peers_of_mixed_layouts_linked_by_streams_converge_to_identical_changes() {
+    run_all(60, 90, true);
 }
 
 #[test]
 #[ignore = "long; run by make soak"]
 fn soak_peers_linked_by_streams_converge_over_long_histories() {
-    run_all(1000, 200);
+    run_all(1000, 200, true);
 }
 
 /// Found by stream_crash.rs (the child acknowledges inside its own write

@@ -28,7 +28,7 @@
 //! (default 60; 300 in the soak test).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,8 +41,8 @@ use rand::{Rng, SeedableRng};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
-use crsql_stream_harness::tables::{Exact, Pos};
-use crsql_stream_harness::{close, open, open_memory};
+use crsql_stream_harness::tables::{changes_without_positions, Exact, Pos};
+use crsql_stream_harness::{close, kill_and_collect, open, open_memory};
 
 const SHARED: &str = "
 CREATE TABLE items (id INTEGER PRIMARY KEY NOT NULL, a, b TEXT, c REAL, d BLOB);
@@ -85,40 +85,9 @@ fn dump(conn: &Connection) -> Vec<Rows> {
         .collect()
 }
 
-/// The clocks of the shared tables, without the local positions: every
-/// cell's version, origin and row causal length, and every row's causal
-/// length. (Sentinel rows are compared through the causal length only: a
-/// primary-key change writes a `-1` clock row with cl 1 for the new key on the
-/// sender, which a receiver that creates the row from its cells does not
-/// keep; the same happens through `crsql_changes`.)
-///
-/// A compacted delete (`crsql_compact`) counts with its record's causal
-/// length, as the merge rules use it.
+/// The clocks of the shared tables, without the local positions.
 fn clocks(conn: &Connection) -> Rows {
-    let compacted: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'crsql_tombstones'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let records = if compacted > 0 {
-        "UNION ALL SELECT tbl, pk, cl FROM crsql_tombstones"
-    } else {
-        ""
-    };
-    rows(
-        conn,
-        &format!(
-            "SELECT \"table\", pk, cid, col_version, site_id, cl FROM crsql_changes \
-             WHERE \"table\" IN ('items', 'pairs', 'kv') AND cid != '-1' \
-             UNION ALL \
-             SELECT t, pk, NULL, NULL, NULL, max(cl) FROM \
-             (SELECT \"table\" AS t, pk, cl FROM crsql_changes {records}) \
-             WHERE t IN ('items', 'pairs', 'kv') GROUP BY 1, 2 \
-             ORDER BY 1, 2, 3"
-        ),
-    )
+    changes_without_positions(conn, &["items", "pairs", "kv"], true)
 }
 
 fn staged(conn: &Connection) -> Rows {
@@ -348,16 +317,7 @@ impl Harness {
             }
             std::thread::sleep(delay);
         }
-        let _ = child.kill(); // SIGKILL
-        let status = child.wait().unwrap();
-        let lines = reader.join().unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let (status, lines, err) = kill_and_collect(&mut child, reader);
         match status.signal() {
             Some(9) => self.kills += 1,
             _ if status.success() => self.finished += 1,
