@@ -130,10 +130,6 @@ pub struct LocalTx {
 /// version than the transaction's (rows nobody counted yet): the caller
 /// then tallies in full.
 fn tally_local(conn: &Connection, table: &str, lo: i64, local: LocalTx) -> Result<Option<Tally>> {
-    // crr::compact: its full count is one row per row clock already.
-    if crate::crr::compact::is_compact(conn, table)? {
-        return Ok(None);
-    }
     let sql = format!(
         "SELECT db_version, count(*) FROM {} WHERE db_version > ?1 GROUP BY db_version",
         clock_of(table)
@@ -187,12 +183,14 @@ pub fn counted_through(inner: &Inner) -> Result<i64> {
 /// Count every clock row of `tables` above `U` and move `U` to the newest
 /// of them. Everything is read before anything is written, so a failed
 /// read changes nothing.
-fn catch_up_tables(conn: &Connection, tables: &[String], local: Option<LocalTx>) -> Result<()> {
+/// Each table comes with what a local-only transaction knows of its rows
+/// ([`tally_local`]), where that applies.
+fn catch_up_tables(conn: &Connection, tables: &[(String, Option<LocalTx>)]) -> Result<()> {
     let through = read_through(conn)?;
     let mut tallies = Vec::with_capacity(tables.len());
-    for t in tables {
+    for (t, local) in tables {
         let fast = match local {
-            Some(l) => tally_local(conn, t, through, l)?,
+            Some(l) => tally_local(conn, t, through, *l)?,
             None => None,
         };
         tallies.push(match fast {
@@ -201,7 +199,7 @@ fn catch_up_tables(conn: &Connection, tables: &[String], local: Option<LocalTx>)
         });
     }
     let mut newest = through;
-    for (t, tally) in tables.iter().zip(&tallies) {
+    for ((t, _), tally) in tables.iter().zip(&tallies) {
         if tally.is_empty() {
             continue;
         }
@@ -227,8 +225,14 @@ pub fn catch_up(inner: &mut Inner, local: Option<LocalTx>) -> Result<()> {
             .conn
             .execute("DELETE FROM crsql_master WHERE key = ?1", [THROUGH])?;
     }
-    let names: Vec<String> = inner.tables().iter().map(|t| t.name.clone()).collect();
-    catch_up_tables(&inner.conn, &names, local)
+    // crr::compact: a compact table's full count is already one row per
+    // row clock, and it has no clock table for the index count.
+    let tables: Vec<(String, Option<LocalTx>)> = inner
+        .tables()
+        .iter()
+        .map(|t| (t.name.clone(), local.filter(|_| t.compact.is_none())))
+        .collect();
+    catch_up_tables(&inner.conn, &tables)
 }
 
 /// Count `table` again from its clock table (after a bulk rewrite).
@@ -315,7 +319,8 @@ impl Table for CounterTable {
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         from_base(&conn, &self.ext.tx)?;
-        catch_up_tables(&conn, &names, None)
+        let tables: Vec<(String, Option<LocalTx>)> = names.into_iter().map(|n| (n, None)).collect();
+        catch_up_tables(&conn, &tables)
     }
 }
 
