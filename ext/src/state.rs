@@ -31,6 +31,11 @@ pub struct TxCounters {
     pub db_version: AtomicI64,
     /// Whether the table metadata was checked against the schema in this tx.
     pub schema_checked: AtomicBool,
+    /// Whether the extension changed the schema in this transaction (its own
+    /// DDL: `crsql_as_crr`, the first `crsql_compact`, …). A `ROLLBACK TO`
+    /// can undo that DDL and fires no hook, so until the transaction ends
+    /// the schema is re-checked at every use instead of once.
+    pub own_ddl: AtomicBool,
     /// `crr::counts`' `U` as read in this transaction (it moves only at a
     /// COMMIT); -1 when not read yet.
     pub counted_through: AtomicI64,
@@ -51,6 +56,7 @@ impl TxCounters {
             seq: AtomicI64::new(0),
             db_version: AtomicI64::new(-1),
             schema_checked: AtomicBool::new(false),
+            own_ddl: AtomicBool::new(false),
             counted_through: AtomicI64::new(-1),
             sync_base: AtomicI64::new(-1),
             local_only: AtomicBool::new(true),
@@ -65,6 +71,7 @@ impl TxCounters {
         self.seq.store(0, Relaxed);
         self.db_version.store(-1, Relaxed);
         self.schema_checked.store(false, Relaxed);
+        self.own_ddl.store(false, Relaxed);
         self.counted_through.store(-1, Relaxed);
         self.sync_base.store(-1, Relaxed);
         self.local_only.store(true, Relaxed);
@@ -277,8 +284,8 @@ impl Ext {
 
     /// Forget cached metadata (after our own DDL).
     pub fn invalidate_schema(&self, inner: &mut Inner) {
-        inner.schema_version = -1;
         self.tx.schema_checked.store(false, Relaxed);
+        inner.note_own_ddl(&self.tx);
     }
 
     /// Drop every cached prepared statement (`crsql_finalize`, and when the
@@ -308,9 +315,13 @@ impl Drop for Ext {
 
 impl Inner {
     /// Reload CRR metadata when the schema changed (checked at most once per
-    /// transaction unless `force`).
+    /// transaction unless `force`, or the extension's own DDL ran in it).
     pub fn refresh_tables(&mut self, tx: &TxCounters, force: bool) -> Result<()> {
-        if !force && tx.schema_checked.load(Relaxed) && self.schema_version >= 0 {
+        if !force
+            && tx.schema_checked.load(Relaxed)
+            && !tx.own_ddl.load(Relaxed)
+            && self.schema_version >= 0
+        {
             return Ok(());
         }
         let sv: i64 = self
@@ -388,9 +399,20 @@ impl Inner {
     }
 
     /// `crsql_tombstones` was just created on this connection (the flag is
-    /// otherwise refreshed with the schema, once per transaction).
-    pub fn note_tombstones(&mut self) {
+    /// otherwise refreshed with the schema). The schema is re-checked at
+    /// every use until the transaction ends: a `ROLLBACK TO` may drop it.
+    pub fn note_tombstones(&mut self, tx: &TxCounters) {
         self.tombstones = true;
+        self.note_own_ddl(tx);
+    }
+
+    /// After the extension's own DDL: the cached schema version is forgotten
+    /// (the next check reloads from the catalog whatever the version reads,
+    /// since a `ROLLBACK TO` can bring back the one cached) and checked at
+    /// every use until the transaction ends.
+    fn note_own_ddl(&mut self, tx: &TxCounters) {
+        self.schema_version = -1;
+        tx.own_ddl.store(true, Relaxed);
     }
 
     /// Whether `crsql_change_counts` exists.
@@ -398,9 +420,11 @@ impl Inner {
         self.counts
     }
 
-    /// `crsql_change_counts` was just created on this connection.
-    pub fn note_counts(&mut self) {
+    /// `crsql_change_counts` was just created on this connection (see
+    /// [`Inner::note_tombstones`]).
+    pub fn note_counts(&mut self, tx: &TxCounters) {
         self.counts = true;
+        self.note_own_ddl(tx);
     }
 
     /// Whether compacted tombstones may exist (`crsql_tombstones` exists).

@@ -536,3 +536,32 @@ fn compaction_on_a_full_disk_fails_cleanly_and_succeeds_once_there_is_room() {
     assert_eq!(int(&a, "SELECT count(*) FROM crsql_tombstones"), 1000);
     close(a);
 }
+
+/// Tables the extension creates inside a user's transaction (the first
+/// `crsql_compact()` creates `crsql_tombstones`) can be undone by `ROLLBACK
+/// TO`: the writes after it must see that they are gone, not fail on them.
+#[test]
+fn a_compaction_rolled_back_to_a_savepoint_leaves_later_writes_working() {
+    let p = pair();
+    exec(&p.a, "INSERT INTO t VALUES (1, 'x'); DELETE FROM t WHERE id = 1");
+    exec(
+        &p.a,
+        "BEGIN; SAVEPOINT s; SELECT crsql_compact(); ROLLBACK TO s; RELEASE s;
+         INSERT OR REPLACE INTO t VALUES (1, 'back'); DELETE FROM t WHERE id = 1;
+         INSERT INTO t VALUES (2, 'y'); COMMIT;",
+    );
+    assert!(fails(&p.a, "SELECT count(*) FROM crsql_tombstones").contains("no such table"));
+    // The same for a CRR made and rolled back inside the transaction.
+    exec(
+        &p.a,
+        "BEGIN; SAVEPOINT s; CREATE TABLE u (id INTEGER PRIMARY KEY NOT NULL, w);
+         SELECT crsql_as_crr('u'); INSERT INTO u VALUES (1, 'gone'); ROLLBACK TO s; RELEASE s;
+         INSERT INTO t VALUES (3, 'z'); COMMIT;",
+    );
+    assert_eq!(int(&p.a, "SELECT count(*) FROM crsql_changes WHERE \"table\" = 'u'"), 0);
+    sync(&p);
+    assert_eq!(table(&p.a), table(&p.b));
+    assert_eq!(table(&p.b).len(), 2);
+    // Two live rows' cells and the delete of 1.
+    assert_eq!(int(&p.b, "SELECT count(*) FROM crsql_changes"), 3);
+}

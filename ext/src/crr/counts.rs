@@ -216,11 +216,11 @@ fn catch_up_tables(conn: &Connection, tables: &[(String, Option<LocalTx>)]) -> R
 /// Count what was written since `U` (every CRR) and move `U` past it;
 /// creates the table on first use (which counts every existing row: the
 /// migration of an older database).
-pub fn catch_up(inner: &mut Inner, local: Option<LocalTx>) -> Result<()> {
+pub fn catch_up(inner: &mut Inner, tx: &TxCounters, local: Option<LocalTx>) -> Result<()> {
     if !inner.has_counts() {
         // A fresh table counts everything, whatever `U` was left behind.
         inner.conn.execute_batch(DDL)?;
-        inner.note_counts();
+        inner.note_counts(tx);
         inner
             .conn
             .execute("DELETE FROM crsql_master WHERE key = ?1", [THROUGH])?;
@@ -300,7 +300,7 @@ impl Table for CounterTable {
                 version,
                 maxseq: tx.seq.load(Relaxed) - 1,
             });
-            return catch_up(&mut inner, local);
+            return catch_up(&mut inner, tx, local);
         }
         // A COMMIT from inside one of our own functions (the RELEASE of
         // its savepoint in autocommit mode, e.g. crsql_commit_alter): the
@@ -363,7 +363,9 @@ pub fn migrate(ext: &crate::state::Ext) -> Result<()> {
         return Ok(());
     }
     let conn = ext.db.connection()?;
-    crate::crr::in_savepoint(&conn, "crsql_change_counts", || catch_up(&mut inner, None))
+    crate::crr::in_savepoint(&conn, "crsql_change_counts", || {
+        catch_up(&mut inner, &ext.tx, None)
+    })
 }
 
 /// Apply `(db_version, site) -> delta` to both levels, one single-row

@@ -174,7 +174,7 @@ pub fn compact(ext: &Ext) -> Result<i64> {
         let db_version = inner.db_version(&ext.tx)?;
         inner.persist_version(db_version)?;
         inner.conn.execute_batch(TOMBSTONES_DDL)?;
-        inner.note_tombstones();
+        inner.note_tombstones(&ext.tx);
         let mut removed = 0;
         for t in inner.tables().to_vec() {
             if t.compact.is_some() {
