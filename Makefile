@@ -107,12 +107,15 @@ wheel: build
 # Install the wheel with its `hub` extra (websockets, from PyPI) into a fresh
 # venv of Debian's Python and run the binding's tests (unittest), the hub
 # client's against dist/crsql-sync. CRSQL_STREAM_EXT is unset so that only
-# the library inside the wheel can be found.
+# the library inside the wheel can be found. Both CRR layouts: the suites
+# run again with $$CRSQL_TEST_LAYOUT=compact (tests/layout.py, D42).
 py-binding-test: wheel hub
 	rm -rf $(PY_TEST_VENV)
 	$(PYTHON) -m venv $(PY_TEST_VENV)
 	$(PY_TEST_VENV)/bin/python -m pip install -q --disable-pip-version-check "$$(ls dist/crsql_stream-*.whl)[hub]"
-	cd bindings/python/tests && env -u CRSQL_STREAM_EXT $(abspath $(PY_TEST_VENV))/bin/python -m unittest discover -s . -v
+	cd bindings/python/tests && for layout in crsqlite compact; do \
+		env -u CRSQL_STREAM_EXT CRSQL_TEST_LAYOUT=$$layout $(abspath $(PY_TEST_VENV))/bin/python -m unittest discover -s . -v || exit 1; \
+	done
 
 # The README's Python, Rust and Node snippets, parsed from its "Bindings"
 # section and run as written, each in a scratch project outside the
@@ -126,12 +129,14 @@ readme-test: build wheel node-package
 # then with the extension compiled in (`static`), then with the hub client
 # (`hub`: tests/hub.rs against dist/crsql-sync; builds examples/rust/hub_sync).
 # It shares harness/'s target directory so bundled SQLite is compiled once.
+# The last run has the suites' CRRs in the compact layout (tests/layout/).
 .PHONY: rust-binding-test
 RUST_BINDING_CARGO := cd bindings/rust && CARGO_TARGET_DIR=$(abspath harness/target) $(CARGO)
 rust-binding-test: build hub
 	$(RUST_BINDING_CARGO) test --release
 	$(RUST_BINDING_CARGO) test --release --features static
 	$(RUST_BINDING_CARGO) test --release --features hub
+	CRSQL_TEST_LAYOUT=compact $(RUST_BINDING_CARGO) test --release --features hub
 
 # Node binding (bindings/node, npm package crsql-stream): `npm pack` of the
 # package with the extension copied into lib/, into dist/.
@@ -153,16 +158,19 @@ node-package: build
 # bindings/node/test with node:test, $$CRSQL_STREAM_EXT unset so that only the
 # library inside the package can load; the hub client's tests run against
 # dist/crsql-sync. With the venv of py-binding-test (which `make test` runs
-# first) a Node client also syncs with a Python one through the hub.
+# first) a Node client also syncs with a Python one through the hub. Both
+# CRR layouts, as py-binding-test (test/layout.js).
 node-binding-test: node-package hub
 	mkdir -p $(NODE_TEST_DIR)
 	cp bindings/node/test/project.json $(NODE_TEST_DIR)/package.json
 	cd $(NODE_TEST_DIR) && $(NODE_GYP_ENV) npm install --no-audit --no-fund --loglevel=error --no-save $(abspath $(NODE_TARBALL))
 	@test -f $(NODE_TEST_DIR)/node_modules/better-sqlite3/build/Release/better_sqlite3.node || \
 		{ echo "better-sqlite3 was not built (install scripts skipped?)"; exit 1; }
-	env -u CRSQL_STREAM_EXT NODE_PATH=$(abspath $(NODE_TEST_DIR)/node_modules) \
+	for layout in crsqlite compact; do \
+		env -u CRSQL_STREAM_EXT CRSQL_TEST_LAYOUT=$$layout NODE_PATH=$(abspath $(NODE_TEST_DIR)/node_modules) \
 		$(if $(wildcard $(PY_TEST_VENV)/bin/python),CRSQL_STREAM_PYTHON=$(abspath $(PY_TEST_VENV))/bin/python) \
-		node --test --test-reporter=spec bindings/node/test/
+		node --test --test-reporter=spec bindings/node/test/ || exit 1; \
+	done
 
 # The three hub examples (examples/*/hub_sync.*) against one real hub, as a
 # user runs them (tests/hub_examples.py), with the venv, node_modules and

@@ -205,8 +205,11 @@ function schemaHash(db) {
   const h = crypto.createHash('sha256');
   const tables = db
     .prepare(
+      // Both layouts: cr-sqlite's `T__crsql_clock`, compact's `T__crsql_rows`.
       "SELECT substr(name, 1, length(name) - 13) AS t FROM sqlite_master " +
-        "WHERE type = 'table' AND name LIKE '%\\_\\_crsql\\_clock' ESCAPE '\\' ORDER BY 1",
+        "WHERE type = 'table' AND name LIKE '%\\_\\_crsql\\_clock' ESCAPE '\\' " +
+        "UNION SELECT substr(name, 1, length(name) - 12) FROM sqlite_master " +
+        "WHERE type = 'table' AND name LIKE '%\\_\\_crsql\\_rows' ESCAPE '\\' ORDER BY 1",
     )
     .all()
     .map((r) => r.t);

@@ -13,6 +13,7 @@ const os = require('os');
 const nodePath = require('path');
 const Database = require('better-sqlite3');
 const crsql = require('crsql-stream');
+const layout = require('./layout');
 
 const { SqliteError } = Database;
 
@@ -20,7 +21,7 @@ const SCHEMA =
   'CREATE TABLE IF NOT EXISTS todos (id TEXT PRIMARY KEY NOT NULL, title TEXT, done INTEGER NOT NULL DEFAULT 0)';
 
 function newDb(file = ':memory:') {
-  const db = crsql.connect(file);
+  const db = layout.connect(file);
   db.exec(SCHEMA);
   db.prepare("SELECT crsql_as_crr('todos')").get();
   return db;

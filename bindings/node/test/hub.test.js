@@ -13,6 +13,7 @@ const fs = require('fs');
 const os = require('os');
 const nodePath = require('path');
 const crsql = require('crsql-stream');
+const layout = require('./layout');
 
 const { hub } = crsql;
 const ROOT = nodePath.resolve(__dirname, '..', '..', '..');
@@ -82,7 +83,7 @@ async function withHub(fn) {
 }
 
 function openDb(dir, name, schema = SCHEMA) {
-  const db = crsql.connect(nodePath.join(dir, name));
+  const db = layout.connect(nodePath.join(dir, name));
   db.exec(schema);
   return db;
 }

@@ -14,12 +14,13 @@ import tempfile
 import unittest
 
 import crsql_stream
+from layout import connect
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS todos (id TEXT PRIMARY KEY NOT NULL, title TEXT, done INTEGER NOT NULL DEFAULT 0)"
 
 
 def new_db(path: str = ":memory:") -> crsql_stream.Connection:
-    conn = crsql_stream.connect(path, isolation_level=None)
+    conn = connect(path, isolation_level=None)
     conn.execute(SCHEMA)
     conn.execute("SELECT crsql_as_crr('todos')")
     return conn
@@ -336,7 +337,7 @@ class Streams(unittest.TestCase):
     def test_legacy_implicit_transactions_are_committed(self):
         # sqlite3's default isolation_level opens a transaction before an
         # INSERT; the helpers commit it when they were called outside one.
-        b = crsql_stream.connect(":memory:")
+        b = connect(":memory:")
         b.execute(SCHEMA)
         b.execute("SELECT crsql_as_crr('todos')")
         out = crsql_stream.Outbound(self.a, "to_b")

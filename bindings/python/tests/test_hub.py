@@ -16,8 +16,8 @@ import threading
 import time
 import unittest
 
-import crsql_stream
 from crsql_stream import hub
+from layout import connect
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
@@ -57,7 +57,7 @@ class Hub:
 
 
 def make_db(path: str, schema: str = SCHEMA) -> sqlite3.Connection:
-    c = crsql_stream.connect(path)
+    c = connect(path)
     c.executescript(schema)
     c.commit()
     return c
@@ -137,7 +137,7 @@ class HubClientTest(unittest.TestCase):
                             on_error=errors.append)
         syncer.start()
         try:
-            watch = crsql_stream.connect(os.path.join(self.d, "b.db"))
+            watch = connect(os.path.join(self.d, "b.db"))
             self.conns.append(watch)
             a.execute("INSERT INTO todos (id, title) VALUES ('t1', 'before')")
             a.commit()

@@ -6,18 +6,20 @@ use crsql_stream_rs::{
 };
 use rusqlite::{Connection, ErrorCode};
 
+mod layout;
+
 const SCHEMA: &str = "CREATE TABLE todos (id TEXT PRIMARY KEY NOT NULL, title TEXT, done INTEGER NOT NULL DEFAULT 0);
                       SELECT crsql_as_crr('todos');";
 
 fn open(path: &std::path::Path) -> Connection {
     let conn = Connection::open(path).expect("open");
-    crsql::load(&conn).expect("load the extension");
+    layout::load(&conn);
     conn
 }
 
 fn peer() -> Connection {
     let conn = Connection::open_in_memory().expect("open");
-    crsql::load(&conn).expect("load the extension");
+    layout::load(&conn);
     conn.execute_batch(SCHEMA).expect("schema");
     conn
 }

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use crsql_stream_rs::hub::{self, ErrorCode, HubError, Progress, SyncOptions};
 use crsql_stream_rs::rusqlite::Connection;
 
+mod layout;
+
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS todos (id TEXT PRIMARY KEY NOT NULL, title TEXT, done INTEGER NOT NULL DEFAULT 0);\nSELECT crsql_as_crr('todos');\n";
 const TOKEN: &str = "s3cret";
 const WAIT: Duration = Duration::from_secs(30);
@@ -105,7 +107,7 @@ fn setup() -> (tempfile::TempDir, Hub) {
 
 fn open(dir: &Path, name: &str, schema: &str) -> Connection {
     let c = Connection::open(dir.join(name)).unwrap();
-    crsql_stream_rs::load(&c).unwrap();
+    layout::load(&c);
     c.busy_timeout(Duration::from_secs(10)).unwrap();
     c.execute_batch(schema).unwrap();
     c

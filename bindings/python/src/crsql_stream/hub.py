@@ -296,8 +296,11 @@ def schema_hash(conn: sqlite3.Connection) -> bytes:
     tables = [
         r[0]
         for r in conn.execute(
+            # Both layouts: cr-sqlite's `T__crsql_clock`, compact's `T__crsql_rows`.
             "SELECT substr(name, 1, length(name) - 13) FROM sqlite_master "
-            "WHERE type = 'table' AND name LIKE '%\\_\\_crsql\\_clock' ESCAPE '\\' ORDER BY 1"
+            "WHERE type = 'table' AND name LIKE '%\\_\\_crsql\\_clock' ESCAPE '\\' "
+            "UNION SELECT substr(name, 1, length(name) - 12) FROM sqlite_master "
+            "WHERE type = 'table' AND name LIKE '%\\_\\_crsql\\_rows' ESCAPE '\\' ORDER BY 1"
         )
     ]
     for t in tables:

@@ -33,8 +33,11 @@ pub type CrrSchema = (String, Vec<String>, Vec<String>);
 pub fn crr_schemas(conn: &Connection) -> rusqlite::Result<Vec<CrrSchema>> {
     let mut tables: Vec<String> = conn
         .prepare(
+            // Both layouts: cr-sqlite's `T__crsql_clock`, compact's `T__crsql_rows`.
             "SELECT substr(name, 1, length(name) - 13) FROM sqlite_master \
-             WHERE type = 'table' AND name LIKE '%\\_\\_crsql\\_clock' ESCAPE '\\' ORDER BY 1",
+             WHERE type = 'table' AND name LIKE '%\\_\\_crsql\\_clock' ESCAPE '\\' \
+             UNION SELECT substr(name, 1, length(name) - 12) FROM sqlite_master \
+             WHERE type = 'table' AND name LIKE '%\\_\\_crsql\\_rows' ESCAPE '\\' ORDER BY 1",
         )?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
