@@ -99,6 +99,11 @@ pub(crate) fn trigger_table(
 pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let mut inner = ext.lock("crsql_after_insert")?;
     let t = trigger_table(ext, &mut inner, args, 1, 0)?;
+    if t.compact.is_some() {
+        // Called directly on a compact CRR: its own helper.
+        drop(inner);
+        return crate::crr::compact::local::after_insert(ext, args);
+    }
     let v = inner.next_db_version(&ext.tx, None)?;
     let pks = &args[1..];
     let (key, mut existed) = key_for(&inner, &t, pks, true)?;
@@ -134,6 +139,11 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
 pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let mut inner = ext.lock("crsql_after_update")?;
     let t = trigger_table(ext, &mut inner, args, 2, 2)?;
+    if t.compact.is_some() {
+        // Called directly on a compact CRR: its own helper.
+        drop(inner);
+        return crate::crr::compact::local::after_update(ext, args);
+    }
     let v = inner.next_db_version(&ext.tx, None)?;
     let (np, nc) = (t.pks.len(), t.cols.len());
     let new_pks = &args[1..1 + np];
@@ -230,6 +240,11 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
 pub fn after_delete(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let mut inner = ext.lock("crsql_after_delete")?;
     let t = trigger_table(ext, &mut inner, args, 1, 0)?;
+    if t.compact.is_some() {
+        // Called directly on a compact CRR: its own helper.
+        drop(inner);
+        return crate::crr::compact::local::after_delete(ext, args);
+    }
     let v = inner.next_db_version(&ext.tx, None)?;
     let (key, _) = key_for(&inner, &t, &args[1..], false)?;
     // The sentinel moves and every cell goes (crr::counts).
