@@ -680,7 +680,7 @@ mod mixed {
         assert_eq!(a, b, "the observers' crsql_changes differ");
     }
 
-    fn assert_lag_exact_for(db: &Connection, stream: &str, who: &str) {
+    pub fn assert_lag_exact_for(db: &Connection, stream: &str, who: &str) {
         let exists: bool = db
             .query_row(
                 "SELECT count(*) FROM crsql_streams WHERE name = ?1",
@@ -850,6 +850,24 @@ fn a_bare_add_column_works_as_in_the_crsqlite_layout() {
             "OK"
         );
         assert_lag_exact(db, "after a bare ADD COLUMN");
+        // A stream acknowledged inside the row inserted with the new
+        // column: its lag counts that row's clocks one by one.
+        let at: String = db
+            .query_row(
+                "SELECT '[' || db_version || ',' || seq || ']' FROM crsql_changes \
+                 WHERE \"table\" = 'foo' AND cid = 'b' AND val = 'p'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        db.execute_batch("CREATE VIRTUAL TABLE part USING crsql_OutboundStream();")
+            .unwrap();
+        db.execute("INSERT INTO part(last_sent) VALUES (?1)", [&at])
+            .unwrap();
+        let layout: String = db
+            .query_row("SELECT crsql_config_get('crr-layout')", [], |r| r.get(0))
+            .unwrap();
+        mixed::assert_lag_exact_for(db, "part", &format!("{layout} after a bare ADD COLUMN"));
     }
     assert!(errors[0].contains(" values, got "), "{}", errors[0]);
     assert_eq!(errors[0], errors[1]);
