@@ -85,9 +85,13 @@ pub(crate) fn trigger_table(
         }
     };
     inner.sync(&ext.tx)?;
-    let t = inner
-        .table(name)
-        .ok_or_else(|| err!("table {name} not found"))?;
+    let Some(t) = inner.table(name) else {
+        // crr::compact: a compact CRR whose metadata cannot be read says why.
+        if crate::crr::compact::is_compact(&inner.conn, name)? {
+            crate::crr::schema::load_table(&inner.conn, name)?;
+        }
+        return Err(err!("table {name} not found"));
+    };
     let expected = per_pk * t.pks.len() + per_col * t.cols.len();
     if args.len() - 1 != expected {
         return Err(err!("expected {} values, got {}", expected, args.len() - 1));

@@ -314,9 +314,13 @@ pub fn load_table(conn: &Connection, name: &str) -> Result<TableInfo> {
     let appended_only =
         slots.len() <= cols.len() && slots.iter().zip(&cols).all(|(s, c)| *s == c.name);
     if !appended_only {
-        return Err(unsupported(
-            name,
-            "altering its columns without crsql_begin_alter/crsql_commit_alter (only ADD COLUMN is)",
+        let now: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+        return Err(err!(
+            "crsql_stream: the columns of compact CRR {name} ({}) no longer match its clocks' ({}): \
+             a column was renamed or dropped without crsql_begin_alter/crsql_commit_alter; undo that \
+             ALTER TABLE, then alter {name} between crsql_begin_alter('{name}') and crsql_commit_alter('{name}')",
+            now.join(", "),
+            slots.join(", ")
         ));
     }
     let (sql, compact) = sql::build(name, &pks, &cols);
