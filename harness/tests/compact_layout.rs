@@ -895,7 +895,9 @@ fn a_bare_add_column_works_as_in_the_crsqlite_layout() {
     let before = changes(&dbs[1], "");
     for layout in ["crsqlite", "compact"] {
         dbs[1]
-            .query_row("SELECT crsql_convert_layout('foo', ?1)", [layout], |_| Ok(()))
+            .query_row("SELECT crsql_convert_layout('foo', ?1)", [layout], |_| {
+                Ok(())
+            })
             .unwrap();
         assert_eq!(changes(&dbs[1], ""), before, "converted to {layout}");
     }
@@ -942,7 +944,9 @@ fn primary_key_columns_named_like_internal_columns_work_in_both_layouts() {
     for layout in ["crsqlite", "compact"] {
         for t in ["r1", "r2", "r3"] {
             dbs[1]
-                .query_row("SELECT crsql_convert_layout(?1, ?2)", [t, layout], |_| Ok(()))
+                .query_row("SELECT crsql_convert_layout(?1, ?2)", [t, layout], |_| {
+                    Ok(())
+                })
                 .unwrap();
         }
         assert_eq!(changes(&dbs[1], ""), want, "converted to {layout}");
@@ -973,8 +977,12 @@ fn the_counts_are_created_at_load_in_both_layouts() {
     for layout in ["crsqlite", "compact"] {
         let path = dir.path().join(format!("{layout}.db"));
         let db = crsql_stream_harness::open(&path);
-        db.query_row("SELECT crsql_config_set('crr-layout', ?1)", [layout], |_| Ok(()))
-            .unwrap();
+        db.query_row(
+            "SELECT crsql_config_set('crr-layout', ?1)",
+            [layout],
+            |_| Ok(()),
+        )
+        .unwrap();
         db.execute_batch(
             "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, a, b);
              SELECT crsql_as_crr('t');
@@ -992,7 +1000,10 @@ fn the_counts_are_created_at_load_in_both_layouts() {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(counts, 1, "{layout}: crsql_change_counts is created at load");
+        assert_eq!(
+            counts, 1,
+            "{layout}: crsql_change_counts is created at load"
+        );
         assert_eq!(layout_of(&db, "t"), layout);
         assert_lag_exact(&db, layout);
         close(db);

@@ -1471,7 +1471,7 @@ impl Net {
                     conn.query_row("SELECT crsql_as_crr(?1)", [&t.name], |r| r.get(0))
                 };
                 let ok = as_crr()
-                .unwrap_or_else(|e| panic!("crsql_as_crr({:?}) after {sql}: {e}", t.name));
+                    .unwrap_or_else(|e| panic!("crsql_as_crr({:?}) after {sql}: {e}", t.name));
                 assert_eq!(ok, "OK");
             }
             let site_hex: String = conn

@@ -680,7 +680,10 @@ fn rows_another_writer_left_uncounted_are_counted_with_their_site_by_a_local_com
     // version, with seqs above anything A hands out next (in the compact
     // layout: one row clock whose run holds both cells, at seqs 40 and 41).
     let raw = Connection::open(&path).unwrap();
-    let site = format!("(SELECT ordinal FROM crsql_site_id WHERE site_id = x'{}')", hex(&other));
+    let site = format!(
+        "(SELECT ordinal FROM crsql_site_id WHERE site_id = x'{}')",
+        hex(&other)
+    );
     let clocks = if compact_layout() {
         format!(
             "INSERT INTO t1__crsql_rows (id, cl, db_version, site_id, seq, vers)

@@ -190,7 +190,9 @@ fn write_crsqlite(inner: &Inner, t: &TableInfo, c: &super::Compact) -> Result<()
     }
     drop(rows);
     drop(stmt);
-    inner.conn.execute_batch(&super::drop_sql(&inner.conn, table)?)?;
+    inner
+        .conn
+        .execute_batch(&super::drop_sql(&inner.conn, table)?)?;
     Ok(())
 }
 
@@ -216,7 +218,9 @@ pub fn leftover_to_crsqlite(inner: &Inner, table: &str) -> Result<()> {
         })?
         .collect::<rusqlite::Result<_>>()?;
     let cols: Vec<schema::Column> = conn
-        .prepare("SELECT col_name FROM crsql_compact_slots WHERE tbl = ?1 AND slot >= 0 ORDER BY slot")?
+        .prepare(
+            "SELECT col_name FROM crsql_compact_slots WHERE tbl = ?1 AND slot >= 0 ORDER BY slot",
+        )?
         .query_map([table], |r| {
             Ok(schema::Column {
                 name: r.get(0)?,

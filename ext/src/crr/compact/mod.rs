@@ -31,7 +31,7 @@ pub const SETTING: &str = "crr-layout";
 const SETTING_KEY: &str = "config.crr-layout";
 
 /// Column names the compact tables use beside the primary key's.
-const RESERVED: [&str; 7] = [
+pub const RESERVED: [&str; 7] = [
     "cl",
     "db_version",
     "site_id",
@@ -43,7 +43,7 @@ const RESERVED: [&str; 7] = [
 
 /// The prefix a primary-key column's name takes in the compact tables when
 /// it would clash with [`RESERVED`] (see [`stored_name`]).
-const PK_PREFIX: &str = "__crsql_pk_";
+pub const PK_PREFIX: &str = "__crsql_pk_";
 
 /// The name primary-key column `name` has in the compact tables: its own,
 /// unless that is one of [`RESERVED`] or begins with [`PK_PREFIX`] (in any
@@ -264,7 +264,9 @@ pub fn create(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
     // cr-sqlite layout refuses it.
     let [rows, _] = table_names(table);
     if conn
-        .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE")?
+        .prepare_cached(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+        )?
         .exists([&rows])?
     {
         return Err(err!(

@@ -40,7 +40,13 @@ fn pk_eq(a: &str, a_pks: &[Column], b: &str, b_pks: &[Column]) -> String {
     a_pks
         .iter()
         .zip(b_pks)
-        .map(|(x, y)| format!("{a}.{} = {b}.{}", quote_ident(&x.name), quote_ident(&y.name)))
+        .map(|(x, y)| {
+            format!(
+                "{a}.{} = {b}.{}",
+                quote_ident(&x.name),
+                quote_ident(&y.name)
+            )
+        })
         .collect::<Vec<_>>()
         .join(" AND ")
 }
