@@ -42,40 +42,52 @@ CREATE INDEX IF NOT EXISTS crsql_tombstones_position ON crsql_tombstones (db_ver
 /// `crsql_master` key of the highest horizon metadata was removed at.
 const COMPACTED_THROUGH: &str = "compacted_through";
 
+/// `f` run on `crsql_tombstones` when the connection knows the table, else
+/// `none`. The flag is read with the schema, at most once per transaction:
+/// a table created in a savepoint rolled back since is taken for none when
+/// `f` fails on it (checked on the error path only).
+fn with_tombstones<T>(inner: &Inner, none: T, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if !inner.has_tombstones() {
+        return Ok(none);
+    }
+    match f() {
+        Err(_) if !crate::crr::schema::table_exists(&inner.conn, TOMBSTONES)? => Ok(none),
+        other => other,
+    }
+}
+
 /// The causal length of the compacted delete of row `pk` (packed) of CRR
 /// `tbl`, removing the record: the caller gives the row clocks again.
 pub fn take_compacted(inner: &Inner, tbl: &str, pk: &[u8]) -> Result<Option<i64>> {
-    if !inner.has_tombstones() {
-        return Ok(None);
-    }
-    Ok(inner
-        .conn
-        .prepare_cached("DELETE FROM crsql_tombstones WHERE tbl = ?1 AND pk = ?2 RETURNING cl")?
-        .query_row(params![tbl, pk], |r| r.get(0))
-        .optional()?)
+    with_tombstones(inner, None, || {
+        Ok(inner
+            .conn
+            .prepare_cached("DELETE FROM crsql_tombstones WHERE tbl = ?1 AND pk = ?2 RETURNING cl")?
+            .query_row(params![tbl, pk], |r| r.get(0))
+            .optional()?)
+    })
 }
 
 /// The causal length of the compacted delete of row `pk`, if any.
 pub fn compacted_cl(inner: &Inner, tbl: &str, pk: &[u8]) -> Result<Option<i64>> {
-    if !inner.has_tombstones() {
-        return Ok(None);
-    }
-    Ok(inner
-        .conn
-        .prepare_cached("SELECT cl FROM crsql_tombstones WHERE tbl = ?1 AND pk = ?2")?
-        .query_row(params![tbl, pk], |r| r.get(0))
-        .optional()?)
+    with_tombstones(inner, None, || {
+        Ok(inner
+            .conn
+            .prepare_cached("SELECT cl FROM crsql_tombstones WHERE tbl = ?1 AND pk = ?2")?
+            .query_row(params![tbl, pk], |r| r.get(0))
+            .optional()?)
+    })
 }
 
 /// Forget the compacted tombstones of a CRR that stops being one.
 pub fn drop_table(inner: &Inner, tbl: &str) -> Result<()> {
-    if inner.has_tombstones() {
+    with_tombstones(inner, (), || {
         inner
             .conn
             .prepare_cached("DELETE FROM crsql_tombstones WHERE tbl = ?1")?
             .execute([tbl])?;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Where compaction may go, and who is left behind.
