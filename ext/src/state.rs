@@ -391,10 +391,6 @@ impl Inner {
     /// otherwise refreshed with the schema, once per transaction).
     pub fn note_tombstones(&mut self) {
         self.tombstones = true;
-        // A ROLLBACK TO a savepoint from before the creation takes the
-        // table away and brings `schema_version` back to the value this
-        // state was read at: read the catalog again at the next check.
-        self.schema_version = -1;
     }
 
     /// Whether `crsql_change_counts` exists.
@@ -405,8 +401,6 @@ impl Inner {
     /// `crsql_change_counts` was just created on this connection.
     pub fn note_counts(&mut self) {
         self.counts = true;
-        // As for note_tombstones.
-        self.schema_version = -1;
     }
 
     /// Whether compacted tombstones may exist (`crsql_tombstones` exists).
