@@ -1022,3 +1022,41 @@ fn a_rolled_back_compaction_leaves_no_stale_table_behind() {
         close_all(dbs);
     }
 }
+
+/// A bare `RENAME COLUMN` on a compact CRR (its slots name the old column)
+/// fails its writes with an error saying what happened and what to do,
+/// not "table not found"; renamed back, the table works again, and renamed
+/// between begin and commit alter it keeps working.
+#[test]
+fn a_bare_rename_column_on_a_compact_table_says_what_to_do() {
+    let db = open("compact");
+    db.execute_batch(
+        "INSERT INTO s (k, x, y) VALUES ('a', 1, 2); ALTER TABLE s RENAME COLUMN y TO z;",
+    )
+    .unwrap();
+    let e = db
+        .execute_batch("INSERT INTO s (k, x, z) VALUES ('b', 1, 2)")
+        .expect_err("a write after a bare rename")
+        .to_string();
+    assert!(
+        e.contains("columns of compact CRR s (x, z) no longer match its clocks' (x, y)")
+            && e.contains("crsql_begin_alter('s')"),
+        "{e}"
+    );
+    db.execute_batch(
+        "ALTER TABLE s RENAME COLUMN z TO y;
+         INSERT INTO s (k, x, y) VALUES ('b', 1, 2);
+         SELECT crsql_begin_alter('s'); ALTER TABLE s RENAME COLUMN y TO z; SELECT crsql_commit_alter('s');
+         INSERT INTO s (k, x, z) VALUES ('c', 1, 2);",
+    )
+    .unwrap();
+    let cids: Vec<Vec<Value>> = rows(
+        &db,
+        "SELECT DISTINCT cid FROM crsql_changes WHERE \"table\" = 's' ORDER BY 1",
+    );
+    assert_eq!(
+        cids,
+        [["-1"], ["x"], ["z"]].map(|r| vec![Value::Text(r[0].into())])
+    );
+    close(db);
+}

@@ -87,7 +87,9 @@ pub(crate) fn trigger_table(
     inner.sync(&ext.tx)?;
     let Some(t) = inner.table(name) else {
         // crr::compact: a compact CRR whose metadata cannot be read says why.
-        if crate::crr::compact::is_compact(&inner.conn, name)? {
+        if crate::crr::schema::table_exists(&inner.conn, name)?
+            && crate::crr::compact::is_compact(&inner.conn, name)?
+        {
             crate::crr::schema::load_table(&inner.conn, name)?;
         }
         return Err(err!("table {name} not found"));
