@@ -59,21 +59,30 @@ fn with_tombstones<T>(inner: &Inner, none: T, f: impl FnOnce() -> Result<T>) -> 
 /// The causal length of the compacted delete of row `pk` (packed) of CRR
 /// `tbl`, removing the record: the caller gives the row clocks again.
 pub fn take_compacted(inner: &Inner, tbl: &str, pk: &[u8]) -> Result<Option<i64>> {
-    with_tombstones(inner, None, || {
-        Ok(inner
-            .conn
-            .prepare_cached("DELETE FROM crsql_tombstones WHERE tbl = ?1 AND pk = ?2 RETURNING cl")?
-            .query_row(params![tbl, pk], |r| r.get(0))
-            .optional()?)
-    })
+    record_cl(
+        inner,
+        "DELETE FROM crsql_tombstones WHERE tbl = ?1 AND pk = ?2 RETURNING cl",
+        tbl,
+        pk,
+    )
 }
 
 /// The causal length of the compacted delete of row `pk`, if any.
 pub fn compacted_cl(inner: &Inner, tbl: &str, pk: &[u8]) -> Result<Option<i64>> {
+    record_cl(
+        inner,
+        "SELECT cl FROM crsql_tombstones WHERE tbl = ?1 AND pk = ?2",
+        tbl,
+        pk,
+    )
+}
+
+/// The `cl` statement `sql` returns for the record of row `pk` of `tbl`.
+fn record_cl(inner: &Inner, sql: &str, tbl: &str, pk: &[u8]) -> Result<Option<i64>> {
     with_tombstones(inner, None, || {
         Ok(inner
             .conn
-            .prepare_cached("SELECT cl FROM crsql_tombstones WHERE tbl = ?1 AND pk = ?2")?
+            .prepare_cached(sql)?
             .query_row(params![tbl, pk], |r| r.get(0))
             .optional()?)
     })
