@@ -9,10 +9,20 @@
 # Environment:
 #   SQLITE3            the shell to use (default: sqlite3)
 #   CRSQL_STREAM_EXT   the extension to load (default: ../dist/libcrsql_stream)
+#   CRSQL_TEST_LAYOUT  the CRR layout the tests' CRRs get: crsqlite (the
+#                      default) or compact (docs/compact-layout.md)
 #
 # Each test runs in its own empty temporary directory, as
 # `sqlite3 -batch -init /dev/null`, with its SQL on stdin. A line
 # `.load EXT` in a test is replaced by `.load "<path of the extension>"`.
+#
+# With CRSQL_TEST_LAYOUT=compact, every `.load EXT` is followed by a
+# silent `crsql_config_set('crr-layout', 'compact')` (unless the database
+# has that setting already), so the same files run on the compact layout
+# (DECISIONS D42). A test whose output shows the layout's own tables has a
+# second expectation, NAME.compact.expected, used on that layout only;
+# `--bless` with the compact layout writes it only when the output differs
+# from NAME.expected (and removes it when it no longer does).
 #
 # The output is normalised so that it does not depend on the SQLite release:
 # - the shell's error prefix (`Parse error near line 5: `, `Runtime error near
@@ -40,13 +50,22 @@ esac
 # Resolve `..` so that the path printed in errors is the one we normalise.
 ext="$(cd "$(dirname "$ext")" 2>/dev/null && pwd)/$(basename "$ext")"
 
+layout=${CRSQL_TEST_LAYOUT:-crsqlite}
+case "$layout" in
+crsqlite | compact) ;;
+*)
+    echo "run.sh: CRSQL_TEST_LAYOUT must be crsqlite or compact, got '$layout'" >&2
+    exit 2
+    ;;
+esac
+
 bless=0
 filters=()
 for a in "$@"; do
     case "$a" in
     --bless) bless=1 ;;
     -h | --help)
-        sed -n '2,27p' "$0"
+        sed -n '2,37p' "$0"
         exit 0
         ;;
     *) filters+=("$a") ;;
@@ -61,10 +80,19 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/crsql-sql-tests.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# The test's SQL with `.load EXT` pointing at the extension.
+# The test's SQL with `.load EXT` pointing at the extension (and, on the
+# compact layout, followed by the setting, its output discarded).
 substitute() {
-    EXT_PATH="$ext" awk '
-        /^[ \t]*\.load[ \t]+EXT[ \t]*$/ { sub(/EXT[ \t]*$/, "\"" ENVIRON["EXT_PATH"] "\""); print; next }
+    EXT_PATH="$ext" LAYOUT="$layout" awk '
+        /^[ \t]*\.load[ \t]+EXT[ \t]*$/ {
+            sub(/EXT[ \t]*$/, "\"" ENVIRON["EXT_PATH"] "\""); print
+            if (ENVIRON["LAYOUT"] == "compact") {
+                print ".output /dev/null"
+                print "SELECT crsql_config_set(\x27crr-layout\x27, \x27compact\x27) WHERE crsql_config_get(\x27crr-layout\x27) != \x27compact\x27;"
+                print ".output"
+            }
+            next
+        }
         { print }
     ' "$1"
 }
@@ -123,6 +151,10 @@ for sql in "$here"/*.sql; do
     name=$(basename "$sql" .sql)
     selected "$name" || continue
     expected="$here/$name.expected"
+    layout_expected="$here/$name.compact.expected"
+    if [ "$layout" = compact ] && { [ -f "$layout_expected" ] || [ "$bless" -eq 1 ]; }; then
+        expected=$layout_expected
+    fi
     dir="$work/$name"
     mkdir -p "$dir"
     substitute "$sql" >"$work/$name.in"
@@ -135,6 +167,9 @@ for sql in "$here"/*.sql; do
     fi
     if [ "$bless" -eq 1 ]; then
         printf '%s\n' "$actual" >"$expected"
+        if [ "$expected" = "$layout_expected" ] && cmp -s "$expected" "$here/$name.expected"; then
+            rm -f "$expected"
+        fi
         echo "BLESS $name"
         passed=$((passed + 1))
         continue

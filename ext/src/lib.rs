@@ -69,8 +69,6 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         // read-only database this cannot run, and nothing there writes state.
         let _ = streams::migrate_state(conn);
         let ext = Ext::new(db, site_id, merge_equal_values)?;
-        // Likewise the change counts behind `lag_changes` (crr::counts).
-        let _ = crr::counts::migrate(&ext);
         functions::register(conn, &ext)?;
         crr::changes::register(conn, &ext)?;
         crr::unpack::register(conn)?;
@@ -107,6 +105,10 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         )?;
         streams::batch::register(conn, &ext)?;
         crr::changes::connect_now(db)?;
+        // Likewise the change counts behind `lag_changes` (crr::counts),
+        // once the functions are registered: counting a compact CRR calls
+        // `crsql_internal_run_count`.
+        let _ = crr::counts::migrate(&ext);
         Ok(())
     })
 }

@@ -94,7 +94,7 @@ use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
 
 use crsql_stream_harness::tables::{quote, Exact, Pos};
-use crsql_stream_harness::{close, compact_layout, open, Layout};
+use crsql_stream_harness::{close, open};
 
 const REPLICAS: usize = 3;
 
@@ -1470,22 +1470,8 @@ impl Net {
                 let as_crr = || -> rusqlite::Result<String> {
                     conn.query_row("SELECT crsql_as_crr(?1)", [&t.name], |r| r.get(0))
                 };
-                let ok = match as_crr() {
-                    // The compact layout refuses primary-key columns named
-                    // like its own columns, saying so: such a table stays
-                    // in the cr-sqlite layout (the others are compact).
-                    Err(e)
-                        if compact_layout()
-                            && e.to_string().contains("the compact CRR layout reserves") =>
-                    {
-                        Layout::Crsqlite.set(&conn).unwrap();
-                        let ok = as_crr();
-                        Layout::Compact.set(&conn).unwrap();
-                        ok
-                    }
-                    other => other,
-                }
-                .unwrap_or_else(|e| panic!("crsql_as_crr({:?}) after {sql}: {e}", t.name));
+                let ok = as_crr()
+                    .unwrap_or_else(|e| panic!("crsql_as_crr({:?}) after {sql}: {e}", t.name));
                 assert_eq!(ok, "OK");
             }
             let site_hex: String = conn

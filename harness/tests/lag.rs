@@ -677,20 +677,33 @@ fn rows_another_writer_left_uncounted_are_counted_with_their_site_by_a_local_com
     ))
     .unwrap();
     // The other writer: a key and two cells of another site, above every
-    // version, with seqs above anything A hands out next.
+    // version, with seqs above anything A hands out next (in the compact
+    // layout: one row clock whose run holds both cells, at seqs 40 and 41).
     let raw = Connection::open(&path).unwrap();
+    let site = format!(
+        "(SELECT ordinal FROM crsql_site_id WHERE site_id = x'{}')",
+        hex(&other)
+    );
+    let clocks = if compact_layout() {
+        format!(
+            "INSERT INTO t1__crsql_rows (id, cl, db_version, site_id, seq, vers)
+               VALUES (50, 1, (SELECT max(db_version) + 1 FROM t1__crsql_rows), {site}, 41, x'00020101');"
+        )
+    } else {
+        format!(
+            "INSERT INTO t1__crsql_pks (id) VALUES (50);
+             INSERT INTO t1__crsql_clock (key, col_name, col_version, db_version, site_id, seq)
+               SELECT (SELECT __crsql_key FROM t1__crsql_pks WHERE id = 50), c, 1,
+                      (SELECT max(db_version) + 1 FROM t1__crsql_clock), {site}, 40 + n
+               FROM (SELECT 'a' AS c, 0 AS n UNION ALL SELECT 'b', 1);"
+        )
+    };
     raw.execute_batch(&format!(
         "BEGIN;
          INSERT INTO crsql_site_id (site_id) VALUES (x'{}');
-         INSERT INTO t1__crsql_pks (id) VALUES (50);
-         INSERT INTO t1__crsql_clock (key, col_name, col_version, db_version, site_id, seq)
-           SELECT (SELECT __crsql_key FROM t1__crsql_pks WHERE id = 50), c, 1,
-                  (SELECT max(db_version) + 1 FROM t1__crsql_clock),
-                  (SELECT ordinal FROM crsql_site_id WHERE site_id = x'{}'), 40 + n
-           FROM (SELECT 'a' AS c, 0 AS n UNION ALL SELECT 'b', 1);
+         {clocks}
          COMMIT;",
         hex(&other),
-        hex(&other)
     ))
     .unwrap();
     drop(raw);
@@ -721,7 +734,7 @@ fn rows_another_writer_left_uncounted_are_counted_with_their_site_by_a_local_com
     // after it (seq 41) and A's newer row remain.
     let v: i64 = a
         .query_row(
-            "SELECT max(db_version) FROM t1__crsql_clock WHERE seq = 40",
+            "SELECT max(db_version) FROM crsql_changes WHERE seq = 40",
             [],
             |r| r.get(0),
         )

@@ -85,9 +85,15 @@ pub(crate) fn trigger_table(
         }
     };
     inner.sync(&ext.tx)?;
-    let t = inner
-        .table(name)
-        .ok_or_else(|| err!("table {name} not found"))?;
+    let Some(t) = inner.table(name) else {
+        // crr::compact: a compact CRR whose metadata cannot be read says why.
+        if crate::crr::schema::table_exists(&inner.conn, name)?
+            && crate::crr::compact::is_compact(&inner.conn, name)?
+        {
+            crate::crr::schema::load_table(&inner.conn, name)?;
+        }
+        return Err(err!("table {name} not found"));
+    };
     let expected = per_pk * t.pks.len() + per_col * t.cols.len();
     if args.len() - 1 != expected {
         return Err(err!("expected {} values, got {}", expected, args.len() - 1));
@@ -99,6 +105,11 @@ pub(crate) fn trigger_table(
 pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let mut inner = ext.lock("crsql_after_insert")?;
     let t = trigger_table(ext, &mut inner, args, 1, 0)?;
+    if t.compact.is_some() {
+        // Called directly on a compact CRR: its own helper.
+        drop(inner);
+        return crate::crr::compact::local::after_insert(ext, args);
+    }
     let v = inner.next_db_version(&ext.tx, None)?;
     let pks = &args[1..];
     let (key, mut existed) = key_for(&inner, &t, pks, true)?;
@@ -134,6 +145,11 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
 pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let mut inner = ext.lock("crsql_after_update")?;
     let t = trigger_table(ext, &mut inner, args, 2, 2)?;
+    if t.compact.is_some() {
+        // Called directly on a compact CRR: its own helper.
+        drop(inner);
+        return crate::crr::compact::local::after_update(ext, args);
+    }
     let v = inner.next_db_version(&ext.tx, None)?;
     let (np, nc) = (t.pks.len(), t.cols.len());
     let new_pks = &args[1..1 + np];
@@ -230,6 +246,11 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
 pub fn after_delete(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     let mut inner = ext.lock("crsql_after_delete")?;
     let t = trigger_table(ext, &mut inner, args, 1, 0)?;
+    if t.compact.is_some() {
+        // Called directly on a compact CRR: its own helper.
+        drop(inner);
+        return crate::crr::compact::local::after_delete(ext, args);
+    }
     let v = inner.next_db_version(&ext.tx, None)?;
     let (key, _) = key_for(&inner, &t, &args[1..], false)?;
     // The sentinel moves and every cell goes (crr::counts).

@@ -567,13 +567,27 @@ fn changed_cells(inner: &Inner, t: &schema::TableInfo) -> Result<Vec<(i64, Strin
 
 /// Clock tables left by a CRR whose base table was dropped without
 /// `crsql_as_table`: usable again only with the same primary key columns.
-fn check_leftover_clocks(conn: &Connection, table: &str) -> Result<()> {
+/// `layout` names the tables left: those of the cr-sqlite layout
+/// (`t__crsql_clock`, `t__crsql_pks`) or the compact layout's.
+fn check_leftover_clocks(conn: &Connection, table: &str, compact: bool) -> Result<()> {
     let (pks, _) = schema::read_columns(conn, table)?
         .ok_or_else(|| err!("crsql_as_crr: no such table: {table}"))?;
     let pkst = format!("{table}{PKS_SUFFIX}");
+    let (key_table, key_cols, tables) = if compact {
+        let [rows, cells] = compact::table_names(table);
+        let drop = format!("{} and {}", quote_ident(&rows), quote_ident(&cells));
+        (rows, "pk > 0", drop)
+    } else {
+        let clock = quote_ident(&format!("{table}{CLOCK_SUFFIX}"));
+        let drop = format!("{clock} and {}", quote_ident(&pkst));
+        (pkst, "name != '__crsql_key'", drop)
+    };
     let mut old: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info(?1) WHERE name != '__crsql_key'")?
-        .query_map([&pkst], |r| r.get(0))?
+        .prepare(&format!(
+            "SELECT name FROM pragma_table_info(?1) WHERE {key_cols}"
+        ))?
+        .query_map([&key_table], |r| r.get(0))?
+        .map(|n| n.map(|n: String| compact::original_name(&n)))
         .collect::<rusqlite::Result<_>>()?;
     let mut now: Vec<String> = pks.into_iter().map(|c| c.name).collect();
     old.sort();
@@ -582,11 +596,9 @@ fn check_leftover_clocks(conn: &Connection, table: &str) -> Result<()> {
         return Err(err!(
             "crsql_as_crr: {table} was dropped while it was a CRR and its clock tables remain, with primary key ({}) \
              where {table} now has ({}). To tell peers the old rows are gone, create {table} with the old primary key \
-             and call crsql_as_crr again; if no peer ever synced it, drop {} and {} first.",
+             and call crsql_as_crr again; if no peer ever synced it, drop {tables} first.",
             old.join(", "),
             now.join(", "),
-            quote_ident(&format!("{table}{CLOCK_SUFFIX}")),
-            quote_ident(&pkst),
         ));
     }
     Ok(())
@@ -649,6 +661,16 @@ pub fn as_crr_in(ext: &Ext, table: &str, how: Atomic) -> Result<()> {
             return Ok(());
         }
         if !schema::table_exists(&inner.conn, &format!("{table}{CLOCK_SUFFIX}"))? {
+            // crr::compact: a compact CRR whose base table was dropped and
+            // created again is re-created as the cr-sqlite layout's is
+            // (below), on its clocks rewritten in that layout, and
+            // converted back.
+            if compact::leftover(&inner.conn, table)? {
+                check_leftover_clocks(&inner.conn, table, true)?;
+                compact::convert::leftover_to_crsqlite(&inner, table)?;
+                create_crr(ext, &mut inner, table, Untracked::Recreated)?;
+                return compact::convert::to_compact(ext, &mut inner, table);
+            }
             // crr::compact: the layout `crr-layout` asks for.
             if compact::wanted(&inner.conn, table)? {
                 crate::streams::compact::drop_table(&inner, table)?;
@@ -671,7 +693,7 @@ pub fn as_crr_in(ext: &Ext, table: &str, how: Atomic) -> Result<()> {
             return compact::convert::end_alter(ext, &mut inner, table);
         }
         // The base table was dropped and created again (DECISIONS D19).
-        check_leftover_clocks(&inner.conn, table)?;
+        check_leftover_clocks(&inner.conn, table, false)?;
         create_crr(ext, &mut inner, table, Untracked::Recreated)
     })
 }

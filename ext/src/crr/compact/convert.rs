@@ -139,6 +139,19 @@ pub fn to_crsqlite(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
         .compact
         .as_ref()
         .ok_or_else(|| err!("crsql_convert_layout: {table} is not in the compact layout"))?;
+    write_crsqlite(inner, &t, c)?;
+    let mut ddl = crate::crr::drop_triggers_sql(table, &t.pks);
+    ddl.push_str(&crate::crr::create_triggers_sql(table, &t.pks, &t.cols));
+    inner.conn.execute_batch(&ddl)?;
+    ext.invalidate_schema(inner);
+    inner.refresh_tables(&ext.tx, true)
+}
+
+/// Write every clock of compact CRR `t` (statements `c`) into new clock and
+/// pks tables of the cr-sqlite layout, and drop its compact tables. The
+/// triggers are the caller's.
+fn write_crsqlite(inner: &Inner, t: &TableInfo, c: &super::Compact) -> Result<()> {
+    let table = t.name.as_str();
     let cr = schema::build_sql(table, &t.pks, &t.cols);
     inner
         .conn
@@ -146,7 +159,7 @@ pub fn to_crsqlite(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
     let [rows_table, _] = table_names(table).map(|n| quote_ident(&n));
     let mut stmt = inner.conn.prepare(&format!(
         "SELECT {} FROM {rows_table}",
-        schema::ident_list(&t.pks)
+        schema::ident_list(&super::stored_pks(&t.pks))
     ))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -154,14 +167,14 @@ pub fn to_crsqlite(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
             .map(|i| r.get::<_, Value>(i))
             .collect::<rusqlite::Result<_>>()?;
         let pks: Vec<ValueRef<'_>> = pks.iter().map(ValueRef::from).collect();
-        let stored = local::load(inner, &t, c, &pks)?;
+        let stored = local::load(inner, t, c, &pks)?;
         inner
             .conn
             .prepare_cached(&cr.key_insert)?
             .execute(rusqlite::params_from_iter(pks.iter().map(|v| out(*v))))?;
         let key = inner.conn.last_insert_rowid();
         for (slot, clock) in stored.expand() {
-            let name = local::slot_name(&t, slot)?;
+            let name = local::slot_name(t, slot)?;
             inner
                 .conn
                 .prepare_cached(&cr.clock_write)?
@@ -177,12 +190,55 @@ pub fn to_crsqlite(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
     }
     drop(rows);
     drop(stmt);
-    let mut ddl = crate::crr::drop_triggers_sql(table, &t.pks);
-    ddl.push_str(&super::drop_sql(&inner.conn, table)?);
-    ddl.push_str(&crate::crr::create_triggers_sql(table, &t.pks, &t.cols));
-    inner.conn.execute_batch(&ddl)?;
-    ext.invalidate_schema(inner);
-    inner.refresh_tables(&ext.tx, true)
+    inner
+        .conn
+        .execute_batch(&super::drop_sql(&inner.conn, table)?)?;
+    Ok(())
+}
+
+/// The compact tables a CRR left when its base table was dropped (as
+/// `crsql_as_crr` finds them once a table of that name exists again),
+/// rewritten in the cr-sqlite layout, so that the cr-sqlite layout's
+/// re-creation (DECISIONS D19: the old rows' tombstones, resurrections)
+/// runs on them unchanged; the caller converts the result back. The old
+/// table's metadata comes from its compact tables: the primary key from the
+/// rows table, the columns from its slots.
+pub fn leftover_to_crsqlite(inner: &Inner, table: &str) -> Result<()> {
+    let conn = &inner.conn;
+    let [rows, _] = table_names(table);
+    let pks: Vec<schema::Column> = conn
+        .prepare("SELECT name, type FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?
+        .query_map([&rows], |r| {
+            Ok(schema::Column {
+                name: super::original_name(&r.get::<_, String>(0)?),
+                notnull: true,
+                dflt: None,
+                decl_type: r.get(1)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let cols: Vec<schema::Column> = conn
+        .prepare(
+            "SELECT col_name FROM crsql_compact_slots WHERE tbl = ?1 AND slot >= 0 ORDER BY slot",
+        )?
+        .query_map([table], |r| {
+            Ok(schema::Column {
+                name: r.get(0)?,
+                notnull: false,
+                dflt: None,
+                decl_type: String::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let (sql, c) = sql::build(table, &pks, &cols);
+    let t = TableInfo {
+        name: table.to_string(),
+        pks,
+        cols,
+        sql,
+        compact: None,
+    };
+    write_crsqlite(inner, &t, &c)
 }
 
 /// `crsql_master` key marking a compact CRR altered in the cr-sqlite layout.

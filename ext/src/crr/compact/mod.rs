@@ -31,7 +31,7 @@ pub const SETTING: &str = "crr-layout";
 const SETTING_KEY: &str = "config.crr-layout";
 
 /// Column names the compact tables use beside the primary key's.
-const RESERVED: [&str; 7] = [
+pub const RESERVED: [&str; 7] = [
     "cl",
     "db_version",
     "site_id",
@@ -40,6 +40,47 @@ const RESERVED: [&str; 7] = [
     "col_name",
     "col_version",
 ];
+
+/// The prefix a primary-key column's name takes in the compact tables when
+/// it would clash with [`RESERVED`] (see [`stored_name`]).
+pub const PK_PREFIX: &str = "__crsql_pk_";
+
+/// The name primary-key column `name` has in the compact tables: its own,
+/// unless that is one of [`RESERVED`] or begins with [`PK_PREFIX`] (in any
+/// case, as SQLite compares names), then [`PK_PREFIX`] followed by it. No
+/// two names map to one (prefixed names begin with the prefix, kept ones do
+/// not), and no stored name is a [`RESERVED`] one; tables whose pk names
+/// clash with nothing keep the names they always had on disk.
+pub fn stored_name(name: &str) -> String {
+    let prefixed = name
+        .get(..PK_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(PK_PREFIX));
+    if prefixed || RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+        format!("{PK_PREFIX}{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// The name of a primary-key column whose name in the compact tables is
+/// `stored` (the inverse of [`stored_name`]).
+pub fn original_name(stored: &str) -> String {
+    stored
+        .get(..PK_PREFIX.len())
+        .filter(|p| p.eq_ignore_ascii_case(PK_PREFIX))
+        .map_or(stored, |_| &stored[PK_PREFIX.len()..])
+        .to_string()
+}
+
+/// The primary-key columns as the compact tables name them ([`stored_name`]).
+pub fn stored_pks(pks: &[Column]) -> Vec<Column> {
+    pks.iter()
+        .map(|c| Column {
+            name: stored_name(&c.name),
+            ..c.clone()
+        })
+        .collect()
+}
 
 /// The stable slot of every column of a compact CRR: a slot is a column's
 /// index in a run (docs/compact-layout.md, "Alter").
@@ -145,6 +186,15 @@ pub fn is_compact(conn: &Connection, table: &str) -> Result<bool> {
         .exists([table])?)
 }
 
+/// Whether `table` left the tables of a compact CRR when its base table
+/// was dropped (`crsql_as_crr` re-creates it from them, DECISIONS D19).
+pub fn leftover(conn: &Connection, table: &str) -> Result<bool> {
+    let [rows, cells] = table_names(table);
+    Ok(schema::table_exists(conn, &rows)?
+        && schema::table_exists(conn, &cells)?
+        && is_compact(conn, table)?)
+}
+
 /// Whether the primary key is a rowid alias: one `INTEGER PRIMARY KEY`
 /// column of a rowid table (such a table has no index for its key).
 fn rowid_alias(conn: &Connection, table: &str, pks: &[Column]) -> Result<bool> {
@@ -157,26 +207,10 @@ fn rowid_alias(conn: &Connection, table: &str, pks: &[Column]) -> Result<bool> {
     Ok(pk_indexes == 0)
 }
 
-/// Refuse primary-key column names the compact tables use themselves.
-fn check_names(table: &str, pks: &[Column]) -> Result<()> {
-    for c in pks {
-        if RESERVED.iter().any(|r| c.name.eq_ignore_ascii_case(r)) {
-            return Err(err!(
-                "crsql_stream: {table} has a primary key column named \"{}\", which the compact CRR layout \
-                 reserves ({}); rename it, or use the default layout (crsql_config_set('crr-layout', 'crsqlite'))",
-                c.name,
-                RESERVED.join(", ")
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The DDL of a compact CRR's two tables and its slot map (no triggers).
 fn tables_sql(conn: &Connection, table: &str, pks: &[Column], cols: &[Column]) -> Result<String> {
-    check_names(table, pks)?;
     let [rows, cells] = table_names(table).map(|n| quote_ident(&n));
-    let pk_list = schema::ident_list(pks);
+    let pk_list = schema::ident_list(&stored_pks(pks));
     let rows_ddl = if rowid_alias(conn, table, pks)? {
         format!(
             "CREATE TABLE {rows} ({pk_list} INTEGER PRIMARY KEY, cl INTEGER NOT NULL, db_version INTEGER, \
@@ -225,13 +259,21 @@ pub fn create(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
     let conn = &inner.conn;
     let (pks, cols) = schema::read_columns(conn, table)?
         .ok_or_else(|| err!("crsql_as_crr: no such table: {table}"))?;
-    if is_compact(conn, table)? {
-        return Err(unsupported(
-            table,
-            "crsql_as_crr on a table dropped and created again while it was a CRR",
+    // Another letter case of a CRR's name: SQLite matches table names
+    // without case, so the compact tables exist already; refused as the
+    // cr-sqlite layout refuses it.
+    let [rows, _] = table_names(table);
+    if conn
+        .prepare_cached(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+        )?
+        .exists([&rows])?
+    {
+        return Err(err!(
+            "crsql_stream: {table} is not a CRR after creating its clock tables: a CRR of that name \
+             in another letter case has them; call crsql_as_crr with the name as it was created"
         ));
     }
-    check_names(table, &pks)?;
     let has_rows = conn
         .prepare(&format!("SELECT 1 FROM {} LIMIT 1", quote_ident(table)))?
         .exists([])?;
@@ -265,9 +307,23 @@ pub fn load_table(conn: &Connection, name: &str) -> Result<TableInfo> {
         )?
         .query_map([name], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let now: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
-    if slots != now {
-        return Err(unsupported(name, "altering its columns"));
+    // A bare `ALTER TABLE … ADD COLUMN` (no crsql_begin_alter) appends a
+    // column: it is simply the next slot, registered at the next
+    // alteration or conversion ([`slot_count`] counts it meanwhile). The
+    // triggers keep the arity they were created with, so, as in the
+    // cr-sqlite layout, inserts and merges work and updates fail until
+    // crsql_begin_alter/crsql_commit_alter re-creates them.
+    let appended_only =
+        slots.len() <= cols.len() && slots.iter().zip(&cols).all(|(s, c)| *s == c.name);
+    if !appended_only {
+        let now: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+        return Err(err!(
+            "crsql_stream: the columns of compact CRR {name} ({}) no longer match its clocks' ({}): \
+             a column was renamed or dropped without crsql_begin_alter/crsql_commit_alter; undo that \
+             ALTER TABLE, then alter {name} between crsql_begin_alter('{name}') and crsql_commit_alter('{name}')",
+            now.join(", "),
+            slots.join(", ")
+        ));
     }
     let (sql, compact) = sql::build(name, &pks, &cols);
     Ok(TableInfo {
@@ -310,6 +366,17 @@ pub fn clock_tables(conn: &Connection, cat: &schema::Catalog) -> Result<Vec<Stri
     Ok(out)
 }
 
+/// How many column slots the runs of compact CRR `table` may span: its
+/// registered slots, and the columns a bare `ADD COLUMN` appended since
+/// (the base table's non-pk columns, when it exists).
+fn slot_count(conn: &Connection, table: &str) -> Result<usize> {
+    let registered: i64 = conn
+        .prepare_cached("SELECT count(*) FROM crsql_compact_slots WHERE tbl = ?1 AND slot >= 0")?
+        .query_row([table], |r| r.get(0))?;
+    let now = schema::read_columns(conn, table)?.map_or(0, |(_, cols)| cols.len());
+    Ok(now.max(usize::try_from(registered).unwrap_or(0)))
+}
+
 /// For a compact CRR, a subquery with one row per clock (`site_id`,
 /// `db_version`, `seq`, `col_name`), read through the two
 /// `(db_version, seq)` indexes (`crr::counts`); None for a table of the
@@ -318,16 +385,14 @@ pub fn clock_source(conn: &Connection, table: &str) -> Result<Option<String>> {
     if !is_compact(conn, table)? {
         return Ok(None);
     }
-    let slots: i64 = conn
-        .prepare_cached("SELECT count(*) FROM crsql_compact_slots WHERE tbl = ?1 AND slot >= 0")?
-        .query_row([table], |r| r.get(0))?;
+    let slots = slot_count(conn, table)?;
     let [rows, cells] = table_names(table).map(|n| quote_ident(&n));
     Ok(Some(format!(
         "(SELECT c.site_id AS site_id, c.db_version AS db_version, \
          c.seq - crsql_internal_run_width(c.vers) + 1 + o.i AS seq, o.i AS col_name \
          FROM {rows} AS c CROSS JOIN ({}) AS o ON crsql_internal_run_version(c.vers, o.i) IS NOT NULL \
          UNION ALL SELECT site_id, db_version, seq, col_name FROM {cells})",
-        sql::slot_list(slots as usize)
+        sql::slot_list(slots)
     )))
 }
 
@@ -426,7 +491,7 @@ pub fn compact_table(
     let dead: Vec<Vec<Value>> = {
         let mut stmt = inner.conn.prepare(&format!(
             "SELECT {} FROM {rows} WHERE cl % 2 = 0",
-            schema::ident_list(&t.pks)
+            schema::ident_list(&stored_pks(&t.pks))
         ))?;
         let n = t.pks.len();
         let found = stmt

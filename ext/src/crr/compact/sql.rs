@@ -33,10 +33,20 @@ fn refusing(table: &str, op: &str, like: &str) -> String {
     )
 }
 
-/// `a.x = b.x AND …` over the primary-key columns.
-fn pk_eq(pks: &[Column], a: &str, b: &str) -> String {
-    pks.iter()
-        .map(|c| format!("{a}.{q} = {b}.{q}", q = quote_ident(&c.name)))
+/// `a.x = b.y AND …` over the primary-key columns, named `a_pks` in the
+/// table aliased `a` and `b_pks` in `b` (the base table's names, or the
+/// compact tables', `super::stored_pks`).
+fn pk_eq(a: &str, a_pks: &[Column], b: &str, b_pks: &[Column]) -> String {
+    a_pks
+        .iter()
+        .zip(b_pks)
+        .map(|(x, y)| {
+            format!(
+                "{a}.{} = {b}.{}",
+                quote_ident(&x.name),
+                quote_ident(&y.name)
+            )
+        })
         .collect::<Vec<_>>()
         .join(" AND ")
 }
@@ -56,8 +66,10 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
     let base = quote_ident(name);
     let [rows, cells] = table_names(name).map(|n| quote_ident(&n));
     let npk = pks.len();
-    let pk_list = schema::ident_list(pks);
-    let c_pks = pks
+    // The compact tables' names of the primary-key columns.
+    let spks = super::stored_pks(pks);
+    let pk_list = schema::ident_list(&spks);
+    let c_pks = spks
         .iter()
         .map(|c| format!("c.{}", quote_ident(&c.name)))
         .collect::<Vec<_>>()
@@ -80,7 +92,7 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
          c.db_version, c.site_id, c.seq - crsql_internal_run_width(c.vers) + 1 + o.i, c.cl, {val}, {c_pks} \
          FROM {rows} AS c CROSS JOIN ({slot_list}) AS o ON crsql_internal_run_version(c.vers, o.i) IS NOT NULL \
          LEFT JOIN {base} AS b ON {}",
-        pk_eq(pks, "b", "c")
+        pk_eq("b", pks, "c", &spks)
     );
 
     // The cells: the cr-sqlite layout's shape.
@@ -102,8 +114,8 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
     let cells_select = format!(
         "SELECT c.col_name, c.col_version, c.db_version, c.site_id, c.seq, r.cl, {cell_val}, {c_pks} \
          FROM {cells} AS c CROSS JOIN {rows} AS r ON {} LEFT JOIN {base} AS b ON {}",
-        pk_eq(pks, "r", "c"),
-        pk_eq(pks, "b", "c")
+        pk_eq("r", &spks, "c", &spks),
+        pk_eq("b", pks, "c", &spks)
     );
 
     // Everything but the base-table statements refuses until it is built.
@@ -163,11 +175,11 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
     let compact = Compact {
         load_row: format!(
             "SELECT cl, db_version, site_id, seq, vers FROM {rows} WHERE {}",
-            schema::pk_where(pks, "", 1)
+            schema::pk_where(&spks, "", 1)
         ),
         load_cells: format!(
             "SELECT col_name, col_version, db_version, site_id, seq FROM {cells} WHERE {}",
-            schema::pk_where(pks, "", 1)
+            schema::pk_where(&spks, "", 1)
         ),
         insert_row: format!(
             "INSERT INTO {rows} ({row_cols}) VALUES ({row_values}) ON CONFLICT DO NOTHING"
@@ -177,7 +189,7 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
              cl = excluded.cl, db_version = excluded.db_version, site_id = excluded.site_id, \
              seq = excluded.seq, vers = excluded.vers"
         ),
-        delete_row: format!("DELETE FROM {rows} WHERE {}", schema::pk_where(pks, "", 1)),
+        delete_row: format!("DELETE FROM {rows} WHERE {}", schema::pk_where(&spks, "", 1)),
         upsert_cell: format!(
             "INSERT OR REPLACE INTO {cells} ({pk_list}, col_name, col_version, db_version, site_id, seq) \
              VALUES ({})",
@@ -185,7 +197,7 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
         ),
         delete_cell: format!(
             "DELETE FROM {cells} WHERE {} AND col_name = ?{}",
-            schema::pk_where(pks, "", 1),
+            schema::pk_where(&spks, "", 1),
             npk + 1
         ),
         insert_vers,
