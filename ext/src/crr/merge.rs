@@ -278,6 +278,10 @@ struct Row<'a> {
     undo: (i64, i64),
     /// crr::compact: the row's clocks as stored (a compact CRR's row).
     compact: Option<crsql_stream_core::rowclock::Stored>,
+    /// crr::compact: the clocks each waiting change wrote, in order, so
+    /// that the row is stored as merging its changes one by one stores it
+    /// ([`compact::Log`]).
+    log: compact::Log,
 }
 
 impl Row<'_> {
@@ -439,7 +443,12 @@ impl<'i, 'a> Merger<'i, 'a> {
             }
             self.row = Some(self.load(t, c.pk, pks)?);
         }
-        self.decide(c, col)
+        let first_seq = self.ext.tx.seq.load(Relaxed);
+        self.decide(c, col)?;
+        if let Some(row) = self.row.as_mut().filter(|r| r.t.compact.is_some()) {
+            row.log.record(first_seq, row.sentinel.as_ref(), &row.cells);
+        }
+        Ok(())
     }
 
     /// Write what waits. Returns the impacted operations (§7.7) of every
@@ -470,6 +479,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             impacted: 0,
             undo: (-1, 0),
             compact: None,
+            log: compact::Log::default(),
             pks,
             t,
         };
@@ -547,6 +557,7 @@ impl<'i, 'a> Merger<'i, 'a> {
                 row.sentinel = Some(sentinel);
                 row.clear_cells();
                 row.drop_cells = true;
+                row.log.clear_cells();
                 row.cl = cl;
                 row.impacted += 1;
             }

@@ -15,6 +15,53 @@ use crate::err;
 use crate::error::Result;
 use crate::state::{Ext, Inner};
 
+/// The clocks each change of the row wrote since its last write, in the
+/// order they were decided. The row is stored by replaying them, one
+/// `Stored::write` per change (after `clear_cells` for a delete), so the
+/// stored form (which clocks form the run, which go to the cells table) is
+/// exactly the one merging the changes one by one gives: only the final
+/// clocks, written together, would not form the run a one-by-one merge
+/// forms when they are not consecutive (a row whose columns arrive at two
+/// versions), and would leave every clock in the cells table.
+#[derive(Default)]
+pub(super) struct Log {
+    /// Every change's clocks, one after the other.
+    writes: Vec<(i32, Clock)>,
+    /// Per change: where its clocks end in `writes`, and whether it
+    /// cleared the row's cells first (a delete).
+    changes: Vec<(usize, bool)>,
+    /// The change being decided cleared the cells.
+    clear: bool,
+}
+
+impl Log {
+    /// The change being decided deletes the row: its cells go first.
+    pub(super) fn clear_cells(&mut self) {
+        self.clear = true;
+    }
+
+    /// Record the clocks the change just decided wrote: those written at a
+    /// seq from `first_seq` on (seqs only grow in a transaction).
+    pub(super) fn record(&mut self, first_seq: i64, sentinel: Option<&Clock>, cells: &[Slot]) {
+        let start = self.writes.len();
+        let fresh = |c: &Clock| c.dirty && c.seq >= first_seq;
+        if let Some(s) = sentinel.filter(|s| fresh(s)) {
+            self.writes.push((SENTINEL_SLOT, *s));
+        }
+        for (i, s) in cells.iter().enumerate() {
+            if let Slot::Present(c) = s {
+                if fresh(c) {
+                    self.writes.push((i as i32, *c));
+                }
+            }
+        }
+        if self.writes.len() > start || self.clear {
+            self.changes.push((self.writes.len(), self.clear));
+        }
+        self.clear = false;
+    }
+}
+
 /// Fill a freshly loaded `row` of a compact CRR from its stored clocks.
 /// A row with no clock is left without a key (the caller then looks for a
 /// compacted delete, as for the cr-sqlite layout).
@@ -101,11 +148,29 @@ pub(super) fn write_clocks<'a>(
     }
     let before = row.compact.take().unwrap_or_default();
     let mut after = before.clone();
-    if row.drop_cells {
-        after.clear_cells();
-        row.drop_cells = false;
+    let log = std::mem::take(&mut row.log);
+    if log.changes.is_empty() {
+        if row.drop_cells {
+            after.clear_cells();
+        }
+        after.write(&writes);
+    } else {
+        // Replay the changes one by one (`Log`).
+        let mut start = 0;
+        for &(end, clear) in &log.changes {
+            if clear {
+                after.clear_cells();
+            }
+            writes.clear();
+            writes.extend(log.writes[start..end].iter().map(|(slot, c)| {
+                let mut c = *c;
+                written(*slot, &mut c)
+            }));
+            after.write(&writes);
+            start = end;
+        }
     }
-    after.write(&writes);
+    row.drop_cells = false;
     local::save(ext, inner, &t, c, &row.pks, &before, &after)?;
     row.compact = Some(after);
     row.dirty = false;
