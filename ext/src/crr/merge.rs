@@ -334,6 +334,8 @@ pub struct Merger<'i, 'a> {
     /// Clock rows of rows done with that wait to be written together
     /// ([`Merger::in_one_statement`]). Never holds the current row's.
     clocks: Option<Clocks<'a>>,
+    /// crr::compact: the same for compact CRRs.
+    compact_clocks: Option<compact::Pending<'a>>,
 }
 
 /// Clock rows of one table, of rows the merger is done with and whose
@@ -396,6 +398,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             one_statement: false,
             inserts: None,
             clocks: None,
+            compact_clocks: None,
         })
     }
 
@@ -436,6 +439,13 @@ impl<'i, 'a> Merger<'i, 'a> {
             self.row = None;
             if self
                 .clocks
+                .as_ref()
+                .is_some_and(|b| b.t.name == c.table && b.pks.contains(c.pk))
+            {
+                self.flush_clocks()?;
+            }
+            if self
+                .compact_clocks
                 .as_ref()
                 .is_some_and(|b| b.t.name == c.table && b.pks.contains(c.pk))
             {
@@ -819,7 +829,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             return Ok(());
         };
         let later = if self.one_statement && done {
-            Some(&mut self.clocks)
+            Some((&mut self.clocks, &mut self.compact_clocks))
         } else {
             None
         };
@@ -881,6 +891,9 @@ impl<'a> Merger<'_, 'a> {
     /// undo itself; the rows are then written one by one as upserts, as
     /// merging them one by one does (and fail as that does).
     fn flush_clocks(&mut self) -> Result<()> {
+        if let Some(p) = self.compact_clocks.take() {
+            p.write(self.inner)?;
+        }
         write_clock_rows(self.inner, self.clocks.take())
     }
 
@@ -952,6 +965,13 @@ fn write_clock_rows(inner: &Inner, batch: Option<Clocks<'_>>) -> Result<()> {
     Ok(())
 }
 
+/// Where the clock rows of a row the merger is done with may wait: per
+/// layout.
+type Later<'m, 'a> = (
+    &'m mut Option<Clocks<'a>>,
+    &'m mut Option<compact::Pending<'a>>,
+);
+
 /// [`Merger::flush`] of `row`; the error says whether the base-table write
 /// refused it (nothing else was written then).
 /// With `later`, clock rows that move nothing counted wait there.
@@ -960,12 +980,14 @@ fn write_row<'a>(
     inner: &Inner,
     sites: &mut HashMap<&'a [u8], i64>,
     row: &mut Row<'a>,
-    later: Option<&mut Option<Clocks<'a>>>,
+    later: Option<Later<'_, 'a>>,
 ) -> std::result::Result<(), (Error, bool)> {
     write_base(ext, inner, row).map_err(|e| (e, true))?;
+    let (later, compact_later) = later.unzip();
     if row.t.compact.is_some() {
         // crr::compact: the row clock and cells, departures included.
-        return compact::write_clocks(ext, inner, sites, row).map_err(|e| (e, false));
+        return compact::write_clocks(ext, inner, sites, row, compact_later)
+            .map_err(|e| (e, false));
     }
     // What the clock writes move away from the counted versions
     // (`crr::counts`): a row new to the clocks has nothing there.

@@ -5,12 +5,19 @@
 //! (a remote insert is). Decisions, versions, seqs and site ordinals are
 //! the merger's, unchanged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use rusqlite::params_from_iter;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::ToSql;
 
 use crsql_stream_core::rowclock::{self, SENTINEL_SLOT};
 
 use super::{Clock, Row, Site, Slot};
 use crate::crr::compact::local;
+use crate::crr::schema::{TableInfo, CLOCK_ROWS};
+use crate::crr::values::out;
 use crate::err;
 use crate::error::Result;
 use crate::state::{Ext, Inner};
@@ -95,12 +102,152 @@ pub(super) fn load(inner: &Inner, row: &mut Row<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Row-clock and cells-table upserts of rows the merger is done with, of
+/// one compact CRR, written [`CLOCK_ROWS`] rows per statement (the
+/// compact counterpart of the merger's `Clocks`: SQLite journals a nested
+/// statement once per statement, not once per row). Deletes are not
+/// batched: they are written at once, and never concern a waiting key (a
+/// row whose key waits here writes these first when it is loaded again).
+pub(super) struct Pending<'a> {
+    pub(super) t: Arc<TableInfo>,
+    /// Row clocks: the pks, cl, db_version, site_id, seq, vers of each.
+    rows: Vec<Bind<'a>>,
+    /// Cells: the pks, col_name, col_version, db_version, site_id, seq.
+    cells: Vec<Bind<'a>>,
+    /// The packed primary keys of the rows they are of.
+    pub(super) pks: HashSet<&'a [u8]>,
+}
+
+/// One value bound to a waiting write: the package's own (primary-key
+/// values, borrowed), or one computed for the write.
+pub(super) enum Bind<'a> {
+    Ref(ValueRef<'a>),
+    Int(i64),
+    Null,
+    Blob(Vec<u8>),
+    Text(String),
+}
+
+impl ToSql for Bind<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(out(match self {
+            Bind::Ref(v) => *v,
+            Bind::Int(i) => ValueRef::Integer(*i),
+            Bind::Null => ValueRef::Null,
+            Bind::Blob(b) => ValueRef::Blob(b),
+            Bind::Text(t) => ValueRef::Text(t.as_bytes()),
+        }))
+    }
+}
+
+impl Pending<'_> {
+    /// Write what waits.
+    pub(super) fn write(self, inner: &Inner) -> Result<()> {
+        let c = self
+            .t
+            .compact
+            .as_ref()
+            .ok_or_else(|| err!("crsql_stream: {} is not a compact CRR", self.t.name))?;
+        let npk = self.t.pks.len();
+        for (values, width, one) in [
+            (&self.rows, npk + 5, &c.upsert_row),
+            (&self.cells, npk + 5, &c.upsert_cell),
+        ] {
+            let mut chunks = values.chunks_exact(width * CLOCK_ROWS);
+            for chunk in chunks.by_ref() {
+                inner
+                    .conn
+                    .prepare_cached(&many(one, width, CLOCK_ROWS))?
+                    .execute(params_from_iter(chunk))?;
+            }
+            let mut stmt = inner.conn.prepare_cached(one)?;
+            for row in chunks.remainder().chunks_exact(width) {
+                stmt.execute(params_from_iter(row))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `one`, a single-row `INSERT … VALUES (?1, …, ?width) …`, writing `rows`
+/// rows: the same statement with `rows` groups of anonymous parameters.
+fn many(one: &str, width: usize, rows: usize) -> String {
+    let (head, tail) = one.split_once(" VALUES (").unwrap_or((one, ""));
+    let tail = tail.split_once(')').map_or("", |(_, t)| t);
+    let group = format!("({})", vec!["?"; width].join(", "));
+    format!("{head} VALUES {}{tail}", vec![group; rows].join(", "))
+}
+
+/// Write the row clock and cells `after` holds that `before` did not (the
+/// upserts wait in `later`), the deletes at once, and the departures.
+fn save<'a>(
+    ext: &Ext,
+    inner: &Inner,
+    row: &Row<'a>,
+    before: &rowclock::Stored,
+    after: &rowclock::Stored,
+    later: &mut Option<Pending<'a>>,
+) -> Result<()> {
+    let t = &row.t;
+    if after.is_empty() || before.cells.keys().any(|s| !after.cells.contains_key(s)) {
+        // Deletes: as a one-by-one write does them.
+        let c = t.compact.as_ref().ok_or_else(|| err!("crsql_stream: {} is not a compact CRR", t.name))?;
+        return local::save(ext, inner, t, c, &row.pks, before, after);
+    }
+    if later.as_ref().is_some_and(|p| !Arc::ptr_eq(&p.t, t)) {
+        if let Some(p) = later.take() {
+            p.write(inner)?;
+        }
+    }
+    let p = later.get_or_insert_with(|| Pending {
+        t: Arc::clone(t),
+        rows: Vec::new(),
+        cells: Vec::new(),
+        pks: HashSet::new(),
+    });
+    let pks = row.pks.iter().map(|v| Bind::Ref(*v));
+    if before.is_empty() || before.cl != after.cl || before.run != after.run {
+        let run = after.run.as_ref();
+        let int = |f: fn(&rowclock::Run) -> i64| run.map_or(Bind::Null, |r| Bind::Int(f(r)));
+        p.rows.extend(pks.clone());
+        p.rows.extend([
+            Bind::Int(after.cl),
+            int(|r| r.db_version),
+            int(|r| r.site),
+            int(|r| r.seq),
+            run.map_or(Bind::Null, |r| Bind::Blob(r.encode_vers())),
+        ]);
+    }
+    for (slot, clock) in after.cells.iter().filter(|(s, c)| before.cells.get(s) != Some(c)) {
+        p.cells.extend(pks.clone());
+        p.cells.extend([
+            Bind::Text(local::slot_name(t, *slot)?.to_string()),
+            Bind::Int(clock.col_version),
+            Bind::Int(clock.db_version),
+            Bind::Int(clock.site),
+            Bind::Int(clock.seq),
+        ]);
+    }
+    p.pks.insert(row.pk);
+    let full = p.rows.len().max(p.cells.len()) >= (t.pks.len() + 5) * CLOCK_ROWS;
+    local::depart(ext, inner, t, before, after)?;
+    if full {
+        if let Some(p) = later.take() {
+            p.write(inner)?;
+        }
+    }
+    Ok(())
+}
+
 /// Write the clocks the row's changes won (after its base-table write).
+/// With `later` (the merger is done with the row), the row-clock and cell
+/// upserts may wait there ([`Pending`]).
 pub(super) fn write_clocks<'a>(
     ext: &Ext,
     inner: &Inner,
     sites: &mut HashMap<&'a [u8], i64>,
     row: &mut Row<'a>,
+    later: Option<&mut Option<Pending<'a>>>,
 ) -> Result<()> {
     let t = std::sync::Arc::clone(&row.t);
     let c = t
@@ -171,7 +318,10 @@ pub(super) fn write_clocks<'a>(
         }
     }
     row.drop_cells = false;
-    local::save(ext, inner, &t, c, &row.pks, &before, &after)?;
+    match later {
+        Some(later) => save(ext, inner, row, &before, &after, later)?,
+        None => local::save(ext, inner, &t, c, &row.pks, &before, &after)?,
+    }
     row.compact = Some(after);
     row.dirty = false;
     Ok(())
