@@ -447,7 +447,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             if self
                 .compact_clocks
                 .as_ref()
-                .is_some_and(|b| b.t.name == c.table && b.pks.contains(c.pk))
+                .is_some_and(|b| b.holds(c.table, &pks))
             {
                 self.flush_clocks()?;
             }

@@ -206,7 +206,13 @@ pub(crate) fn save(
 
 /// Subtract the clocks of `before` that `after` no longer has at the same
 /// position, where they were counted (`crr::counts`).
-pub(crate) fn depart(ext: &Ext, inner: &Inner, t: &TableInfo, before: &Stored, after: &Stored) -> Result<()> {
+pub(crate) fn depart(
+    ext: &Ext,
+    inner: &Inner,
+    t: &TableInfo,
+    before: &Stored,
+    after: &Stored,
+) -> Result<()> {
     if !inner.has_counts() || before.is_empty() {
         return Ok(());
     }

@@ -114,8 +114,48 @@ pub(super) struct Pending<'a> {
     rows: Vec<Bind<'a>>,
     /// Cells: the pks, col_name, col_version, db_version, site_id, seq.
     cells: Vec<Bind<'a>>,
-    /// The packed primary keys of the rows they are of.
-    pub(super) pks: HashSet<&'a [u8]>,
+    /// The primary keys of the rows they are of ([`Key`]).
+    pks: HashSet<Vec<Key<'a>>>,
+}
+
+/// A primary-key value as the compact tables compare it, for the values
+/// that cannot equal a value of another kind there: an integer, a blob, a
+/// text that no affinity turns into a number. (A text `'2'` is the key 2
+/// of a rowid-alias row-clock table, and a real 2.0 equals the integer 2:
+/// two packed keys that are one row clock. Rows with such keys never wait,
+/// and loading one writes what waits first.)
+#[derive(PartialEq, Eq, Hash)]
+pub(super) enum Key<'a> {
+    Int(i64),
+    Text(&'a [u8]),
+    Blob(&'a [u8]),
+}
+
+/// The [`Key`]s of a row's primary-key values; None if one has none.
+pub(super) fn key<'a>(pks: &[ValueRef<'a>]) -> Option<Vec<Key<'a>>> {
+    pks.iter()
+        .map(|v| match *v {
+            ValueRef::Integer(i) => Some(Key::Int(i)),
+            ValueRef::Blob(b) => Some(Key::Blob(b)),
+            ValueRef::Text(t) => {
+                let numeric =
+                    std::str::from_utf8(t).map_or(true, |s| s.trim().parse::<f64>().is_ok());
+                (!numeric).then_some(Key::Text(t))
+            }
+            ValueRef::Real(_) | ValueRef::Null => None,
+        })
+        .collect()
+}
+
+impl<'a> Pending<'a> {
+    /// Whether loading the row of `pks` must write what waits first.
+    pub(super) fn holds(&self, t: &str, pks: &[ValueRef<'a>]) -> bool {
+        self.t.name == t
+            && match key(pks) {
+                Some(k) => self.pks.contains(&k),
+                None => !self.pks.is_empty(),
+            }
+    }
 }
 
 /// One value bound to a waiting write: the package's own (primary-key
@@ -189,9 +229,15 @@ fn save<'a>(
     later: &mut Option<Pending<'a>>,
 ) -> Result<()> {
     let t = &row.t;
-    if after.is_empty() || before.cells.keys().any(|s| !after.cells.contains_key(s)) {
-        // Deletes: as a one-by-one write does them.
-        let c = t.compact.as_ref().ok_or_else(|| err!("crsql_stream: {} is not a compact CRR", t.name))?;
+    let k = key(&row.pks);
+    if k.is_none() || after.is_empty() || before.cells.keys().any(|s| !after.cells.contains_key(s))
+    {
+        // Deletes, and keys that could alias another: at once, as a
+        // one-by-one write does them.
+        let c = t
+            .compact
+            .as_ref()
+            .ok_or_else(|| err!("crsql_stream: {} is not a compact CRR", t.name))?;
         return local::save(ext, inner, t, c, &row.pks, before, after);
     }
     if later.as_ref().is_some_and(|p| !Arc::ptr_eq(&p.t, t)) {
@@ -218,7 +264,11 @@ fn save<'a>(
             run.map_or(Bind::Null, |r| Bind::Blob(r.encode_vers())),
         ]);
     }
-    for (slot, clock) in after.cells.iter().filter(|(s, c)| before.cells.get(s) != Some(c)) {
+    for (slot, clock) in after
+        .cells
+        .iter()
+        .filter(|(s, c)| before.cells.get(s) != Some(c))
+    {
         p.cells.extend(pks.clone());
         p.cells.extend([
             Bind::Text(local::slot_name(t, *slot)?.to_string()),
@@ -228,7 +278,7 @@ fn save<'a>(
             Bind::Int(clock.seq),
         ]);
     }
-    p.pks.insert(row.pk);
+    p.pks.extend(k);
     let full = p.rows.len().max(p.cells.len()) >= (t.pks.len() + 5) * CLOCK_ROWS;
     local::depart(ext, inner, t, before, after)?;
     if full {
