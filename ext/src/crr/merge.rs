@@ -285,13 +285,12 @@ struct Row<'a> {
 }
 
 impl Row<'_> {
-    /// The base-table write is an insert of a row new to the clocks (no
-    /// key), not deleted here, with at least one value.
-    fn new_insert(&self) -> bool {
-        self.key.is_none()
-            && !self.base_delete
-            && self.base_insert
-            && self.values.iter().any(Option::is_some)
+    /// The base-table write is an insert or an upsert (not deleted here)
+    /// with at least one value: `Some(false)` for a row new to the clocks
+    /// (no key), `Some(true)` for a row they know.
+    fn base_write(&self) -> Option<bool> {
+        (!self.base_delete && self.base_insert && self.values.iter().any(Option::is_some))
+            .then_some(self.key.is_some())
     }
 
     /// Every clock row of the row (sentinel excluded) is known.
@@ -336,6 +335,9 @@ pub struct Merger<'i, 'a> {
     clocks: Option<Clocks<'a>>,
     /// crr::compact: the same for compact CRRs.
     compact_clocks: Option<compact::Pending<'a>>,
+    /// Per table: whether it has no generated column (its upserts may
+    /// wait in [`Merger::inserts`]).
+    plain: HashMap<String, bool>,
 }
 
 /// Clock rows of one table, of rows the merger is done with and whose
@@ -367,6 +369,8 @@ struct Inserts<'a> {
     /// Per row: the pk values, then one value per column.
     values: Vec<ValueRef<'a>>,
     rows: usize,
+    /// Upserts of rows the clocks know (else inserts of new rows).
+    upsert: bool,
 }
 
 /// Most rows one insert statement of [`Inserts`] writes (and at most 999
@@ -399,6 +403,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             inserts: None,
             clocks: None,
             compact_clocks: None,
+            plain: HashMap::new(),
         })
     }
 
@@ -819,7 +824,11 @@ impl<'i, 'a> Merger<'i, 'a> {
         if !self.row.as_ref().is_some_and(|r| r.dirty) {
             return Ok(());
         }
-        if self.one_statement && self.row.as_ref().is_some_and(Row::new_insert) {
+        let later = match self.row.as_ref().and_then(Row::base_write) {
+            Some(upsert) if self.one_statement => !upsert || self.plain_columns()?,
+            _ => false,
+        };
+        if later {
             self.insert_later()?;
         } else {
             // Base-table writes stay in order.
@@ -855,13 +864,32 @@ impl<'i, 'a> Merger<'i, 'a> {
 }
 
 impl<'a> Merger<'_, 'a> {
-    /// Move the current row's base-table insert to [`Merger::inserts`].
+    /// Whether the current row's table has no generated column: its
+    /// upserts can then be written several rows per statement
+    /// ([`TableInfo::upsert_many_sql`]).
+    fn plain_columns(&mut self) -> Result<bool> {
+        let name = &self.row.as_ref().expect("a loaded row").t.name;
+        if let Some(&plain) = self.plain.get(name) {
+            return Ok(plain);
+        }
+        let generated: i64 = self
+            .inner
+            .conn
+            .prepare_cached("SELECT count(*) FROM pragma_table_xinfo(?1) WHERE hidden IN (2, 3)")?
+            .query_row([name], |r| r.get(0))?;
+        self.plain.insert(name.clone(), generated == 0);
+        Ok(generated == 0)
+    }
+
+    /// Move the current row's base-table write to [`Merger::inserts`].
     fn insert_later(&mut self) -> Result<()> {
         let row = self.row.as_ref().expect("a loaded row");
         let cols: Vec<usize> = (0..row.values.len())
             .filter(|&i| row.values[i].is_some())
             .collect();
-        let fits = matches!(&self.inserts, Some(b) if Arc::ptr_eq(&b.t, &row.t) && b.cols == cols);
+        let upsert = row.key.is_some();
+        let fits = matches!(&self.inserts,
+            Some(b) if Arc::ptr_eq(&b.t, &row.t) && b.cols == cols && b.upsert == upsert);
         if !fits {
             self.flush_inserts()?;
         }
@@ -871,6 +899,7 @@ impl<'a> Merger<'_, 'a> {
             cols: cols.clone(),
             values: Vec::new(),
             rows: 0,
+            upsert,
         });
         batch.values.extend(row.pks.iter().copied());
         batch
@@ -905,7 +934,11 @@ impl<'a> Merger<'_, 'a> {
         let prev = self.ext.sync_bit.swap(1, Relaxed);
         let r = (|| -> Result<()> {
             let all = batch.values.iter().map(|v| out(*v));
-            let sql = batch.t.insert_sql(&batch.cols, batch.rows);
+            let sql = if batch.upsert {
+                batch.t.upsert_many_sql(&batch.cols, batch.rows)
+            } else {
+                batch.t.insert_sql(&batch.cols, batch.rows)
+            };
             match conn.prepare_cached(&sql)?.execute(params_from_iter(all)) {
                 Ok(_) => return Ok(()),
                 Err(rusqlite::Error::SqliteFailure(f, _))
