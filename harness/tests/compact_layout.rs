@@ -1051,3 +1051,95 @@ fn a_bare_rename_column_on_a_compact_table_says_what_to_do() {
     assert_eq!(cids, [["x"], ["z"]].map(|r| vec![Value::Text(r[0].into())]));
     close(db);
 }
+
+/// Issue 12 (compact known bug 3): a package merged in batch by an inbound
+/// stream is *stored* as merging its changes one by one through
+/// `crsql_changes` stores it: the same row clocks (runs) and the same cells
+/// rows, not only the same `crsql_changes`. The workload's rows arrive as
+/// a run broken by a later update (columns m and c at one version, b at
+/// another), some rows deleted and inserted again, some updated twice, in
+/// transactions split across packages (so they are staged).
+#[test]
+fn a_batch_merge_stores_rows_as_the_row_by_row_merge_does() {
+    let src = open("compact");
+    src.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+         INSERT INTO t (id, m, b, c) SELECT i, 'm' || i, 'b' || i, i / 3.0 FROM n;
+         UPDATE t SET b = b || '!';
+         UPDATE t SET m = m || '?', c = c + 1 WHERE id % 7 = 0;
+         DELETE FROM t WHERE id % 11 = 0;
+         INSERT INTO t (id, m) SELECT id * 11, 'back' FROM t WHERE id <= 27;
+         UPDATE t SET b = 'again' WHERE id % 5 = 0;",
+    )
+    .unwrap();
+    let fresh = || {
+        let c = open("compact");
+        c.execute_batch("CREATE VIRTUAL TABLE inb USING crsql_InboundStream();")
+            .unwrap();
+        c
+    };
+    // Row by row: one INSERT INTO crsql_changes per change, one
+    // transaction per source transaction (as the stream applies them).
+    let row_by_row = fresh();
+    let all = rows(&src, "SELECT * FROM crsql_changes");
+    let mut insert = row_by_row
+        .prepare("INSERT INTO crsql_changes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        .unwrap();
+    for (i, c) in all.iter().enumerate() {
+        if i == 0 || all[i - 1][5] != c[5] {
+            if i > 0 {
+                row_by_row.execute_batch("COMMIT").unwrap();
+            }
+            row_by_row.execute_batch("BEGIN").unwrap();
+        }
+        insert.execute(rusqlite::params_from_iter(c)).unwrap();
+    }
+    row_by_row.execute_batch("COMMIT").unwrap();
+    drop(insert);
+    // In batch: the packages of a stream (2 changes each: every
+    // transaction is split and staged), into one inbound stream.
+    let batch = fresh();
+    let mut read = src.prepare("SELECT package FROM out").unwrap();
+    let packages: Vec<Vec<u8>> = read
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    drop(read);
+    for p in &packages {
+        batch
+            .execute("INSERT INTO inb (package) VALUES (?1)", [p])
+            .unwrap();
+    }
+    let stored = |c: &Connection| {
+        [
+            "SELECT * FROM t ORDER BY id",
+            "SELECT * FROM crsql_changes",
+            "SELECT * FROM t__crsql_rows ORDER BY id",
+            "SELECT * FROM t__crsql_cells ORDER BY id, col_name",
+        ]
+        .map(|q| rows(c, q))
+    };
+    let (a, b) = (stored(&row_by_row), stored(&batch));
+    for (i, what) in ["t", "crsql_changes", "row clocks", "cells"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            a[i], b[i],
+            "{what}: row by row (left) and in batch (right) differ"
+        );
+    }
+    // Every row holds a run (m at least: b and c follow at other seqs).
+    let runs: i64 = batch
+        .query_row(
+            "SELECT count(*) FROM t__crsql_rows WHERE vers IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(runs, 300);
+    for c in [src, row_by_row, batch] {
+        close(c);
+    }
+}

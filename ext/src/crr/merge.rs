@@ -278,16 +278,19 @@ struct Row<'a> {
     undo: (i64, i64),
     /// crr::compact: the row's clocks as stored (a compact CRR's row).
     compact: Option<crsql_stream_core::rowclock::Stored>,
+    /// crr::compact: the clocks each waiting change wrote, in order, so
+    /// that the row is stored as merging its changes one by one stores it
+    /// ([`compact::Log`]).
+    log: compact::Log,
 }
 
 impl Row<'_> {
-    /// The base-table write is an insert of a row new to the clocks (no
-    /// key), not deleted here, with at least one value.
-    fn new_insert(&self) -> bool {
-        self.key.is_none()
-            && !self.base_delete
-            && self.base_insert
-            && self.values.iter().any(Option::is_some)
+    /// The base-table write is an insert or an upsert (not deleted here)
+    /// with at least one value: `Some(false)` for a row new to the clocks
+    /// (no key), `Some(true)` for a row they know.
+    fn base_write(&self) -> Option<bool> {
+        (!self.base_delete && self.base_insert && self.values.iter().any(Option::is_some))
+            .then_some(self.key.is_some())
     }
 
     /// Every clock row of the row (sentinel excluded) is known.
@@ -330,6 +333,11 @@ pub struct Merger<'i, 'a> {
     /// Clock rows of rows done with that wait to be written together
     /// ([`Merger::in_one_statement`]). Never holds the current row's.
     clocks: Option<Clocks<'a>>,
+    /// crr::compact: the same for compact CRRs.
+    compact_clocks: Option<compact::Pending<'a>>,
+    /// Per table: whether it has no generated column (its upserts may
+    /// wait in [`Merger::inserts`]).
+    plain: HashMap<String, bool>,
 }
 
 /// Clock rows of one table, of rows the merger is done with and whose
@@ -361,6 +369,8 @@ struct Inserts<'a> {
     /// Per row: the pk values, then one value per column.
     values: Vec<ValueRef<'a>>,
     rows: usize,
+    /// Upserts of rows the clocks know (else inserts of new rows).
+    upsert: bool,
 }
 
 /// Most rows one insert statement of [`Inserts`] writes (and at most 999
@@ -392,6 +402,8 @@ impl<'i, 'a> Merger<'i, 'a> {
             one_statement: false,
             inserts: None,
             clocks: None,
+            compact_clocks: None,
+            plain: HashMap::new(),
         })
     }
 
@@ -437,9 +449,21 @@ impl<'i, 'a> Merger<'i, 'a> {
             {
                 self.flush_clocks()?;
             }
+            if self
+                .compact_clocks
+                .as_ref()
+                .is_some_and(|b| b.holds(c.table, &pks))
+            {
+                self.flush_clocks()?;
+            }
             self.row = Some(self.load(t, c.pk, pks)?);
         }
-        self.decide(c, col)
+        let first_seq = self.ext.tx.seq.load(Relaxed);
+        self.decide(c, col)?;
+        if let Some(row) = self.row.as_mut().filter(|r| r.t.compact.is_some()) {
+            row.log.record(first_seq, row.sentinel.as_ref(), &row.cells);
+        }
+        Ok(())
     }
 
     /// Write what waits. Returns the impacted operations (§7.7) of every
@@ -470,6 +494,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             impacted: 0,
             undo: (-1, 0),
             compact: None,
+            log: compact::Log::default(),
             pks,
             t,
         };
@@ -547,6 +572,7 @@ impl<'i, 'a> Merger<'i, 'a> {
                 row.sentinel = Some(sentinel);
                 row.clear_cells();
                 row.drop_cells = true;
+                row.log.clear_cells();
                 row.cl = cl;
                 row.impacted += 1;
             }
@@ -798,7 +824,11 @@ impl<'i, 'a> Merger<'i, 'a> {
         if !self.row.as_ref().is_some_and(|r| r.dirty) {
             return Ok(());
         }
-        if self.one_statement && self.row.as_ref().is_some_and(Row::new_insert) {
+        let later = match self.row.as_ref().and_then(Row::base_write) {
+            Some(upsert) if self.one_statement => !upsert || self.plain_columns()?,
+            _ => false,
+        };
+        if later {
             self.insert_later()?;
         } else {
             // Base-table writes stay in order.
@@ -808,7 +838,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             return Ok(());
         };
         let later = if self.one_statement && done {
-            Some(&mut self.clocks)
+            Some((&mut self.clocks, &mut self.compact_clocks))
         } else {
             None
         };
@@ -834,13 +864,32 @@ impl<'i, 'a> Merger<'i, 'a> {
 }
 
 impl<'a> Merger<'_, 'a> {
-    /// Move the current row's base-table insert to [`Merger::inserts`].
+    /// Whether the current row's table has no generated column: its
+    /// upserts can then be written several rows per statement
+    /// ([`TableInfo::upsert_many_sql`]).
+    fn plain_columns(&mut self) -> Result<bool> {
+        let name = &self.row.as_ref().expect("a loaded row").t.name;
+        if let Some(&plain) = self.plain.get(name) {
+            return Ok(plain);
+        }
+        let generated: i64 = self
+            .inner
+            .conn
+            .prepare_cached("SELECT count(*) FROM pragma_table_xinfo(?1) WHERE hidden IN (2, 3)")?
+            .query_row([name], |r| r.get(0))?;
+        self.plain.insert(name.clone(), generated == 0);
+        Ok(generated == 0)
+    }
+
+    /// Move the current row's base-table write to [`Merger::inserts`].
     fn insert_later(&mut self) -> Result<()> {
         let row = self.row.as_ref().expect("a loaded row");
         let cols: Vec<usize> = (0..row.values.len())
             .filter(|&i| row.values[i].is_some())
             .collect();
-        let fits = matches!(&self.inserts, Some(b) if Arc::ptr_eq(&b.t, &row.t) && b.cols == cols);
+        let upsert = row.key.is_some();
+        let fits = matches!(&self.inserts,
+            Some(b) if Arc::ptr_eq(&b.t, &row.t) && b.cols == cols && b.upsert == upsert);
         if !fits {
             self.flush_inserts()?;
         }
@@ -850,6 +899,7 @@ impl<'a> Merger<'_, 'a> {
             cols: cols.clone(),
             values: Vec::new(),
             rows: 0,
+            upsert,
         });
         batch.values.extend(row.pks.iter().copied());
         batch
@@ -870,6 +920,9 @@ impl<'a> Merger<'_, 'a> {
     /// undo itself; the rows are then written one by one as upserts, as
     /// merging them one by one does (and fail as that does).
     fn flush_clocks(&mut self) -> Result<()> {
+        if let Some(p) = self.compact_clocks.take() {
+            p.write(self.inner)?;
+        }
         write_clock_rows(self.inner, self.clocks.take())
     }
 
@@ -881,7 +934,11 @@ impl<'a> Merger<'_, 'a> {
         let prev = self.ext.sync_bit.swap(1, Relaxed);
         let r = (|| -> Result<()> {
             let all = batch.values.iter().map(|v| out(*v));
-            let sql = batch.t.insert_sql(&batch.cols, batch.rows);
+            let sql = if batch.upsert {
+                batch.t.upsert_many_sql(&batch.cols, batch.rows)
+            } else {
+                batch.t.insert_sql(&batch.cols, batch.rows)
+            };
             match conn.prepare_cached(&sql)?.execute(params_from_iter(all)) {
                 Ok(_) => return Ok(()),
                 Err(rusqlite::Error::SqliteFailure(f, _))
@@ -941,6 +998,13 @@ fn write_clock_rows(inner: &Inner, batch: Option<Clocks<'_>>) -> Result<()> {
     Ok(())
 }
 
+/// Where the clock rows of a row the merger is done with may wait: per
+/// layout.
+type Later<'m, 'a> = (
+    &'m mut Option<Clocks<'a>>,
+    &'m mut Option<compact::Pending<'a>>,
+);
+
 /// [`Merger::flush`] of `row`; the error says whether the base-table write
 /// refused it (nothing else was written then).
 /// With `later`, clock rows that move nothing counted wait there.
@@ -949,12 +1013,14 @@ fn write_row<'a>(
     inner: &Inner,
     sites: &mut HashMap<&'a [u8], i64>,
     row: &mut Row<'a>,
-    later: Option<&mut Option<Clocks<'a>>>,
+    later: Option<Later<'_, 'a>>,
 ) -> std::result::Result<(), (Error, bool)> {
     write_base(ext, inner, row).map_err(|e| (e, true))?;
+    let (later, compact_later) = later.unzip();
     if row.t.compact.is_some() {
         // crr::compact: the row clock and cells, departures included.
-        return compact::write_clocks(ext, inner, sites, row).map_err(|e| (e, false));
+        return compact::write_clocks(ext, inner, sites, row, compact_later)
+            .map_err(|e| (e, false));
     }
     // What the clock writes move away from the counted versions
     // (`crr::counts`): a row new to the clocks has nothing there.

@@ -76,23 +76,31 @@ impl TableInfo {
     /// col = ?, …` for the columns `cols` (indexes, ascending): the pk values
     /// bind first, then one value per column.
     pub fn upsert_sql(&self, cols: &[usize]) -> Arc<str> {
-        self.base_write_sql(cols, 0)
+        self.base_write_sql(cols, 0, false)
+    }
+
+    /// [`Self::insert_sql`] as an upsert: `… ON CONFLICT (pks) DO UPDATE SET
+    /// col = excluded.col, …` (only for tables without generated columns:
+    /// SQLite 3.40 gives `excluded` the wrong affinity after one).
+    pub fn upsert_many_sql(&self, cols: &[usize], rows: usize) -> Arc<str> {
+        self.base_write_sql(cols, rows.max(1), true)
     }
 
     /// `INSERT INTO t (pks, cols) VALUES (…), …` for `rows` rows of the
     /// columns `cols`: per row the pk values, then one value per column.
     pub fn insert_sql(&self, cols: &[usize], rows: usize) -> Arc<str> {
-        self.base_write_sql(cols, rows.max(1))
+        self.base_write_sql(cols, rows.max(1), false)
     }
 
     /// [`Self::upsert_sql`] (`rows` 0) or [`Self::insert_sql`], built once.
-    fn base_write_sql(&self, cols: &[usize], rows: usize) -> Arc<str> {
+    fn base_write_sql(&self, cols: &[usize], rows: usize, upsert: bool) -> Arc<str> {
         let mut cache = self
             .sql
             .base_writes
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(sql) = cache.get(&(cols.to_vec(), rows)) {
+        let key = (cols.to_vec(), rows, upsert);
+        if let Some(sql) = cache.get(&key) {
             return Arc::clone(sql);
         }
         let npk = self.pks.len();
@@ -121,10 +129,22 @@ impl TableInfo {
             )
         } else {
             let row = format!("({})", vec!["?"; npk + cols.len()].join(", "));
-            format!("{into} {}", vec![row; rows].join(", "))
+            let values = format!("{into} {}", vec![row; rows].join(", "));
+            if upsert {
+                let sets: Vec<String> = names
+                    .iter()
+                    .map(|q| format!("{q} = excluded.{q}"))
+                    .collect();
+                format!(
+                    "{values} ON CONFLICT ({pk_list}) DO UPDATE SET {}",
+                    sets.join(", ")
+                )
+            } else {
+                values
+            }
         }
         .into();
-        cache.insert((cols.to_vec(), rows), Arc::clone(&sql));
+        cache.insert(key, Arc::clone(&sql));
         sql
     }
 }
@@ -133,8 +153,9 @@ impl TableInfo {
 /// values each, under SQLite's oldest limit of 999).
 pub const CLOCK_ROWS: usize = 128;
 
-/// A base-table write: the column indexes, and the rows (0: an upsert).
-type BaseWrite = (Vec<usize>, usize);
+/// A base-table write: the column indexes, the rows (0: an upsert of one
+/// row), and whether a multi-row write is an upsert.
+type BaseWrite = (Vec<usize>, usize, bool);
 
 /// SQL text for every statement run against one CRR. Built once per schema
 /// version and run through the connection's prepared-statement cache.

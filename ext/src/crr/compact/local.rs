@@ -67,7 +67,7 @@ fn local_clock(col_version: i64, db_version: i64, seq: i64) -> Clock {
 }
 
 /// The name a slot has in `crsql_changes` and in the cells table.
-pub(super) fn slot_name(t: &TableInfo, slot: i32) -> Result<&str> {
+pub(crate) fn slot_name(t: &TableInfo, slot: i32) -> Result<&str> {
     if slot == SENTINEL_SLOT {
         return Ok("-1");
     }
@@ -206,7 +206,13 @@ pub(crate) fn save(
 
 /// Subtract the clocks of `before` that `after` no longer has at the same
 /// position, where they were counted (`crr::counts`).
-fn depart(ext: &Ext, inner: &Inner, t: &TableInfo, before: &Stored, after: &Stored) -> Result<()> {
+pub(crate) fn depart(
+    ext: &Ext,
+    inner: &Inner,
+    t: &TableInfo,
+    before: &Stored,
+    after: &Stored,
+) -> Result<()> {
     if !inner.has_counts() || before.is_empty() {
         return Ok(());
     }

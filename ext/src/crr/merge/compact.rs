@@ -5,15 +5,69 @@
 //! (a remote insert is). Decisions, versions, seqs and site ordinals are
 //! the merger's, unchanged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use rusqlite::params_from_iter;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::ToSql;
 
 use crsql_stream_core::rowclock::{self, SENTINEL_SLOT};
 
 use super::{Clock, Row, Site, Slot};
 use crate::crr::compact::local;
+use crate::crr::schema::{TableInfo, CLOCK_ROWS};
+use crate::crr::values::out;
 use crate::err;
 use crate::error::Result;
 use crate::state::{Ext, Inner};
+
+/// The clocks each change of the row wrote since its last write, in the
+/// order they were decided. The row is stored by replaying them, one
+/// `Stored::write` per change (after `clear_cells` for a delete), so the
+/// stored form (which clocks form the run, which go to the cells table) is
+/// exactly the one merging the changes one by one gives: only the final
+/// clocks, written together, would not form the run a one-by-one merge
+/// forms when they are not consecutive (a row whose columns arrive at two
+/// versions), and would leave every clock in the cells table.
+#[derive(Default)]
+pub(super) struct Log {
+    /// Every change's clocks, one after the other.
+    writes: Vec<(i32, Clock)>,
+    /// Per change: where its clocks end in `writes`, and whether it
+    /// cleared the row's cells first (a delete).
+    changes: Vec<(usize, bool)>,
+    /// The change being decided cleared the cells.
+    clear: bool,
+}
+
+impl Log {
+    /// The change being decided deletes the row: its cells go first.
+    pub(super) fn clear_cells(&mut self) {
+        self.clear = true;
+    }
+
+    /// Record the clocks the change just decided wrote: those written at a
+    /// seq from `first_seq` on (seqs only grow in a transaction).
+    pub(super) fn record(&mut self, first_seq: i64, sentinel: Option<&Clock>, cells: &[Slot]) {
+        let start = self.writes.len();
+        let fresh = |c: &Clock| c.dirty && c.seq >= first_seq;
+        if let Some(s) = sentinel.filter(|s| fresh(s)) {
+            self.writes.push((SENTINEL_SLOT, *s));
+        }
+        for (i, s) in cells.iter().enumerate() {
+            if let Slot::Present(c) = s {
+                if fresh(c) {
+                    self.writes.push((i as i32, *c));
+                }
+            }
+        }
+        if self.writes.len() > start || self.clear {
+            self.changes.push((self.writes.len(), self.clear));
+        }
+        self.clear = false;
+    }
+}
 
 /// Fill a freshly loaded `row` of a compact CRR from its stored clocks.
 /// A row with no clock is left without a key (the caller then looks for a
@@ -48,12 +102,202 @@ pub(super) fn load(inner: &Inner, row: &mut Row<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Row-clock and cells-table upserts of rows the merger is done with, of
+/// one compact CRR, written [`CLOCK_ROWS`] rows per statement (the
+/// compact counterpart of the merger's `Clocks`: SQLite journals a nested
+/// statement once per statement, not once per row). Deletes are not
+/// batched: they are written at once, and never concern a waiting key (a
+/// row whose key waits here writes these first when it is loaded again).
+pub(super) struct Pending<'a> {
+    pub(super) t: Arc<TableInfo>,
+    /// Row clocks: the pks, cl, db_version, site_id, seq, vers of each.
+    rows: Vec<Bind<'a>>,
+    /// Cells: the pks, col_name, col_version, db_version, site_id, seq.
+    cells: Vec<Bind<'a>>,
+    /// The primary keys of the rows they are of ([`Key`]).
+    pks: HashSet<Vec<Key<'a>>>,
+}
+
+/// A primary-key value as the compact tables compare it, for the values
+/// that cannot equal a value of another kind there: an integer, a blob, a
+/// text that no affinity turns into a number. (A text `'2'` is the key 2
+/// of a rowid-alias row-clock table, and a real 2.0 equals the integer 2:
+/// two packed keys that are one row clock. Rows with such keys never wait,
+/// and loading one writes what waits first.)
+#[derive(PartialEq, Eq, Hash)]
+pub(super) enum Key<'a> {
+    Int(i64),
+    Text(&'a [u8]),
+    Blob(&'a [u8]),
+}
+
+/// The [`Key`]s of a row's primary-key values; None if one has none.
+pub(super) fn key<'a>(pks: &[ValueRef<'a>]) -> Option<Vec<Key<'a>>> {
+    pks.iter()
+        .map(|v| match *v {
+            ValueRef::Integer(i) => Some(Key::Int(i)),
+            ValueRef::Blob(b) => Some(Key::Blob(b)),
+            ValueRef::Text(t) => {
+                let numeric =
+                    std::str::from_utf8(t).map_or(true, |s| s.trim().parse::<f64>().is_ok());
+                (!numeric).then_some(Key::Text(t))
+            }
+            ValueRef::Real(_) | ValueRef::Null => None,
+        })
+        .collect()
+}
+
+impl<'a> Pending<'a> {
+    /// Whether loading the row of `pks` must write what waits first.
+    pub(super) fn holds(&self, t: &str, pks: &[ValueRef<'a>]) -> bool {
+        self.t.name == t
+            && match key(pks) {
+                Some(k) => self.pks.contains(&k),
+                None => !self.pks.is_empty(),
+            }
+    }
+}
+
+/// One value bound to a waiting write: the package's own (primary-key
+/// values, borrowed), or one computed for the write.
+pub(super) enum Bind<'a> {
+    Ref(ValueRef<'a>),
+    Int(i64),
+    Null,
+    Blob(Vec<u8>),
+    Text(String),
+}
+
+impl ToSql for Bind<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(out(match self {
+            Bind::Ref(v) => *v,
+            Bind::Int(i) => ValueRef::Integer(*i),
+            Bind::Null => ValueRef::Null,
+            Bind::Blob(b) => ValueRef::Blob(b),
+            Bind::Text(t) => ValueRef::Text(t.as_bytes()),
+        }))
+    }
+}
+
+impl Pending<'_> {
+    /// Write what waits.
+    pub(super) fn write(self, inner: &Inner) -> Result<()> {
+        let c = self
+            .t
+            .compact
+            .as_ref()
+            .ok_or_else(|| err!("crsql_stream: {} is not a compact CRR", self.t.name))?;
+        let npk = self.t.pks.len();
+        for (values, width, one) in [
+            (&self.rows, npk + 5, &c.upsert_row),
+            (&self.cells, npk + 5, &c.upsert_cell),
+        ] {
+            let mut chunks = values.chunks_exact(width * CLOCK_ROWS);
+            for chunk in chunks.by_ref() {
+                inner
+                    .conn
+                    .prepare_cached(&many(one, width, CLOCK_ROWS))?
+                    .execute(params_from_iter(chunk))?;
+            }
+            let mut stmt = inner.conn.prepare_cached(one)?;
+            for row in chunks.remainder().chunks_exact(width) {
+                stmt.execute(params_from_iter(row))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `one`, a single-row `INSERT … VALUES (?1, …, ?width) …`, writing `rows`
+/// rows: the same statement with `rows` groups of anonymous parameters.
+fn many(one: &str, width: usize, rows: usize) -> String {
+    let (head, tail) = one.split_once(" VALUES (").unwrap_or((one, ""));
+    let tail = tail.split_once(')').map_or("", |(_, t)| t);
+    let group = format!("({})", vec!["?"; width].join(", "));
+    format!("{head} VALUES {}{tail}", vec![group; rows].join(", "))
+}
+
+/// Write the row clock and cells `after` holds that `before` did not (the
+/// upserts wait in `later`), the deletes at once, and the departures.
+fn save<'a>(
+    ext: &Ext,
+    inner: &Inner,
+    row: &Row<'a>,
+    before: &rowclock::Stored,
+    after: &rowclock::Stored,
+    later: &mut Option<Pending<'a>>,
+) -> Result<()> {
+    let t = &row.t;
+    let k = key(&row.pks);
+    if k.is_none() || after.is_empty() || before.cells.keys().any(|s| !after.cells.contains_key(s))
+    {
+        // Deletes, and keys that could alias another: at once, as a
+        // one-by-one write does them.
+        let c = t
+            .compact
+            .as_ref()
+            .ok_or_else(|| err!("crsql_stream: {} is not a compact CRR", t.name))?;
+        return local::save(ext, inner, t, c, &row.pks, before, after);
+    }
+    if later.as_ref().is_some_and(|p| !Arc::ptr_eq(&p.t, t)) {
+        if let Some(p) = later.take() {
+            p.write(inner)?;
+        }
+    }
+    let p = later.get_or_insert_with(|| Pending {
+        t: Arc::clone(t),
+        rows: Vec::new(),
+        cells: Vec::new(),
+        pks: HashSet::new(),
+    });
+    let pks = row.pks.iter().map(|v| Bind::Ref(*v));
+    if before.is_empty() || before.cl != after.cl || before.run != after.run {
+        let run = after.run.as_ref();
+        let int = |f: fn(&rowclock::Run) -> i64| run.map_or(Bind::Null, |r| Bind::Int(f(r)));
+        p.rows.extend(pks.clone());
+        p.rows.extend([
+            Bind::Int(after.cl),
+            int(|r| r.db_version),
+            int(|r| r.site),
+            int(|r| r.seq),
+            run.map_or(Bind::Null, |r| Bind::Blob(r.encode_vers())),
+        ]);
+    }
+    for (slot, clock) in after
+        .cells
+        .iter()
+        .filter(|(s, c)| before.cells.get(s) != Some(c))
+    {
+        p.cells.extend(pks.clone());
+        p.cells.extend([
+            Bind::Text(local::slot_name(t, *slot)?.to_string()),
+            Bind::Int(clock.col_version),
+            Bind::Int(clock.db_version),
+            Bind::Int(clock.site),
+            Bind::Int(clock.seq),
+        ]);
+    }
+    p.pks.extend(k);
+    let full = p.rows.len().max(p.cells.len()) >= (t.pks.len() + 5) * CLOCK_ROWS;
+    local::depart(ext, inner, t, before, after)?;
+    if full {
+        if let Some(p) = later.take() {
+            p.write(inner)?;
+        }
+    }
+    Ok(())
+}
+
 /// Write the clocks the row's changes won (after its base-table write).
+/// With `later` (the merger is done with the row), the row-clock and cell
+/// upserts may wait there ([`Pending`]).
 pub(super) fn write_clocks<'a>(
     ext: &Ext,
     inner: &Inner,
     sites: &mut HashMap<&'a [u8], i64>,
     row: &mut Row<'a>,
+    later: Option<&mut Option<Pending<'a>>>,
 ) -> Result<()> {
     let t = std::sync::Arc::clone(&row.t);
     let c = t
@@ -101,12 +345,33 @@ pub(super) fn write_clocks<'a>(
     }
     let before = row.compact.take().unwrap_or_default();
     let mut after = before.clone();
-    if row.drop_cells {
-        after.clear_cells();
-        row.drop_cells = false;
+    let log = std::mem::take(&mut row.log);
+    if log.changes.is_empty() {
+        if row.drop_cells {
+            after.clear_cells();
+        }
+        after.write(&writes);
+    } else {
+        // Replay the changes one by one (`Log`).
+        let mut start = 0;
+        for &(end, clear) in &log.changes {
+            if clear {
+                after.clear_cells();
+            }
+            writes.clear();
+            writes.extend(log.writes[start..end].iter().map(|(slot, c)| {
+                let mut c = *c;
+                written(*slot, &mut c)
+            }));
+            after.write(&writes);
+            start = end;
+        }
     }
-    after.write(&writes);
-    local::save(ext, inner, &t, c, &row.pks, &before, &after)?;
+    row.drop_cells = false;
+    match later {
+        Some(later) => save(ext, inner, row, &before, &after, later)?,
+        None => local::save(ext, inner, &t, c, &row.pks, &before, &after)?,
+    }
     row.compact = Some(after);
     row.dirty = false;
     Ok(())
