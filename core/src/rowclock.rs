@@ -144,6 +144,12 @@ impl Run {
         Ok((sentinel, versions))
     }
 
+    /// How many clocks the run of a `vers` blob holds.
+    pub fn count_vers(blob: &[u8]) -> Result<usize, RunError> {
+        let (sentinel, versions) = Run::decode_vers(blob)?;
+        Ok(usize::from(sentinel) + versions.iter().filter(|v| **v > 0).count())
+    }
+
     /// Take `slot` out of the run; trailing empty slots go, keeping every
     /// remaining clock's seq (the run's seq follows its last clock).
     fn remove(&mut self, slot: i32) {

@@ -97,16 +97,14 @@ type Tally = HashMap<(i64, i64), (i64, i64)>;
 
 /// Tally the clock rows of `table` above version `lo`.
 fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {
-    // crr::compact: per row clock, not per clock (its last seq is the
-    // run's largest).
-    let sql = match crate::crr::compact::tally_sql(conn, table)? {
-        Some(sql) => sql,
-        None => format!(
-            "SELECT db_version, site_id, count(*), max(seq) FROM {} WHERE db_version > ?1 \
-             GROUP BY db_version, site_id",
-            clock_of(table)
-        ),
-    };
+    if let Some(t) = crate::crr::compact::tally(conn, table, lo)? {
+        return Ok(t);
+    }
+    let sql = format!(
+        "SELECT db_version, site_id, count(*), max(seq) FROM {} WHERE db_version > ?1 \
+         GROUP BY db_version, site_id",
+        clock_of(table)
+    );
     let mut out = Tally::new();
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query([lo])?;
@@ -123,6 +121,9 @@ fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {
 pub struct LocalTx {
     pub version: i64,
     pub maxseq: i64,
+    /// For a compact CRR (`crr::compact::FastInserts`): the row clocks and
+    /// clocks this transaction inserted, when that is all it wrote there.
+    pub compact: Option<(i64, i64)>,
 }
 
 /// [`tally`] for a [`LocalTx`]: counted from the `db_version` index alone
@@ -130,6 +131,16 @@ pub struct LocalTx {
 /// version than the transaction's (rows nobody counted yet): the caller
 /// then tallies in full.
 fn tally_local(conn: &Connection, table: &str, lo: i64, local: LocalTx) -> Result<Option<Tally>> {
+    if let Some(inserted) = local.compact {
+        return crate::crr::compact::tally_fast(
+            conn,
+            table,
+            lo,
+            local.version,
+            inserted,
+            local.maxseq,
+        );
+    }
     let sql = format!(
         "SELECT db_version, count(*) FROM {} WHERE db_version > ?1 GROUP BY db_version",
         clock_of(table)
@@ -216,7 +227,7 @@ fn catch_up_tables(conn: &Connection, tables: &[(String, Option<LocalTx>)]) -> R
 /// Count what was written since `U` (every CRR) and move `U` past it;
 /// creates the table on first use (which counts every existing row: the
 /// migration of an older database).
-pub fn catch_up(inner: &mut Inner, local: Option<LocalTx>) -> Result<()> {
+pub fn catch_up(inner: &mut Inner, tx: &TxCounters, local: Option<LocalTx>) -> Result<()> {
     if !inner.has_counts() {
         // A fresh table counts everything, whatever `U` was left behind.
         inner.conn.execute_batch(DDL)?;
@@ -225,12 +236,25 @@ pub fn catch_up(inner: &mut Inner, local: Option<LocalTx>) -> Result<()> {
             .conn
             .execute("DELETE FROM crsql_master WHERE key = ?1", [THROUGH])?;
     }
-    // crr::compact: a compact table's full count is already one row per
-    // row clock, and it has no clock table for the index count.
+    // crr::compact: a compact table has no clock table for the index
+    // count; what its new-row inserts wrote, if that is all, is counted
+    // from its row clocks' index.
+    let epoch = tx.epoch.load(Relaxed);
     let tables: Vec<(String, Option<LocalTx>)> = inner
         .tables()
         .iter()
-        .map(|t| (t.name.clone(), local.filter(|_| t.compact.is_none())))
+        .map(|t| {
+            let local = match &t.compact {
+                None => local,
+                Some(c) => local.and_then(|l| {
+                    c.fast.only(epoch).map(|f| LocalTx {
+                        compact: Some(f),
+                        ..l
+                    })
+                }),
+            };
+            (t.name.clone(), local)
+        })
         .collect();
     catch_up_tables(&inner.conn, &tables)
 }
@@ -299,8 +323,9 @@ impl Table for CounterTable {
             let local = (version >= 0 && tx.local_only.load(Relaxed)).then(|| LocalTx {
                 version,
                 maxseq: tx.seq.load(Relaxed) - 1,
+                compact: None,
             });
-            return catch_up(&mut inner, local);
+            return catch_up(&mut inner, tx, local);
         }
         // A COMMIT from inside one of our own functions (the RELEASE of
         // its savepoint in autocommit mode, e.g. crsql_commit_alter): the
@@ -363,7 +388,9 @@ pub fn migrate(ext: &crate::state::Ext) -> Result<()> {
         return Ok(());
     }
     let conn = ext.db.connection()?;
-    crate::crr::in_savepoint(&conn, "crsql_change_counts", || catch_up(&mut inner, None))
+    crate::crr::in_savepoint(&conn, "crsql_change_counts", || {
+        catch_up(&mut inner, &ext.tx, None)
+    })
 }
 
 /// Apply `(db_version, site) -> delta` to both levels, one single-row

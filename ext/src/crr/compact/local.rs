@@ -163,6 +163,7 @@ pub(crate) fn save(
     before: &Stored,
     after: &Stored,
 ) -> Result<()> {
+    c.fast.other(ext.tx.epoch.load(Relaxed));
     let conn = &inner.conn;
     if after.is_empty() {
         if !before.is_empty() {
@@ -281,18 +282,21 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         // only if the row clock was written.
         if !inner.has_tombstones() {
             let first = ext.tx.seq.load(Relaxed);
-            let vals = [
-                Value::Integer(1),
-                Value::Integer(v),
-                Value::Integer(0),
-                Value::Integer(first + n.max(1) - 1),
-                Value::Blob(c.insert_vers.clone()),
-            ];
-            let inserted = inner
-                .conn
-                .prepare_cached(&c.insert_row)?
-                .execute(params_from_iter(key_params(pks, &vals)))?;
+            // Bound one by one: no parameter vector, no copy of the blob.
+            let mut stmt = inner.conn.prepare_cached(&c.insert_row)?;
+            for (i, pk) in pks.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 1, out(*pk))?;
+            }
+            let np = pks.len();
+            stmt.raw_bind_parameter(np + 1, 1)?;
+            stmt.raw_bind_parameter(np + 2, v)?;
+            stmt.raw_bind_parameter(np + 3, 0)?;
+            stmt.raw_bind_parameter(np + 4, first + n.max(1) - 1)?;
+            stmt.raw_bind_parameter(np + 5, c.insert_vers.as_slice())?;
+            let inserted = stmt.raw_execute()?;
+            drop(stmt);
             if inserted == 1 {
+                c.fast.insert(ext.tx.epoch.load(Relaxed), n.max(1));
                 ext.tx.take_seqs(n.max(1));
                 return Ok(());
             }

@@ -182,6 +182,7 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
             npk + 1
         ),
         insert_vers,
+        fast: super::FastInserts::default(),
     };
     (sql, compact)
 }
