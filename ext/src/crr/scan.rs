@@ -9,7 +9,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crsql_stream_core::pack::pack_columns;
-use crsql_stream_core::rowclock::{Run, SENTINEL_SLOT};
+use crsql_stream_core::rowclock::SENTINEL_SLOT;
 use crsql_stream_core::Position;
 use rusqlite::types::ValueRef;
 
@@ -56,17 +56,11 @@ impl RunClocks {
         self.slot = None;
         self.versions.clear();
         self.sentinel = false;
-        match vers {
-            ValueRef::Null => Ok(()),
-            ValueRef::Blob(b) => {
-                let (sentinel, versions) = Run::decode_vers(b)
-                    .map_err(|e| err!("crsql_stream: a row clock of {table}: {e}"))?;
-                self.sentinel = sentinel;
-                self.versions = versions;
-                Ok(())
-            }
-            _ => Err(err!("crsql_stream: a row clock of {table} has a vers that is not a BLOB")),
+        if let Some((sentinel, versions)) = crate::crr::compact::read_vers(vers, Some(table))? {
+            self.sentinel = sentinel;
+            self.versions = versions;
         }
+        Ok(())
     }
 
     /// Move to the run's next clock among the table's `cols` column slots;

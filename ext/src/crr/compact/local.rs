@@ -110,23 +110,23 @@ pub(crate) fn load(
                 r.get::<_, Option<i64>>(1)?,
                 r.get::<_, Option<i64>>(2)?,
                 r.get::<_, Option<i64>>(3)?,
-                r.get::<_, Option<Vec<u8>>>(4)?,
+                r.get::<_, Value>(4)?,
             ))
         })
         .optional()?;
     let Some((cl, db_version, site, seq, vers)) = row else {
         return Ok(Stored::default());
     };
-    let run = match (db_version, site, seq, vers) {
-        (Some(db_version), Some(site), Some(seq), Some(vers)) => {
-            let (sentinel, versions) = Run::decode_vers(&vers)
-                .map_err(|e| err!("crsql_stream: a row clock of {}: {e}", t.name))?;
-            Some(Run {
-                db_version,
-                site,
-                seq,
-                sentinel,
-                versions,
+    let run = match (db_version, site, seq) {
+        (Some(db_version), Some(site), Some(seq)) => {
+            super::read_vers(ValueRef::from(&vers), Some(&t.name))?.map(|(sentinel, versions)| {
+                Run {
+                    db_version,
+                    site,
+                    seq,
+                    sentinel,
+                    versions,
+                }
             })
         }
         _ => None,
@@ -177,7 +177,7 @@ pub(crate) fn save(
             run.map_or(Value::Null, |r| Value::Integer(r.db_version)),
             run.map_or(Value::Null, |r| Value::Integer(r.site)),
             run.map_or(Value::Null, |r| Value::Integer(r.seq)),
-            run.map_or(Value::Null, |r| Value::Blob(r.encode_vers())),
+            run.map_or(Value::Null, super::vers_value),
         ];
         conn.prepare_cached(&c.upsert_row)?
             .execute(params_from_iter(key_params(pks, &vals)))?;
@@ -292,7 +292,7 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
             stmt.raw_bind_parameter(np + 2, v)?;
             stmt.raw_bind_parameter(np + 3, 0)?;
             stmt.raw_bind_parameter(np + 4, first + n.max(1) - 1)?;
-            stmt.raw_bind_parameter(np + 5, c.insert_vers.as_slice())?;
+            stmt.raw_bind_parameter(np + 5, &c.insert_vers)?;
             let inserted = stmt.raw_execute()?;
             drop(stmt);
             if inserted == 1 {

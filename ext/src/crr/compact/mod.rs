@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension};
 
-use crsql_stream_core::rowclock::{Run, Stored, SENTINEL_SLOT};
+use crsql_stream_core::rowclock::{Run, Stored, Vers, SENTINEL_SLOT};
 
 use crate::crr::schema::{self, quote_ident, quote_str, Column, TableInfo};
 use crate::err;
@@ -80,7 +80,7 @@ pub struct Compact {
     /// pks, col_name.
     pub delete_cell: String,
     /// The `vers` of a run of every column at col_version 1 (an insert).
-    pub insert_vers: Vec<u8>,
+    pub insert_vers: Value,
     /// What this transaction's new-row inserts wrote (`crr::counts`).
     pub fast: FastInserts,
 }
@@ -417,10 +417,8 @@ pub fn tally(
         while let Some(r) = q.next()? {
             let n = match r.get_ref(3)? {
                 ValueRef::Null => 1,
-                ValueRef::Blob(b) => Run::count_vers(b)
-                    .map_err(|e| err!("crsql_stream: a row clock of {table}: {e}"))?
-                    as i64,
-                _ => return Err(err!("crsql_stream: a row clock of {table} has a vers that is not a BLOB")),
+                vers => read_vers(vers, Some(table))?
+                    .map_or(0, |(s, v)| Run::count_of(s, &v) as i64),
             };
             let seq: i64 = r.get(2)?;
             let e = out.entry((r.get(0)?, r.get(1)?)).or_insert((0, seq));
@@ -469,22 +467,38 @@ pub fn tally_fast(
 
 /// `crsql_internal_run_count(vers)`: how many clocks the run holds.
 pub fn sql_run_count(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
-    match ctx.get_raw(0) {
-        ValueRef::Blob(b) => Run::count_vers(b)
-            .map(|n| Value::Integer(n as i64))
-            .map_err(|e| err!("crsql_stream: {e}")),
-        _ => run_arg(ctx).map(|_| Value::Integer(0)),
-    }
+    Ok(Value::Integer(
+        run_arg(ctx)?.map_or(0, |(s, v)| Run::count_of(s, &v) as i64),
+    ))
 }
 
 /// Decode a `vers` argument (NULL: no run).
 fn run_arg(ctx: &Args<'_>) -> Result<Option<(bool, Vec<i64>)>> {
-    match ctx.get_raw(0) {
-        ValueRef::Null => Ok(None),
-        ValueRef::Blob(b) => Run::decode_vers(b)
-            .map(Some)
-            .map_err(|e| err!("crsql_stream: {e}")),
-        _ => Err(err!("crsql_stream: a row clock's vers is not a BLOB")),
+    read_vers(ctx.get_raw(0), None)
+}
+
+/// Read a row clock's `vers` (NULL: no run; an INTEGER or a BLOB,
+/// `core::rowclock::Vers`) as `(sentinel, versions)`; errors name `table`.
+pub fn read_vers(v: ValueRef<'_>, table: Option<&str>) -> Result<Option<(bool, Vec<i64>)>> {
+    let of = table.map_or(String::new(), |t| format!("a row clock of {t}: "));
+    let run = match v {
+        ValueRef::Null => return Ok(None),
+        ValueRef::Integer(bits) => Run::decode_vers_bits(bits),
+        ValueRef::Blob(b) => Run::decode_vers(b),
+        _ => {
+            return Err(err!(
+                "crsql_stream: {of}a row clock's vers is neither an INTEGER nor a BLOB"
+            ))
+        }
+    };
+    run.map(Some).map_err(|e| err!("crsql_stream: {of}{e}"))
+}
+
+/// The `vers` column's value of a run (`core::rowclock::Vers`).
+pub fn vers_value(run: &Run) -> Value {
+    match run.vers() {
+        Vers::Bits(b) => Value::Integer(b),
+        Vers::Blob(b) => Value::Blob(b),
     }
 }
 

@@ -151,8 +151,8 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
             sentinel: false,
             versions: vec![1; cols.len()],
         }
-    }
-    .encode_vers();
+    };
+    let insert_vers = super::vers_value(&insert_vers);
     let compact = Compact {
         load_row: format!(
             "SELECT cl, db_version, site_id, seq, vers FROM {rows} WHERE {}",
