@@ -259,13 +259,19 @@ const UPDATE: (&str, usize, usize) = ("crsql_compact_after_update", 2, 2);
 const DELETE: (&str, usize, usize) = ("crsql_compact_after_delete", 1, 0);
 
 /// Run a trigger helper: under the lock, with the CRR, its compact
-/// statements and the version of this write.
+/// statements and the version of this write. Nothing while the sync bit is
+/// set (the extension's own writes to base tables): the compact triggers
+/// have no `WHEN crsql_internal_sync_bit() = 0`, the helper tests it, so a
+/// row costs one function call.
 fn helper(
     ext: &Ext,
     args: &[ValueRef<'_>],
     (what, per_pk, per_col): (&str, usize, usize),
     f: impl FnOnce(&mut Inner, &TableInfo, &Compact, i64) -> Result<()>,
 ) -> Result<()> {
+    if ext.sync_bit.load(Relaxed) != 0 {
+        return Ok(());
+    }
     let mut inner = ext.lock(what)?;
     let t = trigger_table(ext, &mut inner, args, per_pk, per_col)?;
     let c = compact_of(&t)?;

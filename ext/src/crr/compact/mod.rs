@@ -276,7 +276,7 @@ INSERT INTO crsql_compact_slots (tbl, slot, col_name) VALUES ({t}, -1, '-1');\n"
 
 /// The compact layout's triggers.
 fn triggers_sql(table: &str, pks: &[Column], cols: &[Column]) -> String {
-    crate::crr::triggers_sql(table, pks, cols, "crsql_compact_after")
+    crate::crr::triggers_sql_when(table, pks, cols, "crsql_compact_after", "")
 }
 
 /// `crsql_as_crr(table)` in the compact layout: the two tables, the slot
