@@ -617,10 +617,13 @@ mod tests {
         assert_eq!(run(true, vec![0, 1]).vers(), Vers::Bits(0b101));
         assert_eq!(Run::decode_vers_bits(0b101), Ok((true, vec![0, 1])));
         let wide = run(false, vec![1; 62]);
-        assert_eq!(Run::decode_vers_bits(match wide.vers() {
-            Vers::Bits(b) => b,
-            Vers::Blob(_) => panic!("62 slots fit"),
-        }), Ok((false, vec![1; 62])));
+        assert_eq!(
+            Run::decode_vers_bits(match wide.vers() {
+                Vers::Bits(b) => b,
+                Vers::Blob(_) => panic!("62 slots fit"),
+            }),
+            Ok((false, vec![1; 62]))
+        );
         // Otherwise a blob.
         for r in [run(false, vec![2, 1]), run(false, vec![1; 63])] {
             assert_eq!(r.vers(), Vers::Blob(r.encode_vers()));

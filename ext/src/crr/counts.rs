@@ -93,7 +93,7 @@ const ADD_COUNT: &str = "INSERT INTO crsql_change_counts (lvl, v, tbl, site, n, 
      n = n + excluded.n, maxseq = max(maxseq, excluded.maxseq)";
 
 /// `(db_version, site) -> (rows, largest seq)` of some clock rows.
-type Tally = HashMap<(i64, i64), (i64, i64)>;
+pub(crate) type Tally = HashMap<(i64, i64), (i64, i64)>;
 
 /// Tally the clock rows of `table` above version `lo`.
 fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {

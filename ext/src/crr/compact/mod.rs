@@ -398,16 +398,12 @@ pub fn clock_source(conn: &Connection, table: &str) -> Result<Option<String>> {
 /// clock's), read in the order of the `(db_version, seq)` indexes and
 /// summed here: no sorter (a GROUP BY over the site sorts every row) and
 /// no SQL function call per row. None for a table of the cr-sqlite layout.
-pub fn tally(
-    conn: &Connection,
-    table: &str,
-    lo: i64,
-) -> Result<Option<std::collections::HashMap<(i64, i64), (i64, i64)>>> {
+pub fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Option<crate::crr::counts::Tally>> {
     if !is_compact(conn, table)? {
         return Ok(None);
     }
     let [rows, cells] = table_names(table).map(|n| quote_ident(&n));
-    let mut out = std::collections::HashMap::new();
+    let mut out = crate::crr::counts::Tally::new();
     for from in [
         format!("SELECT db_version, site_id, seq, vers FROM {rows} WHERE db_version > ?1"),
         format!("SELECT db_version, site_id, seq, NULL FROM {cells} WHERE db_version > ?1"),
@@ -417,8 +413,9 @@ pub fn tally(
         while let Some(r) = q.next()? {
             let n = match r.get_ref(3)? {
                 ValueRef::Null => 1,
-                vers => read_vers(vers, Some(table))?
-                    .map_or(0, |(s, v)| Run::count_of(s, &v) as i64),
+                vers => {
+                    read_vers(vers, Some(table))?.map_or(0, |(s, v)| Run::count_of(s, &v) as i64)
+                }
             };
             let seq: i64 = r.get(2)?;
             let e = out.entry((r.get(0)?, r.get(1)?)).or_insert((0, seq));
@@ -445,7 +442,7 @@ pub fn tally_fast(
     version: i64,
     (rows, clocks): (i64, i64),
     maxseq: i64,
-) -> Result<Option<std::collections::HashMap<(i64, i64), (i64, i64)>>> {
+) -> Result<Option<crate::crr::counts::Tally>> {
     let [rows_t, cells] = table_names(table).map(|n| quote_ident(&n));
     let (n, min, max): (i64, Option<i64>, Option<i64>) = conn
         .prepare_cached(&format!(
@@ -453,12 +450,14 @@ pub fn tally_fast(
         ))?
         .query_row([lo], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     let cells_above = conn
-        .prepare_cached(&format!("SELECT 1 FROM {cells} WHERE db_version > ?1 LIMIT 1"))?
+        .prepare_cached(&format!(
+            "SELECT 1 FROM {cells} WHERE db_version > ?1 LIMIT 1"
+        ))?
         .exists([lo])?;
     if n != rows || cells_above || (n > 0 && (min != Some(version) || max != Some(version))) {
         return Ok(None);
     }
-    let mut out = std::collections::HashMap::new();
+    let mut out = crate::crr::counts::Tally::new();
     if n > 0 {
         out.insert((version, 0), (clocks, maxseq));
     }
