@@ -14,17 +14,17 @@ SELECT crsql_as_crr('t');
 SELECT sql FROM sqlite_master WHERE name LIKE 't\_\_crsql\_%' ESCAPE '\' ORDER BY name;
 -- An insert: one row clock, no cell (its run: slots 0..2 at seqs 0..2).
 INSERT INTO t VALUES (1, 'x', 2, 3.5), (2, 'y', NULL, x'00');
-SELECT id, cl, db_version, site_id, seq, hex(vers), crsql_internal_run_width(vers),
+SELECT id, cl, db_version, site_id, seq, quote(vers), crsql_internal_run_width(vers),
        crsql_internal_run_version(vers, 1), crsql_internal_run_version(vers, -1),
        crsql_internal_run_count(vers) FROM t__crsql_rows;
 SELECT count(*) FROM t__crsql_cells;
 -- An update of one column moves its clock to the cells table.
 UPDATE t SET b = 9 WHERE id = 1;
-SELECT id, hex(vers) FROM t__crsql_rows WHERE id = 1;
+SELECT id, quote(vers) FROM t__crsql_rows WHERE id = 1;
 SELECT id, col_name, col_version, db_version, seq FROM t__crsql_cells;
 -- A delete: the sentinel alone, in the run; the cells go.
 DELETE FROM t WHERE id = 1;
-SELECT id, cl, db_version, seq, hex(vers) FROM t__crsql_rows WHERE id = 1;
+SELECT id, cl, db_version, seq, quote(vers) FROM t__crsql_rows WHERE id = 1;
 SELECT count(*) FROM t__crsql_cells;
 SELECT "table", hex(pk), cid, val, col_version, db_version, cl, seq FROM crsql_changes;
 -- Refused until built.
@@ -39,8 +39,14 @@ SELECT crsql_convert_layout('t', 'crsqlite');
 SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 't\_\_%' ESCAPE '\' ORDER BY name;
 SELECT "table", hex(pk), cid, val, col_version, db_version, cl, seq FROM crsql_changes;
 SELECT crsql_convert_layout('t', 'compact');
-SELECT id, cl, db_version, seq, hex(vers) FROM t__crsql_rows;
+SELECT id, cl, db_version, seq, quote(vers) FROM t__crsql_rows;
 SELECT crsql_convert_layout('t', 'sideways');
+-- `vers` is an INTEGER (bit 0: the sentinel, bit 1 + i: slot i) while every
+-- version in the run is 1, else a BLOB; an update of every column makes a
+-- new run at version 2.
+UPDATE t SET a = 'z', b = 'z', c = 'z' WHERE id = 2;
+SELECT id, seq, quote(vers), crsql_internal_run_version(vers, 1), crsql_internal_run_count(vers) FROM t__crsql_rows WHERE id = 2;
+SELECT cid, col_version, seq FROM crsql_changes WHERE pk = crsql_pack_columns(2);
 -- Alterations run on the cr-sqlite layout and convert back.
 SELECT crsql_begin_alter('t');
 ALTER TABLE t ADD COLUMN d DEFAULT 1;

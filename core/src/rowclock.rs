@@ -17,6 +17,23 @@ use crate::merge::MAX_CLOCK;
 /// The slot of the sentinel clock (cid `-1`).
 pub const SENTINEL_SLOT: i32 = -1;
 
+/// The most column slots a run can span in [`Vers::Bits`] form.
+const MAX_BITS_SLOTS: usize = 62;
+
+/// How a run's per-slot col_versions are stored in the `vers` column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vers {
+    /// Every col_version is 0 (not in the run) or 1, over at most 62
+    /// slots (the common case: a row inserted, or merged, and its columns
+    /// rewritten at most elsewhere): an INTEGER, bit 0 = the sentinel is in
+    /// the run, bit `1 + i` = slot `i` is (at col_version 1). The highest
+    /// bit set is the last slot, so the width needs no room: 1 byte of
+    /// record where the blob takes 5 for a 3-column row.
+    Bits(i64),
+    /// Otherwise the postcard blob of [`Run::encode_vers`].
+    Blob(Vec<u8>),
+}
+
 /// One clock: what a clock row of the cr-sqlite layout holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Clock {
@@ -142,6 +159,49 @@ impl Run {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((sentinel, versions))
+    }
+
+    /// The `vers` column's value: [`Vers::Bits`] when it can, else the blob.
+    pub fn vers(&self) -> Vers {
+        match self.vers_bits() {
+            Some(bits) => Vers::Bits(bits),
+            None => Vers::Blob(self.encode_vers()),
+        }
+    }
+
+    /// The INTEGER form of `vers` ([`Vers::Bits`]), if the run has one.
+    fn vers_bits(&self) -> Option<i64> {
+        if self.versions.len() > MAX_BITS_SLOTS
+            || self.versions.last() == Some(&0)
+            || self.versions.iter().any(|v| *v > 1)
+        {
+            return None;
+        }
+        let slots = self
+            .versions
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v == 1)
+            .fold(0i64, |bits, (i, _)| bits | 1 << (i + 1));
+        Some(slots | i64::from(self.sentinel)).filter(|b| *b > 0)
+    }
+
+    /// Read the INTEGER form of `vers`: `(sentinel, versions)`.
+    pub fn decode_vers_bits(bits: i64) -> Result<(bool, Vec<i64>), RunError> {
+        if bits <= 0 {
+            return Err(RunError::Malformed(format!(
+                "{bits} is not a run (an empty run, or bit 63 set)"
+            )));
+        }
+        let slots = bits >> 1;
+        let width = 64 - slots.leading_zeros() as usize;
+        let versions = (0..width).map(|i| (slots >> i) & 1).collect();
+        Ok((bits & 1 == 1, versions))
+    }
+
+    /// How many clocks a run of `versions` (with or without `sentinel`) holds.
+    pub fn count_of(sentinel: bool, versions: &[i64]) -> usize {
+        usize::from(sentinel) + versions.iter().filter(|v| **v > 0).count()
     }
 
     /// Take `slot` out of the run; trailing empty slots go, keeping every
@@ -449,6 +509,12 @@ mod tests {
                     Run::decode_vers(&blob).unwrap(),
                     (run.sentinel, run.versions.clone())
                 );
+                // Both stored forms of `vers` read back as the run.
+                let read = match run.vers() {
+                    Vers::Bits(b) => Run::decode_vers_bits(b),
+                    Vers::Blob(b) => Run::decode_vers(&b),
+                };
+                prop_assert_eq!(read.unwrap(), (run.sentinel, run.versions.clone()));
                 // A run's clocks come out in seq order.
                 let seqs: Vec<i64> = run.clocks(stored.cl).map(|(_, c)| c.seq).collect();
                 prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]));
@@ -533,5 +599,36 @@ mod tests {
         );
         assert!(Run::decode_vers(&[0, 1, 1, 9]).is_err(), "trailing bytes");
         assert!(Run::decode_vers(&[2]).is_err(), "not a bool");
+    }
+
+    #[test]
+    fn vers_is_an_integer_when_every_version_is_0_or_1() {
+        let run = |sentinel, versions: Vec<i64>| Run {
+            db_version: 1,
+            site: 0,
+            seq: 9,
+            sentinel,
+            versions,
+        };
+        // An insert of 3 columns, and the same row once b left the run.
+        assert_eq!(run(false, vec![1, 1, 1]).vers(), Vers::Bits(0b1110));
+        assert_eq!(run(false, vec![1, 0, 1]).vers(), Vers::Bits(0b1010));
+        assert_eq!(run(true, vec![]).vers(), Vers::Bits(1));
+        assert_eq!(run(true, vec![0, 1]).vers(), Vers::Bits(0b101));
+        assert_eq!(Run::decode_vers_bits(0b101), Ok((true, vec![0, 1])));
+        let wide = run(false, vec![1; 62]);
+        assert_eq!(
+            Run::decode_vers_bits(match wide.vers() {
+                Vers::Bits(b) => b,
+                Vers::Blob(_) => panic!("62 slots fit"),
+            }),
+            Ok((false, vec![1; 62]))
+        );
+        // Otherwise a blob.
+        for r in [run(false, vec![2, 1]), run(false, vec![1; 63])] {
+            assert_eq!(r.vers(), Vers::Blob(r.encode_vers()));
+        }
+        assert!(Run::decode_vers_bits(0).is_err(), "empty run");
+        assert!(Run::decode_vers_bits(-1).is_err(), "bit 63");
     }
 }

@@ -46,6 +46,10 @@ pub struct TxCounters {
     /// (no merge, no site move): its COMMIT may then count them from the
     /// `db_version` index alone (`crr::counts`). Cleared conservatively.
     pub local_only: AtomicBool,
+    /// Which transaction this is: bumped at its end, so per-table records
+    /// of one transaction (`crr::compact::FastInserts`) know when they are
+    /// stale.
+    pub epoch: AtomicI64,
 }
 
 impl TxCounters {
@@ -60,6 +64,7 @@ impl TxCounters {
             counted_through: AtomicI64::new(-1),
             sync_base: AtomicI64::new(-1),
             local_only: AtomicBool::new(true),
+            epoch: AtomicI64::new(0),
         }
     }
 
@@ -75,6 +80,7 @@ impl TxCounters {
         self.counted_through.store(-1, Relaxed);
         self.sync_base.store(-1, Relaxed);
         self.local_only.store(true, Relaxed);
+        self.epoch.fetch_add(1, Relaxed);
     }
 
     /// The version this transaction writes at, or -1 when it has not

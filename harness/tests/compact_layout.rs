@@ -1143,3 +1143,35 @@ fn a_batch_merge_stores_rows_as_the_row_by_row_merge_does() {
         close(c);
     }
 }
+
+/// A COMMIT that only inserted new rows into a compact CRR counts their
+/// clocks from the row clocks' index and what the inserts recorded
+/// (`compact::FastInserts`, D33's counts): inserts undone by a savepoint,
+/// by a failed statement or by a rolled back transaction, and rows the
+/// transaction also rewrote or deleted, must not be counted as inserted.
+#[test]
+fn commit_counts_of_new_rows_follow_rollbacks_and_rewrites() {
+    let db = open("compact");
+    let steps = [
+        "BEGIN; INSERT INTO t (id, m) VALUES (100, 1), (101, 1); ROLLBACK;",
+        "BEGIN; INSERT INTO t (id, m) VALUES (102, 1); COMMIT;",
+        "BEGIN; INSERT INTO t (id) VALUES (1); SAVEPOINT a; INSERT INTO t (id) VALUES (2), (3); \
+         ROLLBACK TO a; RELEASE a; INSERT INTO t (id) VALUES (4); COMMIT;",
+        "BEGIN; INSERT INTO t (id) VALUES (20); DELETE FROM t WHERE id = 20; COMMIT;",
+        "BEGIN; INSERT INTO t (id) VALUES (21); UPDATE t SET m = 2 WHERE id = 21; COMMIT;",
+        "BEGIN; INSERT INTO p (k1, k2) VALUES ('a', 1), ('a', 2); COMMIT;",
+        "INSERT INTO t (id) VALUES (30), (31);",
+    ];
+    for step in steps {
+        db.execute_batch(step).unwrap();
+        assert_lag_exact(&db, &format!("after {step}"));
+    }
+    // A statement that fails on its third row takes its first two back.
+    db.execute_batch("BEGIN; INSERT INTO t (id) VALUES (10);")
+        .unwrap();
+    db.execute_batch("INSERT INTO t (id) VALUES (11), (12), (10);")
+        .expect_err("a duplicate key");
+    db.execute_batch("COMMIT;").unwrap();
+    assert_lag_exact(&db, "after a failed statement");
+    close(db);
+}

@@ -93,20 +93,18 @@ const ADD_COUNT: &str = "INSERT INTO crsql_change_counts (lvl, v, tbl, site, n, 
      n = n + excluded.n, maxseq = max(maxseq, excluded.maxseq)";
 
 /// `(db_version, site) -> (rows, largest seq)` of some clock rows.
-type Tally = HashMap<(i64, i64), (i64, i64)>;
+pub(crate) type Tally = HashMap<(i64, i64), (i64, i64)>;
 
 /// Tally the clock rows of `table` above version `lo`.
 fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {
-    // crr::compact: per row clock, not per clock (its last seq is the
-    // run's largest).
-    let sql = match crate::crr::compact::tally_sql(conn, table)? {
-        Some(sql) => sql,
-        None => format!(
-            "SELECT db_version, site_id, count(*), max(seq) FROM {} WHERE db_version > ?1 \
-             GROUP BY db_version, site_id",
-            clock_of(table)
-        ),
-    };
+    if let Some(t) = crate::crr::compact::tally(conn, table, lo)? {
+        return Ok(t);
+    }
+    let sql = format!(
+        "SELECT db_version, site_id, count(*), max(seq) FROM {} WHERE db_version > ?1 \
+         GROUP BY db_version, site_id",
+        clock_of(table)
+    );
     let mut out = Tally::new();
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query([lo])?;
@@ -123,6 +121,9 @@ fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {
 pub struct LocalTx {
     pub version: i64,
     pub maxseq: i64,
+    /// For a compact CRR (`crr::compact::FastInserts`): the row clocks and
+    /// clocks this transaction inserted, when that is all it wrote there.
+    pub compact: Option<(i64, i64)>,
 }
 
 /// [`tally`] for a [`LocalTx`]: counted from the `db_version` index alone
@@ -130,6 +131,16 @@ pub struct LocalTx {
 /// version than the transaction's (rows nobody counted yet): the caller
 /// then tallies in full.
 fn tally_local(conn: &Connection, table: &str, lo: i64, local: LocalTx) -> Result<Option<Tally>> {
+    if let Some(inserted) = local.compact {
+        return crate::crr::compact::tally_fast(
+            conn,
+            table,
+            lo,
+            local.version,
+            inserted,
+            local.maxseq,
+        );
+    }
     let sql = format!(
         "SELECT db_version, count(*) FROM {} WHERE db_version > ?1 GROUP BY db_version",
         clock_of(table)
@@ -225,12 +236,25 @@ pub fn catch_up(inner: &mut Inner, tx: &TxCounters, local: Option<LocalTx>) -> R
             .conn
             .execute("DELETE FROM crsql_master WHERE key = ?1", [THROUGH])?;
     }
-    // crr::compact: a compact table's full count is already one row per
-    // row clock, and it has no clock table for the index count.
+    // crr::compact: a compact table has no clock table for the index
+    // count; what its new-row inserts wrote, if that is all, is counted
+    // from its row clocks' index.
+    let epoch = tx.epoch.load(Relaxed);
     let tables: Vec<(String, Option<LocalTx>)> = inner
         .tables()
         .iter()
-        .map(|t| (t.name.clone(), local.filter(|_| t.compact.is_none())))
+        .map(|t| {
+            let local = match &t.compact {
+                None => local,
+                Some(c) => local.and_then(|l| {
+                    c.fast.only(epoch).map(|f| LocalTx {
+                        compact: Some(f),
+                        ..l
+                    })
+                }),
+            };
+            (t.name.clone(), local)
+        })
         .collect();
     catch_up_tables(&inner.conn, &tables)
 }
@@ -299,6 +323,7 @@ impl Table for CounterTable {
             let local = (version >= 0 && tx.local_only.load(Relaxed)).then(|| LocalTx {
                 version,
                 maxseq: tx.seq.load(Relaxed) - 1,
+                compact: None,
             });
             return catch_up(&mut inner, tx, local);
         }

@@ -203,6 +203,18 @@ pub(crate) fn triggers_sql(
     cols: &[schema::Column],
     helper: &str,
 ) -> String {
+    triggers_sql_when(t, pks, cols, helper, " WHEN crsql_internal_sync_bit() = 0")
+}
+
+/// [`triggers_sql`] with the triggers' `WHEN` clause (`crr::compact`'s
+/// helpers test the sync bit themselves: one function call per row fewer).
+pub(crate) fn triggers_sql_when(
+    t: &str,
+    pks: &[schema::Column],
+    cols: &[schema::Column],
+    helper: &str,
+    when: &str,
+) -> String {
     let tq = quote_ident(t);
     let ts = quote_str(t);
     let list = |prefix: &str, cs: &[schema::Column]| {
@@ -224,17 +236,17 @@ pub(crate) fn triggers_sql(
     let dtrig = quote_ident(&format!("{t}__crsql_dtrig"));
     format!(
         "CREATE TRIGGER {itrig}
-      AFTER INSERT ON {tq} WHEN crsql_internal_sync_bit() = 0
+      AFTER INSERT ON {tq}{when}
       BEGIN
         VALUES ({helper}_insert({ts}, {new_pks}));
       END;
 CREATE TRIGGER {utrig}
-      AFTER UPDATE ON {tq} WHEN crsql_internal_sync_bit() = 0
+      AFTER UPDATE ON {tq}{when}
       BEGIN
         VALUES ({helper}_update({ts}, {upd_args}));
       END;
 CREATE TRIGGER {dtrig}
-    AFTER DELETE ON {tq} WHEN crsql_internal_sync_bit() = 0
+    AFTER DELETE ON {tq}{when}
     BEGIN
       VALUES ({helper}_delete({ts}, {old_pks}));
     END;"

@@ -9,6 +9,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crsql_stream_core::pack::pack_columns;
+use crsql_stream_core::rowclock::SENTINEL_SLOT;
 use crsql_stream_core::Position;
 use rusqlite::types::ValueRef;
 
@@ -31,6 +32,74 @@ const S_PK0: usize = 7;
 /// Records scan (compacted deletes): the packed key is column `S_PK0`, the
 /// table name this one.
 const S_TBL: usize = 8;
+/// Runs scan of a compact CRR (`compact::sql`): one row per row clock, its
+/// `vers` here, `S_SEQ` the run's last seq, the base row's columns after
+/// the primary key's (`S_CID`, `S_COL_VERSION` and `S_VAL` unused).
+const S_RUN_VERS: usize = 0;
+
+/// The clocks of the current row of a compact CRR's runs scan, read one by
+/// one in slot order, which is seq order (docs/compact-layout.md, "The
+/// change scan"): expanding the run here costs no SQL function call and no
+/// join with a slot list.
+#[derive(Default)]
+struct RunClocks {
+    sentinel: bool,
+    /// col_version per slot (0: not in the run).
+    versions: Vec<i64>,
+    /// The current clock's slot; None before the row's first.
+    slot: Option<i32>,
+}
+
+impl RunClocks {
+    /// Read a row's `vers` (NULL: a row clock without a run, no clock).
+    fn load(&mut self, vers: ValueRef<'_>, table: &str) -> Result<()> {
+        self.slot = None;
+        self.versions.clear();
+        self.sentinel = false;
+        if let Some((sentinel, versions)) = crate::crr::compact::read_vers(vers, Some(table))? {
+            self.sentinel = sentinel;
+            self.versions = versions;
+        }
+        Ok(())
+    }
+
+    /// Move to the run's next clock among the table's `cols` column slots;
+    /// false past its last.
+    fn advance(&mut self, cols: usize) -> bool {
+        let mut next = match self.slot {
+            None if self.sentinel => {
+                self.slot = Some(SENTINEL_SLOT);
+                return true;
+            }
+            None => 0,
+            Some(s) => usize::try_from(s + 1).unwrap_or(0),
+        };
+        let end = self.versions.len().min(cols);
+        while next < end {
+            if self.versions[next] > 0 {
+                self.slot = Some(next as i32);
+                return true;
+            }
+            next += 1;
+        }
+        false
+    }
+
+    /// The current clock's slot.
+    fn slot(&self) -> i32 {
+        self.slot.unwrap_or(SENTINEL_SLOT)
+    }
+
+    /// The current clock's seq, from the run's last one.
+    fn seq(&self, last: i64) -> i64 {
+        last - (self.versions.len() as i64 - 1 - i64::from(self.slot()))
+    }
+
+    /// The current column slot's index (None for the sentinel).
+    fn column(&self) -> Option<usize> {
+        usize::try_from(self.slot()).ok()
+    }
+}
 
 /// Site ids by ordinal (0 is the local site), loaded once per scan.
 pub struct SiteMap {
@@ -231,6 +300,8 @@ struct Scan {
     after: Option<(i64, i64)>,
     /// The position of `stmt`'s last row: positions must increase.
     last: (i64, i64),
+    /// Set for a compact table's runs scan: the current row's clocks.
+    run: Option<RunClocks>,
 }
 
 impl Scan {
@@ -242,7 +313,41 @@ impl Scan {
             records: None,
             after: None,
             last: (i64::MIN, i64::MIN),
+            run: None,
         }
+    }
+
+    /// A scan of `t`'s `k`-th statement ([`selects`]): a compact table's
+    /// first one reads its runs.
+    fn of_select(t: &Arc<TableInfo>, k: usize, memo: Option<MemoRead>, stmt: RawStmt) -> Scan {
+        let mut scan = Scan::new(t, memo, stmt);
+        if k == 0 && t.compact.is_some() {
+            scan.run = Some(RunClocks::default());
+        }
+        scan
+    }
+
+    /// The position of the next clock of `stmt`, None at its end.
+    fn next_position(&mut self) -> Result<Option<(i64, i64)>> {
+        let Some(run) = &mut self.run else {
+            if !self.stmt.step()? {
+                return Ok(None);
+            }
+            return Ok(Some((
+                self.stmt.column_i64(S_DB_VERSION),
+                self.stmt.column_i64(S_SEQ),
+            )));
+        };
+        while !run.advance(self.table.cols.len()) {
+            if !self.stmt.step()? {
+                return Ok(None);
+            }
+            run.load(self.stmt.column(S_RUN_VERS), &self.table.name)?;
+        }
+        Ok(Some((
+            self.stmt.column_i64(S_DB_VERSION),
+            run.seq(self.stmt.column_i64(S_SEQ)),
+        )))
     }
 }
 
@@ -278,17 +383,33 @@ pub struct RowView<'a> {
     stmt: &'a RawStmt,
     /// The row is a compacted delete: its key is stored packed.
     record: bool,
+    /// The row is a clock of a compact table's run.
+    run: Option<&'a RunClocks>,
 }
 
 impl RowView<'_> {
     pub fn cid(&self) -> ValueRef<'_> {
-        self.stmt.column(S_CID)
+        match self.run.map(RunClocks::column) {
+            None => self.stmt.column(S_CID),
+            Some(None) => ValueRef::Text(b"-1"),
+            Some(Some(i)) => ValueRef::Text(self.table.cols[i].name.as_bytes()),
+        }
     }
     pub fn val(&self) -> ValueRef<'_> {
-        self.stmt.column(S_VAL)
+        match self.run.map(RunClocks::column) {
+            None => self.stmt.column(S_VAL),
+            Some(None) => ValueRef::Null,
+            Some(Some(i)) => self.stmt.column(S_PK0 + self.table.pks.len() + i),
+        }
     }
     pub fn col_version(&self) -> i64 {
-        self.stmt.column_i64(S_COL_VERSION)
+        match self.run {
+            None => self.stmt.column_i64(S_COL_VERSION),
+            Some(r) => match r.column() {
+                None => self.cl(),
+                Some(i) => r.versions[i],
+            },
+        }
     }
     pub fn db_version(&self) -> i64 {
         self.stmt.column_i64(S_DB_VERSION)
@@ -297,7 +418,8 @@ impl RowView<'_> {
         self.stmt.column_i64(S_SITE)
     }
     pub fn seq(&self) -> i64 {
-        self.stmt.column_i64(S_SEQ)
+        let last = self.stmt.column_i64(S_SEQ);
+        self.run.map_or(last, |r| r.seq(last))
     }
     pub fn cl(&self) -> i64 {
         self.stmt.column_i64(S_CL)
@@ -340,9 +462,9 @@ impl Scanner {
     ) -> Result<Scanner> {
         let mut s = Scanner::with_capacity(tables.len());
         for t in tables {
-            for select in selects(t) {
+            for (k, select) in selects(t).enumerate() {
                 let stmt = Scanner::prepare(db, select, where_sql, binds)?;
-                s.scans.push(Scan::new(t, None, stmt));
+                s.scans.push(Scan::of_select(t, k, None, stmt));
             }
         }
         s.start()?;
@@ -402,12 +524,12 @@ impl Scanner {
                 AFTER_START
             };
             let stmt = Scanner::prepare(db, &t.sql.changes_select, where_sql, &binds)?;
-            let mut scan = Scan::new(t, memo, stmt);
+            let mut scan = Scan::of_select(t, 0, memo, stmt);
             scan.after = Some((dv, start.seq));
             s.scans.push(scan);
-            for select in &t.sql.extra_selects {
+            for (k, select) in t.sql.extra_selects.iter().enumerate() {
                 let stmt = Scanner::prepare(db, select, AFTER_START, &binds)?;
-                let mut scan = Scan::new(t, None, stmt);
+                let mut scan = Scan::of_select(t, k + 1, None, stmt);
                 scan.after = Some((dv, start.seq));
                 s.scans.push(scan);
             }
@@ -537,8 +659,7 @@ impl Scanner {
                 return Ok(());
             }
         }
-        while s.stmt.step()? {
-            let pos = (s.stmt.column_i64(S_DB_VERSION), s.stmt.column_i64(S_SEQ));
+        while let Some(pos) = s.next_position()? {
             if s.after.is_some_and(|a| pos <= a) {
                 continue;
             }
@@ -566,6 +687,7 @@ impl Scanner {
                 table: &s.table,
                 stmt: s.current(),
                 record: s.records.is_some(),
+                run: s.run.as_ref().filter(|_| s.memo.is_none()),
             }
         })
     }

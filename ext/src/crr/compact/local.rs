@@ -110,23 +110,23 @@ pub(crate) fn load(
                 r.get::<_, Option<i64>>(1)?,
                 r.get::<_, Option<i64>>(2)?,
                 r.get::<_, Option<i64>>(3)?,
-                r.get::<_, Option<Vec<u8>>>(4)?,
+                r.get::<_, Value>(4)?,
             ))
         })
         .optional()?;
     let Some((cl, db_version, site, seq, vers)) = row else {
         return Ok(Stored::default());
     };
-    let run = match (db_version, site, seq, vers) {
-        (Some(db_version), Some(site), Some(seq), Some(vers)) => {
-            let (sentinel, versions) = Run::decode_vers(&vers)
-                .map_err(|e| err!("crsql_stream: a row clock of {}: {e}", t.name))?;
-            Some(Run {
-                db_version,
-                site,
-                seq,
-                sentinel,
-                versions,
+    let run = match (db_version, site, seq) {
+        (Some(db_version), Some(site), Some(seq)) => {
+            super::read_vers(ValueRef::from(&vers), Some(&t.name))?.map(|(sentinel, versions)| {
+                Run {
+                    db_version,
+                    site,
+                    seq,
+                    sentinel,
+                    versions,
+                }
             })
         }
         _ => None,
@@ -163,6 +163,7 @@ pub(crate) fn save(
     before: &Stored,
     after: &Stored,
 ) -> Result<()> {
+    c.fast.other(ext.tx.epoch.load(Relaxed));
     let conn = &inner.conn;
     if after.is_empty() {
         if !before.is_empty() {
@@ -176,7 +177,7 @@ pub(crate) fn save(
             run.map_or(Value::Null, |r| Value::Integer(r.db_version)),
             run.map_or(Value::Null, |r| Value::Integer(r.site)),
             run.map_or(Value::Null, |r| Value::Integer(r.seq)),
-            run.map_or(Value::Null, |r| Value::Blob(r.encode_vers())),
+            run.map_or(Value::Null, super::vers_value),
         ];
         conn.prepare_cached(&c.upsert_row)?
             .execute(params_from_iter(key_params(pks, &vals)))?;
@@ -264,13 +265,19 @@ const UPDATE: (&str, usize, usize) = ("crsql_compact_after_update", 2, 2);
 const DELETE: (&str, usize, usize) = ("crsql_compact_after_delete", 1, 0);
 
 /// Run a trigger helper: under the lock, with the CRR, its compact
-/// statements and the version of this write.
+/// statements and the version of this write. Nothing while the sync bit is
+/// set (the extension's own writes to base tables): the compact triggers
+/// have no `WHEN crsql_internal_sync_bit() = 0`, the helper tests it, so a
+/// row costs one function call.
 fn helper(
     ext: &Ext,
     args: &[ValueRef<'_>],
     (what, per_pk, per_col): (&str, usize, usize),
     f: impl FnOnce(&mut Inner, &TableInfo, &Compact, i64) -> Result<()>,
 ) -> Result<()> {
+    if ext.sync_bit.load(Relaxed) != 0 {
+        return Ok(());
+    }
     let mut inner = ext.lock(what)?;
     let t = trigger_table(ext, &mut inner, args, per_pk, per_col)?;
     let c = compact_of(&t)?;
@@ -287,18 +294,21 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         // only if the row clock was written.
         if !inner.has_tombstones() {
             let first = ext.tx.seq.load(Relaxed);
-            let vals = [
-                Value::Integer(1),
-                Value::Integer(v),
-                Value::Integer(0),
-                Value::Integer(first + n.max(1) - 1),
-                Value::Blob(c.insert_vers.clone()),
-            ];
-            let inserted = inner
-                .conn
-                .prepare_cached(&c.insert_row)?
-                .execute(params_from_iter(key_params(pks, &vals)))?;
+            // Bound one by one: no parameter vector, no copy of the blob.
+            let mut stmt = inner.conn.prepare_cached(&c.insert_row)?;
+            for (i, pk) in pks.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 1, out(*pk))?;
+            }
+            let np = pks.len();
+            stmt.raw_bind_parameter(np + 1, 1)?;
+            stmt.raw_bind_parameter(np + 2, v)?;
+            stmt.raw_bind_parameter(np + 3, 0)?;
+            stmt.raw_bind_parameter(np + 4, first + n.max(1) - 1)?;
+            stmt.raw_bind_parameter(np + 5, &c.insert_vers)?;
+            let inserted = stmt.raw_execute()?;
+            drop(stmt);
             if inserted == 1 {
+                c.fast.insert(ext.tx.epoch.load(Relaxed), n.max(1));
                 ext.tx.take_seqs(n.max(1));
                 return Ok(());
             }

@@ -13,10 +13,13 @@ pub mod convert;
 pub mod local;
 pub mod sql;
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicI64};
+
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension};
 
-use crsql_stream_core::rowclock::{Run, Stored, SENTINEL_SLOT};
+use crsql_stream_core::rowclock::{Run, Stored, Vers, SENTINEL_SLOT};
 
 use crate::crr::schema::{self, quote_ident, quote_str, Column, TableInfo};
 use crate::err;
@@ -118,7 +121,65 @@ pub struct Compact {
     /// pks, col_name.
     pub delete_cell: String,
     /// The `vers` of a run of every column at col_version 1 (an insert).
-    pub insert_vers: Vec<u8>,
+    pub insert_vers: Value,
+    /// What this transaction's new-row inserts wrote (`crr::counts`).
+    pub fast: FastInserts,
+}
+
+/// What one transaction wrote to a compact CRR through the insert helper's
+/// new-row path (one new row clock holding one run each), unless it also
+/// wrote it any other way: then its COMMIT counts those clocks without
+/// reading them ([`tally_fast`]). Kept per connection in the table's
+/// metadata, for the transaction numbered `epoch` (`TxCounters::epoch`).
+#[derive(Debug)]
+pub struct FastInserts {
+    epoch: AtomicI64,
+    rows: AtomicI64,
+    clocks: AtomicI64,
+    other: AtomicBool,
+}
+
+impl Default for FastInserts {
+    fn default() -> FastInserts {
+        FastInserts {
+            epoch: AtomicI64::new(-1),
+            rows: AtomicI64::new(0),
+            clocks: AtomicI64::new(0),
+            other: AtomicBool::new(false),
+        }
+    }
+}
+
+impl FastInserts {
+    /// Start over if the record is of an earlier transaction.
+    fn at(&self, epoch: i64) -> &FastInserts {
+        if self.epoch.load(Relaxed) != epoch {
+            self.epoch.store(epoch, Relaxed);
+            self.rows.store(0, Relaxed);
+            self.clocks.store(0, Relaxed);
+            self.other.store(false, Relaxed);
+        }
+        self
+    }
+
+    /// A new row clock holding `clocks` clocks was inserted.
+    pub fn insert(&self, epoch: i64, clocks: i64) {
+        let me = self.at(epoch);
+        me.rows.fetch_add(1, Relaxed);
+        me.clocks.fetch_add(clocks, Relaxed);
+    }
+
+    /// The table was written some other way.
+    pub fn other(&self, epoch: i64) {
+        self.at(epoch).other.store(true, Relaxed);
+    }
+
+    /// `(row clocks, clocks)` inserted in transaction `epoch`, if that is
+    /// all it wrote to the table.
+    pub fn only(&self, epoch: i64) -> Option<(i64, i64)> {
+        (self.epoch.load(Relaxed) == epoch && !self.other.load(Relaxed))
+            .then(|| (self.rows.load(Relaxed), self.clocks.load(Relaxed)))
+    }
 }
 
 /// The names of a compact CRR's two tables.
@@ -249,7 +310,7 @@ INSERT INTO crsql_compact_slots (tbl, slot, col_name) VALUES ({t}, -1, '-1');\n"
 
 /// The compact layout's triggers.
 fn triggers_sql(table: &str, pks: &[Column], cols: &[Column]) -> String {
-    crate::crr::triggers_sql(table, pks, cols, "crsql_compact_after")
+    crate::crr::triggers_sql_when(table, pks, cols, "crsql_compact_after", "")
 }
 
 /// `crsql_as_crr(table)` in the compact layout: the two tables, the slot
@@ -396,38 +457,112 @@ pub fn clock_source(conn: &Connection, table: &str) -> Result<Option<String>> {
     )))
 }
 
-/// The tally of a compact CRR's clocks above version `?1` per
+/// The tally of a compact CRR's clocks above version `lo` per
 /// `(db_version, site_id)`: how many, and the largest seq (`crr::counts`,
-/// at every COMMIT). One row per row clock: a run's `seq` is its last
-/// clock's. None for a table of the cr-sqlite layout.
-pub fn tally_sql(conn: &Connection, table: &str) -> Result<Option<String>> {
+/// at every COMMIT). One row per row clock (a run's `seq` is its last
+/// clock's), read in the order of the `(db_version, seq)` indexes and
+/// summed here: no sorter (a GROUP BY over the site sorts every row) and
+/// no SQL function call per row. None for a table of the cr-sqlite layout.
+pub fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Option<crate::crr::counts::Tally>> {
     if !is_compact(conn, table)? {
         return Ok(None);
     }
     let [rows, cells] = table_names(table).map(|n| quote_ident(&n));
-    Ok(Some(format!(
-        "SELECT db_version, site_id, sum(n), max(seq) FROM (\
-         SELECT db_version, site_id, crsql_internal_run_count(vers) AS n, seq FROM {rows} WHERE db_version > ?1 \
-         UNION ALL SELECT db_version, site_id, 1, seq FROM {cells} WHERE db_version > ?1) \
-         GROUP BY db_version, site_id"
-    )))
+    let mut out = crate::crr::counts::Tally::new();
+    for from in [
+        format!("SELECT db_version, site_id, seq, vers FROM {rows} WHERE db_version > ?1"),
+        format!("SELECT db_version, site_id, seq, NULL FROM {cells} WHERE db_version > ?1"),
+    ] {
+        let mut stmt = conn.prepare_cached(&from)?;
+        let mut q = stmt.query([lo])?;
+        while let Some(r) = q.next()? {
+            let n = match r.get_ref(3)? {
+                ValueRef::Null => 1,
+                vers => {
+                    read_vers(vers, Some(table))?.map_or(0, |(s, v)| Run::count_of(s, &v) as i64)
+                }
+            };
+            let seq: i64 = r.get(2)?;
+            let e = out.entry((r.get(0)?, r.get(1)?)).or_insert((0, seq));
+            e.0 += n;
+            e.1 = e.1.max(seq);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The tally of a transaction that wrote only local clocks at `version`
+/// and, to this table, only `rows` new row clocks holding `clocks` clocks
+/// ([`FastInserts`]): from the row clocks' `(db_version, seq)` index alone
+/// (no row read), if the rows above `lo` are exactly those: as many, all at
+/// `version`, and no cell above `lo`. The rows above `lo` at `version` can
+/// only be this transaction's, each written by one recorded insert (a key
+/// inserted twice takes the other path), and a rollback only removes rows:
+/// the same number means the same rows. None otherwise (the caller then
+/// tallies in full). `maxseq` bounds the seqs (it only prunes).
+pub fn tally_fast(
+    conn: &Connection,
+    table: &str,
+    lo: i64,
+    version: i64,
+    (rows, clocks): (i64, i64),
+    maxseq: i64,
+) -> Result<Option<crate::crr::counts::Tally>> {
+    let [rows_t, cells] = table_names(table).map(|n| quote_ident(&n));
+    let (n, min, max): (i64, Option<i64>, Option<i64>) = conn
+        .prepare_cached(&format!(
+            "SELECT count(*), min(db_version), max(db_version) FROM {rows_t} WHERE db_version > ?1"
+        ))?
+        .query_row([lo], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let cells_above = conn
+        .prepare_cached(&format!(
+            "SELECT 1 FROM {cells} WHERE db_version > ?1 LIMIT 1"
+        ))?
+        .exists([lo])?;
+    if n != rows || cells_above || (n > 0 && (min != Some(version) || max != Some(version))) {
+        return Ok(None);
+    }
+    let mut out = crate::crr::counts::Tally::new();
+    if n > 0 {
+        out.insert((version, 0), (clocks, maxseq));
+    }
+    Ok(Some(out))
 }
 
 /// `crsql_internal_run_count(vers)`: how many clocks the run holds.
 pub fn sql_run_count(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
-    Ok(Value::Integer(run_arg(ctx)?.map_or(0, |(s, v)| {
-        i64::from(s) + v.iter().filter(|x| **x > 0).count() as i64
-    })))
+    Ok(Value::Integer(
+        run_arg(ctx)?.map_or(0, |(s, v)| Run::count_of(s, &v) as i64),
+    ))
 }
 
 /// Decode a `vers` argument (NULL: no run).
 fn run_arg(ctx: &Args<'_>) -> Result<Option<(bool, Vec<i64>)>> {
-    match ctx.get_raw(0) {
-        ValueRef::Null => Ok(None),
-        ValueRef::Blob(b) => Run::decode_vers(b)
-            .map(Some)
-            .map_err(|e| err!("crsql_stream: {e}")),
-        _ => Err(err!("crsql_stream: a row clock's vers is not a BLOB")),
+    read_vers(ctx.get_raw(0), None)
+}
+
+/// Read a row clock's `vers` (NULL: no run; an INTEGER or a BLOB,
+/// `core::rowclock::Vers`) as `(sentinel, versions)`; errors name `table`.
+pub fn read_vers(v: ValueRef<'_>, table: Option<&str>) -> Result<Option<(bool, Vec<i64>)>> {
+    let of = table.map_or(String::new(), |t| format!("a row clock of {t}: "));
+    let run = match v {
+        ValueRef::Null => return Ok(None),
+        ValueRef::Integer(bits) => Run::decode_vers_bits(bits),
+        ValueRef::Blob(b) => Run::decode_vers(b),
+        _ => {
+            return Err(err!(
+                "crsql_stream: {of}a row clock's vers is neither an INTEGER nor a BLOB"
+            ))
+        }
+    };
+    run.map(Some).map_err(|e| err!("crsql_stream: {of}{e}"))
+}
+
+/// The `vers` column's value of a run (`core::rowclock::Vers`).
+pub fn vers_value(run: &Run) -> Value {
+    match run.vers() {
+        Vers::Bits(b) => Value::Integer(b),
+        Vers::Blob(b) => Value::Blob(b),
     }
 }
 

@@ -75,23 +75,16 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
         .collect::<Vec<_>>()
         .join(", ");
 
-    // The runs: per row clock (in index order), its slots in slot order.
-    let slot_list = slot_list(cols.len());
-    let by_slot = |f: &dyn Fn(usize, &Column) -> String, sentinel: &str| {
-        let whens: String = cols
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!(" WHEN {i} THEN {}", f(i, c)))
-            .collect();
-        format!("CASE o.i WHEN -1 THEN {sentinel}{whens} END")
-    };
-    let cid = by_slot(&|_, c| quote_str(&c.name), "'-1'");
-    let val = by_slot(&|_, c| format!("b.{}", quote_ident(&c.name)), "NULL");
+    // The runs: one row per row clock, in index order; `crr::scan`
+    // expands each into its clocks in slot order (which is seq order), so
+    // the statement calls no function and joins no slot list.
+    let b_cols: String = cols
+        .iter()
+        .map(|c| format!(", b.{}", quote_ident(&c.name)))
+        .collect();
     let runs_select = format!(
-        "SELECT {cid}, CASE o.i WHEN -1 THEN c.cl ELSE crsql_internal_run_version(c.vers, o.i) END, \
-         c.db_version, c.site_id, c.seq - crsql_internal_run_width(c.vers) + 1 + o.i, c.cl, {val}, {c_pks} \
-         FROM {rows} AS c CROSS JOIN ({slot_list}) AS o ON crsql_internal_run_version(c.vers, o.i) IS NOT NULL \
-         LEFT JOIN {base} AS b ON {}",
+        "SELECT c.vers, NULL, c.db_version, c.site_id, c.seq, c.cl, NULL, {c_pks}{b_cols} \
+         FROM {rows} AS c LEFT JOIN {base} AS b ON {}",
         pk_eq("b", pks, "c", &spks)
     );
 
@@ -170,8 +163,8 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
             sentinel: false,
             versions: vec![1; cols.len()],
         }
-    }
-    .encode_vers();
+    };
+    let insert_vers = super::vers_value(&insert_vers);
     let compact = Compact {
         load_row: format!(
             "SELECT cl, db_version, site_id, seq, vers FROM {rows} WHERE {}",
@@ -201,6 +194,7 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
             npk + 1
         ),
         insert_vers,
+        fast: super::FastInserts::default(),
     };
     (sql, compact)
 }

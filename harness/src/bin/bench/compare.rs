@@ -511,9 +511,28 @@ pub fn run(opts: &Options) -> BoxResult<()> {
     println!("crsql_stream benchmark: plain SQLite vs each CRR layout");
     println!("  table: {CREATE}");
     println!(
-        "  SQLite {} (bundled), file databases, journal_mode=WAL, synchronous=NORMAL, default cache",
+        "  SQLite {} (bundled), file databases, journal_mode=WAL, synchronous=NORMAL",
         rusqlite::version()
     );
+    {
+        // What the connections run with: the same for the plain table and
+        // every layout (a fair comparison), --pragma included.
+        let dir = tempfile::tempdir()?;
+        let probe = open_file(&dir.path().join("probe.db"), false, &opts.pragmas)?;
+        let pragma = |p: &str| -> BoxResult<i64> {
+            Ok(probe.query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))?)
+        };
+        let (cache, temp) = (pragma("cache_size")?, pragma("temp_store")?);
+        println!(
+            "  every connection (plain and CRR alike): cache_size = {cache} ({}), temp_store = {temp}{}",
+            if cache < 0 {
+                format!("{} KiB", -cache)
+            } else {
+                format!("{cache} pages")
+            },
+            if temp == 0 { " (default: temporary files)" } else { "" }
+        );
+    }
     let ext = crsql_stream_harness::ext_path();
     println!(
         "  extension: {}",
