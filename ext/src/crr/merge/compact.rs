@@ -164,8 +164,8 @@ pub(super) enum Bind<'a> {
     Ref(ValueRef<'a>),
     Int(i64),
     Null,
-    Blob(Vec<u8>),
     Text(String),
+    Owned(rusqlite::types::Value),
 }
 
 impl ToSql for Bind<'_> {
@@ -174,7 +174,7 @@ impl ToSql for Bind<'_> {
             Bind::Ref(v) => *v,
             Bind::Int(i) => ValueRef::Integer(*i),
             Bind::Null => ValueRef::Null,
-            Bind::Blob(b) => ValueRef::Blob(b),
+            Bind::Owned(v) => ValueRef::from(v),
             Bind::Text(t) => ValueRef::Text(t.as_bytes()),
         }))
     }
@@ -261,7 +261,9 @@ fn save<'a>(
             int(|r| r.db_version),
             int(|r| r.site),
             int(|r| r.seq),
-            run.map_or(Bind::Null, |r| Bind::Blob(r.encode_vers())),
+            // The stored form of the row-by-row merge: an INTEGER bitmap
+            // or a BLOB (`core::rowclock::Vers`).
+            run.map_or(Bind::Null, |r| Bind::Owned(crate::crr::compact::vers_value(r))),
         ]);
     }
     for (slot, clock) in after
