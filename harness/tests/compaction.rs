@@ -543,7 +543,10 @@ fn compaction_on_a_full_disk_fails_cleanly_and_succeeds_once_there_is_room() {
 #[test]
 fn a_compaction_rolled_back_to_a_savepoint_leaves_later_writes_working() {
     let p = pair();
-    exec(&p.a, "INSERT INTO t VALUES (1, 'x'); DELETE FROM t WHERE id = 1");
+    exec(
+        &p.a,
+        "INSERT INTO t VALUES (1, 'x'); DELETE FROM t WHERE id = 1",
+    );
     exec(
         &p.a,
         "BEGIN; SAVEPOINT s; SELECT crsql_compact(); ROLLBACK TO s; RELEASE s;
@@ -558,7 +561,13 @@ fn a_compaction_rolled_back_to_a_savepoint_leaves_later_writes_working() {
          SELECT crsql_as_crr('u'); INSERT INTO u VALUES (1, 'gone'); ROLLBACK TO s; RELEASE s;
          INSERT INTO t VALUES (3, 'z'); COMMIT;",
     );
-    assert_eq!(int(&p.a, "SELECT count(*) FROM crsql_changes WHERE \"table\" = 'u'"), 0);
+    assert_eq!(
+        int(
+            &p.a,
+            "SELECT count(*) FROM crsql_changes WHERE \"table\" = 'u'"
+        ),
+        0
+    );
     sync(&p);
     assert_eq!(table(&p.a), table(&p.b));
     assert_eq!(table(&p.b).len(), 2);

@@ -19,7 +19,11 @@ pub fn load(conn: &Connection) {
         .query_row("SELECT crsql_config_get('crr-layout')", [], |r| r.get(0))
         .expect("read crr-layout");
     if current != layout {
-        conn.query_row("SELECT crsql_config_set('crr-layout', ?1)", [layout], |_| Ok(()))
-            .expect("set crr-layout");
+        conn.query_row(
+            "SELECT crsql_config_set('crr-layout', ?1)",
+            [layout],
+            |_| Ok(()),
+        )
+        .expect("set crr-layout");
     }
 }

@@ -263,7 +263,9 @@ fn save<'a>(
             int(|r| r.seq),
             // The stored form of the row-by-row merge: an INTEGER bitmap
             // or a BLOB (`core::rowclock::Vers`).
-            run.map_or(Bind::Null, |r| Bind::Owned(crate::crr::compact::vers_value(r))),
+            run.map_or(Bind::Null, |r| {
+                Bind::Owned(crate::crr::compact::vers_value(r))
+            }),
         ]);
     }
     for (slot, clock) in after
