@@ -32,7 +32,7 @@ use rusqlite::{params, params_from_iter, OptionalExtension};
 
 use crate::crr::counts::KeyCounts;
 use crate::crr::local::key_for;
-use crate::crr::schema::{TableInfo, CLOCK_ROWS, MAX_NAME_LEN};
+use crate::crr::schema::{TableInfo, CLOCK_ROWS, CLOCK_ROW_SIZES, MAX_NAME_LEN};
 use crate::crr::values::{compare, out, to_sql, type_name};
 use crate::err;
 use crate::error::{Error, Result};
@@ -962,7 +962,9 @@ impl<'a> Merger<'_, 'a> {
 }
 
 /// Write `batch`'s clock rows: [`CLOCK_ROWS`] at a time by one statement,
-/// the rest one by one.
+/// what is left by statements of the smaller [`CLOCK_ROW_SIZES`], the last
+/// few one by one (a multi-row statement copies the pages it touches to
+/// the statement journal: it pays from about ten rows on).
 fn write_clock_rows(inner: &Inner, batch: Option<Clocks<'_>>) -> Result<()> {
     let Some(batch) = batch else {
         return Ok(());
@@ -976,23 +978,30 @@ fn write_clock_rows(inner: &Inner, batch: Option<Clocks<'_>>) -> Result<()> {
         }
     }
     let conn = &inner.conn;
-    let mut chunks = batch.rows.chunks_exact(CLOCK_ROWS);
-    for chunk in chunks.by_ref() {
-        let mut stmt = conn.prepare_cached(&t.sql.clock_write_many)?;
-        let values = chunk.iter().flat_map(|(key, n, cv, dbv, seq, site)| {
-            [
-                ValueRef::Integer(*key),
-                ValueRef::Text(name(t, n).as_bytes()),
-                ValueRef::Integer(*cv),
-                ValueRef::Integer(*dbv),
-                ValueRef::Integer(*seq),
-                ValueRef::Integer(*site),
-            ]
-        });
-        stmt.execute(params_from_iter(values.map(out)))?;
+    let mut rest = &batch.rows[..];
+    for (&size, sql) in CLOCK_ROW_SIZES.iter().zip(&t.sql.clock_write_many) {
+        if rest.len() < size {
+            continue;
+        }
+        let mut stmt = conn.prepare_cached(sql)?;
+        while rest.len() >= size {
+            let (chunk, more) = rest.split_at(size);
+            rest = more;
+            let values = chunk.iter().flat_map(|(key, n, cv, dbv, seq, site)| {
+                [
+                    ValueRef::Integer(*key),
+                    ValueRef::Text(name(t, n).as_bytes()),
+                    ValueRef::Integer(*cv),
+                    ValueRef::Integer(*dbv),
+                    ValueRef::Integer(*seq),
+                    ValueRef::Integer(*site),
+                ]
+            });
+            stmt.execute(params_from_iter(values.map(out)))?;
+        }
     }
     let mut stmt = conn.prepare_cached(&t.sql.clock_write)?;
-    for (key, n, cv, dbv, seq, site) in chunks.remainder() {
+    for (key, n, cv, dbv, seq, site) in rest {
         stmt.execute(params![key, name(t, n), cv, dbv, seq, site])?;
     }
     Ok(())
