@@ -375,7 +375,7 @@ struct Inserts<'a> {
 
 /// Most rows one insert statement of [`Inserts`] writes (and at most 999
 /// values, SQLite's oldest default limit).
-const INSERT_ROWS: usize = 32;
+const INSERT_ROWS: usize = 128;
 
 impl<'i, 'a> Merger<'i, 'a> {
     pub fn new(ext: &'i Ext, inner: &'i mut Inner) -> Result<Merger<'i, 'a>> {
