@@ -338,6 +338,39 @@ pub struct Merger<'i, 'a> {
     /// Per table: whether it has no generated column (its upserts may
     /// wait in [`Merger::inserts`]).
     plain: HashMap<String, bool>,
+    /// The statements run once per row, held out of the connection's cache
+    /// while the merger lives (a cache lookup and return per row cost more
+    /// than a tenth of a package apply).
+    held: Held<'i>,
+}
+
+/// A statement of one table's [`TableSql`](crate::crr::schema::TableSql),
+/// held by a [`Merger`].
+type HeldStmt<'i> = Option<(Arc<TableInfo>, rusqlite::CachedStatement<'i>)>;
+
+/// [`Merger::held`].
+#[derive(Default)]
+struct Held<'i> {
+    /// `row_clocks`, read when a row is loaded.
+    row_clocks: HeldStmt<'i>,
+    /// `key_insert`, run when a row new to the clocks gets its key.
+    key_insert: HeldStmt<'i>,
+}
+
+/// The statement `sql` of `t` held in `slot` (prepared, or taken from the
+/// cache, on first use for `t`).
+fn held<'s, 'i>(
+    inner: &'i Inner,
+    slot: &'s mut HeldStmt<'i>,
+    t: &Arc<TableInfo>,
+    sql: fn(&TableInfo) -> &str,
+) -> Result<&'s mut rusqlite::CachedStatement<'i>> {
+    if !slot.as_ref().is_some_and(|(held, _)| Arc::ptr_eq(held, t)) {
+        *slot = None;
+        let stmt = inner.conn.prepare_cached(sql(t))?;
+        *slot = Some((Arc::clone(t), stmt));
+    }
+    Ok(&mut slot.as_mut().expect("a held statement").1)
 }
 
 /// Clock rows of one table, of rows the merger is done with and whose
@@ -404,6 +437,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             clocks: None,
             compact_clocks: None,
             plain: HashMap::new(),
+            held: Held::default(),
         })
     }
 
@@ -476,7 +510,7 @@ impl<'i, 'a> Merger<'i, 'a> {
     }
 
     /// Read a row's key, causal length and (narrow tables) clock rows.
-    fn load(&self, t: Arc<TableInfo>, pk: &'a [u8], pks: Vec<ValueRef<'a>>) -> Result<Row<'a>> {
+    fn load(&mut self, t: Arc<TableInfo>, pk: &'a [u8], pks: Vec<ValueRef<'a>>) -> Result<Row<'a>> {
         let n = t.cols.len();
         let mut row = Row {
             pk,
@@ -504,7 +538,9 @@ impl<'i, 'a> Merger<'i, 'a> {
             // crr::compact: every clock of the row in one read.
             compact::load(self.inner, &mut row)?;
         } else if n <= EAGER_COLUMNS {
-            let mut stmt = conn.prepare_cached(&row.t.sql.row_clocks)?;
+            let stmt = held(self.inner, &mut self.held.row_clocks, &row.t, |t| {
+                &t.sql.row_clocks
+            })?;
             let mut rows = stmt.query(binds())?;
             let (mut sentinel_cl, mut any) = (None, false);
             let mut others = Vec::new();
@@ -842,7 +878,14 @@ impl<'i, 'a> Merger<'i, 'a> {
         } else {
             None
         };
-        let r = write_row(self.ext, self.inner, &mut self.sites, row, later);
+        let r = write_row(
+            self.ext,
+            self.inner,
+            &mut self.sites,
+            &mut self.held.key_insert,
+            row,
+            later,
+        );
         match r {
             Ok(()) => {
                 self.impacted += row.impacted;
@@ -1017,10 +1060,11 @@ type Later<'m, 'a> = (
 /// [`Merger::flush`] of `row`; the error says whether the base-table write
 /// refused it (nothing else was written then).
 /// With `later`, clock rows that move nothing counted wait there.
-fn write_row<'a>(
+fn write_row<'a, 'i>(
     ext: &Ext,
-    inner: &Inner,
+    inner: &'i Inner,
     sites: &mut HashMap<&'a [u8], i64>,
+    key_insert: &mut HeldStmt<'i>,
     row: &mut Row<'a>,
     later: Option<Later<'_, 'a>>,
 ) -> std::result::Result<(), (Error, bool)> {
@@ -1037,7 +1081,7 @@ fn write_row<'a>(
         let counted = KeyCounts::take(inner, &ext.tx, &row.t, row.key)?;
         // Settling reads the rows written: those may not wait.
         let later = later.filter(|_| counted.is_empty());
-        write_clocks(inner, sites, row, later)?;
+        write_clocks(inner, sites, key_insert, row, later)?;
         counted.settle(inner, &row.t)
     };
     clocks().map_err(|e| (e, false))
@@ -1075,16 +1119,24 @@ fn write_base(ext: &Ext, inner: &Inner, row: &mut Row<'_>) -> Result<()> {
     Ok(())
 }
 
-fn write_clocks<'a>(
-    inner: &Inner,
+fn write_clocks<'a, 'i>(
+    inner: &'i Inner,
     sites: &mut HashMap<&'a [u8], i64>,
+    key_insert: &mut HeldStmt<'i>,
     row: &mut Row<'a>,
     later: Option<&mut Option<Clocks<'a>>>,
 ) -> Result<()> {
     let key = match row.key {
         Some(k) => k,
         None => {
-            let k = key_for(inner, &row.t, &row.pks, true)?.0;
+            // `key_for` with the insert first, through the held statement.
+            let stmt = held(inner, key_insert, &row.t, |t| &t.sql.key_insert)?;
+            let inserted = stmt.execute(params_from_iter(row.pks.iter().map(|v| out(*v))))?;
+            let k = if inserted == 1 {
+                inner.conn.last_insert_rowid()
+            } else {
+                key_for(inner, &row.t, &row.pks, false)?.0
+            };
             // The row has clocks again: its compacted record goes.
             crate::streams::compact::take_compacted(inner, &row.t.name, row.pk)?;
             row.key = Some(k);
