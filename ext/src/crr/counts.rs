@@ -100,16 +100,41 @@ fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {
     if let Some(t) = crate::crr::compact::tally(conn, table, lo)? {
         return Ok(t);
     }
-    let sql = format!(
-        "SELECT db_version, site_id, count(*), max(seq) FROM {} WHERE db_version > ?1 \
-         GROUP BY db_version, site_id",
-        clock_of(table)
-    );
+    // Grouped here, not by a `GROUP BY db_version, site_id`, whose sorter
+    // cost twice the read (DECISIONS D47). The rows come through the
+    // db_version index (one table lookup each), or, when they are more
+    // than a quarter of the table (a fresh replica's first apply), from a
+    // scan of the table, which costs a quarter of the lookups per row.
+    let clock = clock_of(table);
+    let count = |sql: String, args: &[i64]| -> Result<i64> {
+        Ok(conn
+            .prepare_cached(&sql)?
+            .query_row(rusqlite::params_from_iter(args), |r| r.get(0))?)
+    };
+    let above = count(
+        format!("SELECT count(*) FROM {clock} WHERE db_version > ?1"),
+        &[lo],
+    )?;
     let mut out = Tally::new();
+    if above == 0 {
+        return Ok(out);
+    }
+    // Whether the table has fewer than 4 x `above` rows, counted no
+    // further than that (a large table costs no more than the rows above).
+    let bound = above.saturating_mul(4);
+    let some = count(
+        format!("SELECT count(*) FROM (SELECT 1 FROM {clock} LIMIT ?1)"),
+        &[bound],
+    )?;
+    let by = if some < bound { "+" } else { "" };
+    let sql = format!("SELECT db_version, site_id, seq FROM {clock} WHERE {by}db_version > ?1");
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query([lo])?;
     while let Some(r) = rows.next()? {
-        out.insert((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?));
+        let (v, site, seq): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        let e = out.entry((v, site)).or_insert((0, seq));
+        e.0 += 1;
+        e.1 = e.1.max(seq);
     }
     Ok(out)
 }

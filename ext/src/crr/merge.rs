@@ -32,7 +32,7 @@ use rusqlite::{params, params_from_iter, OptionalExtension};
 
 use crate::crr::counts::KeyCounts;
 use crate::crr::local::key_for;
-use crate::crr::schema::{TableInfo, CLOCK_ROWS, MAX_NAME_LEN};
+use crate::crr::schema::{TableInfo, CLOCK_ROWS, CLOCK_ROW_SIZES, MAX_NAME_LEN};
 use crate::crr::values::{compare, out, to_sql, type_name};
 use crate::err;
 use crate::error::{Error, Result};
@@ -338,6 +338,39 @@ pub struct Merger<'i, 'a> {
     /// Per table: whether it has no generated column (its upserts may
     /// wait in [`Merger::inserts`]).
     plain: HashMap<String, bool>,
+    /// The statements run once per row, held out of the connection's cache
+    /// while the merger lives (a cache lookup and return per row cost more
+    /// than a tenth of a package apply).
+    held: Held<'i>,
+}
+
+/// A statement of one table's [`TableSql`](crate::crr::schema::TableSql),
+/// held by a [`Merger`].
+type HeldStmt<'i> = Option<(Arc<TableInfo>, rusqlite::CachedStatement<'i>)>;
+
+/// [`Merger::held`].
+#[derive(Default)]
+struct Held<'i> {
+    /// `row_clocks`, read when a row is loaded.
+    row_clocks: HeldStmt<'i>,
+    /// `key_insert`, run when a row new to the clocks gets its key.
+    key_insert: HeldStmt<'i>,
+}
+
+/// The statement `sql` of `t` held in `slot` (prepared, or taken from the
+/// cache, on first use for `t`).
+fn held<'s, 'i>(
+    inner: &'i Inner,
+    slot: &'s mut HeldStmt<'i>,
+    t: &Arc<TableInfo>,
+    sql: fn(&TableInfo) -> &str,
+) -> Result<&'s mut rusqlite::CachedStatement<'i>> {
+    if !slot.as_ref().is_some_and(|(held, _)| Arc::ptr_eq(held, t)) {
+        *slot = None;
+        let stmt = inner.conn.prepare_cached(sql(t))?;
+        *slot = Some((Arc::clone(t), stmt));
+    }
+    Ok(&mut slot.as_mut().expect("a held statement").1)
 }
 
 /// Clock rows of one table, of rows the merger is done with and whose
@@ -375,7 +408,7 @@ struct Inserts<'a> {
 
 /// Most rows one insert statement of [`Inserts`] writes (and at most 999
 /// values, SQLite's oldest default limit).
-const INSERT_ROWS: usize = 32;
+const INSERT_ROWS: usize = 128;
 
 impl<'i, 'a> Merger<'i, 'a> {
     pub fn new(ext: &'i Ext, inner: &'i mut Inner) -> Result<Merger<'i, 'a>> {
@@ -404,6 +437,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             clocks: None,
             compact_clocks: None,
             plain: HashMap::new(),
+            held: Held::default(),
         })
     }
 
@@ -476,7 +510,7 @@ impl<'i, 'a> Merger<'i, 'a> {
     }
 
     /// Read a row's key, causal length and (narrow tables) clock rows.
-    fn load(&self, t: Arc<TableInfo>, pk: &'a [u8], pks: Vec<ValueRef<'a>>) -> Result<Row<'a>> {
+    fn load(&mut self, t: Arc<TableInfo>, pk: &'a [u8], pks: Vec<ValueRef<'a>>) -> Result<Row<'a>> {
         let n = t.cols.len();
         let mut row = Row {
             pk,
@@ -504,7 +538,9 @@ impl<'i, 'a> Merger<'i, 'a> {
             // crr::compact: every clock of the row in one read.
             compact::load(self.inner, &mut row)?;
         } else if n <= EAGER_COLUMNS {
-            let mut stmt = conn.prepare_cached(&row.t.sql.row_clocks)?;
+            let stmt = held(self.inner, &mut self.held.row_clocks, &row.t, |t| {
+                &t.sql.row_clocks
+            })?;
             let mut rows = stmt.query(binds())?;
             let (mut sentinel_cl, mut any) = (None, false);
             let mut others = Vec::new();
@@ -842,7 +878,14 @@ impl<'i, 'a> Merger<'i, 'a> {
         } else {
             None
         };
-        let r = write_row(self.ext, self.inner, &mut self.sites, row, later);
+        let r = write_row(
+            self.ext,
+            self.inner,
+            &mut self.sites,
+            &mut self.held.key_insert,
+            row,
+            later,
+        );
         match r {
             Ok(()) => {
                 self.impacted += row.impacted;
@@ -962,7 +1005,9 @@ impl<'a> Merger<'_, 'a> {
 }
 
 /// Write `batch`'s clock rows: [`CLOCK_ROWS`] at a time by one statement,
-/// the rest one by one.
+/// what is left by statements of the smaller [`CLOCK_ROW_SIZES`], the last
+/// few one by one (a multi-row statement copies the pages it touches to
+/// the statement journal: it pays from about ten rows on).
 fn write_clock_rows(inner: &Inner, batch: Option<Clocks<'_>>) -> Result<()> {
     let Some(batch) = batch else {
         return Ok(());
@@ -976,23 +1021,30 @@ fn write_clock_rows(inner: &Inner, batch: Option<Clocks<'_>>) -> Result<()> {
         }
     }
     let conn = &inner.conn;
-    let mut chunks = batch.rows.chunks_exact(CLOCK_ROWS);
-    for chunk in chunks.by_ref() {
-        let mut stmt = conn.prepare_cached(&t.sql.clock_write_many)?;
-        let values = chunk.iter().flat_map(|(key, n, cv, dbv, seq, site)| {
-            [
-                ValueRef::Integer(*key),
-                ValueRef::Text(name(t, n).as_bytes()),
-                ValueRef::Integer(*cv),
-                ValueRef::Integer(*dbv),
-                ValueRef::Integer(*seq),
-                ValueRef::Integer(*site),
-            ]
-        });
-        stmt.execute(params_from_iter(values.map(out)))?;
+    let mut rest = &batch.rows[..];
+    for (&size, sql) in CLOCK_ROW_SIZES.iter().zip(&t.sql.clock_write_many) {
+        if rest.len() < size {
+            continue;
+        }
+        let mut stmt = conn.prepare_cached(sql)?;
+        while rest.len() >= size {
+            let (chunk, more) = rest.split_at(size);
+            rest = more;
+            let values = chunk.iter().flat_map(|(key, n, cv, dbv, seq, site)| {
+                [
+                    ValueRef::Integer(*key),
+                    ValueRef::Text(name(t, n).as_bytes()),
+                    ValueRef::Integer(*cv),
+                    ValueRef::Integer(*dbv),
+                    ValueRef::Integer(*seq),
+                    ValueRef::Integer(*site),
+                ]
+            });
+            stmt.execute(params_from_iter(values.map(out)))?;
+        }
     }
     let mut stmt = conn.prepare_cached(&t.sql.clock_write)?;
-    for (key, n, cv, dbv, seq, site) in chunks.remainder() {
+    for (key, n, cv, dbv, seq, site) in rest {
         stmt.execute(params![key, name(t, n), cv, dbv, seq, site])?;
     }
     Ok(())
@@ -1008,10 +1060,11 @@ type Later<'m, 'a> = (
 /// [`Merger::flush`] of `row`; the error says whether the base-table write
 /// refused it (nothing else was written then).
 /// With `later`, clock rows that move nothing counted wait there.
-fn write_row<'a>(
+fn write_row<'a, 'i>(
     ext: &Ext,
-    inner: &Inner,
+    inner: &'i Inner,
     sites: &mut HashMap<&'a [u8], i64>,
+    key_insert: &mut HeldStmt<'i>,
     row: &mut Row<'a>,
     later: Option<Later<'_, 'a>>,
 ) -> std::result::Result<(), (Error, bool)> {
@@ -1028,7 +1081,7 @@ fn write_row<'a>(
         let counted = KeyCounts::take(inner, &ext.tx, &row.t, row.key)?;
         // Settling reads the rows written: those may not wait.
         let later = later.filter(|_| counted.is_empty());
-        write_clocks(inner, sites, row, later)?;
+        write_clocks(inner, sites, key_insert, row, later)?;
         counted.settle(inner, &row.t)
     };
     clocks().map_err(|e| (e, false))
@@ -1066,16 +1119,24 @@ fn write_base(ext: &Ext, inner: &Inner, row: &mut Row<'_>) -> Result<()> {
     Ok(())
 }
 
-fn write_clocks<'a>(
-    inner: &Inner,
+fn write_clocks<'a, 'i>(
+    inner: &'i Inner,
     sites: &mut HashMap<&'a [u8], i64>,
+    key_insert: &mut HeldStmt<'i>,
     row: &mut Row<'a>,
     later: Option<&mut Option<Clocks<'a>>>,
 ) -> Result<()> {
     let key = match row.key {
         Some(k) => k,
         None => {
-            let k = key_for(inner, &row.t, &row.pks, true)?.0;
+            // `key_for` with the insert first, through the held statement.
+            let stmt = held(inner, key_insert, &row.t, |t| &t.sql.key_insert)?;
+            let inserted = stmt.execute(params_from_iter(row.pks.iter().map(|v| out(*v))))?;
+            let k = if inserted == 1 {
+                inner.conn.last_insert_rowid()
+            } else {
+                key_for(inner, &row.t, &row.pks, false)?.0
+            };
             // The row has clocks again: its compacted record goes.
             crate::streams::compact::take_compacted(inner, &row.t.name, row.pk)?;
             row.key = Some(k);

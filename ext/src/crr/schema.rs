@@ -153,6 +153,10 @@ impl TableInfo {
 /// values each, under SQLite's oldest limit of 999).
 pub const CLOCK_ROWS: usize = 128;
 
+/// The sizes of [`TableSql::clock_write_many`]'s statements, largest
+/// first: fewer rows than the smallest are written one per statement.
+pub const CLOCK_ROW_SIZES: [usize; 4] = [CLOCK_ROWS, 64, 32, 16];
+
 /// A base-table write: the column indexes, the rows (0: an upsert of one
 /// row), and whether a multi-row write is an upsert.
 type BaseWrite = (Vec<usize>, usize, bool);
@@ -186,8 +190,9 @@ pub struct TableSql {
     /// A key's clock rows at or below a version (`crr::counts`).
     pub clock_counted_rows: String,
     pub clock_write: String,
-    /// [`TableSql::clock_write`] of [`CLOCK_ROWS`] rows in one statement.
-    pub clock_write_many: String,
+    /// [`TableSql::clock_write`] of several rows in one statement, one
+    /// statement per size of [`CLOCK_ROW_SIZES`].
+    pub clock_write_many: Vec<String>,
     pub base_delete: String,
     pub base_insert_pks: String,
     pub base_exists: String,
@@ -590,10 +595,15 @@ pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql
         clock_counted_rows: format!(
             "SELECT col_name, db_version, site_id FROM {clock} WHERE key = ?1 AND db_version <= ?2"
         ),
-        clock_write_many: format!(
-            "INSERT OR REPLACE INTO {clock} ({clock_cols}) VALUES {}",
-            vec!["(?, ?, ?, ?, ?, ?)"; CLOCK_ROWS].join(", ")
-        ),
+        clock_write_many: CLOCK_ROW_SIZES
+            .iter()
+            .map(|&n| {
+                format!(
+                    "INSERT OR REPLACE INTO {clock} ({clock_cols}) VALUES {}",
+                    vec!["(?, ?, ?, ?, ?, ?)"; n].join(", ")
+                )
+            })
+            .collect(),
         clock_write: format!(
             "INSERT OR REPLACE INTO {clock} ({clock_cols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
         ),
