@@ -189,15 +189,25 @@ fn hex(b: &[u8]) -> String {
 /// the caller's INSERT runs). Positions are written only afterwards.
 fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Result<()> {
     let pkg = Package::decode(bytes).map_err(|e| err!("{INBOUND} {name}: {e}"))?;
-    let (staged_dbv, known) = {
+    let (staged_dbv, known, applied) = {
         let mut inner = ext.lock(INBOUND)?;
-        let Some((last, known)) = check_package(ext, &mut inner, name, cfg, &pkg)? else {
+        let Some(Checked {
+            last,
+            known,
+            applied,
+        }) = check_package(ext, &mut inner, name, cfg, &pkg)?
+        else {
             return Ok(()); // already covered: duplicates are no-ops
         };
-        (staged_db_version(&inner.conn, name, last)?, known)
+        (staged_db_version(&inner.conn, name, last)?, known, applied)
     };
     if let Some(part) = pkg.part {
-        if pkg.since.db_version == part.db_version && staged_dbv.is_none() {
+        // Nothing staged and a package applied since the stream was
+        // created: `last_applied` ended the transaction as the sender then
+        // packed it, and this part is a tail of it that a later write at
+        // the sender has since moved to a newer version (a stale or
+        // duplicated delivery). Its changes merge like any others.
+        if pkg.since.db_version == part.db_version && staged_dbv.is_none() && !applied {
             return Err(missing_first_parts(name, &pkg, part.db_version));
         }
     }
@@ -259,15 +269,25 @@ fn missing_first_parts(name: &str, pkg: &Package, v: i64) -> Error {
 }
 
 /// Sender, stream, position and schema checks. Returns the stream's
-/// `last_applied` and the filter of the changes we can apply now (see
-/// [`pending::known_filter`]), or None when the package is already covered.
+/// What [`check_package`] found of a package the stream can apply.
+struct Checked {
+    /// The stream's `last_applied`.
+    last: Position,
+    /// The filter of the changes we can apply now ([`pending::known_filter`]).
+    known: Option<Known>,
+    /// Whether the stream applied a package since it was created (it then
+    /// follows a stream id).
+    applied: bool,
+}
+
+/// The [`Checked`] state of a package, or None when it is already covered.
 fn check_package(
     ext: &Ext,
     inner: &mut Inner,
     name: &str,
     cfg: &InboundConfig,
     pkg: &Package,
-) -> Result<Option<(Position, Option<Known>)>> {
+) -> Result<Option<Checked>> {
     let state = load_state(&inner.conn, name)?.ok_or_else(|| {
         err!("{INBOUND} {name}: stored state is missing; DROP and re-create the table")
     })?;
@@ -315,7 +335,11 @@ fn check_package(
         ));
     }
     let known = check_tables(ext, inner, name, cfg, pkg)?;
-    Ok(Some((last, known)))
+    Ok(Some(Checked {
+        last,
+        known,
+        applied: state.stream_id.is_some(),
+    }))
 }
 
 /// Merge the packages that `sql` (an `INSERT INTO crsql_internal_merge
