@@ -95,6 +95,13 @@ const ADD_COUNT: &str = "INSERT INTO crsql_change_counts (lvl, v, tbl, site, n, 
 /// `(db_version, site) -> (rows, largest seq)` of some clock rows.
 pub(crate) type Tally = HashMap<(i64, i64), (i64, i64)>;
 
+/// Add `n` clock rows at `(v, site)` whose largest seq is `seq` to `out`.
+pub(crate) fn tally_add(out: &mut Tally, v: i64, site: i64, n: i64, seq: i64) {
+    let e = out.entry((v, site)).or_insert((0, seq));
+    e.0 += n;
+    e.1 = e.1.max(seq);
+}
+
 /// Tally the clock rows of `table` above version `lo`.
 fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {
     if let Some(t) = crate::crr::compact::tally(conn, table, lo)? {
@@ -132,9 +139,7 @@ fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Tally> {
     let mut rows = stmt.query([lo])?;
     while let Some(r) = rows.next()? {
         let (v, site, seq): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-        let e = out.entry((v, site)).or_insert((0, seq));
-        e.0 += 1;
-        e.1 = e.1.max(seq);
+        tally_add(&mut out, v, site, 1, seq);
     }
     Ok(out)
 }

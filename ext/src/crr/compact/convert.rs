@@ -7,7 +7,7 @@
 use rusqlite::params;
 use rusqlite::types::{Value, ValueRef};
 
-use crsql_stream_core::rowclock::{RowClocks, Stored, SENTINEL_SLOT};
+use crsql_stream_core::rowclock::{RowClocks, Stored};
 
 use super::{local, sql, table_names, tables_sql, triggers_sql, unsupported};
 use crate::crr::schema::{self, quote_ident, TableInfo, CLOCK_SUFFIX, PKS_SUFFIX};
@@ -100,15 +100,9 @@ pub fn to_compact(ext: &Ext, inner: &mut Inner, table: &str) -> Result<()> {
             row = Some((key, pks, RowClocks::new()));
         }
         let name: String = r.get(1)?;
-        let slot = if name == "-1" {
-            SENTINEL_SLOT
-        } else {
-            t.col_index(&name).map(|i| i as i32).ok_or_else(|| {
-                err!(
-                    "crsql_convert_layout: {table} has clocks of a column it no longer has: {name}"
-                )
-            })?
-        };
+        let slot = local::name_slot(&t, &name).ok_or_else(|| {
+            err!("crsql_convert_layout: {table} has clocks of a column it no longer has: {name}")
+        })?;
         if let Some((_, _, clocks)) = &mut row {
             clocks.insert(slot, local::clock_at(r, 2)?);
         }

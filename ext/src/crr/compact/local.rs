@@ -66,6 +66,15 @@ fn local_clock(col_version: i64, db_version: i64, seq: i64) -> Clock {
     }
 }
 
+/// The slot of a clock named `name` in `crsql_changes` and in the cells
+/// table (the inverse of [`slot_name`]), or None for a column `t` lacks.
+pub(crate) fn name_slot(t: &TableInfo, name: &str) -> Option<i32> {
+    if name == "-1" {
+        return Some(SENTINEL_SLOT);
+    }
+    t.col_index(name).map(|i| i as i32)
+}
+
 /// The name a slot has in `crsql_changes` and in the cells table.
 pub(crate) fn slot_name(t: &TableInfo, slot: i32) -> Result<&str> {
     if slot == SENTINEL_SLOT {
@@ -136,16 +145,12 @@ pub(crate) fn load(
     let mut rows = stmt.query(params_from_iter(pks.iter().map(|v| out(*v))))?;
     while let Some(r) = rows.next()? {
         let name: String = r.get(0)?;
-        let slot = if name == "-1" {
-            SENTINEL_SLOT
-        } else {
-            t.col_index(&name).map(|i| i as i32).ok_or_else(|| {
-                err!(
-                    "crsql_stream: a clock of {} names no column: {name}",
-                    t.name
-                )
-            })?
-        };
+        let slot = name_slot(t, &name).ok_or_else(|| {
+            err!(
+                "crsql_stream: a clock of {} names no column: {name}",
+                t.name
+            )
+        })?;
         cells.insert(slot, clock_at(r, 1)?);
     }
     Ok(Stored { cl, run, cells })

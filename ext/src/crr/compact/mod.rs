@@ -482,10 +482,7 @@ pub fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Option<crate::cr
                     read_vers(vers, Some(table))?.map_or(0, |(s, v)| Run::count_of(s, &v) as i64)
                 }
             };
-            let seq: i64 = r.get(2)?;
-            let e = out.entry((r.get(0)?, r.get(1)?)).or_insert((0, seq));
-            e.0 += n;
-            e.1 = e.1.max(seq);
+            crate::crr::counts::tally_add(&mut out, r.get(0)?, r.get(1)?, n, r.get(2)?);
         }
     }
     Ok(Some(out))
