@@ -370,7 +370,12 @@ fn held<'s, 'i>(
         let stmt = inner.conn.prepare_cached(sql(t))?;
         *slot = Some((Arc::clone(t), stmt));
     }
-    Ok(&mut slot.as_mut().expect("a held statement").1)
+    match slot {
+        Some((_, stmt)) => Ok(stmt),
+        None => Err(err!(
+            "crsql_stream: internal error: a merge statement was not prepared"
+        )),
+    }
 }
 
 /// Clock rows of one table, of rows the merger is done with and whose
