@@ -64,8 +64,9 @@ impl ValueRef<'_> {
 ///
 /// Different storage classes order by class alone:
 /// NULL < BLOB < TEXT < REAL < INTEGER. Within a class: integers and reals
-/// numerically (NaN equals everything, as cr-sqlite uses only `<` and `>`),
-/// text and blobs bytewise.
+/// numerically (NaN equals everything, as cr-sqlite uses only `<` and `>`;
+/// -0.0 sorts below 0.0, where cr-sqlite sees them equal), text and blobs
+/// bytewise.
 pub fn compare_values(left: ValueRef<'_>, right: ValueRef<'_>) -> Ordering {
     let (lc, rc) = (left.type_code(), right.type_code());
     if lc != rc {
@@ -74,15 +75,15 @@ pub fn compare_values(left: ValueRef<'_>, right: ValueRef<'_>) -> Ordering {
     }
     match (left, right) {
         (ValueRef::Integer(a), ValueRef::Integer(b)) => a.cmp(&b),
-        (ValueRef::Real(a), ValueRef::Real(b)) => {
-            if a < b {
-                Ordering::Less
-            } else if a > b {
-                Ordering::Greater
-            } else {
-                Ordering::Equal
-            }
-        }
+        (ValueRef::Real(a), ValueRef::Real(b)) => match a.partial_cmp(&b) {
+            // Numerically equal reals differ only as 0.0 and -0.0, which a
+            // column without REAL affinity stores apart: order them by sign,
+            // so that writing one over the other is a change and a tie
+            // between them breaks the same way on every replica.
+            Some(Ordering::Equal) => a.total_cmp(&b),
+            Some(order) => order,
+            None => Ordering::Equal,
+        },
         (ValueRef::Text(a), ValueRef::Text(b)) | (ValueRef::Blob(a), ValueRef::Blob(b)) => a.cmp(b),
         _ => Ordering::Equal,
     }
@@ -127,8 +128,17 @@ mod tests {
             compare_values(ValueRef::Integer(-1), ValueRef::Integer(0)),
             Ordering::Less
         );
+        // -0.0 and 0.0 are apart (a write of one over the other is a change).
         assert_eq!(
             compare_values(ValueRef::Real(-0.0), ValueRef::Real(0.0)),
+            Ordering::Less
+        );
+        assert_eq!(
+            compare_values(ValueRef::Real(0.0), ValueRef::Real(-0.0)),
+            Ordering::Greater
+        );
+        assert_eq!(
+            compare_values(ValueRef::Real(-0.0), ValueRef::Real(-0.0)),
             Ordering::Equal
         );
         assert_eq!(

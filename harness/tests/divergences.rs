@@ -36,19 +36,25 @@ fn tpair() -> Pair {
 /// Carry every package from A's `o` to B's `i`, acknowledging each.
 /// Returns the number of packages.
 fn sync(p: &Pair) -> usize {
+    carry(&p.a, &p.b)
+}
+
+/// Carry every package from `from`'s outbound stream `o` to `to`'s inbound
+/// stream `i`, acknowledging each. Returns the number of packages.
+fn carry(from: &Connection, to: &Connection) -> usize {
     let mut n = 0;
     loop {
-        let got: Option<(Vec<u8>, String)> =
-            p.a.query_row("SELECT package, cursor FROM o LIMIT 1", [], |r| {
+        let got: Option<(Vec<u8>, String)> = from
+            .query_row("SELECT package, cursor FROM o LIMIT 1", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .ok();
         let Some((pkg, cursor)) = got else {
             return n;
         };
-        p.b.execute("INSERT INTO i(package) VALUES (?1)", [&pkg])
+        to.execute("INSERT INTO i(package) VALUES (?1)", [&pkg])
             .unwrap_or_else(|e| panic!("apply package {n}: {e}"));
-        p.a.execute("INSERT INTO o(last_sent) VALUES (?1)", [&cursor])
+        from.execute("INSERT INTO o(last_sent) VALUES (?1)", [&cursor])
             .unwrap();
         n += 1;
         assert!(n < 10_000, "sync does not end");
@@ -753,5 +759,36 @@ mod found_by_hostile_schema {
             text(&p.b, "SELECT typeof(n) FROM t WHERE id = '1'"),
             "integer"
         );
+    }
+}
+
+#[test]
+fn writing_zero_over_negative_zero_reaches_peers() {
+    // A column without REAL affinity stores -0.0 and 0.0 apart, though SQL
+    // compares them equal: the write of one over the other is a change.
+    let p = tpair();
+    exec(&p.a, "INSERT INTO t VALUES ('a', -0.0, 1)");
+    assert_converged(&p, "t");
+    exec(&p.a, "UPDATE t SET v = 0.0 WHERE id = 'a'");
+    let sign = |c: &Connection| -> f64 {
+        c.query_row("SELECT v FROM t WHERE id = 'a'", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert!(sign(&p.a).is_sign_positive());
+    assert_converged(&p, "t");
+    assert!(sign(&p.b).is_sign_positive(), "B kept -0.0");
+    // Concurrent writes of the two at one col_version: the same winner on
+    // both sides (0.0, the greater).
+    exec(&p.a, "UPDATE t SET w = -0.0 WHERE id = 'a'");
+    exec(&p.b, "UPDATE t SET w = 0.0 WHERE id = 'a'");
+    assert_converged(&p, "t");
+    exec(&p.b, "CREATE VIRTUAL TABLE o USING crsql_OutboundStream()");
+    exec(&p.a, "CREATE VIRTUAL TABLE i USING crsql_InboundStream()");
+    carry(&p.b, &p.a);
+    for c in [&p.a, &p.b] {
+        let w: f64 = c
+            .query_row("SELECT w FROM t WHERE id = 'a'", [], |r| r.get(0))
+            .unwrap();
+        assert!(w.is_sign_positive(), "a tie of -0.0 and 0.0 kept -0.0");
     }
 }
