@@ -35,7 +35,8 @@ enum Op {
     /// at consecutive seqs (an insert, a full update in slot order; a
     /// primary-key move or a merge in another order) ...
     Together(usize, Vec<i32>, i64),
-    /// ... or one by one with a seq gap between them.
+    /// ... or with a seq between each two, taken by a write of the same
+    /// slot to the next row (rows merged from interleaved changes).
     Apart(usize, Vec<i32>, i64),
     /// A delete: cells go, then the sentinel is written.
     Delete(usize, i64),
@@ -48,8 +49,8 @@ enum Op {
 }
 
 /// The next clock the test hands out.
-fn next_clock(v: i64, seq: &mut i64, cv: &mut i64, site: i64, gap: i64) -> Clock {
-    *seq += 1 + gap;
+fn next_clock(v: i64, seq: &mut i64, cv: &mut i64, site: i64) -> Clock {
+    *seq += 1;
     *cv += 1;
     Clock {
         // Now and then a zeroed cell (col_version 0, §8.1), and often 1.
@@ -138,12 +139,25 @@ fn check_history(ops: &[Op]) -> Result<(), TestCaseError> {
                 seq = 0;
             }
             Op::Skip => seq += 1,
-            Op::Together(r, slots, site) | Op::Apart(r, slots, site) => {
-                let gap = i64::from(matches!(op, Op::Apart(..)));
+            Op::Together(r, slots, site) => {
                 let writes: Vec<(i32, Clock)> = slots
                     .iter()
-                    .map(|s| (*s, next_clock(v, &mut seq, &mut cv, *site, gap)))
+                    .map(|s| (*s, next_clock(v, &mut seq, &mut cv, *site)))
                     .collect();
+                stored[*r].write(&writes);
+                model_write(&mut model[*r], &writes);
+            }
+            Op::Apart(r, slots, site) => {
+                let other = (r + 1) % ROWS;
+                let mut writes = Vec::new();
+                for (k, s) in slots.iter().enumerate() {
+                    if k > 0 {
+                        let w = [(*s, next_clock(v, &mut seq, &mut cv, *site))];
+                        stored[other].write(&w);
+                        model_write(&mut model[other], &w);
+                    }
+                    writes.push((*s, next_clock(v, &mut seq, &mut cv, *site)));
+                }
                 stored[*r].write(&writes);
                 model_write(&mut model[*r], &writes);
             }
@@ -154,7 +168,7 @@ fn check_history(ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Delete(r, site) => {
                 stored[*r].clear_cells();
                 model_clear(&mut model[*r]);
-                let s = [(SENTINEL_SLOT, next_clock(v, &mut seq, &mut cv, *site, 0))];
+                let s = [(SENTINEL_SLOT, next_clock(v, &mut seq, &mut cv, *site))];
                 stored[*r].write(&s);
                 model_write(&mut model[*r], &s);
             }
