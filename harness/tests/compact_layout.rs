@@ -1061,12 +1061,9 @@ fn a_bare_rename_column_on_a_compact_table_says_what_to_do() {
 /// transactions split across packages (so they are staged).
 #[test]
 fn a_batch_merge_stores_rows_as_the_row_by_row_merge_does() {
-    let src = open("compact");
+    let src = updated_rows(300);
     src.execute_batch(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
-         INSERT INTO t (id, m, b, c) SELECT i, 'm' || i, 'b' || i, i / 3.0 FROM n;
-         UPDATE t SET b = b || '!';
-         UPDATE t SET m = m || '?', c = c + 1 WHERE id % 7 = 0;
+        "UPDATE t SET m = m || '?', c = c + 1 WHERE id % 7 = 0;
          DELETE FROM t WHERE id % 11 = 0;
          INSERT INTO t (id, m) SELECT id * 11, 'back' FROM t WHERE id <= 27;
          UPDATE t SET b = 'again' WHERE id % 5 = 0;",
@@ -1218,13 +1215,7 @@ fn merged_replicas(src: &Connection) -> [Connection; 2] {
 /// cell; `crsql_changes` is the cr-sqlite layout's.
 #[test]
 fn a_row_merged_in_two_versions_keeps_one_run_and_one_cell() {
-    let src = open("compact");
-    src.execute_batch(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
-         INSERT INTO t (id, m, b, c) SELECT i, 'm' || i, 'b' || i, i / 3.0 FROM n;
-         UPDATE t SET b = b || '!';",
-    )
-    .unwrap();
+    let src = updated_rows(200);
     // At the source, b left each row's run for the cells table.
     assert_eq!(count(&src, "SELECT count(*) FROM t__crsql_cells"), 200);
     for db in merged_replicas(&src) {
@@ -1247,6 +1238,19 @@ fn a_row_merged_in_two_versions_keeps_one_run_and_one_cell() {
         close(db);
     }
     close(src);
+}
+
+/// A compact database of `n` rows of t whose b was then updated (the
+/// bench's workload: every row's columns at two versions).
+fn updated_rows(n: u32) -> Connection {
+    let src = open("compact");
+    src.execute_batch(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n})
+         INSERT INTO t (id, m, b, c) SELECT i, 'm' || i, 'b' || i, i / 3.0 FROM n;
+         UPDATE t SET b = b || '!';"
+    ))
+    .unwrap();
+    src
 }
 
 fn count(db: &Connection, sql: &str) -> i64 {

@@ -356,47 +356,31 @@ fn stored_values_of_the_previous_format_read_as_before() {
 
 #[test]
 fn malformed_values_are_refused() {
+    let blobs: [(&[u8], &str); 12] = [
+        (&[0, 0], "empty run"),
+        (&[0, 2, 1, 0], "trailing zero slot"),
+        (&[0, 1, 1, 9], "trailing bytes"),
+        (&[3], "not a form"),
+        (&[], "nothing"),
+        (&[OFFSETS_TAG], "empty offsets run"),
+        (&[OFFSETS_TAG, 4, 4], "slot twice"),
+        (&[OFFSETS_TAG, 5, 1], "gap first"),
+        (&[OFFSETS_TAG, 4, 9, 0], "gap 0"),
+        (&[OFFSETS_TAG, 2, 1], "sentinel version"),
+        (&[OFFSETS_TAG, 6, 0], "version 0"),
+        (&[OFFSETS_TAG, 4, 0x80], "cut varint"),
+    ];
     let mut out = Vec::new();
-    let bad = |v: VersRef<'_>, out: &mut Vec<Member>| Run::decode(v, 0, out).is_err();
-    assert!(bad(VersRef::Blob(&[0, 0]), &mut out), "empty run");
-    assert!(
-        bad(VersRef::Blob(&[0, 2, 1, 0]), &mut out),
-        "trailing zero slot"
-    );
-    assert!(
-        bad(VersRef::Blob(&[0, 1, 1, 9]), &mut out),
-        "trailing bytes"
-    );
-    assert!(bad(VersRef::Blob(&[3]), &mut out), "not a form");
-    assert!(bad(VersRef::Blob(&[]), &mut out), "nothing");
-    assert!(bad(VersRef::Bits(0), &mut out), "empty run");
-    assert!(bad(VersRef::Bits(-1), &mut out), "bit 63");
-    assert!(
-        bad(VersRef::Blob(&[OFFSETS_TAG]), &mut out),
-        "empty offsets run"
-    );
-    assert!(
-        bad(VersRef::Blob(&[OFFSETS_TAG, 4, 4]), &mut out),
-        "slot twice"
-    );
-    assert!(
-        bad(VersRef::Blob(&[OFFSETS_TAG, 5, 1]), &mut out),
-        "gap first"
-    );
-    assert!(
-        bad(VersRef::Blob(&[OFFSETS_TAG, 4, 9, 0]), &mut out),
-        "gap 0"
-    );
-    assert!(
-        bad(VersRef::Blob(&[OFFSETS_TAG, 2, 1]), &mut out),
-        "sentinel version"
-    );
-    assert!(
-        bad(VersRef::Blob(&[OFFSETS_TAG, 6, 0]), &mut out),
-        "version 0"
-    );
-    assert!(
-        bad(VersRef::Blob(&[OFFSETS_TAG, 4, 0x80]), &mut out),
-        "cut varint"
-    );
+    for (blob, what) in blobs {
+        assert!(
+            Run::decode(VersRef::Blob(blob), 0, &mut out).is_err(),
+            "{what}"
+        );
+    }
+    for bits in [0, -1] {
+        assert!(
+            Run::decode(VersRef::Bits(bits), 0, &mut out).is_err(),
+            "{bits}"
+        );
+    }
 }
