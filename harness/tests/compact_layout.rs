@@ -1178,7 +1178,7 @@ fn commit_counts_of_new_rows_follow_rollbacks_and_rewrites() {
 /// stream; each replica's `crsql_changes` must be the cr-sqlite layout's.
 fn merged_replicas(src: &Connection) -> [Connection; 2] {
     let all = all_changes(src);
-    let packages = packages(src);
+    let packages = rows(src, "SELECT package FROM out");
     // One transaction per source version, as a stream applies them.
     let merge_by_version = |db: &Connection| {
         for v in all.chunk_by(|a, b| a[5] == b[5]) {
@@ -1197,7 +1197,7 @@ fn merged_replicas(src: &Connection) -> [Connection; 2] {
         .unwrap();
     for p in &packages {
         by_stream
-            .execute("INSERT INTO inb (package) VALUES (?1)", [p])
+            .execute("INSERT INTO inb (package) VALUES (?1)", [&p[0]])
             .unwrap();
     }
     let expected = rows(&reference, "SELECT * FROM crsql_changes");
