@@ -14,7 +14,7 @@ SELECT crsql_as_crr('t');
 SELECT sql FROM sqlite_master WHERE name LIKE 't\_\_crsql\_%' ESCAPE '\' ORDER BY name;
 -- An insert: one row clock, no cell (its run: slots 0..2 at seqs 0..2).
 INSERT INTO t VALUES (1, 'x', 2, 3.5), (2, 'y', NULL, x'00');
-SELECT id, cl, db_version, site_id, seq, quote(vers), crsql_internal_run_width(vers),
+SELECT id, cl, db_version, site_id, seq, quote(vers), crsql_internal_run_seq(vers, seq, 0),
        crsql_internal_run_version(vers, 1), crsql_internal_run_version(vers, -1),
        crsql_internal_run_count(vers) FROM t__crsql_rows;
 SELECT count(*) FROM t__crsql_cells;
@@ -47,6 +47,19 @@ SELECT crsql_convert_layout('t', 'sideways');
 UPDATE t SET a = 'z', b = 'z', c = 'z' WHERE id = 2;
 SELECT id, seq, quote(vers), crsql_internal_run_version(vers, 1), crsql_internal_run_count(vers) FROM t__crsql_rows WHERE id = 2;
 SELECT cid, col_version, seq FROM crsql_changes WHERE pk = crsql_pack_columns(2);
+-- Clocks merged at consecutive seqs whatever their slots (a and c of a
+-- remote row, b elsewhere) stay one run, each at its own seq: a BLOB whose
+-- first byte is 2 (then per clock in seq order (slot + 1) << 2).
+BEGIN;
+INSERT INTO crsql_changes VALUES ('t', crsql_pack_columns(3), 'a', 'p', 1, 7, x'11111111111111111111111111111111', 1, 0);
+INSERT INTO crsql_changes VALUES ('t', crsql_pack_columns(3), 'c', 'q', 1, 7, x'11111111111111111111111111111111', 1, 2);
+COMMIT;
+SELECT id, seq, quote(vers), crsql_internal_run_seq(vers, seq, 0), crsql_internal_run_seq(vers, seq, 2),
+       crsql_internal_run_seq(vers, seq, 1), crsql_internal_run_count(vers) FROM t__crsql_rows WHERE id = 3;
+SELECT count(*) FROM t__crsql_cells WHERE id = 3;
+SELECT cid, col_version, db_version, seq FROM crsql_changes WHERE pk = crsql_pack_columns(3);
+SELECT crsql_internal_run_seq(x'0204', 9, 0);
+SELECT crsql_internal_run_seq(x'020405', 9, 0);
 -- Alterations run on the cr-sqlite layout and convert back.
 SELECT crsql_begin_alter('t');
 ALTER TABLE t ADD COLUMN d DEFAULT 1;

@@ -4,11 +4,11 @@
 //! col_version is the causal length) and one optional clock per non-pk
 //! column (slot = the column's stable index). [`RowClocks`] is that state as
 //! an explicit map. [`Stored`] is how the compact layout keeps it: one *run*
-//! (the clocks a write created together: one db_version and site, seqs
-//! consecutive in slot order) in the row-clock row, and every other clock
-//! in the cells table. [`Stored::expand`] gives back the map; the property
-//! tests check every operation on [`Stored`] against the same operation on
-//! the map.
+//! (clocks a write created together: one db_version and site, seqs that
+//! were one contiguous range when written) in the row-clock row, and every
+//! other clock in the cells table. [`Stored::expand`] gives back the map;
+//! the property tests check every operation on [`Stored`] against the same
+//! operation on the map, and that no two rows' runs overlap.
 
 use std::collections::BTreeMap;
 
@@ -20,18 +20,36 @@ pub const SENTINEL_SLOT: i32 = -1;
 /// The most column slots a run can span in [`Vers::Bits`] form.
 const MAX_BITS_SLOTS: usize = 62;
 
-/// How a run's per-slot col_versions are stored in the `vers` column.
+/// The first byte of the offsets form of a `vers` blob (the slot form's
+/// first byte is a postcard bool: 0 or 1).
+const OFFSETS_TAG: u8 = 2;
+
+/// How a run is stored in the `vers` column. Three forms, each read
+/// everywhere; [`Run::vers`] writes the first that can hold the run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Vers {
-    /// Every col_version is 0 (not in the run) or 1, over at most 62
-    /// slots (the common case: a row inserted, or merged, and its columns
-    /// rewritten at most elsewhere): an INTEGER, bit 0 = the sentinel is in
-    /// the run, bit `1 + i` = slot `i` is (at col_version 1). The highest
-    /// bit set is the last slot, so the width needs no room: 1 byte of
-    /// record where the blob takes 5 for a 3-column row.
+    /// *Slot form, INTEGER*: the run's clocks sit at consecutive seqs in
+    /// slot order (a slot not in the run still takes its seq), every
+    /// col_version is 1, over at most 62 slots (a row inserted, or merged,
+    /// its columns rewritten at most elsewhere). Bit 0 = the sentinel is in
+    /// the run, bit `1 + i` = slot `i` is. The highest bit set is the last
+    /// slot, at the row clock's `seq`; slot `i` is at `seq − (W − 1 − i)`
+    /// with `W` the width, the sentinel at `seq − W`.
     Bits(i64),
-    /// Otherwise the postcard blob of [`Run::encode_vers`].
+    /// A blob: either the *slot form* (the same geometry, any col_version:
+    /// postcard of `(sentinel: bool, versions: Vec<u64>)`, 0 = slot not in
+    /// the run) or the *offsets form* (any seq order: byte 2, then per
+    /// clock in seq order a varint `(slot + 1) << 2 | has_version << 1 |
+    /// has_gap`, its col_version if not 1, and the number of seqs skipped
+    /// since the previous clock if not 0; the last clock is at `seq`).
     Blob(Vec<u8>),
+}
+
+/// A stored `vers` value, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersRef<'a> {
+    Bits(i64),
+    Blob(&'a [u8]),
 }
 
 /// One clock: what a clock row of the cr-sqlite layout holds.
@@ -47,209 +65,371 @@ pub struct Clock {
 /// A row's clocks by slot: the explicit per-cell state.
 pub type RowClocks = BTreeMap<i32, Clock>;
 
-/// A run: clocks of one `(db_version, site)` at consecutive seqs in slot
-/// order, possibly with holes left by clocks that moved out since.
+/// One clock of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub slot: i32,
+    /// The col_version (1 for the sentinel: its own is the causal length,
+    /// which the run does not hold).
+    pub col_version: i64,
+    pub seq: i64,
+}
+
+/// A run: clocks of one `(db_version, site)` written with one contiguous
+/// range of seqs, possibly with holes left by clocks that moved out since.
+/// No other clock of the database was ever at a seq inside that range at
+/// that version, so two runs' ranges never overlap (the change scan's
+/// ordering argument, docs/compact-layout.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Run {
     pub db_version: i64,
     pub site: i64,
-    /// The seq of the run's last clock (the row clock's `seq` column).
-    pub seq: i64,
-    /// Whether the sentinel is in the run (just before slot 0).
-    pub sentinel: bool,
-    /// col_version per slot, 0 for a slot not in the run; the last one is
-    /// never 0.
-    pub versions: Vec<i64>,
+    /// The run's clocks in seq order (seqs strictly increasing; at least
+    /// one while the run is stored).
+    pub members: Vec<Member>,
 }
 
-/// Why a `vers` blob could not be read.
+/// Why a `vers` value could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RunError {
     #[error("row clock blob is not a run: {0}")]
     Malformed(String),
 }
 
-impl Run {
-    /// Width: the number of column slots the run spans.
-    pub fn width(&self) -> i64 {
-        self.versions.len() as i64
-    }
+fn malformed(what: impl Into<String>) -> RunError {
+    RunError::Malformed(what.into())
+}
 
-    /// The seq of a slot of this run (whether or not it is still in it).
-    pub fn seq_of(&self, slot: i32) -> i64 {
-        self.seq - (self.width() - 1 - i64::from(slot))
+/// Append `v` as an unsigned LEB128 varint (postcard's encoding).
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Read a varint at `*at`, moving past it.
+fn take_varint(blob: &[u8], at: &mut usize) -> Result<u64, RunError> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *blob
+            .get(*at)
+            .ok_or_else(|| malformed("a varint runs past the end"))?;
+        *at += 1;
+        let bits = u64::from(b & 0x7f);
+        if shift == 63 && bits > 1 {
+            return Err(malformed("a varint beyond 64 bits"));
+        }
+        v |= bits << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(malformed("a varint beyond 64 bits"))
+}
+
+/// A col_version read from a blob.
+fn version_of(v: u64) -> Result<i64, RunError> {
+    i64::try_from(v)
+        .ok()
+        .filter(|v| (1..=MAX_CLOCK).contains(v))
+        .ok_or_else(|| malformed(format!("col_version {v} is 0 or beyond MAX_CLOCK")))
+}
+
+impl Run {
+    /// The seq of the run's last clock (the row clock's `seq` column).
+    pub fn seq(&self) -> i64 {
+        self.members.last().map_or(0, |m| m.seq)
     }
 
     /// The col_version of `slot` if it is in the run (the sentinel's is the
     /// causal length, which the run does not hold: 1 stands for "present").
     pub fn version(&self, slot: i32) -> Option<i64> {
-        if slot == SENTINEL_SLOT {
-            return self.sentinel.then_some(1);
-        }
-        match self.versions.get(usize::try_from(slot).ok()?) {
-            Some(&v) if v > 0 => Some(v),
-            _ => None,
-        }
+        self.members
+            .iter()
+            .find(|m| m.slot == slot)
+            .map(|m| m.col_version)
     }
 
     /// How many clocks the run holds.
     pub fn len(&self) -> usize {
-        usize::from(self.sentinel) + self.versions.iter().filter(|v| **v > 0).count()
+        self.members.len()
     }
 
     /// Whether the run holds no clock.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.members.is_empty()
     }
 
     /// The run's clocks in seq order; the sentinel's col_version is `cl`.
     pub fn clocks(&self, cl: i64) -> impl Iterator<Item = (i32, Clock)> + '_ {
-        let sentinel = self.sentinel.then_some((SENTINEL_SLOT, cl));
-        let cells = self
-            .versions
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| **v > 0)
-            .map(|(i, v)| (i as i32, *v));
-        sentinel.into_iter().chain(cells).map(move |(slot, v)| {
+        self.members.iter().map(move |m| {
             (
-                slot,
+                m.slot,
                 Clock {
-                    col_version: v,
+                    col_version: if m.slot == SENTINEL_SLOT {
+                        cl
+                    } else {
+                        m.col_version
+                    },
                     db_version: self.db_version,
                     site: self.site,
-                    seq: self.seq_of(slot),
+                    seq: m.seq,
                 },
             )
         })
     }
 
-    /// The `vers` blob: postcard of `(sentinel, versions)` (varints).
-    pub fn encode_vers(&self) -> Vec<u8> {
-        let versions: Vec<u64> = self.versions.iter().map(|v| *v as u64).collect();
-        // Serializing a bool and a Vec<u64> into a Vec cannot fail.
-        postcard::to_allocvec(&(self.sentinel, versions)).unwrap_or_default()
-    }
-
-    /// Read a `vers` blob: `(sentinel, versions)`.
-    pub fn decode_vers(blob: &[u8]) -> Result<(bool, Vec<i64>), RunError> {
-        let ((sentinel, versions), rest): ((bool, Vec<u64>), &[u8]) =
-            postcard::take_from_bytes(blob).map_err(|e| RunError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(RunError::Malformed(format!(
-                "{} trailing bytes",
-                rest.len()
-            )));
-        }
-        if versions.last() == Some(&0) {
-            return Err(RunError::Malformed(
-                "the last slot is not in the run".into(),
-            ));
-        }
-        if !sentinel && versions.is_empty() {
-            return Err(RunError::Malformed("an empty run".into()));
-        }
-        let versions = versions
-            .into_iter()
-            .map(|v| {
-                i64::try_from(v)
-                    .ok()
-                    .filter(|v| *v <= MAX_CLOCK)
-                    .ok_or_else(|| RunError::Malformed(format!("col_version {v} beyond MAX_CLOCK")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((sentinel, versions))
-    }
-
-    /// The `vers` column's value: [`Vers::Bits`] when it can, else the blob.
-    pub fn vers(&self) -> Vers {
-        match self.vers_bits() {
-            Some(bits) => Vers::Bits(bits),
-            None => Vers::Blob(self.encode_vers()),
-        }
-    }
-
-    /// The INTEGER form of `vers` ([`Vers::Bits`]), if the run has one.
-    fn vers_bits(&self) -> Option<i64> {
-        if self.versions.len() > MAX_BITS_SLOTS
-            || self.versions.last() == Some(&0)
-            || self.versions.iter().any(|v| *v > 1)
-        {
-            return None;
-        }
-        let slots = self
-            .versions
+    /// The run's width in the slot form, if it has that geometry: every
+    /// clock at `seq − (W − 1 − slot)` (the sentinel at `seq − W`), `W` =
+    /// the highest column slot + 1.
+    fn slot_width(&self) -> Option<usize> {
+        let width = self.members.iter().map(|m| m.slot + 1).max()?;
+        let last = self.seq();
+        self.members
             .iter()
-            .enumerate()
-            .filter(|(_, v)| **v == 1)
-            .fold(0i64, |bits, (i, _)| bits | 1 << (i + 1));
-        Some(slots | i64::from(self.sentinel)).filter(|b| *b > 0)
+            .all(|m| m.seq == last - i64::from(width - 1 - m.slot))
+            .then_some(width as usize)
     }
 
-    /// Read the INTEGER form of `vers`: `(sentinel, versions)`.
-    pub fn decode_vers_bits(bits: i64) -> Result<(bool, Vec<i64>), RunError> {
-        if bits <= 0 {
-            return Err(RunError::Malformed(format!(
-                "{bits} is not a run (an empty run, or bit 63 set)"
-            )));
+    /// The slot form's `(sentinel, versions)` of a run of width `width`.
+    fn slot_form(&self, width: usize) -> (bool, Vec<i64>) {
+        let mut versions = vec![0; width];
+        let mut sentinel = false;
+        for m in &self.members {
+            match usize::try_from(m.slot) {
+                Ok(i) => versions[i] = m.col_version,
+                Err(_) => sentinel = true,
+            }
         }
-        let slots = bits >> 1;
-        let width = 64 - slots.leading_zeros() as usize;
-        let versions = (0..width).map(|i| (slots >> i) & 1).collect();
-        Ok((bits & 1 == 1, versions))
+        (sentinel, versions)
     }
 
-    /// How many clocks a run of `versions` (with or without `sentinel`) holds.
-    pub fn count_of(sentinel: bool, versions: &[i64]) -> usize {
-        usize::from(sentinel) + versions.iter().filter(|v| **v > 0).count()
+    /// The `vers` column's value: the slot form as an INTEGER, else as a
+    /// blob, else the offsets form ([`Vers`]).
+    pub fn vers(&self) -> Vers {
+        let Some(width) = self.slot_width() else {
+            return Vers::Blob(self.encode_offsets());
+        };
+        let (sentinel, versions) = self.slot_form(width);
+        if width <= MAX_BITS_SLOTS && versions.iter().all(|v| *v <= 1) {
+            let slots = versions
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v == 1)
+                .fold(0i64, |bits, (i, _)| bits | 1 << (i + 1));
+            return Vers::Bits(slots | i64::from(sentinel));
+        }
+        let versions: Vec<u64> = versions.iter().map(|v| *v as u64).collect();
+        // Serializing a bool and a Vec<u64> into a Vec cannot fail.
+        Vers::Blob(postcard::to_allocvec(&(sentinel, versions)).unwrap_or_default())
     }
 
-    /// Take `slot` out of the run; trailing empty slots go, keeping every
-    /// remaining clock's seq (the run's seq follows its last clock).
+    /// The offsets form of the run (any geometry).
+    pub fn encode_offsets(&self) -> Vec<u8> {
+        let mut out = vec![OFFSETS_TAG];
+        let mut prev: Option<i64> = None;
+        for m in &self.members {
+            let sentinel = m.slot == SENTINEL_SLOT;
+            let version = (!sentinel && m.col_version != 1).then_some(m.col_version);
+            let gap = prev.map_or(0, |p| m.seq - p - 1);
+            let head = (u64::from((m.slot + 1) as u32) << 2)
+                | u64::from(version.is_some()) << 1
+                | u64::from(gap > 0);
+            put_varint(&mut out, head);
+            if let Some(v) = version {
+                put_varint(&mut out, v as u64);
+            }
+            if gap > 0 {
+                put_varint(&mut out, gap as u64);
+            }
+            prev = Some(m.seq);
+        }
+        out
+    }
+
+    /// Read a stored `vers` whose last clock is at `last`: the run's clocks
+    /// in seq order, into `out` (cleared first; a buffer the caller reuses).
+    pub fn decode(vers: VersRef<'_>, last: i64, out: &mut Vec<Member>) -> Result<(), RunError> {
+        out.clear();
+        match vers {
+            VersRef::Bits(bits) => {
+                if bits <= 0 {
+                    return Err(malformed(format!(
+                        "{bits} is not a run (an empty run, or bit 63 set)"
+                    )));
+                }
+                let slots = bits >> 1;
+                let width = 64 - slots.leading_zeros() as i32;
+                let present = (0..width).filter(|i| (slots >> i) & 1 == 1);
+                Self::slot_members(bits & 1 == 1, present.map(|i| (i, 1)), width, last, out);
+                Ok(())
+            }
+            VersRef::Blob([OFFSETS_TAG, rest @ ..]) => Self::decode_offsets(rest, last, out),
+            VersRef::Blob(blob) => {
+                let ((sentinel, versions), rest): ((bool, Vec<u64>), &[u8]) =
+                    postcard::take_from_bytes(blob).map_err(|e| malformed(e.to_string()))?;
+                if !rest.is_empty() {
+                    return Err(malformed(format!("{} trailing bytes", rest.len())));
+                }
+                if versions.last() == Some(&0) {
+                    return Err(malformed("the last slot is not in the run"));
+                }
+                if !sentinel && versions.is_empty() {
+                    return Err(malformed("an empty run"));
+                }
+                let width = i32::try_from(versions.len())
+                    .map_err(|_| malformed("a run wider than 2^31 slots"))?;
+                let mut present = Vec::new();
+                for (i, v) in versions.into_iter().enumerate() {
+                    if v > 0 {
+                        present.push((i as i32, version_of(v)?));
+                    }
+                }
+                Self::slot_members(sentinel, present.into_iter(), width, last, out);
+                Ok(())
+            }
+        }
+    }
+
+    /// The clocks of a slot-form run, in seq order (= slot order).
+    fn slot_members(
+        sentinel: bool,
+        present: impl Iterator<Item = (i32, i64)>,
+        width: i32,
+        last: i64,
+        out: &mut Vec<Member>,
+    ) {
+        let seq = |slot: i32| last - i64::from(width - 1 - slot);
+        if sentinel {
+            out.push(Member {
+                slot: SENTINEL_SLOT,
+                col_version: 1,
+                seq: seq(SENTINEL_SLOT),
+            });
+        }
+        out.extend(present.map(|(slot, col_version)| Member {
+            slot,
+            col_version,
+            seq: seq(slot),
+        }));
+    }
+
+    /// The offsets form after its tag byte.
+    fn decode_offsets(blob: &[u8], last: i64, out: &mut Vec<Member>) -> Result<(), RunError> {
+        // Gaps first (seqs are computed back from the last clock's).
+        let mut gaps: Vec<u64> = Vec::new();
+        let mut at = 0;
+        while at < blob.len() {
+            let head = take_varint(blob, &mut at)?;
+            let slot = i32::try_from(head >> 2)
+                .ok()
+                .and_then(|s| s.checked_sub(1))
+                .ok_or_else(|| malformed(format!("slot {} out of range", head >> 2)))?;
+            let col_version = if head & 2 != 0 {
+                if slot == SENTINEL_SLOT {
+                    return Err(malformed("a col_version for the sentinel"));
+                }
+                version_of(take_varint(blob, &mut at)?)?
+            } else {
+                1
+            };
+            let gap = if head & 1 != 0 {
+                match take_varint(blob, &mut at)? {
+                    0 => return Err(malformed("a gap of 0 written out")),
+                    g if out.is_empty() => {
+                        return Err(malformed(format!("a gap of {g} before the first clock")))
+                    }
+                    g => g,
+                }
+            } else {
+                0
+            };
+            if out.iter().any(|m| m.slot == slot) {
+                return Err(malformed(format!("slot {slot} twice")));
+            }
+            out.push(Member {
+                slot,
+                col_version,
+                seq: 0,
+            });
+            gaps.push(gap);
+        }
+        if out.is_empty() {
+            return Err(malformed("an empty run"));
+        }
+        let mut seq = last;
+        for (m, gap) in out.iter_mut().zip(&gaps).rev() {
+            m.seq = seq;
+            seq = i64::try_from(*gap)
+                .ok()
+                .and_then(|g| seq.checked_sub(g)?.checked_sub(1))
+                .ok_or_else(|| malformed("seqs below i64::MIN"))?;
+        }
+        Ok(())
+    }
+
+    /// Read a stored run whose last clock is at `seq`.
+    pub fn read(db_version: i64, site: i64, seq: i64, vers: VersRef<'_>) -> Result<Run, RunError> {
+        let mut members = Vec::new();
+        Run::decode(vers, seq, &mut members)?;
+        Ok(Run {
+            db_version,
+            site,
+            members,
+        })
+    }
+
+    /// How many clocks a stored `vers` holds.
+    pub fn count(vers: VersRef<'_>) -> Result<usize, RunError> {
+        if let VersRef::Bits(bits) = vers {
+            if bits > 0 {
+                return Ok(bits.count_ones() as usize);
+            }
+        }
+        let mut members = Vec::new();
+        Run::decode(vers, 0, &mut members)?;
+        Ok(members.len())
+    }
+
+    /// Take `slot` out of the run (every other clock keeps its seq).
     fn remove(&mut self, slot: i32) {
-        if slot == SENTINEL_SLOT {
-            self.sentinel = false;
-        } else if let Some(v) = usize::try_from(slot)
-            .ok()
-            .and_then(|i| self.versions.get_mut(i))
-        {
-            *v = 0;
-        }
-        while self.versions.last() == Some(&0) {
-            self.versions.pop();
-            self.seq -= 1;
-        }
+        self.members.retain(|m| m.slot != slot);
     }
 
-    /// A run of exactly `clocks` (sorted by slot), if they are consecutive:
-    /// one version and site, consecutive slots at consecutive seqs. The
-    /// sentinel's col_version is not kept (it is the causal length).
-    pub fn of_consecutive(clocks: &[(i32, Clock)]) -> Option<Run> {
-        let (first_slot, first) = *clocks.first()?;
+    /// A run of exactly `clocks` (sorted by seq), if they were written as
+    /// one contiguous range: one version and site, consecutive seqs, each
+    /// slot once, no col_version 0 (it marks nothing here, but a cell
+    /// zeroed by a resurrection stays in the cells table as it always did).
+    /// The sentinel's col_version is not kept (it is the causal length).
+    pub fn of_contiguous(clocks: &[(i32, Clock)]) -> Option<Run> {
+        let (_, first) = *clocks.first()?;
         for (k, (slot, c)) in clocks.iter().enumerate() {
-            let k = k as i64;
-            if i64::from(*slot) != i64::from(first_slot) + k
-                || c.seq != first.seq + k
+            if c.seq != first.seq + k as i64
                 || c.db_version != first.db_version
                 || c.site != first.site
                 || (*slot != SENTINEL_SLOT && c.col_version <= 0)
+                || clocks[..k].iter().any(|(s, _)| s == slot)
             {
                 return None;
-            }
-        }
-        let (last_slot, last) = clocks[clocks.len() - 1];
-        let mut versions = vec![0; usize::try_from(last_slot + 1).unwrap_or(0)];
-        for (slot, c) in clocks {
-            if let Ok(i) = usize::try_from(*slot) {
-                versions[i] = c.col_version;
             }
         }
         Some(Run {
             db_version: first.db_version,
             site: first.site,
-            seq: last.seq,
-            sentinel: first_slot == SENTINEL_SLOT,
-            versions,
+            members: clocks
+                .iter()
+                .map(|(slot, c)| Member {
+                    slot: *slot,
+                    col_version: if *slot == SENTINEL_SLOT {
+                        1
+                    } else {
+                        c.col_version
+                    },
+                    seq: c.seq,
+                })
+                .collect(),
         })
     }
 }
@@ -282,12 +462,13 @@ impl Stored {
 
     /// Record clocks written together (each slot at most once; the
     /// sentinel's col_version is the new causal length). They replace the
-    /// row's clocks of the same slots. Consecutive ones (a new row, an
-    /// update of every column, a delete's sentinel) become the run when
-    /// that leaves fewer clocks in the cells table than keeping the old run.
+    /// row's clocks of the same slots. Clocks at consecutive seqs (a new
+    /// row, an update of every column, a delete's sentinel, a primary-key
+    /// move) become the run when that leaves fewer clocks in the cells
+    /// table than keeping the old run.
     pub fn write(&mut self, writes: &[(i32, Clock)]) {
         let mut writes = writes.to_vec();
-        writes.sort_by_key(|(slot, _)| *slot);
+        writes.sort_by_key(|(_, c)| c.seq);
         for (slot, c) in &writes {
             self.cells.remove(slot);
             if let Some(run) = &mut self.run {
@@ -300,25 +481,23 @@ impl Stored {
         if self.run.as_ref().is_some_and(Run::is_empty) {
             self.run = None;
         }
-        if let (Some(run), Some(more)) = (&mut self.run, Run::of_consecutive(&writes)) {
-            // Clocks that continue the run (the next slot at the next seq,
-            // the same version and site: a row merged change by change)
-            // join it. Nothing else can be at those seqs, so the run's
-            // range still overlaps no other run's.
-            if !more.sentinel
-                && more.db_version == run.db_version
+        let more = Run::of_contiguous(&writes);
+        if let (Some(run), Some(more)) = (&mut self.run, &more) {
+            // Clocks right after the run's last one (the next seq, the same
+            // version and site: a row merged change by change, whatever the
+            // slots) join it. Nothing else can be at those seqs, so the
+            // run's range still overlaps no other run's.
+            if more.db_version == run.db_version
                 && more.site == run.site
-                && writes[0].0 == run.versions.len() as i32
-                && writes[0].1.seq == run.seq + 1
+                && more.members[0].seq == run.seq() + 1
             {
-                run.versions.extend(&more.versions[run.versions.len()..]);
-                run.seq = more.seq;
+                run.members.extend_from_slice(&more.members);
                 self.fix_cl();
                 return;
             }
         }
         let kept = self.run.as_ref().map_or(0, Run::len);
-        match Run::of_consecutive(&writes) {
+        match more {
             Some(new_run) if kept < writes.len() => {
                 if let Some(old) = self.run.take() {
                     self.cells.extend(old.clocks(self.cl));
@@ -335,10 +514,8 @@ impl Stored {
     pub fn clear_cells(&mut self) {
         self.cells.retain(|slot, _| *slot == SENTINEL_SLOT);
         if let Some(run) = &mut self.run {
-            if run.sentinel {
-                run.seq = run.seq_of(SENTINEL_SLOT);
-                run.versions.clear();
-            } else {
+            run.members.retain(|m| m.slot == SENTINEL_SLOT);
+            if run.is_empty() {
                 self.run = None;
             }
         }
@@ -346,45 +523,49 @@ impl Stored {
     }
 
     /// Store an explicit state (a conversion from the cr-sqlite layout):
-    /// the longest consecutive group of clocks is the run, the rest cells.
+    /// the longest group of clocks of one version and site at consecutive
+    /// seqs (whatever their slots) is the run, the rest cells. Such a group
+    /// holds every seq of its range, so no other run can overlap it.
     pub fn from_clocks(clocks: &RowClocks) -> Stored {
-        let mut groups: BTreeMap<(i64, i64, i64), Vec<(i32, Clock)>> = BTreeMap::new();
-        // A clock at col_version 0 (a cell zeroed by a resurrection) cannot
-        // be in a run: 0 marks a slot that is not.
+        let mut groups: BTreeMap<(i64, i64), Vec<(i32, Clock)>> = BTreeMap::new();
+        // A clock at col_version 0 (a cell zeroed by a resurrection) stays
+        // in the cells table, as the writes keep it.
         for (slot, c) in clocks
             .iter()
             .filter(|(slot, c)| **slot == SENTINEL_SLOT || c.col_version > 0)
         {
             groups
-                .entry((c.db_version, c.site, c.seq - i64::from(*slot)))
+                .entry((c.db_version, c.site))
                 .or_default()
                 .push((*slot, *c));
         }
-        // Within a group, runs of consecutive slots; the longest one wins
-        // (the first found on a tie).
-        let mut best: Vec<(i32, Clock)> = Vec::new();
-        for group in groups.values() {
+        // Within a group, in seq order, stretches of consecutive seqs; the
+        // longest one wins (the first found on a tie).
+        let mut best: &[(i32, Clock)] = &[];
+        for group in groups.values_mut() {
+            group.sort_by_key(|(_, c)| c.seq);
             let mut start = 0;
             for i in 1..=group.len() {
-                if i == group.len() || group[i].0 != group[i - 1].0 + 1 {
+                if i == group.len() || group[i].1.seq != group[i - 1].1.seq + 1 {
                     if i - start > best.len() {
-                        best = group[start..i].to_vec();
+                        best = &group[start..i];
                     }
                     start = i;
                 }
             }
         }
+        let run = Run::of_contiguous(best);
         let mut out = Stored {
-            cl: 0,
-            run: Run::of_consecutive(&best),
+            cl: clocks.get(&SENTINEL_SLOT).map_or(0, |c| c.col_version),
             cells: clocks.clone(),
+            run: None,
         };
-        if let Some(run) = &out.run {
-            for (slot, _) in run.clocks(0) {
-                out.cells.remove(&slot);
+        if let Some(run) = &run {
+            for m in &run.members {
+                out.cells.remove(&m.slot);
             }
         }
-        out.cl = clocks.get(&SENTINEL_SLOT).map_or(0, |c| c.col_version);
+        out.run = run;
         out.fix_cl();
         out
     }
@@ -392,7 +573,10 @@ impl Stored {
     /// `cl` without a sentinel: 1 while the row has a clock, else 0.
     fn fix_cl(&mut self) {
         let has_sentinel = self.cells.contains_key(&SENTINEL_SLOT)
-            || self.run.as_ref().is_some_and(|r| r.sentinel);
+            || self
+                .run
+                .as_ref()
+                .is_some_and(|r| r.version(SENTINEL_SLOT).is_some());
         if !has_sentinel {
             self.cl = i64::from(!self.is_empty());
         }
@@ -400,235 +584,4 @@ impl Stored {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// A write of the model: the map with the written clocks replaced.
-    fn model_write(m: &mut RowClocks, writes: &[(i32, Clock)]) {
-        for (s, c) in writes {
-            m.insert(*s, *c);
-        }
-    }
-
-    fn model_clear(m: &mut RowClocks) {
-        m.retain(|s, _| *s == SENTINEL_SLOT);
-    }
-
-    /// What the model says `cl` is.
-    fn model_cl(m: &RowClocks) -> i64 {
-        match m.get(&SENTINEL_SLOT) {
-            Some(c) => c.col_version,
-            None => i64::from(!m.is_empty()),
-        }
-    }
-
-    /// One operation of a random history. Positions are handed out by the
-    /// test as the extension hands them out: a version per operation (or
-    /// several operations per version), seqs increasing.
-    #[derive(Debug, Clone)]
-    enum Op {
-        /// Write these slots (−1 = sentinel) together, in slot order at
-        /// consecutive seqs (an insert, a full update) ...
-        Together(Vec<i32>, i64),
-        /// ... or one by one with a seq gap between them (an update, a merge).
-        Apart(Vec<i32>, i64),
-        /// A delete: cells go, then the sentinel is written.
-        Delete(i64),
-        /// Cells cleared alone (the first half of a delete).
-        ClearCells,
-        /// A new transaction (version).
-        NextVersion,
-    }
-
-    /// The next clock the test hands out.
-    fn next_clock(v: i64, seq: &mut i64, cv: &mut i64, site: i64, gap: i64) -> Clock {
-        *seq += 1 + gap;
-        *cv += 1;
-        Clock {
-            // Now and then a zeroed cell (col_version 0, §8.1).
-            col_version: if *cv % 7 == 0 { 0 } else { *cv },
-            db_version: v,
-            site,
-            seq: *seq,
-        }
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        let slots = prop::collection::btree_set(-1i32..6, 1..6)
-            .prop_map(|s| s.into_iter().collect::<Vec<_>>());
-        prop_oneof![
-            (slots.clone(), 0i64..3).prop_map(|(s, site)| Op::Together(s, site)),
-            (slots, 0i64..3).prop_map(|(s, site)| Op::Apart(s, site)),
-            (0i64..3).prop_map(Op::Delete),
-            Just(Op::ClearCells),
-            Just(Op::NextVersion),
-        ]
-    }
-
-    /// Run a history on the stored form and on the map; after every step
-    /// they must agree, and the stored form must be canonical.
-    fn check_history(ops: &[Op]) -> Result<(), TestCaseError> {
-        let mut stored = Stored::default();
-        let mut model = RowClocks::new();
-        let (mut v, mut seq, mut cv) = (1i64, 0i64, 1i64);
-        for op in ops {
-            match op {
-                Op::NextVersion => {
-                    v += 1;
-                    seq = 0;
-                }
-                Op::Together(slots, site) | Op::Apart(slots, site) => {
-                    let gap = i64::from(matches!(op, Op::Apart(..)));
-                    let writes: Vec<(i32, Clock)> = slots
-                        .iter()
-                        .map(|s| (*s, next_clock(v, &mut seq, &mut cv, *site, gap)))
-                        .collect();
-                    stored.write(&writes);
-                    model_write(&mut model, &writes);
-                }
-                Op::ClearCells => {
-                    stored.clear_cells();
-                    model_clear(&mut model);
-                }
-                Op::Delete(site) => {
-                    stored.clear_cells();
-                    model_clear(&mut model);
-                    let s = [(SENTINEL_SLOT, next_clock(v, &mut seq, &mut cv, *site, 0))];
-                    stored.write(&s);
-                    model_write(&mut model, &s);
-                }
-            }
-            prop_assert_eq!(stored.expand(), model.clone(), "after {:?}", op);
-            prop_assert_eq!(stored.cl, model_cl(&model), "cl after {:?}", op);
-            if let Some(run) = &stored.run {
-                prop_assert!(!run.is_empty(), "an empty run is stored");
-                prop_assert_ne!(run.versions.last(), Some(&0));
-                let blob = run.encode_vers();
-                prop_assert_eq!(
-                    Run::decode_vers(&blob).unwrap(),
-                    (run.sentinel, run.versions.clone())
-                );
-                // Both stored forms of `vers` read back as the run.
-                let read = match run.vers() {
-                    Vers::Bits(b) => Run::decode_vers_bits(b),
-                    Vers::Blob(b) => Run::decode_vers(&b),
-                };
-                prop_assert_eq!(read.unwrap(), (run.sentinel, run.versions.clone()));
-                // A run's clocks come out in seq order.
-                let seqs: Vec<i64> = run.clocks(stored.cl).map(|(_, c)| c.seq).collect();
-                prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]));
-            }
-            for (slot, _) in stored.run.iter().flat_map(|r| r.clocks(0)) {
-                prop_assert!(!stored.cells.contains_key(&slot), "slot {} twice", slot);
-            }
-            // The conversion from the explicit state keeps it exactly.
-            prop_assert_eq!(Stored::from_clocks(&model).expand(), model.clone());
-        }
-        Ok(())
-    }
-
-    proptest! {
-        #[test]
-        fn stored_form_equals_the_explicit_map(ops in prop::collection::vec(op(), 1..40)) {
-            check_history(&ops)?;
-        }
-
-        #[test]
-        fn vers_round_trips(sentinel: bool, mut versions in prop::collection::vec(0i64..=MAX_CLOCK, 0..70)) {
-            if let Some(last) = versions.last_mut() { *last = (*last).max(1); }
-            prop_assume!(sentinel || !versions.is_empty());
-            let run = Run { db_version: 1, site: 0, seq: 100, sentinel, versions: versions.clone() };
-            prop_assert_eq!(Run::decode_vers(&run.encode_vers()), Ok((sentinel, versions)));
-        }
-
-        #[test]
-        fn decoding_any_bytes_never_panics(blob in prop::collection::vec(any::<u8>(), 0..40)) {
-            let _ = Run::decode_vers(&blob);
-        }
-    }
-
-    #[test]
-    fn an_insert_of_three_columns_is_five_bytes_and_no_cell() {
-        let mut s = Stored::default();
-        let c = |seq| Clock {
-            col_version: 1,
-            db_version: 7,
-            site: 0,
-            seq,
-        };
-        s.write(&[(0, c(3)), (1, c(4)), (2, c(5))]);
-        assert!(s.cells.is_empty());
-        let run = s.run.as_ref().unwrap();
-        assert_eq!(run.encode_vers(), vec![0, 3, 1, 1, 1]);
-        assert_eq!((run.seq, s.cl), (5, 1));
-        // An update of one column moves it out; the run keeps the others.
-        s.write(&[(
-            1,
-            Clock {
-                col_version: 2,
-                db_version: 8,
-                site: 0,
-                seq: 1,
-            },
-        )]);
-        assert_eq!(s.cells.len(), 1);
-        assert_eq!(s.run.as_ref().unwrap().encode_vers(), vec![0, 3, 1, 0, 1]);
-        // A delete leaves the sentinel alone, in the run.
-        s.clear_cells();
-        s.write(&[(
-            SENTINEL_SLOT,
-            Clock {
-                col_version: 2,
-                db_version: 9,
-                site: 0,
-                seq: 1,
-            },
-        )]);
-        assert!(s.cells.is_empty());
-        assert_eq!(s.run.as_ref().unwrap().encode_vers(), vec![1, 0]);
-        assert_eq!((s.cl, s.run.as_ref().unwrap().seq), (2, 1));
-    }
-
-    #[test]
-    fn malformed_blobs_are_refused() {
-        assert!(Run::decode_vers(&[0, 0]).is_err(), "empty run");
-        assert!(
-            Run::decode_vers(&[0, 2, 1, 0]).is_err(),
-            "trailing zero slot"
-        );
-        assert!(Run::decode_vers(&[0, 1, 1, 9]).is_err(), "trailing bytes");
-        assert!(Run::decode_vers(&[2]).is_err(), "not a bool");
-    }
-
-    #[test]
-    fn vers_is_an_integer_when_every_version_is_0_or_1() {
-        let run = |sentinel, versions: Vec<i64>| Run {
-            db_version: 1,
-            site: 0,
-            seq: 9,
-            sentinel,
-            versions,
-        };
-        // An insert of 3 columns, and the same row once b left the run.
-        assert_eq!(run(false, vec![1, 1, 1]).vers(), Vers::Bits(0b1110));
-        assert_eq!(run(false, vec![1, 0, 1]).vers(), Vers::Bits(0b1010));
-        assert_eq!(run(true, vec![]).vers(), Vers::Bits(1));
-        assert_eq!(run(true, vec![0, 1]).vers(), Vers::Bits(0b101));
-        assert_eq!(Run::decode_vers_bits(0b101), Ok((true, vec![0, 1])));
-        let wide = run(false, vec![1; 62]);
-        assert_eq!(
-            Run::decode_vers_bits(match wide.vers() {
-                Vers::Bits(b) => b,
-                Vers::Blob(_) => panic!("62 slots fit"),
-            }),
-            Ok((false, vec![1; 62]))
-        );
-        // Otherwise a blob.
-        for r in [run(false, vec![2, 1]), run(false, vec![1; 63])] {
-            assert_eq!(r.vers(), Vers::Blob(r.encode_vers()));
-        }
-        assert!(Run::decode_vers_bits(0).is_err(), "empty run");
-        assert!(Run::decode_vers_bits(-1).is_err(), "bit 63");
-    }
-}
+mod tests;

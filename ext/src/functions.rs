@@ -63,10 +63,10 @@ const FUNCTIONS: &[(&str, i32, FunctionFlags, SqlFn)] = &[
         compact::sql_run_version,
     ),
     (
-        "crsql_internal_run_width",
-        1,
+        "crsql_internal_run_seq",
+        3,
         I.union(D),
-        compact::sql_run_width,
+        compact::sql_run_seq,
     ),
     (
         "crsql_internal_run_count",

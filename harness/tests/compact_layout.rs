@@ -1061,12 +1061,9 @@ fn a_bare_rename_column_on_a_compact_table_says_what_to_do() {
 /// transactions split across packages (so they are staged).
 #[test]
 fn a_batch_merge_stores_rows_as_the_row_by_row_merge_does() {
-    let src = open("compact");
+    let src = updated_rows(300);
     src.execute_batch(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
-         INSERT INTO t (id, m, b, c) SELECT i, 'm' || i, 'b' || i, i / 3.0 FROM n;
-         UPDATE t SET b = b || '!';
-         UPDATE t SET m = m || '?', c = c + 1 WHERE id % 7 = 0;
+        "UPDATE t SET m = m || '?', c = c + 1 WHERE id % 7 = 0;
          DELETE FROM t WHERE id % 11 = 0;
          INSERT INTO t (id, m) SELECT id * 11, 'back' FROM t WHERE id <= 27;
          UPDATE t SET b = 'again' WHERE id % 5 = 0;",
@@ -1174,4 +1171,157 @@ fn commit_counts_of_new_rows_follow_rollbacks_and_rewrites() {
     db.execute_batch("COMMIT;").unwrap();
     assert_lag_exact(&db, "after a failed statement");
     close(db);
+}
+
+/// Rows of a fresh replica of each layout, the changes of `src` merged row
+/// by row (one transaction per source version) and through an inbound
+/// stream; each replica's `crsql_changes` must be the cr-sqlite layout's.
+fn merged_replicas(src: &Connection) -> [Connection; 2] {
+    let all = all_changes(src);
+    let packages = rows(src, "SELECT package FROM out");
+    // One transaction per source version, as a stream applies them.
+    let merge_by_version = |db: &Connection| {
+        for v in all.chunk_by(|a, b| a[5] == b[5]) {
+            db.execute_batch("BEGIN").unwrap();
+            merge(db, v);
+            db.execute_batch("COMMIT").unwrap();
+        }
+    };
+    let reference = open("crsqlite");
+    merge_by_version(&reference);
+    let by_row = open("compact");
+    merge_by_version(&by_row);
+    let by_stream = open("compact");
+    by_stream
+        .execute_batch("CREATE VIRTUAL TABLE inb USING crsql_InboundStream();")
+        .unwrap();
+    for p in &packages {
+        by_stream
+            .execute("INSERT INTO inb (package) VALUES (?1)", [&p[0]])
+            .unwrap();
+    }
+    let expected = rows(&reference, "SELECT * FROM crsql_changes");
+    for db in [&by_row, &by_stream] {
+        assert_eq!(rows(db, "SELECT * FROM crsql_changes"), expected);
+    }
+    close(reference);
+    [by_row, by_stream]
+}
+
+/// A row whose columns were written at different versions (the bench's
+/// UPDATE of one column of every row) arrives at a replica as m and c at
+/// one version and b at another: m and c, merged at consecutive seqs, are
+/// one run (the offsets form, DECISIONS "per-clock seqs"), so only b is a
+/// cell; `crsql_changes` is the cr-sqlite layout's.
+#[test]
+fn a_row_merged_in_two_versions_keeps_one_run_and_one_cell() {
+    let src = updated_rows(200);
+    // At the source, b left each row's run for the cells table.
+    assert_eq!(count(&src, "SELECT count(*) FROM t__crsql_cells"), 200);
+    for db in merged_replicas(&src) {
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM t__crsql_cells WHERE col_name = 'b'"
+            ),
+            200
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM t__crsql_cells"), 200);
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM t__crsql_rows WHERE crsql_internal_run_count(vers) = 2 \
+                 AND typeof(vers) = 'blob' AND substr(vers, 1, 1) = x'02'"
+            ),
+            200
+        );
+        close(db);
+    }
+    close(src);
+}
+
+/// A compact database of `n` rows of t whose b was then updated (the
+/// bench's workload: every row's columns at two versions).
+fn updated_rows(n: u32) -> Connection {
+    let src = open("compact");
+    src.execute_batch(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n})
+         INSERT INTO t (id, m, b, c) SELECT i, 'm' || i, 'b' || i, i / 3.0 FROM n;
+         UPDATE t SET b = b || '!';"
+    ))
+    .unwrap();
+    src
+}
+
+fn count(db: &Connection, sql: &str) -> i64 {
+    db.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// Row clocks written before the offsets form (the slot form as a postcard
+/// BLOB, which every earlier build wrote before the INTEGER form) read as
+/// before and keep working: the same changes, lag and later writes as a
+/// twin database that never had them; a row written again is stored in the
+/// current form.
+#[test]
+fn row_clocks_in_the_previous_blob_form_keep_working() {
+    let setup = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20)
+         INSERT INTO t (id, m, b, c) SELECT i, 'm' || i, 'b' || i, i FROM n;
+         UPDATE t SET b = 'x' WHERE id % 3 = 0;
+         DELETE FROM t WHERE id % 5 = 0;";
+    let [old, twin] = [open("compact"), open("compact")];
+    for db in [&old, &twin] {
+        db.execute_batch(setup).unwrap();
+    }
+    // 14 = m, b, c; 10 = m and c (b left); 1 = the sentinel of a delete.
+    old.execute_batch(
+        "UPDATE t__crsql_rows SET vers = CASE vers WHEN 14 THEN x'0003010101' \
+         WHEN 10 THEN x'0003010001' WHEN 1 THEN x'0100' END",
+    )
+    .unwrap();
+    assert_eq!(
+        count(
+            &old,
+            "SELECT count(*) FROM t__crsql_rows WHERE typeof(vers) != 'blob'"
+        ),
+        0
+    );
+    let later = "UPDATE t SET m = 'y' WHERE id % 4 = 0;
+         INSERT INTO t (id, m) VALUES (5, 'back'), (21, 'new');
+         DELETE FROM t WHERE id = 7;
+         UPDATE t SET m = 'z', b = 'z', c = 'z' WHERE id = 8;";
+    let both = |db: &Connection| {
+        (
+            all_changes(db),
+            rows(
+                db,
+                "SELECT lag_changes FROM crsql_streams WHERE name = 'out'",
+            ),
+        )
+    };
+    let same = |when: &str| {
+        let (a, b) = (both(&old), both(&twin));
+        assert_eq!(a.0.len(), b.0.len(), "{when}");
+        for (x, y) in a.0.iter().zip(&b.0) {
+            assert_eq!(x[..6], y[..6], "{when}");
+            assert_eq!(x[7..], y[7..], "{when}");
+        }
+        assert_eq!(a.1, b.1, "{when}: lag");
+    };
+    same("read in the previous form");
+    for db in [&old, &twin] {
+        db.execute_batch(later).unwrap();
+    }
+    same("after later writes");
+    // Rows written again are stored as the twin stores them.
+    assert_eq!(
+        rows(
+            &old,
+            "SELECT id, vers FROM t__crsql_rows WHERE id IN (5, 8, 21) ORDER BY id"
+        ),
+        rows(
+            &twin,
+            "SELECT id, vers FROM t__crsql_rows WHERE id IN (5, 8, 21) ORDER BY id"
+        )
+    );
+    close_all([old, twin]);
 }

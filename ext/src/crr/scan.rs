@@ -9,7 +9,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crsql_stream_core::pack::pack_columns;
-use crsql_stream_core::rowclock::SENTINEL_SLOT;
+use crsql_stream_core::rowclock::{Member, SENTINEL_SLOT};
 use crsql_stream_core::Position;
 use rusqlite::types::ValueRef;
 
@@ -38,46 +38,33 @@ const S_TBL: usize = 8;
 const S_RUN_VERS: usize = 0;
 
 /// The clocks of the current row of a compact CRR's runs scan, read one by
-/// one in slot order, which is seq order (docs/compact-layout.md, "The
+/// one in seq order, as the run holds them (docs/compact-layout.md, "The
 /// change scan"): expanding the run here costs no SQL function call and no
 /// join with a slot list.
 #[derive(Default)]
 struct RunClocks {
-    sentinel: bool,
-    /// col_version per slot (0: not in the run).
-    versions: Vec<i64>,
-    /// The current clock's slot; None before the row's first.
-    slot: Option<i32>,
+    /// The row's clocks in seq order (a buffer reused from row to row).
+    members: Vec<Member>,
+    /// The current clock's index; None before the row's first.
+    at: Option<usize>,
 }
 
 impl RunClocks {
-    /// Read a row's `vers` (NULL: a row clock without a run, no clock).
-    fn load(&mut self, vers: ValueRef<'_>, table: &str) -> Result<()> {
-        self.slot = None;
-        self.versions.clear();
-        self.sentinel = false;
-        if let Some((sentinel, versions)) = crate::crr::compact::read_vers(vers, Some(table))? {
-            self.sentinel = sentinel;
-            self.versions = versions;
-        }
+    /// Read a row's `vers` whose last clock is at `last` (NULL: a row
+    /// clock without a run, no clock).
+    fn load(&mut self, vers: ValueRef<'_>, last: i64, table: &str) -> Result<()> {
+        self.at = None;
+        crate::crr::compact::read_vers(vers, last, &mut self.members, Some(table))?;
         Ok(())
     }
 
-    /// Move to the run's next clock among the table's `cols` column slots;
-    /// false past its last.
+    /// Move to the run's next clock among the sentinel and the table's
+    /// `cols` column slots; false past its last.
     fn advance(&mut self, cols: usize) -> bool {
-        let mut next = match self.slot {
-            None if self.sentinel => {
-                self.slot = Some(SENTINEL_SLOT);
-                return true;
-            }
-            None => 0,
-            Some(s) => usize::try_from(s + 1).unwrap_or(0),
-        };
-        let end = self.versions.len().min(cols);
-        while next < end {
-            if self.versions[next] > 0 {
-                self.slot = Some(next as i32);
+        let mut next = self.at.map_or(0, |i| i + 1);
+        while let Some(m) = self.members.get(next) {
+            if usize::try_from(m.slot).map_or(true, |i| i < cols) {
+                self.at = Some(next);
                 return true;
             }
             next += 1;
@@ -85,19 +72,26 @@ impl RunClocks {
         false
     }
 
-    /// The current clock's slot.
-    fn slot(&self) -> i32 {
-        self.slot.unwrap_or(SENTINEL_SLOT)
+    /// The current clock.
+    fn member(&self) -> Member {
+        self.at
+            .and_then(|i| self.members.get(i))
+            .copied()
+            .unwrap_or(Member {
+                slot: SENTINEL_SLOT,
+                col_version: 0,
+                seq: 0,
+            })
     }
 
-    /// The current clock's seq, from the run's last one.
-    fn seq(&self, last: i64) -> i64 {
-        last - (self.versions.len() as i64 - 1 - i64::from(self.slot()))
+    /// The current clock's seq.
+    fn seq(&self) -> i64 {
+        self.member().seq
     }
 
     /// The current column slot's index (None for the sentinel).
     fn column(&self) -> Option<usize> {
-        usize::try_from(self.slot()).ok()
+        usize::try_from(self.member().slot).ok()
     }
 }
 
@@ -342,12 +336,10 @@ impl Scan {
             if !self.stmt.step()? {
                 return Ok(None);
             }
-            run.load(self.stmt.column(S_RUN_VERS), &self.table.name)?;
+            let last = self.stmt.column_i64(S_SEQ);
+            run.load(self.stmt.column(S_RUN_VERS), last, &self.table.name)?;
         }
-        Ok(Some((
-            self.stmt.column_i64(S_DB_VERSION),
-            run.seq(self.stmt.column_i64(S_SEQ)),
-        )))
+        Ok(Some((self.stmt.column_i64(S_DB_VERSION), run.seq())))
     }
 }
 
@@ -407,7 +399,7 @@ impl RowView<'_> {
             None => self.stmt.column_i64(S_COL_VERSION),
             Some(r) => match r.column() {
                 None => self.cl(),
-                Some(i) => r.versions[i],
+                Some(_) => r.member().col_version,
             },
         }
     }
@@ -419,7 +411,7 @@ impl RowView<'_> {
     }
     pub fn seq(&self) -> i64 {
         let last = self.stmt.column_i64(S_SEQ);
-        self.run.map_or(last, |r| r.seq(last))
+        self.run.map_or(last, RunClocks::seq)
     }
     pub fn cl(&self) -> i64 {
         self.stmt.column_i64(S_CL)

@@ -128,15 +128,14 @@ pub(crate) fn load(
     };
     let run = match (db_version, site, seq) {
         (Some(db_version), Some(site), Some(seq)) => {
-            super::read_vers(ValueRef::from(&vers), Some(&t.name))?.map(|(sentinel, versions)| {
+            let mut members = Vec::new();
+            super::read_vers(ValueRef::from(&vers), seq, &mut members, Some(&t.name))?.then_some(
                 Run {
                     db_version,
                     site,
-                    seq,
-                    sentinel,
-                    versions,
-                }
-            })
+                    members,
+                },
+            )
         }
         _ => None,
     };
@@ -181,7 +180,7 @@ pub(crate) fn save(
             Value::Integer(after.cl),
             run.map_or(Value::Null, |r| Value::Integer(r.db_version)),
             run.map_or(Value::Null, |r| Value::Integer(r.site)),
-            run.map_or(Value::Null, |r| Value::Integer(r.seq)),
+            run.map_or(Value::Null, |r| Value::Integer(r.seq())),
             run.map_or(Value::Null, super::vers_value),
         ];
         conn.prepare_cached(&c.upsert_row)?

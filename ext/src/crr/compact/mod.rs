@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension};
 
-use crsql_stream_core::rowclock::{Run, Stored, Vers, SENTINEL_SLOT};
+use crsql_stream_core::rowclock::{Member, Run, Stored, Vers, VersRef, SENTINEL_SLOT};
 
 use crate::crr::schema::{self, quote_ident, quote_str, Column, TableInfo};
 use crate::err;
@@ -450,7 +450,7 @@ pub fn clock_source(conn: &Connection, table: &str) -> Result<Option<String>> {
     let [rows, cells] = table_names(table).map(|n| quote_ident(&n));
     Ok(Some(format!(
         "(SELECT c.site_id AS site_id, c.db_version AS db_version, \
-         c.seq - crsql_internal_run_width(c.vers) + 1 + o.i AS seq, o.i AS col_name \
+         crsql_internal_run_seq(c.vers, c.seq, o.i) AS seq, o.i AS col_name \
          FROM {rows} AS c CROSS JOIN ({}) AS o ON crsql_internal_run_version(c.vers, o.i) IS NOT NULL \
          UNION ALL SELECT site_id, db_version, seq, col_name FROM {cells})",
         sql::slot_list(slots)
@@ -478,9 +478,7 @@ pub fn tally(conn: &Connection, table: &str, lo: i64) -> Result<Option<crate::cr
         while let Some(r) = q.next()? {
             let n = match r.get_ref(3)? {
                 ValueRef::Null => 1,
-                vers => {
-                    read_vers(vers, Some(table))?.map_or(0, |(s, v)| Run::count_of(s, &v) as i64)
-                }
+                vers => run_count(vers, Some(table))?,
             };
             crate::crr::counts::tally_add(&mut out, r.get(0)?, r.get(1)?, n, r.get(2)?);
         }
@@ -528,31 +526,56 @@ pub fn tally_fast(
 
 /// `crsql_internal_run_count(vers)`: how many clocks the run holds.
 pub fn sql_run_count(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
-    Ok(Value::Integer(
-        run_arg(ctx)?.map_or(0, |(s, v)| Run::count_of(s, &v) as i64),
-    ))
+    Ok(Value::Integer(run_count(ctx.get_raw(0), None)?))
 }
 
-/// Decode a `vers` argument (NULL: no run).
-fn run_arg(ctx: &Args<'_>) -> Result<Option<(bool, Vec<i64>)>> {
-    read_vers(ctx.get_raw(0), None)
+/// How many clocks a row clock's `vers` holds (NULL: none).
+fn run_count(v: ValueRef<'_>, table: Option<&str>) -> Result<i64> {
+    match vers_ref(v, table)? {
+        None => Ok(0),
+        Some(v) => Run::count(v)
+            .map(|n| n as i64)
+            .map_err(|e| vers_error(e, table)),
+    }
+}
+
+/// A `vers` value as `core::rowclock` reads it (NULL: no run).
+fn vers_ref<'a>(v: ValueRef<'a>, table: Option<&str>) -> Result<Option<VersRef<'a>>> {
+    match v {
+        ValueRef::Null => Ok(None),
+        ValueRef::Integer(bits) => Ok(Some(VersRef::Bits(bits))),
+        ValueRef::Blob(b) => Ok(Some(VersRef::Blob(b))),
+        _ => Err(err!(
+            "crsql_stream: {}a row clock's vers is neither an INTEGER nor a BLOB",
+            of_table(table)
+        )),
+    }
+}
+
+fn of_table(table: Option<&str>) -> String {
+    table.map_or(String::new(), |t| format!("a row clock of {t}: "))
+}
+
+fn vers_error(e: crsql_stream_core::rowclock::RunError, table: Option<&str>) -> Error {
+    err!("crsql_stream: {}{e}", of_table(table))
 }
 
 /// Read a row clock's `vers` (NULL: no run; an INTEGER or a BLOB,
-/// `core::rowclock::Vers`) as `(sentinel, versions)`; errors name `table`.
-pub fn read_vers(v: ValueRef<'_>, table: Option<&str>) -> Result<Option<(bool, Vec<i64>)>> {
-    let of = table.map_or(String::new(), |t| format!("a row clock of {t}: "));
-    let run = match v {
-        ValueRef::Null => return Ok(None),
-        ValueRef::Integer(bits) => Run::decode_vers_bits(bits),
-        ValueRef::Blob(b) => Run::decode_vers(b),
-        _ => {
-            return Err(err!(
-                "crsql_stream: {of}a row clock's vers is neither an INTEGER nor a BLOB"
-            ))
-        }
+/// `core::rowclock::Vers`) whose last clock is at seq `last`: its clocks in
+/// seq order into `out` (cleared first). False for NULL; errors name
+/// `table`.
+pub fn read_vers(
+    v: ValueRef<'_>,
+    last: i64,
+    out: &mut Vec<Member>,
+    table: Option<&str>,
+) -> Result<bool> {
+    out.clear();
+    let Some(v) = vers_ref(v, table)? else {
+        return Ok(false);
     };
-    run.map(Some).map_err(|e| err!("crsql_stream: {of}{e}"))
+    Run::decode(v, last, out).map_err(|e| vers_error(e, table))?;
+    Ok(true)
 }
 
 /// The `vers` column's value of a run (`core::rowclock::Vers`).
@@ -563,35 +586,37 @@ pub fn vers_value(run: &Run) -> Value {
     }
 }
 
+/// The slot argument `i` of a run function.
+fn slot_arg(ctx: &Args<'_>, i: usize, f: &str) -> Result<i32> {
+    match ctx.get_raw(i) {
+        ValueRef::Integer(s) => i32::try_from(s).map_err(|_| err!("{f}: slot {s} is out of range")),
+        _ => Err(err!("{f}: the slot must be an INTEGER")),
+    }
+}
+
+/// The member of `slot` in the run of `vers` whose last clock is at `last`.
+fn run_member(vers: ValueRef<'_>, last: i64, slot: i32) -> Result<Option<Member>> {
+    let mut members = Vec::new();
+    read_vers(vers, last, &mut members, None)?;
+    Ok(members.into_iter().find(|m| m.slot == slot))
+}
+
 /// `crsql_internal_run_version(vers, slot)`: the col_version of `slot` in
 /// the run (1 for a sentinel in it), or NULL.
 pub fn sql_run_version(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
-    let Some((sentinel, versions)) = run_arg(ctx)? else {
-        return Ok(Value::Null);
-    };
-    let slot = match ctx.get_raw(1) {
-        ValueRef::Integer(i) => i,
-        _ => {
-            return Err(err!(
-                "crsql_internal_run_version: the slot must be an INTEGER"
-            ))
-        }
-    };
-    let v = if slot == i64::from(SENTINEL_SLOT) {
-        sentinel.then_some(1)
-    } else {
-        usize::try_from(slot)
-            .ok()
-            .and_then(|i| versions.get(i))
-            .copied()
-            .filter(|v| *v > 0)
-    };
-    Ok(v.map_or(Value::Null, Value::Integer))
+    let slot = slot_arg(ctx, 1, "crsql_internal_run_version")?;
+    Ok(run_member(ctx.get_raw(0), 0, slot)?.map_or(Value::Null, |m| Value::Integer(m.col_version)))
 }
 
-/// `crsql_internal_run_width(vers)`: how many column slots the run spans.
-pub fn sql_run_width(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
-    Ok(run_arg(ctx)?.map_or(Value::Null, |(_, v)| Value::Integer(v.len() as i64)))
+/// `crsql_internal_run_seq(vers, seq, slot)`: the seq of `slot` in the run
+/// of a row clock whose `seq` column is `seq`, or NULL.
+pub fn sql_run_seq(_: &Ext, ctx: &Args<'_>) -> Result<Value> {
+    let last = match ctx.get_raw(1) {
+        ValueRef::Integer(s) => s,
+        _ => return Ok(Value::Null),
+    };
+    let slot = slot_arg(ctx, 2, "crsql_internal_run_seq")?;
+    Ok(run_member(ctx.get_raw(0), last, slot)?.map_or(Value::Null, |m| Value::Integer(m.seq)))
 }
 
 /// `crsql_internal_compact_unsupported(table, operation, ...)`: the error

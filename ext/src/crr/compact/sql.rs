@@ -3,7 +3,7 @@
 //! row-clock statements, and, for every statement of the cr-sqlite layout
 //! not built for it yet, one that fails naming the table and operation.
 
-use crsql_stream_core::rowclock::Run;
+use crsql_stream_core::rowclock::{Member, Run, SENTINEL_SLOT};
 
 use crate::crr::schema::{self, quote_ident, quote_str, Column, TableSql};
 
@@ -147,22 +147,26 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
 
     let row_cols = format!("{pk_list}, cl, db_version, site_id, seq, vers");
     let row_values = schema::params(npk + 5, 1);
-    let insert_vers = if cols.is_empty() {
-        Run {
-            db_version: 0,
-            site: 0,
-            seq: 0,
-            sentinel: true,
-            versions: Vec::new(),
-        }
-    } else {
-        Run {
-            db_version: 0,
-            site: 0,
-            seq: 0,
-            sentinel: false,
-            versions: vec![1; cols.len()],
-        }
+    // A run of every slot (the sentinel alone for a pk-only table) at
+    // consecutive seqs: the slot form's INTEGER, whatever the seqs.
+    let insert_vers = Run {
+        db_version: 0,
+        site: 0,
+        members: if cols.is_empty() {
+            vec![Member {
+                slot: SENTINEL_SLOT,
+                col_version: 1,
+                seq: 0,
+            }]
+        } else {
+            (0..cols.len() as i32)
+                .map(|slot| Member {
+                    slot,
+                    col_version: 1,
+                    seq: i64::from(slot),
+                })
+                .collect()
+        },
     };
     let insert_vers = super::vers_value(&insert_vers);
     let compact = Compact {

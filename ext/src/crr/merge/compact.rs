@@ -260,7 +260,7 @@ fn save<'a>(
             Bind::Int(after.cl),
             int(|r| r.db_version),
             int(|r| r.site),
-            int(|r| r.seq),
+            int(rowclock::Run::seq),
             // The stored form of the row-by-row merge: an INTEGER bitmap
             // or a BLOB (`core::rowclock::Vers`).
             run.map_or(Bind::Null, |r| {
