@@ -194,11 +194,118 @@ fn check<'a>(t: &TableInfo, c: &Change<'a>) -> Result<Checked<'a>> {
 
 /// Merge one change (`INSERT INTO crsql_changes`). Returns the number of
 /// "impacted" operations (§7.7); the caller adds them to
-/// `crsql_rows_impacted`.
+/// `crsql_rows_impacted`. Every write is done when it returns; what it
+/// read and wrote of the row stays in [`Inner::row_memo`] for the next
+/// call, if nothing else changes the database in between ([`RowMemo`]).
 pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64> {
-    let mut m = Merger::new(ext, inner)?;
-    m.push(c)?;
-    m.finish()
+    let mut memo = std::mem::take(&mut inner.row_memo);
+    memo.check(ext);
+    let (impacted, memo) = {
+        let mut m = Merger::new(ext, inner)?;
+        m.memo = Some(memo);
+        m.push(c)?;
+        m.finish_keeping()?
+    };
+    inner.row_memo = memo;
+    Ok(impacted)
+}
+
+/// What `INSERT INTO crsql_changes` keeps from one call to the next
+/// (DECISIONS D??): the clocks of the last row it merged, as its writes
+/// left them in the database, and the ordinals of the sites it met. A
+/// row's cells usually arrive one after the other, each change its own
+/// call: the next change of the row is then decided without reading it
+/// again, and a change that loses costs no statement at all.
+///
+/// It is only used while nothing else can have changed what it holds,
+/// checked at every call ([`RowMemo::check`]), and dropped otherwise:
+/// - at the end of the transaction (`TxCounters::epoch`, moved by the
+///   commit and rollback hooks), so it never sees another connection's
+///   writes or a rolled back one;
+/// - after `ROLLBACK TO` or a statement rollback
+///   (`TxCounters::rollbacks`, moved by `crsql_changes`' xRollbackTo,
+///   which SQLite calls for a table written in the transaction);
+/// - after a call of any of the extension's SQL functions but a few that
+///   write nothing (`TxCounters::calls`: the CRR triggers' helpers, so
+///   every tracked write to a CRR, and the extension's own DDL);
+/// - after any other row change by any statement
+///   (`sqlite3_total_changes`, which counts the rows of every INSERT,
+///   UPDATE and DELETE, trigger steps and nested statements included):
+///   between two calls it may only grow by the count of the statements
+///   that called `crsql_changes` and ended (one row per call), or not at
+///   all (the same statement);
+/// - after an error (the call does not put it back).
+#[derive(Default)]
+pub struct RowMemo {
+    /// When it was taken; None when it is empty.
+    guard: Option<Guard>,
+    /// Ordinals of `crsql_site_id`.
+    sites: HashMap<Vec<u8>, i64>,
+    /// The last row merged.
+    row: Option<MemoRow>,
+}
+
+/// [`RowMemo`]'s record of the state it was taken in.
+#[derive(Clone, Copy, Debug)]
+struct Guard {
+    epoch: i64,
+    calls: i64,
+    rollbacks: i64,
+    /// `sqlite3_total_changes` after the last call's writes.
+    total: i32,
+    /// The calls whose statements' own counts (one per call, added when
+    /// the statement ends) `total` does not hold yet.
+    unseen: i32,
+}
+
+/// Sites a [`RowMemo`] keeps at most (a new one past that empties it).
+const MEMO_SITES: usize = 4096;
+
+impl Guard {
+    fn now(ext: &Ext, unseen: i32) -> Guard {
+        Guard {
+            epoch: ext.tx.epoch.load(Relaxed),
+            calls: ext.tx.calls.load(Relaxed),
+            rollbacks: ext.tx.rollbacks.load(Relaxed),
+            total: ext.db.total_changes(),
+            unseen,
+        }
+    }
+}
+
+impl RowMemo {
+    /// Empty it unless nothing but the statements that called
+    /// `crsql_changes` changed the database since it was taken.
+    fn check(&mut self, ext: &Ext) {
+        let Some(g) = self.guard.as_mut() else {
+            return;
+        };
+        let now = Guard::now(ext, 0);
+        let grown = now.total.wrapping_sub(g.total);
+        let same = g.epoch == now.epoch
+            && g.calls == now.calls
+            && g.rollbacks == now.rollbacks
+            && (grown == 0 || grown == g.unseen);
+        if !same {
+            *self = RowMemo::default();
+        } else if grown != 0 {
+            // The statements of the calls so far ended, counted.
+            g.unseen = 0;
+            g.total = now.total;
+        }
+    }
+}
+
+/// [`RowMemo::row`]: a [`Row`] with nothing waiting, owned.
+struct MemoRow {
+    t: Arc<TableInfo>,
+    pk: Vec<u8>,
+    key: Option<i64>,
+    cl: i64,
+    cells: Vec<Slot>,
+    others: Option<Vec<(String, Clock)>>,
+    sentinel: Option<Clock>,
+    compact: Option<crsql_stream_core::rowclock::Stored>,
 }
 
 /// The site of a clock row: an ordinal of `crsql_site_id`, or a site that
@@ -342,6 +449,8 @@ pub struct Merger<'i, 'a> {
     /// while the merger lives (a cache lookup and return per row cost more
     /// than a tenth of a package apply).
     held: Held<'i>,
+    /// The row-by-row merge's memo ([`merge_change`]).
+    memo: Option<RowMemo>,
 }
 
 /// A statement of one table's [`TableSql`](crate::crr::schema::TableSql),
@@ -443,6 +552,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             compact_clocks: None,
             plain: HashMap::new(),
             held: Held::default(),
+            memo: None,
         })
     }
 
@@ -514,14 +624,47 @@ impl<'i, 'a> Merger<'i, 'a> {
         Ok(self.impacted)
     }
 
+    /// Write what waits and keep the row: returns the impacted operations
+    /// and the memo for the next call ([`merge_change`]).
+    fn finish_keeping(mut self) -> Result<(i64, RowMemo)> {
+        self.flush_now()?;
+        self.flush_inserts()?;
+        self.flush_clocks()?;
+        let mut memo = self.memo.take().unwrap_or_default();
+        if memo.sites.len() + self.sites.len() > MEMO_SITES {
+            memo.sites.clear();
+        }
+        for (site, o) in self.sites.drain() {
+            memo.sites.entry(site.to_vec()).or_insert(o);
+        }
+        memo.row = self.row.take().map(|r| MemoRow {
+            pk: r.pk.to_vec(),
+            key: r.key,
+            cl: r.cl,
+            cells: r.cells,
+            others: r.others,
+            sentinel: r.sentinel,
+            compact: r.compact,
+            t: r.t,
+        });
+        let unseen = memo.guard.map_or(0, |g| g.unseen);
+        memo.guard = Some(Guard::now(self.ext, unseen.saturating_add(1)));
+        Ok((self.impacted, memo))
+    }
+
     /// Read a row's key, causal length and (narrow tables) clock rows.
     fn load(&mut self, t: Arc<TableInfo>, pk: &'a [u8], pks: Vec<ValueRef<'a>>) -> Result<Row<'a>> {
         let n = t.cols.len();
+        let kept = self
+            .memo
+            .as_mut()
+            .and_then(|m| m.row.take())
+            .filter(|r| Arc::ptr_eq(&r.t, &t) && r.pk == pk);
         let mut row = Row {
             pk,
             key: None,
             cl: 0,
-            cells: vec![Slot::Unknown; n],
+            cells: Vec::new(),
             others: None,
             sentinel: None,
             dirty: false,
@@ -537,6 +680,17 @@ impl<'i, 'a> Merger<'i, 'a> {
             pks,
             t,
         };
+        if let Some(kept) = kept {
+            // The memo's row: as the previous call left it in the database.
+            row.key = kept.key;
+            row.cl = kept.cl;
+            row.cells = kept.cells;
+            row.others = kept.others;
+            row.sentinel = kept.sentinel;
+            row.compact = kept.compact;
+            return Ok(row);
+        }
+        row.cells = vec![Slot::Unknown; n];
         let conn = &self.inner.conn;
         let binds = || params_from_iter(row.pks.iter().map(|v| out(*v)));
         if row.t.compact.is_some() {
@@ -706,6 +860,9 @@ impl<'i, 'a> Merger<'i, 'a> {
             return Ok(Site::Ordinal(0));
         }
         if let Some(&o) = self.sites.get(site) {
+            return Ok(Site::Ordinal(o));
+        }
+        if let Some(&o) = self.memo.as_ref().and_then(|m| m.sites.get(site)) {
             return Ok(Site::Ordinal(o));
         }
         if let Some(i) = self.row().new_sites.iter().position(|s| *s == site) {
