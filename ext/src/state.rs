@@ -437,6 +437,11 @@ impl Inner {
         tx.own_ddl.store(true, Relaxed);
     }
 
+    /// The connection's handle.
+    pub fn db(&self) -> DbHandle {
+        DbHandle::of(&self.conn)
+    }
+
     /// Whether `crsql_change_counts` exists.
     pub fn has_counts(&self) -> bool {
         self.counts

@@ -36,6 +36,7 @@ use crate::crr::schema::{TableInfo, CLOCK_ROWS, CLOCK_ROW_SIZES, MAX_NAME_LEN};
 use crate::crr::values::{compare, out, to_sql, type_name};
 use crate::err;
 use crate::error::{Error, Result};
+use crate::sqlite::{DbHandle, RawStmt};
 use crate::state::{Ext, Inner};
 
 /// One change row, as the nine columns of `crsql_changes`.
@@ -243,6 +244,57 @@ pub struct RowMemo {
     sites: HashMap<Vec<u8>, i64>,
     /// The last row merged.
     row: Option<MemoRow>,
+    /// The statements run once per change, held from one call to the next
+    /// (not state: [`RowMemo::check`] keeps them).
+    stmts: Vec<TableStmts>,
+}
+
+/// Statements of one table held by a [`RowMemo`]: prepared once, instead
+/// of a lookup and return in the connection's statement cache (which
+/// hashes the SQL text twice) per statement and change.
+struct TableStmts {
+    t: Arc<TableInfo>,
+    /// `row_clocks`.
+    row_clocks: Option<RawStmt>,
+    /// `clock_write`.
+    clock_write: Option<RawStmt>,
+    /// The upsert of one column ([`TableInfo::upsert_sql`]), by column.
+    upsert: Vec<Option<RawStmt>>,
+}
+
+/// Tables whose statements a [`RowMemo`] holds at most (the oldest go).
+const MEMO_TABLES: usize = 8;
+
+/// Run `slot`'s statement (prepared from `sql()` on first use) to its end
+/// with `values` bound.
+fn run_held<'v, S: AsRef<str>>(
+    db: DbHandle,
+    slot: &mut Option<RawStmt>,
+    sql: impl FnOnce() -> S,
+    values: impl IntoIterator<Item = ValueRef<'v>>,
+) -> Result<()> {
+    let stmt = prepared(db, slot, sql)?;
+    let r = (|| {
+        for (i, v) in values.into_iter().enumerate() {
+            stmt.bind(i + 1, v)?;
+        }
+        while stmt.step()? {}
+        Ok(())
+    })();
+    stmt.reset();
+    r
+}
+
+/// `slot`'s statement, prepared from `sql()` on first use.
+fn prepared<'s, S: AsRef<str>>(
+    db: DbHandle,
+    slot: &'s mut Option<RawStmt>,
+    sql: impl FnOnce() -> S,
+) -> Result<&'s mut RawStmt> {
+    Ok(match slot {
+        Some(stmt) => stmt,
+        None => slot.insert(RawStmt::prepare(db, sql().as_ref())?),
+    })
 }
 
 /// [`RowMemo`]'s record of the state it was taken in.
@@ -287,12 +339,38 @@ impl RowMemo {
             && g.rollbacks == now.rollbacks
             && (grown == 0 || grown == g.unseen);
         if !same {
-            *self = RowMemo::default();
+            let stmts = std::mem::take(&mut self.stmts);
+            *self = RowMemo {
+                stmts,
+                ..RowMemo::default()
+            };
         } else if grown != 0 {
             // The statements of the calls so far ended, counted.
             g.unseen = 0;
             g.total = now.total;
         }
+    }
+}
+
+impl RowMemo {
+    /// The held statements of table `t`.
+    fn stmts(&mut self, t: &Arc<TableInfo>) -> &mut TableStmts {
+        let i = match self.stmts.iter().position(|s| Arc::ptr_eq(&s.t, t)) {
+            Some(i) => i,
+            None => {
+                if self.stmts.len() >= MEMO_TABLES {
+                    self.stmts.remove(0);
+                }
+                self.stmts.push(TableStmts {
+                    t: Arc::clone(t),
+                    row_clocks: None,
+                    clock_write: None,
+                    upsert: Vec::new(),
+                });
+                self.stmts.len() - 1
+            }
+        };
+        &mut self.stmts[i]
     }
 }
 
@@ -485,6 +563,55 @@ fn held<'s, 'i>(
             "crsql_stream: internal error: a merge statement was not prepared"
         )),
     }
+}
+
+/// [`Merger::load`]'s read of a narrow table's key, causal length and
+/// clock rows through the statement `stmts` holds.
+fn load_clocks_held(db: DbHandle, stmts: Option<&mut TableStmts>, row: &mut Row<'_>) -> Result<()> {
+    let Some(stmts) = stmts else {
+        return Err(err!("crsql_stream: internal error: no held statements"));
+    };
+    let stmt = prepared(db, &mut stmts.row_clocks, || row.t.sql.row_clocks.as_str())?;
+    let r = (|| -> Result<()> {
+        for (i, v) in row.pks.iter().enumerate() {
+            stmt.bind(i + 1, *v)?;
+        }
+        let (mut sentinel_cl, mut any) = (None, false);
+        let mut others = Vec::new();
+        while stmt.step()? {
+            row.key = Some(stmt.column_i64(0));
+            let ValueRef::Text(name) = stmt.column(1) else {
+                continue;
+            };
+            any = true;
+            let clock = Clock {
+                col_version: stmt.column_i64(2),
+                db_version: stmt.column_i64(3),
+                seq: stmt.column_i64(4),
+                site: Site::Ordinal(stmt.column_i64(5)),
+                dirty: false,
+            };
+            if name == SENTINEL.as_bytes() {
+                sentinel_cl = Some(clock.col_version);
+            } else if let Some(i) = std::str::from_utf8(name).ok().and_then(|n| row.t.col_index(n)) {
+                row.cells[i] = Slot::Present(clock);
+            } else {
+                others.push((String::from_utf8_lossy(name).into_owned(), clock));
+            }
+        }
+        if row.key.is_some() {
+            for s in &mut row.cells {
+                if matches!(s, Slot::Unknown) {
+                    *s = Slot::Absent;
+                }
+            }
+            row.others = Some(others);
+        }
+        row.cl = sentinel_cl.unwrap_or(i64::from(any));
+        Ok(())
+    })();
+    stmt.reset();
+    r
 }
 
 /// Clock rows of one table, of rows the merger is done with and whose
@@ -696,6 +823,10 @@ impl<'i, 'a> Merger<'i, 'a> {
         if row.t.compact.is_some() {
             // crr::compact: every clock of the row in one read.
             compact::load(self.inner, &mut row)?;
+        } else if n <= EAGER_COLUMNS && self.memo.is_some() {
+            let db = self.ext.db;
+            let stmts = self.memo.as_mut().map(|m| m.stmts(&row.t));
+            load_clocks_held(db, stmts, &mut row)?;
         } else if n <= EAGER_COLUMNS {
             let stmt = held(self.inner, &mut self.held.row_clocks, &row.t, |t| {
                 &t.sql.row_clocks
@@ -1040,11 +1171,13 @@ impl<'i, 'a> Merger<'i, 'a> {
         } else {
             None
         };
+        let stmts = self.memo.as_mut().map(|m| m.stmts(&row.t));
         let r = write_row(
             self.ext,
             self.inner,
             &mut self.sites,
             &mut self.held.key_insert,
+            stmts,
             row,
             later,
         );
@@ -1128,7 +1261,7 @@ impl<'a> Merger<'_, 'a> {
         if let Some(p) = self.compact_clocks.take() {
             p.write(self.inner)?;
         }
-        write_clock_rows(self.inner, self.clocks.take())
+        write_clock_rows(self.inner, self.clocks.take(), None)
     }
 
     fn flush_inserts(&mut self) -> Result<()> {
@@ -1170,7 +1303,11 @@ impl<'a> Merger<'_, 'a> {
 /// what is left by statements of the smaller [`CLOCK_ROW_SIZES`], the last
 /// few one by one (a multi-row statement copies the pages it touches to
 /// the statement journal: it pays from about ten rows on).
-fn write_clock_rows(inner: &Inner, batch: Option<Clocks<'_>>) -> Result<()> {
+fn write_clock_rows(
+    inner: &Inner,
+    batch: Option<Clocks<'_>>,
+    held: Option<&mut TableStmts>,
+) -> Result<()> {
     let Some(batch) = batch else {
         return Ok(());
     };
@@ -1205,6 +1342,20 @@ fn write_clock_rows(inner: &Inner, batch: Option<Clocks<'_>>) -> Result<()> {
             stmt.execute(params_from_iter(values.map(out)))?;
         }
     }
+    if let Some(held) = held {
+        for (key, n, cv, dbv, seq, site) in rest {
+            let values = [
+                ValueRef::Integer(*key),
+                ValueRef::Text(name(t, n).as_bytes()),
+                ValueRef::Integer(*cv),
+                ValueRef::Integer(*dbv),
+                ValueRef::Integer(*seq),
+                ValueRef::Integer(*site),
+            ];
+            run_held(inner.db(), &mut held.clock_write, || t.sql.clock_write.as_str(), values)?;
+        }
+        return Ok(());
+    }
     let mut stmt = conn.prepare_cached(&t.sql.clock_write)?;
     for (key, n, cv, dbv, seq, site) in rest {
         stmt.execute(params![key, name(t, n), cv, dbv, seq, site])?;
@@ -1222,15 +1373,18 @@ type Later<'m, 'a> = (
 /// [`Merger::flush`] of `row`; the error says whether the base-table write
 /// refused it (nothing else was written then).
 /// With `later`, clock rows that move nothing counted wait there.
+/// With `held` (the row-by-row merge), the statements run once per change
+/// are its.
 fn write_row<'a, 'i>(
     ext: &Ext,
     inner: &'i Inner,
     sites: &mut HashMap<&'a [u8], i64>,
     key_insert: &mut HeldStmt<'i>,
+    mut held: Option<&mut TableStmts>,
     row: &mut Row<'a>,
     later: Option<Later<'_, 'a>>,
 ) -> std::result::Result<(), (Error, bool)> {
-    write_base(ext, inner, row).map_err(|e| (e, true))?;
+    write_base(ext, inner, row, held.as_deref_mut()).map_err(|e| (e, true))?;
     let (later, compact_later) = later.unzip();
     if row.t.compact.is_some() {
         // crr::compact: the row clock and cells, departures included.
@@ -1243,13 +1397,18 @@ fn write_row<'a, 'i>(
         let counted = KeyCounts::take(inner, &ext.tx, &row.t, row.key)?;
         // Settling reads the rows written: those may not wait.
         let later = later.filter(|_| counted.is_empty());
-        write_clocks(inner, sites, key_insert, row, later)?;
+        write_clocks(inner, sites, key_insert, held, row, later)?;
         counted.settle(inner, &row.t)
     };
     clocks().map_err(|e| (e, false))
 }
 
-fn write_base(ext: &Ext, inner: &Inner, row: &mut Row<'_>) -> Result<()> {
+fn write_base(
+    ext: &Ext,
+    inner: &Inner,
+    row: &mut Row<'_>,
+    held: Option<&mut TableStmts>,
+) -> Result<()> {
     let prev = ext.sync_bit.swap(1, Relaxed);
     let r = (|| -> Result<()> {
         let conn = &inner.conn;
@@ -1265,6 +1424,14 @@ fn write_base(ext: &Ext, inner: &Inner, row: &mut Row<'_>) -> Result<()> {
             if cols.is_empty() {
                 conn.prepare_cached(&row.t.sql.base_insert_pks)?
                     .execute(params_from_iter(pks()))?;
+            } else if let (Some(held), &[col]) = (held, cols.as_slice()) {
+                // One column: the row-by-row merge's usual write.
+                if held.upsert.len() <= col {
+                    held.upsert.resize_with(col + 1, || None);
+                }
+                let values = row.pks.iter().copied().chain(row.values[col]);
+                let t = &row.t;
+                run_held(inner.db(), &mut held.upsert[col], || t.upsert_sql(&[col]), values)?;
             } else {
                 let vals = cols.iter().filter_map(|&i| row.values[i].map(out));
                 conn.prepare_cached(&row.t.upsert_sql(&cols))?
@@ -1285,6 +1452,7 @@ fn write_clocks<'a, 'i>(
     inner: &'i Inner,
     sites: &mut HashMap<&'a [u8], i64>,
     key_insert: &mut HeldStmt<'i>,
+    stmts: Option<&mut TableStmts>,
     row: &mut Row<'a>,
     later: Option<&mut Option<Clocks<'a>>>,
 ) -> Result<()> {
@@ -1350,7 +1518,7 @@ fn write_clocks<'a, 'i>(
     match later {
         Some(slot) => {
             if slot.as_ref().is_some_and(|b| !Arc::ptr_eq(&b.t, &t)) {
-                write_clock_rows(inner, slot.take())?;
+                write_clock_rows(inner, slot.take(), None)?;
             }
             let batch = slot.get_or_insert_with(|| Clocks {
                 t: Arc::clone(&t),
@@ -1360,7 +1528,7 @@ fn write_clocks<'a, 'i>(
             batch.rows.extend(rows);
             batch.pks.insert(row.pk);
             if batch.rows.len() >= CLOCK_ROWS {
-                write_clock_rows(inner, slot.take())?;
+                write_clock_rows(inner, slot.take(), None)?;
             }
         }
         // One single-row statement per clock row: a multi-row INSERT is a
@@ -1373,6 +1541,7 @@ fn write_clocks<'a, 'i>(
                 rows,
                 pks: HashSet::new(),
             }),
+            stmts,
         )?,
     }
     row.dirty = false;
