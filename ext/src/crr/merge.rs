@@ -565,6 +565,55 @@ fn held<'s, 'i>(
     }
 }
 
+/// The rows of `row_clocks` (a key and one clock row each, or a key and
+/// no clock), taken into a loaded [`Row`] one by one.
+#[derive(Default)]
+struct RowClocks {
+    sentinel_cl: Option<i64>,
+    any: bool,
+    others: Vec<(String, Clock)>,
+}
+
+impl RowClocks {
+    /// One row: the key, the clock's name (None: no clock) and the clock.
+    fn add(
+        &mut self,
+        row: &mut Row<'_>,
+        key: i64,
+        name: Option<&[u8]>,
+        clock: impl FnOnce() -> rusqlite::Result<Clock>,
+    ) -> Result<()> {
+        row.key = Some(key);
+        let Some(name) = name else {
+            return Ok(());
+        };
+        self.any = true;
+        let clock = clock()?;
+        let name = String::from_utf8_lossy(name);
+        if name == SENTINEL {
+            self.sentinel_cl = Some(clock.col_version);
+        } else if let Some(i) = row.t.col_index(&name) {
+            row.cells[i] = Slot::Present(clock);
+        } else {
+            self.others.push((name.into_owned(), clock));
+        }
+        Ok(())
+    }
+
+    /// After the last row: the columns without a clock, the causal length.
+    fn finish(self, row: &mut Row<'_>) {
+        if row.key.is_some() {
+            for s in &mut row.cells {
+                if matches!(s, Slot::Unknown) {
+                    *s = Slot::Absent;
+                }
+            }
+            row.others = Some(self.others);
+        }
+        row.cl = self.sentinel_cl.unwrap_or(i64::from(self.any));
+    }
+}
+
 /// [`Merger::load`]'s read of a narrow table's key, causal length and
 /// clock rows through the statement `stmts` holds.
 fn load_clocks_held(db: DbHandle, stmts: Option<&mut TableStmts>, row: &mut Row<'_>) -> Result<()> {
@@ -576,38 +625,23 @@ fn load_clocks_held(db: DbHandle, stmts: Option<&mut TableStmts>, row: &mut Row<
         for (i, v) in row.pks.iter().enumerate() {
             stmt.bind(i + 1, *v)?;
         }
-        let (mut sentinel_cl, mut any) = (None, false);
-        let mut others = Vec::new();
+        let mut read = RowClocks::default();
         while stmt.step()? {
-            row.key = Some(stmt.column_i64(0));
-            let ValueRef::Text(name) = stmt.column(1) else {
-                continue;
+            let name = match stmt.column(1) {
+                ValueRef::Text(name) => Some(name),
+                _ => None,
             };
-            any = true;
-            let clock = Clock {
-                col_version: stmt.column_i64(2),
-                db_version: stmt.column_i64(3),
-                seq: stmt.column_i64(4),
-                site: Site::Ordinal(stmt.column_i64(5)),
-                dirty: false,
-            };
-            if name == SENTINEL.as_bytes() {
-                sentinel_cl = Some(clock.col_version);
-            } else if let Some(i) = std::str::from_utf8(name).ok().and_then(|n| row.t.col_index(n)) {
-                row.cells[i] = Slot::Present(clock);
-            } else {
-                others.push((String::from_utf8_lossy(name).into_owned(), clock));
-            }
+            read.add(row, stmt.column_i64(0), name, || {
+                Ok(Clock {
+                    col_version: stmt.column_i64(2),
+                    db_version: stmt.column_i64(3),
+                    seq: stmt.column_i64(4),
+                    site: Site::Ordinal(stmt.column_i64(5)),
+                    dirty: false,
+                })
+            })?;
         }
-        if row.key.is_some() {
-            for s in &mut row.cells {
-                if matches!(s, Slot::Unknown) {
-                    *s = Slot::Absent;
-                }
-            }
-            row.others = Some(others);
-        }
-        row.cl = sentinel_cl.unwrap_or(i64::from(any));
+        read.finish(row);
         Ok(())
     })();
     stmt.reset();
@@ -832,33 +866,15 @@ impl<'i, 'a> Merger<'i, 'a> {
                 &t.sql.row_clocks
             })?;
             let mut rows = stmt.query(binds())?;
-            let (mut sentinel_cl, mut any) = (None, false);
-            let mut others = Vec::new();
+            let mut read = RowClocks::default();
             while let Some(r) = rows.next()? {
-                row.key = Some(r.get(0)?);
-                let ValueRef::Text(name) = r.get_ref(1)? else {
-                    continue;
+                let name = match r.get_ref(1)? {
+                    ValueRef::Text(name) => Some(name),
+                    _ => None,
                 };
-                any = true;
-                let clock = Clock::read(r, 2)?;
-                let name = String::from_utf8_lossy(name);
-                if name == SENTINEL {
-                    sentinel_cl = Some(clock.col_version);
-                } else if let Some(i) = row.t.col_index(&name) {
-                    row.cells[i] = Slot::Present(clock);
-                } else {
-                    others.push((name.into_owned(), clock));
-                }
+                read.add(&mut row, r.get(0)?, name, || Clock::read(r, 2))?;
             }
-            if row.key.is_some() {
-                for s in &mut row.cells {
-                    if matches!(s, Slot::Unknown) {
-                        *s = Slot::Absent;
-                    }
-                }
-                row.others = Some(others);
-            }
-            row.cl = sentinel_cl.unwrap_or(i64::from(any));
+            read.finish(&mut row);
         } else if let Some((key, cl)) = conn
             .prepare_cached(&row.t.sql.row_cl)?
             .query_row(binds(), |r| Ok((r.get(0)?, r.get(1)?)))
@@ -1299,6 +1315,26 @@ impl<'a> Merger<'_, 'a> {
     }
 }
 
+/// A waiting clock row's six values, as `clock_write` binds them.
+fn clock_values<'v>(
+    t: &'v TableInfo,
+    (key, n, cv, dbv, seq, site): &'v (i64, ClockName, i64, i64, i64, i64),
+) -> [ValueRef<'v>; 6] {
+    let name = match n {
+        ClockName::Sentinel => SENTINEL,
+        ClockName::Column(i) => t.cols[*i].name.as_str(),
+        ClockName::Other(s) => s.as_str(),
+    };
+    [
+        ValueRef::Integer(*key),
+        ValueRef::Text(name.as_bytes()),
+        ValueRef::Integer(*cv),
+        ValueRef::Integer(*dbv),
+        ValueRef::Integer(*seq),
+        ValueRef::Integer(*site),
+    ]
+}
+
 /// Write `batch`'s clock rows: [`CLOCK_ROWS`] at a time by one statement,
 /// what is left by statements of the smaller [`CLOCK_ROW_SIZES`], the last
 /// few one by one (a multi-row statement copies the pages it touches to
@@ -1312,13 +1348,6 @@ fn write_clock_rows(
         return Ok(());
     };
     let t = &batch.t;
-    fn name<'n>(t: &'n TableInfo, n: &'n ClockName) -> &'n str {
-        match n {
-            ClockName::Sentinel => SENTINEL,
-            ClockName::Column(i) => t.cols[*i].name.as_str(),
-            ClockName::Other(s) => s.as_str(),
-        }
-    }
     let conn = &inner.conn;
     let mut rest = &batch.rows[..];
     for (&size, sql) in CLOCK_ROW_SIZES.iter().zip(&t.sql.clock_write_many) {
@@ -1329,36 +1358,20 @@ fn write_clock_rows(
         while rest.len() >= size {
             let (chunk, more) = rest.split_at(size);
             rest = more;
-            let values = chunk.iter().flat_map(|(key, n, cv, dbv, seq, site)| {
-                [
-                    ValueRef::Integer(*key),
-                    ValueRef::Text(name(t, n).as_bytes()),
-                    ValueRef::Integer(*cv),
-                    ValueRef::Integer(*dbv),
-                    ValueRef::Integer(*seq),
-                    ValueRef::Integer(*site),
-                ]
-            });
+            let values = chunk.iter().flat_map(|r| clock_values(t, r));
             stmt.execute(params_from_iter(values.map(out)))?;
         }
     }
     if let Some(held) = held {
-        for (key, n, cv, dbv, seq, site) in rest {
-            let values = [
-                ValueRef::Integer(*key),
-                ValueRef::Text(name(t, n).as_bytes()),
-                ValueRef::Integer(*cv),
-                ValueRef::Integer(*dbv),
-                ValueRef::Integer(*seq),
-                ValueRef::Integer(*site),
-            ];
+        for r in rest {
+            let values = clock_values(t, r);
             run_held(inner.db(), &mut held.clock_write, || t.sql.clock_write.as_str(), values)?;
         }
         return Ok(());
     }
     let mut stmt = conn.prepare_cached(&t.sql.clock_write)?;
-    for (key, n, cv, dbv, seq, site) in rest {
-        stmt.execute(params![key, name(t, n), cv, dbv, seq, site])?;
+    for r in rest {
+        stmt.execute(params_from_iter(clock_values(t, r).map(out)))?;
     }
     Ok(())
 }

@@ -304,14 +304,7 @@ pub fn register_with_savepoints<T: Table>(
             Some(free_aux::<T>),
         )
     };
-    if rc == ffi::SQLITE_OK {
-        Ok(())
-    } else {
-        Err(rusqlite::Error::SqliteFailure(
-            ffi::Error::new(rc),
-            Some(format!("could not register module {name}")),
-        ))
-    }
+    super::function::registered(rc, "module", name)
 }
 
 unsafe extern "C" fn free_aux<T: Table>(p: *mut std::ffi::c_void) {
