@@ -219,7 +219,7 @@ pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64>
 /// again, and a change that loses costs no statement at all.
 ///
 /// It is only used while nothing else can have changed what it holds,
-/// checked at every call ([`RowMemo::check`]), and dropped otherwise:
+/// checked at every call (`RowMemo::check`), and dropped otherwise:
 /// - at the end of the transaction (`TxCounters::epoch`, moved by the
 ///   commit and rollback hooks), so it never sees another connection's
 ///   writes or a rolled back one;
@@ -245,7 +245,7 @@ pub struct RowMemo {
     /// The last row merged.
     row: Option<MemoRow>,
     /// The statements run once per change, held from one call to the next
-    /// (not state: [`RowMemo::check`] keeps them).
+    /// (not state: `RowMemo::check` keeps them).
     stmts: Vec<TableStmts>,
 }
 
@@ -286,11 +286,11 @@ fn run_held<'v, S: AsRef<str>>(
 }
 
 /// `slot`'s statement, prepared from `sql()` on first use.
-fn prepared<'s, S: AsRef<str>>(
+fn prepared<S: AsRef<str>>(
     db: DbHandle,
-    slot: &'s mut Option<RawStmt>,
+    slot: &mut Option<RawStmt>,
     sql: impl FnOnce() -> S,
-) -> Result<&'s mut RawStmt> {
+) -> Result<&mut RawStmt> {
     Ok(match slot {
         Some(stmt) => stmt,
         None => slot.insert(RawStmt::prepare(db, sql().as_ref())?),
@@ -1365,7 +1365,12 @@ fn write_clock_rows(
     if let Some(held) = held {
         for r in rest {
             let values = clock_values(t, r);
-            run_held(inner.db(), &mut held.clock_write, || t.sql.clock_write.as_str(), values)?;
+            run_held(
+                inner.db(),
+                &mut held.clock_write,
+                || t.sql.clock_write.as_str(),
+                values,
+            )?;
         }
         return Ok(());
     }
@@ -1444,7 +1449,12 @@ fn write_base(
                 }
                 let values = row.pks.iter().copied().chain(row.values[col]);
                 let t = &row.t;
-                run_held(inner.db(), &mut held.upsert[col], || t.upsert_sql(&[col]), values)?;
+                run_held(
+                    inner.db(),
+                    &mut held.upsert[col],
+                    || t.upsert_sql(&[col]),
+                    values,
+                )?;
             } else {
                 let vals = cols.iter().filter_map(|&i| row.values[i].map(out));
                 conn.prepare_cached(&row.t.upsert_sql(&cols))?

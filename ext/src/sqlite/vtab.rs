@@ -285,31 +285,40 @@ pub fn register_with_savepoints<T: Table>(
         unsafe { std::ptr::read(theirs as *const _ as *const ffi::sqlite3_module) };
     module.iVersion = 2;
     module.xRollbackTo = Some(rollback_to_shim::<T>);
-    // Once per connection and module: the module must outlive the
-    // connection, and SQLite does not free it.
-    let module: &'static ffi::sqlite3_module = Box::leak(Box::new(module));
     let c_name = CString::new(name).map_err(|_| {
         rusqlite::Error::ModuleError(format!("module name {name:?} holds a NUL byte"))
     })?;
-    let aux: *mut T::Aux = Box::into_raw(Box::new(aux));
-    // SAFETY: live connection; `module` is 'static; `aux` is the boxed
-    // value rusqlite's xConnect reads as `*const T::Aux`, freed by
-    // `free_aux` (SQLite calls it also when registration fails).
+    // The module lives with the aux, freed together when SQLite drops the
+    // module (after the last table of it is disconnected).
+    let both: *mut WithModule<T::Aux> = Box::into_raw(Box::new(WithModule { aux, module }));
+    // SAFETY: live connection; `both` stays valid until SQLite calls
+    // `free_with_module` (also when registration fails). Its `aux` is at
+    // offset 0 (#[repr(C)]), so the client data is the `*const T::Aux`
+    // rusqlite's xConnect reads; the module pointer is into the same box.
     let rc = unsafe {
         ffi::sqlite3_create_module_v2(
             conn.handle(),
             c_name.as_ptr(),
-            module,
-            aux as *mut c_void,
-            Some(free_aux::<T>),
+            &(*both).module,
+            both as *mut c_void,
+            Some(free_with_module::<T>),
         )
     };
     super::function::registered(rc, "module", name)
 }
 
-unsafe extern "C" fn free_aux<T: Table>(p: *mut std::ffi::c_void) {
-    // SAFETY: `p` is the box made in `register_with_savepoints`, freed once.
-    drop(unsafe { Box::from_raw(p as *mut T::Aux) });
+/// [`register_with_savepoints`]' client data: the table's aux first (what
+/// rusqlite's xConnect reads), then the module that points at it.
+#[repr(C)]
+struct WithModule<A> {
+    aux: A,
+    module: rusqlite::ffi::sqlite3_module,
+}
+
+unsafe extern "C" fn free_with_module<T: Table>(p: *mut std::ffi::c_void) {
+    // SAFETY: `p` is the box made in `register_with_savepoints`, freed once,
+    // when SQLite no longer uses the module.
+    drop(unsafe { Box::from_raw(p as *mut WithModule<T::Aux>) });
 }
 
 unsafe extern "C" fn rollback_to_shim<T: Table>(
