@@ -195,19 +195,26 @@ fn check(name: &str, steps: &[Step]) {
     assert_eq!(a.len(), b.len(), "{name}: tables");
 }
 
+/// [`check`] of one transaction: row 1's `a` from X (col_version 1), then
+/// `between`, then `then`.
+fn between(name: &str, between: Step, then: Vec<Step>) {
+    let first = Merge("t", 1, "a", text("m"), 1, 5, X, 1);
+    let mut steps = vec![Sql("BEGIN"), first, between];
+    steps.extend(then);
+    steps.push(Sql("COMMIT"));
+    check(name, &steps);
+}
+
 #[test]
 fn a_local_write_between_two_changes_of_a_row() {
     // The local write gives `a` col_version 2: the second change ties
     // (and loses on value) instead of winning over the memo's 1.
-    check(
+    between(
         "local write",
-        &[
-            Sql("BEGIN"),
-            Merge("t", 1, "a", text("m"), 1, 5, X, 1),
-            Sql("UPDATE t SET a = 'local' WHERE id = 1"),
+        Sql("UPDATE t SET a = 'local' WHERE id = 1"),
+        vec![
             Merge("t", 1, "a", text("aa"), 2, 6, X, 1),
             Merge("t", 1, "b", Value::Integer(7), 1, 6, X, 1),
-            Sql("COMMIT"),
         ],
     );
 }
@@ -216,26 +223,19 @@ fn a_local_write_between_two_changes_of_a_row() {
 fn a_local_delete_between_two_changes_of_a_row() {
     // After the local delete the row's causal length is 2: a cell at
     // causal length 1 is ignored, not merged into a live row.
-    check(
+    between(
         "local delete",
-        &[
-            Sql("BEGIN"),
-            Merge("t", 1, "a", text("m"), 1, 5, X, 1),
-            Sql("DELETE FROM t WHERE id = 1"),
-            Merge("t", 1, "b", Value::Integer(3), 1, 5, X, 1),
-            Sql("COMMIT"),
-        ],
+        Sql("DELETE FROM t WHERE id = 1"),
+        vec![Merge("t", 1, "b", Value::Integer(3), 1, 5, X, 1)],
     );
 }
 
 #[test]
 fn rollback_to_between_two_changes_of_a_row() {
-    check(
+    between(
         "rollback to",
-        &[
-            Sql("BEGIN"),
-            Merge("t", 1, "a", text("m"), 1, 5, X, 1),
-            Sql("SAVEPOINT s"),
+        Sql("SAVEPOINT s"),
+        vec![
             Merge("t", 1, "a", text("n"), 3, 6, X, 1),
             Sql("ROLLBACK TO s"),
             // The memo had col_version 3: this one would lose.
@@ -246,7 +246,6 @@ fn rollback_to_between_two_changes_of_a_row() {
             Sql("ROLLBACK TO s2; RELEASE s2"),
             // The memo had row 2 deleted: this one would be ignored.
             Merge("t", 2, "b", Value::Integer(4), 1, 9, X, 1),
-            Sql("COMMIT"),
         ],
     );
 }
@@ -255,17 +254,14 @@ fn rollback_to_between_two_changes_of_a_row() {
 fn rollback_to_undoes_a_new_sites_ordinal() {
     // Y's ordinal, taken inside the savepoint, is given again to Z after
     // the rollback: a memo still holding Y's would write Z's cells under Y.
-    check(
+    between(
         "site ordinal",
-        &[
-            Sql("BEGIN"),
-            Merge("t", 1, "a", text("m"), 1, 5, X, 1),
-            Sql("SAVEPOINT s"),
+        Sql("SAVEPOINT s"),
+        vec![
             Merge("t", 2, "a", text("y"), 1, 5, Y, 1),
             Sql("ROLLBACK TO s"),
             Merge("t", 3, "a", text("z"), 1, 5, Z, 1),
             Merge("t", 4, "a", text("y"), 1, 5, Y, 1),
-            Sql("COMMIT"),
         ],
     );
 }
@@ -275,20 +271,17 @@ fn a_statement_rolled_back_between_two_changes_of_a_row() {
     // The INSERT … SELECT merges row 1's `a` at col_version 5, then fails
     // on its second row (its value is an error): its statement journal
     // undoes the merge, and SQLite tells crsql_changes (xRollbackTo).
-    check(
+    between(
         "statement rollback",
-        &[
-            Sql("BEGIN"),
-            Merge("t", 1, "a", text("m"), 1, 5, X, 1),
-            Fails(
-                "INSERT INTO crsql_changes
-                 SELECT 't', crsql_pack_columns(1), 'a', CASE n WHEN 1 THEN 'q' ELSE json('{') END,
-                        5, 9, x'11111111111111111111111111111111', 1, 0
-                 FROM (SELECT 1 AS n UNION ALL SELECT 2)",
-            ),
+        Fails(
+            "INSERT INTO crsql_changes
+             SELECT 't', crsql_pack_columns(1), 'a', CASE n WHEN 1 THEN 'q' ELSE json('{') END,
+                    5, 9, x'11111111111111111111111111111111', 1, 0
+             FROM (SELECT 1 AS n UNION ALL SELECT 2)",
+        ),
+        vec![
             // The memo had col_version 5: this one would lose.
             Merge("t", 1, "a", text("n"), 2, 6, X, 1),
-            Sql("COMMIT"),
         ],
     );
 }
@@ -299,19 +292,16 @@ fn a_package_merged_between_two_changes_of_a_row() {
     // without calling any writing function (cr-sqlite layout: its base
     // write's triggers only test the sync bit): only the change count
     // tells.
-    check(
+    between(
         "package",
-        &[
-            Sql("BEGIN"),
-            Merge("t", 1, "a", text("m"), 1, 5, X, 1),
-            Package(
-                "INSERT INTO t VALUES (1, 'pk', 0, NULL);
-                 UPDATE t SET a = 'p2' WHERE id = 1; UPDATE t SET a = 'p3' WHERE id = 1;
-                 UPDATE t SET a = 'p4' WHERE id = 1;",
-            ),
+        Package(
+            "INSERT INTO t VALUES (1, 'pk', 0, NULL);
+             UPDATE t SET a = 'p2' WHERE id = 1; UPDATE t SET a = 'p3' WHERE id = 1;
+             UPDATE t SET a = 'p4' WHERE id = 1;",
+        ),
+        vec![
             Merge("t", 1, "a", text("zz"), 3, 6, X, 1),
             Merge("t", 1, "c", text("c"), 1, 6, X, 1),
-            Sql("COMMIT"),
         ],
     );
 }
@@ -361,15 +351,10 @@ fn a_direct_write_to_the_clock_table_between_two_changes() {
     if compact_layout() {
         return; // the cr-sqlite layout's clock table
     }
-    check(
+    between(
         "direct write",
-        &[
-            Sql("BEGIN"),
-            Merge("t", 1, "a", text("m"), 1, 5, X, 1),
-            Sql("UPDATE t__crsql_clock SET col_version = 9 WHERE col_name = 'a'"),
-            Merge("t", 1, "a", text("n"), 2, 6, X, 1),
-            Sql("COMMIT"),
-        ],
+        Sql("UPDATE t__crsql_clock SET col_version = 9 WHERE col_name = 'a'"),
+        vec![Merge("t", 1, "a", text("n"), 2, 6, X, 1)],
     );
 }
 
