@@ -104,16 +104,41 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 pub fn register(conn: &Connection, ext: &Arc<Ext>) -> rusqlite::Result<()> {
     for &(name, n_arg, flags, f) in FUNCTIONS {
         let ext = Arc::clone(ext);
+        // Every call that may write moves `TxCounters::calls`, which drops
+        // the row-by-row merge's memo (`crr::merge::RowMemo`).
+        let writes = !READ_ONLY.contains(&name);
         create_scalar_function(
             conn,
             name,
             n_arg,
             flags | FunctionFlags::SQLITE_UTF8,
-            Box::new(move |args| guard(name, || f(&ext, args))),
+            Box::new(move |args| {
+                if writes {
+                    ext.tx.calls.fetch_add(1, Relaxed);
+                }
+                guard(name, || f(&ext, args))
+            }),
         )?;
     }
     Ok(())
 }
+
+/// Functions that write no table (nor the sync bit's effect on clocks):
+/// their calls leave the row-by-row merge's memo alone, so that
+/// `INSERT INTO crsql_changes VALUES ('t', crsql_pack_columns(1), …)` and
+/// the CRR triggers' `WHEN crsql_internal_sync_bit() = 0` keep it.
+const READ_ONLY: &[&str] = &[
+    "crsql_pack_columns",
+    "crsql_internal_sync_bit",
+    "crsql_site_id",
+    "crsql_db_version",
+    "crsql_sha",
+    "crsql_version",
+    "crsql_rows_impacted",
+    "crsql_get_seq",
+    "crsql_config_get",
+    "crsql_package_info",
+];
 
 fn args<'a>(ctx: &'a Args<'_>) -> Vec<ValueRef<'a>> {
     (0..ctx.len()).map(|i| ctx.get_raw(i)).collect()

@@ -50,6 +50,14 @@ pub struct TxCounters {
     /// of one transaction (`crr::compact::FastInserts`) know when they are
     /// stale.
     pub epoch: AtomicI64,
+    /// Calls into the extension that may write (every SQL function but a
+    /// few that only read, the extension's own DDL): the row-by-row
+    /// merge's memo (`crr::merge::RowMemo`) is dropped when it moved.
+    pub calls: AtomicI64,
+    /// `ROLLBACK TO` (and statement rollbacks) seen by `crsql_changes`
+    /// (its xRollbackTo): the row-by-row merge's memo is dropped when it
+    /// moved.
+    pub rollbacks: AtomicI64,
 }
 
 impl TxCounters {
@@ -65,6 +73,8 @@ impl TxCounters {
             sync_base: AtomicI64::new(-1),
             local_only: AtomicBool::new(true),
             epoch: AtomicI64::new(0),
+            calls: AtomicI64::new(0),
+            rollbacks: AtomicI64::new(0),
         }
     }
 
@@ -154,6 +164,9 @@ pub struct Inner {
     counts: bool,
     /// Statements whose largest result is the committed db_version.
     version_sql: Vec<String>,
+    /// What `INSERT INTO crsql_changes` keeps from one call to the next
+    /// (`crr::merge::RowMemo`, DECISIONS D50).
+    pub row_memo: crate::crr::merge::RowMemo,
     /// Statements whose largest result is the newest seq at version `?1`.
     newest_seq_sql: Vec<String>,
     /// `(db_version, max seq at it)` of the last [`Inner::newest_position`]:
@@ -217,6 +230,7 @@ impl Ext {
                 counts: false,
                 clock_cache: HashMap::new(),
                 version_sql: Vec::new(),
+                row_memo: Default::default(),
                 newest_seq_sql: Vec::new(),
             }),
         });
@@ -297,6 +311,7 @@ impl Ext {
     /// Drop every cached prepared statement (`crsql_finalize`, and when the
     /// connection closes, before SQLite checks for unfinalized statements).
     pub fn finalize_statements(&self, inner: &mut Inner) {
+        inner.row_memo = Default::default();
         inner.conn.flush_prepared_statement_cache();
     }
 }
@@ -418,7 +433,13 @@ impl Inner {
     /// every use until the transaction ends.
     fn note_own_ddl(&mut self, tx: &TxCounters) {
         self.schema_version = -1;
+        tx.calls.fetch_add(1, Relaxed);
         tx.own_ddl.store(true, Relaxed);
+    }
+
+    /// The connection's handle.
+    pub fn db(&self) -> DbHandle {
+        DbHandle::of(&self.conn)
     }
 
     /// Whether `crsql_change_counts` exists.

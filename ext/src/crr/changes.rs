@@ -18,7 +18,7 @@ use crate::crr::merge::{merge_change, Change};
 use crate::crr::scan::{Scanner, SiteMap};
 use crate::crr::values::out;
 use crate::error::{Error, Result};
-use crate::sqlite::vtab::{register as register_module, Table, TableCursor};
+use crate::sqlite::vtab::{register_with_savepoints, Table, TableCursor};
 use crate::sqlite::DbHandle;
 use crate::state::Ext;
 
@@ -43,7 +43,8 @@ pub struct ChangesTable {
 }
 
 pub fn register(conn: &Connection, ext: &Arc<Ext>) -> rusqlite::Result<()> {
-    register_module::<ChangesTable>(conn, "crsql_changes", Arc::clone(ext))
+    // xRollbackTo drops the row-by-row merge's memo (`merge::RowMemo`).
+    register_with_savepoints::<ChangesTable>(conn, "crsql_changes", Arc::clone(ext))
 }
 
 /// One pushed-down constraint: which column and operator (see best_index).
@@ -186,6 +187,12 @@ impl Table for ChangesTable {
     fn rollback(&mut self) -> Result<()> {
         // cr-sqlite keeps the stale count after a rollback (§15 Q5); we reset.
         self.ext.rows_impacted.store(0, Relaxed);
+        Ok(())
+    }
+
+    fn rollback_to(&mut self) -> Result<()> {
+        // What the row-by-row merge keeps may have been undone.
+        self.ext.tx.rollbacks.fetch_add(1, Relaxed);
         Ok(())
     }
 

@@ -36,6 +36,7 @@ use crate::crr::schema::{TableInfo, CLOCK_ROWS, CLOCK_ROW_SIZES, MAX_NAME_LEN};
 use crate::crr::values::{compare, out, to_sql, type_name};
 use crate::err;
 use crate::error::{Error, Result};
+use crate::sqlite::{DbHandle, RawStmt};
 use crate::state::{Ext, Inner};
 
 /// One change row, as the nine columns of `crsql_changes`.
@@ -194,11 +195,195 @@ fn check<'a>(t: &TableInfo, c: &Change<'a>) -> Result<Checked<'a>> {
 
 /// Merge one change (`INSERT INTO crsql_changes`). Returns the number of
 /// "impacted" operations (§7.7); the caller adds them to
-/// `crsql_rows_impacted`.
+/// `crsql_rows_impacted`. Every write is done when it returns; what it
+/// read and wrote of the row stays in [`Inner::row_memo`] for the next
+/// call, if nothing else changes the database in between ([`RowMemo`]).
 pub fn merge_change(ext: &Ext, inner: &mut Inner, c: &Change<'_>) -> Result<i64> {
-    let mut m = Merger::new(ext, inner)?;
-    m.push(c)?;
-    m.finish()
+    let mut memo = std::mem::take(&mut inner.row_memo);
+    memo.check(ext);
+    let (impacted, memo) = {
+        let mut m = Merger::new(ext, inner)?;
+        m.memo = Some(memo);
+        m.push(c)?;
+        m.finish_keeping()?
+    };
+    inner.row_memo = memo;
+    Ok(impacted)
+}
+
+/// What `INSERT INTO crsql_changes` keeps from one call to the next
+/// (DECISIONS D50): the clocks of the last row it merged, as its writes
+/// left them in the database, and the ordinals of the sites it met. A
+/// row's cells usually arrive one after the other, each change its own
+/// call: the next change of the row is then decided without reading it
+/// again, and a change that loses costs no statement at all.
+///
+/// It is only used while nothing else can have changed what it holds,
+/// checked at every call (`RowMemo::check`), and dropped otherwise:
+/// - at the end of the transaction (`TxCounters::epoch`, moved by the
+///   commit and rollback hooks), so it never sees another connection's
+///   writes or a rolled back one;
+/// - after `ROLLBACK TO` or a statement rollback
+///   (`TxCounters::rollbacks`, moved by `crsql_changes`' xRollbackTo,
+///   which SQLite calls for a table written in the transaction);
+/// - after a call of any of the extension's SQL functions but a few that
+///   write nothing (`TxCounters::calls`: the CRR triggers' helpers, so
+///   every tracked write to a CRR, and the extension's own DDL);
+/// - after any other row change by any statement
+///   (`sqlite3_total_changes`, which counts the rows of every INSERT,
+///   UPDATE and DELETE, trigger steps and nested statements included):
+///   between two calls it may only grow by the count of the statements
+///   that called `crsql_changes` and ended (one row per call), or not at
+///   all (the same statement);
+/// - after an error (the call does not put it back).
+#[derive(Default)]
+pub struct RowMemo {
+    /// When it was taken; None when it is empty.
+    guard: Option<Guard>,
+    /// Ordinals of `crsql_site_id`.
+    sites: HashMap<Vec<u8>, i64>,
+    /// The last row merged.
+    row: Option<MemoRow>,
+    /// The statements run once per change, held from one call to the next
+    /// (not state: `RowMemo::check` keeps them).
+    stmts: Vec<TableStmts>,
+}
+
+/// Statements of one table held by a [`RowMemo`]: prepared once, instead
+/// of a lookup and return in the connection's statement cache (which
+/// hashes the SQL text twice) per statement and change.
+struct TableStmts {
+    t: Arc<TableInfo>,
+    /// `row_clocks`.
+    row_clocks: Option<RawStmt>,
+    /// `clock_write`.
+    clock_write: Option<RawStmt>,
+    /// The upsert of one column ([`TableInfo::upsert_sql`]), by column.
+    upsert: Vec<Option<RawStmt>>,
+}
+
+/// Tables whose statements a [`RowMemo`] holds at most (the oldest go).
+const MEMO_TABLES: usize = 8;
+
+/// Run `slot`'s statement (prepared from `sql()` on first use) to its end
+/// with `values` bound.
+fn run_held<'v, S: AsRef<str>>(
+    db: DbHandle,
+    slot: &mut Option<RawStmt>,
+    sql: impl FnOnce() -> S,
+    values: impl IntoIterator<Item = ValueRef<'v>>,
+) -> Result<()> {
+    let stmt = prepared(db, slot, sql)?;
+    let r = (|| {
+        for (i, v) in values.into_iter().enumerate() {
+            stmt.bind(i + 1, v)?;
+        }
+        while stmt.step()? {}
+        Ok(())
+    })();
+    stmt.reset();
+    r
+}
+
+/// `slot`'s statement, prepared from `sql()` on first use.
+fn prepared<S: AsRef<str>>(
+    db: DbHandle,
+    slot: &mut Option<RawStmt>,
+    sql: impl FnOnce() -> S,
+) -> Result<&mut RawStmt> {
+    Ok(match slot {
+        Some(stmt) => stmt,
+        None => slot.insert(RawStmt::prepare(db, sql().as_ref())?),
+    })
+}
+
+/// [`RowMemo`]'s record of the state it was taken in.
+#[derive(Clone, Copy, Debug)]
+struct Guard {
+    epoch: i64,
+    calls: i64,
+    rollbacks: i64,
+    /// `sqlite3_total_changes` after the last call's writes.
+    total: i32,
+    /// The calls whose statements' own counts (one per call, added when
+    /// the statement ends) `total` does not hold yet.
+    unseen: i32,
+}
+
+/// Sites a [`RowMemo`] keeps at most (a new one past that empties it).
+const MEMO_SITES: usize = 4096;
+
+impl Guard {
+    fn now(ext: &Ext, unseen: i32) -> Guard {
+        Guard {
+            epoch: ext.tx.epoch.load(Relaxed),
+            calls: ext.tx.calls.load(Relaxed),
+            rollbacks: ext.tx.rollbacks.load(Relaxed),
+            total: ext.db.total_changes(),
+            unseen,
+        }
+    }
+}
+
+impl RowMemo {
+    /// Empty it unless nothing but the statements that called
+    /// `crsql_changes` changed the database since it was taken.
+    fn check(&mut self, ext: &Ext) {
+        let Some(g) = self.guard.as_mut() else {
+            return;
+        };
+        let now = Guard::now(ext, 0);
+        let grown = now.total.wrapping_sub(g.total);
+        let same = g.epoch == now.epoch
+            && g.calls == now.calls
+            && g.rollbacks == now.rollbacks
+            && (grown == 0 || grown == g.unseen);
+        if !same {
+            let stmts = std::mem::take(&mut self.stmts);
+            *self = RowMemo {
+                stmts,
+                ..RowMemo::default()
+            };
+        } else if grown != 0 {
+            // The statements of the calls so far ended, counted.
+            g.unseen = 0;
+            g.total = now.total;
+        }
+    }
+}
+
+impl RowMemo {
+    /// The held statements of table `t`.
+    fn stmts(&mut self, t: &Arc<TableInfo>) -> &mut TableStmts {
+        let i = match self.stmts.iter().position(|s| Arc::ptr_eq(&s.t, t)) {
+            Some(i) => i,
+            None => {
+                if self.stmts.len() >= MEMO_TABLES {
+                    self.stmts.remove(0);
+                }
+                self.stmts.push(TableStmts {
+                    t: Arc::clone(t),
+                    row_clocks: None,
+                    clock_write: None,
+                    upsert: Vec::new(),
+                });
+                self.stmts.len() - 1
+            }
+        };
+        &mut self.stmts[i]
+    }
+}
+
+/// [`RowMemo::row`]: a [`Row`] with nothing waiting, owned.
+struct MemoRow {
+    t: Arc<TableInfo>,
+    pk: Vec<u8>,
+    key: Option<i64>,
+    cl: i64,
+    cells: Vec<Slot>,
+    others: Option<Vec<(String, Clock)>>,
+    sentinel: Option<Clock>,
+    compact: Option<crsql_stream_core::rowclock::Stored>,
 }
 
 /// The site of a clock row: an ordinal of `crsql_site_id`, or a site that
@@ -342,6 +527,8 @@ pub struct Merger<'i, 'a> {
     /// while the merger lives (a cache lookup and return per row cost more
     /// than a tenth of a package apply).
     held: Held<'i>,
+    /// The row-by-row merge's memo ([`merge_change`]).
+    memo: Option<RowMemo>,
 }
 
 /// A statement of one table's [`TableSql`](crate::crr::schema::TableSql),
@@ -376,6 +563,89 @@ fn held<'s, 'i>(
             "crsql_stream: internal error: a merge statement was not prepared"
         )),
     }
+}
+
+/// The rows of `row_clocks` (a key and one clock row each, or a key and
+/// no clock), taken into a loaded [`Row`] one by one.
+#[derive(Default)]
+struct RowClocks {
+    sentinel_cl: Option<i64>,
+    any: bool,
+    others: Vec<(String, Clock)>,
+}
+
+impl RowClocks {
+    /// One row: the key, the clock's name (None: no clock) and the clock.
+    fn add(
+        &mut self,
+        row: &mut Row<'_>,
+        key: i64,
+        name: Option<&[u8]>,
+        clock: impl FnOnce() -> rusqlite::Result<Clock>,
+    ) -> Result<()> {
+        row.key = Some(key);
+        let Some(name) = name else {
+            return Ok(());
+        };
+        self.any = true;
+        let clock = clock()?;
+        let name = String::from_utf8_lossy(name);
+        if name == SENTINEL {
+            self.sentinel_cl = Some(clock.col_version);
+        } else if let Some(i) = row.t.col_index(&name) {
+            row.cells[i] = Slot::Present(clock);
+        } else {
+            self.others.push((name.into_owned(), clock));
+        }
+        Ok(())
+    }
+
+    /// After the last row: the columns without a clock, the causal length.
+    fn finish(self, row: &mut Row<'_>) {
+        if row.key.is_some() {
+            for s in &mut row.cells {
+                if matches!(s, Slot::Unknown) {
+                    *s = Slot::Absent;
+                }
+            }
+            row.others = Some(self.others);
+        }
+        row.cl = self.sentinel_cl.unwrap_or(i64::from(self.any));
+    }
+}
+
+/// [`Merger::load`]'s read of a narrow table's key, causal length and
+/// clock rows through the statement `stmts` holds.
+fn load_clocks_held(db: DbHandle, stmts: Option<&mut TableStmts>, row: &mut Row<'_>) -> Result<()> {
+    let Some(stmts) = stmts else {
+        return Err(err!("crsql_stream: internal error: no held statements"));
+    };
+    let stmt = prepared(db, &mut stmts.row_clocks, || row.t.sql.row_clocks.as_str())?;
+    let r = (|| -> Result<()> {
+        for (i, v) in row.pks.iter().enumerate() {
+            stmt.bind(i + 1, *v)?;
+        }
+        let mut read = RowClocks::default();
+        while stmt.step()? {
+            let name = match stmt.column(1) {
+                ValueRef::Text(name) => Some(name),
+                _ => None,
+            };
+            read.add(row, stmt.column_i64(0), name, || {
+                Ok(Clock {
+                    col_version: stmt.column_i64(2),
+                    db_version: stmt.column_i64(3),
+                    seq: stmt.column_i64(4),
+                    site: Site::Ordinal(stmt.column_i64(5)),
+                    dirty: false,
+                })
+            })?;
+        }
+        read.finish(row);
+        Ok(())
+    })();
+    stmt.reset();
+    r
 }
 
 /// Clock rows of one table, of rows the merger is done with and whose
@@ -443,6 +713,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             compact_clocks: None,
             plain: HashMap::new(),
             held: Held::default(),
+            memo: None,
         })
     }
 
@@ -514,14 +785,47 @@ impl<'i, 'a> Merger<'i, 'a> {
         Ok(self.impacted)
     }
 
+    /// Write what waits and keep the row: returns the impacted operations
+    /// and the memo for the next call ([`merge_change`]).
+    fn finish_keeping(mut self) -> Result<(i64, RowMemo)> {
+        self.flush_now()?;
+        self.flush_inserts()?;
+        self.flush_clocks()?;
+        let mut memo = self.memo.take().unwrap_or_default();
+        if memo.sites.len() + self.sites.len() > MEMO_SITES {
+            memo.sites.clear();
+        }
+        for (site, o) in self.sites.drain() {
+            memo.sites.entry(site.to_vec()).or_insert(o);
+        }
+        memo.row = self.row.take().map(|r| MemoRow {
+            pk: r.pk.to_vec(),
+            key: r.key,
+            cl: r.cl,
+            cells: r.cells,
+            others: r.others,
+            sentinel: r.sentinel,
+            compact: r.compact,
+            t: r.t,
+        });
+        let unseen = memo.guard.map_or(0, |g| g.unseen);
+        memo.guard = Some(Guard::now(self.ext, unseen.saturating_add(1)));
+        Ok((self.impacted, memo))
+    }
+
     /// Read a row's key, causal length and (narrow tables) clock rows.
     fn load(&mut self, t: Arc<TableInfo>, pk: &'a [u8], pks: Vec<ValueRef<'a>>) -> Result<Row<'a>> {
         let n = t.cols.len();
+        let kept = self
+            .memo
+            .as_mut()
+            .and_then(|m| m.row.take())
+            .filter(|r| Arc::ptr_eq(&r.t, &t) && r.pk == pk);
         let mut row = Row {
             pk,
             key: None,
             cl: 0,
-            cells: vec![Slot::Unknown; n],
+            cells: Vec::new(),
             others: None,
             sentinel: None,
             dirty: false,
@@ -537,43 +841,40 @@ impl<'i, 'a> Merger<'i, 'a> {
             pks,
             t,
         };
+        if let Some(kept) = kept {
+            // The memo's row: as the previous call left it in the database.
+            row.key = kept.key;
+            row.cl = kept.cl;
+            row.cells = kept.cells;
+            row.others = kept.others;
+            row.sentinel = kept.sentinel;
+            row.compact = kept.compact;
+            return Ok(row);
+        }
+        row.cells = vec![Slot::Unknown; n];
         let conn = &self.inner.conn;
         let binds = || params_from_iter(row.pks.iter().map(|v| out(*v)));
         if row.t.compact.is_some() {
             // crr::compact: every clock of the row in one read.
             compact::load(self.inner, &mut row)?;
+        } else if n <= EAGER_COLUMNS && self.memo.is_some() {
+            let db = self.ext.db;
+            let stmts = self.memo.as_mut().map(|m| m.stmts(&row.t));
+            load_clocks_held(db, stmts, &mut row)?;
         } else if n <= EAGER_COLUMNS {
             let stmt = held(self.inner, &mut self.held.row_clocks, &row.t, |t| {
                 &t.sql.row_clocks
             })?;
             let mut rows = stmt.query(binds())?;
-            let (mut sentinel_cl, mut any) = (None, false);
-            let mut others = Vec::new();
+            let mut read = RowClocks::default();
             while let Some(r) = rows.next()? {
-                row.key = Some(r.get(0)?);
-                let ValueRef::Text(name) = r.get_ref(1)? else {
-                    continue;
+                let name = match r.get_ref(1)? {
+                    ValueRef::Text(name) => Some(name),
+                    _ => None,
                 };
-                any = true;
-                let clock = Clock::read(r, 2)?;
-                let name = String::from_utf8_lossy(name);
-                if name == SENTINEL {
-                    sentinel_cl = Some(clock.col_version);
-                } else if let Some(i) = row.t.col_index(&name) {
-                    row.cells[i] = Slot::Present(clock);
-                } else {
-                    others.push((name.into_owned(), clock));
-                }
+                read.add(&mut row, r.get(0)?, name, || Clock::read(r, 2))?;
             }
-            if row.key.is_some() {
-                for s in &mut row.cells {
-                    if matches!(s, Slot::Unknown) {
-                        *s = Slot::Absent;
-                    }
-                }
-                row.others = Some(others);
-            }
-            row.cl = sentinel_cl.unwrap_or(i64::from(any));
+            read.finish(&mut row);
         } else if let Some((key, cl)) = conn
             .prepare_cached(&row.t.sql.row_cl)?
             .query_row(binds(), |r| Ok((r.get(0)?, r.get(1)?)))
@@ -706,6 +1007,9 @@ impl<'i, 'a> Merger<'i, 'a> {
             return Ok(Site::Ordinal(0));
         }
         if let Some(&o) = self.sites.get(site) {
+            return Ok(Site::Ordinal(o));
+        }
+        if let Some(&o) = self.memo.as_ref().and_then(|m| m.sites.get(site)) {
             return Ok(Site::Ordinal(o));
         }
         if let Some(i) = self.row().new_sites.iter().position(|s| *s == site) {
@@ -883,11 +1187,13 @@ impl<'i, 'a> Merger<'i, 'a> {
         } else {
             None
         };
+        let stmts = self.memo.as_mut().map(|m| m.stmts(&row.t));
         let r = write_row(
             self.ext,
             self.inner,
             &mut self.sites,
             &mut self.held.key_insert,
+            stmts,
             row,
             later,
         );
@@ -971,7 +1277,7 @@ impl<'a> Merger<'_, 'a> {
         if let Some(p) = self.compact_clocks.take() {
             p.write(self.inner)?;
         }
-        write_clock_rows(self.inner, self.clocks.take())
+        write_clock_rows(self.inner, self.clocks.take(), None)
     }
 
     fn flush_inserts(&mut self) -> Result<()> {
@@ -1009,22 +1315,39 @@ impl<'a> Merger<'_, 'a> {
     }
 }
 
+/// A waiting clock row's six values, as `clock_write` binds them.
+fn clock_values<'v>(
+    t: &'v TableInfo,
+    (key, n, cv, dbv, seq, site): &'v (i64, ClockName, i64, i64, i64, i64),
+) -> [ValueRef<'v>; 6] {
+    let name = match n {
+        ClockName::Sentinel => SENTINEL,
+        ClockName::Column(i) => t.cols[*i].name.as_str(),
+        ClockName::Other(s) => s.as_str(),
+    };
+    [
+        ValueRef::Integer(*key),
+        ValueRef::Text(name.as_bytes()),
+        ValueRef::Integer(*cv),
+        ValueRef::Integer(*dbv),
+        ValueRef::Integer(*seq),
+        ValueRef::Integer(*site),
+    ]
+}
+
 /// Write `batch`'s clock rows: [`CLOCK_ROWS`] at a time by one statement,
 /// what is left by statements of the smaller [`CLOCK_ROW_SIZES`], the last
 /// few one by one (a multi-row statement copies the pages it touches to
 /// the statement journal: it pays from about ten rows on).
-fn write_clock_rows(inner: &Inner, batch: Option<Clocks<'_>>) -> Result<()> {
+fn write_clock_rows(
+    inner: &Inner,
+    batch: Option<Clocks<'_>>,
+    held: Option<&mut TableStmts>,
+) -> Result<()> {
     let Some(batch) = batch else {
         return Ok(());
     };
     let t = &batch.t;
-    fn name<'n>(t: &'n TableInfo, n: &'n ClockName) -> &'n str {
-        match n {
-            ClockName::Sentinel => SENTINEL,
-            ClockName::Column(i) => t.cols[*i].name.as_str(),
-            ClockName::Other(s) => s.as_str(),
-        }
-    }
     let conn = &inner.conn;
     let mut rest = &batch.rows[..];
     for (&size, sql) in CLOCK_ROW_SIZES.iter().zip(&t.sql.clock_write_many) {
@@ -1035,22 +1358,25 @@ fn write_clock_rows(inner: &Inner, batch: Option<Clocks<'_>>) -> Result<()> {
         while rest.len() >= size {
             let (chunk, more) = rest.split_at(size);
             rest = more;
-            let values = chunk.iter().flat_map(|(key, n, cv, dbv, seq, site)| {
-                [
-                    ValueRef::Integer(*key),
-                    ValueRef::Text(name(t, n).as_bytes()),
-                    ValueRef::Integer(*cv),
-                    ValueRef::Integer(*dbv),
-                    ValueRef::Integer(*seq),
-                    ValueRef::Integer(*site),
-                ]
-            });
+            let values = chunk.iter().flat_map(|r| clock_values(t, r));
             stmt.execute(params_from_iter(values.map(out)))?;
         }
     }
+    if let Some(held) = held {
+        for r in rest {
+            let values = clock_values(t, r);
+            run_held(
+                inner.db(),
+                &mut held.clock_write,
+                || t.sql.clock_write.as_str(),
+                values,
+            )?;
+        }
+        return Ok(());
+    }
     let mut stmt = conn.prepare_cached(&t.sql.clock_write)?;
-    for (key, n, cv, dbv, seq, site) in rest {
-        stmt.execute(params![key, name(t, n), cv, dbv, seq, site])?;
+    for r in rest {
+        stmt.execute(params_from_iter(clock_values(t, r).map(out)))?;
     }
     Ok(())
 }
@@ -1065,15 +1391,18 @@ type Later<'m, 'a> = (
 /// [`Merger::flush`] of `row`; the error says whether the base-table write
 /// refused it (nothing else was written then).
 /// With `later`, clock rows that move nothing counted wait there.
+/// With `held` (the row-by-row merge), the statements run once per change
+/// are its.
 fn write_row<'a, 'i>(
     ext: &Ext,
     inner: &'i Inner,
     sites: &mut HashMap<&'a [u8], i64>,
     key_insert: &mut HeldStmt<'i>,
+    mut held: Option<&mut TableStmts>,
     row: &mut Row<'a>,
     later: Option<Later<'_, 'a>>,
 ) -> std::result::Result<(), (Error, bool)> {
-    write_base(ext, inner, row).map_err(|e| (e, true))?;
+    write_base(ext, inner, row, held.as_deref_mut()).map_err(|e| (e, true))?;
     let (later, compact_later) = later.unzip();
     if row.t.compact.is_some() {
         // crr::compact: the row clock and cells, departures included.
@@ -1086,13 +1415,18 @@ fn write_row<'a, 'i>(
         let counted = KeyCounts::take(inner, &ext.tx, &row.t, row.key)?;
         // Settling reads the rows written: those may not wait.
         let later = later.filter(|_| counted.is_empty());
-        write_clocks(inner, sites, key_insert, row, later)?;
+        write_clocks(inner, sites, key_insert, held, row, later)?;
         counted.settle(inner, &row.t)
     };
     clocks().map_err(|e| (e, false))
 }
 
-fn write_base(ext: &Ext, inner: &Inner, row: &mut Row<'_>) -> Result<()> {
+fn write_base(
+    ext: &Ext,
+    inner: &Inner,
+    row: &mut Row<'_>,
+    held: Option<&mut TableStmts>,
+) -> Result<()> {
     let prev = ext.sync_bit.swap(1, Relaxed);
     let r = (|| -> Result<()> {
         let conn = &inner.conn;
@@ -1108,6 +1442,19 @@ fn write_base(ext: &Ext, inner: &Inner, row: &mut Row<'_>) -> Result<()> {
             if cols.is_empty() {
                 conn.prepare_cached(&row.t.sql.base_insert_pks)?
                     .execute(params_from_iter(pks()))?;
+            } else if let (Some(held), &[col]) = (held, cols.as_slice()) {
+                // One column: the row-by-row merge's usual write.
+                if held.upsert.len() <= col {
+                    held.upsert.resize_with(col + 1, || None);
+                }
+                let values = row.pks.iter().copied().chain(row.values[col]);
+                let t = &row.t;
+                run_held(
+                    inner.db(),
+                    &mut held.upsert[col],
+                    || t.upsert_sql(&[col]),
+                    values,
+                )?;
             } else {
                 let vals = cols.iter().filter_map(|&i| row.values[i].map(out));
                 conn.prepare_cached(&row.t.upsert_sql(&cols))?
@@ -1128,6 +1475,7 @@ fn write_clocks<'a, 'i>(
     inner: &'i Inner,
     sites: &mut HashMap<&'a [u8], i64>,
     key_insert: &mut HeldStmt<'i>,
+    stmts: Option<&mut TableStmts>,
     row: &mut Row<'a>,
     later: Option<&mut Option<Clocks<'a>>>,
 ) -> Result<()> {
@@ -1193,7 +1541,7 @@ fn write_clocks<'a, 'i>(
     match later {
         Some(slot) => {
             if slot.as_ref().is_some_and(|b| !Arc::ptr_eq(&b.t, &t)) {
-                write_clock_rows(inner, slot.take())?;
+                write_clock_rows(inner, slot.take(), None)?;
             }
             let batch = slot.get_or_insert_with(|| Clocks {
                 t: Arc::clone(&t),
@@ -1203,7 +1551,7 @@ fn write_clocks<'a, 'i>(
             batch.rows.extend(rows);
             batch.pks.insert(row.pk);
             if batch.rows.len() >= CLOCK_ROWS {
-                write_clock_rows(inner, slot.take())?;
+                write_clock_rows(inner, slot.take(), None)?;
             }
         }
         // One single-row statement per clock row: a multi-row INSERT is a
@@ -1216,6 +1564,7 @@ fn write_clocks<'a, 'i>(
                 rows,
                 pks: HashSet::new(),
             }),
+            stmts,
         )?,
     }
     row.dirty = false;

@@ -100,12 +100,18 @@ pub fn create_scalar_function(
             Some(destroy),
         )
     };
+    registered(rc, "function", name)
+}
+
+/// The result of registering `what` `name` (a function, a module): an
+/// error with SQLite's code unless `rc` is `SQLITE_OK`.
+pub(crate) fn registered(rc: c_int, what: &str, name: &str) -> rusqlite::Result<()> {
     if rc == ffi::SQLITE_OK {
         Ok(())
     } else {
         Err(rusqlite::Error::SqliteFailure(
             ffi::Error::new(rc),
-            Some(format!("could not register function {name}")),
+            Some(format!("could not register {what} {name}")),
         ))
     }
 }

@@ -93,6 +93,15 @@ impl DbHandle {
         unsafe { ffi::sqlite3_txn_state(self.0, c"main".as_ptr()) == ffi::SQLITE_TXN_WRITE }
     }
 
+    /// `sqlite3_total_changes`: rows changed by the INSERT, UPDATE and
+    /// DELETE statements (trigger steps and nested statements included) the
+    /// connection completed. It wraps at 2^31: compare with wrapping
+    /// arithmetic.
+    pub fn total_changes(&self) -> i32 {
+        // SAFETY: live handle; only reads a counter.
+        unsafe { ffi::sqlite3_total_changes(self.0) }
+    }
+
     /// True when the connection is in autocommit mode (no open transaction).
     pub fn autocommit(&self) -> bool {
         // SAFETY: live handle; sqlite3_get_autocommit only reads a flag.

@@ -72,6 +72,12 @@ pub trait Table: Sized + 'static {
     fn rollback(&mut self) -> Result<()> {
         Ok(())
     }
+    /// xRollbackTo: `ROLLBACK TO` a savepoint, or a statement rolled back,
+    /// in a transaction that wrote to this table (only for tables
+    /// registered with [`register_with_savepoints`]).
+    fn rollback_to(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Called from xDisconnect (also when the connection closes).
     fn disconnect(&mut self) {}
 }
@@ -251,6 +257,82 @@ unsafe impl<T: Table> VTabCursor for CursorShim<T> {
 /// Register `T` as module `name` on `conn`, with writes and transactions.
 pub fn register<T: Table>(conn: &Connection, name: &str, aux: T::Aux) -> rusqlite::Result<()> {
     conn.create_module(name, update_module_with_tx::<VTabShim<T>>(), Some(aux))
+}
+
+/// [`register`], and SQLite calls [`Table::rollback_to`] at every
+/// `ROLLBACK TO` and statement rollback of a transaction that wrote to the
+/// table: the module is rusqlite's with `iVersion` 2 and an `xRollbackTo`
+/// (rusqlite's modules are version 1, without savepoint methods).
+pub fn register_with_savepoints<T: Table>(
+    conn: &Connection,
+    name: &str,
+    aux: T::Aux,
+) -> rusqlite::Result<()> {
+    use rusqlite::ffi;
+    use std::ffi::{c_void, CString};
+    let theirs = update_module_with_tx::<VTabShim<T>>();
+    // rusqlite's `Module` is the `sqlite3_module` and a zero-sized marker;
+    // with equal sizes the module sits at offset 0.
+    if std::mem::size_of_val(theirs) != std::mem::size_of::<ffi::sqlite3_module>() {
+        return Err(rusqlite::Error::ModuleError(
+            "rusqlite's virtual-table module has an unexpected layout".into(),
+        ));
+    }
+    // SAFETY: `theirs` is a `'static` module whose only non-zero-sized
+    // field is the `sqlite3_module` (sizes checked above), so it starts at
+    // offset 0; we copy it (a struct of plain function pointers).
+    let mut module: ffi::sqlite3_module =
+        unsafe { std::ptr::read(theirs as *const _ as *const ffi::sqlite3_module) };
+    module.iVersion = 2;
+    module.xRollbackTo = Some(rollback_to_shim::<T>);
+    let c_name = CString::new(name).map_err(|_| {
+        rusqlite::Error::ModuleError(format!("module name {name:?} holds a NUL byte"))
+    })?;
+    // The module lives with the aux, freed together when SQLite drops the
+    // module (after the last table of it is disconnected).
+    let both: *mut WithModule<T::Aux> = Box::into_raw(Box::new(WithModule { aux, module }));
+    // SAFETY: live connection; `both` stays valid until SQLite calls
+    // `free_with_module` (also when registration fails). Its `aux` is at
+    // offset 0 (#[repr(C)]), so the client data is the `*const T::Aux`
+    // rusqlite's xConnect reads; the module pointer is into the same box.
+    let rc = unsafe {
+        ffi::sqlite3_create_module_v2(
+            conn.handle(),
+            c_name.as_ptr(),
+            &(*both).module,
+            both as *mut c_void,
+            Some(free_with_module::<T>),
+        )
+    };
+    super::function::registered(rc, "module", name)
+}
+
+/// [`register_with_savepoints`]' client data: the table's aux first (what
+/// rusqlite's xConnect reads), then the module that points at it.
+#[repr(C)]
+struct WithModule<A> {
+    aux: A,
+    module: rusqlite::ffi::sqlite3_module,
+}
+
+unsafe extern "C" fn free_with_module<T: Table>(p: *mut std::ffi::c_void) {
+    // SAFETY: `p` is the box made in `register_with_savepoints`, freed once,
+    // when SQLite no longer uses the module.
+    drop(unsafe { Box::from_raw(p as *mut WithModule<T::Aux>) });
+}
+
+unsafe extern "C" fn rollback_to_shim<T: Table>(
+    vtab: *mut sqlite3_vtab,
+    _savepoint: c_int,
+) -> c_int {
+    // SAFETY: SQLite passes the table rusqlite's xConnect made, a
+    // `VTabShim<T>` (#[repr(C)], `sqlite3_vtab` first), alive until
+    // xDisconnect; SQLite calls its methods one at a time.
+    let shim = unsafe { &mut *(vtab as *mut VTabShim<T>) };
+    match guard(T::NAME, || shim.table.rollback_to()) {
+        Ok(()) => rusqlite::ffi::SQLITE_OK,
+        Err(_) => rusqlite::ffi::SQLITE_ERROR,
+    }
 }
 
 /// Plan a table-valued function call: pass the equality constraint on the
