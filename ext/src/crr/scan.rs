@@ -286,6 +286,261 @@ struct MemoRead {
     lookup: RawStmt,
 }
 
+/// A clock row of the cr-sqlite layout, read narrow by [`Cells`].
+#[derive(Clone, Copy)]
+struct Cell {
+    seq: i64,
+    key: i64,
+    col_version: i64,
+    site: i64,
+    /// The column's index in `TableInfo::cols`, [`SENTINEL_CELL`], or a
+    /// name the table does not have: `-2 - i` for `Cells::unknown[i]`.
+    col: i32,
+    /// The row's place in the index order, which breaks ties of seq as
+    /// SQLite's (stable) sorter did: a database written by cr-sqlite may
+    /// hold two clock rows at one position.
+    order: u32,
+}
+
+const SENTINEL_CELL: i32 = -1;
+
+/// Rows of one transaction sorted in memory at most (40 bytes each:
+/// 10 MiB); a larger transaction is sorted by SQLite.
+const CELLS_SORTED_IN_MEMORY: usize = 1 << 18;
+
+/// A key's row of `TableSql::key_rows` is at most this far ahead: step to
+/// it rather than seek (keys are the pks table's rowids, dense in practice).
+const KEY_STEPS: i64 = 16;
+
+/// The changes of a CRR of the cr-sqlite layout, one transaction at a time
+/// (docs/streams.md, "Reading changes"): `Scan::stmt` reads the clock rows
+/// narrow in the `db_version` index's order; a transaction's rows are
+/// sorted by seq here (SQLite's sorter took a third of packing), or by
+/// SQLite past `max_rows`. What a change needs of its key (primary key,
+/// causal length, values) is read once per key by [`KeyRows`], whose
+/// cursor moves forward through the pks table in key order.
+struct Cells {
+    db: DbHandle,
+    table: Arc<TableInfo>,
+    committed: i64,
+    /// The scan's start: rows of its transaction at or below its seq are
+    /// not read.
+    start: Position,
+    max_rows: usize,
+    /// The current transaction and its rows, sorted; `next` the next one.
+    db_version: i64,
+    rows: Vec<Cell>,
+    next: usize,
+    /// The current transaction read sorted by SQLite instead of `rows`.
+    sorted: Option<RawStmt>,
+    /// `Scan::stmt`'s current row is the next transaction's first, unread.
+    ahead: bool,
+    /// `Scan::stmt` is at its end.
+    done: bool,
+    unknown: Vec<Vec<u8>>,
+    /// The current change.
+    cell: Cell,
+    keys: KeyRows,
+}
+
+/// `TableSql::key_rows`, positioned on one key's row.
+struct KeyRows {
+    stmt: Option<RawStmt>,
+    /// The key of the current row (None: before the first or past the end).
+    at: Option<i64>,
+}
+
+impl KeyRows {
+    /// Move to `key`'s row; false if the pks table has none (the change
+    /// is not read, as the changes statement's inner join leaves it out).
+    fn seek(&mut self, db: DbHandle, table: &TableInfo, key: i64) -> Result<bool> {
+        let stmt = match &mut self.stmt {
+            Some(s) => s,
+            None => self.stmt.insert(RawStmt::prepare(db, &table.sql.key_rows)?),
+        };
+        match self.at {
+            Some(at) if at == key => return Ok(true),
+            Some(at) if at < key && key - at <= KEY_STEPS => loop {
+                if !stmt.step()? {
+                    self.at = None;
+                    return Ok(false);
+                }
+                let k = stmt.column_i64(0);
+                self.at = Some(k);
+                if k >= key {
+                    return Ok(k == key);
+                }
+            },
+            _ => {}
+        }
+        stmt.reset();
+        stmt.bind(1, ValueRef::Integer(key))?;
+        self.at = if stmt.step()? {
+            Some(stmt.column_i64(0))
+        } else {
+            None
+        };
+        Ok(self.at == Some(key))
+    }
+}
+
+impl Cells {
+    fn new(db: DbHandle, table: &Arc<TableInfo>, start: Position, committed: i64, max_rows: usize) -> Cells {
+        Cells {
+            db,
+            table: Arc::clone(table),
+            committed,
+            start,
+            max_rows: max_rows.max(1),
+            db_version: 0,
+            rows: Vec::new(),
+            next: 0,
+            sorted: None,
+            ahead: false,
+            done: false,
+            unknown: Vec::new(),
+            cell: Cell {
+                seq: 0,
+                key: 0,
+                col_version: 0,
+                site: 0,
+                col: SENTINEL_CELL,
+                order: 0,
+            },
+            keys: KeyRows { stmt: None, at: None },
+        }
+    }
+
+    /// The statement reading the clock rows of versions `(?1, ?3]` (and
+    /// after seq ?2 in version ?1 with `where_sql` = [`AFTER_START`]).
+    fn scan(db: DbHandle, table: &TableInfo, where_sql: &str, binds: &[ValueRef<'_>]) -> Result<RawStmt> {
+        let sql = format!("{}{where_sql} ORDER BY c.db_version", table.sql.clock_scan);
+        bind_all(RawStmt::prepare(db, &sql)?, binds)
+    }
+
+    /// The clock row `stmt` is on (`TableSql::clock_scan`'s columns).
+    fn read(&mut self, stmt: &RawStmt) -> Result<Cell> {
+        let col = match stmt.column(2) {
+            ValueRef::Text(b"-1") => SENTINEL_CELL,
+            ValueRef::Text(name) => match self.table.cols.iter().position(|c| c.name.as_bytes() == name) {
+                Some(i) => i as i32,
+                None => {
+                    let i = match self.unknown.iter().position(|n| n.as_slice() == name) {
+                        Some(i) => i,
+                        None => {
+                            self.unknown.push(name.to_vec());
+                            self.unknown.len() - 1
+                        }
+                    };
+                    -2 - i as i32
+                }
+            },
+            _ => {
+                return Err(err!(
+                    "crsql_stream: clock row of {} has a non-text col_name",
+                    self.table.name
+                ))
+            }
+        };
+        Ok(Cell {
+            key: stmt.column_i64(1),
+            seq: stmt.column_i64(3),
+            col_version: stmt.column_i64(4),
+            site: stmt.column_i64(5),
+            col,
+            order: self.rows.len() as u32,
+        })
+    }
+
+    /// The next change in position order whose key has a row in the pks
+    /// table, with `keys` on that row; None at the end.
+    fn next(&mut self, main: &mut RawStmt) -> Result<Option<(i64, i64)>> {
+        loop {
+            let cell = if let Some(mut sorted) = self.sorted.take() {
+                if !sorted.step()? {
+                    continue;
+                }
+                let cell = self.read(&sorted)?;
+                self.sorted = Some(sorted);
+                cell
+            } else if let Some(&cell) = self.rows.get(self.next) {
+                self.next += 1;
+                cell
+            } else if self.fill(main)? {
+                continue;
+            } else {
+                return Ok(None);
+            };
+            if self.keys.seek(self.db, &self.table, cell.key)? {
+                self.cell = cell;
+                return Ok(Some((self.db_version, cell.seq)));
+            }
+        }
+    }
+
+    /// Read the next transaction; false at the end.
+    fn fill(&mut self, main: &mut RawStmt) -> Result<bool> {
+        self.rows.clear();
+        self.next = 0;
+        if !self.ahead && (self.done || !main.step()?) {
+            self.done = true;
+            return Ok(false);
+        }
+        self.ahead = false;
+        self.db_version = main.column_i64(0);
+        loop {
+            let cell = self.read(main)?;
+            self.rows.push(cell);
+            if !main.step()? {
+                self.done = true;
+                break;
+            }
+            if main.column_i64(0) != self.db_version {
+                self.ahead = true;
+                break;
+            }
+            if self.rows.len() >= self.max_rows {
+                return self.sort_in_sqlite(main);
+            }
+        }
+        self.rows.sort_unstable_by_key(|c| (c.seq, c.order));
+        Ok(true)
+    }
+
+    /// The current transaction is too large to sort here: read it sorted
+    /// by SQLite, and the scan again from the next version.
+    fn sort_in_sqlite(&mut self, main: &mut RawStmt) -> Result<bool> {
+        self.rows.clear();
+        let dv = self.db_version;
+        let after = if dv == self.start.db_version {
+            self.start.seq
+        } else {
+            i64::MIN
+        };
+        self.sorted = Some(bind_all(
+            RawStmt::prepare(self.db, &self.table.sql.clock_tx_sorted)?,
+            &[ValueRef::Integer(dv), ValueRef::Integer(after)],
+        )?);
+        *main = Cells::scan(
+            self.db,
+            &self.table,
+            " WHERE c.db_version > ?1 AND c.db_version <= ?2",
+            &[ValueRef::Integer(dv), ValueRef::Integer(self.committed)],
+        )?;
+        self.ahead = false;
+        self.done = false;
+        Ok(true)
+    }
+}
+
+/// Bind `binds` as ?1, ?2, …
+fn bind_all(mut stmt: RawStmt, binds: &[ValueRef<'_>]) -> Result<RawStmt> {
+    for (i, b) in binds.iter().enumerate() {
+        stmt.bind(i + 1, *b)?;
+    }
+    Ok(stmt)
+}
+
 struct Scan {
     /// The table of the current row.
     table: Arc<TableInfo>,
@@ -302,6 +557,9 @@ struct Scan {
     last: (i64, i64),
     /// Set for a compact table's runs scan: the current row's clocks.
     run: Option<RunClocks>,
+    /// Set for a cr-sqlite layout table read by transaction: `stmt` reads
+    /// its clock rows narrow.
+    cells: Option<Box<Cells>>,
 }
 
 impl Scan {
@@ -314,6 +572,7 @@ impl Scan {
             after: None,
             last: (i64::MIN, i64::MIN),
             run: None,
+            cells: None,
         }
     }
 
@@ -325,6 +584,21 @@ impl Scan {
             scan.run = Some(RunClocks::default());
         }
         scan
+    }
+
+    /// Never silently out of order (a compact table's runs are ordered by
+    /// an argument, docs/compact-layout.md; [`Cells`] sorts in Rust).
+    fn check_order(&mut self, pos: (i64, i64)) -> Result<()> {
+        if pos < self.last {
+            return Err(err!(
+                "crsql_stream: the changes of {} came out of position order ({:?} after {:?})",
+                self.table.name,
+                pos,
+                self.last
+            ));
+        }
+        self.last = pos;
+        Ok(())
     }
 
     /// The position of the next clock of `stmt`, None at its end.
@@ -364,9 +638,10 @@ fn selects(t: &TableInfo) -> impl Iterator<Item = &String> {
 impl Scan {
     /// The statement the current row comes from.
     fn current(&self) -> &RawStmt {
-        match &self.memo {
-            Some(m) => &m.lookup,
-            None => &self.stmt,
+        match (&self.memo, &self.cells) {
+            (Some(m), _) => &m.lookup,
+            (None, Some(c)) => c.keys.stmt.as_ref().unwrap_or(&self.stmt),
+            (None, None) => &self.stmt,
         }
     }
 }
@@ -385,10 +660,23 @@ pub struct RowView<'a> {
     record: bool,
     /// The row is a clock of a compact table's run.
     run: Option<&'a RunClocks>,
+    /// The row is a change read by [`Cells`]: `stmt` is its key's row.
+    cells: Option<&'a Cells>,
 }
+
+/// Columns of `TableSql::key_rows` before the primary key's.
+const K_CL: usize = 1;
+const K_PK0: usize = 2;
 
 impl RowView<'_> {
     pub fn cid(&self) -> ValueRef<'_> {
+        if let Some(c) = self.cells {
+            return match c.cell.col {
+                SENTINEL_CELL => ValueRef::Text(b"-1"),
+                i if i >= 0 => ValueRef::Text(self.table.cols[i as usize].name.as_bytes()),
+                i => ValueRef::Text(&c.unknown[(-2 - i) as usize]),
+            };
+        }
         match self.run.map(RunClocks::column) {
             None => self.stmt.column(S_CID),
             Some(None) => ValueRef::Text(b"-1"),
@@ -396,6 +684,12 @@ impl RowView<'_> {
         }
     }
     pub fn val(&self) -> ValueRef<'_> {
+        if let Some(c) = self.cells {
+            return match usize::try_from(c.cell.col) {
+                Ok(i) => self.stmt.column(K_PK0 + self.table.pks.len() + i),
+                Err(_) => ValueRef::Null,
+            };
+        }
         match self.run.map(RunClocks::column) {
             None => self.stmt.column(S_VAL),
             Some(None) => ValueRef::Null,
@@ -403,6 +697,9 @@ impl RowView<'_> {
         }
     }
     pub fn col_version(&self) -> i64 {
+        if let Some(c) = self.cells {
+            return c.cell.col_version;
+        }
         match self.run {
             None => self.stmt.column_i64(S_COL_VERSION),
             Some(r) => match r.column() {
@@ -412,17 +709,31 @@ impl RowView<'_> {
         }
     }
     pub fn db_version(&self) -> i64 {
-        self.stmt.column_i64(S_DB_VERSION)
+        match self.cells {
+            Some(c) => c.db_version,
+            None => self.stmt.column_i64(S_DB_VERSION),
+        }
     }
     pub fn site_ordinal(&self) -> i64 {
-        self.stmt.column_i64(S_SITE)
+        match self.cells {
+            Some(c) => c.cell.site,
+            None => self.stmt.column_i64(S_SITE),
+        }
     }
     pub fn seq(&self) -> i64 {
+        if let Some(c) = self.cells {
+            return c.cell.seq;
+        }
         let last = self.stmt.column_i64(S_SEQ);
         self.run.map_or(last, |r| r.seq(last))
     }
     pub fn cl(&self) -> i64 {
-        self.stmt.column_i64(S_CL)
+        match self.cells {
+            // The sentinel's col_version, 1 without one.
+            Some(_) if self.stmt.column(K_CL) == ValueRef::Null => 1,
+            Some(_) => self.stmt.column_i64(K_CL),
+            None => self.stmt.column_i64(S_CL),
+        }
     }
     pub fn position(&self) -> Position {
         Position::new(self.db_version(), self.seq())
@@ -438,8 +749,9 @@ impl RowView<'_> {
                 )),
             };
         }
+        let first = if self.cells.is_some() { K_PK0 } else { S_PK0 };
         let n = self.table.pks.len();
-        pack_columns((S_PK0..S_PK0 + n).map(|i| to_core(self.stmt.column(i)))).map_err(|source| {
+        pack_columns((first..first + n).map(|i| to_core(self.stmt.column(i)))).map_err(|source| {
             Error::Pack {
                 context: format!(
                     "crsql_stream: cannot pack the primary key of a row of {}",
@@ -523,8 +835,16 @@ impl Scanner {
             } else {
                 AFTER_START
             };
-            let stmt = Scanner::prepare(db, &t.sql.changes_select, where_sql, &binds)?;
-            let mut scan = Scan::of_select(t, 0, memo, stmt);
+            let mut scan = if t.compact.is_none() {
+                let stmt = Cells::scan(db, t, where_sql, &binds)?;
+                let mut scan = Scan::new(t, memo, stmt);
+                let max_rows = window.min(CELLS_SORTED_IN_MEMORY);
+                scan.cells = Some(Box::new(Cells::new(db, t, start, committed, max_rows)));
+                scan
+            } else {
+                let stmt = Scanner::prepare(db, &t.sql.changes_select, where_sql, &binds)?;
+                Scan::of_select(t, 0, memo, stmt)
+            };
             scan.after = Some((dv, start.seq));
             s.scans.push(scan);
             for (k, select) in t.sql.extra_selects.iter().enumerate() {
@@ -588,11 +908,7 @@ impl Scanner {
         binds: &[ValueRef<'_>],
     ) -> Result<RawStmt> {
         let sql = format!("{select}{where_sql} ORDER BY c.db_version, c.seq");
-        let mut stmt = RawStmt::prepare(db, &sql)?;
-        for (i, b) in binds.iter().enumerate() {
-            stmt.bind(i + 1, *b)?;
-        }
-        Ok(stmt)
+        bind_all(RawStmt::prepare(db, &sql)?, binds)
     }
 
     /// Position every scan on its first row.
@@ -659,21 +975,18 @@ impl Scanner {
                 return Ok(());
             }
         }
+        if let Some(cells) = &mut s.cells {
+            if let Some(pos) = cells.next(&mut s.stmt)? {
+                s.check_order(pos)?;
+                self.heap.push(Reverse((pos.0, pos.1, i)));
+            }
+            return Ok(());
+        }
         while let Some(pos) = s.next_position()? {
             if s.after.is_some_and(|a| pos <= a) {
                 continue;
             }
-            // Never silently out of order (a compact table's runs are
-            // ordered by an argument, docs/compact-layout.md).
-            if pos < s.last {
-                return Err(err!(
-                    "crsql_stream: the changes of {} came out of position order ({:?} after {:?})",
-                    s.table.name,
-                    pos,
-                    s.last
-                ));
-            }
-            s.last = pos;
+            s.check_order(pos)?;
             self.heap.push(Reverse((pos.0, pos.1, i)));
             return Ok(());
         }
@@ -688,6 +1001,7 @@ impl Scanner {
                 stmt: s.current(),
                 record: s.records.is_some(),
                 run: s.run.as_ref().filter(|_| s.memo.is_none()),
+                cells: s.cells.as_deref().filter(|_| s.memo.is_none()),
             }
         })
     }

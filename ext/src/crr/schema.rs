@@ -212,6 +212,17 @@ pub struct TableSql {
     pub tx_size: String,
     /// `changes_select` for one clock row, if it is still at `(db_version, seq)`.
     pub change_at: String,
+    /// The clock rows narrow, `(db_version, key, col_name, seq, col_version,
+    /// site_id)`, for a WHERE and an ORDER BY on `c.db_version` (the index
+    /// order): `scan::Cells` sorts each transaction by seq itself.
+    pub clock_scan: String,
+    /// `clock_scan` of one transaction after a seq, sorted by SQLite (a
+    /// transaction too large to sort in memory).
+    pub clock_tx_sorted: String,
+    /// What a change needs of its key, by key from `?1` on in key order:
+    /// the key, the sentinel's col_version (NULL without one), the primary
+    /// key's values, then every column of the base row (NULLs without one).
+    pub key_rows: String,
 }
 
 /// Read one table's columns; None when the table does not exist.
@@ -532,6 +543,19 @@ pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql
         .collect::<Vec<_>>()
         .join(", ");
     let join_base = pk_join(pks);
+    let clock_scan = format!(
+        "SELECT c.db_version, c.key, c.col_name, c.seq, c.col_version, c.site_id FROM {clock} AS c"
+    );
+    let key_rows = format!(
+        "SELECT p.__crsql_key, (SELECT col_version FROM {clock} WHERE key = p.__crsql_key AND col_name = '-1'), \
+         {} FROM {pkst} AS p LEFT JOIN {base} AS b ON {join_base} \
+         WHERE p.__crsql_key >= ?1 ORDER BY p.__crsql_key",
+        pks.iter()
+            .map(|c| format!("p.{}", quote_ident(&c.name)))
+            .chain(cols.iter().map(|c| format!("b.{}", quote_ident(&c.name))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let changes_select = format!(
         "SELECT c.col_name, c.col_version, c.db_version, c.site_id, c.seq, \
          COALESCE(s.col_version, 1), {val_expr}, {p_cols} \
@@ -624,6 +648,11 @@ pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql
         ),
         changes_select,
         extra_selects: Vec::new(),
+        clock_tx_sorted: format!(
+            "{clock_scan} WHERE c.db_version = ?1 AND c.seq > ?2 ORDER BY c.seq"
+        ),
+        clock_scan,
+        key_rows,
     }
 }
 
