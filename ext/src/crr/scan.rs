@@ -293,6 +293,8 @@ struct Cell {
     key: i64,
     col_version: i64,
     site: i64,
+    /// The causal length: the sentinel's col_version, 1 without one.
+    cl: i64,
     /// The column's index in `TableInfo::cols`, [`SENTINEL_CELL`], or a
     /// name the table does not have: `-2 - i` for `Cells::unknown[i]`.
     col: i32,
@@ -304,8 +306,8 @@ struct Cell {
 
 const SENTINEL_CELL: i32 = -1;
 
-/// Rows of one transaction sorted in memory at most (40 bytes each:
-/// 10 MiB); a larger transaction is sorted by SQLite.
+/// Rows of one transaction sorted in memory at most (48 bytes each:
+/// 12 MiB); a larger transaction is sorted by SQLite.
 const CELLS_SORTED_IN_MEMORY: usize = 1 << 18;
 
 /// A key's row of `TableSql::key_rows` is at most this far ahead: step to
@@ -313,11 +315,13 @@ const CELLS_SORTED_IN_MEMORY: usize = 1 << 18;
 const KEY_STEPS: i64 = 16;
 
 /// The changes of a CRR of the cr-sqlite layout, one transaction at a time
-/// (docs/streams.md, "Reading changes"): `Scan::stmt` reads the clock rows
-/// narrow in the `db_version` index's order; a transaction's rows are
-/// sorted by seq here (SQLite's sorter took a third of packing), or by
-/// SQLite past `max_rows`. What a change needs of its key (primary key,
-/// causal length, values) is read once per key by [`KeyRows`], whose
+/// (docs/streams.md, "Reading changes"): `Scan::stmt` reads the entries
+/// of the `db_version` index, `(db_version, key, col_name)`, in order;
+/// [`ClockRows`] the rest of each clock row, moving forward through the
+/// clock table (which the index order follows within a transaction); a
+/// transaction's rows are sorted by seq here (SQLite's sorter took a third
+/// of packing), or by SQLite past `max_rows`. What a change needs of its
+/// key (primary key, values) is read once per key by [`KeyRows`], whose
 /// cursor moves forward through the pks table in key order.
 struct Cells {
     db: DbHandle,
@@ -340,7 +344,96 @@ struct Cells {
     unknown: Vec<Vec<u8>>,
     /// The current change.
     cell: Cell,
+    clocks: ClockRows,
     keys: KeyRows,
+}
+
+/// `TableSql::clock_rows`: a cursor through the clock table in key order.
+struct ClockRows {
+    stmt: Option<RawStmt>,
+    /// The key of the current row (None: not on a row).
+    at: Option<i64>,
+    /// The causal length of key `at`, once the cursor has passed the place
+    /// of its sentinel (`-1`) in the key's rows.
+    cl: Option<i64>,
+    /// `TableSql::local_cl`, for a column named below `-1`.
+    local_cl: Option<RawStmt>,
+}
+
+impl ClockRows {
+    /// The clock row `(key, name)`: `(col_version, seq, site_id, cl)`.
+    fn find(
+        &mut self,
+        db: DbHandle,
+        table: &TableInfo,
+        key: i64,
+        name: &[u8],
+    ) -> Result<Option<(i64, i64, i64, i64)>> {
+        let stmt = match &mut self.stmt {
+            Some(s) => s,
+            None => self.stmt.insert(RawStmt::prepare(db, &table.sql.clock_rows)?),
+        };
+        // Step from the current row when the wanted one lies a little ahead.
+        let ahead = self.at.is_some_and(|at| match at.cmp(&key) {
+            std::cmp::Ordering::Less => key - at <= KEY_STEPS,
+            std::cmp::Ordering::Equal => col_name(stmt) < name,
+            std::cmp::Ordering::Greater => false,
+        });
+        let mut more = if ahead {
+            stmt.step()?
+        } else {
+            stmt.reset();
+            stmt.bind(1, ValueRef::Integer(key))?;
+            self.at = None;
+            stmt.step()?
+        };
+        while more {
+            let k = stmt.column_i64(0);
+            if self.at != Some(k) {
+                self.at = Some(k);
+                self.cl = None;
+            }
+            let n = col_name(stmt);
+            if self.cl.is_none() {
+                if n == b"-1" {
+                    self.cl = Some(stmt.column_i64(2));
+                } else if n > b"-1".as_slice() {
+                    self.cl = Some(1);
+                }
+            }
+            match (k, n).cmp(&(key, name)) {
+                std::cmp::Ordering::Less => more = stmt.step()?,
+                std::cmp::Ordering::Greater => return Ok(None),
+                std::cmp::Ordering::Equal => {
+                    let row = (stmt.column_i64(2), stmt.column_i64(3), stmt.column_i64(4));
+                    let cl = match self.cl {
+                        Some(cl) => cl,
+                        None => {
+                            let q = match &mut self.local_cl {
+                                Some(q) => q,
+                                None => self.local_cl.insert(RawStmt::prepare(db, &table.sql.local_cl)?),
+                            };
+                            q.reset();
+                            q.bind(1, ValueRef::Integer(key))?;
+                            q.step()?;
+                            q.column_i64(0)
+                        }
+                    };
+                    return Ok(Some((row.0, row.1, row.2, cl)));
+                }
+            }
+        }
+        self.at = None;
+        Ok(None)
+    }
+}
+
+/// Column 1 of a clock statement, the col_name (STRICT TEXT).
+fn col_name(stmt: &RawStmt) -> &[u8] {
+    match stmt.column(1) {
+        ValueRef::Text(t) => t,
+        _ => b"",
+    }
 }
 
 /// `TableSql::key_rows`, positioned on one key's row.
@@ -404,23 +497,33 @@ impl Cells {
                 key: 0,
                 col_version: 0,
                 site: 0,
+                cl: 1,
                 col: SENTINEL_CELL,
                 order: 0,
+            },
+            clocks: ClockRows {
+                stmt: None,
+                at: None,
+                cl: None,
+                local_cl: None,
             },
             keys: KeyRows { stmt: None, at: None },
         }
     }
 
-    /// The statement reading the clock rows of versions `(?1, ?3]` (and
-    /// after seq ?2 in version ?1 with `where_sql` = [`AFTER_START`]).
+    /// The statement reading the index entries of the versions `where_sql`
+    /// selects (on `c.db_version` only, so that the index covers it).
     fn scan(db: DbHandle, table: &TableInfo, where_sql: &str, binds: &[ValueRef<'_>]) -> Result<RawStmt> {
-        let sql = format!("{}{where_sql} ORDER BY c.db_version", table.sql.clock_scan);
+        let sql = format!(
+            "{}{where_sql} ORDER BY c.db_version, c.key, c.col_name",
+            table.sql.clock_scan
+        );
         bind_all(RawStmt::prepare(db, &sql)?, binds)
     }
 
-    /// The clock row `stmt` is on (`TableSql::clock_scan`'s columns).
-    fn read(&mut self, stmt: &RawStmt) -> Result<Cell> {
-        let col = match stmt.column(2) {
+    /// The column of a col_name: its index, [`SENTINEL_CELL`], or an unknown name's.
+    fn col(&mut self, name: ValueRef<'_>) -> Result<i32> {
+        Ok(match name {
             ValueRef::Text(b"-1") => SENTINEL_CELL,
             ValueRef::Text(name) => match self.table.cols.iter().position(|c| c.name.as_bytes() == name) {
                 Some(i) => i as i32,
@@ -441,14 +544,41 @@ impl Cells {
                     self.table.name
                 ))
             }
+        })
+    }
+
+    /// The clock row of the index entry `main` is on (None if the clock
+    /// table has no such row).
+    fn read_entry(&mut self, main: &RawStmt) -> Result<Option<Cell>> {
+        let key = main.column_i64(1);
+        let name = main.column(2);
+        let ValueRef::Text(n) = name else {
+            return self.col(name).map(|_| None);
         };
+        let Some((col_version, seq, site, cl)) = self.clocks.find(self.db, &self.table, key, n)? else {
+            return Ok(None);
+        };
+        Ok(Some(Cell {
+            seq,
+            key,
+            col_version,
+            site,
+            cl,
+            col: self.col(name)?,
+            order: self.rows.len() as u32,
+        }))
+    }
+
+    /// The row `TableSql::clock_tx_sorted` is on.
+    fn read_sorted(&mut self, stmt: &RawStmt) -> Result<Cell> {
         Ok(Cell {
             key: stmt.column_i64(1),
             seq: stmt.column_i64(3),
             col_version: stmt.column_i64(4),
             site: stmt.column_i64(5),
-            col,
-            order: self.rows.len() as u32,
+            cl: stmt.column_i64(6),
+            col: self.col(stmt.column(2))?,
+            order: 0,
         })
     }
 
@@ -460,7 +590,7 @@ impl Cells {
                 if !sorted.step()? {
                     continue;
                 }
-                let cell = self.read(&sorted)?;
+                let cell = self.read_sorted(&sorted)?;
                 self.sorted = Some(sorted);
                 cell
             } else if let Some(&cell) = self.rows.get(self.next) {
@@ -489,8 +619,11 @@ impl Cells {
         self.ahead = false;
         self.db_version = main.column_i64(0);
         loop {
-            let cell = self.read(main)?;
-            self.rows.push(cell);
+            if let Some(cell) = self.read_entry(main)? {
+                if self.db_version != self.start.db_version || cell.seq > self.start.seq {
+                    self.rows.push(cell);
+                }
+            }
             if !main.step()? {
                 self.done = true;
                 break;
@@ -664,9 +797,8 @@ pub struct RowView<'a> {
     cells: Option<&'a Cells>,
 }
 
-/// Columns of `TableSql::key_rows` before the primary key's.
-const K_CL: usize = 1;
-const K_PK0: usize = 2;
+/// The first primary-key column of `TableSql::key_rows`.
+const K_PK0: usize = 1;
 
 impl RowView<'_> {
     pub fn cid(&self) -> ValueRef<'_> {
@@ -729,9 +861,7 @@ impl RowView<'_> {
     }
     pub fn cl(&self) -> i64 {
         match self.cells {
-            // The sentinel's col_version, 1 without one.
-            Some(_) if self.stmt.column(K_CL) == ValueRef::Null => 1,
-            Some(_) => self.stmt.column_i64(K_CL),
+            Some(c) => c.cell.cl,
             None => self.stmt.column_i64(S_CL),
         }
     }
@@ -836,6 +966,12 @@ impl Scanner {
                 AFTER_START
             };
             let mut scan = if t.compact.is_none() {
+                // The start's seq is applied by `Cells`: the index has none.
+                let where_sql = if memo.is_some() {
+                    where_sql
+                } else {
+                    " WHERE c.db_version >= ?1 AND c.db_version <= ?3"
+                };
                 let stmt = Cells::scan(db, t, where_sql, &binds)?;
                 let mut scan = Scan::new(t, memo, stmt);
                 let max_rows = window.min(CELLS_SORTED_IN_MEMORY);

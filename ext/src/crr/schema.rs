@@ -212,17 +212,21 @@ pub struct TableSql {
     pub tx_size: String,
     /// `changes_select` for one clock row, if it is still at `(db_version, seq)`.
     pub change_at: String,
-    /// The clock rows narrow, `(db_version, key, col_name, seq, col_version,
-    /// site_id)`, for a WHERE and an ORDER BY on `c.db_version` (the index
-    /// order): `scan::Cells` sorts each transaction by seq itself.
+    /// The `db_version` index's entries, `(db_version, key, col_name)`, for
+    /// a WHERE on `c.db_version` (`scan::Cells` reads the rest of each
+    /// clock row through `clock_rows` and sorts by seq itself).
     pub clock_scan: String,
-    /// `clock_scan` of one transaction after a seq, sorted by SQLite (a
-    /// transaction too large to sort in memory).
+    /// One transaction's clock rows after a seq, sorted by SQLite (a
+    /// transaction too large to sort in memory): `db_version, key,
+    /// col_name, seq, col_version, site_id`, the causal length.
     pub clock_tx_sorted: String,
     /// What a change needs of its key, by key from `?1` on in key order:
-    /// the key, the sentinel's col_version (NULL without one), the primary
-    /// key's values, then every column of the base row (NULLs without one).
+    /// the key, the primary key's values, then every column of the base
+    /// row (NULLs without one).
     pub key_rows: String,
+    /// The clock rows in primary-key order from key `?1` on: `key,
+    /// col_name, col_version, seq, site_id`.
+    pub clock_rows: String,
 }
 
 /// Read one table's columns; None when the table does not exist.
@@ -543,12 +547,9 @@ pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql
         .collect::<Vec<_>>()
         .join(", ");
     let join_base = pk_join(pks);
-    let clock_scan = format!(
-        "SELECT c.db_version, c.key, c.col_name, c.seq, c.col_version, c.site_id FROM {clock} AS c"
-    );
+    let clock_scan = format!("SELECT c.db_version, c.key, c.col_name FROM {clock} AS c");
     let key_rows = format!(
-        "SELECT p.__crsql_key, (SELECT col_version FROM {clock} WHERE key = p.__crsql_key AND col_name = '-1'), \
-         {} FROM {pkst} AS p LEFT JOIN {base} AS b ON {join_base} \
+        "SELECT p.__crsql_key, {} FROM {pkst} AS p LEFT JOIN {base} AS b ON {join_base} \
          WHERE p.__crsql_key >= ?1 ORDER BY p.__crsql_key",
         pks.iter()
             .map(|c| format!("p.{}", quote_ident(&c.name)))
@@ -649,7 +650,12 @@ pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql
         changes_select,
         extra_selects: Vec::new(),
         clock_tx_sorted: format!(
-            "{clock_scan} WHERE c.db_version = ?1 AND c.seq > ?2 ORDER BY c.seq"
+            "SELECT c.db_version, c.key, c.col_name, c.seq, c.col_version, c.site_id, \
+             COALESCE((SELECT col_version FROM {clock} WHERE key = c.key AND col_name = '-1'), 1) \
+             FROM {clock} AS c WHERE c.db_version = ?1 AND c.seq > ?2 ORDER BY c.seq"
+        ),
+        clock_rows: format!(
+            "SELECT key, col_name, col_version, seq, site_id FROM {clock} WHERE key >= ?1 ORDER BY key, col_name"
         ),
         clock_scan,
         key_rows,
