@@ -428,12 +428,9 @@ impl ClockRows {
     }
 }
 
-/// Column 1 of a clock statement, the col_name (STRICT TEXT).
+/// Column 1 of a clock statement, the col_name (STRICT TEXT NOT NULL).
 fn col_name(stmt: &RawStmt) -> &[u8] {
-    match stmt.column(1) {
-        ValueRef::Text(t) => t,
-        _ => b"",
-    }
+    stmt.column_text(1)
 }
 
 /// `TableSql::key_rows`, positioned on one key's row.
@@ -441,12 +438,28 @@ struct KeyRows {
     stmt: Option<RawStmt>,
     /// The key of the current row (None: before the first or past the end).
     at: Option<i64>,
+    /// The packed primary key of key `packed.0` (packed once per key).
+    packed: Option<(i64, Vec<u8>)>,
 }
 
 impl KeyRows {
-    /// Move to `key`'s row; false if the pks table has none (the change
-    /// is not read, as the changes statement's inner join leaves it out).
+    /// Move to `key`'s row and pack its primary key; false if the pks
+    /// table has none (the change is not read, as the changes statement's
+    /// inner join leaves it out).
     fn seek(&mut self, db: DbHandle, table: &TableInfo, key: i64) -> Result<bool> {
+        if self.packed.as_ref().is_some_and(|p| p.0 == key) && self.at == Some(key) {
+            return Ok(true);
+        }
+        if !self.seek_row(db, table, key)? {
+            return Ok(false);
+        }
+        let stmt = self.stmt.as_ref().ok_or_else(|| err!("crsql_stream: key rows not prepared"))?;
+        let pk = pack_key(stmt, K_PK0, table)?;
+        self.packed = Some((key, pk));
+        Ok(true)
+    }
+
+    fn seek_row(&mut self, db: DbHandle, table: &TableInfo, key: i64) -> Result<bool> {
         let stmt = match &mut self.stmt {
             Some(s) => s,
             None => self.stmt.insert(RawStmt::prepare(db, &table.sql.key_rows)?),
@@ -507,7 +520,11 @@ impl Cells {
                 cl: None,
                 local_cl: None,
             },
-            keys: KeyRows { stmt: None, at: None },
+            keys: KeyRows {
+                stmt: None,
+                at: None,
+                packed: None,
+            },
         }
     }
 
@@ -879,18 +896,24 @@ impl RowView<'_> {
                 )),
             };
         }
-        let first = if self.cells.is_some() { K_PK0 } else { S_PK0 };
-        let n = self.table.pks.len();
-        pack_columns((first..first + n).map(|i| to_core(self.stmt.column(i)))).map_err(|source| {
-            Error::Pack {
-                context: format!(
-                    "crsql_stream: cannot pack the primary key of a row of {}",
-                    self.table.name
-                ),
-                source,
-            }
-        })
+        match self.cells.and_then(|c| c.keys.packed.as_ref()) {
+            Some((_, pk)) => Ok(pk.clone()),
+            None => pack_key(self.stmt, S_PK0, self.table),
+        }
     }
+}
+
+/// The primary key of `table` from the columns of `stmt` from `first` on,
+/// in cr-sqlite's packed format.
+fn pack_key(stmt: &RawStmt, first: usize, table: &TableInfo) -> Result<Vec<u8>> {
+    let n = table.pks.len();
+    pack_columns((first..first + n).map(|i| to_core(stmt.column(i)))).map_err(|source| Error::Pack {
+        context: format!(
+            "crsql_stream: cannot pack the primary key of a row of {}",
+            table.name
+        ),
+        source,
+    })
 }
 
 impl Scanner {
