@@ -348,9 +348,13 @@ struct Cells {
     keys: KeyRows,
 }
 
-/// `TableSql::clock_rows`: a cursor through the clock table in key order.
+/// `TableSql::clock_rows`: a cursor through the clock table in key order,
+/// over the rows of one version and the sentinels (SQLite skips the
+/// others without a round trip).
 struct ClockRows {
     stmt: Option<RawStmt>,
+    /// The version the statement reads.
+    db_version: i64,
     /// The key of the current row (None: not on a row).
     at: Option<i64>,
     /// The causal length of key `at`, once the cursor has passed the place
@@ -361,14 +365,20 @@ struct ClockRows {
 }
 
 impl ClockRows {
-    /// The clock row `(key, name)`: `(col_version, seq, site_id, cl)`.
+    /// The clock row `(key, name)` at `db_version`: `(col_version, seq,
+    /// site_id, cl)`.
     fn find(
         &mut self,
         db: DbHandle,
         table: &TableInfo,
+        db_version: i64,
         key: i64,
         name: &[u8],
     ) -> Result<Option<(i64, i64, i64, i64)>> {
+        if db_version != self.db_version {
+            self.db_version = db_version;
+            self.at = None;
+        }
         let stmt = match &mut self.stmt {
             Some(s) => s,
             None => self.stmt.insert(RawStmt::prepare(db, &table.sql.clock_rows)?),
@@ -384,6 +394,7 @@ impl ClockRows {
         } else {
             stmt.reset();
             stmt.bind(1, ValueRef::Integer(key))?;
+            stmt.bind(2, ValueRef::Integer(db_version))?;
             self.at = None;
             stmt.step()?
         };
@@ -516,6 +527,7 @@ impl Cells {
             },
             clocks: ClockRows {
                 stmt: None,
+                db_version: 0,
                 at: None,
                 cl: None,
                 local_cl: None,
@@ -572,7 +584,7 @@ impl Cells {
         let ValueRef::Text(n) = name else {
             return self.col(name).map(|_| None);
         };
-        let Some((col_version, seq, site, cl)) = self.clocks.find(self.db, &self.table, key, n)? else {
+        let Some((col_version, seq, site, cl)) = self.clocks.find(self.db, &self.table, self.db_version, key, n)? else {
             return Ok(None);
         };
         Ok(Some(Cell {

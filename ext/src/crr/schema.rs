@@ -224,8 +224,8 @@ pub struct TableSql {
     /// the key, the primary key's values, then every column of the base
     /// row (NULLs without one).
     pub key_rows: String,
-    /// The clock rows in primary-key order from key `?1` on: `key,
-    /// col_name, col_version, seq, site_id`.
+    /// The clock rows of version `?2` and the sentinels, in primary-key
+    /// order from key `?1` on: `key, col_name, col_version, seq, site_id`.
     pub clock_rows: String,
 }
 
@@ -655,7 +655,8 @@ pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql
              FROM {clock} AS c WHERE c.db_version = ?1 AND c.seq > ?2 ORDER BY c.seq"
         ),
         clock_rows: format!(
-            "SELECT key, col_name, col_version, seq, site_id FROM {clock} WHERE key >= ?1 ORDER BY key, col_name"
+            "SELECT key, col_name, col_version, seq, site_id FROM {clock} \
+             WHERE key >= ?1 AND (db_version = ?2 OR col_name = '-1') ORDER BY key, col_name"
         ),
         clock_scan,
         key_rows,
