@@ -357,24 +357,23 @@ struct ClockRows {
     db_version: i64,
     /// The key of the current row (None: not on a row).
     at: Option<i64>,
-    /// The causal length of key `at`, once the cursor has passed the place
-    /// of its sentinel (`-1`) in the key's rows.
-    cl: Option<i64>,
-    /// `TableSql::local_cl`, for a column named below `-1`.
-    local_cl: Option<RawStmt>,
 }
 
 impl ClockRows {
-    /// The clock row `(key, name)` at `db_version`: `(col_version, seq,
-    /// site_id, cl)`.
-    fn find(
+    /// Append `key`'s clock rows at `db_version` with a seq above
+    /// `min_seq` to `rows`, in col_name order (the index's), each with the
+    /// key's causal length.
+    #[allow(clippy::too_many_arguments)]
+    fn read_key(
         &mut self,
         db: DbHandle,
         table: &TableInfo,
         db_version: i64,
         key: i64,
-        name: &[u8],
-    ) -> Result<Option<(i64, i64, i64, i64)>> {
+        min_seq: i64,
+        rows: &mut Vec<Cell>,
+        unknown: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
         if db_version != self.db_version {
             self.db_version = db_version;
             self.at = None;
@@ -383,65 +382,74 @@ impl ClockRows {
             Some(s) => s,
             None => self.stmt.insert(RawStmt::prepare(db, &table.sql.clock_rows)?),
         };
-        // Step from the current row when the wanted one lies a little ahead.
-        let ahead = self.at.is_some_and(|at| match at.cmp(&key) {
-            std::cmp::Ordering::Less => key - at <= KEY_STEPS,
-            std::cmp::Ordering::Equal => col_name(stmt) < name,
-            std::cmp::Ordering::Greater => false,
-        });
-        let mut more = if ahead {
-            stmt.step()?
-        } else {
-            stmt.reset();
-            stmt.bind(1, ValueRef::Integer(key))?;
-            stmt.bind(2, ValueRef::Integer(db_version))?;
-            self.at = None;
-            stmt.step()?
+        let row_key = |stmt: &mut RawStmt| -> Result<Option<i64>> {
+            Ok(if stmt.step()? {
+                Some(stmt.column_i64(0))
+            } else {
+                None
+            })
         };
-        while more {
-            let k = stmt.column_i64(0);
-            if self.at != Some(k) {
-                self.at = Some(k);
-                self.cl = None;
-            }
-            let n = col_name(stmt);
-            if self.cl.is_none() {
-                if n == b"-1" {
-                    self.cl = Some(stmt.column_i64(2));
-                } else if n > b"-1".as_slice() {
-                    self.cl = Some(1);
+        match self.at {
+            // Already on the key's first row (read past the previous key).
+            Some(at) if at == key => {}
+            // A little ahead: step to it.
+            Some(at) if at < key && key - at <= KEY_STEPS => {
+                while self.at.is_some_and(|k| k < key) {
+                    self.at = row_key(stmt)?;
                 }
             }
-            match (k, n).cmp(&(key, name)) {
-                std::cmp::Ordering::Less => more = stmt.step()?,
-                std::cmp::Ordering::Greater => return Ok(None),
-                std::cmp::Ordering::Equal => {
-                    let row = (stmt.column_i64(2), stmt.column_i64(3), stmt.column_i64(4));
-                    let cl = match self.cl {
-                        Some(cl) => cl,
-                        None => {
-                            let q = match &mut self.local_cl {
-                                Some(q) => q,
-                                None => self.local_cl.insert(RawStmt::prepare(db, &table.sql.local_cl)?),
-                            };
-                            q.reset();
-                            q.bind(1, ValueRef::Integer(key))?;
-                            q.step()?;
-                            q.column_i64(0)
-                        }
-                    };
-                    return Ok(Some((row.0, row.1, row.2, cl)));
-                }
+            _ => {
+                stmt.reset();
+                stmt.bind(1, ValueRef::Integer(key))?;
+                stmt.bind(2, ValueRef::Integer(db_version))?;
+                self.at = row_key(stmt)?;
             }
         }
-        self.at = None;
-        Ok(None)
+        let first = rows.len();
+        let mut cl = 1;
+        while self.at == Some(key) {
+            let name = stmt.column_text(1);
+            if name == b"-1" {
+                cl = stmt.column_i64(2);
+            }
+            let seq = stmt.column_i64(3);
+            if stmt.column_i64(5) == db_version && seq > min_seq {
+                rows.push(Cell {
+                    seq,
+                    key,
+                    col_version: stmt.column_i64(2),
+                    site: stmt.column_i64(4),
+                    cl: 1,
+                    col: col_of(table, unknown, name),
+                    order: rows.len() as u32,
+                });
+            }
+            self.at = row_key(stmt)?;
+        }
+        for c in &mut rows[first..] {
+            c.cl = cl;
+        }
+        Ok(())
     }
 }
 
-/// Column 1 of a clock statement, the col_name (STRICT TEXT NOT NULL).
-fn col_name(stmt: &RawStmt) -> &[u8] {
-    stmt.column_text(1)
+/// The column of a clock row's col_name: its index in `table.cols`,
+/// [`SENTINEL_CELL`], or `-2 - i` for the name `unknown[i]` (added if new).
+fn col_of(table: &TableInfo, unknown: &mut Vec<Vec<u8>>, name: &[u8]) -> i32 {
+    if name == b"-1" {
+        return SENTINEL_CELL;
+    }
+    if let Some(i) = table.cols.iter().position(|c| c.name.as_bytes() == name) {
+        return i as i32;
+    }
+    let i = match unknown.iter().position(|n| n.as_slice() == name) {
+        Some(i) => i,
+        None => {
+            unknown.push(name.to_vec());
+            unknown.len() - 1
+        }
+    };
+    -2 - i as i32
 }
 
 /// `TableSql::key_rows`, positioned on one key's row.
@@ -529,8 +537,6 @@ impl Cells {
                 stmt: None,
                 db_version: 0,
                 at: None,
-                cl: None,
-                local_cl: None,
             },
             keys: KeyRows {
                 stmt: None,
@@ -544,71 +550,23 @@ impl Cells {
     /// selects (on `c.db_version` only, so that the index covers it).
     fn scan(db: DbHandle, table: &TableInfo, where_sql: &str, binds: &[ValueRef<'_>]) -> Result<RawStmt> {
         let sql = format!(
-            "{}{where_sql} ORDER BY c.db_version, c.key, c.col_name",
+            "{}{where_sql} ORDER BY c.db_version, c.key",
             table.sql.clock_scan
         );
         bind_all(RawStmt::prepare(db, &sql)?, binds)
     }
 
-    /// The column of a col_name: its index, [`SENTINEL_CELL`], or an unknown name's.
-    fn col(&mut self, name: ValueRef<'_>) -> Result<i32> {
-        Ok(match name {
-            ValueRef::Text(b"-1") => SENTINEL_CELL,
-            ValueRef::Text(name) => match self.table.cols.iter().position(|c| c.name.as_bytes() == name) {
-                Some(i) => i as i32,
-                None => {
-                    let i = match self.unknown.iter().position(|n| n.as_slice() == name) {
-                        Some(i) => i,
-                        None => {
-                            self.unknown.push(name.to_vec());
-                            self.unknown.len() - 1
-                        }
-                    };
-                    -2 - i as i32
-                }
-            },
-            _ => {
-                return Err(err!(
-                    "crsql_stream: clock row of {} has a non-text col_name",
-                    self.table.name
-                ))
-            }
-        })
-    }
-
-    /// The clock row of the index entry `main` is on (None if the clock
-    /// table has no such row).
-    fn read_entry(&mut self, main: &RawStmt) -> Result<Option<Cell>> {
-        let key = main.column_i64(1);
-        let name = main.column(2);
-        let ValueRef::Text(n) = name else {
-            return self.col(name).map(|_| None);
-        };
-        let Some((col_version, seq, site, cl)) = self.clocks.find(self.db, &self.table, self.db_version, key, n)? else {
-            return Ok(None);
-        };
-        Ok(Some(Cell {
-            seq,
-            key,
-            col_version,
-            site,
-            cl,
-            col: self.col(name)?,
-            order: self.rows.len() as u32,
-        }))
-    }
-
     /// The row `TableSql::clock_tx_sorted` is on.
-    fn read_sorted(&mut self, stmt: &RawStmt) -> Result<Cell> {
-        Ok(Cell {
+    fn read_sorted(&mut self, stmt: &RawStmt) -> Cell {
+        Cell {
             key: stmt.column_i64(1),
             seq: stmt.column_i64(3),
             col_version: stmt.column_i64(4),
             site: stmt.column_i64(5),
             cl: stmt.column_i64(6),
-            col: self.col(stmt.column(2))?,
+            col: col_of(&self.table, &mut self.unknown, stmt.column_text(2)),
             order: 0,
-        })
+        }
     }
 
     /// The next change in position order whose key has a row in the pks
@@ -619,7 +577,7 @@ impl Cells {
                 if !sorted.step()? {
                     continue;
                 }
-                let cell = self.read_sorted(&sorted)?;
+                let cell = self.read_sorted(&sorted);
                 self.sorted = Some(sorted);
                 cell
             } else if let Some(&cell) = self.rows.get(self.next) {
@@ -646,18 +604,23 @@ impl Cells {
             return Ok(false);
         }
         self.ahead = false;
-        self.db_version = main.column_i64(0);
+        let dv = main.column_i64(0);
+        self.db_version = dv;
+        let min_seq = if dv == self.start.db_version {
+            self.start.seq
+        } else {
+            i64::MIN
+        };
         loop {
-            if let Some(cell) = self.read_entry(main)? {
-                if self.db_version != self.start.db_version || cell.seq > self.start.seq {
-                    self.rows.push(cell);
-                }
-            }
+            let key = main.column_i64(1);
+            let (table, rows, unknown) = (&self.table, &mut self.rows, &mut self.unknown);
+            self.clocks
+                .read_key(self.db, table, dv, key, min_seq, rows, unknown)?;
             if !main.step()? {
                 self.done = true;
                 break;
             }
-            if main.column_i64(0) != self.db_version {
+            if main.column_i64(0) != dv {
                 self.ahead = true;
                 break;
             }

@@ -212,9 +212,9 @@ pub struct TableSql {
     pub tx_size: String,
     /// `changes_select` for one clock row, if it is still at `(db_version, seq)`.
     pub change_at: String,
-    /// The `db_version` index's entries, `(db_version, key, col_name)`, for
-    /// a WHERE on `c.db_version` (`scan::Cells` reads the rest of each
-    /// clock row through `clock_rows` and sorts by seq itself).
+    /// The keys of each version, `(db_version, key)` from the `db_version`
+    /// index, for a WHERE on `c.db_version` (`scan::Cells` reads each key's
+    /// clock rows through `clock_rows` and sorts by seq itself).
     pub clock_scan: String,
     /// One transaction's clock rows after a seq, sorted by SQLite (a
     /// transaction too large to sort in memory): `db_version, key,
@@ -225,7 +225,8 @@ pub struct TableSql {
     /// row (NULLs without one).
     pub key_rows: String,
     /// The clock rows of version `?2` and the sentinels, in primary-key
-    /// order from key `?1` on: `key, col_name, col_version, seq, site_id`.
+    /// order from key `?1` on: `key, col_name, col_version, seq, site_id,
+    /// db_version`.
     pub clock_rows: String,
 }
 
@@ -547,7 +548,7 @@ pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql
         .collect::<Vec<_>>()
         .join(", ");
     let join_base = pk_join(pks);
-    let clock_scan = format!("SELECT c.db_version, c.key, c.col_name FROM {clock} AS c");
+    let clock_scan = format!("SELECT DISTINCT c.db_version, c.key FROM {clock} AS c");
     let key_rows = format!(
         "SELECT p.__crsql_key, {} FROM {pkst} AS p LEFT JOIN {base} AS b ON {join_base} \
          WHERE p.__crsql_key >= ?1 ORDER BY p.__crsql_key",
@@ -655,7 +656,7 @@ pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql
              FROM {clock} AS c WHERE c.db_version = ?1 AND c.seq > ?2 ORDER BY c.seq"
         ),
         clock_rows: format!(
-            "SELECT key, col_name, col_version, seq, site_id FROM {clock} \
+            "SELECT key, col_name, col_version, seq, site_id, db_version FROM {clock} \
              WHERE key >= ?1 AND (db_version = ?2 OR col_name = '-1') ORDER BY key, col_name"
         ),
         clock_scan,
