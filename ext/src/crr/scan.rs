@@ -380,7 +380,9 @@ impl ClockRows {
         }
         let stmt = match &mut self.stmt {
             Some(s) => s,
-            None => self.stmt.insert(RawStmt::prepare(db, &table.sql.clock_rows)?),
+            None => self
+                .stmt
+                .insert(RawStmt::prepare(db, &table.sql.clock_rows)?),
         };
         let row_key = |stmt: &mut RawStmt| -> Result<Option<i64>> {
             Ok(if stmt.step()? {
@@ -472,7 +474,10 @@ impl KeyRows {
         if !self.seek_row(db, table, key)? {
             return Ok(false);
         }
-        let stmt = self.stmt.as_ref().ok_or_else(|| err!("crsql_stream: key rows not prepared"))?;
+        let stmt = self
+            .stmt
+            .as_ref()
+            .ok_or_else(|| err!("crsql_stream: key rows not prepared"))?;
         let pk = pack_key(stmt, K_PK0, table)?;
         self.packed = Some((key, pk));
         Ok(true)
@@ -510,7 +515,13 @@ impl KeyRows {
 }
 
 impl Cells {
-    fn new(db: DbHandle, table: &Arc<TableInfo>, start: Position, committed: i64, max_rows: usize) -> Cells {
+    fn new(
+        db: DbHandle,
+        table: &Arc<TableInfo>,
+        start: Position,
+        committed: i64,
+        max_rows: usize,
+    ) -> Cells {
         Cells {
             db,
             table: Arc::clone(table),
@@ -548,7 +559,12 @@ impl Cells {
 
     /// The statement reading the index entries of the versions `where_sql`
     /// selects (on `c.db_version` only, so that the index covers it).
-    fn scan(db: DbHandle, table: &TableInfo, where_sql: &str, binds: &[ValueRef<'_>]) -> Result<RawStmt> {
+    fn scan(
+        db: DbHandle,
+        table: &TableInfo,
+        where_sql: &str,
+        binds: &[ValueRef<'_>],
+    ) -> Result<RawStmt> {
         let sql = format!(
             "{}{where_sql} ORDER BY c.db_version, c.key",
             table.sql.clock_scan
@@ -807,6 +823,16 @@ impl RowView<'_> {
             Some(Some(i)) => ValueRef::Text(self.table.cols[i].name.as_bytes()),
         }
     }
+    /// The change's column as a package numbers it (0 the sentinel, 1 + the
+    /// column's index) when the scan knows it without reading the name.
+    pub fn cid_index(&self) -> Option<u32> {
+        match (self.cells, self.run.map(RunClocks::column)) {
+            (Some(c), _) if c.cell.col >= SENTINEL_CELL => Some((c.cell.col + 1) as u32),
+            (None, Some(None)) => Some(0),
+            (None, Some(Some(i))) => Some(i as u32 + 1),
+            _ => None,
+        }
+    }
     pub fn val(&self) -> ValueRef<'_> {
         if let Some(c) = self.cells {
             return match usize::try_from(c.cell.col) {
@@ -882,12 +908,14 @@ impl RowView<'_> {
 /// in cr-sqlite's packed format.
 fn pack_key(stmt: &RawStmt, first: usize, table: &TableInfo) -> Result<Vec<u8>> {
     let n = table.pks.len();
-    pack_columns((first..first + n).map(|i| to_core(stmt.column(i)))).map_err(|source| Error::Pack {
-        context: format!(
-            "crsql_stream: cannot pack the primary key of a row of {}",
-            table.name
-        ),
-        source,
+    pack_columns((first..first + n).map(|i| to_core(stmt.column(i)))).map_err(|source| {
+        Error::Pack {
+            context: format!(
+                "crsql_stream: cannot pack the primary key of a row of {}",
+                table.name
+            ),
+            source,
+        }
     })
 }
 
