@@ -15,7 +15,7 @@
 //! rows), which it hands to SQLite's sorter instead.
 
 use crsql_stream_harness::sql::{exec, rows};
-use crsql_stream_harness::{close, open};
+use crsql_stream_harness::{close, compact_layout, open};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
@@ -103,6 +103,14 @@ fn history(c: &Connection) {
          UPDATE m SET y = -y WHERE id % 3 = 0;
          COMMIT;",
     );
+    // Keys whose pks row is gone (a damaged file): crsql_changes leaves
+    // their clock rows out, and so must the streams.
+    if !compact_layout() {
+        exec(
+            c,
+            "DELETE FROM m__crsql_pks WHERE __crsql_key IN (5, 6, 900, 1999)",
+        );
+    }
 }
 
 /// Every change of `crsql_changes`, in its (position) order.
@@ -144,9 +152,10 @@ fn read_all(c: &Connection, name: &str) -> Vec<Value> {
 
 /// Every package of stream `name`, one statement each, acknowledged as it
 /// comes (each statement starts from the acknowledged position: inside a
-/// split transaction after the first part).
+/// split transaction after the first part). Each cursor must pass the last.
 fn read_acked(c: &Connection, name: &str) -> Vec<Value> {
     let mut out = Vec::new();
+    let mut last = (0, 0);
     loop {
         let next: Option<(Value, String)> = c
             .query_row(
@@ -158,6 +167,16 @@ fn read_acked(c: &Connection, name: &str) -> Vec<Value> {
         let Some((package, cursor)) = next else {
             return out;
         };
+        let pos: (i64, i64) = {
+            let v: Vec<i64> = cursor
+                .trim_matches(|ch| ch == '[' || ch == ']')
+                .split(',')
+                .map(|x| x.parse().unwrap())
+                .collect();
+            (v[0], v[1])
+        };
+        assert!(pos > last, "{name}: cursor {cursor} after {last:?}");
+        last = pos;
         c.execute(&format!("INSERT INTO {name}(last_sent) VALUES (?1)"), [&cursor])
             .unwrap();
         out.push(package);
