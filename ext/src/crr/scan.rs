@@ -1,8 +1,10 @@
 //! Reading change rows in position order without materialising them.
 //!
 //! Each CRR contributes one statement ordered by `(db_version, seq)` through
-//! its `db_version` index; a binary heap merges the per-table scans. Memory is
-//! one row per table; `LIMIT n` touches O(n) rows per table.
+//! its `db_version` index (an outbound stream reads a cr-sqlite layout CRR
+//! through [`Cells`], one transaction at a time, sorted in Rust); a binary
+//! heap merges the per-table scans. Memory is one row per table (or one
+//! bounded transaction); `LIMIT n` touches O(n) rows per table.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -315,10 +317,10 @@ const CELLS_SORTED_IN_MEMORY: usize = 1 << 18;
 const KEY_STEPS: i64 = 16;
 
 /// The changes of a CRR of the cr-sqlite layout, one transaction at a time
-/// (docs/streams.md, "Reading changes"): `Scan::stmt` reads the entries
-/// of the `db_version` index, `(db_version, key, col_name)`, in order;
-/// [`ClockRows`] the rest of each clock row, moving forward through the
-/// clock table (which the index order follows within a transaction); a
+/// (docs/streams.md, "Reading in position order"): `Scan::stmt` reads the
+/// distinct keys of each version from the `db_version` index alone;
+/// [`ClockRows`] each key's clock rows at that version (and its causal
+/// length), moving forward through the clock table in key order; a
 /// transaction's rows are sorted by seq here (SQLite's sorter took a third
 /// of packing), or by SQLite past `max_rows`. What a change needs of its
 /// key (primary key, values) is read once per key by [`KeyRows`], whose
@@ -557,21 +559,6 @@ impl Cells {
         }
     }
 
-    /// The statement reading the index entries of the versions `where_sql`
-    /// selects (on `c.db_version` only, so that the index covers it).
-    fn scan(
-        db: DbHandle,
-        table: &TableInfo,
-        where_sql: &str,
-        binds: &[ValueRef<'_>],
-    ) -> Result<RawStmt> {
-        let sql = format!(
-            "{}{where_sql} ORDER BY c.db_version, c.key",
-            table.sql.clock_scan
-        );
-        bind_all(RawStmt::prepare(db, &sql)?, binds)
-    }
-
     /// The row `TableSql::clock_tx_sorted` is on.
     fn read_sorted(&mut self, stmt: &RawStmt) -> Cell {
         Cell {
@@ -662,16 +649,33 @@ impl Cells {
             RawStmt::prepare(self.db, &self.table.sql.clock_tx_sorted)?,
             &[ValueRef::Integer(dv), ValueRef::Integer(after)],
         )?);
-        *main = Cells::scan(
+        *main = prepare_scan(
             self.db,
-            &self.table,
+            &self.table.sql.clock_scan,
             " WHERE c.db_version > ?1 AND c.db_version <= ?2",
+            CELLS_ORDER,
             &[ValueRef::Integer(dv), ValueRef::Integer(self.committed)],
         )?;
         self.ahead = false;
         self.done = false;
         Ok(true)
     }
+}
+
+/// `TableSql::clock_scan`'s order: the index's (which groups versions).
+const CELLS_ORDER: &str = "c.db_version, c.key";
+
+/// `select` with `where_sql` (on `c`, may be empty) and `ORDER BY order`,
+/// `binds` bound as ?1, ?2, …
+fn prepare_scan(
+    db: DbHandle,
+    select: &str,
+    where_sql: &str,
+    order: &str,
+    binds: &[ValueRef<'_>],
+) -> Result<RawStmt> {
+    let sql = format!("{select}{where_sql} ORDER BY {order}");
+    bind_all(RawStmt::prepare(db, &sql)?, binds)
 }
 
 /// Bind `binds` as ?1, ?2, …
@@ -998,7 +1002,7 @@ impl Scanner {
                 } else {
                     " WHERE c.db_version >= ?1 AND c.db_version <= ?3"
                 };
-                let stmt = Cells::scan(db, t, where_sql, &binds)?;
+                let stmt = prepare_scan(db, &t.sql.clock_scan, where_sql, CELLS_ORDER, &binds)?;
                 let mut scan = Scan::new(t, memo, stmt);
                 let max_rows = window.min(CELLS_SORTED_IN_MEMORY);
                 scan.cells = Some(Box::new(Cells::new(db, t, start, committed, max_rows)));
@@ -1069,8 +1073,7 @@ impl Scanner {
         where_sql: &str,
         binds: &[ValueRef<'_>],
     ) -> Result<RawStmt> {
-        let sql = format!("{select}{where_sql} ORDER BY c.db_version, c.seq");
-        bind_all(RawStmt::prepare(db, &sql)?, binds)
+        prepare_scan(db, select, where_sql, "c.db_version, c.seq", binds)
     }
 
     /// Position every scan on its first row.
