@@ -2,7 +2,7 @@
 //!
 //! Each CRR contributes one statement ordered by `(db_version, seq)` through
 //! its `db_version` index (an outbound stream reads a cr-sqlite layout CRR
-//! through [`Cells`], one transaction at a time, sorted in Rust); a binary
+//! through `Cells`, one transaction at a time, sorted in Rust); a binary
 //! heap merges the per-table scans. Memory is one row per table (or one
 //! bounded transaction); `LIMIT n` touches O(n) rows per table.
 
