@@ -409,13 +409,19 @@ impl Inner {
                 })
                 .collect::<Vec<_>>(),
         );
+        // The newest position stays valid while the set of clock tables
+        // does (creating a stream or any table changes the schema): a new
+        // CRR is backfilled at a new version, and clocks an alteration
+        // removes at the newest version leave it recorded (persist_newest).
+        if clocks != self.clocks {
+            self.newest = None;
+        }
         self.clocks = clocks;
         self.tombstones = cat.has_table(crate::streams::compact::TOMBSTONES);
         self.counts = cat.has_table(crate::crr::counts::TABLE);
         self.tables = tables;
         self.by_name = by_name;
         self.schema_version = sv;
-        self.newest = None;
         Ok(())
     }
 

@@ -1,8 +1,10 @@
 //! Reading change rows in position order without materialising them.
 //!
 //! Each CRR contributes one statement ordered by `(db_version, seq)` through
-//! its `db_version` index; a binary heap merges the per-table scans. Memory is
-//! one row per table; `LIMIT n` touches O(n) rows per table.
+//! its `db_version` index (an outbound stream reads a cr-sqlite layout CRR
+//! through `Cells`, one transaction at a time, sorted in Rust); a binary
+//! heap merges the per-table scans. Memory is one row per table (or one
+//! bounded transaction); `LIMIT n` touches O(n) rows per table.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -280,6 +282,404 @@ struct MemoRead {
     lookup: RawStmt,
 }
 
+/// A clock row of the cr-sqlite layout, read narrow by [`Cells`].
+#[derive(Clone, Copy)]
+struct Cell {
+    seq: i64,
+    key: i64,
+    col_version: i64,
+    site: i64,
+    /// The causal length: the sentinel's col_version, 1 without one.
+    cl: i64,
+    /// The column's index in `TableInfo::cols`, [`SENTINEL_CELL`], or a
+    /// name the table does not have: `-2 - i` for `Cells::unknown[i]`.
+    col: i32,
+    /// The row's place in the index order, which breaks ties of seq as
+    /// SQLite's (stable) sorter did: a database written by cr-sqlite may
+    /// hold two clock rows at one position.
+    order: u32,
+}
+
+const SENTINEL_CELL: i32 = -1;
+
+/// Rows of one transaction sorted in memory at most (48 bytes each:
+/// 12 MiB); a larger transaction is sorted by SQLite.
+const CELLS_SORTED_IN_MEMORY: usize = 1 << 18;
+
+/// A key's row of `TableSql::key_rows` is at most this far ahead: step to
+/// it rather than seek (keys are the pks table's rowids, dense in practice).
+const KEY_STEPS: i64 = 16;
+
+/// The changes of a CRR of the cr-sqlite layout, one transaction at a time
+/// (docs/streams.md, "Reading in position order"): `Scan::stmt` reads the
+/// distinct keys of each version from the `db_version` index alone;
+/// [`ClockRows`] each key's clock rows at that version (and its causal
+/// length), moving forward through the clock table in key order; a
+/// transaction's rows are sorted by seq here (SQLite's sorter took a third
+/// of packing), or by SQLite past `max_rows`. What a change needs of its
+/// key (primary key, values) is read once per key by [`KeyRows`], whose
+/// cursor moves forward through the pks table in key order.
+struct Cells {
+    db: DbHandle,
+    table: Arc<TableInfo>,
+    committed: i64,
+    /// The scan's start: rows of its transaction at or below its seq are
+    /// not read.
+    start: Position,
+    max_rows: usize,
+    /// The current transaction and its rows, sorted; `next` the next one.
+    db_version: i64,
+    rows: Vec<Cell>,
+    next: usize,
+    /// The current transaction read sorted by SQLite instead of `rows`.
+    sorted: Option<RawStmt>,
+    /// `Scan::stmt`'s current row is the next transaction's first, unread.
+    ahead: bool,
+    /// `Scan::stmt` is at its end.
+    done: bool,
+    unknown: Vec<Vec<u8>>,
+    /// The current change.
+    cell: Cell,
+    clocks: ClockRows,
+    keys: KeyRows,
+}
+
+/// `TableSql::clock_rows`: a cursor through the clock table in key order,
+/// over the rows of one version and the sentinels (SQLite skips the
+/// others without a round trip).
+struct ClockRows {
+    stmt: Option<RawStmt>,
+    /// The version the statement reads.
+    db_version: i64,
+    /// The key of the current row (None: not on a row).
+    at: Option<i64>,
+}
+
+impl ClockRows {
+    /// Append `key`'s clock rows at `db_version` with a seq above
+    /// `min_seq` to `rows`, in col_name order (the index's), each with the
+    /// key's causal length.
+    #[allow(clippy::too_many_arguments)]
+    fn read_key(
+        &mut self,
+        db: DbHandle,
+        table: &TableInfo,
+        db_version: i64,
+        key: i64,
+        min_seq: i64,
+        rows: &mut Vec<Cell>,
+        unknown: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        if db_version != self.db_version {
+            self.db_version = db_version;
+            self.at = None;
+        }
+        let stmt = match &mut self.stmt {
+            Some(s) => s,
+            None => self
+                .stmt
+                .insert(RawStmt::prepare(db, &table.sql.clock_rows)?),
+        };
+        let row_key = |stmt: &mut RawStmt| -> Result<Option<i64>> {
+            Ok(if stmt.step()? {
+                Some(stmt.column_i64(0))
+            } else {
+                None
+            })
+        };
+        match self.at {
+            // Already on the key's first row (read past the previous key).
+            Some(at) if at == key => {}
+            // A little ahead: step to it.
+            Some(at) if at < key && key - at <= KEY_STEPS => {
+                while self.at.is_some_and(|k| k < key) {
+                    self.at = row_key(stmt)?;
+                }
+            }
+            _ => {
+                stmt.reset();
+                stmt.bind(1, ValueRef::Integer(key))?;
+                stmt.bind(2, ValueRef::Integer(db_version))?;
+                self.at = row_key(stmt)?;
+            }
+        }
+        let first = rows.len();
+        let mut cl = 1;
+        while self.at == Some(key) {
+            let name = stmt.column_text(1);
+            if name == b"-1" {
+                cl = stmt.column_i64(2);
+            }
+            let seq = stmt.column_i64(3);
+            if stmt.column_i64(5) == db_version && seq > min_seq {
+                rows.push(Cell {
+                    seq,
+                    key,
+                    col_version: stmt.column_i64(2),
+                    site: stmt.column_i64(4),
+                    cl: 1,
+                    col: col_of(table, unknown, name),
+                    order: rows.len() as u32,
+                });
+            }
+            self.at = row_key(stmt)?;
+        }
+        for c in &mut rows[first..] {
+            c.cl = cl;
+        }
+        Ok(())
+    }
+}
+
+/// The column of a clock row's col_name: its index in `table.cols`,
+/// [`SENTINEL_CELL`], or `-2 - i` for the name `unknown[i]` (added if new).
+fn col_of(table: &TableInfo, unknown: &mut Vec<Vec<u8>>, name: &[u8]) -> i32 {
+    if name == b"-1" {
+        return SENTINEL_CELL;
+    }
+    if let Some(i) = table.cols.iter().position(|c| c.name.as_bytes() == name) {
+        return i as i32;
+    }
+    let i = match unknown.iter().position(|n| n.as_slice() == name) {
+        Some(i) => i,
+        None => {
+            unknown.push(name.to_vec());
+            unknown.len() - 1
+        }
+    };
+    -2 - i as i32
+}
+
+/// `TableSql::key_rows`, positioned on one key's row.
+struct KeyRows {
+    stmt: Option<RawStmt>,
+    /// The key of the current row (None: before the first or past the end).
+    at: Option<i64>,
+    /// The packed primary key of key `packed.0` (packed once per key).
+    packed: Option<(i64, Vec<u8>)>,
+}
+
+impl KeyRows {
+    /// Move to `key`'s row and pack its primary key; false if the pks
+    /// table has none (the change is not read, as the changes statement's
+    /// inner join leaves it out).
+    fn seek(&mut self, db: DbHandle, table: &TableInfo, key: i64) -> Result<bool> {
+        if self.packed.as_ref().is_some_and(|p| p.0 == key) && self.at == Some(key) {
+            return Ok(true);
+        }
+        if !self.seek_row(db, table, key)? {
+            return Ok(false);
+        }
+        let stmt = self
+            .stmt
+            .as_ref()
+            .ok_or_else(|| err!("crsql_stream: key rows not prepared"))?;
+        let pk = pack_key(stmt, K_PK0, table)?;
+        self.packed = Some((key, pk));
+        Ok(true)
+    }
+
+    fn seek_row(&mut self, db: DbHandle, table: &TableInfo, key: i64) -> Result<bool> {
+        let stmt = match &mut self.stmt {
+            Some(s) => s,
+            None => self.stmt.insert(RawStmt::prepare(db, &table.sql.key_rows)?),
+        };
+        match self.at {
+            Some(at) if at == key => return Ok(true),
+            Some(at) if at < key && key - at <= KEY_STEPS => loop {
+                if !stmt.step()? {
+                    self.at = None;
+                    return Ok(false);
+                }
+                let k = stmt.column_i64(0);
+                self.at = Some(k);
+                if k >= key {
+                    return Ok(k == key);
+                }
+            },
+            _ => {}
+        }
+        stmt.reset();
+        stmt.bind(1, ValueRef::Integer(key))?;
+        self.at = if stmt.step()? {
+            Some(stmt.column_i64(0))
+        } else {
+            None
+        };
+        Ok(self.at == Some(key))
+    }
+}
+
+impl Cells {
+    fn new(
+        db: DbHandle,
+        table: &Arc<TableInfo>,
+        start: Position,
+        committed: i64,
+        max_rows: usize,
+    ) -> Cells {
+        Cells {
+            db,
+            table: Arc::clone(table),
+            committed,
+            start,
+            max_rows: max_rows.max(1),
+            db_version: 0,
+            rows: Vec::new(),
+            next: 0,
+            sorted: None,
+            ahead: false,
+            done: false,
+            unknown: Vec::new(),
+            cell: Cell {
+                seq: 0,
+                key: 0,
+                col_version: 0,
+                site: 0,
+                cl: 1,
+                col: SENTINEL_CELL,
+                order: 0,
+            },
+            clocks: ClockRows {
+                stmt: None,
+                db_version: 0,
+                at: None,
+            },
+            keys: KeyRows {
+                stmt: None,
+                at: None,
+                packed: None,
+            },
+        }
+    }
+
+    /// The row `TableSql::clock_tx_sorted` is on.
+    fn read_sorted(&mut self, stmt: &RawStmt) -> Cell {
+        Cell {
+            key: stmt.column_i64(1),
+            seq: stmt.column_i64(3),
+            col_version: stmt.column_i64(4),
+            site: stmt.column_i64(5),
+            cl: stmt.column_i64(6),
+            col: col_of(&self.table, &mut self.unknown, stmt.column_text(2)),
+            order: 0,
+        }
+    }
+
+    /// The next change in position order whose key has a row in the pks
+    /// table, with `keys` on that row; None at the end.
+    fn next(&mut self, main: &mut RawStmt) -> Result<Option<(i64, i64)>> {
+        loop {
+            let cell = if let Some(mut sorted) = self.sorted.take() {
+                if !sorted.step()? {
+                    continue;
+                }
+                let cell = self.read_sorted(&sorted);
+                self.sorted = Some(sorted);
+                cell
+            } else if let Some(&cell) = self.rows.get(self.next) {
+                self.next += 1;
+                cell
+            } else if self.fill(main)? {
+                continue;
+            } else {
+                return Ok(None);
+            };
+            if self.keys.seek(self.db, &self.table, cell.key)? {
+                self.cell = cell;
+                return Ok(Some((self.db_version, cell.seq)));
+            }
+        }
+    }
+
+    /// Read the next transaction; false at the end.
+    fn fill(&mut self, main: &mut RawStmt) -> Result<bool> {
+        self.rows.clear();
+        self.next = 0;
+        if !self.ahead && (self.done || !main.step()?) {
+            self.done = true;
+            return Ok(false);
+        }
+        self.ahead = false;
+        let dv = main.column_i64(0);
+        self.db_version = dv;
+        let min_seq = if dv == self.start.db_version {
+            self.start.seq
+        } else {
+            i64::MIN
+        };
+        loop {
+            let key = main.column_i64(1);
+            let (table, rows, unknown) = (&self.table, &mut self.rows, &mut self.unknown);
+            self.clocks
+                .read_key(self.db, table, dv, key, min_seq, rows, unknown)?;
+            if !main.step()? {
+                self.done = true;
+                break;
+            }
+            if main.column_i64(0) != dv {
+                self.ahead = true;
+                break;
+            }
+            if self.rows.len() >= self.max_rows {
+                return self.sort_in_sqlite(main);
+            }
+        }
+        self.rows.sort_unstable_by_key(|c| (c.seq, c.order));
+        Ok(true)
+    }
+
+    /// The current transaction is too large to sort here: read it sorted
+    /// by SQLite, and the scan again from the next version.
+    fn sort_in_sqlite(&mut self, main: &mut RawStmt) -> Result<bool> {
+        self.rows.clear();
+        let dv = self.db_version;
+        let after = if dv == self.start.db_version {
+            self.start.seq
+        } else {
+            i64::MIN
+        };
+        self.sorted = Some(bind_all(
+            RawStmt::prepare(self.db, &self.table.sql.clock_tx_sorted)?,
+            &[ValueRef::Integer(dv), ValueRef::Integer(after)],
+        )?);
+        *main = prepare_scan(
+            self.db,
+            &self.table.sql.clock_scan,
+            " WHERE c.db_version > ?1 AND c.db_version <= ?2",
+            CELLS_ORDER,
+            &[ValueRef::Integer(dv), ValueRef::Integer(self.committed)],
+        )?;
+        self.ahead = false;
+        self.done = false;
+        Ok(true)
+    }
+}
+
+/// `TableSql::clock_scan`'s order: the index's (which groups versions).
+const CELLS_ORDER: &str = "c.db_version, c.key";
+
+/// `select` with `where_sql` (on `c`, may be empty) and `ORDER BY order`,
+/// `binds` bound as ?1, ?2, …
+fn prepare_scan(
+    db: DbHandle,
+    select: &str,
+    where_sql: &str,
+    order: &str,
+    binds: &[ValueRef<'_>],
+) -> Result<RawStmt> {
+    let sql = format!("{select}{where_sql} ORDER BY {order}");
+    bind_all(RawStmt::prepare(db, &sql)?, binds)
+}
+
+/// Bind `binds` as ?1, ?2, …
+fn bind_all(mut stmt: RawStmt, binds: &[ValueRef<'_>]) -> Result<RawStmt> {
+    for (i, b) in binds.iter().enumerate() {
+        stmt.bind(i + 1, *b)?;
+    }
+    Ok(stmt)
+}
+
 struct Scan {
     /// The table of the current row.
     table: Arc<TableInfo>,
@@ -296,6 +696,9 @@ struct Scan {
     last: (i64, i64),
     /// Set for a compact table's runs scan: the current row's clocks.
     run: Option<RunClocks>,
+    /// Set for a cr-sqlite layout table read by transaction: `stmt` reads
+    /// its clock rows narrow.
+    cells: Option<Box<Cells>>,
 }
 
 impl Scan {
@@ -308,6 +711,7 @@ impl Scan {
             after: None,
             last: (i64::MIN, i64::MIN),
             run: None,
+            cells: None,
         }
     }
 
@@ -319,6 +723,21 @@ impl Scan {
             scan.run = Some(RunClocks::default());
         }
         scan
+    }
+
+    /// Never silently out of order (a compact table's runs are ordered by
+    /// an argument, docs/compact-layout.md; [`Cells`] sorts in Rust).
+    fn check_order(&mut self, pos: (i64, i64)) -> Result<()> {
+        if pos < self.last {
+            return Err(err!(
+                "crsql_stream: the changes of {} came out of position order ({:?} after {:?})",
+                self.table.name,
+                pos,
+                self.last
+            ));
+        }
+        self.last = pos;
+        Ok(())
     }
 
     /// The position of the next clock of `stmt`, None at its end.
@@ -356,9 +775,10 @@ fn selects(t: &TableInfo) -> impl Iterator<Item = &String> {
 impl Scan {
     /// The statement the current row comes from.
     fn current(&self) -> &RawStmt {
-        match &self.memo {
-            Some(m) => &m.lookup,
-            None => &self.stmt,
+        match (&self.memo, &self.cells) {
+            (Some(m), _) => &m.lookup,
+            (None, Some(c)) => c.keys.stmt.as_ref().unwrap_or(&self.stmt),
+            (None, None) => &self.stmt,
         }
     }
 }
@@ -377,17 +797,45 @@ pub struct RowView<'a> {
     record: bool,
     /// The row is a clock of a compact table's run.
     run: Option<&'a RunClocks>,
+    /// The row is a change read by [`Cells`]: `stmt` is its key's row.
+    cells: Option<&'a Cells>,
 }
+
+/// The first primary-key column of `TableSql::key_rows`.
+const K_PK0: usize = 1;
 
 impl RowView<'_> {
     pub fn cid(&self) -> ValueRef<'_> {
+        if let Some(c) = self.cells {
+            return match c.cell.col {
+                SENTINEL_CELL => ValueRef::Text(b"-1"),
+                i if i >= 0 => ValueRef::Text(self.table.cols[i as usize].name.as_bytes()),
+                i => ValueRef::Text(&c.unknown[(-2 - i) as usize]),
+            };
+        }
         match self.run.map(RunClocks::column) {
             None => self.stmt.column(S_CID),
             Some(None) => ValueRef::Text(b"-1"),
             Some(Some(i)) => ValueRef::Text(self.table.cols[i].name.as_bytes()),
         }
     }
+    /// The change's column as a package numbers it (0 the sentinel, 1 + the
+    /// column's index) when the scan knows it without reading the name.
+    pub fn cid_index(&self) -> Option<u32> {
+        match (self.cells, self.run.map(RunClocks::column)) {
+            (Some(c), _) if c.cell.col >= SENTINEL_CELL => Some((c.cell.col + 1) as u32),
+            (None, Some(None)) => Some(0),
+            (None, Some(Some(i))) => Some(i as u32 + 1),
+            _ => None,
+        }
+    }
     pub fn val(&self) -> ValueRef<'_> {
+        if let Some(c) = self.cells {
+            return match usize::try_from(c.cell.col) {
+                Ok(i) => self.stmt.column(K_PK0 + self.table.pks.len() + i),
+                Err(_) => ValueRef::Null,
+            };
+        }
         match self.run.map(RunClocks::column) {
             None => self.stmt.column(S_VAL),
             Some(None) => ValueRef::Null,
@@ -395,6 +843,9 @@ impl RowView<'_> {
         }
     }
     pub fn col_version(&self) -> i64 {
+        if let Some(c) = self.cells {
+            return c.cell.col_version;
+        }
         match self.run {
             None => self.stmt.column_i64(S_COL_VERSION),
             Some(r) => match r.column() {
@@ -404,17 +855,29 @@ impl RowView<'_> {
         }
     }
     pub fn db_version(&self) -> i64 {
-        self.stmt.column_i64(S_DB_VERSION)
+        match self.cells {
+            Some(c) => c.db_version,
+            None => self.stmt.column_i64(S_DB_VERSION),
+        }
     }
     pub fn site_ordinal(&self) -> i64 {
-        self.stmt.column_i64(S_SITE)
+        match self.cells {
+            Some(c) => c.cell.site,
+            None => self.stmt.column_i64(S_SITE),
+        }
     }
     pub fn seq(&self) -> i64 {
+        if let Some(c) = self.cells {
+            return c.cell.seq;
+        }
         let last = self.stmt.column_i64(S_SEQ);
         self.run.map_or(last, RunClocks::seq)
     }
     pub fn cl(&self) -> i64 {
-        self.stmt.column_i64(S_CL)
+        match self.cells {
+            Some(c) => c.cell.cl,
+            None => self.stmt.column_i64(S_CL),
+        }
     }
     pub fn position(&self) -> Position {
         Position::new(self.db_version(), self.seq())
@@ -430,17 +893,26 @@ impl RowView<'_> {
                 )),
             };
         }
-        let n = self.table.pks.len();
-        pack_columns((S_PK0..S_PK0 + n).map(|i| to_core(self.stmt.column(i)))).map_err(|source| {
-            Error::Pack {
-                context: format!(
-                    "crsql_stream: cannot pack the primary key of a row of {}",
-                    self.table.name
-                ),
-                source,
-            }
-        })
+        match self.cells.and_then(|c| c.keys.packed.as_ref()) {
+            Some((_, pk)) => Ok(pk.clone()),
+            None => pack_key(self.stmt, S_PK0, self.table),
+        }
     }
+}
+
+/// The primary key of `table` from the columns of `stmt` from `first` on,
+/// in cr-sqlite's packed format.
+fn pack_key(stmt: &RawStmt, first: usize, table: &TableInfo) -> Result<Vec<u8>> {
+    let n = table.pks.len();
+    pack_columns((first..first + n).map(|i| to_core(stmt.column(i)))).map_err(|source| {
+        Error::Pack {
+            context: format!(
+                "crsql_stream: cannot pack the primary key of a row of {}",
+                table.name
+            ),
+            source,
+        }
+    })
 }
 
 impl Scanner {
@@ -515,8 +987,22 @@ impl Scanner {
             } else {
                 AFTER_START
             };
-            let stmt = Scanner::prepare(db, &t.sql.changes_select, where_sql, &binds)?;
-            let mut scan = Scan::of_select(t, 0, memo, stmt);
+            let mut scan = if t.compact.is_none() {
+                // The start's seq is applied by `Cells`: the index has none.
+                let where_sql = if memo.is_some() {
+                    where_sql
+                } else {
+                    " WHERE c.db_version >= ?1 AND c.db_version <= ?3"
+                };
+                let stmt = prepare_scan(db, &t.sql.clock_scan, where_sql, CELLS_ORDER, &binds)?;
+                let mut scan = Scan::new(t, memo, stmt);
+                let max_rows = window.min(CELLS_SORTED_IN_MEMORY);
+                scan.cells = Some(Box::new(Cells::new(db, t, start, committed, max_rows)));
+                scan
+            } else {
+                let stmt = Scanner::prepare(db, &t.sql.changes_select, where_sql, &binds)?;
+                Scan::of_select(t, 0, memo, stmt)
+            };
             scan.after = Some((dv, start.seq));
             s.scans.push(scan);
             for (k, select) in t.sql.extra_selects.iter().enumerate() {
@@ -579,12 +1065,7 @@ impl Scanner {
         where_sql: &str,
         binds: &[ValueRef<'_>],
     ) -> Result<RawStmt> {
-        let sql = format!("{select}{where_sql} ORDER BY c.db_version, c.seq");
-        let mut stmt = RawStmt::prepare(db, &sql)?;
-        for (i, b) in binds.iter().enumerate() {
-            stmt.bind(i + 1, *b)?;
-        }
-        Ok(stmt)
+        prepare_scan(db, select, where_sql, "c.db_version, c.seq", binds)
     }
 
     /// Position every scan on its first row.
@@ -651,21 +1132,18 @@ impl Scanner {
                 return Ok(());
             }
         }
+        if let Some(cells) = &mut s.cells {
+            if let Some(pos) = cells.next(&mut s.stmt)? {
+                s.check_order(pos)?;
+                self.heap.push(Reverse((pos.0, pos.1, i)));
+            }
+            return Ok(());
+        }
         while let Some(pos) = s.next_position()? {
             if s.after.is_some_and(|a| pos <= a) {
                 continue;
             }
-            // Never silently out of order (a compact table's runs are
-            // ordered by an argument, docs/compact-layout.md).
-            if pos < s.last {
-                return Err(err!(
-                    "crsql_stream: the changes of {} came out of position order ({:?} after {:?})",
-                    s.table.name,
-                    pos,
-                    s.last
-                ));
-            }
-            s.last = pos;
+            s.check_order(pos)?;
             self.heap.push(Reverse((pos.0, pos.1, i)));
             return Ok(());
         }
@@ -680,6 +1158,7 @@ impl Scanner {
                 stmt: s.current(),
                 record: s.records.is_some(),
                 run: s.run.as_ref().filter(|_| s.memo.is_none()),
+                cells: s.cells.as_deref().filter(|_| s.memo.is_none()),
             }
         })
     }

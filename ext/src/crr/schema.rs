@@ -212,6 +212,22 @@ pub struct TableSql {
     pub tx_size: String,
     /// `changes_select` for one clock row, if it is still at `(db_version, seq)`.
     pub change_at: String,
+    /// The keys of each version, `(db_version, key)` from the `db_version`
+    /// index, for a WHERE on `c.db_version` (`scan::Cells` reads each key's
+    /// clock rows through `clock_rows` and sorts by seq itself).
+    pub clock_scan: String,
+    /// One transaction's clock rows after a seq, sorted by SQLite (a
+    /// transaction too large to sort in memory): `db_version, key,
+    /// col_name, seq, col_version, site_id`, the causal length.
+    pub clock_tx_sorted: String,
+    /// What a change needs of its key, by key from `?1` on in key order:
+    /// the key, the primary key's values, then every column of the base
+    /// row (NULLs without one).
+    pub key_rows: String,
+    /// The clock rows of version `?2` and the sentinels, in primary-key
+    /// order from key `?1` on: `key, col_name, col_version, seq, site_id,
+    /// db_version`.
+    pub clock_rows: String,
 }
 
 /// Read one table's columns; None when the table does not exist.
@@ -532,6 +548,16 @@ pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql
         .collect::<Vec<_>>()
         .join(", ");
     let join_base = pk_join(pks);
+    let clock_scan = format!("SELECT DISTINCT c.db_version, c.key FROM {clock} AS c");
+    let key_rows = format!(
+        "SELECT p.__crsql_key, {} FROM {pkst} AS p LEFT JOIN {base} AS b ON {join_base} \
+         WHERE p.__crsql_key >= ?1 ORDER BY p.__crsql_key",
+        pks.iter()
+            .map(|c| format!("p.{}", quote_ident(&c.name)))
+            .chain(cols.iter().map(|c| format!("b.{}", quote_ident(&c.name))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let changes_select = format!(
         "SELECT c.col_name, c.col_version, c.db_version, c.site_id, c.seq, \
          COALESCE(s.col_version, 1), {val_expr}, {p_cols} \
@@ -624,6 +650,17 @@ pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql
         ),
         changes_select,
         extra_selects: Vec::new(),
+        clock_tx_sorted: format!(
+            "SELECT c.db_version, c.key, c.col_name, c.seq, c.col_version, c.site_id, \
+             COALESCE((SELECT col_version FROM {clock} WHERE key = c.key AND col_name = '-1'), 1) \
+             FROM {clock} AS c WHERE c.db_version = ?1 AND c.seq > ?2 ORDER BY c.seq"
+        ),
+        clock_rows: format!(
+            "SELECT key, col_name, col_version, seq, site_id, db_version FROM {clock} \
+             WHERE key >= ?1 AND (db_version = ?2 OR col_name = '-1') ORDER BY key, col_name"
+        ),
+        clock_scan,
+        key_rows,
     }
 }
 

@@ -259,6 +259,22 @@ impl RawStmt {
         unsafe { ffi::sqlite3_column_int64(self.stmt, col as c_int) }
     }
 
+    /// A column known to hold TEXT (a STRICT TEXT column), as bytes, valid
+    /// until the next step/reset: two calls into SQLite instead of
+    /// [`RawStmt::column`]'s three (each takes the connection's mutex).
+    pub fn column_text(&self, col: usize) -> &[u8] {
+        let c = col as c_int;
+        // SAFETY: live statement on a row; the pointer is valid for the
+        // byte count SQLite reports until the next step.
+        unsafe {
+            let p = ffi::sqlite3_column_text(self.stmt, c);
+            if p.is_null() {
+                return &[];
+            }
+            std::slice::from_raw_parts(p, ffi::sqlite3_column_bytes(self.stmt, c) as usize)
+        }
+    }
+
     /// The column as a borrowed value, valid until the next step/reset.
     pub fn column(&self, col: usize) -> ValueRef<'_> {
         let c = col as c_int;

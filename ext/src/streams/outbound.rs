@@ -21,7 +21,7 @@ use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo, VTabConnection, VTab
 use super::{
     load_state, parse_args, parse_count, parse_position, parse_sites, parse_tables, OUTBOUND,
 };
-use crate::crr::scan::{Scanner, SiteMap};
+use crate::crr::scan::{RowView, Scanner, SiteMap};
 use crate::crr::schema::TableInfo;
 use crate::err;
 use crate::error::{Error, Result};
@@ -403,6 +403,32 @@ struct Group {
     complete: bool,
 }
 
+/// The package's number of a change's column from its col_name: 0 for the
+/// sentinel, 1 + the column's index.
+fn cid_of(row: &RowView<'_>) -> Result<u32> {
+    Ok(match row.cid() {
+        ValueRef::Text(b"-1") => 0,
+        ValueRef::Text(name) => {
+            let name = std::str::from_utf8(name).unwrap_or_default();
+            match row.table.col_index(name) {
+                    Some(i) => i as u32 + 1,
+                    None => {
+                        return Err(err!(
+                            "{OUTBOUND}: clock row of {} names column {name:?}, which the table does not have",
+                            row.table.name
+                        ))
+                    }
+                }
+        }
+        _ => {
+            return Err(err!(
+                "{OUTBOUND}: clock row of {} has a non-text col_name",
+                row.table.name
+            ))
+        }
+    })
+}
+
 /// A package ready to be returned as a row.
 struct Row {
     package: Vec<u8>,
@@ -586,34 +612,17 @@ impl Producer {
                 break;
             }
             let site = row.site_ordinal();
-            let included =
-                !self.excluded.contains(&site) && (!self.local_only || self.local.contains(&site));
+            let included = (self.excluded.is_empty() || !self.excluded.contains(&site))
+                && (!self.local_only || self.local.contains(&site));
             if included {
                 let table = self
                     .tables
                     .iter()
                     .position(|t| Arc::ptr_eq(t, row.table))
                     .unwrap_or_default();
-                let cid = match row.cid() {
-                    ValueRef::Text(b"-1") => 0,
-                    ValueRef::Text(name) => {
-                        let name = std::str::from_utf8(name).unwrap_or_default();
-                        match row.table.col_index(name) {
-                            Some(i) => i as u32 + 1,
-                            None => {
-                                return Err(err!(
-                                    "{OUTBOUND}: clock row of {} names column {name:?}, which the table does not have",
-                                    row.table.name
-                                ))
-                            }
-                        }
-                    }
-                    _ => {
-                        return Err(err!(
-                            "{OUTBOUND}: clock row of {} has a non-text col_name",
-                            row.table.name
-                        ))
-                    }
+                let cid = match row.cid_index() {
+                    Some(cid) => cid,
+                    None => cid_of(&row)?,
                 };
                 let c = OwnedChange {
                     table,

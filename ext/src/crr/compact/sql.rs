@@ -136,6 +136,9 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
         (&mut sql.clock_write, merge),
         (&mut sql.tx_order, "reading a transaction through a memo"),
         (&mut sql.change_at, "reading a transaction through a memo"),
+        (&mut sql.clock_tx_sorted, "reading changes by transaction"),
+        (&mut sql.key_rows, "reading changes by transaction"),
+        (&mut sql.clock_rows, "reading changes by transaction"),
     ] {
         *field = refusing(name, op, field);
     }
