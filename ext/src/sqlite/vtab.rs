@@ -261,8 +261,9 @@ pub fn register<T: Table>(conn: &Connection, name: &str, aux: T::Aux) -> rusqlit
 
 /// [`register`], and SQLite calls [`Table::rollback_to`] at every
 /// `ROLLBACK TO` and statement rollback of a transaction that wrote to the
-/// table: the module is rusqlite's with `iVersion` 2 and an `xRollbackTo`
-/// (rusqlite's modules are version 1, without savepoint methods).
+/// table: the module is rusqlite's with `iVersion` 2, an `xRollbackTo` and
+/// no-op `xSavepoint` / `xRelease` (rusqlite's modules are version 1,
+/// without savepoint methods).
 pub fn register_with_savepoints<T: Table>(
     conn: &Connection,
     name: &str,
@@ -284,6 +285,10 @@ pub fn register_with_savepoints<T: Table>(
     let mut module: ffi::sqlite3_module =
         unsafe { std::ptr::read(theirs as *const _ as *const ffi::sqlite3_module) };
     module.iVersion = 2;
+    // SQLite records a table's savepoint level (and so calls its
+    // xRollbackTo for that savepoint) only when it has an xSavepoint.
+    module.xSavepoint = Some(savepoint_noop);
+    module.xRelease = Some(savepoint_noop);
     module.xRollbackTo = Some(rollback_to_shim::<T>);
     let c_name = CString::new(name).map_err(|_| {
         rusqlite::Error::ModuleError(format!("module name {name:?} holds a NUL byte"))
@@ -319,6 +324,13 @@ unsafe extern "C" fn free_with_module<T: Table>(p: *mut std::ffi::c_void) {
     // SAFETY: `p` is the box made in `register_with_savepoints`, freed once,
     // when SQLite no longer uses the module.
     drop(unsafe { Box::from_raw(p as *mut WithModule<T::Aux>) });
+}
+
+/// xSavepoint and xRelease: nothing to do, but their presence makes SQLite
+/// call xRollbackTo for every savepoint, also those opened before the
+/// table's first write in the transaction.
+unsafe extern "C" fn savepoint_noop(_vtab: *mut sqlite3_vtab, _savepoint: c_int) -> c_int {
+    rusqlite::ffi::SQLITE_OK
 }
 
 unsafe extern "C" fn rollback_to_shim<T: Table>(
