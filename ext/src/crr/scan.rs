@@ -345,11 +345,11 @@ struct Cells {
 }
 
 /// `TableSql::clock_rows`: a cursor through the clock table in key order,
-/// over the rows of one version and the sentinels (SQLite skips the
-/// others without a round trip).
+/// over every row ([`ClockRows::read_key`] keeps the version's rows and
+/// the sentinel), restarted for each version.
 struct ClockRows {
     stmt: Option<RawStmt>,
-    /// The version the statement reads.
+    /// The version being read (another one restarts the cursor).
     db_version: i64,
     /// The key of the current row (None: not on a row).
     at: Option<i64>,
@@ -399,7 +399,6 @@ impl ClockRows {
             _ => {
                 stmt.reset();
                 stmt.bind(1, ValueRef::Integer(key))?;
-                stmt.bind(2, ValueRef::Integer(db_version))?;
                 self.at = row_key(stmt)?;
             }
         }
@@ -632,7 +631,9 @@ impl Cells {
     /// The current transaction is too large to sort here: read it sorted
     /// by SQLite, and the scan again from the next version.
     fn sort_in_sqlite(&mut self, main: &mut RawStmt) -> Result<bool> {
-        self.rows.clear();
+        // Give the buffer back (it may have grown past the cap by one key's
+        // rows, to twice its size).
+        self.rows = Vec::new();
         let dv = self.db_version;
         let after = if dv == self.start.db_version {
             self.start.seq
