@@ -248,8 +248,8 @@ impl MemoStore {
         Some(memo)
     }
 
-    /// Read the window after `start` and keep it (unless empty), dropping
-    /// the least recently used one if the store is full.
+    /// Read the window after `start` and keep it, dropping the least
+    /// recently used one if the store is full.
     fn build(
         &mut self,
         db: DbHandle,
@@ -259,14 +259,14 @@ impl MemoStore {
         window: usize,
     ) -> Result<Arc<TxMemo>> {
         let memo = Arc::new(TxMemo::read(db, table, db_version, start, window)?);
-        // An empty window (the start was the end of the transaction) serves
-        // nobody else: it does not push a useful one out.
-        if !memo.rows.is_empty() {
-            if self.memos.len() >= MEMOS_KEPT {
-                self.memos.pop_front();
-            }
-            self.memos.push_back(Arc::clone(&memo));
+        // An empty window (the start was the end of the transaction) is
+        // kept too: a stream whose last_sent is the end of a large
+        // transaction reads it again at every read until newer changes are
+        // acknowledged, and finding it empty sorts the whole transaction.
+        if self.memos.len() >= MEMOS_KEPT {
+            self.memos.pop_front();
         }
+        self.memos.push_back(Arc::clone(&memo));
         Ok(memo)
     }
 }
