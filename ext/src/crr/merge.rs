@@ -36,7 +36,7 @@ use crate::crr::schema::{TableInfo, CLOCK_ROWS, CLOCK_ROW_SIZES, MAX_NAME_LEN};
 use crate::crr::values::{compare, out, to_sql, type_name};
 use crate::err;
 use crate::error::{Error, Result};
-use crate::sqlite::{DbHandle, RawStmt};
+use crate::sqlite::{prepared, DbHandle, RawStmt};
 use crate::state::{Ext, Inner};
 
 /// One change row, as the nine columns of `crsql_changes`.
@@ -283,18 +283,6 @@ fn run_held<'v, S: AsRef<str>>(
     })();
     stmt.reset();
     r
-}
-
-/// `slot`'s statement, prepared from `sql()` on first use.
-fn prepared<S: AsRef<str>>(
-    db: DbHandle,
-    slot: &mut Option<RawStmt>,
-    sql: impl FnOnce() -> S,
-) -> Result<&mut RawStmt> {
-    Ok(match slot {
-        Some(stmt) => stmt,
-        None => slot.insert(RawStmt::prepare(db, sql().as_ref())?),
-    })
 }
 
 /// [`RowMemo`]'s record of the state it was taken in.

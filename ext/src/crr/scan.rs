@@ -19,7 +19,7 @@ use crate::crr::schema::TableInfo;
 use crate::crr::values::to_core;
 use crate::err;
 use crate::error::{Error, Result};
-use crate::sqlite::{DbHandle, RawStmt};
+use crate::sqlite::{prepared, DbHandle, RawStmt};
 use crate::state::Inner;
 
 /// Columns of a per-table scan (see `TableSql::changes_select`).
@@ -344,15 +344,57 @@ struct Cells {
     keys: KeyRows,
 }
 
+/// A statement `… WHERE key >= ?1 ORDER BY key …`, read forward through a
+/// table in key order: [`KeyCursor::move_to`] steps when the key asked for
+/// is at most [`KEY_STEPS`] ahead and seeks otherwise.
+#[derive(Default)]
+struct KeyCursor {
+    stmt: Option<RawStmt>,
+    /// The key of the current row (None: not on a row).
+    at: Option<i64>,
+}
+
+impl KeyCursor {
+    /// Move to the first row whose key is `key` or more (`sql` prepares
+    /// the statement on first use); true if it is `key`'s.
+    fn move_to(&mut self, db: DbHandle, sql: &str, key: i64) -> Result<bool> {
+        let stmt = prepared(db, &mut self.stmt, || sql)?;
+        match self.at {
+            // Already there (read past the previous key).
+            Some(at) if at == key => {}
+            // A little ahead: step to it.
+            Some(at) if at < key && key - at <= KEY_STEPS => {
+                while self.at.is_some_and(|k| k < key) {
+                    self.at = next_key(stmt)?;
+                }
+            }
+            _ => {
+                stmt.reset();
+                stmt.bind(1, ValueRef::Integer(key))?;
+                self.at = next_key(stmt)?;
+            }
+        }
+        Ok(self.at == Some(key))
+    }
+}
+
+/// Step `stmt`; the key of the row it reaches (column 0), None at its end.
+fn next_key(stmt: &mut RawStmt) -> Result<Option<i64>> {
+    Ok(if stmt.step()? {
+        Some(stmt.column_i64(0))
+    } else {
+        None
+    })
+}
+
 /// `TableSql::clock_rows`: a cursor through the clock table in key order,
 /// over every row ([`ClockRows::read_key`] keeps the version's rows and
 /// the sentinel), restarted for each version.
+#[derive(Default)]
 struct ClockRows {
-    stmt: Option<RawStmt>,
+    cursor: KeyCursor,
     /// The version being read (another one restarts the cursor).
     db_version: i64,
-    /// The key of the current row (None: not on a row).
-    at: Option<i64>,
 }
 
 impl ClockRows {
@@ -372,39 +414,15 @@ impl ClockRows {
     ) -> Result<()> {
         if db_version != self.db_version {
             self.db_version = db_version;
-            self.at = None;
+            self.cursor.at = None;
         }
-        let stmt = match &mut self.stmt {
-            Some(s) => s,
-            None => self
-                .stmt
-                .insert(RawStmt::prepare(db, &table.sql.clock_rows)?),
-        };
-        let row_key = |stmt: &mut RawStmt| -> Result<Option<i64>> {
-            Ok(if stmt.step()? {
-                Some(stmt.column_i64(0))
-            } else {
-                None
-            })
-        };
-        match self.at {
-            // Already on the key's first row (read past the previous key).
-            Some(at) if at == key => {}
-            // A little ahead: step to it.
-            Some(at) if at < key && key - at <= KEY_STEPS => {
-                while self.at.is_some_and(|k| k < key) {
-                    self.at = row_key(stmt)?;
-                }
-            }
-            _ => {
-                stmt.reset();
-                stmt.bind(1, ValueRef::Integer(key))?;
-                self.at = row_key(stmt)?;
-            }
-        }
+        self.cursor.move_to(db, &table.sql.clock_rows, key)?;
         let first = rows.len();
         let mut cl = 1;
-        while self.at == Some(key) {
+        while self.cursor.at == Some(key) {
+            let Some(stmt) = self.cursor.stmt.as_mut() else {
+                break;
+            };
             let name = stmt.column_text(1);
             if name == b"-1" {
                 cl = stmt.column_i64(2);
@@ -421,7 +439,7 @@ impl ClockRows {
                     order: rows.len() as u32,
                 });
             }
-            self.at = row_key(stmt)?;
+            self.cursor.at = next_key(stmt)?;
         }
         for c in &mut rows[first..] {
             c.cl = cl;
@@ -450,10 +468,9 @@ fn col_of(table: &TableInfo, unknown: &mut Vec<Vec<u8>>, name: &[u8]) -> i32 {
 }
 
 /// `TableSql::key_rows`, positioned on one key's row.
+#[derive(Default)]
 struct KeyRows {
-    stmt: Option<RawStmt>,
-    /// The key of the current row (None: before the first or past the end).
-    at: Option<i64>,
+    cursor: KeyCursor,
     /// The packed primary key of key `packed.0` (packed once per key).
     packed: Option<(i64, Vec<u8>)>,
 }
@@ -463,49 +480,20 @@ impl KeyRows {
     /// table has none (the change is not read, as the changes statement's
     /// inner join leaves it out).
     fn seek(&mut self, db: DbHandle, table: &TableInfo, key: i64) -> Result<bool> {
-        if self.packed.as_ref().is_some_and(|p| p.0 == key) && self.at == Some(key) {
+        if self.packed.as_ref().is_some_and(|p| p.0 == key) && self.cursor.at == Some(key) {
             return Ok(true);
         }
-        if !self.seek_row(db, table, key)? {
+        if !self.cursor.move_to(db, &table.sql.key_rows, key)? {
             return Ok(false);
         }
         let stmt = self
+            .cursor
             .stmt
             .as_ref()
             .ok_or_else(|| err!("crsql_stream: key rows not prepared"))?;
         let pk = pack_key(stmt, K_PK0, table)?;
         self.packed = Some((key, pk));
         Ok(true)
-    }
-
-    fn seek_row(&mut self, db: DbHandle, table: &TableInfo, key: i64) -> Result<bool> {
-        let stmt = match &mut self.stmt {
-            Some(s) => s,
-            None => self.stmt.insert(RawStmt::prepare(db, &table.sql.key_rows)?),
-        };
-        match self.at {
-            Some(at) if at == key => return Ok(true),
-            Some(at) if at < key && key - at <= KEY_STEPS => loop {
-                if !stmt.step()? {
-                    self.at = None;
-                    return Ok(false);
-                }
-                let k = stmt.column_i64(0);
-                self.at = Some(k);
-                if k >= key {
-                    return Ok(k == key);
-                }
-            },
-            _ => {}
-        }
-        stmt.reset();
-        stmt.bind(1, ValueRef::Integer(key))?;
-        self.at = if stmt.step()? {
-            Some(stmt.column_i64(0))
-        } else {
-            None
-        };
-        Ok(self.at == Some(key))
     }
 }
 
@@ -539,16 +527,8 @@ impl Cells {
                 col: SENTINEL_CELL,
                 order: 0,
             },
-            clocks: ClockRows {
-                stmt: None,
-                db_version: 0,
-                at: None,
-            },
-            keys: KeyRows {
-                stmt: None,
-                at: None,
-                packed: None,
-            },
+            clocks: ClockRows::default(),
+            keys: KeyRows::default(),
         }
     }
 
@@ -778,7 +758,7 @@ impl Scan {
     fn current(&self) -> &RawStmt {
         match (&self.memo, &self.cells) {
             (Some(m), _) => &m.lookup,
-            (None, Some(c)) => c.keys.stmt.as_ref().unwrap_or(&self.stmt),
+            (None, Some(c)) => c.keys.cursor.stmt.as_ref().unwrap_or(&self.stmt),
             (None, None) => &self.stmt,
         }
     }

@@ -183,6 +183,19 @@ pub struct RawStmt {
 // SAFETY: used only on the owning connection's thread (see DbHandle).
 unsafe impl Send for RawStmt {}
 
+/// `slot`'s statement, prepared from `sql()` on first use (a statement held
+/// from one use to the next, out of the connection's statement cache).
+pub fn prepared<S: AsRef<str>>(
+    db: DbHandle,
+    slot: &mut Option<RawStmt>,
+    sql: impl FnOnce() -> S,
+) -> rusqlite::Result<&mut RawStmt> {
+    Ok(match slot {
+        Some(stmt) => stmt,
+        None => slot.insert(RawStmt::prepare(db, sql().as_ref())?),
+    })
+}
+
 /// An owned copy of a column value, so rows outlive the next `step`.
 pub use rusqlite::types::Value as OwnedValue;
 
