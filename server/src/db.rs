@@ -17,8 +17,11 @@ pub use crsql_stream_rs::{db_version, site_id};
 /// Open a database and register the extension on it.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    crsql_stream_rs::load(&conn)?;
+    // Before loading: on a new file, loading creates the extension's tables
+    // in a write transaction that waits for another connection creating
+    // them at the same moment.
     conn.busy_timeout(Duration::from_secs(30))?;
+    crsql_stream_rs::load(&conn)?;
     Ok(conn)
 }
 

@@ -378,3 +378,42 @@ fn each_hub_publishes_only_its_own_clients_pushes_and_a_failed_over_clients_chan
     sync(&pb, &hubs[2].url("acme"));
     assert_eq!(log_keys(&b), want, "b, now at hub 2, has every change of a");
 }
+
+/// A hub of a cluster follows every tenant it has without waiting for a
+/// client: one it cannot open at start (here a file that is not a
+/// database, later removed) is tried again until it opens.
+#[test]
+fn a_tenant_that_cannot_be_opened_at_start_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("js"));
+    let hub_dir = dir.path().join("hub0");
+    let db = hub_dir.join("data").join("acme.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::write(
+        &db,
+        b"this is not a SQLite database, it is 64 bytes of text to be sure.",
+    )
+    .unwrap();
+    let mut hub = nats_hub(&hub_dir, 0, &nats, "1h");
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::remove_file(&db).unwrap();
+    // No client comes: only the hub's own retry creates the tenant's
+    // database from its schema file.
+    eventually(
+        "the hub to create the tenant",
+        Duration::from_secs(20),
+        || {
+            db.exists()
+                && crsql_sync::db::open(&db)
+                    .map(|c| c.prepare("SELECT 1 FROM log").is_ok())
+                    .unwrap_or(false)
+        },
+    );
+    let (code, log) = hub.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("cannot open the tenant (trying again"),
+        "{log}"
+    );
+    assert!(log.contains("tenant opened"), "{log}");
+}

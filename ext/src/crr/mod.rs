@@ -869,7 +869,39 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
 
 /// Create the global tables and read or create the site id (§1, §2.1, §3.1,
 /// §14). Returns the site id and the stored `merge-equal-values` setting.
+///
+/// Several connections may load the extension on the same new file at
+/// once (a hub opening a new tenant from two tasks): checking for the
+/// tables and creating them is then one `BEGIN IMMEDIATE` transaction, so
+/// the second connection finds what the first created instead of creating
+/// a second local site id. A database that already has its local site id
+/// takes no write lock (a read-only connection loads as before).
 pub fn bootstrap(conn: &Connection) -> Result<([u8; 16], bool)> {
+    let has_local_site = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'crsql_site_id'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some()
+        && conn
+            .query_row("SELECT 1 FROM crsql_site_id WHERE ordinal = 0", [], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some();
+    if has_local_site || !conn.is_autocommit() {
+        return create_globals(conn);
+    }
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let globals = create_globals(conn)?;
+    tx.commit()?;
+    Ok(globals)
+}
+
+/// [`bootstrap`]'s checks and writes, in the caller's transaction.
+fn create_globals(conn: &Connection) -> Result<([u8; 16], bool)> {
     let exists = |name: &str| -> Result<bool> {
         Ok(conn
             .query_row(

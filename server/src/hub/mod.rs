@@ -158,12 +158,31 @@ pub async fn serve(
     if hub.nats.is_some() {
         // A hub of a cluster follows every tenant it has, not only those
         // its clients use.
+        // One that cannot be opened now (busy, a disk error) is tried
+        // again, backing off to every 30 s, until it opens or the hub
+        // stops: no client may ever come to open it.
         let hub = hub.clone();
         tokio::spawn(async move {
-            for name in known_tenants(&hub.cfg) {
-                if let Err(e) = hub.tenant(&name).await {
-                    tracing::warn!(tenant = %name, "cannot open the tenant: {}", e.message);
+            let mut pending = known_tenants(&hub.cfg);
+            let mut wait = Duration::from_secs(1);
+            let mut stop = hub.shutdown.clone();
+            loop {
+                let mut failed = Vec::new();
+                for name in pending {
+                    if let Err(e) = hub.tenant(&name).await {
+                        tracing::warn!(tenant = %name, "cannot open the tenant (trying again in {wait:?}): {}", e.message);
+                        failed.push(name);
+                    }
                 }
+                if failed.is_empty() {
+                    break;
+                }
+                pending = failed;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopped(&mut stop) => break,
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
             }
         });
     }
