@@ -36,7 +36,7 @@ use crate::crr::schema::{TableInfo, CLOCK_ROWS, CLOCK_ROW_SIZES, MAX_NAME_LEN};
 use crate::crr::values::{compare, out, to_sql, type_name};
 use crate::err;
 use crate::error::{Error, Result};
-use crate::sqlite::{prepared, DbHandle, RawStmt};
+use crate::sqlite::{prepared, run_prepared, DbHandle, RawStmt};
 use crate::state::{Ext, Inner};
 
 /// One change row, as the nine columns of `crsql_changes`.
@@ -244,45 +244,56 @@ pub struct RowMemo {
     sites: HashMap<Vec<u8>, i64>,
     /// The last row merged.
     row: Option<MemoRow>,
-    /// The statements run once per change, held from one call to the next
-    /// (not state: `RowMemo::check` keeps them).
-    stmts: Vec<TableStmts>,
 }
 
-/// Statements of one table held by a [`RowMemo`]: prepared once, instead
-/// of a lookup and return in the connection's statement cache (which
-/// hashes the SQL text twice) per statement and change.
+/// The statements every merge runs once per row or change, held by the
+/// connection ([`Inner::merge_stmts`]) from one merge to the next, package
+/// merges and `INSERT INTO crsql_changes` alike (DECISIONS D??): prepared
+/// once per table, instead of a lookup and return in the connection's
+/// statement cache (which hashes the SQL text twice) per statement and
+/// row. A [`Merger`] takes them and gives them back when dropped; each is
+/// reset after every use, errors included. Dropped by `crsql_finalize()`
+/// and the connection's close.
+#[derive(Default)]
+pub struct MergeStmts(Vec<TableStmts>);
+
+/// [`MergeStmts`] of one table.
 struct TableStmts {
     t: Arc<TableInfo>,
-    /// `row_clocks`.
+    /// `row_clocks`, read when a row is loaded.
     row_clocks: Option<RawStmt>,
+    /// `key_insert`, run when a row new to the clocks gets its key.
+    key_insert: Option<RawStmt>,
     /// `clock_write`.
     clock_write: Option<RawStmt>,
     /// The upsert of one column ([`TableInfo::upsert_sql`]), by column.
     upsert: Vec<Option<RawStmt>>,
 }
 
-/// Tables whose statements a [`RowMemo`] holds at most (the oldest go).
-const MEMO_TABLES: usize = 8;
+/// Tables whose statements [`MergeStmts`] holds at most (the oldest go).
+const HELD_TABLES: usize = 32;
 
-/// Run `slot`'s statement (prepared from `sql()` on first use) to its end
-/// with `values` bound.
-fn run_held<'v, S: AsRef<str>>(
-    db: DbHandle,
-    slot: &mut Option<RawStmt>,
-    sql: impl FnOnce() -> S,
-    values: impl IntoIterator<Item = ValueRef<'v>>,
-) -> Result<()> {
-    let stmt = prepared(db, slot, sql)?;
-    let r = (|| {
-        for (i, v) in values.into_iter().enumerate() {
-            stmt.bind(i + 1, v)?;
-        }
-        while stmt.step()? {}
-        Ok(())
-    })();
-    stmt.reset();
-    r
+impl MergeStmts {
+    /// The held statements of table `t`.
+    fn of(&mut self, t: &Arc<TableInfo>) -> &mut TableStmts {
+        let i = match self.0.iter().position(|s| Arc::ptr_eq(&s.t, t)) {
+            Some(i) => i,
+            None => {
+                if self.0.len() >= HELD_TABLES {
+                    self.0.remove(0);
+                }
+                self.0.push(TableStmts {
+                    t: Arc::clone(t),
+                    row_clocks: None,
+                    key_insert: None,
+                    clock_write: None,
+                    upsert: Vec::new(),
+                });
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i]
+    }
 }
 
 /// [`RowMemo`]'s record of the state it was taken in.
@@ -327,38 +338,12 @@ impl RowMemo {
             && g.rollbacks == now.rollbacks
             && (grown == 0 || grown == g.unseen);
         if !same {
-            let stmts = std::mem::take(&mut self.stmts);
-            *self = RowMemo {
-                stmts,
-                ..RowMemo::default()
-            };
+            *self = RowMemo::default();
         } else if grown != 0 {
             // The statements of the calls so far ended, counted.
             g.unseen = 0;
             g.total = now.total;
         }
-    }
-}
-
-impl RowMemo {
-    /// The held statements of table `t`.
-    fn stmts(&mut self, t: &Arc<TableInfo>) -> &mut TableStmts {
-        let i = match self.stmts.iter().position(|s| Arc::ptr_eq(&s.t, t)) {
-            Some(i) => i,
-            None => {
-                if self.stmts.len() >= MEMO_TABLES {
-                    self.stmts.remove(0);
-                }
-                self.stmts.push(TableStmts {
-                    t: Arc::clone(t),
-                    row_clocks: None,
-                    clock_write: None,
-                    upsert: Vec::new(),
-                });
-                self.stmts.len() - 1
-            }
-        };
-        &mut self.stmts[i]
     }
 }
 
@@ -471,6 +456,15 @@ impl Row<'_> {
         self.others.is_some() && !self.cells.iter().any(|s| matches!(s, Slot::Unknown))
     }
 
+    /// The columns whose clock row is not known have none.
+    fn absent_unknown(&mut self) {
+        for s in &mut self.cells {
+            if matches!(s, Slot::Unknown) {
+                *s = Slot::Absent;
+            }
+        }
+    }
+
     /// No clock row at all (a new key, or a delete dropped them).
     fn clear_cells(&mut self) {
         self.cells.fill(Slot::Absent);
@@ -512,124 +506,58 @@ pub struct Merger<'i, 'a> {
     /// wait in [`Merger::inserts`]).
     plain: HashMap<String, bool>,
     /// The statements run once per row, held out of the connection's cache
-    /// while the merger lives (a cache lookup and return per row cost more
-    /// than a tenth of a package apply).
-    held: Held<'i>,
+    /// (a cache lookup and return per row cost more than a tenth of a
+    /// package apply): taken from [`Inner::merge_stmts`], given back when
+    /// the merger is dropped.
+    stmts: MergeStmts,
     /// The row-by-row merge's memo ([`merge_change`]).
     memo: Option<RowMemo>,
 }
 
-/// A statement of one table's [`TableSql`](crate::crr::schema::TableSql),
-/// held by a [`Merger`].
-type HeldStmt<'i> = Option<(Arc<TableInfo>, rusqlite::CachedStatement<'i>)>;
-
-/// [`Merger::held`].
-#[derive(Default)]
-struct Held<'i> {
-    /// `row_clocks`, read when a row is loaded.
-    row_clocks: HeldStmt<'i>,
-    /// `key_insert`, run when a row new to the clocks gets its key.
-    key_insert: HeldStmt<'i>,
-}
-
-/// The statement `sql` of `t` held in `slot` (prepared, or taken from the
-/// cache, on first use for `t`).
-fn held<'s, 'i>(
-    inner: &'i Inner,
-    slot: &'s mut HeldStmt<'i>,
-    t: &Arc<TableInfo>,
-    sql: fn(&TableInfo) -> &str,
-) -> Result<&'s mut rusqlite::CachedStatement<'i>> {
-    if !slot.as_ref().is_some_and(|(held, _)| Arc::ptr_eq(held, t)) {
-        *slot = None;
-        let stmt = inner.conn.prepare_cached(sql(t))?;
-        *slot = Some((Arc::clone(t), stmt));
-    }
-    match slot {
-        Some((_, stmt)) => Ok(stmt),
-        None => Err(err!(
-            "crsql_stream: internal error: a merge statement was not prepared"
-        )),
-    }
-}
-
-/// The rows of `row_clocks` (a key and one clock row each, or a key and
-/// no clock), taken into a loaded [`Row`] one by one.
-#[derive(Default)]
-struct RowClocks {
-    sentinel_cl: Option<i64>,
-    any: bool,
-    others: Vec<(String, Clock)>,
-}
-
-impl RowClocks {
-    /// One row: the key, the clock's name (None: no clock) and the clock.
-    fn add(
-        &mut self,
-        row: &mut Row<'_>,
-        key: i64,
-        name: Option<&[u8]>,
-        clock: impl FnOnce() -> rusqlite::Result<Clock>,
-    ) -> Result<()> {
-        row.key = Some(key);
-        let Some(name) = name else {
-            return Ok(());
-        };
-        self.any = true;
-        let clock = clock()?;
-        let name = String::from_utf8_lossy(name);
-        if name == SENTINEL {
-            self.sentinel_cl = Some(clock.col_version);
-        } else if let Some(i) = row.t.col_index(&name) {
-            row.cells[i] = Slot::Present(clock);
-        } else {
-            self.others.push((name.into_owned(), clock));
-        }
-        Ok(())
-    }
-
-    /// After the last row: the columns without a clock, the causal length.
-    fn finish(self, row: &mut Row<'_>) {
-        if row.key.is_some() {
-            for s in &mut row.cells {
-                if matches!(s, Slot::Unknown) {
-                    *s = Slot::Absent;
-                }
-            }
-            row.others = Some(self.others);
-        }
-        row.cl = self.sentinel_cl.unwrap_or(i64::from(self.any));
+impl Drop for Merger<'_, '_> {
+    fn drop(&mut self) {
+        // Every held statement is reset: they go back as they came.
+        self.inner.merge_stmts.set(std::mem::take(&mut self.stmts));
     }
 }
 
 /// [`Merger::load`]'s read of a narrow table's key, causal length and
-/// clock rows through the statement `stmts` holds.
-fn load_clocks_held(db: DbHandle, stmts: Option<&mut TableStmts>, row: &mut Row<'_>) -> Result<()> {
-    let Some(stmts) = stmts else {
-        return Err(err!("crsql_stream: internal error: no held statements"));
-    };
+/// clock rows (`row_clocks`: a key and one clock row each, or a key and no
+/// clock).
+fn load_clocks(db: DbHandle, stmts: &mut TableStmts, row: &mut Row<'_>) -> Result<()> {
     let stmt = prepared(db, &mut stmts.row_clocks, || row.t.sql.row_clocks.as_str())?;
     let r = (|| -> Result<()> {
         for (i, v) in row.pks.iter().enumerate() {
             stmt.bind(i + 1, *v)?;
         }
-        let mut read = RowClocks::default();
+        let (mut sentinel_cl, mut any, mut others) = (None, false, Vec::new());
         while stmt.step()? {
-            let name = match stmt.column(1) {
-                ValueRef::Text(name) => Some(name),
-                _ => None,
+            row.key = Some(stmt.column_i64(0));
+            let ValueRef::Text(name) = stmt.column(1) else {
+                continue;
             };
-            read.add(row, stmt.column_i64(0), name, || {
-                Ok(Clock {
-                    col_version: stmt.column_i64(2),
-                    db_version: stmt.column_i64(3),
-                    seq: stmt.column_i64(4),
-                    site: Site::Ordinal(stmt.column_i64(5)),
-                    dirty: false,
-                })
-            })?;
+            any = true;
+            let clock = Clock {
+                col_version: stmt.column_i64(2),
+                db_version: stmt.column_i64(3),
+                seq: stmt.column_i64(4),
+                site: Site::Ordinal(stmt.column_i64(5)),
+                dirty: false,
+            };
+            let name = String::from_utf8_lossy(name);
+            if name == SENTINEL {
+                sentinel_cl = Some(clock.col_version);
+            } else if let Some(i) = row.t.col_index(&name) {
+                row.cells[i] = Slot::Present(clock);
+            } else {
+                others.push((name.into_owned(), clock));
+            }
         }
-        read.finish(row);
+        if row.key.is_some() {
+            row.absent_unknown();
+            row.others = Some(others);
+        }
+        row.cl = sentinel_cl.unwrap_or(i64::from(any));
         Ok(())
     })();
     stmt.reset();
@@ -700,7 +628,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             clocks: None,
             compact_clocks: None,
             plain: HashMap::new(),
-            held: Held::default(),
+            stmts: inner.merge_stmts.take(),
             memo: None,
         })
     }
@@ -845,24 +773,8 @@ impl<'i, 'a> Merger<'i, 'a> {
         if row.t.compact.is_some() {
             // crr::compact: every clock of the row in one read.
             compact::load(self.inner, &mut row)?;
-        } else if n <= EAGER_COLUMNS && self.memo.is_some() {
-            let db = self.ext.db;
-            let stmts = self.memo.as_mut().map(|m| m.stmts(&row.t));
-            load_clocks_held(db, stmts, &mut row)?;
         } else if n <= EAGER_COLUMNS {
-            let stmt = held(self.inner, &mut self.held.row_clocks, &row.t, |t| {
-                &t.sql.row_clocks
-            })?;
-            let mut rows = stmt.query(binds())?;
-            let mut read = RowClocks::default();
-            while let Some(r) = rows.next()? {
-                let name = match r.get_ref(1)? {
-                    ValueRef::Text(name) => Some(name),
-                    _ => None,
-                };
-                read.add(&mut row, r.get(0)?, name, || Clock::read(r, 2))?;
-            }
-            read.finish(&mut row);
+            load_clocks(self.inner.db(), self.stmts.of(&row.t), &mut row)?;
         } else if let Some((key, cl)) = conn
             .prepare_cached(&row.t.sql.row_cl)?
             .query_row(binds(), |r| Ok((r.get(0)?, r.get(1)?)))
@@ -1037,11 +949,7 @@ impl<'i, 'a> Merger<'i, 'a> {
                 None => others.push((name, clock)),
             }
         }
-        for s in &mut row.cells {
-            if matches!(s, Slot::Unknown) {
-                *s = Slot::Absent;
-            }
-        }
+        row.absent_unknown();
         if row.others.is_none() {
             row.others = Some(others);
         }
@@ -1175,13 +1083,11 @@ impl<'i, 'a> Merger<'i, 'a> {
         } else {
             None
         };
-        let stmts = self.memo.as_mut().map(|m| m.stmts(&row.t));
         let r = write_row(
             self.ext,
             self.inner,
             &mut self.sites,
-            &mut self.held.key_insert,
-            stmts,
+            &mut self.stmts,
             row,
             later,
         );
@@ -1265,7 +1171,7 @@ impl<'a> Merger<'_, 'a> {
         if let Some(p) = self.compact_clocks.take() {
             p.write(self.inner)?;
         }
-        write_clock_rows(self.inner, self.clocks.take(), None)
+        write_clock_rows(self.inner, &mut self.stmts, self.clocks.take())
     }
 
     fn flush_inserts(&mut self) -> Result<()> {
@@ -1325,12 +1231,13 @@ fn clock_values<'v>(
 
 /// Write `batch`'s clock rows: [`CLOCK_ROWS`] at a time by one statement,
 /// what is left by statements of the smaller [`CLOCK_ROW_SIZES`], the last
-/// few one by one (a multi-row statement copies the pages it touches to
-/// the statement journal: it pays from about ten rows on).
+/// few one by one through the held statement (a multi-row statement copies
+/// the pages it touches to the statement journal: it pays from about ten
+/// rows on).
 fn write_clock_rows(
     inner: &Inner,
+    stmts: &mut MergeStmts,
     batch: Option<Clocks<'_>>,
-    held: Option<&mut TableStmts>,
 ) -> Result<()> {
     let Some(batch) = batch else {
         return Ok(());
@@ -1350,21 +1257,9 @@ fn write_clock_rows(
             stmt.execute(params_from_iter(values.map(out)))?;
         }
     }
-    if let Some(held) = held {
-        for r in rest {
-            let values = clock_values(t, r);
-            run_held(
-                inner.db(),
-                &mut held.clock_write,
-                || t.sql.clock_write.as_str(),
-                values,
-            )?;
-        }
-        return Ok(());
-    }
-    let mut stmt = conn.prepare_cached(&t.sql.clock_write)?;
+    let held = &mut stmts.of(t).clock_write;
     for r in rest {
-        stmt.execute(params_from_iter(clock_values(t, r).map(out)))?;
+        run_prepared(inner.db(), held, || &t.sql.clock_write, clock_values(t, r))?;
     }
     Ok(())
 }
@@ -1379,18 +1274,15 @@ type Later<'m, 'a> = (
 /// [`Merger::flush`] of `row`; the error says whether the base-table write
 /// refused it (nothing else was written then).
 /// With `later`, clock rows that move nothing counted wait there.
-/// With `held` (the row-by-row merge), the statements run once per change
-/// are its.
-fn write_row<'a, 'i>(
+fn write_row<'a>(
     ext: &Ext,
-    inner: &'i Inner,
+    inner: &Inner,
     sites: &mut HashMap<&'a [u8], i64>,
-    key_insert: &mut HeldStmt<'i>,
-    mut held: Option<&mut TableStmts>,
+    stmts: &mut MergeStmts,
     row: &mut Row<'a>,
     later: Option<Later<'_, 'a>>,
 ) -> std::result::Result<(), (Error, bool)> {
-    write_base(ext, inner, row, held.as_deref_mut()).map_err(|e| (e, true))?;
+    write_base(ext, inner, row, stmts.of(&row.t)).map_err(|e| (e, true))?;
     let (later, compact_later) = later.unzip();
     if row.t.compact.is_some() {
         // crr::compact: the row clock and cells, departures included.
@@ -1403,18 +1295,13 @@ fn write_row<'a, 'i>(
         let counted = KeyCounts::take(inner, &ext.tx, &row.t, row.key)?;
         // Settling reads the rows written: those may not wait.
         let later = later.filter(|_| counted.is_empty());
-        write_clocks(inner, sites, key_insert, held, row, later)?;
+        write_clocks(inner, sites, stmts, row, later)?;
         counted.settle(inner, &row.t)
     };
     clocks().map_err(|e| (e, false))
 }
 
-fn write_base(
-    ext: &Ext,
-    inner: &Inner,
-    row: &mut Row<'_>,
-    held: Option<&mut TableStmts>,
-) -> Result<()> {
+fn write_base(ext: &Ext, inner: &Inner, row: &mut Row<'_>, held: &mut TableStmts) -> Result<()> {
     let prev = ext.sync_bit.swap(1, Relaxed);
     let r = (|| -> Result<()> {
         let conn = &inner.conn;
@@ -1430,19 +1317,14 @@ fn write_base(
             if cols.is_empty() {
                 conn.prepare_cached(&row.t.sql.base_insert_pks)?
                     .execute(params_from_iter(pks()))?;
-            } else if let (Some(held), &[col]) = (held, cols.as_slice()) {
+            } else if let &[col] = cols.as_slice() {
                 // One column: the row-by-row merge's usual write.
                 if held.upsert.len() <= col {
                     held.upsert.resize_with(col + 1, || None);
                 }
                 let values = row.pks.iter().copied().chain(row.values[col]);
-                let t = &row.t;
-                run_held(
-                    inner.db(),
-                    &mut held.upsert[col],
-                    || t.upsert_sql(&[col]),
-                    values,
-                )?;
+                let sql = || row.t.upsert_sql(&[col]);
+                run_prepared(inner.db(), &mut held.upsert[col], sql, values)?;
             } else {
                 let vals = cols.iter().filter_map(|&i| row.values[i].map(out));
                 conn.prepare_cached(&row.t.upsert_sql(&cols))?
@@ -1459,25 +1341,18 @@ fn write_base(
     Ok(())
 }
 
-fn write_clocks<'a, 'i>(
-    inner: &'i Inner,
+fn write_clocks<'a>(
+    inner: &Inner,
     sites: &mut HashMap<&'a [u8], i64>,
-    key_insert: &mut HeldStmt<'i>,
-    stmts: Option<&mut TableStmts>,
+    stmts: &mut MergeStmts,
     row: &mut Row<'a>,
     later: Option<&mut Option<Clocks<'a>>>,
 ) -> Result<()> {
     let key = match row.key {
         Some(k) => k,
         None => {
-            // `key_for` with the insert first, through the held statement.
-            let stmt = held(inner, key_insert, &row.t, |t| &t.sql.key_insert)?;
-            let inserted = stmt.execute(params_from_iter(row.pks.iter().map(|v| out(*v))))?;
-            let k = if inserted == 1 {
-                inner.conn.last_insert_rowid()
-            } else {
-                key_for(inner, &row.t, &row.pks, false)?.0
-            };
+            let held = Some(&mut stmts.of(&row.t).key_insert);
+            let k = key_for(inner, &row.t, &row.pks, true, held)?.0;
             // The row has clocks again: its compacted record goes.
             crate::streams::compact::take_compacted(inner, &row.t.name, row.pk)?;
             row.key = Some(k);
@@ -1529,7 +1404,7 @@ fn write_clocks<'a, 'i>(
     match later {
         Some(slot) => {
             if slot.as_ref().is_some_and(|b| !Arc::ptr_eq(&b.t, &t)) {
-                write_clock_rows(inner, slot.take(), None)?;
+                write_clock_rows(inner, stmts, slot.take())?;
             }
             let batch = slot.get_or_insert_with(|| Clocks {
                 t: Arc::clone(&t),
@@ -1539,7 +1414,7 @@ fn write_clocks<'a, 'i>(
             batch.rows.extend(rows);
             batch.pks.insert(row.pk);
             if batch.rows.len() >= CLOCK_ROWS {
-                write_clock_rows(inner, slot.take(), None)?;
+                write_clock_rows(inner, stmts, slot.take())?;
             }
         }
         // One single-row statement per clock row: a multi-row INSERT is a
@@ -1547,12 +1422,12 @@ fn write_clocks<'a, 'i>(
         // (copying every page it touches), a single-row one is not.
         None => write_clock_rows(
             inner,
+            stmts,
             Some(Clocks {
                 t,
                 rows,
                 pks: HashSet::new(),
             }),
-            stmts,
         )?,
     }
     row.dirty = false;
