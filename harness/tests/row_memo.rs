@@ -554,3 +554,117 @@ fn a_write_inside_the_merging_statement_that_counts_as_many_rows_as_its_calls() 
         "a write inside the merging statement: the memo was used stale"
     );
 }
+
+/// The statements every merge holds (`crr::merge::MergeStmts`, kept by
+/// the connection from one merge to the next, package merges and
+/// `INSERT INTO crsql_changes` alike) are reset after every use, errors
+/// included, follow schema changes and go at the connection's close: after
+/// a package and a change refused by a CHECK constraint both merges go on,
+/// VACUUM finds no statement running, a column added in an alter window
+/// and a CRR dropped change nothing for them, and the connection closes
+/// without `crsql_finalize()`.
+#[test]
+fn held_statements_survive_errors_schema_changes_and_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("held.db");
+    let c = open(&path);
+    c.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, a TEXT, b INTEGER CHECK (b < 100), c TEXT);
+         SELECT crsql_as_crr('t');
+         CREATE TABLE u (id INTEGER PRIMARY KEY NOT NULL, v TEXT);
+         SELECT crsql_as_crr('u');",
+    )
+    .unwrap();
+    // One inbound stream per package: each comes from a fresh sender.
+    let streams = std::cell::Cell::new(0);
+    let merge_package = |c: &Connection, sql: &str| {
+        streams.set(streams.get() + 1);
+        let s = format!("i{}", streams.get());
+        exec(
+            c,
+            &format!("CREATE VIRTUAL TABLE {s} USING crsql_InboundStream()"),
+        );
+        c.execute(
+            &format!("INSERT INTO {s}(package) VALUES (?1)"),
+            [package(sql)],
+        )
+    };
+    let merge = |c: &Connection, id: i64, cid: &str, val: Value, cv: i64| {
+        let pk: Vec<u8> = c
+            .query_row("SELECT crsql_pack_columns(?1)", [id], |r| r.get(0))
+            .unwrap();
+        c.execute(
+            INSERT_CHANGE,
+            params!["t", pk, cid, val, cv, 1, &X[..], 1, 0],
+        )
+    };
+    merge_package(
+        &c,
+        "INSERT INTO t VALUES (1, 'a', 1, 'c'), (2, 'b', 2, 'd'); INSERT INTO u VALUES (1, 'v');",
+    )
+    .unwrap();
+    let e = merge_package(&c, "INSERT INTO t VALUES (3, 'x', 500, 'y')").unwrap_err();
+    assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
+    merge(&c, 1, "b", Value::Integer(7), 5).unwrap();
+    let e = merge(&c, 1, "b", Value::Integer(700), 6).unwrap_err();
+    assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
+    // Both merges go on with the statements the errors left.
+    merge_package(&c, "INSERT INTO t VALUES (4, 'e', 4, 'f')").unwrap();
+    merge(&c, 2, "b", Value::Integer(8), 5).unwrap();
+    merge(&c, 2, "a", text("B"), 5).unwrap();
+    merge(&c, 5, "a", text("new"), 1).unwrap();
+    exec(&c, "VACUUM");
+    exec(
+        &c,
+        "SELECT crsql_begin_alter('t'); ALTER TABLE t ADD COLUMN d TEXT; SELECT crsql_commit_alter('t');
+         SELECT crsql_as_table('u'); DROP TABLE u;",
+    );
+    merge(&c, 1, "d", text("D"), 1).unwrap();
+    merge(&c, 4, "d", text("E"), 1).unwrap();
+    merge_package(&c, "INSERT INTO t VALUES (6, 'g', 6, 'h')").unwrap();
+    assert_eq!(
+        rows(&c, "SELECT id, a, b, c, d FROM t ORDER BY id"),
+        vec![
+            vec![
+                Value::Integer(1),
+                text("a"),
+                Value::Integer(7),
+                text("c"),
+                text("D")
+            ],
+            vec![
+                Value::Integer(2),
+                text("B"),
+                Value::Integer(8),
+                text("d"),
+                Value::Null
+            ],
+            vec![
+                Value::Integer(4),
+                text("e"),
+                Value::Integer(4),
+                text("f"),
+                text("E")
+            ],
+            vec![
+                Value::Integer(5),
+                text("new"),
+                Value::Null,
+                Value::Null,
+                Value::Null
+            ],
+            vec![
+                Value::Integer(6),
+                text("g"),
+                Value::Integer(6),
+                text("h"),
+                Value::Null
+            ],
+        ]
+    );
+    assert_eq!(int(&c, "SELECT count(*) FROM crsql_changes WHERE \"table\" = 't' AND pk = crsql_pack_columns(3)"), 0);
+    // No crsql_finalize(): the close drops the held statements itself.
+    c.close()
+        .map_err(|(_, e)| e)
+        .expect("close with held statements");
+}
