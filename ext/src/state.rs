@@ -167,6 +167,8 @@ pub struct Inner {
     /// What `INSERT INTO crsql_changes` keeps from one call to the next
     /// (`crr::merge::RowMemo`, DECISIONS D50).
     pub row_memo: crate::crr::merge::RowMemo,
+    /// The compact layout's per-row statements (`crr::compact::held`).
+    pub compact_held: crate::crr::compact::held::Held,
     /// Statements whose largest result is the newest seq at version `?1`.
     newest_seq_sql: Vec<String>,
     /// `(db_version, max seq at it)` of the last [`Inner::newest_position`]:
@@ -231,6 +233,7 @@ impl Ext {
                 clock_cache: HashMap::new(),
                 version_sql: Vec::new(),
                 row_memo: Default::default(),
+                compact_held: Default::default(),
                 newest_seq_sql: Vec::new(),
             }),
         });
@@ -312,6 +315,7 @@ impl Ext {
     /// connection closes, before SQLite checks for unfinalized statements).
     pub fn finalize_statements(&self, inner: &mut Inner) {
         inner.row_memo = Default::default();
+        inner.compact_held = Default::default();
         inner.conn.flush_prepared_statement_cache();
     }
 }

@@ -10,6 +10,7 @@
 //! `counts.rs`, `crr/mod.rs`, `streams/compact.rs` and `functions.rs`.
 
 pub mod convert;
+pub mod held;
 pub mod local;
 pub mod sql;
 
@@ -106,10 +107,11 @@ pub fn unsupported(table: &str, op: &str) -> Error {
 /// What the rest of the extension needs of a compact CRR.
 #[derive(Debug)]
 pub struct Compact {
-    /// `SELECT cl, db_version, site_id, seq, vers` of a key (pk binds first).
-    pub load_row: String,
-    /// `SELECT col_name, col_version, db_version, site_id, seq` of a key.
-    pub load_cells: String,
+    /// `SELECT cl, db_version, site_id, seq, vers` of a key's row clock,
+    /// then `col_name, col_version, db_version, site_id, seq` of each of
+    /// its cells (NULL when it has none): one row per cell, or one (pk
+    /// binds first).
+    pub load: String,
     /// Insert a row clock unless the key has one: pks, cl, db_version,
     /// site_id, seq, vers.
     pub insert_row: String,

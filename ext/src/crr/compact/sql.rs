@@ -173,13 +173,15 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
     };
     let insert_vers = super::vers_value(&insert_vers);
     let compact = Compact {
-        load_row: format!(
-            "SELECT cl, db_version, site_id, seq, vers FROM {rows} WHERE {}",
-            schema::pk_where(&spks, "", 1)
-        ),
-        load_cells: format!(
-            "SELECT col_name, col_version, db_version, site_id, seq FROM {cells} WHERE {}",
-            schema::pk_where(&spks, "", 1)
+        // The cells are looked for only under a row clock (a key with
+        // cells always has one: it holds `cl`), each compared with the
+        // bound values as a read of the cells table alone compares them.
+        load: format!(
+            "SELECT r.cl, r.db_version, r.site_id, r.seq, r.vers, \
+             c.col_name, c.col_version, c.db_version, c.site_id, c.seq \
+             FROM {rows} AS r LEFT JOIN {cells} AS c ON {} WHERE {}",
+            schema::pk_where(&spks, "c.", 1),
+            schema::pk_where(&spks, "r.", 1)
         ),
         insert_row: format!(
             "INSERT INTO {rows} ({row_cols}) VALUES ({row_values}) ON CONFLICT DO NOTHING"
