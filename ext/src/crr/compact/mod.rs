@@ -120,6 +120,10 @@ pub struct Compact {
     pub delete_row: String,
     /// pks, col_name, col_version, db_version, site_id, seq.
     pub upsert_cell: String,
+    /// `upsert_row` and `upsert_cell` of `schema::CLOCK_ROWS` rows (the
+    /// merger's waiting writes, `crr::merge::compact::Pending`).
+    pub upsert_rows: String,
+    pub upsert_cells: String,
     /// pks, col_name.
     pub delete_cell: String,
     /// The `vers` of a run of every column at col_version 1 (an insert).

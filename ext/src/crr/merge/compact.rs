@@ -8,16 +8,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use rusqlite::params_from_iter;
-use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::ToSql;
+use rusqlite::types::ValueRef;
 
 use crsql_stream_core::rowclock::{self, SENTINEL_SLOT};
 
 use super::{Clock, Row, Site, Slot};
 use crate::crr::compact::local;
 use crate::crr::schema::{TableInfo, CLOCK_ROWS};
-use crate::crr::values::out;
 use crate::err;
 use crate::error::Result;
 use crate::state::{Ext, Inner};
@@ -82,18 +79,19 @@ pub(super) fn load(inner: &Inner, row: &mut Row<'_>) -> Result<()> {
     if stored.is_empty() {
         return Ok(());
     }
-    let state = stored.expand();
-    for (i, s) in row.cells.iter_mut().enumerate() {
-        *s = match state.get(&(i as i32)) {
-            Some(c) => Slot::Present(Clock {
+    // `Stored::expand` without its map: the cells, then the run's clocks.
+    row.cells.fill(Slot::Absent);
+    let run = stored.run.iter().flat_map(|r| r.clocks(stored.cl));
+    for (slot, c) in stored.cells.iter().map(|(s, c)| (*s, *c)).chain(run) {
+        if let Some(s) = usize::try_from(slot).ok().and_then(|i| row.cells.get_mut(i)) {
+            *s = Slot::Present(Clock {
                 col_version: c.col_version,
                 db_version: c.db_version,
                 seq: c.seq,
                 site: Site::Ordinal(c.site),
                 dirty: false,
-            }),
-            None => Slot::Absent,
-        };
+            });
+        }
     }
     row.others = Some(Vec::new());
     row.key = Some(0);
@@ -168,54 +166,58 @@ pub(super) enum Bind<'a> {
     Owned(rusqlite::types::Value),
 }
 
-impl ToSql for Bind<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(out(match self {
+impl Bind<'_> {
+    fn value(&self) -> ValueRef<'_> {
+        match self {
             Bind::Ref(v) => *v,
             Bind::Int(i) => ValueRef::Integer(*i),
             Bind::Null => ValueRef::Null,
             Bind::Owned(v) => ValueRef::from(v),
             Bind::Text(t) => ValueRef::Text(t.as_bytes()),
-        }))
+        }
     }
 }
 
 impl Pending<'_> {
-    /// Write what waits.
+    /// Write what waits: [`CLOCK_ROWS`] rows per statement, the rest one
+    /// by one, through statements held out of the cache
+    /// (`compact::held`).
     pub(super) fn write(self, inner: &Inner) -> Result<()> {
         let c = self
             .t
             .compact
             .as_ref()
             .ok_or_else(|| err!("crsql_stream: {} is not a compact CRR", self.t.name))?;
-        let npk = self.t.pks.len();
-        for (values, width, one) in [
-            (&self.rows, npk + 5, &c.upsert_row),
-            (&self.cells, npk + 5, &c.upsert_cell),
+        let width = self.t.pks.len() + 5;
+        for (values, one, many) in [
+            (&self.rows, &c.upsert_row, &c.upsert_rows),
+            (&self.cells, &c.upsert_cell, &c.upsert_cells),
         ] {
             let mut chunks = values.chunks_exact(width * CLOCK_ROWS);
             for chunk in chunks.by_ref() {
-                inner
-                    .conn
-                    .prepare_cached(&many(one, width, CLOCK_ROWS))?
-                    .execute(params_from_iter(chunk))?;
+                run_rows(inner, many, chunk.len(), chunk)?;
             }
-            let mut stmt = inner.conn.prepare_cached(one)?;
-            for row in chunks.remainder().chunks_exact(width) {
-                stmt.execute(params_from_iter(row))?;
+            let rest = chunks.remainder();
+            if !rest.is_empty() {
+                run_rows(inner, one, width, rest)?;
             }
         }
         Ok(())
     }
 }
 
-/// `one`, a single-row `INSERT … VALUES (?1, …, ?width) …`, writing `rows`
-/// rows: the same statement with `rows` groups of anonymous parameters.
-fn many(one: &str, width: usize, rows: usize) -> String {
-    let (head, tail) = one.split_once(" VALUES (").unwrap_or((one, ""));
-    let tail = tail.split_once(')').map_or("", |(_, t)| t);
-    let group = format!("({})", vec!["?"; width].join(", "));
-    format!("{head} VALUES {}{tail}", vec![group; rows].join(", "))
+/// Run the held statement `sql` once per `width` values of `values`.
+fn run_rows(inner: &Inner, sql: &str, width: usize, values: &[Bind<'_>]) -> Result<()> {
+    inner.compact_held.run(inner.db(), sql, |stmt| {
+        for row in values.chunks_exact(width) {
+            for (i, v) in row.iter().enumerate() {
+                stmt.bind(i + 1, v.value())?;
+            }
+            while stmt.step()? {}
+            stmt.reset();
+        }
+        Ok(())
+    })
 }
 
 /// Write the row clock and cells `after` holds that `before` did not (the
