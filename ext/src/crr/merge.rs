@@ -508,6 +508,8 @@ pub struct Merger<'i, 'a> {
     clocks: Option<Clocks<'a>>,
     /// crr::compact: the same for compact CRRs.
     compact_clocks: Option<compact::Pending<'a>>,
+    /// crr::compact: the stored clocks of a package's keys, read ahead.
+    ahead: compact::Ahead<'a>,
     /// Per table: whether it has no generated column (its upserts may
     /// wait in [`Merger::inserts`]).
     plain: HashMap<String, bool>,
@@ -699,6 +701,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             inserts: None,
             clocks: None,
             compact_clocks: None,
+            ahead: compact::Ahead::default(),
             plain: HashMap::new(),
             held: Held::default(),
             memo: None,
@@ -714,6 +717,12 @@ impl<'i, 'a> Merger<'i, 'a> {
     pub fn in_one_statement(mut self) -> Self {
         self.one_statement = true;
         self
+    }
+
+    /// crr::compact: read the stored clocks of `keys` (table, packed pk;
+    /// a package's, in order) ahead, several keys per statement.
+    pub fn read_ahead(&mut self, keys: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<()> {
+        compact::read_ahead(self.inner, &mut self.ahead, keys)
     }
 
     /// The state the merger reads and writes through.
@@ -844,7 +853,7 @@ impl<'i, 'a> Merger<'i, 'a> {
         let binds = || params_from_iter(row.pks.iter().map(|v| out(*v)));
         if row.t.compact.is_some() {
             // crr::compact: every clock of the row in one read.
-            compact::load(self.inner, &mut row)?;
+            compact::load(self.inner, &mut self.ahead, &mut row)?;
         } else if n <= EAGER_COLUMNS && self.memo.is_some() {
             let db = self.ext.db;
             let stmts = self.memo.as_mut().map(|m| m.stmts(&row.t));

@@ -19,6 +19,7 @@ use crate::crr::schema::TableInfo;
 use crate::crr::values::{compare, out, to_core};
 use crate::err;
 use crate::error::{Error, Result};
+use crate::sqlite::RawStmt;
 use crate::state::{Ext, Inner};
 
 /// The parameters of a statement on a key: the pk values, then `vals`.
@@ -119,46 +120,59 @@ pub(crate) fn load(
         let mut out = Stored::default();
         let mut first = true;
         while stmt.step()? {
-            if first {
-                first = false;
-                out.cl = stmt.column_i64(0);
-                let (db_version, site, seq) = (stmt.column(1), stmt.column(2), stmt.column(3));
-                if let (ValueRef::Integer(db_version), ValueRef::Integer(site), ValueRef::Integer(seq)) =
-                    (db_version, site, seq)
-                {
-                    let mut members = Vec::new();
-                    if super::read_vers(stmt.column(4), seq, &mut members, Some(&t.name))? {
-                        out.run = Some(Run {
-                            db_version,
-                            site,
-                            members,
-                        });
-                    }
-                }
-            }
-            let ValueRef::Text(name) = stmt.column(5) else {
-                continue;
-            };
-            let slot = std::str::from_utf8(name)
-                .ok()
-                .and_then(|name| name_slot(t, name))
-                .ok_or_else(|| {
-                    err!(
-                        "crsql_stream: a clock of {} names no column: {}",
-                        t.name,
-                        String::from_utf8_lossy(name)
-                    )
-                })?;
-            let clock = Clock {
-                col_version: stmt.column_i64(6),
-                db_version: stmt.column_i64(7),
-                site: stmt.column_i64(8),
-                seq: stmt.column_i64(9),
-            };
-            out.cells.insert(slot, clock);
+            read_row(stmt, 0, t, &mut out, first)?;
+            first = false;
         }
         Ok(out)
     })
+}
+
+/// Add one result row of `Compact::load`'s columns (from column `at` on)
+/// to `out`: the row clock from the `first` row of a key, a cell from
+/// each row that has one.
+pub(crate) fn read_row(
+    stmt: &RawStmt,
+    at: usize,
+    t: &TableInfo,
+    out: &mut Stored,
+    first: bool,
+) -> Result<()> {
+    if first {
+        out.cl = stmt.column_i64(at);
+        let run = (stmt.column(at + 1), stmt.column(at + 2), stmt.column(at + 3));
+        if let (ValueRef::Integer(db_version), ValueRef::Integer(site), ValueRef::Integer(seq)) = run
+        {
+            let mut members = Vec::new();
+            if super::read_vers(stmt.column(at + 4), seq, &mut members, Some(&t.name))? {
+                out.run = Some(Run {
+                    db_version,
+                    site,
+                    members,
+                });
+            }
+        }
+    }
+    let ValueRef::Text(name) = stmt.column(at + 5) else {
+        return Ok(());
+    };
+    let slot = std::str::from_utf8(name)
+        .ok()
+        .and_then(|name| name_slot(t, name))
+        .ok_or_else(|| {
+            err!(
+                "crsql_stream: a clock of {} names no column: {}",
+                t.name,
+                String::from_utf8_lossy(name)
+            )
+        })?;
+    let clock = Clock {
+        col_version: stmt.column_i64(at + 6),
+        db_version: stmt.column_i64(at + 7),
+        site: stmt.column_i64(at + 8),
+        seq: stmt.column_i64(at + 9),
+    };
+    out.cells.insert(slot, clock);
+    Ok(())
 }
 
 /// Write what changed from `before` to `after`, and subtract from the lag

@@ -112,6 +112,10 @@ pub struct Compact {
     /// its cells (NULL when it has none): one row per cell, or one (pk
     /// binds first).
     pub load: String,
+    /// `load` of [`ahead_keys`] keys at once: `k.i` (the key's place in
+    /// the parameters, each key `i, pk…`), then `load`'s columns, for the
+    /// keys that have a row clock, in the order of the keys.
+    pub load_many: String,
     /// Insert a row clock unless the key has one: pks, cl, db_version,
     /// site_id, seq, vers.
     pub insert_row: String,
@@ -130,6 +134,12 @@ pub struct Compact {
     pub insert_vers: Value,
     /// What this transaction's new-row inserts wrote (`crr::counts`).
     pub fast: FastInserts,
+}
+
+/// Keys one statement of `Compact::load_many` reads (its parameters stay
+/// under SQLite's oldest limit of 999).
+pub fn ahead_keys(pk_columns: usize) -> usize {
+    (999 / (pk_columns + 1)).clamp(1, 64)
 }
 
 /// What one transaction wrote to a compact CRR through the insert helper's

@@ -182,14 +182,30 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
          VALUES ({})",
         schema::params(npk + 5, 1)
     );
+    let load_select = "r.cl, r.db_version, r.site_id, r.seq, r.vers, \
+         c.col_name, c.col_version, c.db_version, c.site_id, c.seq";
+    let k_cols: String = (0..npk).map(|i| format!(", p{i}")).collect();
+    let k_eq = |alias: &str| {
+        spks.iter()
+            .enumerate()
+            .map(|(i, c)| format!("{alias}.{} = k.p{i}", quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let load_many = format!(
+        "WITH k(i{k_cols}) AS ({}) SELECT k.i, {load_select} \
+         FROM k CROSS JOIN {rows} AS r ON {} LEFT JOIN {cells} AS c ON {}",
+        many(" VALUES ()", npk + 1, super::ahead_keys(npk)),
+        k_eq("r"),
+        k_eq("c")
+    );
     let compact = Compact {
         // The cells are looked for only under a row clock (a key with
         // cells always has one: it holds `cl`), each compared with the
         // bound values as a read of the cells table alone compares them.
+        load_many,
         load: format!(
-            "SELECT r.cl, r.db_version, r.site_id, r.seq, r.vers, \
-             c.col_name, c.col_version, c.db_version, c.site_id, c.seq \
-             FROM {rows} AS r LEFT JOIN {cells} AS c ON {} WHERE {}",
+            "SELECT {load_select} FROM {rows} AS r LEFT JOIN {cells} AS c ON {} WHERE {}",
             schema::pk_where(&spks, "c.", 1),
             schema::pk_where(&spks, "r.", 1)
         ),

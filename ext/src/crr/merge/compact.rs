@@ -10,11 +10,13 @@ use std::sync::Arc;
 
 use rusqlite::types::ValueRef;
 
+use crsql_stream_core::pack::unpack_columns_ref;
 use crsql_stream_core::rowclock::{self, SENTINEL_SLOT};
 
 use super::{Clock, Row, Site, Slot};
 use crate::crr::compact::local;
 use crate::crr::schema::{TableInfo, CLOCK_ROWS};
+use crate::crr::values::to_sql;
 use crate::err;
 use crate::error::Result;
 use crate::state::{Ext, Inner};
@@ -66,16 +68,133 @@ impl Log {
     }
 }
 
-/// Fill a freshly loaded `row` of a compact CRR from its stored clocks.
-/// A row with no clock is left without a key (the caller then looks for a
-/// compacted delete, as for the cr-sqlite layout).
-pub(super) fn load(inner: &Inner, row: &mut Row<'_>) -> Result<()> {
+/// The stored clocks of a package's keys, read before its changes are
+/// merged, [`ahead_keys`] keys per statement (`Compact::load_many`)
+/// instead of one statement per key: each is used by the first load of
+/// its key and dropped, so a key met again later is read again (after
+/// what waits for it is written). Only keys whose values are one row
+/// clock's alone ([`key`]: no numeric-looking text, no real) are read
+/// ahead: no write to another key can change them in between.
+#[derive(Default)]
+pub(super) struct Ahead<'a> {
+    /// By table (the address of its metadata, held in `tables`) and key.
+    rows: HashMap<(usize, &'a [u8]), rowclock::Stored>,
+    tables: Vec<Arc<TableInfo>>,
+}
+
+/// [`Ahead`]'s name of a table.
+fn table_id(t: &Arc<TableInfo>) -> usize {
+    Arc::as_ptr(t) as usize
+}
+
+/// Read ahead the stored clocks of the compact tables' keys among `keys`
+/// (table, packed pk), in their order. Keys that cannot be read so (an
+/// unknown table, a malformed pk) are left to the merge, which reports
+/// them.
+pub(super) fn read_ahead<'a>(
+    inner: &Inner,
+    ahead: &mut Ahead<'a>,
+    keys: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<()> {
+    let mut batch: Vec<(&'a [u8], Vec<ValueRef<'a>>)> = Vec::new();
+    let mut table: Option<(&'a str, Option<Arc<TableInfo>>)> = None;
+    for (name, pk) in keys {
+        if table.as_ref().is_none_or(|(n, _)| *n != name) {
+            if let Some((_, Some(t))) = &table {
+                read_batch(inner, ahead, t, &mut batch)?;
+            }
+            let t = inner.table(name).filter(|t| t.compact.is_some());
+            if let Some(t) = &t {
+                if !ahead.tables.iter().any(|held| Arc::ptr_eq(held, t)) {
+                    ahead.tables.push(Arc::clone(t));
+                }
+            }
+            table = Some((name, t));
+        }
+        let Some((_, Some(t))) = &table else {
+            continue;
+        };
+        let id = table_id(t);
+        if ahead.rows.contains_key(&(id, pk)) {
+            continue;
+        }
+        let Ok(values) = unpack_columns_ref(pk) else {
+            continue;
+        };
+        let values: Vec<ValueRef<'a>> = values.into_iter().map(to_sql).collect();
+        if values.len() != t.pks.len() || key(&values).is_none() {
+            continue;
+        }
+        ahead.rows.insert((id, pk), rowclock::Stored::default());
+        batch.push((pk, values));
+        if batch.len() == crate::crr::compact::ahead_keys(t.pks.len()) {
+            read_batch(inner, ahead, t, &mut batch)?;
+        }
+    }
+    if let Some((_, Some(t))) = &table {
+        read_batch(inner, ahead, t, &mut batch)?;
+    }
+    Ok(())
+}
+
+/// Read the keys of `batch` (of table `t`) into `ahead`, and empty it. A
+/// short batch is padded with its first key under a place no key has.
+fn read_batch<'a>(
+    inner: &Inner,
+    ahead: &mut Ahead<'a>,
+    t: &Arc<TableInfo>,
+    batch: &mut Vec<(&'a [u8], Vec<ValueRef<'a>>)>,
+) -> Result<()> {
+    let id = table_id(t);
+    let (Some(c), Some((_, pad))) = (t.compact.as_ref(), batch.first()) else {
+        return Ok(());
+    };
+    let n = crate::crr::compact::ahead_keys(t.pks.len());
+    inner.compact_held.run(inner.db(), &c.load_many, |stmt| {
+        let mut param = 1;
+        for i in 0..n {
+            let (place, values) = match batch.get(i) {
+                Some((_, values)) => (i, values),
+                None => (n, pad),
+            };
+            stmt.bind(param, ValueRef::Integer(place as i64))?;
+            for v in values {
+                stmt.bind(param + 1, *v)?;
+                param += 1;
+            }
+            param += 1;
+        }
+        let mut last = None;
+        while stmt.step()? {
+            let place = stmt.column_i64(0);
+            let Some((pk, _)) = usize::try_from(place).ok().and_then(|i| batch.get(i)) else {
+                continue;
+            };
+            let Some(stored) = ahead.rows.get_mut(&(id, *pk)) else {
+                continue;
+            };
+            local::read_row(stmt, 1, t, stored, last != Some(place))?;
+            last = Some(place);
+        }
+        Ok(())
+    })?;
+    batch.clear();
+    Ok(())
+}
+
+/// Fill a freshly loaded `row` of a compact CRR from its stored clocks
+/// (read ahead, or now). A row with no clock is left without a key (the
+/// caller then looks for a compacted delete, as for the cr-sqlite layout).
+pub(super) fn load<'a>(inner: &Inner, ahead: &mut Ahead<'a>, row: &mut Row<'a>) -> Result<()> {
     let t = std::sync::Arc::clone(&row.t);
     let c = t
         .compact
         .as_ref()
         .ok_or_else(|| err!("crsql_stream: {} is not a compact CRR", t.name))?;
-    let stored = local::load(inner, &t, c, &row.pks)?;
+    let stored = match ahead.rows.remove(&(table_id(&t), row.pk)) {
+        Some(stored) => stored,
+        None => local::load(inner, &t, c, &row.pks)?,
+    };
     if stored.is_empty() {
         return Ok(());
     }
