@@ -5,7 +5,7 @@
 //! (a remote insert is). Decisions, versions, seqs and site ordinals are
 //! the merger's, unchanged.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::types::ValueRef;
@@ -78,7 +78,7 @@ impl Log {
 #[derive(Default)]
 pub(super) struct Ahead<'a> {
     /// By table (the address of its metadata, held in `tables`) and key.
-    rows: HashMap<(usize, &'a [u8]), rowclock::Stored>,
+    rows: foldhash::HashMap<(usize, &'a [u8]), rowclock::Stored>,
     tables: Vec<Arc<TableInfo>>,
 }
 
@@ -96,6 +96,8 @@ pub(super) fn read_ahead<'a>(
     ahead: &mut Ahead<'a>,
     keys: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<()> {
+    let keys = keys.into_iter();
+    ahead.rows.reserve(keys.size_hint().0);
     let mut batch: Vec<(&'a [u8], Vec<ValueRef<'a>>)> = Vec::new();
     let mut table: Option<(&'a str, Option<Arc<TableInfo>>)> = None;
     for (name, pk) in keys {
@@ -232,7 +234,7 @@ pub(super) struct Pending<'a> {
     /// Cells: the pks, col_name, col_version, db_version, site_id, seq.
     cells: Vec<Bind<'a>>,
     /// The primary keys of the rows they are of ([`Key`]).
-    pks: HashSet<Vec<Key<'a>>>,
+    pks: foldhash::HashSet<Vec<Key<'a>>>,
 }
 
 /// A primary-key value as the compact tables compare it, for the values
@@ -370,7 +372,7 @@ fn save<'a>(
         t: Arc::clone(t),
         rows: Vec::new(),
         cells: Vec::new(),
-        pks: HashSet::new(),
+        pks: foldhash::HashSet::default(),
     });
     let pks = row.pks.iter().map(|v| Bind::Ref(*v));
     if before.is_empty() || before.cl != after.cl || before.run != after.run {
