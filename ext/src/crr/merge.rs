@@ -721,7 +721,10 @@ impl<'i, 'a> Merger<'i, 'a> {
 
     /// crr::compact: read the stored clocks of `keys` (table, packed pk;
     /// a package's, in order) ahead, several keys per statement.
-    pub fn read_ahead(&mut self, keys: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<()> {
+    pub fn read_ahead(
+        &mut self,
+        keys: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<()> {
         compact::read_ahead(self.inner, &mut self.ahead, keys)
     }
 

@@ -55,7 +55,10 @@ pub fn merge_package(
 ) -> Result<i64> {
     let mut merger = Merger::new(ext, inner)?.in_one_statement();
     let keys = pkg.changes.iter().map(|c| {
-        let table = pkg.tables.get(c.table as usize).map_or("", |t| t.name.as_str());
+        let table = pkg
+            .tables
+            .get(c.table as usize)
+            .map_or("", |t| t.name.as_str());
         (table, &c.pk.0[..])
     });
     merger.read_ahead(keys)?;

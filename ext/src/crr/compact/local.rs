@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::params_from_iter;
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 
 use crsql_stream_core::merge::MAX_CLOCK;
 use crsql_stream_core::pack::pack_columns;
@@ -139,8 +139,13 @@ pub(crate) fn read_row(
 ) -> Result<()> {
     if first {
         out.cl = stmt.column_i64(at);
-        let run = (stmt.column(at + 1), stmt.column(at + 2), stmt.column(at + 3));
-        if let (ValueRef::Integer(db_version), ValueRef::Integer(site), ValueRef::Integer(seq)) = run
+        let run = (
+            stmt.column(at + 1),
+            stmt.column(at + 2),
+            stmt.column(at + 3),
+        );
+        if let (ValueRef::Integer(db_version), ValueRef::Integer(site), ValueRef::Integer(seq)) =
+            run
         {
             let mut members = Vec::new();
             if super::read_vers(stmt.column(at + 4), seq, &mut members, Some(&t.name))? {
@@ -261,7 +266,10 @@ pub(crate) fn depart(
     // Nothing of `before` counted (the common case of a merge into rows
     // written since the last COMMIT's count): nothing departs.
     let run = before.run.as_ref().map(|r| r.db_version);
-    let oldest = run.into_iter().chain(before.cells.values().map(|c| c.db_version)).min();
+    let oldest = run
+        .into_iter()
+        .chain(before.cells.values().map(|c| c.db_version))
+        .min();
     if oldest.is_none_or(|v| v > through) {
         return Ok(());
     }

@@ -214,7 +214,10 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
         ),
         upsert_rows: many(&upsert_row, npk + 5, CLOCK_ROWS),
         upsert_row,
-        delete_row: format!("DELETE FROM {rows} WHERE {}", schema::pk_where(&spks, "", 1)),
+        delete_row: format!(
+            "DELETE FROM {rows} WHERE {}",
+            schema::pk_where(&spks, "", 1)
+        ),
         upsert_cells: many(&upsert_cell, npk + 5, CLOCK_ROWS),
         upsert_cell,
         delete_cell: format!(

@@ -204,7 +204,10 @@ pub(super) fn load<'a>(inner: &Inner, ahead: &mut Ahead<'a>, row: &mut Row<'a>) 
     row.cells.fill(Slot::Absent);
     let run = stored.run.iter().flat_map(|r| r.clocks(stored.cl));
     for (slot, c) in stored.cells.iter().map(|(s, c)| (*s, *c)).chain(run) {
-        if let Some(s) = usize::try_from(slot).ok().and_then(|i| row.cells.get_mut(i)) {
+        if let Some(s) = usize::try_from(slot)
+            .ok()
+            .and_then(|i| row.cells.get_mut(i))
+        {
             *s = Slot::Present(Clock {
                 col_version: c.col_version,
                 db_version: c.db_version,
