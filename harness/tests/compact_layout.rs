@@ -1389,26 +1389,14 @@ fn a_package_merge_reads_aliasing_keys_after_the_changes_before_them() {
         batch
             .execute("INSERT INTO inb (package) VALUES (?1)", [&package])
             .unwrap();
+        // Row by row: one `crsql_changes` insert (xUpdate) per change.
         let by_rows = open(layout);
-        let mut read = by_rows
-            .prepare("SELECT * FROM crsql_package_changes(?1)")
+        by_rows
+            .execute(
+                "INSERT INTO crsql_changes SELECT * FROM crsql_package_changes(?1)",
+                [&package],
+            )
             .unwrap();
-        let changes: Vec<Vec<Value>> = read
-            .query_map([&package], |r| (0..9).map(|i| r.get(i)).collect())
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        drop(read);
-        by_rows.execute_batch("BEGIN").unwrap();
-        for c in &changes {
-            by_rows
-                .execute(
-                    "INSERT INTO crsql_changes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rusqlite::params_from_iter(c),
-                )
-                .unwrap();
-        }
-        by_rows.execute_batch("COMMIT").unwrap();
         let mut queries = vec![
             "SELECT id, typeof(id), m, b, c FROM t ORDER BY id".to_string(),
             "SELECT \"table\", pk, cid, val, col_version, db_version, cl, seq FROM crsql_changes"
