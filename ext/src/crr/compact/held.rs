@@ -18,8 +18,9 @@ use crate::error::Result;
 use crate::sqlite::{DbHandle, RawStmt};
 
 /// Statements held at most; past that the least recently put back goes
-/// (four per table: eight compact tables merged in turn keep theirs).
-const HELD: usize = 32;
+/// (up to seven per table, the row read ahead and the multi-row upserts
+/// included: nine compact tables merged in turn keep theirs).
+const HELD: usize = 64;
 
 /// The held statements of one connection (`Inner::compact_held`).
 #[derive(Default)]
