@@ -467,9 +467,17 @@ impl Stored {
     /// move) become the run when that leaves fewer clocks in the cells
     /// table than keeping the old run.
     pub fn write(&mut self, writes: &[(i32, Clock)]) {
-        let mut writes = writes.to_vec();
-        writes.sort_by_key(|(_, c)| c.seq);
-        for (slot, c) in &writes {
+        // Usually in seq order already (a merged change's clocks are).
+        let sorted;
+        let writes = if writes.is_sorted_by_key(|(_, c)| c.seq) {
+            writes
+        } else {
+            let mut copy = writes.to_vec();
+            copy.sort_by_key(|(_, c)| c.seq);
+            sorted = copy;
+            &sorted
+        };
+        for (slot, c) in writes {
             self.cells.remove(slot);
             if let Some(run) = &mut self.run {
                 run.remove(*slot);
@@ -481,7 +489,7 @@ impl Stored {
         if self.run.as_ref().is_some_and(Run::is_empty) {
             self.run = None;
         }
-        let more = Run::of_contiguous(&writes);
+        let more = Run::of_contiguous(writes);
         if let (Some(run), Some(more)) = (&mut self.run, &more) {
             // Clocks right after the run's last one (the next seq, the same
             // version and site: a row merged change by change, whatever the
@@ -504,7 +512,7 @@ impl Stored {
                 }
                 self.run = Some(new_run);
             }
-            _ => self.cells.extend(writes),
+            _ => self.cells.extend(writes.iter().copied()),
         }
         self.fix_cl();
     }

@@ -171,6 +171,8 @@ pub struct Inner {
     /// (`crr::merge::MergeStmts`): a `Merger` takes them and gives them
     /// back.
     pub merge_stmts: std::cell::Cell<crate::crr::merge::MergeStmts>,
+    /// The compact layout's per-row statements (`crr::compact::held`).
+    pub compact_held: crate::crr::compact::held::Held,
     /// Statements whose largest result is the newest seq at version `?1`.
     newest_seq_sql: Vec<String>,
     /// `(db_version, max seq at it)` of the last [`Inner::newest_position`]:
@@ -236,6 +238,7 @@ impl Ext {
                 version_sql: Vec::new(),
                 row_memo: Default::default(),
                 merge_stmts: Default::default(),
+                compact_held: Default::default(),
                 newest_seq_sql: Vec::new(),
             }),
         });
@@ -318,6 +321,7 @@ impl Ext {
     pub fn finalize_statements(&self, inner: &mut Inner) {
         inner.row_memo = Default::default();
         inner.merge_stmts = Default::default();
+        inner.compact_held = Default::default();
         inner.conn.flush_prepared_statement_cache();
     }
 }

@@ -313,6 +313,25 @@ fn a_row_merged_as_a_and_c_then_b_keeps_a_and_c_in_its_run() {
 }
 
 #[test]
+fn clocks_given_out_of_seq_order_form_the_run_they_would_in_order() {
+    // A primary-key move hands its clocks over in slot order
+    // (`Pending::into_writes`), not in the order it took their seqs.
+    let in_seq_order = [
+        (2, c(3, 5, 1)),
+        (0, c(1, 5, 2)),
+        (SENTINEL_SLOT, c(1, 5, 3)),
+        (1, c(1, 5, 4)),
+    ];
+    let mut by_slot = in_seq_order;
+    by_slot.sort_by_key(|(slot, _)| *slot);
+    let (mut a, mut b) = (Stored::default(), Stored::default());
+    a.write(&in_seq_order);
+    b.write(&by_slot);
+    assert!(b.cells.is_empty(), "every clock in the run: {b:?}");
+    assert_eq!(a, b);
+}
+
+#[test]
 fn stored_values_of_the_previous_format_read_as_before() {
     let mut read = Vec::new();
     let m = |slot, col_version, seq| Member {

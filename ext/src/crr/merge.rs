@@ -502,6 +502,8 @@ pub struct Merger<'i, 'a> {
     clocks: Option<Clocks<'a>>,
     /// crr::compact: the same for compact CRRs.
     compact_clocks: Option<compact::Pending<'a>>,
+    /// crr::compact: the stored clocks of a package's keys, read ahead.
+    ahead: compact::Ahead<'a>,
     /// Per table: whether it has no generated column (its upserts may
     /// wait in [`Merger::inserts`]).
     plain: HashMap<String, bool>,
@@ -627,6 +629,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             inserts: None,
             clocks: None,
             compact_clocks: None,
+            ahead: compact::Ahead::default(),
             plain: HashMap::new(),
             stmts: inner.merge_stmts.take(),
             memo: None,
@@ -642,6 +645,15 @@ impl<'i, 'a> Merger<'i, 'a> {
     pub fn in_one_statement(mut self) -> Self {
         self.one_statement = true;
         self
+    }
+
+    /// crr::compact: read the stored clocks of `keys` (table, packed pk;
+    /// a package's, in order) ahead, several keys per statement.
+    pub fn read_ahead(
+        &mut self,
+        keys: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<()> {
+        compact::read_ahead(self.inner, &mut self.ahead, keys)
     }
 
     /// The state the merger reads and writes through.
@@ -772,7 +784,7 @@ impl<'i, 'a> Merger<'i, 'a> {
         let binds = || params_from_iter(row.pks.iter().map(|v| out(*v)));
         if row.t.compact.is_some() {
             // crr::compact: every clock of the row in one read.
-            compact::load(self.inner, &mut row)?;
+            compact::load(self.inner, &mut self.ahead, &mut row)?;
         } else if n <= EAGER_COLUMNS {
             load_clocks(self.inner.db(), self.stmts.of(&row.t), &mut row)?;
         } else if let Some((key, cl)) = conn

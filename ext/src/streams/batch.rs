@@ -54,6 +54,14 @@ pub fn merge_package(
     known: Option<&Known>,
 ) -> Result<i64> {
     let mut merger = Merger::new(ext, inner)?.in_one_statement();
+    let keys = pkg.changes.iter().map(|c| {
+        let table = pkg
+            .tables
+            .get(c.table as usize)
+            .map_or("", |t| t.name.as_str());
+        (table, &c.pk.0[..])
+    });
+    merger.read_ahead(keys)?;
     let conn = &merger.inner().conn;
     let mut stash = None;
     for c in &pkg.changes {

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 
+use rusqlite::params_from_iter;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::{params_from_iter, OptionalExtension};
 
 use crsql_stream_core::merge::MAX_CLOCK;
 use crsql_stream_core::pack::pack_columns;
@@ -19,6 +19,7 @@ use crate::crr::schema::TableInfo;
 use crate::crr::values::{compare, out, to_core};
 use crate::err;
 use crate::error::{Error, Result};
+use crate::sqlite::RawStmt;
 use crate::state::{Ext, Inner};
 
 /// The parameters of a statement on a key: the pk values, then `vals`.
@@ -103,56 +104,80 @@ pub(super) fn clock_at(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<
     })
 }
 
-/// Read the row clock and the cells of a key.
+/// Read the row clock and the cells of a key: one statement
+/// (`Compact::load`), held out of the statement cache
+/// (`compact::held`).
 pub(crate) fn load(
     inner: &Inner,
     t: &TableInfo,
     c: &Compact,
     pks: &[ValueRef<'_>],
 ) -> Result<Stored> {
-    let conn = &inner.conn;
-    let row = conn
-        .prepare_cached(&c.load_row)?
-        .query_row(params_from_iter(pks.iter().map(|v| out(*v))), |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, Value>(4)?,
-            ))
-        })
-        .optional()?;
-    let Some((cl, db_version, site, seq, vers)) = row else {
-        return Ok(Stored::default());
-    };
-    let run = match (db_version, site, seq) {
-        (Some(db_version), Some(site), Some(seq)) => {
+    inner.compact_held.run(inner.db(), &c.load, |stmt| {
+        for (i, v) in pks.iter().enumerate() {
+            stmt.bind(i + 1, *v)?;
+        }
+        let mut out = Stored::default();
+        let mut first = true;
+        while stmt.step()? {
+            read_row(stmt, 0, t, &mut out, first)?;
+            first = false;
+        }
+        Ok(out)
+    })
+}
+
+/// Add one result row of `Compact::load`'s columns (from column `at` on)
+/// to `out`: the row clock from the `first` row of a key, a cell from
+/// each row that has one.
+pub(crate) fn read_row(
+    stmt: &RawStmt,
+    at: usize,
+    t: &TableInfo,
+    out: &mut Stored,
+    first: bool,
+) -> Result<()> {
+    if first {
+        out.cl = stmt.column_i64(at);
+        let run = (
+            stmt.column(at + 1),
+            stmt.column(at + 2),
+            stmt.column(at + 3),
+        );
+        if let (ValueRef::Integer(db_version), ValueRef::Integer(site), ValueRef::Integer(seq)) =
+            run
+        {
             let mut members = Vec::new();
-            super::read_vers(ValueRef::from(&vers), seq, &mut members, Some(&t.name))?.then_some(
-                Run {
+            if super::read_vers(stmt.column(at + 4), seq, &mut members, Some(&t.name))? {
+                out.run = Some(Run {
                     db_version,
                     site,
                     members,
-                },
-            )
+                });
+            }
         }
-        _ => None,
+    }
+    let ValueRef::Text(name) = stmt.column(at + 5) else {
+        return Ok(());
     };
-    let mut cells = std::collections::BTreeMap::new();
-    let mut stmt = conn.prepare_cached(&c.load_cells)?;
-    let mut rows = stmt.query(params_from_iter(pks.iter().map(|v| out(*v))))?;
-    while let Some(r) = rows.next()? {
-        let name: String = r.get(0)?;
-        let slot = name_slot(t, &name).ok_or_else(|| {
+    let slot = std::str::from_utf8(name)
+        .ok()
+        .and_then(|name| name_slot(t, name))
+        .ok_or_else(|| {
             err!(
-                "crsql_stream: a clock of {} names no column: {name}",
-                t.name
+                "crsql_stream: a clock of {} names no column: {}",
+                t.name,
+                String::from_utf8_lossy(name)
             )
         })?;
-        cells.insert(slot, clock_at(r, 1)?);
-    }
-    Ok(Stored { cl, run, cells })
+    let clock = Clock {
+        col_version: stmt.column_i64(at + 6),
+        db_version: stmt.column_i64(at + 7),
+        site: stmt.column_i64(at + 8),
+        seq: stmt.column_i64(at + 9),
+    };
+    out.cells.insert(slot, clock);
+    Ok(())
 }
 
 /// Write what changed from `before` to `after`, and subtract from the lag
@@ -176,27 +201,27 @@ pub(crate) fn save(
         }
     } else if before.is_empty() || before.cl != after.cl || before.run != after.run {
         let run = after.run.as_ref();
+        let vers = run.map_or(Value::Null, super::vers_value);
+        let int = |f: fn(&Run) -> i64| run.map_or(ValueRef::Null, |r| ValueRef::Integer(f(r)));
         let vals = [
-            Value::Integer(after.cl),
-            run.map_or(Value::Null, |r| Value::Integer(r.db_version)),
-            run.map_or(Value::Null, |r| Value::Integer(r.site)),
-            run.map_or(Value::Null, |r| Value::Integer(r.seq())),
-            run.map_or(Value::Null, super::vers_value),
+            ValueRef::Integer(after.cl),
+            int(|r| r.db_version),
+            int(|r| r.site),
+            int(Run::seq),
+            ValueRef::from(&vers),
         ];
-        conn.prepare_cached(&c.upsert_row)?
-            .execute(params_from_iter(key_params(pks, &vals)))?;
+        run_on_key(inner, &c.upsert_row, pks, vals)?;
     }
     for (slot, clock) in &after.cells {
         if before.cells.get(slot) != Some(clock) {
             let vals = [
-                Value::Text(slot_name(t, *slot)?.to_string()),
-                Value::Integer(clock.col_version),
-                Value::Integer(clock.db_version),
-                Value::Integer(clock.site),
-                Value::Integer(clock.seq),
+                ValueRef::Text(slot_name(t, *slot)?.as_bytes()),
+                ValueRef::Integer(clock.col_version),
+                ValueRef::Integer(clock.db_version),
+                ValueRef::Integer(clock.site),
+                ValueRef::Integer(clock.seq),
             ];
-            conn.prepare_cached(&c.upsert_cell)?
-                .execute(params_from_iter(key_params(pks, &vals)))?;
+            run_on_key(inner, &c.upsert_cell, pks, vals)?;
         }
     }
     for slot in before.cells.keys() {
@@ -207,6 +232,22 @@ pub(crate) fn save(
         }
     }
     depart(ext, inner, t, before, after)
+}
+
+/// Run the held statement `sql` on a key: the pk values, then `vals`.
+fn run_on_key<const N: usize>(
+    inner: &Inner,
+    sql: &str,
+    pks: &[ValueRef<'_>],
+    vals: [ValueRef<'_>; N],
+) -> Result<()> {
+    inner.compact_held.run(inner.db(), sql, |stmt| {
+        for (i, v) in pks.iter().chain(&vals).enumerate() {
+            stmt.bind(i + 1, *v)?;
+        }
+        while stmt.step()? {}
+        Ok(())
+    })
 }
 
 /// Subtract the clocks of `before` that `after` no longer has at the same
@@ -222,6 +263,16 @@ pub(crate) fn depart(
         return Ok(());
     }
     let through = crate::crr::counts::through_in_tx(inner, &ext.tx)?;
+    // Nothing of `before` counted (the common case of a merge into rows
+    // written since the last COMMIT's count): nothing departs.
+    let run = before.run.as_ref().map(|r| r.db_version);
+    let oldest = run
+        .into_iter()
+        .chain(before.cells.values().map(|c| c.db_version))
+        .min();
+    if oldest.is_none_or(|v| v > through) {
+        return Ok(());
+    }
     let now = after.expand();
     let mut deltas: HashMap<(i64, i64), i64> = HashMap::new();
     for (slot, clock) in before.expand() {
@@ -299,19 +350,16 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         if !inner.has_tombstones() {
             let first = ext.tx.seq.load(Relaxed);
             // Bound one by one: no parameter vector, no copy of the blob.
-            let mut stmt = inner.conn.prepare_cached(&c.insert_row)?;
-            for (i, pk) in pks.iter().enumerate() {
-                stmt.raw_bind_parameter(i + 1, out(*pk))?;
-            }
-            let np = pks.len();
-            stmt.raw_bind_parameter(np + 1, 1)?;
-            stmt.raw_bind_parameter(np + 2, v)?;
-            stmt.raw_bind_parameter(np + 3, 0)?;
-            stmt.raw_bind_parameter(np + 4, first + n.max(1) - 1)?;
-            stmt.raw_bind_parameter(np + 5, &c.insert_vers)?;
-            let inserted = stmt.raw_execute()?;
-            drop(stmt);
-            if inserted == 1 {
+            let vals = [
+                ValueRef::Integer(1),
+                ValueRef::Integer(v),
+                ValueRef::Integer(0),
+                ValueRef::Integer(first + n.max(1) - 1),
+                ValueRef::from(&c.insert_vers),
+            ];
+            let total = inner.db().total_changes();
+            run_on_key(inner, &c.insert_row, pks, vals)?;
+            if inner.db().total_changes() != total {
                 c.fast.insert(ext.tx.epoch.load(Relaxed), n.max(1));
                 ext.tx.take_seqs(n.max(1));
                 return Ok(());

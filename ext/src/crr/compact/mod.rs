@@ -10,6 +10,7 @@
 //! `counts.rs`, `crr/mod.rs`, `streams/compact.rs` and `functions.rs`.
 
 pub mod convert;
+pub mod held;
 pub mod local;
 pub mod sql;
 
@@ -106,10 +107,15 @@ pub fn unsupported(table: &str, op: &str) -> Error {
 /// What the rest of the extension needs of a compact CRR.
 #[derive(Debug)]
 pub struct Compact {
-    /// `SELECT cl, db_version, site_id, seq, vers` of a key (pk binds first).
-    pub load_row: String,
-    /// `SELECT col_name, col_version, db_version, site_id, seq` of a key.
-    pub load_cells: String,
+    /// `SELECT cl, db_version, site_id, seq, vers` of a key's row clock,
+    /// then `col_name, col_version, db_version, site_id, seq` of each of
+    /// its cells (NULL when it has none): one row per cell, or one (pk
+    /// binds first).
+    pub load: String,
+    /// `load` of [`ahead_keys`] keys at once: `k.i` (the key's place in
+    /// the parameters, each key `i, pk…`), then `load`'s columns, for the
+    /// keys that have a row clock, in the order of the keys.
+    pub load_many: String,
     /// Insert a row clock unless the key has one: pks, cl, db_version,
     /// site_id, seq, vers.
     pub insert_row: String,
@@ -118,12 +124,22 @@ pub struct Compact {
     pub delete_row: String,
     /// pks, col_name, col_version, db_version, site_id, seq.
     pub upsert_cell: String,
+    /// `upsert_row` and `upsert_cell` of `schema::CLOCK_ROWS` rows (the
+    /// merger's waiting writes, `crr::merge::compact::Pending`).
+    pub upsert_rows: String,
+    pub upsert_cells: String,
     /// pks, col_name.
     pub delete_cell: String,
     /// The `vers` of a run of every column at col_version 1 (an insert).
     pub insert_vers: Value,
     /// What this transaction's new-row inserts wrote (`crr::counts`).
     pub fast: FastInserts,
+}
+
+/// Keys one statement of `Compact::load_many` reads (its parameters stay
+/// under SQLite's oldest limit of 999).
+pub fn ahead_keys(pk_columns: usize) -> usize {
+    (999 / (pk_columns + 1)).clamp(1, 64)
 }
 
 /// What one transaction wrote to a compact CRR through the insert helper's

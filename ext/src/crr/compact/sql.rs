@@ -5,7 +5,7 @@
 
 use crsql_stream_core::rowclock::{Member, Run, SENTINEL_SLOT};
 
-use crate::crr::schema::{self, quote_ident, quote_str, Column, TableSql};
+use crate::crr::schema::{self, quote_ident, quote_str, Column, TableSql, CLOCK_ROWS};
 
 use super::{table_names, Compact};
 
@@ -172,29 +172,54 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
         },
     };
     let insert_vers = super::vers_value(&insert_vers);
+    let upsert_row = format!(
+        "INSERT INTO {rows} ({row_cols}) VALUES ({row_values}) ON CONFLICT ({pk_list}) DO UPDATE SET \
+         cl = excluded.cl, db_version = excluded.db_version, site_id = excluded.site_id, \
+         seq = excluded.seq, vers = excluded.vers"
+    );
+    let upsert_cell = format!(
+        "INSERT OR REPLACE INTO {cells} ({pk_list}, col_name, col_version, db_version, site_id, seq) \
+         VALUES ({})",
+        schema::params(npk + 5, 1)
+    );
+    let load_select = "r.cl, r.db_version, r.site_id, r.seq, r.vers, \
+         c.col_name, c.col_version, c.db_version, c.site_id, c.seq";
+    let k_cols: String = (0..npk).map(|i| format!(", p{i}")).collect();
+    let k_eq = |alias: &str| {
+        spks.iter()
+            .enumerate()
+            .map(|(i, c)| format!("{alias}.{} = k.p{i}", quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let load_many = format!(
+        "WITH k(i{k_cols}) AS ({}) SELECT k.i, {load_select} \
+         FROM k CROSS JOIN {rows} AS r ON {} LEFT JOIN {cells} AS c ON {}",
+        many(" VALUES ()", npk + 1, super::ahead_keys(npk)),
+        k_eq("r"),
+        k_eq("c")
+    );
     let compact = Compact {
-        load_row: format!(
-            "SELECT cl, db_version, site_id, seq, vers FROM {rows} WHERE {}",
-            schema::pk_where(&spks, "", 1)
-        ),
-        load_cells: format!(
-            "SELECT col_name, col_version, db_version, site_id, seq FROM {cells} WHERE {}",
-            schema::pk_where(&spks, "", 1)
+        // The cells are looked for only under a row clock (a key with
+        // cells always has one: it holds `cl`), each compared with the
+        // bound values as a read of the cells table alone compares them.
+        load_many,
+        load: format!(
+            "SELECT {load_select} FROM {rows} AS r LEFT JOIN {cells} AS c ON {} WHERE {}",
+            schema::pk_where(&spks, "c.", 1),
+            schema::pk_where(&spks, "r.", 1)
         ),
         insert_row: format!(
             "INSERT INTO {rows} ({row_cols}) VALUES ({row_values}) ON CONFLICT DO NOTHING"
         ),
-        upsert_row: format!(
-            "INSERT INTO {rows} ({row_cols}) VALUES ({row_values}) ON CONFLICT ({pk_list}) DO UPDATE SET \
-             cl = excluded.cl, db_version = excluded.db_version, site_id = excluded.site_id, \
-             seq = excluded.seq, vers = excluded.vers"
+        upsert_rows: many(&upsert_row, npk + 5, CLOCK_ROWS),
+        upsert_row,
+        delete_row: format!(
+            "DELETE FROM {rows} WHERE {}",
+            schema::pk_where(&spks, "", 1)
         ),
-        delete_row: format!("DELETE FROM {rows} WHERE {}", schema::pk_where(&spks, "", 1)),
-        upsert_cell: format!(
-            "INSERT OR REPLACE INTO {cells} ({pk_list}, col_name, col_version, db_version, site_id, seq) \
-             VALUES ({})",
-            schema::params(npk + 5, 1)
-        ),
+        upsert_cells: many(&upsert_cell, npk + 5, CLOCK_ROWS),
+        upsert_cell,
         delete_cell: format!(
             "DELETE FROM {cells} WHERE {} AND col_name = ?{}",
             schema::pk_where(&spks, "", 1),
@@ -204,6 +229,15 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
         fast: super::FastInserts::default(),
     };
     (sql, compact)
+}
+
+/// `one`, a single-row `INSERT … VALUES (?1, …, ?width) …`, writing `rows`
+/// rows: the same statement with `rows` groups of anonymous parameters.
+fn many(one: &str, width: usize, rows: usize) -> String {
+    let (head, tail) = one.split_once(" VALUES (").unwrap_or((one, ""));
+    let tail = tail.split_once(')').map_or("", |(_, t)| t);
+    let group = format!("({})", vec!["?"; width].join(", "));
+    format!("{head} VALUES {}{tail}", vec![group; rows].join(", "))
 }
 
 #[cfg(test)]

@@ -5,19 +5,18 @@
 //! (a remote insert is). Decisions, versions, seqs and site ordinals are
 //! the merger's, unchanged.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use rusqlite::params_from_iter;
-use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::ToSql;
+use rusqlite::types::ValueRef;
 
+use crsql_stream_core::pack::unpack_columns_ref;
 use crsql_stream_core::rowclock::{self, SENTINEL_SLOT};
 
 use super::{Clock, Row, Site, Slot};
 use crate::crr::compact::local;
 use crate::crr::schema::{TableInfo, CLOCK_ROWS};
-use crate::crr::values::out;
+use crate::crr::values::to_sql;
 use crate::err;
 use crate::error::Result;
 use crate::state::{Ext, Inner};
@@ -69,31 +68,154 @@ impl Log {
     }
 }
 
-/// Fill a freshly loaded `row` of a compact CRR from its stored clocks.
-/// A row with no clock is left without a key (the caller then looks for a
-/// compacted delete, as for the cr-sqlite layout).
-pub(super) fn load(inner: &Inner, row: &mut Row<'_>) -> Result<()> {
+/// The stored clocks of a package's keys, read before its changes are
+/// merged, [`ahead_keys`] keys per statement (`Compact::load_many`)
+/// instead of one statement per key: each is used by the first load of
+/// its key and dropped, so a key met again later is read again (after
+/// what waits for it is written). Only keys whose values are one row
+/// clock's alone ([`key`]: no numeric-looking text, no real) are read
+/// ahead: no write to another key can change them in between.
+#[derive(Default)]
+pub(super) struct Ahead<'a> {
+    /// By table (the address of its metadata, held in `tables`) and key.
+    rows: foldhash::HashMap<(usize, &'a [u8]), rowclock::Stored>,
+    tables: Vec<Arc<TableInfo>>,
+}
+
+/// [`Ahead`]'s name of a table.
+fn table_id(t: &Arc<TableInfo>) -> usize {
+    Arc::as_ptr(t) as usize
+}
+
+/// Read ahead the stored clocks of the compact tables' keys among `keys`
+/// (table, packed pk), in their order. Keys that cannot be read so (an
+/// unknown table, a malformed pk) are left to the merge, which reports
+/// them.
+pub(super) fn read_ahead<'a>(
+    inner: &Inner,
+    ahead: &mut Ahead<'a>,
+    keys: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<()> {
+    let keys = keys.into_iter();
+    ahead.rows.reserve(keys.size_hint().0);
+    let mut batch: Vec<(&'a [u8], Vec<ValueRef<'a>>)> = Vec::new();
+    let mut table: Option<(&'a str, Option<Arc<TableInfo>>)> = None;
+    for (name, pk) in keys {
+        if table.as_ref().is_none_or(|(n, _)| *n != name) {
+            if let Some((_, Some(t))) = &table {
+                read_batch(inner, ahead, t, &mut batch)?;
+            }
+            let t = inner.table(name).filter(|t| t.compact.is_some());
+            if let Some(t) = &t {
+                if !ahead.tables.iter().any(|held| Arc::ptr_eq(held, t)) {
+                    ahead.tables.push(Arc::clone(t));
+                }
+            }
+            table = Some((name, t));
+        }
+        let Some((_, Some(t))) = &table else {
+            continue;
+        };
+        let id = table_id(t);
+        if ahead.rows.contains_key(&(id, pk)) {
+            continue;
+        }
+        let Ok(values) = unpack_columns_ref(pk) else {
+            continue;
+        };
+        let values: Vec<ValueRef<'a>> = values.into_iter().map(to_sql).collect();
+        if values.len() != t.pks.len() || key(&values).is_none() {
+            continue;
+        }
+        ahead.rows.insert((id, pk), rowclock::Stored::default());
+        batch.push((pk, values));
+        if batch.len() == crate::crr::compact::ahead_keys(t.pks.len()) {
+            read_batch(inner, ahead, t, &mut batch)?;
+        }
+    }
+    if let Some((_, Some(t))) = &table {
+        read_batch(inner, ahead, t, &mut batch)?;
+    }
+    Ok(())
+}
+
+/// Read the keys of `batch` (of table `t`) into `ahead`, and empty it. A
+/// short batch is padded with its first key under a place no key has.
+fn read_batch<'a>(
+    inner: &Inner,
+    ahead: &mut Ahead<'a>,
+    t: &Arc<TableInfo>,
+    batch: &mut Vec<(&'a [u8], Vec<ValueRef<'a>>)>,
+) -> Result<()> {
+    let id = table_id(t);
+    let (Some(c), Some((_, pad))) = (t.compact.as_ref(), batch.first()) else {
+        return Ok(());
+    };
+    let n = crate::crr::compact::ahead_keys(t.pks.len());
+    inner.compact_held.run(inner.db(), &c.load_many, |stmt| {
+        let mut param = 1;
+        for i in 0..n {
+            let (place, values) = match batch.get(i) {
+                Some((_, values)) => (i, values),
+                None => (n, pad),
+            };
+            stmt.bind(param, ValueRef::Integer(place as i64))?;
+            for v in values {
+                stmt.bind(param + 1, *v)?;
+                param += 1;
+            }
+            param += 1;
+        }
+        let mut last = None;
+        while stmt.step()? {
+            let place = stmt.column_i64(0);
+            let Some((pk, _)) = usize::try_from(place).ok().and_then(|i| batch.get(i)) else {
+                continue;
+            };
+            let Some(stored) = ahead.rows.get_mut(&(id, *pk)) else {
+                continue;
+            };
+            local::read_row(stmt, 1, t, stored, last != Some(place))?;
+            last = Some(place);
+        }
+        Ok(())
+    })?;
+    batch.clear();
+    Ok(())
+}
+
+/// Fill a freshly loaded `row` of a compact CRR from its stored clocks
+/// (read ahead, or now). A row with no clock is left without a key (the
+/// caller then looks for a compacted delete, as for the cr-sqlite layout).
+pub(super) fn load<'a>(inner: &Inner, ahead: &mut Ahead<'a>, row: &mut Row<'a>) -> Result<()> {
     let t = std::sync::Arc::clone(&row.t);
     let c = t
         .compact
         .as_ref()
         .ok_or_else(|| err!("crsql_stream: {} is not a compact CRR", t.name))?;
-    let stored = local::load(inner, &t, c, &row.pks)?;
+    let stored = match ahead.rows.remove(&(table_id(&t), row.pk)) {
+        Some(stored) => stored,
+        None => local::load(inner, &t, c, &row.pks)?,
+    };
     if stored.is_empty() {
         return Ok(());
     }
-    let state = stored.expand();
-    for (i, s) in row.cells.iter_mut().enumerate() {
-        *s = match state.get(&(i as i32)) {
-            Some(c) => Slot::Present(Clock {
+    // `Stored::expand` without its map: the cells, then the run's clocks.
+    row.cells.fill(Slot::Absent);
+    let run = stored.run.iter().flat_map(|r| r.clocks(stored.cl));
+    for (slot, c) in stored.cells.iter().map(|(s, c)| (*s, *c)).chain(run) {
+        if let Some(s) = usize::try_from(slot)
+            .ok()
+            .and_then(|i| row.cells.get_mut(i))
+        {
+            *s = Slot::Present(Clock {
                 col_version: c.col_version,
                 db_version: c.db_version,
                 seq: c.seq,
                 site: Site::Ordinal(c.site),
                 dirty: false,
-            }),
-            None => Slot::Absent,
-        };
+            });
+        }
     }
     row.others = Some(Vec::new());
     row.key = Some(0);
@@ -115,7 +237,7 @@ pub(super) struct Pending<'a> {
     /// Cells: the pks, col_name, col_version, db_version, site_id, seq.
     cells: Vec<Bind<'a>>,
     /// The primary keys of the rows they are of ([`Key`]).
-    pks: HashSet<Vec<Key<'a>>>,
+    pks: foldhash::HashSet<Vec<Key<'a>>>,
 }
 
 /// A primary-key value as the compact tables compare it, for the values
@@ -168,54 +290,58 @@ pub(super) enum Bind<'a> {
     Owned(rusqlite::types::Value),
 }
 
-impl ToSql for Bind<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(out(match self {
+impl Bind<'_> {
+    fn value(&self) -> ValueRef<'_> {
+        match self {
             Bind::Ref(v) => *v,
             Bind::Int(i) => ValueRef::Integer(*i),
             Bind::Null => ValueRef::Null,
             Bind::Owned(v) => ValueRef::from(v),
             Bind::Text(t) => ValueRef::Text(t.as_bytes()),
-        }))
+        }
     }
 }
 
 impl Pending<'_> {
-    /// Write what waits.
+    /// Write what waits: [`CLOCK_ROWS`] rows per statement, the rest one
+    /// by one, through statements held out of the cache
+    /// (`compact::held`).
     pub(super) fn write(self, inner: &Inner) -> Result<()> {
         let c = self
             .t
             .compact
             .as_ref()
             .ok_or_else(|| err!("crsql_stream: {} is not a compact CRR", self.t.name))?;
-        let npk = self.t.pks.len();
-        for (values, width, one) in [
-            (&self.rows, npk + 5, &c.upsert_row),
-            (&self.cells, npk + 5, &c.upsert_cell),
+        let width = self.t.pks.len() + 5;
+        for (values, one, many) in [
+            (&self.rows, &c.upsert_row, &c.upsert_rows),
+            (&self.cells, &c.upsert_cell, &c.upsert_cells),
         ] {
             let mut chunks = values.chunks_exact(width * CLOCK_ROWS);
             for chunk in chunks.by_ref() {
-                inner
-                    .conn
-                    .prepare_cached(&many(one, width, CLOCK_ROWS))?
-                    .execute(params_from_iter(chunk))?;
+                run_rows(inner, many, chunk.len(), chunk)?;
             }
-            let mut stmt = inner.conn.prepare_cached(one)?;
-            for row in chunks.remainder().chunks_exact(width) {
-                stmt.execute(params_from_iter(row))?;
+            let rest = chunks.remainder();
+            if !rest.is_empty() {
+                run_rows(inner, one, width, rest)?;
             }
         }
         Ok(())
     }
 }
 
-/// `one`, a single-row `INSERT … VALUES (?1, …, ?width) …`, writing `rows`
-/// rows: the same statement with `rows` groups of anonymous parameters.
-fn many(one: &str, width: usize, rows: usize) -> String {
-    let (head, tail) = one.split_once(" VALUES (").unwrap_or((one, ""));
-    let tail = tail.split_once(')').map_or("", |(_, t)| t);
-    let group = format!("({})", vec!["?"; width].join(", "));
-    format!("{head} VALUES {}{tail}", vec![group; rows].join(", "))
+/// Run the held statement `sql` once per `width` values of `values`.
+fn run_rows(inner: &Inner, sql: &str, width: usize, values: &[Bind<'_>]) -> Result<()> {
+    inner.compact_held.run(inner.db(), sql, |stmt| {
+        for row in values.chunks_exact(width) {
+            for (i, v) in row.iter().enumerate() {
+                stmt.bind(i + 1, v.value())?;
+            }
+            while stmt.step()? {}
+            stmt.reset();
+        }
+        Ok(())
+    })
 }
 
 /// Write the row clock and cells `after` holds that `before` did not (the
@@ -249,7 +375,7 @@ fn save<'a>(
         t: Arc::clone(t),
         rows: Vec::new(),
         cells: Vec::new(),
-        pks: HashSet::new(),
+        pks: foldhash::HashSet::default(),
     });
     let pks = row.pks.iter().map(|v| Bind::Ref(*v));
     if before.is_empty() || before.cl != after.cl || before.run != after.run {
