@@ -12,7 +12,9 @@
 //! re-inserted rows (causal lengths above 1, sentinels at other versions),
 //! primary-key changes, and transactions larger than the window the
 //! cr-sqlite layout's scanner sorts in memory (`max_changes = 2`: 2,048
-//! rows), which it hands to SQLite's sorter instead.
+//! rows; `max_changes = 1`: 1,024, which the descending updates pass),
+//! which it sorts in runs merged from a temporary file instead, or, when
+//! no temporary file can be created, hands to SQLite's sorter.
 
 use crsql_stream_harness::sql::{exec, rows};
 use crsql_stream_harness::{close, compact_layout, open};
@@ -227,6 +229,7 @@ fn packages_hold_every_change_in_position_order_with_its_values() {
     // (stream, arguments, one statement per package)
     let configs = [
         ("all_1000", "max_changes = 1000", false),
+        ("all_1", "max_changes = 1", false),
         ("all_7", "max_changes = 7", false),
         ("all_2", "max_changes = 2", false),
         ("all_bytes", "max_bytes = 2000", false),
@@ -239,22 +242,42 @@ fn packages_hold_every_change_in_position_order_with_its_values() {
             &c,
             &format!("CREATE VIRTUAL TABLE {name} USING crsql_OutboundStream({args})"),
         );
-        let packages = if acked {
-            read_acked(&c, name)
-        } else {
-            read_all(&c, name)
-        };
-        let got = unpacked(&c, &packages);
-        assert!(
-            got == want,
-            "{args}, {}: {}",
-            if acked {
-                "one statement per package"
-            } else {
-                "read at once"
-            },
-            first_difference(&got, &want)
-        );
+        check_stream(&c, name, args, acked, &want);
     }
+    // Without a temporary directory the runs cannot be written: the large
+    // transactions go to SQLite's sorter (which finds another directory).
+    // The only test of this file, so no other thread reads TMPDIR.
+    let missing = dir.path().join("missing");
+    std::env::set_var("TMPDIR", &missing);
+    for (name, args) in [("sorted_1", "max_changes = 1"), ("sorted_2", "max_changes = 2")] {
+        exec(
+            &c,
+            &format!("CREATE VIRTUAL TABLE {name} USING crsql_OutboundStream({args})"),
+        );
+        check_stream(&c, name, args, false, &want);
+    }
+    std::env::remove_var("TMPDIR");
+    assert!(!missing.exists());
     close(c);
+}
+
+/// The changes of every package of stream `name` (created with `args`) are
+/// `want`, in order.
+fn check_stream(c: &Connection, name: &str, args: &str, acked: bool, want: &[Vec<Value>]) {
+    let packages = if acked {
+        read_acked(c, name)
+    } else {
+        read_all(c, name)
+    };
+    let got = unpacked(c, &packages);
+    assert!(
+        got == want,
+        "{args}, {}: {}",
+        if acked {
+            "one statement per package"
+        } else {
+            "read at once"
+        },
+        first_difference(&got, want)
+    );
 }

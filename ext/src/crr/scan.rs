@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 use crate::sqlite::{prepared, DbHandle, RawStmt};
 use crate::state::Inner;
 
+mod spill;
+use spill::Spill;
+
 /// Columns of a per-table scan (see `TableSql::changes_select`).
 const S_CID: usize = 0;
 const S_COL_VERSION: usize = 1;
@@ -303,7 +306,8 @@ struct Cell {
 const SENTINEL_CELL: i32 = -1;
 
 /// Rows of one transaction sorted in memory at most (48 bytes each:
-/// 12 MiB); a larger transaction is sorted by SQLite.
+/// 12 MiB); a larger transaction is sorted in runs of this size written to
+/// a temporary file ([`Spill`]), or by SQLite if that file fails.
 const CELLS_SORTED_IN_MEMORY: usize = 1 << 18;
 
 /// A key's row of `TableSql::key_rows` is at most this far ahead: step to
@@ -331,7 +335,10 @@ struct Cells {
     db_version: i64,
     rows: Vec<Cell>,
     next: usize,
-    /// The current transaction read sorted by SQLite instead of `rows`.
+    /// The current transaction merged from sorted runs instead of `rows`.
+    spill: Option<Spill>,
+    /// The current transaction read sorted by SQLite instead (no
+    /// temporary file could be written).
     sorted: Option<RawStmt>,
     /// `Scan::stmt`'s current row is the next transaction's first, unread.
     ahead: bool,
@@ -514,6 +521,7 @@ impl Cells {
             db_version: 0,
             rows: Vec::new(),
             next: 0,
+            spill: None,
             sorted: None,
             ahead: false,
             done: false,
@@ -556,6 +564,14 @@ impl Cells {
                 let cell = self.read_sorted(&sorted);
                 self.sorted = Some(sorted);
                 cell
+            } else if let Some(spill) = &mut self.spill {
+                match spill.pop().map_err(|e| self.spill_error(e))? {
+                    Some(cell) => cell,
+                    None => {
+                        self.spill = None;
+                        continue;
+                    }
+                }
             } else if let Some(&cell) = self.rows.get(self.next) {
                 self.next += 1;
                 cell
@@ -600,12 +616,46 @@ impl Cells {
                 self.ahead = true;
                 break;
             }
-            if self.rows.len() >= self.max_rows {
+            if self.rows.len() >= self.max_rows && !self.write_run() {
                 return self.sort_in_sqlite(main);
             }
         }
-        self.rows.sort_unstable_by_key(|c| (c.seq, c.order));
+        if let Some(spill) = &mut self.spill {
+            let rows = std::mem::take(&mut self.rows);
+            spill.finish(rows).map_err(|e| self.spill_error(e))?;
+        } else {
+            self.rows.sort_unstable_by_key(|c| (c.seq, c.order));
+        }
         Ok(true)
+    }
+
+    /// Write the rows read so far as a sorted run (nothing of the
+    /// transaction has been returned yet); false if the temporary file
+    /// cannot be written (the transaction is then sorted by SQLite).
+    fn write_run(&mut self) -> bool {
+        let spill = match self.spill.take() {
+            Some(s) => Ok(s),
+            None => Spill::new(),
+        };
+        match spill.and_then(|mut s| s.write_run(&mut self.rows).map(|()| s)) {
+            Ok(s) => {
+                self.spill = Some(s);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// An error reading back the runs of a transaction.
+    fn spill_error(&self, e: std::io::Error) -> Error {
+        err!(
+            "crsql_stream: cannot read back the temporary file sorting version {} of {}: {e} \
+             (a transaction of more than {} rows is sorted there; check the space in the \
+             temporary directory, TMPDIR)",
+            self.db_version,
+            self.table.name,
+            self.max_rows
+        )
     }
 
     /// The current transaction is too large to sort here: read it sorted
