@@ -394,51 +394,63 @@ fn next_key(stmt: &mut RawStmt) -> Result<Option<i64>> {
     })
 }
 
-/// `TableSql::clock_rows`: a cursor through the clock table in key order,
-/// over every row ([`ClockRows::read_key`] keeps the version's rows and
-/// the sentinel), restarted for each version.
+/// `TableSql::clock_rows`: the clock rows of a run of keys of one version
+/// (and their sentinels), read in key order through the primary key.
 #[derive(Default)]
 struct ClockRows {
-    cursor: KeyCursor,
-    /// The version being read (another one restarts the cursor).
-    db_version: i64,
+    stmt: Option<RawStmt>,
 }
 
+/// A run of keys read by one [`ClockRows::read_keys`] holds at most this
+/// many keys, each at most [`KEY_STEPS`] after the one before: SQLite
+/// walks every row of the run's key range, so sparse keys are read one by
+/// one.
+const KEYS_PER_RUN: usize = 256;
+
 impl ClockRows {
-    /// Append `key`'s clock rows at `db_version` with a seq above
-    /// `min_seq` to `rows`, in col_name order (the index's), each with the
-    /// key's causal length.
+    /// Append the clock rows at `db_version` with a seq above `min_seq` of
+    /// the keys from `lo` through `hi` to `rows`, in key and col_name order
+    /// (the index's), each with its key's causal length.
     #[allow(clippy::too_many_arguments)]
-    fn read_key(
+    fn read_keys(
         &mut self,
         db: DbHandle,
         table: &TableInfo,
         db_version: i64,
-        key: i64,
+        (lo, hi): (i64, i64),
         min_seq: i64,
         rows: &mut Vec<Cell>,
         unknown: &mut Vec<Vec<u8>>,
     ) -> Result<()> {
-        if db_version != self.db_version {
-            self.db_version = db_version;
-            self.cursor.at = None;
+        let stmt = prepared(db, &mut self.stmt, || &table.sql.clock_rows)?;
+        stmt.reset();
+        for (i, v) in [lo, hi, db_version].into_iter().enumerate() {
+            stmt.bind(i + 1, ValueRef::Integer(v))?;
         }
-        self.cursor.move_to(db, &table.sql.clock_rows, key)?;
-        let first = rows.len();
-        let mut cl = 1;
-        while self.cursor.at == Some(key) {
-            let Some(stmt) = self.cursor.stmt.as_mut() else {
-                break;
-            };
+        // The current key, its first row in `rows` and its causal length.
+        let (mut key, mut first, mut cl) = (None, rows.len(), 1);
+        while stmt.step()? {
+            let k = stmt.column_i64(0);
+            if key != Some(k) {
+                for c in &mut rows[first..] {
+                    c.cl = cl;
+                }
+                (key, first, cl) = (Some(k), rows.len(), 1);
+            }
+            // Rows of other versions are sentinels (the statement's filter).
+            if stmt.column_i64(5) != db_version {
+                cl = stmt.column_i64(2);
+                continue;
+            }
             let name = stmt.column_text(1);
             if name == b"-1" {
                 cl = stmt.column_i64(2);
             }
             let seq = stmt.column_i64(3);
-            if stmt.column_i64(5) == db_version && seq > min_seq {
+            if seq > min_seq {
                 rows.push(Cell {
                     seq,
-                    key,
+                    key: k,
                     col_version: stmt.column_i64(2),
                     site: stmt.column_i64(4),
                     cl: 1,
@@ -446,11 +458,11 @@ impl ClockRows {
                     order: rows.len() as u32,
                 });
             }
-            self.cursor.at = next_key(stmt)?;
         }
         for c in &mut rows[first..] {
             c.cl = cl;
         }
+        stmt.reset();
         Ok(())
     }
 }
@@ -604,16 +616,28 @@ impl Cells {
             i64::MIN
         };
         loop {
-            let key = main.column_i64(1);
+            // A run of keys: the main scan's current one and the next ones
+            // of the version, each at most KEY_STEPS after the one before.
+            let (lo, mut hi, mut n) = (main.column_i64(1), main.column_i64(1), 1);
+            let more = loop {
+                if !main.step()? {
+                    self.done = true;
+                    break false;
+                }
+                if main.column_i64(0) != dv {
+                    self.ahead = true;
+                    break false;
+                }
+                let key = main.column_i64(1);
+                if key - hi > KEY_STEPS || n == KEYS_PER_RUN {
+                    break true;
+                }
+                (hi, n) = (key, n + 1);
+            };
             let (table, rows, unknown) = (&self.table, &mut self.rows, &mut self.unknown);
             self.clocks
-                .read_key(self.db, table, dv, key, min_seq, rows, unknown)?;
-            if !main.step()? {
-                self.done = true;
-                break;
-            }
-            if main.column_i64(0) != dv {
-                self.ahead = true;
+                .read_keys(self.db, table, dv, (lo, hi), min_seq, rows, unknown)?;
+            if !more {
                 break;
             }
             if self.rows.len() >= self.max_rows && !self.write_run() {
