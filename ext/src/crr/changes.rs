@@ -15,7 +15,7 @@ use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo};
 use rusqlite::Connection;
 
 use crate::crr::merge::{merge_change, Change};
-use crate::crr::scan::{Scanner, SiteMap};
+use crate::crr::scan::{Scanner, SiteFilter, SiteMap};
 use crate::crr::values::out;
 use crate::error::{Error, Result};
 use crate::sqlite::vtab::{register_with_savepoints, Table, TableCursor};
@@ -228,9 +228,10 @@ impl TableCursor for ChangesCursor {
             inner.refresh_tables(&self.ext.tx, true)?;
             (inner.tables().to_vec(), SiteMap::load(&inner)?)
         };
-        // Translate the pushed-down constraints into a WHERE clause.
-        let mut clauses = Vec::new();
+        // Translate the pushed-down constraints into conditions.
+        let mut versions = Vec::new();
         let mut binds: Vec<ValueRef<'_>> = Vec::new();
+        let mut filter = SiteFilter::default();
         let codes = idx_str.unwrap_or("").split(',').filter(|s| !s.is_empty());
         for (code, arg) in codes.zip(args.iter()) {
             let site = match arg {
@@ -240,26 +241,18 @@ impl TableCursor for ChangesCursor {
             match Pushed::from_code(code) {
                 Some(Pushed::DbVersion(op)) => {
                     binds.push(*arg);
-                    clauses.push(format!("c.db_version {op} ?{}", binds.len()));
+                    versions.push(format!("c.db_version {op} ?{}", binds.len()));
                 }
                 Some(Pushed::SiteEq) => match site {
-                    Some(ord) => clauses.push(format!("c.site_id = {ord}")),
+                    Some(ord) => filter.eq.push(ord),
                     None => return Ok(()), // unknown site or NULL: no rows
                 },
-                Some(Pushed::SiteNe) => {
-                    if let Some(ord) = site {
-                        clauses.push(format!("c.site_id != {ord}"));
-                    }
-                }
+                Some(Pushed::SiteNe) => filter.ne.extend(site),
                 None => {}
             }
         }
-        let where_sql = if clauses.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", clauses.join(" AND "))
-        };
-        self.scanner = Scanner::open(self.ext.db, &tables, &where_sql, &binds)?;
+        let versions = versions.join(" AND ");
+        self.scanner = Scanner::open(self.ext.db, &tables, &versions, &binds, &filter)?;
         self.sites = Some(sites);
         Ok(())
     }

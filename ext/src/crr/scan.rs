@@ -19,7 +19,7 @@ use crate::crr::schema::TableInfo;
 use crate::crr::values::to_core;
 use crate::err;
 use crate::error::{Error, Result};
-use crate::sqlite::{prepared, DbHandle, RawStmt};
+use crate::sqlite::{prepared, DbHandle, OwnedValue, RawStmt};
 use crate::state::Inner;
 
 mod spill;
@@ -311,22 +311,29 @@ const SENTINEL_CELL: i32 = -1;
 const CELLS_SORTED_IN_MEMORY: usize = 1 << 18;
 
 /// A key's row of `TableSql::key_rows` is at most this far ahead: step to
-/// it rather than seek (keys are the pks table's rowids, dense in practice).
+/// it rather than seek (keys are the pks table's rowids, dense in practice);
+/// keys this close share one [`ClockRows::read_keys`].
 const KEY_STEPS: i64 = 16;
 
 /// The changes of a CRR of the cr-sqlite layout, one transaction at a time
 /// (docs/streams.md, "Reading in position order"): `Scan::stmt` reads the
 /// distinct keys of each version from the `db_version` index alone;
-/// [`ClockRows`] each key's clock rows at that version (and its causal
-/// length), moving forward through the clock table in key order; a
+/// [`ClockRows`] the clock rows at that version (and the causal lengths)
+/// of each run of close keys, through the clock table's primary key; a
 /// transaction's rows are sorted by seq here (SQLite's sorter took a third
-/// of packing), or by SQLite past `max_rows`. What a change needs of its
+/// of packing), in runs merged from a temporary file past `max_rows`
+/// ([`Spill`]), or by SQLite if that file fails. What a change needs of its
 /// key (primary key, values) is read once per key by [`KeyRows`], whose
 /// cursor moves forward through the pks table in key order.
 struct Cells {
     db: DbHandle,
     table: Arc<TableInfo>,
-    committed: i64,
+    /// The versions read: conditions on `c` (may be empty) over the
+    /// parameters `?1`, `?2`, … (a transaction sorted by SQLite restarts
+    /// the scan after it under them).
+    versions: (String, Vec<OwnedValue>),
+    /// The sites read.
+    sites: SiteFilter,
     /// The scan's start: rows of its transaction at or below its seq are
     /// not read.
     start: Position,
@@ -418,7 +425,7 @@ impl ClockRows {
         table: &TableInfo,
         db_version: i64,
         (lo, hi): (i64, i64),
-        min_seq: i64,
+        (min_seq, sites): (i64, &SiteFilter),
         rows: &mut Vec<Cell>,
         unknown: &mut Vec<Vec<u8>>,
     ) -> Result<()> {
@@ -447,12 +454,13 @@ impl ClockRows {
                 cl = stmt.column_i64(2);
             }
             let seq = stmt.column_i64(3);
-            if seq > min_seq {
+            let site = stmt.column_i64(4);
+            if seq > min_seq && sites.admits(site) {
                 rows.push(Cell {
                     seq,
                     key: k,
                     col_version: stmt.column_i64(2),
-                    site: stmt.column_i64(4),
+                    site,
                     cl: 1,
                     col: col_of(table, unknown, name),
                     order: rows.len() as u32,
@@ -464,6 +472,27 @@ impl ClockRows {
         }
         stmt.reset();
         Ok(())
+    }
+}
+
+/// The sites whose changes [`Cells`] reads (by ordinal): every one of
+/// `eq` and none of `ne` (`crsql_changes`' pushed-down `site_id`
+/// constraints; both empty for a stream, whose site filter is its own).
+#[derive(Default, Clone)]
+pub struct SiteFilter {
+    pub eq: Vec<i64>,
+    pub ne: Vec<i64>,
+}
+
+impl SiteFilter {
+    fn admits(&self, site: i64) -> bool {
+        self.eq.iter().all(|&o| o == site) && !self.ne.contains(&site)
+    }
+
+    /// The filter as conditions on `c` (for a statement of `changes_select`'s shape).
+    fn conditions(&self) -> impl Iterator<Item = String> + '_ {
+        let eq = self.eq.iter().map(|o| format!("c.site_id = {o}"));
+        eq.chain(self.ne.iter().map(|o| format!("c.site_id != {o}")))
     }
 }
 
@@ -521,13 +550,15 @@ impl Cells {
         db: DbHandle,
         table: &Arc<TableInfo>,
         start: Position,
-        committed: i64,
+        versions: (String, Vec<OwnedValue>),
+        sites: SiteFilter,
         max_rows: usize,
     ) -> Cells {
         Cells {
             db,
             table: Arc::clone(table),
-            committed,
+            versions,
+            sites,
             start,
             max_rows: max_rows.max(1),
             db_version: 0,
@@ -575,6 +606,9 @@ impl Cells {
                 }
                 let cell = self.read_sorted(&sorted);
                 self.sorted = Some(sorted);
+                if !self.sites.admits(cell.site) {
+                    continue;
+                }
                 cell
             } else if let Some(spill) = &mut self.spill {
                 match spill.pop().map_err(|e| self.spill_error(e))? {
@@ -636,7 +670,7 @@ impl Cells {
             };
             let (table, rows, unknown) = (&self.table, &mut self.rows, &mut self.unknown);
             self.clocks
-                .read_keys(self.db, table, dv, (lo, hi), min_seq, rows, unknown)?;
+                .read_keys(self.db, table, dv, (lo, hi), (min_seq, &self.sites), rows, unknown)?;
             if !more {
                 break;
             }
@@ -698,12 +732,21 @@ impl Cells {
             RawStmt::prepare(self.db, &self.table.sql.clock_tx_sorted)?,
             &[ValueRef::Integer(dv), ValueRef::Integer(after)],
         )?);
+        let (conditions, binds) = &self.versions;
+        let mut binds: Vec<ValueRef<'_>> = binds.iter().map(ValueRef::from).collect();
+        binds.push(ValueRef::Integer(dv));
+        let after = format!("c.db_version > ?{}", binds.len());
+        let where_sql = if conditions.is_empty() {
+            format!(" WHERE {after}")
+        } else {
+            format!(" WHERE {conditions} AND {after}")
+        };
         *main = prepare_scan(
             self.db,
             &self.table.sql.clock_scan,
-            " WHERE c.db_version > ?1 AND c.db_version <= ?2",
+            &where_sql,
             CELLS_ORDER,
-            &[ValueRef::Integer(dv), ValueRef::Integer(self.committed)],
+            &binds,
         )?;
         self.ahead = false;
         self.done = false;
@@ -713,6 +756,15 @@ impl Cells {
 
 /// `TableSql::clock_scan`'s order: the index's (which groups versions).
 const CELLS_ORDER: &str = "c.db_version, c.key";
+
+/// `conditions` joined by AND as a WHERE clause (empty without any).
+fn where_clause(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    }
+}
 
 /// `select` with `where_sql` (on `c`, may be empty) and `ORDER BY order`,
 /// `binds` bound as ?1, ?2, …
@@ -971,18 +1023,39 @@ fn pack_key(stmt: &RawStmt, first: usize, table: &TableInfo) -> Result<Vec<u8>> 
 }
 
 impl Scanner {
-    /// Open one scan per table with `where_sql` (may be empty, else starts
-    /// with " WHERE ") and its parameters, and position on the first row.
+    /// Open one scan per table for `crsql_changes`: the changes whose
+    /// db_version meets `versions` (conditions on `c`, may be empty, over
+    /// `binds` as ?1, ?2, …) and whose site `sites` admits, and position on
+    /// the first row. A cr-sqlite layout CRR is read by transaction
+    /// ([`Cells`]), the others by their statements.
     pub fn open(
         db: DbHandle,
         tables: &[Arc<TableInfo>],
-        where_sql: &str,
+        versions: &str,
         binds: &[ValueRef<'_>],
+        sites: &SiteFilter,
     ) -> Result<Scanner> {
+        let mut conditions: Vec<String> = Vec::new();
+        if !versions.is_empty() {
+            conditions.push(versions.to_string());
+        }
+        let version_where = where_clause(&conditions);
+        conditions.extend(sites.conditions());
+        let all_where = where_clause(&conditions);
         let mut s = Scanner::with_capacity(tables.len());
         for t in tables {
             for (k, select) in selects(t).enumerate() {
-                let stmt = Scanner::prepare(db, select, where_sql, binds)?;
+                if k == 0 && t.compact.is_none() {
+                    let stmt = prepare_scan(db, &t.sql.clock_scan, &version_where, CELLS_ORDER, binds)?;
+                    let mut scan = Scan::new(t, None, stmt);
+                    let owned = (versions.to_string(), binds.iter().map(|b| OwnedValue::from(*b)).collect());
+                    let start = Position::new(i64::MIN, i64::MIN);
+                    let cells = Cells::new(db, t, start, owned, sites.clone(), CELLS_SORTED_IN_MEMORY);
+                    scan.cells = Some(Box::new(cells));
+                    s.scans.push(scan);
+                    continue;
+                }
+                let stmt = Scanner::prepare(db, select, &all_where, binds)?;
                 s.scans.push(Scan::of_select(t, k, None, stmt));
             }
         }
@@ -1052,7 +1125,12 @@ impl Scanner {
                 let stmt = prepare_scan(db, &t.sql.clock_scan, where_sql, CELLS_ORDER, &binds)?;
                 let mut scan = Scan::new(t, memo, stmt);
                 let max_rows = window.min(CELLS_SORTED_IN_MEMORY);
-                scan.cells = Some(Box::new(Cells::new(db, t, start, committed, max_rows)));
+                let versions = (
+                    "c.db_version <= ?1".to_string(),
+                    vec![OwnedValue::Integer(committed)],
+                );
+                let cells = Cells::new(db, t, start, versions, SiteFilter::default(), max_rows);
+                scan.cells = Some(Box::new(cells));
                 scan
             } else {
                 let stmt = Scanner::prepare(db, &t.sql.changes_select, where_sql, &binds)?;
