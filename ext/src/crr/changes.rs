@@ -1,9 +1,12 @@
 //! The eponymous `crsql_changes` virtual table (spec §7).
 //!
-//! SELECT walks each CRR's clock table in `(db_version, seq)` order through
-//! its `db_version` index and merges the per-table scans, so rows come out in
-//! position order without sorting or materialising anything. `val` comes
-//! from a join with the base table, not a point query per row.
+//! SELECT reads each CRR in `(db_version, seq)` order and merges the
+//! per-table scans (`crr::scan`): a cr-sqlite layout CRR one transaction at
+//! a time, sorted by seq in memory (or in runs on disk), as an outbound
+//! stream reads it, with the pushed-down `db_version` constraints on its
+//! index scan and the `site_id` ones applied per row; a compact CRR through
+//! its statements. `val` comes from the base table read in key order, not
+//! a point query per row.
 //! INSERT merges a change (§8, see `merge.rs`).
 
 use std::ffi::c_int;

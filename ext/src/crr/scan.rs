@@ -669,8 +669,15 @@ impl Cells {
                 (hi, n) = (key, n + 1);
             };
             let (table, rows, unknown) = (&self.table, &mut self.rows, &mut self.unknown);
-            self.clocks
-                .read_keys(self.db, table, dv, (lo, hi), (min_seq, &self.sites), rows, unknown)?;
+            self.clocks.read_keys(
+                self.db,
+                table,
+                dv,
+                (lo, hi),
+                (min_seq, &self.sites),
+                rows,
+                unknown,
+            )?;
             if !more {
                 break;
             }
@@ -1046,11 +1053,16 @@ impl Scanner {
         for t in tables {
             for (k, select) in selects(t).enumerate() {
                 if k == 0 && t.compact.is_none() {
-                    let stmt = prepare_scan(db, &t.sql.clock_scan, &version_where, CELLS_ORDER, binds)?;
+                    let stmt =
+                        prepare_scan(db, &t.sql.clock_scan, &version_where, CELLS_ORDER, binds)?;
                     let mut scan = Scan::new(t, None, stmt);
-                    let owned = (versions.to_string(), binds.iter().map(|b| OwnedValue::from(*b)).collect());
+                    let owned = (
+                        versions.to_string(),
+                        binds.iter().map(|b| OwnedValue::from(*b)).collect(),
+                    );
                     let start = Position::new(i64::MIN, i64::MIN);
-                    let cells = Cells::new(db, t, start, owned, sites.clone(), CELLS_SORTED_IN_MEMORY);
+                    let cells =
+                        Cells::new(db, t, start, owned, sites.clone(), CELLS_SORTED_IN_MEMORY);
                     scan.cells = Some(Box::new(cells));
                     s.scans.push(scan);
                     continue;
