@@ -475,7 +475,7 @@ impl ClockRows {
     }
 }
 
-/// The sites whose changes [`Cells`] reads (by ordinal): every one of
+/// The sites whose changes `Cells` reads (by ordinal): every one of
 /// `eq` and none of `ne` (`crsql_changes`' pushed-down `site_id`
 /// constraints; both empty for a stream, whose site filter is its own).
 #[derive(Default, Clone)]
@@ -1034,7 +1034,7 @@ impl Scanner {
     /// db_version meets `versions` (conditions on `c`, may be empty, over
     /// `binds` as ?1, ?2, …) and whose site `sites` admits, and position on
     /// the first row. A cr-sqlite layout CRR is read by transaction
-    /// ([`Cells`]), the others by their statements.
+    /// (`Cells`), the others by their statements.
     pub fn open(
         db: DbHandle,
         tables: &[Arc<TableInfo>],
