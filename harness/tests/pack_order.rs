@@ -1,5 +1,8 @@
 //! What an outbound stream packs, change by change, against `crsql_changes`
-//! (the independent oracle: its scanner sorts each table's rows in SQL):
+//! (in the cr-sqlite layout both read through the same transaction scan,
+//! so `crsql_changes` is itself checked against one SQL query over the
+//! clock, pks and base tables, sorted by SQLite; the compact layout's
+//! `crsql_changes` has its own statements):
 //! every change in position order, with its values, primary key, column,
 //! causal length and site, whatever the package limits and however the
 //! stream is read (all packages at once, or one per statement from its
@@ -12,7 +15,9 @@
 //! re-inserted rows (causal lengths above 1, sentinels at other versions),
 //! primary-key changes, and transactions larger than the window the
 //! cr-sqlite layout's scanner sorts in memory (`max_changes = 2`: 2,048
-//! rows), which it hands to SQLite's sorter instead.
+//! rows; `max_changes = 1`: 1,024, which the descending updates pass),
+//! which it sorts in runs merged from a temporary file instead, or, when
+//! no temporary file can be created, hands to SQLite's sorter.
 
 use crsql_stream_harness::sql::{exec, rows};
 use crsql_stream_harness::{close, compact_layout, open};
@@ -121,6 +126,59 @@ fn expected(c: &Connection) -> Vec<Vec<Value>> {
     )
 }
 
+/// Every change as one SQL query over the cr-sqlite layout's clock, pks
+/// and base tables computes it (as `crsql_changes` did before reading by
+/// transaction), sorted by SQLite.
+fn expected_by_sql(c: &Connection) -> Vec<Vec<Value>> {
+    let mut selects = Vec::new();
+    for t in ["m", "k", "odd"] {
+        // (name, pk index) by cid.
+        let cols: Vec<(String, i64)> = rows(
+            c,
+            &format!("SELECT name, pk FROM pragma_table_info('{t}') ORDER BY cid"),
+        )
+        .into_iter()
+        .map(|r| match (&r[0], &r[1]) {
+            (Value::Text(n), Value::Integer(pk)) => (n.clone(), *pk),
+            other => panic!("pragma_table_info: {other:?}"),
+        })
+        .collect();
+        let q = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+        let mut pks: Vec<&(String, i64)> = cols.iter().filter(|c| c.1 > 0).collect();
+        pks.sort_by_key(|c| c.1);
+        let packed = pks
+            .iter()
+            .map(|c| format!("p.{}", q(&c.0)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let join = pks
+            .iter()
+            .map(|c| format!("b.{0} = p.{0}", q(&c.0)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let val = cols
+            .iter()
+            .filter(|c| c.1 == 0)
+            .map(|c| format!("WHEN '{}' THEN b.{}", c.0.replace('\'', "''"), q(&c.0)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        selects.push(format!(
+            "SELECT '{t}' AS tbl, crsql_pack_columns({packed}) AS pk, c.col_name AS cid, \
+             CASE c.col_name {val} END AS val, c.col_version AS col_version, \
+             c.db_version AS db_version, \
+             (SELECT site_id FROM crsql_site_id WHERE ordinal = c.site_id) AS site_id, \
+             COALESCE((SELECT s.col_version FROM {t}__crsql_clock AS s \
+                       WHERE s.key = c.key AND s.col_name = '-1'), 1) AS cl, c.seq AS seq \
+             FROM {t}__crsql_clock AS c JOIN {t}__crsql_pks AS p ON p.__crsql_key = c.key \
+             LEFT JOIN {t} AS b ON {join}"
+        ));
+    }
+    rows(
+        c,
+        &format!("{} ORDER BY db_version, seq", selects.join(" UNION ALL ")),
+    )
+}
+
 /// The changes of packages, in package order.
 fn unpacked(c: &Connection, packages: &[Value]) -> Vec<Vec<Value>> {
     let mut stmt = c
@@ -212,6 +270,41 @@ fn packages_hold_every_change_in_position_order_with_its_values() {
     history(&c);
     let want = expected(&c);
     assert!(want.len() > 6_000, "{} changes", want.len());
+    if !compact_layout() {
+        let by_sql = expected_by_sql(&c);
+        assert!(
+            want == by_sql,
+            "crsql_changes against SQL: {}",
+            first_difference(&want, &by_sql)
+        );
+        // And with pushed-down constraints (a range of versions; the
+        // local site, or any other: none).
+        let range = "db_version > 3 AND db_version <= 40";
+        let in_range: Vec<Vec<Value>> = by_sql
+            .iter()
+            .filter(|r| matches!(r[5], Value::Integer(v) if v > 3 && v <= 40))
+            .cloned()
+            .collect();
+        for (cond, oracle) in [
+            (range.to_string(), in_range.clone()),
+            (format!("{range} AND site_id = crsql_site_id()"), in_range),
+            (
+                format!("{range} AND site_id != crsql_site_id()"),
+                Vec::new(),
+            ),
+        ] {
+            let got = rows(
+                &c,
+                &format!("SELECT \"table\", pk, cid, val, col_version, db_version, site_id, cl, seq FROM crsql_changes WHERE {cond}"),
+            );
+            assert!(!got.is_empty() || oracle.is_empty(), "{cond}");
+            assert!(
+                got == oracle,
+                "crsql_changes WHERE {cond}: {}",
+                first_difference(&got, &oracle)
+            );
+        }
+    }
     let largest: i64 = c
         .query_row(
             "SELECT max(n) FROM (SELECT count(*) AS n FROM crsql_changes GROUP BY db_version)",
@@ -227,6 +320,7 @@ fn packages_hold_every_change_in_position_order_with_its_values() {
     // (stream, arguments, one statement per package)
     let configs = [
         ("all_1000", "max_changes = 1000", false),
+        ("all_1", "max_changes = 1", false),
         ("all_7", "max_changes = 7", false),
         ("all_2", "max_changes = 2", false),
         ("all_bytes", "max_bytes = 2000", false),
@@ -239,22 +333,45 @@ fn packages_hold_every_change_in_position_order_with_its_values() {
             &c,
             &format!("CREATE VIRTUAL TABLE {name} USING crsql_OutboundStream({args})"),
         );
-        let packages = if acked {
-            read_acked(&c, name)
-        } else {
-            read_all(&c, name)
-        };
-        let got = unpacked(&c, &packages);
-        assert!(
-            got == want,
-            "{args}, {}: {}",
-            if acked {
-                "one statement per package"
-            } else {
-                "read at once"
-            },
-            first_difference(&got, &want)
-        );
+        check_stream(&c, name, args, acked, &want);
     }
+    // Without a temporary directory the runs cannot be written: the large
+    // transactions go to SQLite's sorter (which finds another directory).
+    // The only test of this file, so no other thread reads TMPDIR.
+    let missing = dir.path().join("missing");
+    std::env::set_var("TMPDIR", &missing);
+    for (name, args) in [
+        ("sorted_1", "max_changes = 1"),
+        ("sorted_2", "max_changes = 2"),
+    ] {
+        exec(
+            &c,
+            &format!("CREATE VIRTUAL TABLE {name} USING crsql_OutboundStream({args})"),
+        );
+        check_stream(&c, name, args, false, &want);
+    }
+    std::env::remove_var("TMPDIR");
+    assert!(!missing.exists());
     close(c);
+}
+
+/// The changes of every package of stream `name` (created with `args`) are
+/// `want`, in order.
+fn check_stream(c: &Connection, name: &str, args: &str, acked: bool, want: &[Vec<Value>]) {
+    let packages = if acked {
+        read_acked(c, name)
+    } else {
+        read_all(c, name)
+    };
+    let got = unpacked(c, &packages);
+    assert!(
+        got == want,
+        "{args}, {}: {}",
+        if acked {
+            "one statement per package"
+        } else {
+            "read at once"
+        },
+        first_difference(&got, want)
+    );
 }

@@ -1,9 +1,12 @@
 //! The eponymous `crsql_changes` virtual table (spec §7).
 //!
-//! SELECT walks each CRR's clock table in `(db_version, seq)` order through
-//! its `db_version` index and merges the per-table scans, so rows come out in
-//! position order without sorting or materialising anything. `val` comes
-//! from a join with the base table, not a point query per row.
+//! SELECT reads each CRR in `(db_version, seq)` order and merges the
+//! per-table scans (`crr::scan`): a cr-sqlite layout CRR one transaction at
+//! a time, sorted by seq in memory (or in runs on disk), as an outbound
+//! stream reads it, with the pushed-down `db_version` constraints on its
+//! index scan and the `site_id` ones applied per row; a compact CRR through
+//! its statements. `val` comes from the base table read in key order, not
+//! a point query per row.
 //! INSERT merges a change (§8, see `merge.rs`).
 
 use std::ffi::c_int;
@@ -15,7 +18,7 @@ use rusqlite::vtab::{Context, IndexConstraintOp, IndexInfo};
 use rusqlite::Connection;
 
 use crate::crr::merge::{merge_change, Change};
-use crate::crr::scan::{Scanner, SiteMap};
+use crate::crr::scan::{Scanner, SiteFilter, SiteMap};
 use crate::crr::values::out;
 use crate::error::{Error, Result};
 use crate::sqlite::vtab::{register_with_savepoints, Table, TableCursor};
@@ -228,9 +231,10 @@ impl TableCursor for ChangesCursor {
             inner.refresh_tables(&self.ext.tx, true)?;
             (inner.tables().to_vec(), SiteMap::load(&inner)?)
         };
-        // Translate the pushed-down constraints into a WHERE clause.
-        let mut clauses = Vec::new();
+        // Translate the pushed-down constraints into conditions.
+        let mut versions = Vec::new();
         let mut binds: Vec<ValueRef<'_>> = Vec::new();
+        let mut filter = SiteFilter::default();
         let codes = idx_str.unwrap_or("").split(',').filter(|s| !s.is_empty());
         for (code, arg) in codes.zip(args.iter()) {
             let site = match arg {
@@ -240,26 +244,18 @@ impl TableCursor for ChangesCursor {
             match Pushed::from_code(code) {
                 Some(Pushed::DbVersion(op)) => {
                     binds.push(*arg);
-                    clauses.push(format!("c.db_version {op} ?{}", binds.len()));
+                    versions.push(format!("c.db_version {op} ?{}", binds.len()));
                 }
                 Some(Pushed::SiteEq) => match site {
-                    Some(ord) => clauses.push(format!("c.site_id = {ord}")),
+                    Some(ord) => filter.eq.push(ord),
                     None => return Ok(()), // unknown site or NULL: no rows
                 },
-                Some(Pushed::SiteNe) => {
-                    if let Some(ord) = site {
-                        clauses.push(format!("c.site_id != {ord}"));
-                    }
-                }
+                Some(Pushed::SiteNe) => filter.ne.extend(site),
                 None => {}
             }
         }
-        let where_sql = if clauses.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", clauses.join(" AND "))
-        };
-        self.scanner = Scanner::open(self.ext.db, &tables, &where_sql, &binds)?;
+        let versions = versions.join(" AND ");
+        self.scanner = Scanner::open(self.ext.db, &tables, &versions, &binds, &filter)?;
         self.sites = Some(sites);
         Ok(())
     }

@@ -19,8 +19,11 @@ use crate::crr::schema::TableInfo;
 use crate::crr::values::to_core;
 use crate::err;
 use crate::error::{Error, Result};
-use crate::sqlite::{prepared, DbHandle, RawStmt};
+use crate::sqlite::{prepared, DbHandle, OwnedValue, RawStmt};
 use crate::state::Inner;
+
+mod spill;
+use spill::Spill;
 
 /// Columns of a per-table scan (see `TableSql::changes_select`).
 const S_CID: usize = 0;
@@ -303,26 +306,34 @@ struct Cell {
 const SENTINEL_CELL: i32 = -1;
 
 /// Rows of one transaction sorted in memory at most (48 bytes each:
-/// 12 MiB); a larger transaction is sorted by SQLite.
+/// 12 MiB); a larger transaction is sorted in runs of this size written to
+/// a temporary file ([`Spill`]), or by SQLite if that file fails.
 const CELLS_SORTED_IN_MEMORY: usize = 1 << 18;
 
 /// A key's row of `TableSql::key_rows` is at most this far ahead: step to
-/// it rather than seek (keys are the pks table's rowids, dense in practice).
+/// it rather than seek (keys are the pks table's rowids, dense in practice);
+/// keys this close share one [`ClockRows::read_keys`].
 const KEY_STEPS: i64 = 16;
 
 /// The changes of a CRR of the cr-sqlite layout, one transaction at a time
 /// (docs/streams.md, "Reading in position order"): `Scan::stmt` reads the
 /// distinct keys of each version from the `db_version` index alone;
-/// [`ClockRows`] each key's clock rows at that version (and its causal
-/// length), moving forward through the clock table in key order; a
+/// [`ClockRows`] the clock rows at that version (and the causal lengths)
+/// of each run of close keys, through the clock table's primary key; a
 /// transaction's rows are sorted by seq here (SQLite's sorter took a third
-/// of packing), or by SQLite past `max_rows`. What a change needs of its
+/// of packing), in runs merged from a temporary file past `max_rows`
+/// ([`Spill`]), or by SQLite if that file fails. What a change needs of its
 /// key (primary key, values) is read once per key by [`KeyRows`], whose
 /// cursor moves forward through the pks table in key order.
 struct Cells {
     db: DbHandle,
     table: Arc<TableInfo>,
-    committed: i64,
+    /// The versions read: conditions on `c` (may be empty) over the
+    /// parameters `?1`, `?2`, … (a transaction sorted by SQLite restarts
+    /// the scan after it under them).
+    versions: (String, Vec<OwnedValue>),
+    /// The sites read.
+    sites: SiteFilter,
     /// The scan's start: rows of its transaction at or below its seq are
     /// not read.
     start: Position,
@@ -331,7 +342,10 @@ struct Cells {
     db_version: i64,
     rows: Vec<Cell>,
     next: usize,
-    /// The current transaction read sorted by SQLite instead of `rows`.
+    /// The current transaction merged from sorted runs instead of `rows`.
+    spill: Option<Spill>,
+    /// The current transaction read sorted by SQLite instead (no
+    /// temporary file could be written).
     sorted: Option<RawStmt>,
     /// `Scan::stmt`'s current row is the next transaction's first, unread.
     ahead: bool,
@@ -387,64 +401,98 @@ fn next_key(stmt: &mut RawStmt) -> Result<Option<i64>> {
     })
 }
 
-/// `TableSql::clock_rows`: a cursor through the clock table in key order,
-/// over every row ([`ClockRows::read_key`] keeps the version's rows and
-/// the sentinel), restarted for each version.
+/// `TableSql::clock_rows`: the clock rows of a run of keys of one version
+/// (and their sentinels), read in key order through the primary key.
 #[derive(Default)]
 struct ClockRows {
-    cursor: KeyCursor,
-    /// The version being read (another one restarts the cursor).
-    db_version: i64,
+    stmt: Option<RawStmt>,
 }
 
+/// A run of keys read by one [`ClockRows::read_keys`] holds at most this
+/// many keys, each at most [`KEY_STEPS`] after the one before: SQLite
+/// walks every row of the run's key range, so sparse keys are read one by
+/// one.
+const KEYS_PER_RUN: usize = 256;
+
 impl ClockRows {
-    /// Append `key`'s clock rows at `db_version` with a seq above
-    /// `min_seq` to `rows`, in col_name order (the index's), each with the
-    /// key's causal length.
+    /// Append the clock rows at `db_version` with a seq above `min_seq` of
+    /// the keys from `lo` through `hi` to `rows`, in key and col_name order
+    /// (the index's), each with its key's causal length.
     #[allow(clippy::too_many_arguments)]
-    fn read_key(
+    fn read_keys(
         &mut self,
         db: DbHandle,
         table: &TableInfo,
         db_version: i64,
-        key: i64,
-        min_seq: i64,
+        (lo, hi): (i64, i64),
+        (min_seq, sites): (i64, &SiteFilter),
         rows: &mut Vec<Cell>,
         unknown: &mut Vec<Vec<u8>>,
     ) -> Result<()> {
-        if db_version != self.db_version {
-            self.db_version = db_version;
-            self.cursor.at = None;
+        let stmt = prepared(db, &mut self.stmt, || &table.sql.clock_rows)?;
+        stmt.reset();
+        for (i, v) in [lo, hi, db_version].into_iter().enumerate() {
+            stmt.bind(i + 1, ValueRef::Integer(v))?;
         }
-        self.cursor.move_to(db, &table.sql.clock_rows, key)?;
-        let first = rows.len();
-        let mut cl = 1;
-        while self.cursor.at == Some(key) {
-            let Some(stmt) = self.cursor.stmt.as_mut() else {
-                break;
-            };
+        // The current key, its first row in `rows` and its causal length.
+        let (mut key, mut first, mut cl) = (None, rows.len(), 1);
+        while stmt.step()? {
+            let k = stmt.column_i64(0);
+            if key != Some(k) {
+                for c in &mut rows[first..] {
+                    c.cl = cl;
+                }
+                (key, first, cl) = (Some(k), rows.len(), 1);
+            }
+            // Rows of other versions are sentinels (the statement's filter).
+            if stmt.column_i64(5) != db_version {
+                cl = stmt.column_i64(2);
+                continue;
+            }
             let name = stmt.column_text(1);
             if name == b"-1" {
                 cl = stmt.column_i64(2);
             }
             let seq = stmt.column_i64(3);
-            if stmt.column_i64(5) == db_version && seq > min_seq {
+            let site = stmt.column_i64(4);
+            if seq > min_seq && sites.admits(site) {
                 rows.push(Cell {
                     seq,
-                    key,
+                    key: k,
                     col_version: stmt.column_i64(2),
-                    site: stmt.column_i64(4),
+                    site,
                     cl: 1,
                     col: col_of(table, unknown, name),
                     order: rows.len() as u32,
                 });
             }
-            self.cursor.at = next_key(stmt)?;
         }
         for c in &mut rows[first..] {
             c.cl = cl;
         }
+        stmt.reset();
         Ok(())
+    }
+}
+
+/// The sites whose changes `Cells` reads (by ordinal): every one of
+/// `eq` and none of `ne` (`crsql_changes`' pushed-down `site_id`
+/// constraints; both empty for a stream, whose site filter is its own).
+#[derive(Default, Clone)]
+pub struct SiteFilter {
+    pub eq: Vec<i64>,
+    pub ne: Vec<i64>,
+}
+
+impl SiteFilter {
+    fn admits(&self, site: i64) -> bool {
+        self.eq.iter().all(|&o| o == site) && !self.ne.contains(&site)
+    }
+
+    /// The filter as conditions on `c` (for a statement of `changes_select`'s shape).
+    fn conditions(&self) -> impl Iterator<Item = String> + '_ {
+        let eq = self.eq.iter().map(|o| format!("c.site_id = {o}"));
+        eq.chain(self.ne.iter().map(|o| format!("c.site_id != {o}")))
     }
 }
 
@@ -502,18 +550,21 @@ impl Cells {
         db: DbHandle,
         table: &Arc<TableInfo>,
         start: Position,
-        committed: i64,
+        versions: (String, Vec<OwnedValue>),
+        sites: SiteFilter,
         max_rows: usize,
     ) -> Cells {
         Cells {
             db,
             table: Arc::clone(table),
-            committed,
+            versions,
+            sites,
             start,
             max_rows: max_rows.max(1),
             db_version: 0,
             rows: Vec::new(),
             next: 0,
+            spill: None,
             sorted: None,
             ahead: false,
             done: false,
@@ -555,7 +606,18 @@ impl Cells {
                 }
                 let cell = self.read_sorted(&sorted);
                 self.sorted = Some(sorted);
+                if !self.sites.admits(cell.site) {
+                    continue;
+                }
                 cell
+            } else if let Some(spill) = &mut self.spill {
+                match spill.pop().map_err(|e| self.spill_error(e))? {
+                    Some(cell) => cell,
+                    None => {
+                        self.spill = None;
+                        continue;
+                    }
+                }
             } else if let Some(&cell) = self.rows.get(self.next) {
                 self.next += 1;
                 cell
@@ -588,24 +650,77 @@ impl Cells {
             i64::MIN
         };
         loop {
-            let key = main.column_i64(1);
+            // A run of keys: the main scan's current one and the next ones
+            // of the version, each at most KEY_STEPS after the one before.
+            let (lo, mut hi, mut n) = (main.column_i64(1), main.column_i64(1), 1);
+            let more = loop {
+                if !main.step()? {
+                    self.done = true;
+                    break false;
+                }
+                if main.column_i64(0) != dv {
+                    self.ahead = true;
+                    break false;
+                }
+                let key = main.column_i64(1);
+                if key - hi > KEY_STEPS || n == KEYS_PER_RUN {
+                    break true;
+                }
+                (hi, n) = (key, n + 1);
+            };
             let (table, rows, unknown) = (&self.table, &mut self.rows, &mut self.unknown);
-            self.clocks
-                .read_key(self.db, table, dv, key, min_seq, rows, unknown)?;
-            if !main.step()? {
-                self.done = true;
+            self.clocks.read_keys(
+                self.db,
+                table,
+                dv,
+                (lo, hi),
+                (min_seq, &self.sites),
+                rows,
+                unknown,
+            )?;
+            if !more {
                 break;
             }
-            if main.column_i64(0) != dv {
-                self.ahead = true;
-                break;
-            }
-            if self.rows.len() >= self.max_rows {
+            if self.rows.len() >= self.max_rows && !self.write_run() {
                 return self.sort_in_sqlite(main);
             }
         }
-        self.rows.sort_unstable_by_key(|c| (c.seq, c.order));
+        if let Some(spill) = &mut self.spill {
+            let rows = std::mem::take(&mut self.rows);
+            spill.finish(rows).map_err(|e| self.spill_error(e))?;
+        } else {
+            self.rows.sort_unstable_by_key(|c| (c.seq, c.order));
+        }
         Ok(true)
+    }
+
+    /// Write the rows read so far as a sorted run (nothing of the
+    /// transaction has been returned yet); false if the temporary file
+    /// cannot be written (the transaction is then sorted by SQLite).
+    fn write_run(&mut self) -> bool {
+        let spill = match self.spill.take() {
+            Some(s) => Ok(s),
+            None => Spill::new(),
+        };
+        match spill.and_then(|mut s| s.write_run(&mut self.rows).map(|()| s)) {
+            Ok(s) => {
+                self.spill = Some(s);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// An error reading back the runs of a transaction.
+    fn spill_error(&self, e: std::io::Error) -> Error {
+        err!(
+            "crsql_stream: cannot read back the temporary file sorting version {} of {}: {e} \
+             (a transaction of more than {} rows is sorted there; check the space in the \
+             temporary directory, TMPDIR)",
+            self.db_version,
+            self.table.name,
+            self.max_rows
+        )
     }
 
     /// The current transaction is too large to sort here: read it sorted
@@ -624,12 +739,21 @@ impl Cells {
             RawStmt::prepare(self.db, &self.table.sql.clock_tx_sorted)?,
             &[ValueRef::Integer(dv), ValueRef::Integer(after)],
         )?);
+        let (conditions, binds) = &self.versions;
+        let mut binds: Vec<ValueRef<'_>> = binds.iter().map(ValueRef::from).collect();
+        binds.push(ValueRef::Integer(dv));
+        let after = format!("c.db_version > ?{}", binds.len());
+        let where_sql = if conditions.is_empty() {
+            format!(" WHERE {after}")
+        } else {
+            format!(" WHERE {conditions} AND {after}")
+        };
         *main = prepare_scan(
             self.db,
             &self.table.sql.clock_scan,
-            " WHERE c.db_version > ?1 AND c.db_version <= ?2",
+            &where_sql,
             CELLS_ORDER,
-            &[ValueRef::Integer(dv), ValueRef::Integer(self.committed)],
+            &binds,
         )?;
         self.ahead = false;
         self.done = false;
@@ -639,6 +763,15 @@ impl Cells {
 
 /// `TableSql::clock_scan`'s order: the index's (which groups versions).
 const CELLS_ORDER: &str = "c.db_version, c.key";
+
+/// `conditions` joined by AND as a WHERE clause (empty without any).
+fn where_clause(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    }
+}
 
 /// `select` with `where_sql` (on `c`, may be empty) and `ORDER BY order`,
 /// `binds` bound as ?1, ?2, …
@@ -897,18 +1030,44 @@ fn pack_key(stmt: &RawStmt, first: usize, table: &TableInfo) -> Result<Vec<u8>> 
 }
 
 impl Scanner {
-    /// Open one scan per table with `where_sql` (may be empty, else starts
-    /// with " WHERE ") and its parameters, and position on the first row.
+    /// Open one scan per table for `crsql_changes`: the changes whose
+    /// db_version meets `versions` (conditions on `c`, may be empty, over
+    /// `binds` as ?1, ?2, …) and whose site `sites` admits, and position on
+    /// the first row. A cr-sqlite layout CRR is read by transaction
+    /// (`Cells`), the others by their statements.
     pub fn open(
         db: DbHandle,
         tables: &[Arc<TableInfo>],
-        where_sql: &str,
+        versions: &str,
         binds: &[ValueRef<'_>],
+        sites: &SiteFilter,
     ) -> Result<Scanner> {
+        let mut conditions: Vec<String> = Vec::new();
+        if !versions.is_empty() {
+            conditions.push(versions.to_string());
+        }
+        let version_where = where_clause(&conditions);
+        conditions.extend(sites.conditions());
+        let all_where = where_clause(&conditions);
         let mut s = Scanner::with_capacity(tables.len());
         for t in tables {
             for (k, select) in selects(t).enumerate() {
-                let stmt = Scanner::prepare(db, select, where_sql, binds)?;
+                if k == 0 && t.compact.is_none() {
+                    let stmt =
+                        prepare_scan(db, &t.sql.clock_scan, &version_where, CELLS_ORDER, binds)?;
+                    let mut scan = Scan::new(t, None, stmt);
+                    let owned = (
+                        versions.to_string(),
+                        binds.iter().map(|b| OwnedValue::from(*b)).collect(),
+                    );
+                    let start = Position::new(i64::MIN, i64::MIN);
+                    let cells =
+                        Cells::new(db, t, start, owned, sites.clone(), CELLS_SORTED_IN_MEMORY);
+                    scan.cells = Some(Box::new(cells));
+                    s.scans.push(scan);
+                    continue;
+                }
+                let stmt = Scanner::prepare(db, select, &all_where, binds)?;
                 s.scans.push(Scan::of_select(t, k, None, stmt));
             }
         }
@@ -978,7 +1137,12 @@ impl Scanner {
                 let stmt = prepare_scan(db, &t.sql.clock_scan, where_sql, CELLS_ORDER, &binds)?;
                 let mut scan = Scan::new(t, memo, stmt);
                 let max_rows = window.min(CELLS_SORTED_IN_MEMORY);
-                scan.cells = Some(Box::new(Cells::new(db, t, start, committed, max_rows)));
+                let versions = (
+                    "c.db_version <= ?1".to_string(),
+                    vec![OwnedValue::Integer(committed)],
+                );
+                let cells = Cells::new(db, t, start, versions, SiteFilter::default(), max_rows);
+                scan.cells = Some(Box::new(cells));
                 scan
             } else {
                 let stmt = Scanner::prepare(db, &t.sql.changes_select, where_sql, &binds)?;

@@ -224,9 +224,9 @@ pub struct TableSql {
     /// the key, the primary key's values, then every column of the base
     /// row (NULLs without one).
     pub key_rows: String,
-    /// Every clock row from key `?1` on, in primary-key order: `key,
-    /// col_name, col_version, seq, site_id, db_version` (the scan keeps the
-    /// version's rows and the sentinels; a filter here would make SQLite
+    /// The clock rows of the keys `?1` through `?2` at version `?3`, and
+    /// their sentinels, in primary-key order: `key, col_name, col_version,
+    /// seq, site_id, db_version` (bounded above: without `?2`, SQLite would
     /// walk every other key's rows up to the next match, to the table's
     /// end after a transaction's last key).
     pub clock_rows: String,
@@ -659,7 +659,8 @@ pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql
         ),
         clock_rows: format!(
             "SELECT key, col_name, col_version, seq, site_id, db_version FROM {clock} \
-             WHERE key >= ?1 ORDER BY key, col_name"
+             WHERE key >= ?1 AND key <= ?2 AND (db_version = ?3 OR col_name = '-1') \
+             ORDER BY key, col_name"
         ),
         clock_scan,
         key_rows,
