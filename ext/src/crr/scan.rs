@@ -681,7 +681,17 @@ impl Cells {
             if !more {
                 break;
             }
-            if self.rows.len() >= self.max_rows && !self.write_run() {
+            // The first run is written past `max_rows` (a stream's
+            // window), later ones past the in-memory cap: a transaction of
+            // n rows leaves at most n / cap + 1 runs to merge, each with a
+            // read buffer, whatever the window (a window of 1,024 rows
+            // would otherwise keep every run whole in memory).
+            let run_rows = if self.spill.is_some() {
+                self.max_rows.max(CELLS_SORTED_IN_MEMORY)
+            } else {
+                self.max_rows
+            };
+            if self.rows.len() >= run_rows && !self.write_run() {
                 return self.sort_in_sqlite(main);
             }
         }

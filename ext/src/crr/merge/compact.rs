@@ -77,8 +77,10 @@ impl Log {
 /// ahead: no write to another key can change them in between.
 #[derive(Default)]
 pub(super) struct Ahead<'a> {
-    /// By table (the address of its metadata, held in `tables`) and key.
-    rows: foldhash::HashMap<(usize, &'a [u8]), rowclock::Stored>,
+    /// By table (the address of its metadata, held in `tables`) and key
+    /// as the compact tables compare it ([`Key`], not the packed bytes: an
+    /// integer packed in more bytes than it needs is the same key).
+    rows: foldhash::HashMap<usize, foldhash::HashMap<Vec<Key<'a>>, rowclock::Stored>>,
     tables: Vec<Arc<TableInfo>>,
 }
 
@@ -97,8 +99,7 @@ pub(super) fn read_ahead<'a>(
     keys: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<()> {
     let keys = keys.into_iter();
-    ahead.rows.reserve(keys.size_hint().0);
-    let mut batch: Vec<(&'a [u8], Vec<ValueRef<'a>>)> = Vec::new();
+    let mut batch: Vec<(Vec<Key<'a>>, Vec<ValueRef<'a>>)> = Vec::new();
     let mut table: Option<(&'a str, Option<Arc<TableInfo>>)> = None;
     for (name, pk) in keys {
         if table.as_ref().is_none_or(|(n, _)| *n != name) {
@@ -116,19 +117,22 @@ pub(super) fn read_ahead<'a>(
         let Some((_, Some(t))) = &table else {
             continue;
         };
-        let id = table_id(t);
-        if ahead.rows.contains_key(&(id, pk)) {
-            continue;
-        }
         let Ok(values) = unpack_columns_ref(pk) else {
             continue;
         };
         let values: Vec<ValueRef<'a>> = values.into_iter().map(to_sql).collect();
-        if values.len() != t.pks.len() || key(&values).is_none() {
+        if values.len() != t.pks.len() {
             continue;
         }
-        ahead.rows.insert((id, pk), rowclock::Stored::default());
-        batch.push((pk, values));
+        let Some(k) = key(&values) else {
+            continue;
+        };
+        let rows = ahead.rows.entry(table_id(t)).or_default();
+        if rows.contains_key(&k) {
+            continue;
+        }
+        rows.insert(k.clone(), rowclock::Stored::default());
+        batch.push((k, values));
         if batch.len() == crate::crr::compact::ahead_keys(t.pks.len()) {
             read_batch(inner, ahead, t, &mut batch)?;
         }
@@ -145,7 +149,7 @@ fn read_batch<'a>(
     inner: &Inner,
     ahead: &mut Ahead<'a>,
     t: &Arc<TableInfo>,
-    batch: &mut Vec<(&'a [u8], Vec<ValueRef<'a>>)>,
+    batch: &mut Vec<(Vec<Key<'a>>, Vec<ValueRef<'a>>)>,
 ) -> Result<()> {
     let id = table_id(t);
     let (Some(c), Some((_, pad))) = (t.compact.as_ref(), batch.first()) else {
@@ -169,10 +173,10 @@ fn read_batch<'a>(
         let mut last = None;
         while stmt.step()? {
             let place = stmt.column_i64(0);
-            let Some((pk, _)) = usize::try_from(place).ok().and_then(|i| batch.get(i)) else {
+            let Some((k, _)) = usize::try_from(place).ok().and_then(|i| batch.get(i)) else {
                 continue;
             };
-            let Some(stored) = ahead.rows.get_mut(&(id, *pk)) else {
+            let Some(stored) = ahead.rows.get_mut(&id).and_then(|rows| rows.get_mut(k)) else {
                 continue;
             };
             local::read_row(stmt, 1, t, stored, last != Some(place))?;
@@ -193,7 +197,20 @@ pub(super) fn load<'a>(inner: &Inner, ahead: &mut Ahead<'a>, row: &mut Row<'a>) 
         .compact
         .as_ref()
         .ok_or_else(|| err!("crsql_stream: {} is not a compact CRR", t.name))?;
-    let stored = match ahead.rows.remove(&(table_id(&t), row.pk)) {
+    let id = table_id(&t);
+    let read = match key(&row.pks) {
+        Some(k) => ahead.rows.get_mut(&id).and_then(|rows| rows.remove(&k)),
+        None => {
+            // A real or numeric-looking text key can be the row clock of
+            // a key read ahead (2.0 and 2; '2' and 2 in a rowid-alias
+            // rows table): what this change writes would make that entry
+            // stale, so the table's entries go and their keys are read
+            // when they come.
+            ahead.rows.remove(&id);
+            None
+        }
+    };
+    let stored = match read {
         Some(stored) => stored,
         None => local::load(inner, &t, c, &row.pks)?,
     };
@@ -246,7 +263,7 @@ pub(super) struct Pending<'a> {
 /// of a rowid-alias row-clock table, and a real 2.0 equals the integer 2:
 /// two packed keys that are one row clock. Rows with such keys never wait,
 /// and loading one writes what waits first.)
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(super) enum Key<'a> {
     Int(i64),
     Text(&'a [u8]),

@@ -184,7 +184,11 @@ fn temporary_file() -> io::Result<(File, PathBuf)> {
         {
             Ok(file) => {
                 if cfg!(unix) {
-                    std::fs::remove_file(&path)?;
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        drop(file);
+                        let _ = std::fs::remove_file(&path);
+                        return Err(e);
+                    }
                 }
                 return Ok((file, path));
             }
