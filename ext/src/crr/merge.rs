@@ -1255,8 +1255,8 @@ fn write_base(ext: &Ext, inner: &Inner, row: &mut Row<'_>) -> Result<()> {
             } else if let &[col] = cols.as_slice() {
                 // One column: the row-by-row merge's usual write.
                 let values = row.pks.iter().copied().chain(row.values[col]);
-                let sql = row.t.upsert_sql(&[col]);
-                inner.held.exec(inner.db(), &sql, values)?;
+                let sql = row.t.upsert_one_sql(col);
+                inner.held.exec(inner.db(), sql, values)?;
             } else {
                 let vals = cols.iter().filter_map(|&i| row.values[i].map(out));
                 conn.prepare_cached(&row.t.upsert_sql(&cols))?
