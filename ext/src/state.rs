@@ -167,12 +167,9 @@ pub struct Inner {
     /// What `INSERT INTO crsql_changes` keeps from one call to the next
     /// (`crr::merge::RowMemo`, DECISIONS D50).
     pub row_memo: crate::crr::merge::RowMemo,
-    /// The statements every merge holds out of the statement cache
-    /// (`crr::merge::MergeStmts`): a `Merger` takes them and gives them
-    /// back.
-    pub merge_stmts: std::cell::Cell<crate::crr::merge::MergeStmts>,
-    /// The compact layout's per-row statements (`crr::compact::held`).
-    pub compact_held: crate::crr::compact::held::Held,
+    /// The statements run once per row or change, held out of the
+    /// statement cache (`crr::held`).
+    pub held: crate::crr::held::Held,
     /// Statements whose largest result is the newest seq at version `?1`.
     newest_seq_sql: Vec<String>,
     /// `(db_version, max seq at it)` of the last [`Inner::newest_position`]:
@@ -237,8 +234,7 @@ impl Ext {
                 clock_cache: HashMap::new(),
                 version_sql: Vec::new(),
                 row_memo: Default::default(),
-                merge_stmts: Default::default(),
-                compact_held: Default::default(),
+                held: Default::default(),
                 newest_seq_sql: Vec::new(),
             }),
         });
@@ -320,8 +316,7 @@ impl Ext {
     /// connection closes, before SQLite checks for unfinalized statements).
     pub fn finalize_statements(&self, inner: &mut Inner) {
         inner.row_memo = Default::default();
-        inner.merge_stmts = Default::default();
-        inner.compact_held = Default::default();
+        inner.held = Default::default();
         inner.conn.flush_prepared_statement_cache();
     }
 }

@@ -555,8 +555,8 @@ fn a_write_inside_the_merging_statement_that_counts_as_many_rows_as_its_calls() 
     );
 }
 
-/// The statements every merge holds (`crr::merge::MergeStmts`, kept by
-/// the connection from one merge to the next, package merges and
+/// The statements every merge holds (`crr::held::Held`, kept by the
+/// connection from one merge to the next, package merges and
 /// `INSERT INTO crsql_changes` alike) are reset after every use, errors
 /// included, follow schema changes and go at the connection's close: after
 /// a package and a change refused by a CHECK constraint both merges go on,

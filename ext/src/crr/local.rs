@@ -12,20 +12,17 @@ use crate::crr::schema::TableInfo;
 use crate::crr::values::{compare, to_core};
 use crate::err;
 use crate::error::{Error, Result};
-use crate::sqlite::{run_prepared, RawStmt};
 use crate::state::{Ext, Inner};
 
 /// Find the local key of a primary-key tuple, creating it when missing.
 /// Returns the key and whether it existed before. With `insert_first` the
-/// insert is tried first (cheaper for new rows). With `held` (a merge's,
-/// `crr::merge::MergeStmts`) the insert runs through that statement,
-/// else through the connection's statement cache.
+/// insert is tried first (cheaper for new rows); it runs through the
+/// connection's held statements (`crr::held`).
 pub fn key_for(
     inner: &Inner,
     t: &TableInfo,
     pks: &[ValueRef<'_>],
     insert_first: bool,
-    held: Option<&mut Option<RawStmt>>,
 ) -> Result<(i64, bool)> {
     let lookup = || -> Result<Option<i64>> {
         Ok(inner
@@ -42,19 +39,10 @@ pub fn key_for(
             return Ok((k, true));
         }
     }
-    let inserted = match held {
-        Some(slot) => {
-            let sql = || t.sql.key_insert.as_str();
-            run_prepared(inner.db(), slot, sql, pks.iter().copied())?;
-            inner.conn.changes()
-        }
-        None => inner
-            .conn
-            .prepare_cached(&t.sql.key_insert)?
-            .execute(params_from_iter(
-                pks.iter().map(|v| crate::crr::values::out(*v)),
-            ))? as u64,
-    };
+    inner
+        .held
+        .exec(inner.db(), &t.sql.key_insert, pks.iter().copied())?;
+    let inserted = inner.conn.changes();
     if inserted == 1 {
         return Ok((inner.conn.last_insert_rowid(), false));
     }
@@ -123,7 +111,7 @@ pub fn after_insert(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
     }
     let v = inner.next_db_version(&ext.tx, None)?;
     let pks = &args[1..];
-    let (key, mut existed) = key_for(&inner, &t, pks, true, None)?;
+    let (key, mut existed) = key_for(&inner, &t, pks, true)?;
     let counted = KeyCounts::take(&inner, &ext.tx, &t, existed.then_some(key))?;
     if !existed {
         existed = revive_compacted(ext, &inner, &t, key, pks, v)?;
@@ -171,12 +159,12 @@ pub fn after_update(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         .iter()
         .zip(old_pks)
         .any(|(a, b)| compare(*a, *b).is_ne());
-    let (new_key, new_existed) = key_for(&inner, &t, new_pks, false, None)?;
+    let (new_key, new_existed) = key_for(&inner, &t, new_pks, false)?;
     // What leaves the counted versions (crr::counts): with the key
     // unchanged exactly the changed cells, subtracted at once; otherwise
     // both keys, read before and after.
     let (old_key, counted) = if pk_changed {
-        let (old_key, _) = key_for(&inner, &t, old_pks, false, None)?;
+        let (old_key, _) = key_for(&inner, &t, old_pks, false)?;
         let counted_new = KeyCounts::take(&inner, &ext.tx, &t, new_existed.then_some(new_key))?;
         let counted_old = KeyCounts::take(&inner, &ext.tx, &t, Some(old_key))?;
         (old_key, Some((counted_new, counted_old)))
@@ -263,7 +251,7 @@ pub fn after_delete(ext: &Ext, args: &[ValueRef<'_>]) -> Result<()> {
         return crate::crr::compact::local::after_delete(ext, args);
     }
     let v = inner.next_db_version(&ext.tx, None)?;
-    let (key, _) = key_for(&inner, &t, &args[1..], false, None)?;
+    let (key, _) = key_for(&inner, &t, &args[1..], false)?;
     // The sentinel moves and every cell goes (crr::counts).
     KeyCounts::depart(&inner, &ext.tx, &t, key, None)?;
     record_delete(ext, &inner, &t, key, v)

@@ -36,7 +36,6 @@ use crate::crr::schema::{TableInfo, CLOCK_ROWS, CLOCK_ROW_SIZES, MAX_NAME_LEN};
 use crate::crr::values::{compare, out, to_sql, type_name};
 use crate::err;
 use crate::error::{Error, Result};
-use crate::sqlite::{prepared, run_prepared, DbHandle, RawStmt};
 use crate::state::{Ext, Inner};
 
 /// One change row, as the nine columns of `crsql_changes`.
@@ -244,56 +243,6 @@ pub struct RowMemo {
     sites: HashMap<Vec<u8>, i64>,
     /// The last row merged.
     row: Option<MemoRow>,
-}
-
-/// The statements every merge runs once per row or change, held by the
-/// connection ([`Inner::merge_stmts`]) from one merge to the next, package
-/// merges and `INSERT INTO crsql_changes` alike (DECISIONS D??): prepared
-/// once per table, instead of a lookup and return in the connection's
-/// statement cache (which hashes the SQL text twice) per statement and
-/// row. A [`Merger`] takes them and gives them back when dropped; each is
-/// reset after every use, errors included. Dropped by `crsql_finalize()`
-/// and the connection's close.
-#[derive(Default)]
-pub struct MergeStmts(Vec<TableStmts>);
-
-/// [`MergeStmts`] of one table.
-struct TableStmts {
-    t: Arc<TableInfo>,
-    /// `row_clocks`, read when a row is loaded.
-    row_clocks: Option<RawStmt>,
-    /// `key_insert`, run when a row new to the clocks gets its key.
-    key_insert: Option<RawStmt>,
-    /// `clock_write`.
-    clock_write: Option<RawStmt>,
-    /// The upsert of one column ([`TableInfo::upsert_sql`]), by column.
-    upsert: Vec<Option<RawStmt>>,
-}
-
-/// Tables whose statements [`MergeStmts`] holds at most (the oldest go).
-const HELD_TABLES: usize = 32;
-
-impl MergeStmts {
-    /// The held statements of table `t`.
-    fn of(&mut self, t: &Arc<TableInfo>) -> &mut TableStmts {
-        let i = match self.0.iter().position(|s| Arc::ptr_eq(&s.t, t)) {
-            Some(i) => i,
-            None => {
-                if self.0.len() >= HELD_TABLES {
-                    self.0.remove(0);
-                }
-                self.0.push(TableStmts {
-                    t: Arc::clone(t),
-                    row_clocks: None,
-                    key_insert: None,
-                    clock_write: None,
-                    upsert: Vec::new(),
-                });
-                self.0.len() - 1
-            }
-        };
-        &mut self.0[i]
-    }
 }
 
 /// [`RowMemo`]'s record of the state it was taken in.
@@ -507,28 +456,16 @@ pub struct Merger<'i, 'a> {
     /// Per table: whether it has no generated column (its upserts may
     /// wait in [`Merger::inserts`]).
     plain: HashMap<String, bool>,
-    /// The statements run once per row, held out of the connection's cache
-    /// (a cache lookup and return per row cost more than a tenth of a
-    /// package apply): taken from [`Inner::merge_stmts`], given back when
-    /// the merger is dropped.
-    stmts: MergeStmts,
     /// The row-by-row merge's memo ([`merge_change`]).
     memo: Option<RowMemo>,
 }
 
-impl Drop for Merger<'_, '_> {
-    fn drop(&mut self) {
-        // Every held statement is reset: they go back as they came.
-        self.inner.merge_stmts.set(std::mem::take(&mut self.stmts));
-    }
-}
-
 /// [`Merger::load`]'s read of a narrow table's key, causal length and
 /// clock rows (`row_clocks`: a key and one clock row each, or a key and no
-/// clock).
-fn load_clocks(db: DbHandle, stmts: &mut TableStmts, row: &mut Row<'_>) -> Result<()> {
-    let stmt = prepared(db, &mut stmts.row_clocks, || row.t.sql.row_clocks.as_str())?;
-    let r = (|| -> Result<()> {
+/// clock), through the held statement ([`crate::crr::held`]).
+fn load_clocks(inner: &Inner, row: &mut Row<'_>) -> Result<()> {
+    let t = Arc::clone(&row.t);
+    inner.held.run(inner.db(), &t.sql.row_clocks, |stmt| {
         for (i, v) in row.pks.iter().enumerate() {
             stmt.bind(i + 1, *v)?;
         }
@@ -561,9 +498,7 @@ fn load_clocks(db: DbHandle, stmts: &mut TableStmts, row: &mut Row<'_>) -> Resul
         }
         row.cl = sentinel_cl.unwrap_or(i64::from(any));
         Ok(())
-    })();
-    stmt.reset();
-    r
+    })
 }
 
 /// Clock rows of one table, of rows the merger is done with and whose
@@ -631,7 +566,6 @@ impl<'i, 'a> Merger<'i, 'a> {
             compact_clocks: None,
             ahead: compact::Ahead::default(),
             plain: HashMap::new(),
-            stmts: inner.merge_stmts.take(),
             memo: None,
         })
     }
@@ -786,7 +720,7 @@ impl<'i, 'a> Merger<'i, 'a> {
             // crr::compact: every clock of the row in one read.
             compact::load(self.inner, &mut self.ahead, &mut row)?;
         } else if n <= EAGER_COLUMNS {
-            load_clocks(self.inner.db(), self.stmts.of(&row.t), &mut row)?;
+            load_clocks(self.inner, &mut row)?;
         } else if let Some((key, cl)) = conn
             .prepare_cached(&row.t.sql.row_cl)?
             .query_row(binds(), |r| Ok((r.get(0)?, r.get(1)?)))
@@ -1095,14 +1029,7 @@ impl<'i, 'a> Merger<'i, 'a> {
         } else {
             None
         };
-        let r = write_row(
-            self.ext,
-            self.inner,
-            &mut self.sites,
-            &mut self.stmts,
-            row,
-            later,
-        );
+        let r = write_row(self.ext, self.inner, &mut self.sites, row, later);
         match r {
             Ok(()) => {
                 self.impacted += row.impacted;
@@ -1183,7 +1110,7 @@ impl<'a> Merger<'_, 'a> {
         if let Some(p) = self.compact_clocks.take() {
             p.write(self.inner)?;
         }
-        write_clock_rows(self.inner, &mut self.stmts, self.clocks.take())
+        write_clock_rows(self.inner, self.clocks.take())
     }
 
     fn flush_inserts(&mut self) -> Result<()> {
@@ -1246,11 +1173,7 @@ fn clock_values<'v>(
 /// few one by one through the held statement (a multi-row statement copies
 /// the pages it touches to the statement journal: it pays from about ten
 /// rows on).
-fn write_clock_rows(
-    inner: &Inner,
-    stmts: &mut MergeStmts,
-    batch: Option<Clocks<'_>>,
-) -> Result<()> {
+fn write_clock_rows(inner: &Inner, batch: Option<Clocks<'_>>) -> Result<()> {
     let Some(batch) = batch else {
         return Ok(());
     };
@@ -1269,9 +1192,10 @@ fn write_clock_rows(
             stmt.execute(params_from_iter(values.map(out)))?;
         }
     }
-    let held = &mut stmts.of(t).clock_write;
     for r in rest {
-        run_prepared(inner.db(), held, || &t.sql.clock_write, clock_values(t, r))?;
+        inner
+            .held
+            .exec(inner.db(), &t.sql.clock_write, clock_values(t, r))?;
     }
     Ok(())
 }
@@ -1290,11 +1214,10 @@ fn write_row<'a>(
     ext: &Ext,
     inner: &Inner,
     sites: &mut HashMap<&'a [u8], i64>,
-    stmts: &mut MergeStmts,
     row: &mut Row<'a>,
     later: Option<Later<'_, 'a>>,
 ) -> std::result::Result<(), (Error, bool)> {
-    write_base(ext, inner, row, stmts.of(&row.t)).map_err(|e| (e, true))?;
+    write_base(ext, inner, row).map_err(|e| (e, true))?;
     let (later, compact_later) = later.unzip();
     if row.t.compact.is_some() {
         // crr::compact: the row clock and cells, departures included.
@@ -1307,13 +1230,13 @@ fn write_row<'a>(
         let counted = KeyCounts::take(inner, &ext.tx, &row.t, row.key)?;
         // Settling reads the rows written: those may not wait.
         let later = later.filter(|_| counted.is_empty());
-        write_clocks(inner, sites, stmts, row, later)?;
+        write_clocks(inner, sites, row, later)?;
         counted.settle(inner, &row.t)
     };
     clocks().map_err(|e| (e, false))
 }
 
-fn write_base(ext: &Ext, inner: &Inner, row: &mut Row<'_>, held: &mut TableStmts) -> Result<()> {
+fn write_base(ext: &Ext, inner: &Inner, row: &mut Row<'_>) -> Result<()> {
     let prev = ext.sync_bit.swap(1, Relaxed);
     let r = (|| -> Result<()> {
         let conn = &inner.conn;
@@ -1331,12 +1254,9 @@ fn write_base(ext: &Ext, inner: &Inner, row: &mut Row<'_>, held: &mut TableStmts
                     .execute(params_from_iter(pks()))?;
             } else if let &[col] = cols.as_slice() {
                 // One column: the row-by-row merge's usual write.
-                if held.upsert.len() <= col {
-                    held.upsert.resize_with(col + 1, || None);
-                }
                 let values = row.pks.iter().copied().chain(row.values[col]);
-                let sql = || row.t.upsert_sql(&[col]);
-                run_prepared(inner.db(), &mut held.upsert[col], sql, values)?;
+                let sql = row.t.upsert_one_sql(col);
+                inner.held.exec(inner.db(), sql, values)?;
             } else {
                 let vals = cols.iter().filter_map(|&i| row.values[i].map(out));
                 conn.prepare_cached(&row.t.upsert_sql(&cols))?
@@ -1356,15 +1276,13 @@ fn write_base(ext: &Ext, inner: &Inner, row: &mut Row<'_>, held: &mut TableStmts
 fn write_clocks<'a>(
     inner: &Inner,
     sites: &mut HashMap<&'a [u8], i64>,
-    stmts: &mut MergeStmts,
     row: &mut Row<'a>,
     later: Option<&mut Option<Clocks<'a>>>,
 ) -> Result<()> {
     let key = match row.key {
         Some(k) => k,
         None => {
-            let held = Some(&mut stmts.of(&row.t).key_insert);
-            let k = key_for(inner, &row.t, &row.pks, true, held)?.0;
+            let k = key_for(inner, &row.t, &row.pks, true)?.0;
             // The row has clocks again: its compacted record goes.
             crate::streams::compact::take_compacted(inner, &row.t.name, row.pk)?;
             row.key = Some(k);
@@ -1416,7 +1334,7 @@ fn write_clocks<'a>(
     match later {
         Some(slot) => {
             if slot.as_ref().is_some_and(|b| !Arc::ptr_eq(&b.t, &t)) {
-                write_clock_rows(inner, stmts, slot.take())?;
+                write_clock_rows(inner, slot.take())?;
             }
             let batch = slot.get_or_insert_with(|| Clocks {
                 t: Arc::clone(&t),
@@ -1426,7 +1344,7 @@ fn write_clocks<'a>(
             batch.rows.extend(rows);
             batch.pks.insert(row.pk);
             if batch.rows.len() >= CLOCK_ROWS {
-                write_clock_rows(inner, stmts, slot.take())?;
+                write_clock_rows(inner, slot.take())?;
             }
         }
         // One single-row statement per clock row: a multi-row INSERT is a
@@ -1434,7 +1352,6 @@ fn write_clocks<'a>(
         // (copying every page it touches), a single-row one is not.
         None => write_clock_rows(
             inner,
-            stmts,
             Some(Clocks {
                 t,
                 rows,

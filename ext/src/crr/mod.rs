@@ -11,6 +11,7 @@ pub mod clset;
 pub mod compact;
 pub mod counts;
 pub mod fract;
+pub mod held;
 pub mod local;
 pub mod merge;
 pub mod scan;
@@ -402,7 +403,7 @@ fn backfill(ext: &Ext, inner: &mut Inner, name: &str, untracked: Untracked) -> R
     for pks in &new_rows {
         let v = version_of(inner)?;
         let refs: Vec<_> = pks.iter().map(rusqlite::types::ValueRef::from).collect();
-        let (key, existed) = key_for(inner, &t, &refs, true, None)?;
+        let (key, existed) = key_for(inner, &t, &refs, true)?;
         if !existed && revive_compacted(ext, inner, &t, key, &refs, v)? {
             // Back under a compacted deleted key: a resurrection.
             inner

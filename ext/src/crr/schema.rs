@@ -4,7 +4,7 @@
 //! through [`quote_str`], so hostile names cannot change the SQL (§15 Q10).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -77,6 +77,18 @@ impl TableInfo {
     /// bind first, then one value per column.
     pub fn upsert_sql(&self, cols: &[usize]) -> Arc<str> {
         self.base_write_sql(cols, 0, false)
+    }
+
+    /// [`Self::upsert_sql`] of the one column `col`, every column's built
+    /// on first use: the row-by-row merge's usual write, whose SQL text
+    /// finds its held statement (`crr::held`) once per row.
+    pub fn upsert_one_sql(&self, col: usize) -> &str {
+        let all = self.sql.upsert_one.get_or_init(|| {
+            (0..self.cols.len())
+                .map(|c| self.upsert_sql(&[c]))
+                .collect()
+        });
+        &all[col]
     }
 
     /// [`Self::insert_sql`] as an upsert: `… ON CONFLICT (pks) DO UPDATE SET
@@ -201,6 +213,8 @@ pub struct TableSql {
     /// (0: an upsert), built on first use ([`TableInfo::upsert_sql`],
     /// [`TableInfo::insert_sql`]).
     pub base_writes: Mutex<HashMap<BaseWrite, Arc<str>>>,
+    /// [`TableInfo::upsert_one_sql`], by column.
+    pub upsert_one: OnceLock<Vec<Arc<str>>>,
     pub changes_select: String,
     /// More statements of `changes_select`'s shape whose rows are changes
     /// too, each ordered by its own index (`crr::compact`: the cells).
@@ -643,6 +657,7 @@ pub(crate) fn build_sql(name: &str, pks: &[Column], cols: &[Column]) -> TableSql
         base_exists: format!("SELECT 1 FROM {base} WHERE {}", pk_where(pks, "", 1)),
         base_value,
         base_writes: Mutex::default(),
+        upsert_one: OnceLock::new(),
         tx_order: format!(
             "SELECT seq, key, col_name FROM {clock} WHERE db_version = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
         ),

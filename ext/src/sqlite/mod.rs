@@ -196,27 +196,6 @@ pub fn prepared<S: AsRef<str>>(
     })
 }
 
-/// Run `slot`'s statement (prepared from `sql()` on first use) to its end
-/// with `values` bound, and reset it (also after an error), so that a held
-/// statement is never left running.
-pub fn run_prepared<'v, S: AsRef<str>>(
-    db: DbHandle,
-    slot: &mut Option<RawStmt>,
-    sql: impl FnOnce() -> S,
-    values: impl IntoIterator<Item = ValueRef<'v>>,
-) -> rusqlite::Result<()> {
-    let stmt = prepared(db, slot, sql)?;
-    let r = (|| {
-        for (i, v) in values.into_iter().enumerate() {
-            stmt.bind(i + 1, v)?;
-        }
-        while stmt.step()? {}
-        Ok(())
-    })();
-    stmt.reset();
-    r
-}
-
 /// An owned copy of a column value, so rows outlive the next `step`.
 pub use rusqlite::types::Value as OwnedValue;
 

@@ -106,14 +106,14 @@ pub(super) fn clock_at(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<
 
 /// Read the row clock and the cells of a key: one statement
 /// (`Compact::load`), held out of the statement cache
-/// (`compact::held`).
+/// (`crr::held`).
 pub(crate) fn load(
     inner: &Inner,
     t: &TableInfo,
     c: &Compact,
     pks: &[ValueRef<'_>],
 ) -> Result<Stored> {
-    inner.compact_held.run(inner.db(), &c.load, |stmt| {
+    inner.held.run(inner.db(), &c.load, |stmt| {
         for (i, v) in pks.iter().enumerate() {
             stmt.bind(i + 1, *v)?;
         }
@@ -241,13 +241,8 @@ fn run_on_key<const N: usize>(
     pks: &[ValueRef<'_>],
     vals: [ValueRef<'_>; N],
 ) -> Result<()> {
-    inner.compact_held.run(inner.db(), sql, |stmt| {
-        for (i, v) in pks.iter().chain(&vals).enumerate() {
-            stmt.bind(i + 1, *v)?;
-        }
-        while stmt.step()? {}
-        Ok(())
-    })
+    let values = pks.iter().chain(&vals).copied();
+    inner.held.exec(inner.db(), sql, values)
 }
 
 /// Subtract the clocks of `before` that `after` no longer has at the same

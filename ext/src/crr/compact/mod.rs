@@ -10,7 +10,6 @@
 //! `counts.rs`, `crr/mod.rs`, `streams/compact.rs` and `functions.rs`.
 
 pub mod convert;
-pub mod held;
 pub mod local;
 pub mod sql;
 

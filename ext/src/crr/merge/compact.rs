@@ -156,7 +156,7 @@ fn read_batch<'a>(
         return Ok(());
     };
     let n = crate::crr::compact::ahead_keys(t.pks.len());
-    inner.compact_held.run(inner.db(), &c.load_many, |stmt| {
+    inner.held.run(inner.db(), &c.load_many, |stmt| {
         let mut param = 1;
         for i in 0..n {
             let (place, values) = match batch.get(i) {
@@ -322,7 +322,7 @@ impl Bind<'_> {
 impl Pending<'_> {
     /// Write what waits: [`CLOCK_ROWS`] rows per statement, the rest one
     /// by one, through statements held out of the cache
-    /// (`compact::held`).
+    /// (`crr::held`).
     pub(super) fn write(self, inner: &Inner) -> Result<()> {
         let c = self
             .t
@@ -349,7 +349,7 @@ impl Pending<'_> {
 
 /// Run the held statement `sql` once per `width` values of `values`.
 fn run_rows(inner: &Inner, sql: &str, width: usize, values: &[Bind<'_>]) -> Result<()> {
-    inner.compact_held.run(inner.db(), sql, |stmt| {
+    inner.held.run(inner.db(), sql, |stmt| {
         for row in values.chunks_exact(width) {
             for (i, v) in row.iter().enumerate() {
                 stmt.bind(i + 1, v.value())?;
