@@ -1326,7 +1326,7 @@ fn row_clocks_in_the_previous_blob_form_keep_working() {
     close_all([old, twin]);
 }
 
-/// A package merge reads its keys' stored clocks ahead (DECISIONS D??,
+/// A package merge reads its keys' stored clocks ahead (DECISIONS D54,
 /// "Compact merges: rows read ahead"), which is only right for keys no
 /// earlier change of the package can have written under another packed
 /// key: the text `'2'` and the real 2.0 are the integer 2's row clock on

@@ -1,5 +1,5 @@
 //! The statements the extension runs once per row or change, held per
-//! connection out of rusqlite's statement cache (DECISIONS D??, "One
+//! connection out of rusqlite's statement cache (DECISIONS D53, "One
 //! statement holder for every merge"): every merge's row-clock read, key
 //! insert, one-column upsert and clock write, the compact layout's row
 //! read, row-clock and cell upserts and its insert helper's new row clock.
