@@ -630,11 +630,7 @@ impl Inner {
     /// Read the site id again (another connection may have given the
     /// database a new one).
     fn reload_site_id(&self) -> Result<()> {
-        let stored: Option<Vec<u8>> = self
-            .conn
-            .prepare_cached("SELECT site_id FROM crsql_site_id WHERE ordinal = 0")?
-            .query_row([], |r| r.get(0))
-            .optional()?;
+        let stored = crate::crr::stored_site_id(&self.conn)?;
         if let Some(id) = stored.and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok()) {
             self.set_site_id(id);
         }

@@ -878,20 +878,8 @@ pub fn commit_alter(ext: &Ext, table: &str) -> Result<()> {
 /// a second local site id. A database that already has its local site id
 /// takes no write lock (a read-only connection loads as before).
 pub fn bootstrap(conn: &Connection) -> Result<([u8; 16], bool)> {
-    let has_local_site = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'crsql_site_id'",
-            [],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some()
-        && conn
-            .query_row("SELECT 1 FROM crsql_site_id WHERE ordinal = 0", [], |_| {
-                Ok(())
-            })
-            .optional()?
-            .is_some();
+    let has_local_site =
+        schema::table_exists(conn, "crsql_site_id")? && stored_site_id(conn)?.is_some();
     if has_local_site || !conn.is_autocommit() {
         return create_globals(conn);
     }
@@ -901,18 +889,17 @@ pub fn bootstrap(conn: &Connection) -> Result<([u8; 16], bool)> {
     Ok(globals)
 }
 
+/// The local site id `crsql_site_id` holds (ordinal 0), if any.
+pub fn stored_site_id(conn: &Connection) -> Result<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT site_id FROM crsql_site_id WHERE ordinal = 0")?
+        .query_row([], |r| r.get(0))
+        .optional()?)
+}
+
 /// [`bootstrap`]'s checks and writes, in the caller's transaction.
 fn create_globals(conn: &Connection) -> Result<([u8; 16], bool)> {
-    let exists = |name: &str| -> Result<bool> {
-        Ok(conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                [name],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
-    };
+    let exists = |name: &str| schema::table_exists(conn, name);
     if !exists("crsql_tracked_peers")? {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS crsql_tracked_peers (\"site_id\" BLOB NOT NULL, \"version\" INTEGER NOT NULL, \
@@ -965,14 +952,7 @@ fn create_globals(conn: &Connection) -> Result<([u8; 16], bool)> {
              CREATE UNIQUE INDEX IF NOT EXISTS crsql_site_id_site_id ON \"crsql_site_id\" (site_id);",
         )?;
     }
-    let stored: Option<Vec<u8>> = conn
-        .query_row(
-            "SELECT site_id FROM crsql_site_id WHERE ordinal = 0",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let site = match stored {
+    let site = match stored_site_id(conn)? {
         Some(b) => <[u8; 16]>::try_from(b.as_slice()).map_err(|_| {
             err!(
                 "crsql_stream: crsql_site_id holds a local site id of {} bytes; it must be 16",
