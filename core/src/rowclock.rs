@@ -453,11 +453,14 @@ impl Stored {
 
     /// The explicit state.
     pub fn expand(&self) -> RowClocks {
-        let mut out = self.cells.clone();
-        if let Some(run) = &self.run {
-            out.extend(run.clocks(self.cl));
-        }
-        out
+        self.clocks().collect()
+    }
+
+    /// Every clock of the row by slot: the cells table's, then the run's
+    /// (a slot in both takes the run's, the later one).
+    pub fn clocks(&self) -> impl Iterator<Item = (i32, Clock)> + '_ {
+        let cells = self.cells.iter().map(|(slot, c)| (*slot, *c));
+        cells.chain(self.run.iter().flat_map(|r| r.clocks(self.cl)))
     }
 
     /// Record clocks written together (each slot at most once; the

@@ -36,6 +36,7 @@ use crate::crr::schema::{TableInfo, CLOCK_ROWS, CLOCK_ROW_SIZES, MAX_NAME_LEN};
 use crate::crr::values::{compare, out, to_sql, type_name};
 use crate::err;
 use crate::error::{Error, Result};
+use crate::sqlite::RawStmt;
 use crate::state::{Ext, Inner};
 
 /// One change row, as the nine columns of `crsql_changes`.
@@ -340,6 +341,17 @@ impl Clock {
             dirty: false,
         })
     }
+
+    /// [`Clock::read`] from a held statement's current row.
+    fn read_raw(stmt: &RawStmt, first: usize) -> Clock {
+        Clock {
+            col_version: stmt.column_i64(first),
+            db_version: stmt.column_i64(first + 1),
+            seq: stmt.column_i64(first + 2),
+            site: Site::Ordinal(stmt.column_i64(first + 3)),
+            dirty: false,
+        }
+    }
 }
 
 /// What is known of the clock row of one column.
@@ -476,13 +488,7 @@ fn load_clocks(inner: &Inner, row: &mut Row<'_>) -> Result<()> {
                 continue;
             };
             any = true;
-            let clock = Clock {
-                col_version: stmt.column_i64(2),
-                db_version: stmt.column_i64(3),
-                seq: stmt.column_i64(4),
-                site: Site::Ordinal(stmt.column_i64(5)),
-                dirty: false,
-            };
+            let clock = Clock::read_raw(stmt, 2);
             let name = String::from_utf8_lossy(name);
             if name == SENTINEL {
                 sentinel_cl = Some(clock.col_version);

@@ -217,10 +217,8 @@ pub(super) fn load<'a>(inner: &Inner, ahead: &mut Ahead<'a>, row: &mut Row<'a>) 
     if stored.is_empty() {
         return Ok(());
     }
-    // `Stored::expand` without its map: the cells, then the run's clocks.
     row.cells.fill(Slot::Absent);
-    let run = stored.run.iter().flat_map(|r| r.clocks(stored.cl));
-    for (slot, c) in stored.cells.iter().map(|(s, c)| (*s, *c)).chain(run) {
+    for (slot, c) in stored.clocks() {
         if let Some(s) = usize::try_from(slot)
             .ok()
             .and_then(|i| row.cells.get_mut(i))
