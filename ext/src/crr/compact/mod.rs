@@ -115,6 +115,9 @@ pub struct Compact {
     /// the parameters, each key `i, pk…`), then `load`'s columns, for the
     /// keys that have a row clock, in the order of the keys.
     pub load_many: String,
+    /// The largest value of the first primary-key column in the row-clock
+    /// table, as its index orders them (no row: the table is empty).
+    pub last_key: String,
     /// Insert a row clock unless the key has one: pks, cl, db_version,
     /// site_id, seq, vers.
     pub insert_row: String,
@@ -127,6 +130,12 @@ pub struct Compact {
     /// merger's waiting writes, `crr::merge::compact::Pending`).
     pub upsert_rows: String,
     pub upsert_cells: String,
+    /// The same rows by `INSERT OR IGNORE`, for keys read absent: SQLite
+    /// opens no statement journal for it (nothing in it may abort), and
+    /// when it skips a row (the key was there after all) the merger writes
+    /// the rows again with the upserts above.
+    pub insert_rows: String,
+    pub insert_cells: String,
     /// pks, col_name.
     pub delete_cell: String,
     /// The `vers` of a run of every column at col_version 1 (an insert).

@@ -204,6 +204,11 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
         // cells always has one: it holds `cl`), each compared with the
         // bound values as a read of the cells table alone compares them.
         load_many,
+        // (A CRR has a primary key; without one, a text: nothing known.)
+        last_key: spks.first().map_or("SELECT ''".to_string(), |c| {
+            let first = quote_ident(&c.name);
+            format!("SELECT {first} FROM {rows} ORDER BY {first} DESC LIMIT 1")
+        }),
         load: format!(
             "SELECT {load_select} FROM {rows} AS r LEFT JOIN {cells} AS c ON {} WHERE {}",
             schema::pk_where(&spks, "c.", 1),
@@ -213,6 +218,16 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
             "INSERT INTO {rows} ({row_cols}) VALUES ({row_values}) ON CONFLICT DO NOTHING"
         ),
         upsert_rows: many(&upsert_row, npk + 5, CLOCK_ROWS),
+        insert_rows: many(
+            &format!("INSERT OR IGNORE INTO {rows} ({row_cols}) VALUES ({row_values})"),
+            npk + 5,
+            CLOCK_ROWS,
+        ),
+        insert_cells: many(
+            &upsert_cell.replacen("INSERT OR REPLACE", "INSERT OR IGNORE", 1),
+            npk + 5,
+            CLOCK_ROWS,
+        ),
         upsert_row,
         delete_row: format!(
             "DELETE FROM {rows} WHERE {}",

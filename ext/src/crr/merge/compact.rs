@@ -100,21 +100,26 @@ pub(super) fn read_ahead<'a>(
 ) -> Result<()> {
     let keys = keys.into_iter();
     let mut batch: Vec<(Vec<Key<'a>>, Vec<ValueRef<'a>>)> = Vec::new();
-    let mut table: Option<(&'a str, Option<Arc<TableInfo>>)> = None;
+    let mut table: Option<(&'a str, Option<(Arc<TableInfo>, Last)>)> = None;
     for (name, pk) in keys {
         if table.as_ref().is_none_or(|(n, _)| *n != name) {
-            if let Some((_, Some(t))) = &table {
+            if let Some((_, Some((t, _)))) = &table {
                 read_batch(inner, ahead, t, &mut batch)?;
             }
             let t = inner.table(name).filter(|t| t.compact.is_some());
-            if let Some(t) = &t {
-                if !ahead.tables.iter().any(|held| Arc::ptr_eq(held, t)) {
-                    ahead.tables.push(Arc::clone(t));
+            let t = match t {
+                Some(t) => {
+                    if !ahead.tables.iter().any(|held| Arc::ptr_eq(held, &t)) {
+                        ahead.tables.push(Arc::clone(&t));
+                    }
+                    let last = last_key(inner, &t)?;
+                    Some((t, last))
                 }
-            }
+                None => None,
+            };
             table = Some((name, t));
         }
-        let Some((_, Some(t))) = &table else {
+        let Some((_, Some((t, last)))) = &table else {
             continue;
         };
         let Ok(values) = unpack_columns_ref(pk) else {
@@ -131,16 +136,62 @@ pub(super) fn read_ahead<'a>(
         if rows.contains_key(&k) {
             continue;
         }
+        if last.excludes(&values) {
+            // No row clock can hold it: read as absent, with no statement.
+            rows.insert(k, rowclock::Stored::default());
+            continue;
+        }
         rows.insert(k.clone(), rowclock::Stored::default());
         batch.push((k, values));
         if batch.len() == crate::crr::compact::ahead_keys(t.pks.len()) {
             read_batch(inner, ahead, t, &mut batch)?;
         }
     }
-    if let Some((_, Some(t))) = &table {
+    if let Some((_, Some((t, _)))) = &table {
         read_batch(inner, ahead, t, &mut batch)?;
     }
     Ok(())
+}
+
+/// What the row-clock table of a compact CRR held when its keys were read
+/// ahead: by the largest value of its first primary-key column, which
+/// keys it cannot hold (read as absent without a statement).
+enum Last {
+    /// No row clock at all: no key is there.
+    Empty,
+    /// The largest first pk value is this integer: every stored first
+    /// value is a number no larger (or NULL: never), so a key whose first
+    /// value is a larger integer is not there.
+    Int(i64),
+    /// Anything else (a real, a text, a blob): nothing is excluded.
+    Unknown,
+}
+
+impl Last {
+    fn excludes(&self, pks: &[ValueRef<'_>]) -> bool {
+        match (self, pks.first()) {
+            (Last::Empty, _) => true,
+            (Last::Int(m), Some(ValueRef::Integer(k))) => k > m,
+            _ => false,
+        }
+    }
+}
+
+/// [`Last`] of `t`'s row-clock table now (`Compact::last_key`: one seek to
+/// the end of its primary-key order).
+fn last_key(inner: &Inner, t: &TableInfo) -> Result<Last> {
+    let Some(c) = t.compact.as_ref() else {
+        return Ok(Last::Unknown);
+    };
+    inner.held.run(inner.db(), &c.last_key, |stmt| {
+        Ok(if !stmt.step()? {
+            Last::Empty
+        } else if let ValueRef::Integer(m) = stmt.column(0) {
+            Last::Int(m)
+        } else {
+            Last::Unknown
+        })
+    })
 }
 
 /// Read the keys of `batch` (of table `t`) into `ahead`, and empty it. A
@@ -247,10 +298,12 @@ pub(super) fn load<'a>(inner: &Inner, ahead: &mut Ahead<'a>, row: &mut Row<'a>) 
 /// row whose key waits here writes these first when it is loaded again).
 pub(super) struct Pending<'a> {
     pub(super) t: Arc<TableInfo>,
-    /// Row clocks: the pks, cl, db_version, site_id, seq, vers of each.
-    rows: Vec<Bind<'a>>,
+    /// Row clocks: the pks, cl, db_version, site_id, seq, vers of each;
+    /// of keys read absent (`fresh`, written by `INSERT OR IGNORE` first),
+    /// and of the others.
+    rows: Waits<'a>,
     /// Cells: the pks, col_name, col_version, db_version, site_id, seq.
-    cells: Vec<Bind<'a>>,
+    cells: Waits<'a>,
     /// The primary keys of the rows they are of ([`Key`]).
     pks: foldhash::HashSet<Vec<Key<'a>>>,
 }
@@ -295,24 +348,50 @@ impl<'a> Pending<'a> {
     }
 }
 
+/// Waiting upserts of one compact table of [`Pending`]: of keys the
+/// merger read absent, and of keys it found.
+#[derive(Default)]
+struct Waits<'a> {
+    fresh: Vec<Bind<'a>>,
+    known: Vec<Bind<'a>>,
+}
+
+impl<'a> Waits<'a> {
+    fn of(&mut self, fresh: bool) -> &mut Vec<Bind<'a>> {
+        if fresh {
+            &mut self.fresh
+        } else {
+            &mut self.known
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.fresh.len().max(self.known.len())
+    }
+}
+
 /// One value bound to a waiting write: the package's own (primary-key
 /// values, borrowed), or one computed for the write.
 pub(super) enum Bind<'a> {
     Ref(ValueRef<'a>),
     Int(i64),
     Null,
-    Text(String),
+    /// A cell's name: its slot (`local::slot_name`, checked when it
+    /// was put here).
+    Slot(i32),
     Owned(rusqlite::types::Value),
 }
 
 impl Bind<'_> {
-    fn value(&self) -> ValueRef<'_> {
+    fn value<'v>(&'v self, t: &'v TableInfo) -> ValueRef<'v> {
         match self {
             Bind::Ref(v) => *v,
             Bind::Int(i) => ValueRef::Integer(*i),
             Bind::Null => ValueRef::Null,
             Bind::Owned(v) => ValueRef::from(v),
-            Bind::Text(t) => ValueRef::Text(t.as_bytes()),
+            Bind::Slot(s) => {
+                local::slot_name(t, *s).map_or(ValueRef::Null, |n| ValueRef::Text(n.as_bytes()))
+            }
         }
     }
 }
@@ -327,18 +406,41 @@ impl Pending<'_> {
             .compact
             .as_ref()
             .ok_or_else(|| err!("crsql_stream: {} is not a compact CRR", self.t.name))?;
-        let width = self.t.pks.len() + 5;
-        for (values, one, many) in [
-            (&self.rows, &c.upsert_row, &c.upsert_rows),
-            (&self.cells, &c.upsert_cell, &c.upsert_cells),
+        let t = &self.t;
+        let width = t.pks.len() + 5;
+        for (values, one, many, fresh) in [
+            (
+                &self.rows.fresh,
+                &c.upsert_row,
+                &c.upsert_rows,
+                Some(&c.insert_rows),
+            ),
+            (&self.rows.known, &c.upsert_row, &c.upsert_rows, None),
+            (
+                &self.cells.fresh,
+                &c.upsert_cell,
+                &c.upsert_cells,
+                Some(&c.insert_cells),
+            ),
+            (&self.cells.known, &c.upsert_cell, &c.upsert_cells, None),
         ] {
             let mut chunks = values.chunks_exact(width * CLOCK_ROWS);
             for chunk in chunks.by_ref() {
-                run_rows(inner, many, chunk.len(), chunk)?;
+                if let Some(insert) = fresh {
+                    // No statement journal; a row it skipped (its key was
+                    // there after all) is written by the upserts.
+                    let db = inner.db();
+                    let total = db.total_changes();
+                    run_rows(inner, t, insert, chunk.len(), chunk)?;
+                    if db.total_changes().wrapping_sub(total) == CLOCK_ROWS as i32 {
+                        continue;
+                    }
+                }
+                run_rows(inner, t, many, chunk.len(), chunk)?;
             }
             let rest = chunks.remainder();
             if !rest.is_empty() {
-                run_rows(inner, one, width, rest)?;
+                run_rows(inner, t, one, width, rest)?;
             }
         }
         Ok(())
@@ -346,11 +448,17 @@ impl Pending<'_> {
 }
 
 /// Run the held statement `sql` once per `width` values of `values`.
-fn run_rows(inner: &Inner, sql: &str, width: usize, values: &[Bind<'_>]) -> Result<()> {
+fn run_rows(
+    inner: &Inner,
+    t: &TableInfo,
+    sql: &str,
+    width: usize,
+    values: &[Bind<'_>],
+) -> Result<()> {
     inner.held.run(inner.db(), sql, |stmt| {
         for row in values.chunks_exact(width) {
             for (i, v) in row.iter().enumerate() {
-                stmt.bind(i + 1, v.value())?;
+                stmt.bind(i + 1, v.value(t))?;
             }
             while stmt.step()? {}
             stmt.reset();
@@ -388,16 +496,19 @@ fn save<'a>(
     }
     let p = later.get_or_insert_with(|| Pending {
         t: Arc::clone(t),
-        rows: Vec::new(),
-        cells: Vec::new(),
+        rows: Waits::default(),
+        cells: Waits::default(),
         pks: foldhash::HashSet::default(),
     });
     let pks = row.pks.iter().map(|v| Bind::Ref(*v));
-    if before.is_empty() || before.cl != after.cl || before.run != after.run {
+    // Read absent (or written by nobody since): no row clock.
+    let fresh = before.is_empty();
+    if fresh || before.cl != after.cl || before.run != after.run {
         let run = after.run.as_ref();
         let int = |f: fn(&rowclock::Run) -> i64| run.map_or(Bind::Null, |r| Bind::Int(f(r)));
-        p.rows.extend(pks.clone());
-        p.rows.extend([
+        let rows = p.rows.of(fresh);
+        rows.extend(pks.clone());
+        rows.extend([
             Bind::Int(after.cl),
             int(|r| r.db_version),
             int(|r| r.site),
@@ -414,9 +525,12 @@ fn save<'a>(
         .iter()
         .filter(|(s, c)| before.cells.get(s) != Some(c))
     {
-        p.cells.extend(pks.clone());
-        p.cells.extend([
-            Bind::Text(local::slot_name(t, *slot)?.to_string()),
+        local::slot_name(t, *slot)?;
+        // A cell the row did not have (every cell of a key is read with it).
+        let cells = p.cells.of(!before.cells.contains_key(slot));
+        cells.extend(pks.clone());
+        cells.extend([
+            Bind::Slot(*slot),
             Bind::Int(clock.col_version),
             Bind::Int(clock.db_version),
             Bind::Int(clock.site),
