@@ -1379,43 +1379,7 @@ fn packed(v: crsql_stream_core::Value) -> Vec<u8> {
 /// be equal, and on the compact layout the keys equal to 2 share one row
 /// clock with 5's beside it.
 fn aliasing_keys_merge_alike(changes: &[(Vec<u8>, u32, crsql_stream_core::Value)]) {
-    use crsql_stream_core::package::{
-        schema_hash, Bytes, Encoding, Package, PackageKind, PkgChange, TableEntry, WireValue,
-    };
-    use crsql_stream_core::Position;
-    let site = [0xA1u8; 16];
-    let package = Package {
-        sender: Bytes(site.to_vec()),
-        stream_id: Bytes(vec![7; 16]),
-        stream: "aliases".into(),
-        since: Position::new(0, 0),
-        cursor: Position::new(1, changes.len() as i64 - 1),
-        part: None,
-        tables: vec![TableEntry {
-            name: "t".into(),
-            schema_hash: schema_hash("t", &["id"], &["m", "b", "c"]),
-            columns: vec!["m".into(), "b".into(), "c".into()],
-        }],
-        sites: vec![Bytes(site.to_vec())],
-        changes: changes
-            .iter()
-            .enumerate()
-            .map(|(seq, (pk, cid, val))| PkgChange {
-                table: 0,
-                pk: Bytes(pk.clone()),
-                cid: *cid,
-                val: WireValue(val.clone()),
-                col_version: 1,
-                db_version: 1,
-                site: 0,
-                cl: 1,
-                seq: seq as i64,
-            })
-            .collect(),
-        kind: PackageKind::Changes,
-    }
-    .encode(Encoding::Binary)
-    .unwrap();
+    let package = one_version_package(changes);
     for layout in ["compact", "crsqlite"] {
         let batch = open(layout);
         batch
@@ -1457,4 +1421,104 @@ fn aliasing_keys_merge_alike(changes: &[(Vec<u8>, u32, crsql_stream_core::Value)
         close(batch);
         close(by_rows);
     }
+}
+
+/// `changes` (packed pk of table `t`, column index, value) as one encoded
+/// package of one transaction of one site: col_version 1, seqs in order.
+fn one_version_package(changes: &[(Vec<u8>, u32, crsql_stream_core::Value)]) -> Vec<u8> {
+    use crsql_stream_core::package::{
+        schema_hash, Bytes, Encoding, Package, PackageKind, PkgChange, TableEntry, WireValue,
+    };
+    use crsql_stream_core::Position;
+    let site = [0xA1u8; 16];
+    Package {
+        sender: Bytes(site.to_vec()),
+        stream_id: Bytes(vec![7; 16]),
+        stream: "aliases".into(),
+        since: Position::new(0, 0),
+        cursor: Position::new(1, changes.len() as i64 - 1),
+        part: None,
+        tables: vec![TableEntry {
+            name: "t".into(),
+            schema_hash: schema_hash("t", &["id"], &["m", "b", "c"]),
+            columns: vec!["m".into(), "b".into(), "c".into()],
+        }],
+        sites: vec![Bytes(site.to_vec())],
+        changes: changes
+            .iter()
+            .enumerate()
+            .map(|(seq, (pk, cid, val))| PkgChange {
+                table: 0,
+                pk: Bytes(pk.clone()),
+                cid: *cid,
+                val: WireValue(val.clone()),
+                col_version: 1,
+                db_version: 1,
+                site: 0,
+                cl: 1,
+                seq: seq as i64,
+            })
+            .collect(),
+        kind: PackageKind::Changes,
+    }
+    .encode(Encoding::Binary)
+    .unwrap()
+}
+
+/// A package merge writes the row clocks and cells of keys it read absent
+/// by `INSERT OR IGNORE` (no statement journal); a key that is there after
+/// all when they are written must still end as the upsert leaves it. Here
+/// a user trigger on the base table writes key 200's row clock directly
+/// while the merge inserts row 1, after the package's keys were read ahead
+/// (as absent: the table was empty) and before key 200's clocks are
+/// written (in the second batch of rows): the clock tables,
+/// `crsql_changes` and the table must be those of a replica without the
+/// trigger. Keys 1-300 also test that keys past the last stored key are
+/// read as absent.
+#[test]
+fn a_row_clock_written_behind_a_package_merge_is_overwritten_as_by_the_upsert() {
+    use crsql_stream_core::Value as V;
+    let changes: Vec<_> = (1..=300)
+        .flat_map(|i| {
+            [
+                (packed(V::Integer(i)), 0, V::Text(format!("m{i}"))),
+                (packed(V::Integer(i)), 2, V::Real(i as f64)),
+            ]
+        })
+        .collect();
+    let package = one_version_package(&changes);
+    let apply = |trigger: bool| {
+        let db = open("compact");
+        if trigger {
+            db.execute_batch(
+                "CREATE TABLE fired (n);
+                 CREATE TRIGGER behind AFTER INSERT ON t WHEN new.id = 1 BEGIN
+                   INSERT INTO t__crsql_rows (id, cl, db_version, site_id, seq, vers)
+                     VALUES (200, 7, 7, 0, 7, NULL);
+                   INSERT INTO fired VALUES (1);
+                 END;",
+            )
+            .unwrap();
+        }
+        db.execute_batch("CREATE VIRTUAL TABLE inb USING crsql_InboundStream();")
+            .unwrap();
+        db.execute("INSERT INTO inb (package) VALUES (?1)", [&package])
+            .unwrap();
+        if trigger {
+            assert_eq!(count(&db, "SELECT count(*) FROM fired"), 1);
+        }
+        db
+    };
+    let (plain, behind) = (apply(false), apply(true));
+    for q in [
+        "SELECT * FROM t ORDER BY id",
+        "SELECT * FROM t__crsql_rows ORDER BY id",
+        "SELECT * FROM t__crsql_cells ORDER BY id, col_name",
+        "SELECT \"table\", pk, cid, val, col_version, db_version, cl, seq FROM crsql_changes",
+    ] {
+        assert_eq!(rows(&behind, q), rows(&plain, q), "{q}");
+    }
+    assert_eq!(count(&plain, "SELECT count(*) FROM t__crsql_rows"), 300);
+    close(plain);
+    close(behind);
 }
