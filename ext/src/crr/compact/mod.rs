@@ -130,12 +130,13 @@ pub struct Compact {
     /// merger's waiting writes, `crr::merge::compact::Pending`).
     pub upsert_rows: String,
     pub upsert_cells: String,
-    /// The same rows by `INSERT OR IGNORE`, for keys read absent: SQLite
-    /// opens no statement journal for it (nothing in it may abort), and
-    /// when it skips a row (the key was there after all) the merger writes
-    /// the rows again with the upserts above.
-    pub insert_rows: String,
-    pub insert_cells: String,
+    /// `upsert_row` and `upsert_cell` as `INSERT OR IGNORE` of each size
+    /// of `schema::CLOCK_ROW_SIZES`, for keys read absent: SQLite opens no
+    /// statement journal for them (nothing in them may abort), and when
+    /// one skips a row (the key was there after all) the merger writes its
+    /// rows again with the single-row upserts.
+    pub insert_rows: Vec<String>,
+    pub insert_cells: Vec<String>,
     /// pks, col_name.
     pub delete_cell: String,
     /// The `vers` of a run of every column at col_version 1 (an insert).

@@ -5,7 +5,9 @@
 
 use crsql_stream_core::rowclock::{Member, Run, SENTINEL_SLOT};
 
-use crate::crr::schema::{self, quote_ident, quote_str, Column, TableSql, CLOCK_ROWS};
+use crate::crr::schema::{
+    self, quote_ident, quote_str, Column, TableSql, CLOCK_ROWS, CLOCK_ROW_SIZES,
+};
 
 use super::{table_names, Compact};
 
@@ -218,15 +220,13 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
             "INSERT INTO {rows} ({row_cols}) VALUES ({row_values}) ON CONFLICT DO NOTHING"
         ),
         upsert_rows: many(&upsert_row, npk + 5, CLOCK_ROWS),
-        insert_rows: many(
+        insert_rows: ignoring(
             &format!("INSERT OR IGNORE INTO {rows} ({row_cols}) VALUES ({row_values})"),
             npk + 5,
-            CLOCK_ROWS,
         ),
-        insert_cells: many(
+        insert_cells: ignoring(
             &upsert_cell.replacen("INSERT OR REPLACE", "INSERT OR IGNORE", 1),
             npk + 5,
-            CLOCK_ROWS,
         ),
         upsert_row,
         delete_row: format!(
@@ -244,6 +244,14 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
         fast: super::FastInserts::default(),
     };
     (sql, compact)
+}
+
+/// [`many`] of `one` for each size of [`CLOCK_ROW_SIZES`], largest first.
+fn ignoring(one: &str, width: usize) -> Vec<String> {
+    CLOCK_ROW_SIZES
+        .iter()
+        .map(|&rows| many(one, width, rows))
+        .collect()
 }
 
 /// `one`, a single-row `INSERT … VALUES (?1, …, ?width) …`, writing `rows`

@@ -15,7 +15,7 @@ use crsql_stream_core::rowclock::{self, SENTINEL_SLOT};
 
 use super::{Clock, Row, Site, Slot};
 use crate::crr::compact::local;
-use crate::crr::schema::{TableInfo, CLOCK_ROWS};
+use crate::crr::schema::{TableInfo, CLOCK_ROWS, CLOCK_ROW_SIZES};
 use crate::crr::values::to_sql;
 use crate::err;
 use crate::error::Result;
@@ -408,40 +408,37 @@ impl Pending<'_> {
             .ok_or_else(|| err!("crsql_stream: {} is not a compact CRR", self.t.name))?;
         let t = &self.t;
         let width = t.pks.len() + 5;
-        for (values, one, many, fresh) in [
+        for (waits, one, many, ignoring) in [
+            (&self.rows, &c.upsert_row, &c.upsert_rows, &c.insert_rows),
             (
-                &self.rows.fresh,
-                &c.upsert_row,
-                &c.upsert_rows,
-                Some(&c.insert_rows),
-            ),
-            (&self.rows.known, &c.upsert_row, &c.upsert_rows, None),
-            (
-                &self.cells.fresh,
+                &self.cells,
                 &c.upsert_cell,
                 &c.upsert_cells,
-                Some(&c.insert_cells),
+                &c.insert_cells,
             ),
-            (&self.cells.known, &c.upsert_cell, &c.upsert_cells, None),
         ] {
-            let mut chunks = values.chunks_exact(width * CLOCK_ROWS);
-            for chunk in chunks.by_ref() {
-                if let Some(insert) = fresh {
-                    // No statement journal; a row it skipped (its key was
-                    // there after all) is written by the upserts.
+            // New keys: no statement journal. A statement that skipped a
+            // row (its key was there after all) is written again by the
+            // single-row upserts.
+            let mut rest = &waits.fresh[..];
+            for (&size, insert) in CLOCK_ROW_SIZES.iter().zip(ignoring) {
+                while rest.len() >= size * width {
+                    let (chunk, more) = rest.split_at(size * width);
+                    rest = more;
                     let db = inner.db();
                     let total = db.total_changes();
                     run_rows(inner, t, insert, chunk.len(), chunk)?;
-                    if db.total_changes().wrapping_sub(total) == CLOCK_ROWS as i32 {
-                        continue;
+                    if db.total_changes().wrapping_sub(total) != size as i32 {
+                        run_rows(inner, t, one, width, chunk)?;
                     }
                 }
+            }
+            run_rows(inner, t, one, width, rest)?;
+            let mut chunks = waits.known.chunks_exact(width * CLOCK_ROWS);
+            for chunk in chunks.by_ref() {
                 run_rows(inner, t, many, chunk.len(), chunk)?;
             }
-            let rest = chunks.remainder();
-            if !rest.is_empty() {
-                run_rows(inner, t, one, width, rest)?;
-            }
+            run_rows(inner, t, one, width, chunks.remainder())?;
         }
         Ok(())
     }
@@ -455,6 +452,9 @@ fn run_rows(
     width: usize,
     values: &[Bind<'_>],
 ) -> Result<()> {
+    if values.is_empty() {
+        return Ok(());
+    }
     inner.held.run(inner.db(), sql, |stmt| {
         for row in values.chunks_exact(width) {
             for (i, v) in row.iter().enumerate() {
