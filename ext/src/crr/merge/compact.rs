@@ -100,7 +100,9 @@ pub(super) fn read_ahead<'a>(
 ) -> Result<()> {
     let keys = keys.into_iter();
     let mut batch: Vec<(Vec<Key<'a>>, Vec<ValueRef<'a>>)> = Vec::new();
-    let mut table: Option<(&'a str, Option<(Arc<TableInfo>, Last)>)> = None;
+    // The table of the keys so far: its name, and if it is compact, its
+    // metadata and row clocks' last key.
+    let mut table: Option<(&'a str, Option<Compacted>)> = None;
     for (name, pk) in keys {
         if table.as_ref().is_none_or(|(n, _)| *n != name) {
             if let Some((_, Some((t, _)))) = &table {
@@ -152,6 +154,9 @@ pub(super) fn read_ahead<'a>(
     }
     Ok(())
 }
+
+/// A compact CRR whose keys are read ahead, and its [`Last`].
+type Compacted = (Arc<TableInfo>, Last);
 
 /// What the row-clock table of a compact CRR held when its keys were read
 /// ahead: by the largest value of its first primary-key column, which
