@@ -102,6 +102,14 @@ impl DbHandle {
         unsafe { ffi::sqlite3_total_changes(self.0) }
     }
 
+    /// `sqlite3_changes`: rows inserted, updated or deleted by the INSERT,
+    /// UPDATE or DELETE statement that completed last (its triggers' rows
+    /// not counted; skipped `OR IGNORE` rows neither).
+    pub fn changes(&self) -> i32 {
+        // SAFETY: live handle; only reads a counter.
+        unsafe { ffi::sqlite3_changes(self.0) }
+    }
+
     /// True when the connection is in autocommit mode (no open transaction).
     pub fn autocommit(&self) -> bool {
         // SAFETY: live handle; sqlite3_get_autocommit only reads a flag.

@@ -430,10 +430,8 @@ impl Pending<'_> {
                 while rest.len() >= size * width {
                     let (chunk, more) = rest.split_at(size * width);
                     rest = more;
-                    let db = inner.db();
-                    let total = db.total_changes();
                     run_rows(inner, t, insert, chunk.len(), chunk)?;
-                    if db.total_changes().wrapping_sub(total) != size as i32 {
+                    if inner.db().changes() != size as i32 {
                         run_rows(inner, t, one, width, chunk)?;
                     }
                 }
