@@ -99,6 +99,7 @@ pub(super) fn read_ahead<'a>(
     keys: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<()> {
     let keys = keys.into_iter();
+    let hint = keys.size_hint().0;
     let mut batch: Vec<(Vec<Key<'a>>, Vec<ValueRef<'a>>)> = Vec::new();
     // The table of the keys so far: its name, and if it is compact, its
     // metadata and row clocks' last key.
@@ -134,16 +135,20 @@ pub(super) fn read_ahead<'a>(
         let Some(k) = key(&values) else {
             continue;
         };
-        let rows = ahead.rows.entry(table_id(t)).or_default();
-        if rows.contains_key(&k) {
+        let rows = ahead.rows.entry(table_id(t)).or_insert_with(|| {
+            // Sized for the keys to come (at most one per change).
+            foldhash::HashMap::with_capacity_and_hasher(hint.min(1024), Default::default())
+        });
+        let std::collections::hash_map::Entry::Vacant(entry) = rows.entry(k) else {
             continue;
-        }
+        };
         if last.excludes(&values) {
             // No row clock can hold it: read as absent, with no statement.
-            rows.insert(k, rowclock::Stored::default());
+            entry.insert(rowclock::Stored::default());
             continue;
         }
-        rows.insert(k.clone(), rowclock::Stored::default());
+        let k = entry.key().clone();
+        entry.insert(rowclock::Stored::default());
         batch.push((k, values));
         if batch.len() == crate::crr::compact::ahead_keys(t.pks.len()) {
             read_batch(inner, ahead, t, &mut batch)?;
