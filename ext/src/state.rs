@@ -522,13 +522,11 @@ impl Inner {
     }
 
     /// [`Inner::newest_position`] when it is known without reading a clock
-    /// table.
-    pub fn cached_newest(&mut self, tx: &TxCounters) -> Result<Option<Position>> {
-        let v = self.db_version(tx)?;
-        Ok(self
-            .newest
+    /// table (`v`: the committed version, [`Inner::db_version`]).
+    pub fn cached_newest(&self, v: i64) -> Option<Position> {
+        self.newest
             .filter(|&(dv, _)| dv == v)
-            .map(|(_, seq)| Position::new(v, seq)))
+            .map(|(_, seq)| Position::new(v, seq))
     }
 
     /// Whether `tables` are every CRR with a clock table, all of the
