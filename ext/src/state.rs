@@ -14,7 +14,7 @@ use crsql_stream_core::merge::MAX_CLOCK;
 use crsql_stream_core::Position;
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::crr::schema::{self, quote_ident, TableInfo};
+use crate::crr::schema::{self, quote_ident, TableInfo, CLOCK_SUFFIX};
 use crate::err;
 use crate::error::Result;
 use crate::sqlite::DbHandle;
@@ -518,19 +518,55 @@ impl Inner {
     /// The position of the newest committed change: `[db_version, max seq at
     /// that version]` (`seq` 0 when no clock row carries the version).
     pub fn newest_position(&mut self, tx: &TxCounters) -> Result<Position> {
-        let v = self.db_version(tx)?;
+        self.newest_after_scan(tx, None)
+    }
+
+    /// [`Inner::newest_position`] when it is known without reading a clock
+    /// table (`v`: the committed version, [`Inner::db_version`]).
+    pub fn cached_newest(&self, v: i64) -> Option<Position> {
+        self.newest
+            .filter(|&(dv, _)| dv == v)
+            .map(|(_, seq)| Position::new(v, seq))
+    }
+
+    /// Whether `tables` are every CRR with a clock table, all of the
+    /// cr-sqlite layout: a scan of them reads every clock row.
+    pub fn has_every_clock(&self, tables: &[Arc<TableInfo>]) -> bool {
+        tables.len() == self.clocks.len()
+            && tables.iter().all(|t| {
+                t.compact.is_none() && self.clocks.contains(&format!("{}{CLOCK_SUFFIX}", t.name))
+            })
+    }
+
+    /// [`Inner::newest_position`] for a scan through committed version `v`
+    /// (`scanned`; the current version may have moved on since, when this
+    /// connection wrote meanwhile), given the largest seq of every clock
+    /// row at `v` (`i64::MIN` for none) when the scan read them all
+    /// (`Scanner::max_seq_at`, DECISIONS D??): then no clock table is read.
+    pub fn newest_after_scan(
+        &mut self,
+        tx: &TxCounters,
+        scanned: Option<(i64, Option<i64>)>,
+    ) -> Result<Position> {
+        let current = self.db_version(tx)?;
+        let (v, seen) = scanned.unwrap_or((current, None));
         if let Some((dv, seq)) = self.newest {
             if dv == v {
                 return Ok(Position::new(v, seq));
             }
         }
         let mut seq = 0;
-        for sql in &self.newest_seq_sql {
-            let s: Option<i64> = self
-                .conn
-                .prepare_cached(sql)?
-                .query_row([v], |r| r.get(0))?;
-            seq = seq.max(s.unwrap_or(0));
+        match seen {
+            Some(s) => seq = seq.max(s),
+            None => {
+                for sql in &self.newest_seq_sql {
+                    let s: Option<i64> = self
+                        .conn
+                        .prepare_cached(sql)?
+                        .query_row([v], |r| r.get(0))?;
+                    seq = seq.max(s.unwrap_or(0));
+                }
+            }
         }
         // Clocks removed at the newest version (a column dropped by an
         // alteration) leave the position they had reached recorded.
@@ -549,7 +585,7 @@ impl Inner {
         // Inside this connection's write transaction, cells of version v may
         // have moved to the pending version: that view may not outlive a
         // rollback, so only a committed view is kept.
-        if tx.pending() < 0 {
+        if tx.pending() < 0 && v == current {
             self.newest = Some((v, seq));
         }
         Ok(Position::new(v, seq))

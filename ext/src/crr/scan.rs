@@ -351,6 +351,10 @@ struct Cells {
     ahead: bool,
     /// `Scan::stmt` is at its end.
     done: bool,
+    /// The last transaction read: its version and the largest seq of all
+    /// its clock rows in this table (before the start's seq and the site
+    /// filter), or None when SQLite sorted it (`sort_in_sqlite`).
+    read: Option<(i64, Option<i64>)>,
     unknown: Vec<Vec<u8>>,
     /// The current change.
     cell: Cell,
@@ -417,7 +421,9 @@ const KEYS_PER_RUN: usize = 256;
 impl ClockRows {
     /// Append the clock rows at `db_version` with a seq above `min_seq` of
     /// the keys from `lo` through `hi` to `rows`, in key and col_name order
-    /// (the index's), each with its key's causal length.
+    /// (the index's), each with its key's causal length. Returns the largest
+    /// seq of every clock row of the keys at `db_version`, whatever the
+    /// filters (`i64::MIN` without any).
     #[allow(clippy::too_many_arguments)]
     fn read_keys(
         &mut self,
@@ -428,7 +434,7 @@ impl ClockRows {
         (min_seq, sites): (i64, &SiteFilter),
         rows: &mut Vec<Cell>,
         unknown: &mut Vec<Vec<u8>>,
-    ) -> Result<()> {
+    ) -> Result<i64> {
         let stmt = prepared(db, &mut self.stmt, || &table.sql.clock_rows)?;
         stmt.reset();
         for (i, v) in [lo, hi, db_version].into_iter().enumerate() {
@@ -436,6 +442,7 @@ impl ClockRows {
         }
         // The current key, its first row in `rows` and its causal length.
         let (mut key, mut first, mut cl) = (None, rows.len(), 1);
+        let mut top = i64::MIN;
         while stmt.step()? {
             let k = stmt.column_i64(0);
             if key != Some(k) {
@@ -454,6 +461,7 @@ impl ClockRows {
                 cl = stmt.column_i64(2);
             }
             let seq = stmt.column_i64(3);
+            top = top.max(seq);
             let site = stmt.column_i64(4);
             if seq > min_seq && sites.admits(site) {
                 rows.push(Cell {
@@ -471,7 +479,7 @@ impl ClockRows {
             c.cl = cl;
         }
         stmt.reset();
-        Ok(())
+        Ok(top)
     }
 }
 
@@ -568,6 +576,7 @@ impl Cells {
             sorted: None,
             ahead: false,
             done: false,
+            read: None,
             unknown: Vec::new(),
             cell: Cell {
                 seq: 0,
@@ -644,6 +653,8 @@ impl Cells {
         self.ahead = false;
         let dv = main.column_i64(0);
         self.db_version = dv;
+        self.read = Some((dv, None));
+        let mut top = i64::MIN;
         let min_seq = if dv == self.start.db_version {
             self.start.seq
         } else {
@@ -669,7 +680,7 @@ impl Cells {
                 (hi, n) = (key, n + 1);
             };
             let (table, rows, unknown) = (&self.table, &mut self.rows, &mut self.unknown);
-            self.clocks.read_keys(
+            top = top.max(self.clocks.read_keys(
                 self.db,
                 table,
                 dv,
@@ -677,7 +688,7 @@ impl Cells {
                 (min_seq, &self.sites),
                 rows,
                 unknown,
-            )?;
+            )?);
             if !more {
                 break;
             }
@@ -701,6 +712,7 @@ impl Cells {
         } else {
             self.rows.sort_unstable_by_key(|c| (c.seq, c.order));
         }
+        self.read = Some((dv, Some(top)));
         Ok(true)
     }
 
@@ -911,6 +923,8 @@ impl Scan {
 pub struct Scanner {
     scans: Vec<Scan>,
     heap: BinaryHeap<Reverse<(i64, i64, usize)>>,
+    /// The last version read by [`Scanner::open_after`] (`committed`).
+    through: Option<i64>,
 }
 
 /// The current row of a [`Scanner`].
@@ -1167,8 +1181,37 @@ impl Scanner {
                 s.scans.push(scan);
             }
         }
+        s.through = Some(committed);
         s.start()?;
         Ok(s)
+    }
+
+    /// The largest seq of the clock rows at version `v` in the tables read
+    /// (`i64::MIN` when none is there), once this scanner has read them
+    /// all: it was opened by [`Scanner::open_after`] through `v`, after a
+    /// start before `v`, is at its end, and read every table by
+    /// transaction ([`Cells`]: the cr-sqlite layout, no compacted records),
+    /// not sorted by SQLite at `v`. None otherwise. Rows the scan does not
+    /// return (of keys without a pks row, of sites filtered out, at or
+    /// before the start) count too.
+    pub fn max_seq_at(&self, v: i64) -> Option<i64> {
+        if self.through != Some(v) || !self.heap.is_empty() {
+            return None;
+        }
+        let mut top = i64::MIN;
+        for s in &self.scans {
+            let c = s.cells.as_deref().filter(|_| s.records.is_none())?;
+            if c.start.db_version >= v {
+                return None;
+            }
+            match c.read {
+                Some((dv, Some(m))) if dv == v => top = top.max(m),
+                Some((dv, _)) if dv == v => return None,
+                // The scan ended before `v`: no row there.
+                _ => {}
+            }
+        }
+        Some(top)
     }
 
     /// Also read the compacted deletes (`crsql_tombstones` records) of
@@ -1211,6 +1254,7 @@ impl Scanner {
         Scanner {
             scans: Vec::with_capacity(n),
             heap: BinaryHeap::with_capacity(n),
+            through: None,
         }
     }
 
@@ -1236,6 +1280,7 @@ impl Scanner {
         Scanner {
             scans: Vec::new(),
             heap: BinaryHeap::new(),
+            through: None,
         }
     }
 

@@ -460,8 +460,10 @@ struct Producer {
     max_bytes: usize,
     encoding: Encoding,
     pending: Option<Group>,
-    /// Position of the newest committed change when the scan started.
-    newest: Position,
+    /// Position of the newest committed change when the scan started;
+    /// `Err(committed)` until needed, when the scan reads every clock row
+    /// of that version ([`Producer::newest`]).
+    newest: std::result::Result<Position, i64>,
     /// The compaction horizon, when the scan reads compacted deletes: the
     /// packages before it are snapshot packages.
     snapshot_through: Option<Position>,
@@ -505,10 +507,22 @@ impl Producer {
             ));
         }
         let committed = inner.db_version(&ext.tx)?;
-        let newest = inner.newest_position(&ext.tx)?;
         let tables: Vec<Arc<TableInfo>> = match &cfg.tables {
             None => inner.tables().to_vec(),
             Some(names) => names.iter().filter_map(|n| inner.table(n)).collect(),
+        };
+        // The newest position's seq costs a read of its transaction's clock
+        // rows (a table seek per row): a scan through that transaction that
+        // reads every clock row learns it on the way (DECISIONS D??).
+        let newest = match inner.cached_newest(committed) {
+            Some(p) => Ok(p),
+            None if start.db_version < committed
+                && records.is_none()
+                && inner.has_every_clock(&tables) =>
+            {
+                Err(committed)
+            }
+            None => Ok(inner.newest_position(&ext.tx)?),
         };
         let sites = SiteMap::load(&inner)?;
         let excluded = cfg
@@ -527,8 +541,8 @@ impl Producer {
             .collect();
         drop(inner);
         // A stream that has caught up (the usual poll) reads no table: every
-        // committed change lies at or before `newest`.
-        let mut scanner = if start >= newest {
+        // committed change lies at or before `newest` (at its version).
+        let mut scanner = if newest.is_ok_and(|n| start >= n) {
             Scanner::empty()
         } else {
             // A transaction larger than a package is sent in parts, each read
@@ -650,6 +664,22 @@ impl Producer {
         Ok(Some(g))
     }
 
+    /// The newest position when the scan started; once the scan is at its
+    /// end, a deferred one comes from the rows it read (or the clock
+    /// tables, if it cannot tell).
+    fn newest(&mut self, ext: &Ext) -> Result<Position> {
+        let p = match self.newest {
+            Ok(p) => p,
+            Err(v) => {
+                let seen = self.scanner.max_seq_at(v);
+                let mut inner = ext.lock(OUTBOUND)?;
+                inner.newest_after_scan(&ext.tx, Some((v, seen)))?
+            }
+        };
+        self.newest = Ok(p);
+        Ok(p)
+    }
+
     /// The pending group (read further, up to the limits) or the next one.
     fn take_group(&mut self, max_changes: usize, max_bytes: usize) -> Result<Option<Group>> {
         let pending = self.pending.take();
@@ -674,21 +704,22 @@ impl Producer {
             // this stream does not carry, or versions without a clock row):
             // an empty package moves the stream past them, so its lag
             // reaches 0 and later reads do not scan them again.
-            if since < self.newest {
+            let newest = self.newest(ext)?;
+            if since < newest {
                 let package = self.encode(
                     ext,
                     name,
                     stream_id,
                     encoding,
                     since,
-                    self.newest,
+                    newest,
                     None,
                     Vec::new(),
                 )?;
                 return Ok(Some(Row {
                     package,
                     since,
-                    cursor: self.newest,
+                    cursor: newest,
                     changes: 0,
                 }));
             }
@@ -758,25 +789,36 @@ impl Producer {
         let mut site_idx: HashMap<i64, u32> = HashMap::new();
         let mut sites: Vec<Bytes> = Vec::new();
         let mut out = Vec::with_capacity(changes.len());
+        // The previous change's (table, index) and (site, index): runs of
+        // changes share them, which spares a hash per change.
+        let (mut last_table, mut last_site) = (None, None);
         for c in changes {
-            let t = *table_idx.entry(c.table).or_insert_with(|| {
-                let info = &self.tables[c.table];
-                tables.push(TableEntry {
-                    name: info.name.clone(),
-                    schema_hash: info.schema_hash(),
-                    columns: info.cols.iter().map(|col| col.name.clone()).collect(),
-                });
-                tables.len() as u32 - 1
-            });
-            let s = match site_idx.get(&c.site) {
-                Some(s) => *s,
-                None => {
-                    let table = &self.tables[c.table].name;
-                    sites.push(Bytes(self.sites.site(c.site, table)?.to_vec()));
-                    site_idx.insert(c.site, sites.len() as u32 - 1);
-                    sites.len() as u32 - 1
-                }
+            let t = match last_table {
+                Some((table, t)) if table == c.table => t,
+                _ => *table_idx.entry(c.table).or_insert_with(|| {
+                    let info = &self.tables[c.table];
+                    tables.push(TableEntry {
+                        name: info.name.clone(),
+                        schema_hash: info.schema_hash(),
+                        columns: info.cols.iter().map(|col| col.name.clone()).collect(),
+                    });
+                    tables.len() as u32 - 1
+                }),
             };
+            last_table = Some((c.table, t));
+            let s = match last_site {
+                Some((site, s)) if site == c.site => s,
+                _ => match site_idx.get(&c.site) {
+                    Some(s) => *s,
+                    None => {
+                        let table = &self.tables[c.table].name;
+                        sites.push(Bytes(self.sites.site(c.site, table)?.to_vec()));
+                        site_idx.insert(c.site, sites.len() as u32 - 1);
+                        sites.len() as u32 - 1
+                    }
+                },
+            };
+            last_site = Some((c.site, s));
             out.push(PkgChange {
                 table: t,
                 pk: Bytes(c.pk),
