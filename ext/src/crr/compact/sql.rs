@@ -214,6 +214,12 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
         ),
         upsert_rows: many(&upsert_row, npk + 5, CLOCK_ROWS),
         upsert_row,
+        update_vers: format!(
+            "UPDATE {rows} SET cl = ?{}, vers = ?{} WHERE {}",
+            npk + 1,
+            npk + 2,
+            schema::pk_where(&spks, "", 1)
+        ),
         delete_row: format!(
             "DELETE FROM {rows} WHERE {}",
             schema::pk_where(&spks, "", 1)
