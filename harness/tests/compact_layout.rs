@@ -1508,8 +1508,11 @@ fn trigger_helpers_of_wide_tables_record_the_same_changes_in_both_layouts() {
         // A later transaction rewrites cells counted at the first COMMIT.
         later.push_str(&format!("UPDATE {t} SET c0 = c0 || 'y';\n"));
         // The last column of a run: the run's last seq moves (no
-        // `vers`-only update, `Compact::update_vers`).
-        later.push_str(&format!("UPDATE {t} SET c{} = 'last' WHERE k0 = 30;\n", ncol - 1));
+        // `Compact::update_vers`: the upsert).
+        later.push_str(&format!(
+            "UPDATE {t} SET c{} = 'last' WHERE k0 = 30;\n",
+            ncol - 1
+        ));
         later.push_str(&format!("DELETE FROM {t} WHERE k0 = 0;\n"));
     }
     // The written rows' version in the second bucket of 1,024 versions and
