@@ -144,6 +144,21 @@ fn args<'a>(ctx: &'a Args<'_>) -> Vec<ValueRef<'a>> {
     (0..ctx.len()).map(|i| ctx.get_raw(i)).collect()
 }
 
+/// `f` on the arguments, copied to the stack when there are few: the
+/// trigger helpers run once per row written.
+fn with_args<R>(ctx: &Args<'_>, f: impl FnOnce(&[ValueRef<'_>]) -> R) -> R {
+    const ON_STACK: usize = 16;
+    let n = ctx.len();
+    if n > ON_STACK {
+        return f(&args(ctx));
+    }
+    let mut buf = [ValueRef::Null; ON_STACK];
+    for (i, slot) in buf.iter_mut().enumerate().take(n) {
+        *slot = ctx.get_raw(i);
+    }
+    f(&buf[..n])
+}
+
 pub(crate) fn text_arg<'a>(ctx: &'a Args<'_>, i: usize, func: &str, what: &str) -> Result<&'a str> {
     match ctx.get_raw(i) {
         ValueRef::Text(t) => {
@@ -399,12 +414,12 @@ fn increment_and_get_seq(ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {
 }
 
 fn after_insert(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
-    local::after_insert(ext, &args(ctx))?;
+    with_args(ctx, |a| local::after_insert(ext, a))?;
     Ok(Value::Integer(0))
 }
 
 fn after_update(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
-    local::after_update(ext, &args(ctx))?;
+    with_args(ctx, |a| local::after_update(ext, a))?;
     Ok(Value::Integer(0))
 }
 
@@ -427,7 +442,7 @@ fn compact_helper(
     f: fn(&Ext, &[ValueRef<'_>]) -> Result<()>,
 ) -> Result<Value> {
     if ext.sync_bit.load(Relaxed) == 0 {
-        f(ext, &args(ctx))?;
+        with_args(ctx, |a| f(ext, a))?;
     }
     Ok(Value::Integer(0))
 }
@@ -445,7 +460,7 @@ fn compact_after_delete(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
 }
 
 fn after_delete(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
-    local::after_delete(ext, &args(ctx))?;
+    with_args(ctx, |a| local::after_delete(ext, a))?;
     Ok(Value::Integer(0))
 }
 

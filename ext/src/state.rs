@@ -149,7 +149,9 @@ pub struct Inner {
     site: Arc<Mutex<[u8; 16]>>,
     schema_version: i64,
     tables: Vec<Arc<TableInfo>>,
-    by_name: HashMap<String, usize>,
+    /// foldhash: looked up by every trigger helper call (a collision
+    /// costs time, never a result).
+    by_name: foldhash::HashMap<String, usize>,
     data_version: i64,
     /// Loaded CRR metadata by name, with the signature it was loaded at.
     table_cache: HashMap<String, (String, Arc<TableInfo>)>,
@@ -224,7 +226,7 @@ impl Ext {
                 site,
                 schema_version: -1,
                 tables: Vec::new(),
-                by_name: HashMap::new(),
+                by_name: Default::default(),
                 data_version: -1,
                 newest: None,
                 table_cache: HashMap::new(),
@@ -363,7 +365,7 @@ impl Inner {
         let cat = schema::read_catalog(&self.conn)?;
         let mut old = std::mem::take(&mut self.table_cache);
         let mut tables = Vec::new();
-        let mut by_name = HashMap::new();
+        let mut by_name = foldhash::HashMap::default();
         for name in cat.crrs() {
             let sig = cat.signature(&name);
             let t = match old.remove(&name) {

@@ -432,11 +432,21 @@ pub(crate) fn apply(inner: &Inner, table: &str, deltas: &HashMap<(i64, i64), i64
     if deltas.values().all(|n| *n == 0) {
         return Ok(());
     }
-    let mut stmt = inner.conn.prepare_cached(ADD_COUNT)?;
+    // Held out of the statement cache (`crr::held`): an UPDATE of a
+    // counted row runs this twice per row.
     for (&(v, site), &n) in deltas {
         if n != 0 {
-            stmt.execute(params![0, v, table, site, n, 0])?;
-            stmt.execute(params![1, v >> BUCKET_BITS, table, site, n, 0])?;
+            for (lvl, at) in [(0, v), (1, v >> BUCKET_BITS)] {
+                let values = [
+                    ValueRef::Integer(lvl),
+                    ValueRef::Integer(at),
+                    ValueRef::Text(table.as_bytes()),
+                    ValueRef::Integer(site),
+                    ValueRef::Integer(n),
+                    ValueRef::Integer(0),
+                ];
+                inner.held.exec(inner.db(), ADD_COUNT, values)?;
+            }
         }
     }
     Ok(())

@@ -202,15 +202,23 @@ pub(crate) fn save(
     } else if before.is_empty() || before.cl != after.cl || before.run != after.run {
         let run = after.run.as_ref();
         let vers = run.map_or(Value::Null, super::vers_value);
-        let int = |f: fn(&Run) -> i64| run.map_or(ValueRef::Null, |r| ValueRef::Integer(f(r)));
-        let vals = [
-            ValueRef::Integer(after.cl),
-            int(|r| r.db_version),
-            int(|r| r.site),
-            int(Run::seq),
-            ValueRef::from(&vers),
-        ];
-        run_on_key(inner, &c.upsert_row, pks, vals)?;
+        if !before.is_empty() && same_position(&before.run, &after.run) {
+            // The run stayed in place (an UPDATE of a column of a run only
+            // changes `vers`): an UPDATE of `cl` and `vers`, not the upsert,
+            // whose SET rewrites the `(db_version, seq)` index entry.
+            let vals = [ValueRef::Integer(after.cl), ValueRef::from(&vers)];
+            run_on_key(inner, &c.update_vers, pks, vals)?;
+        } else {
+            let int = |f: fn(&Run) -> i64| run.map_or(ValueRef::Null, |r| ValueRef::Integer(f(r)));
+            let vals = [
+                ValueRef::Integer(after.cl),
+                int(|r| r.db_version),
+                int(|r| r.site),
+                int(Run::seq),
+                ValueRef::from(&vers),
+            ];
+            run_on_key(inner, &c.upsert_row, pks, vals)?;
+        }
     }
     for (slot, clock) in &after.cells {
         if before.cells.get(slot) != Some(clock) {
@@ -232,6 +240,15 @@ pub(crate) fn save(
         }
     }
     depart(ext, inner, t, before, after)
+}
+
+/// Whether two runs sit at the same position: version, site and last seq
+/// (the row clock's indexed `db_version` and `seq`, and `site_id`).
+fn same_position(a: &Option<Run>, b: &Option<Run>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => (a.db_version, a.site, a.seq()) == (b.db_version, b.site, b.seq()),
+        _ => false,
+    }
 }
 
 /// Run the held statement `sql` on a key: the pk values, then `vals`.

@@ -123,6 +123,10 @@ pub struct Compact {
     pub insert_row: String,
     /// The same, replacing the key's row clock.
     pub upsert_row: String,
+    /// pks, cl, vers: a row clock whose run kept its position (version,
+    /// site, last seq), written without touching its `(db_version, seq)`
+    /// index entry.
+    pub update_vers: String,
     pub delete_row: String,
     /// pks, col_name, col_version, db_version, site_id, seq.
     pub upsert_cell: String,

@@ -229,6 +229,12 @@ pub fn build(name: &str, pks: &[Column], cols: &[Column]) -> (TableSql, Compact)
             npk + 5,
         ),
         upsert_row,
+        update_vers: format!(
+            "UPDATE {rows} SET cl = ?{}, vers = ?{} WHERE {}",
+            npk + 1,
+            npk + 2,
+            schema::pk_where(&spks, "", 1)
+        ),
         delete_row: format!(
             "DELETE FROM {rows} WHERE {}",
             schema::pk_where(&spks, "", 1)
