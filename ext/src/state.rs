@@ -6,7 +6,7 @@
 //! calling back into the extension during a merge) is an error, not a
 //! deadlock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
@@ -533,11 +533,18 @@ impl Inner {
 
     /// Whether `tables` are every CRR with a clock table, all of the
     /// cr-sqlite layout: a scan of them reads every clock row.
+    /// (A table listed twice counts once: every clock table must be one of
+    /// `tables`'.)
     pub fn has_every_clock(&self, tables: &[Arc<TableInfo>]) -> bool {
-        tables.len() == self.clocks.len()
-            && tables.iter().all(|t| {
-                t.compact.is_none() && self.clocks.contains(&format!("{}{CLOCK_SUFFIX}", t.name))
-            })
+        if tables.iter().any(|t| t.compact.is_some()) {
+            return false;
+        }
+        let listed: HashSet<String> = tables
+            .iter()
+            .map(|t| format!("{}{CLOCK_SUFFIX}", t.name))
+            .collect();
+        self.clocks.iter().all(|c| listed.contains(c))
+            && listed.iter().all(|c| self.clocks.contains(c))
     }
 
     /// [`Inner::newest_position`] for a scan through committed version `v`

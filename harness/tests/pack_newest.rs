@@ -125,6 +125,9 @@ fn a_stream_learns_the_exact_newest_position_from_its_scan() {
         ("s_1000", "max_changes = 1000"),
         ("s_1", "max_changes = 1"),
         ("s_local", "max_changes = 500, local_only = 1"),
+        // One table listed twice is not every table: the scan of `big`
+        // alone cannot tell the newest seq when `small` holds it.
+        ("s_twice", "tables = 'big, big'"),
     ];
     let mut paths = Vec::new();
     for last in ["big", "small"] {

@@ -509,7 +509,16 @@ impl Producer {
         let committed = inner.db_version(&ext.tx)?;
         let tables: Vec<Arc<TableInfo>> = match &cfg.tables {
             None => inner.tables().to_vec(),
-            Some(names) => names.iter().filter_map(|n| inner.table(n)).collect(),
+            // A table listed twice is read once.
+            Some(names) => names.iter().filter_map(|n| inner.table(n)).fold(
+                Vec::new(),
+                |mut tables: Vec<Arc<TableInfo>>, t| {
+                    if !tables.iter().any(|seen| Arc::ptr_eq(seen, &t)) {
+                        tables.push(t);
+                    }
+                    tables
+                },
+            ),
         };
         // The newest position's seq costs a read of its transaction's clock
         // rows (a table seek per row): a scan through that transaction that

@@ -116,7 +116,7 @@ pub struct Compact {
     /// keys that have a row clock, in the order of the keys.
     pub load_many: String,
     /// The largest value of the first primary-key column in the row-clock
-    /// table, as its index orders them (no row: the table is empty).
+    /// table, in `ORDER BY` order (no row: the table is empty).
     pub last_key: String,
     /// Insert a row clock unless the key has one: pks, cl, db_version,
     /// site_id, seq, vers.
