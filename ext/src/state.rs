@@ -551,7 +551,7 @@ impl Inner {
     /// (`scanned`; the current version may have moved on since, when this
     /// connection wrote meanwhile), given the largest seq of every clock
     /// row at `v` (`i64::MIN` for none) when the scan read them all
-    /// (`Scanner::max_seq_at`, DECISIONS D??): then no clock table is read.
+    /// (`Scanner::max_seq_at`, DECISIONS D57): then no clock table is read.
     pub fn newest_after_scan(
         &mut self,
         tx: &TxCounters,

@@ -1,6 +1,6 @@
 //! The newest position (`[db_version, largest seq at it]`) an outbound
 //! stream learns from its own scan when that scan reads every clock row of
-//! the newest transaction (DECISIONS D??) is the one the clock tables
+//! the newest transaction (DECISIONS D57) is the one the clock tables
 //! give: after a stream read every package on a fresh connection (no
 //! newest position cached), acknowledging that position is accepted and
 //! one seq past it refused (the acknowledgement is checked against the

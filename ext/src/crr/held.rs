@@ -23,7 +23,7 @@ use crate::sqlite::{DbHandle, RawStmt};
 /// Statements held at most; past that the least recently put back goes.
 /// A narrow table merged keeps up to four plus one upsert per column
 /// merged alone, a compact one up to sixteen (its `INSERT OR IGNORE`s of
-/// four sizes for rows and cells, DECISIONS D??): 128 keeps those of
+/// four sizes for rows and cells, DECISIONS D56): 128 keeps those of
 /// eight to a dozen tables merged in turn.
 const HELD: usize = 128;
 

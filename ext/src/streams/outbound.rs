@@ -522,7 +522,7 @@ impl Producer {
         };
         // The newest position's seq costs a read of its transaction's clock
         // rows (a table seek per row): a scan through that transaction that
-        // reads every clock row learns it on the way (DECISIONS D??).
+        // reads every clock row learns it on the way (DECISIONS D57).
         let newest = match inner.cached_newest(committed) {
             Some(p) => Ok(p),
             None if start.db_version < committed
