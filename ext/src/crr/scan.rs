@@ -1190,7 +1190,7 @@ impl Scanner {
     /// (`i64::MIN` when none is there), once this scanner has read them
     /// all: it was opened by [`Scanner::open_after`] through `v`, after a
     /// start before `v`, is at its end, and read every table by
-    /// transaction ([`Cells`]: the cr-sqlite layout, no compacted records),
+    /// transaction (`Cells`: the cr-sqlite layout, no compacted records),
     /// not sorted by SQLite at `v`. None otherwise. Rows the scan does not
     /// return (of keys without a pks row, of sites filtered out, at or
     /// before the start) count too.
