@@ -798,36 +798,25 @@ impl Producer {
         let mut site_idx: HashMap<i64, u32> = HashMap::new();
         let mut sites: Vec<Bytes> = Vec::new();
         let mut out = Vec::with_capacity(changes.len());
-        // The previous change's (table, index) and (site, index): runs of
-        // changes share them, which spares a hash per change.
-        let (mut last_table, mut last_site) = (None, None);
         for c in changes {
-            let t = match last_table {
-                Some((table, t)) if table == c.table => t,
-                _ => *table_idx.entry(c.table).or_insert_with(|| {
-                    let info = &self.tables[c.table];
-                    tables.push(TableEntry {
-                        name: info.name.clone(),
-                        schema_hash: info.schema_hash(),
-                        columns: info.cols.iter().map(|col| col.name.clone()).collect(),
-                    });
-                    tables.len() as u32 - 1
-                }),
+            let t = *table_idx.entry(c.table).or_insert_with(|| {
+                let info = &self.tables[c.table];
+                tables.push(TableEntry {
+                    name: info.name.clone(),
+                    schema_hash: info.schema_hash(),
+                    columns: info.cols.iter().map(|col| col.name.clone()).collect(),
+                });
+                tables.len() as u32 - 1
+            });
+            let s = match site_idx.get(&c.site) {
+                Some(s) => *s,
+                None => {
+                    let table = &self.tables[c.table].name;
+                    sites.push(Bytes(self.sites.site(c.site, table)?.to_vec()));
+                    site_idx.insert(c.site, sites.len() as u32 - 1);
+                    sites.len() as u32 - 1
+                }
             };
-            last_table = Some((c.table, t));
-            let s = match last_site {
-                Some((site, s)) if site == c.site => s,
-                _ => match site_idx.get(&c.site) {
-                    Some(s) => *s,
-                    None => {
-                        let table = &self.tables[c.table].name;
-                        sites.push(Bytes(self.sites.site(c.site, table)?.to_vec()));
-                        site_idx.insert(c.site, sites.len() as u32 - 1);
-                        sites.len() as u32 - 1
-                    }
-                },
-            };
-            last_site = Some((c.site, s));
             out.push(PkgChange {
                 table: t,
                 pk: Bytes(c.pk),
