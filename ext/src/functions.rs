@@ -413,14 +413,23 @@ fn increment_and_get_seq(ext: &Ext, _ctx: &Args<'_>) -> Result<Value> {
     Ok(Value::Integer(ext.tx.take_seq()))
 }
 
-fn after_insert(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
-    with_args(ctx, |a| local::after_insert(ext, a))?;
+/// A CRR trigger's helper `f` on the call's arguments; the trigger
+/// ignores the result.
+fn trigger_helper(
+    ext: &Ext,
+    ctx: &Args<'_>,
+    f: fn(&Ext, &[ValueRef<'_>]) -> Result<()>,
+) -> Result<Value> {
+    with_args(ctx, |a| f(ext, a))?;
     Ok(Value::Integer(0))
 }
 
+fn after_insert(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
+    trigger_helper(ext, ctx, local::after_insert)
+}
+
 fn after_update(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
-    with_args(ctx, |a| local::after_update(ext, a))?;
-    Ok(Value::Integer(0))
+    trigger_helper(ext, ctx, local::after_update)
 }
 
 fn convert_layout(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
@@ -433,18 +442,19 @@ fn convert_layout(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
     Ok(Value::Text("OK".into()))
 }
 
-/// A compact CRR trigger's helper `f`: nothing while the sync bit is set
-/// (the extension's own write, a merge: the helper would record nothing),
-/// so a merged row's arguments are not even read.
+/// [`trigger_helper`] of a compact CRR (whose triggers have no `WHEN` on
+/// the sync bit): nothing while the sync bit is set (the extension's own
+/// write, a merge: the helper would record nothing), so a merged row's
+/// arguments are not even read.
 fn compact_helper(
     ext: &Ext,
     ctx: &Args<'_>,
     f: fn(&Ext, &[ValueRef<'_>]) -> Result<()>,
 ) -> Result<Value> {
-    if ext.sync_bit.load(Relaxed) == 0 {
-        with_args(ctx, |a| f(ext, a))?;
+    if ext.sync_bit.load(Relaxed) != 0 {
+        return Ok(Value::Integer(0));
     }
-    Ok(Value::Integer(0))
+    trigger_helper(ext, ctx, f)
 }
 
 fn compact_after_insert(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
@@ -460,8 +470,7 @@ fn compact_after_delete(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
 }
 
 fn after_delete(ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
-    with_args(ctx, |a| local::after_delete(ext, a))?;
-    Ok(Value::Integer(0))
+    trigger_helper(ext, ctx, local::after_delete)
 }
 
 fn package_info(_ext: &Ext, ctx: &Args<'_>) -> Result<Value> {
