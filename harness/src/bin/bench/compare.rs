@@ -23,6 +23,15 @@
 //! - check that both replicas' `t` and `crsql_changes` row count equal the
 //!   source's (the program aborts if they do not).
 //!
+//! and SQLite's floors ([`floor`]), each in a fresh database without the
+//! extension holding the layout's tables as the extension created them:
+//! - after the insert, the same insert with a pure-SQL trigger doing the
+//!   extension's writes (row counts checked equal to the CRR's);
+//! - after the apply, the stream replica's end state copied by plain
+//!   `INSERT … SELECT` from the attached replica, one transaction;
+//!
+//! each printed beside ours, with ours / floor.
+//!
 //! Nothing holds all the rows or all the changes: memory stays bounded at
 //! any row count, and the peak RSS growth of each phase is printed.
 
@@ -35,6 +44,7 @@ use rusqlite::{params, Connection};
 use crsql_stream_harness::sql::{Change, INSERT_CHANGE, SELECT_CHANGES};
 
 use super::common::*;
+use super::floor;
 use super::streams::{stream_all, MAX_CHANGES};
 use super::Options;
 
@@ -96,6 +106,10 @@ struct Crr {
     packages: u64,
     merged_file: u64,
     applied_file: u64,
+    /// SQLite's floors ([`floor`]): the same insert's writes by a pure-SQL
+    /// trigger, the stream replica's end state written by plain SQL.
+    insert_floor: Timing,
+    apply_floor: Timing,
 }
 
 /// Run `f` as a phase: record its peak RSS growth under `name`.
@@ -111,7 +125,7 @@ fn phase<T>(
 
 /// Insert rows `1..=n` in one transaction with one prepared statement,
 /// generating them `CHUNK` at a time outside the timed part.
-fn insert_all(conn: &Connection, n: usize) -> BoxResult<Timing> {
+pub(super) fn insert_all(conn: &Connection, n: usize) -> BoxResult<Timing> {
     let mut total = Timing::ZERO;
     let mark = Mark::now();
     conn.execute_batch("BEGIN")?;
@@ -238,6 +252,7 @@ fn crr_phases(
     layout: &str,
     pragmas: &[String],
     memory: &mut Vec<(&'static str, Option<u64>)>,
+    insert_floor: Timing,
 ) -> BoxResult<Crr> {
     let (changes, read) = phase(memory, "read crsql_changes", || read_all(src))?;
     let merged_path = dir.join(format!("{layout}-merged.db"));
@@ -270,6 +285,9 @@ fn crr_phases(
     })?;
     let merged_file = checkpointed_size(&merged, &merged_path)?;
     let applied_file = checkpointed_size(&applied, &applied_path)?;
+    let apply_floor = phase(memory, "apply, SQLite floor", || {
+        floor::apply_floor(dir, layout, &applied, &applied_path, pragmas)
+    })?;
     crsql_stream_harness::close(merged);
     crsql_stream_harness::close(applied);
     for p in [merged_path, applied_path] {
@@ -284,11 +302,13 @@ fn crr_phases(
         packages,
         merged_file,
         applied_file,
+        insert_floor,
+        apply_floor,
     })
 }
 
 /// Delete a database file and its WAL files (space matters at 1M rows).
-fn remove_db(path: &Path) {
+pub(super) fn remove_db(path: &Path) {
     for ext in ["db", "db-wal", "db-shm"] {
         let _ = std::fs::remove_file(path.with_extension(ext));
     }
@@ -320,6 +340,15 @@ fn measure(
     };
     let mut memory = Vec::new();
     let insert = phase(&mut memory, "insert", || insert_all(&conn, n))?;
+    // The insert's floor, from the schema and row counts the insert left.
+    let insert_floor = match layout {
+        None => None,
+        Some(l) => Some(phase(&mut memory, "insert, SQLite floor", || {
+            let schema = floor::schema(&conn)?;
+            let crr = floor::counts(&conn, &schema)?;
+            floor::insert_floor(dir, n, l, &schema, &crr, pragmas)
+        })?),
+    };
     let update = phase(&mut memory, "update", || {
         let (updated, t) = timed(|| Ok(conn.execute(UPDATE, [])?))?;
         if updated != n {
@@ -328,9 +357,9 @@ fn measure(
         Ok(t)
     })?;
     let file = checkpointed_size(&conn, &path)?;
-    let crr = match layout {
+    let crr = match layout.zip(insert_floor) {
         None => None,
-        Some(l) => Some(crr_phases(dir, &conn, l, pragmas, &mut memory)?),
+        Some((l, f)) => Some(crr_phases(dir, &conn, l, pragmas, &mut memory, f)?),
     };
     if crr.is_some() {
         crsql_stream_harness::close(conn);
@@ -354,24 +383,38 @@ type Clock = fn(Timing) -> Duration;
 #[derive(Clone, Copy)]
 enum Figure {
     Insert,
+    InsertFloor,
+    InsertVsFloor,
     Update,
     Changes,
     Read,
     Merge,
     Apply,
+    ApplyFloor,
+    ApplyVsFloor,
     Pack,
     File,
     MergedFile,
     AppliedFile,
 }
 
-const FIGURES: [(Figure, &str); 10] = [
+const FIGURES: [(Figure, &str); 14] = [
     (Figure::Insert, "insert (1 tx)"),
+    (
+        Figure::InsertFloor,
+        "insert, SQLite floor (same writes, pure-SQL trigger)",
+    ),
+    (Figure::InsertVsFloor, "insert, ours / SQLite floor"),
     (Figure::Update, "update b = b + 1 (1 tx)"),
     (Figure::Changes, "changes"),
     (Figure::Read, "read crsql_changes, changes/s"),
     (Figure::Merge, "merge via crsql_changes, changes/s"),
     (Figure::Apply, "apply via inbound stream, changes/s"),
+    (
+        Figure::ApplyFloor,
+        "apply, SQLite floor (end state by INSERT ... SELECT), changes/s",
+    ),
+    (Figure::ApplyVsFloor, "apply, ours / SQLite floor (time)"),
     (Figure::Pack, "pack (outbound stream), changes/s"),
     (Figure::File, "file"),
     (Figure::MergedFile, "file, replica via crsql_changes"),
@@ -416,18 +459,31 @@ fn layout_cells(f: Figure, layout: &str, c: &Column, plain: &Column, time: Clock
     let file = |bytes: u64, max: Option<(f64, String)>| {
         vs_plain(mib(bytes), bytes as f64, plain.file as f64, max)
     };
-    match f {
-        Figure::Insert => vs_plain(
-            ms(time(c.insert)),
-            secs(c.insert),
+    // An insert's time against plain's, with the insert target.
+    let insert = |t: Timing| {
+        vs_plain(
+            ms(time(t)),
+            secs(t),
             secs(plain.insert),
             Some((tg.insert_ratio, format!("<= {}x", tg.insert_ratio))),
-        ),
+        )
+    };
+    // How many times its floor's time ours takes.
+    let vs_floor = |ours: Timing, floor: Timing| {
+        let r = secs(ours) / secs(floor).max(1e-12);
+        [format!("{r:.2}x"), "-".into(), "-".into(), String::new()]
+    };
+    match f {
+        Figure::Insert => insert(c.insert),
+        Figure::InsertFloor => insert(x.insert_floor),
+        Figure::InsertVsFloor => vs_floor(c.insert, x.insert_floor),
         Figure::Update => vs_plain(ms(time(c.update)), secs(c.update), secs(plain.update), None),
         Figure::Changes => [grouped(x.changes), "-".into(), "-".into(), String::new()],
         Figure::Read => rate(x.read, None),
         Figure::Merge => rate(x.merge, Some(tg.merge_rate)),
         Figure::Apply => rate(x.apply, Some(tg.merge_rate)),
+        Figure::ApplyFloor => rate(x.apply_floor, Some(tg.merge_rate)),
+        Figure::ApplyVsFloor => vs_floor(x.apply, x.apply_floor),
         Figure::Pack => rate(x.pack, Some(tg.pack_rate)),
         Figure::File => {
             let today = if tg.file_as_today { "as today, " } else { "" };
@@ -607,6 +663,10 @@ pub fn run(opts: &Options) -> BoxResult<()> {
     }
     println!();
     println!("file sizes are after PRAGMA wal_checkpoint(TRUNCATE), following the insert and the update (replicas: the merge)");
+    println!("SQLite floors, per layout, in fresh databases opened without the extension, holding t and the layout's t__crsql_* tables and indexes as the extension created them (read from the CRR's sqlite_master, triggers left out):");
+    println!("  insert floor: the same rows inserted the same way (one transaction, one prepared statement), a pure-SQL AFTER INSERT trigger writing per row what the extension's insert writes (cr-sqlite layout: a t__crsql_pks row and a t__crsql_clock row per column; compact: a t__crsql_rows row), constants for the versions; each table's row count is checked equal to the CRR's after its insert");
+    println!("  apply floor: the stream replica's end state (t and its t__crsql_* tables; not site ids, peers, change counts or stream positions) copied from the replica, attached, by INSERT INTO ... SELECT * ... WHERE true (WHERE true: no transfer optimization, every row and index entry inserted), all tables in one transaction like the apply; its rate is the apply's change count over that time; row counts checked");
+    println!("  a floor's verdict says whether SQLite alone, doing the same writes, meets the target; ours / floor is our time over the floor's");
     println!("cr-sqlite 0.16 itself, 100k rows (issue 12): insert 34x plain, merge 122,000 changes/s, file 4.5x");
     Ok(())
 }

@@ -12,7 +12,8 @@
 //!   `--layouts` layout: insert, update, reading `crsql_changes`, merging into
 //!   a fresh replica through `crsql_changes` and through the streams, pack
 //!   rate, file sizes, the ratios to plain and issue 12's targets, and the
-//!   peak memory of each phase;
+//!   peak memory of each phase; beside each layout's insert and apply,
+//!   SQLite's floor for the same writes without the extension ([`floor`]);
 //! - `streams` ([`streams`]): packing and applying a `--stream-changes`
 //!   backlog, package sizes, producer memory, `LIMIT 1` cost, one large
 //!   transaction sent in parts;
@@ -28,6 +29,7 @@
 mod common;
 mod compaction;
 mod compare;
+mod floor;
 mod lag;
 mod streams;
 

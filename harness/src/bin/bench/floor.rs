@@ -1,0 +1,223 @@
+//! SQLite's floors under a layout's figures (issue 12): what SQLite alone,
+//! without the extension, costs for the same writes.
+//!
+//! - **Insert floor** ([`insert_floor`]): a fresh database opened without
+//!   the extension holding `t` and the layout's `t__crsql_*` tables and
+//!   indexes, their `CREATE` statements read from the `sqlite_master` of
+//!   the CRR database the comparison made (the extension's triggers left
+//!   out: they call its functions), plus a pure-SQL `AFTER INSERT` trigger
+//!   writing per row what the extension's insert writes, with constant or
+//!   simple values: the cr-sqlite layout's `t__crsql_pks` row and one
+//!   `t__crsql_clock` row per non-key column, the compact layout's one
+//!   `t__crsql_rows` row. The rows are inserted exactly as the CRR's
+//!   ([`insert_all`]), and afterwards every one of those tables must hold
+//!   as many rows as in the CRR database after its insert, or the bench
+//!   aborts: the floor does the same writes, not fewer.
+//! - **Apply floor** ([`apply_floor`]): the stream replica's end state (`t`
+//!   and the `t__crsql_*` tables with their indexes, schema from its
+//!   `sqlite_master`, no triggers; not the extension's bookkeeping: site
+//!   ids, peers, change counts, stream positions, staging) copied into a
+//!   fresh database without the extension by `INSERT INTO main.x SELECT *
+//!   FROM src.x WHERE true` from the replica attached as `src`, one
+//!   transaction. `WHERE true` keeps SQLite's transfer optimization
+//!   (copying the stored records and index entries as they are) out: every
+//!   row is encoded and inserted, with its index entries, as an apply must.
+//!   The copy's row counts must equal the replica's.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::common::*;
+use super::compare::{insert_all, remove_db};
+
+/// `t` and a layout's own tables (`t__crsql_*`) with their indexes, as the
+/// extension created them.
+pub struct Schema {
+    /// The `CREATE` statements, tables first, each kind in creation order.
+    sql: Vec<String>,
+    /// The tables' names, `t` first.
+    tables: Vec<String>,
+}
+
+/// Rows per table of a [`Schema`], in its order.
+pub type Counts = Vec<(String, i64)>;
+
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Read `t`'s and the `t__crsql_*` tables' schema from `conn`'s
+/// `sqlite_master`: tables and indexes (automatic indexes come with their
+/// tables), no triggers.
+pub fn schema(conn: &Connection) -> BoxResult<Schema> {
+    let mut stmt = conn.prepare(
+        "SELECT type, name, sql FROM sqlite_master \
+         WHERE type IN ('table', 'index') AND sql IS NOT NULL \
+           AND (tbl_name = 't' OR tbl_name GLOB 't__crsql_*') \
+         ORDER BY type = 'index', rowid",
+    )?;
+    let mut rows = stmt.query([])?;
+    let (mut sql, mut tables) = (Vec::new(), Vec::new());
+    while let Some(r) = rows.next()? {
+        if r.get_ref(0)?.as_str()? == "table" {
+            tables.push(r.get(1)?);
+        }
+        sql.push(r.get(2)?);
+    }
+    if tables.len() < 2 || tables[0] != "t" {
+        return Err(format!("expected t and its t__crsql_* tables, found {tables:?}").into());
+    }
+    Ok(Schema { sql, tables })
+}
+
+/// How many rows each of `schema`'s tables holds in `conn`.
+pub fn counts(conn: &Connection, schema: &Schema) -> BoxResult<Counts> {
+    schema
+        .tables
+        .iter()
+        .map(|t| {
+            Ok((
+                t.clone(),
+                count(conn, &format!("SELECT count(*) FROM {}", quoted(t)))?,
+            ))
+        })
+        .collect()
+}
+
+/// A fresh database at `path` without the extension, holding `schema`.
+fn floor_db(path: &Path, schema: &Schema, pragmas: &[String]) -> BoxResult<Connection> {
+    let conn = open_file(path, false, pragmas)?;
+    conn.execute_batch(&schema.sql.join(";\n"))?;
+    Ok(conn)
+}
+
+/// Abort unless the floor database holds as many rows per table as the
+/// CRR database.
+fn check_counts(what: &str, crr: &Counts, floor: &Counts) -> BoxResult<()> {
+    if crr == floor {
+        return Ok(());
+    }
+    let show = |c: &Counts| {
+        c.iter()
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(format!(
+        "{what}: the SQLite floor database holds {}, the CRR database {}: the floor does not do the same writes",
+        show(floor),
+        show(crr)
+    )
+    .into())
+}
+
+/// The pure-SQL `AFTER INSERT` trigger writing, per row of `t`, the rows
+/// the extension's insert writes in `layout`.
+fn insert_trigger(conn: &Connection, layout: &str) -> BoxResult<String> {
+    let mut stmt = conn.prepare("SELECT name, pk FROM pragma_table_info('t') ORDER BY cid")?;
+    let columns = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some((pk, _)) = columns.iter().find(|(_, k)| *k == 1) else {
+        return Err("t has no primary key".into());
+    };
+    let pk = format!("NEW.{}", quoted(pk));
+    let cells: Vec<&str> = columns
+        .iter()
+        .filter(|(_, k)| *k == 0)
+        .map(|(c, _)| c.as_str())
+        .collect();
+    let n = cells.len();
+    let body = if layout == "compact" {
+        // (key, cl, db_version, site_id, seq of the run's last clock, vers):
+        // vers in its slot form, bit 1 + i for slot i (docs/compact-layout.md).
+        let vers = ((1u64 << n) - 1) << 1;
+        format!(
+            "INSERT INTO t__crsql_rows VALUES ({pk}, 1, 1, 0, {pk} * {n} + {}, {vers});",
+            n - 1
+        )
+    } else {
+        // The key just given to the pks row; one clock per non-key column
+        // (key, col_name, col_version, db_version, site_id, seq).
+        let clocks: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    "(last_insert_rowid(), '{}', 1, 1, 0, {pk} * {n} + {i})",
+                    c.replace('\'', "''")
+                )
+            })
+            .collect();
+        format!(
+            "INSERT INTO t__crsql_pks VALUES (NULL, {pk});\n  INSERT INTO t__crsql_clock VALUES {};",
+            clocks.join(", ")
+        )
+    };
+    Ok(format!(
+        "CREATE TRIGGER floor_itrig AFTER INSERT ON t BEGIN\n  {body}\nEND"
+    ))
+}
+
+/// The insert floor of `layout`: rows `1..=n` inserted like the CRR's into
+/// a database holding `schema` and the pure-SQL trigger; `crr` is what the
+/// CRR database held after its insert.
+pub fn insert_floor(
+    dir: &Path,
+    n: usize,
+    layout: &str,
+    schema: &Schema,
+    crr: &Counts,
+    pragmas: &[String],
+) -> BoxResult<Timing> {
+    let path = dir.join(format!("{layout}-insert-floor.db"));
+    let conn = floor_db(&path, schema, pragmas)?;
+    conn.execute_batch(&insert_trigger(&conn, layout)?)?;
+    let time = insert_all(&conn, n)?;
+    check_counts(
+        &format!("{layout} insert floor"),
+        crr,
+        &counts(&conn, schema)?,
+    )?;
+    drop(conn);
+    remove_db(&path);
+    Ok(time)
+}
+
+/// The apply floor of `layout`: `replica`'s (at `replica_path`) end state
+/// copied by plain SQL into a fresh database, one transaction.
+pub fn apply_floor(
+    dir: &Path,
+    layout: &str,
+    replica: &Connection,
+    replica_path: &Path,
+    pragmas: &[String],
+) -> BoxResult<Timing> {
+    let schema = schema(replica)?;
+    let crr = counts(replica, &schema)?;
+    let path = dir.join(format!("{layout}-apply-floor.db"));
+    let conn = floor_db(&path, &schema, pragmas)?;
+    let src = replica_path
+        .to_str()
+        .ok_or("the replica's path is not UTF-8")?;
+    conn.execute("ATTACH ?1 AS src", [src])?;
+    let copy: String = schema
+        .tables
+        .iter()
+        .map(|t| {
+            let t = quoted(t);
+            format!("INSERT INTO main.{t} SELECT * FROM src.{t} WHERE true;\n")
+        })
+        .collect();
+    let (_, time) = timed(|| Ok(conn.execute_batch(&format!("BEGIN;\n{copy}COMMIT;"))?))?;
+    conn.execute_batch("DETACH src")?;
+    check_counts(
+        &format!("{layout} apply floor"),
+        &crr,
+        &counts(&conn, &schema)?,
+    )?;
+    drop(conn);
+    remove_db(&path);
+    Ok(time)
+}
