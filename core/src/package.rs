@@ -71,6 +71,22 @@ pub struct Package {
     pub kind: PackageKind,
 }
 
+/// A [`Package`] without its changes ([`Package::header`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Header {
+    pub kind: PackageKind,
+    pub sender: Bytes,
+    pub stream_id: Bytes,
+    pub stream: String,
+    pub since: Position,
+    pub cursor: Position,
+    pub part: Option<Part>,
+    pub tables: Vec<TableEntry>,
+    pub sites: Vec<Bytes>,
+    /// How many changes the package holds.
+    pub changes: usize,
+}
+
 /// What a package is. The receiver applies both kinds the same way (a
 /// merge); the kind tells people and tools why a package is there.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -502,12 +518,17 @@ impl Package {
         Ok(pkg)
     }
 
-    /// The kind and postcard body of a binary package, after checking its
-    /// length, magic, checksum and format version.
-    /// How many changes the package holds, without decoding them: a binary
-    /// package is read up to the length of its change list (the header
-    /// fields before it are small), a JSON one is decoded whole.
+    /// How many changes the package holds, without decoding them (see
+    /// [`Package::header`]).
     pub fn change_count(bytes: &[u8]) -> Result<usize, PackageError> {
+        Ok(Package::header(bytes)?.changes)
+    }
+
+    /// The fields before the changes, and how many changes follow, without
+    /// decoding the changes: a binary package is read up to the length of
+    /// its change list (the fields before it are small), a JSON one is
+    /// decoded whole. The checksum is checked; nothing is validated.
+    pub fn header(bytes: &[u8]) -> Result<Header, PackageError> {
         /// The body's fields before `changes`, in order (postcard writes a
         /// tuple and a struct the same way).
         type Head = (
@@ -521,16 +542,44 @@ impl Package {
             Vec<Bytes>,
         );
         if Package::sniff(bytes) == Encoding::Json {
-            return Ok(Package::decode_json(bytes)?.changes.len());
+            let p = Package::decode_json(bytes)?;
+            return Ok(Header {
+                kind: p.kind,
+                sender: p.sender,
+                stream_id: p.stream_id,
+                stream: p.stream,
+                since: p.since,
+                cursor: p.cursor,
+                part: p.part,
+                tables: p.tables,
+                sites: p.sites,
+                changes: p.changes.len(),
+            });
         }
         let malformed = |e: postcard::Error| PackageError::Malformed(e.to_string());
-        let (_, body) = Package::binary_body(bytes)?;
-        let (_, rest) = postcard::take_from_bytes::<Head>(body).map_err(malformed)?;
+        let (kind, body) = Package::binary_body(bytes)?;
+        let (head, rest) = postcard::take_from_bytes::<Head>(body).map_err(malformed)?;
+        let (sender, stream_id, stream, since, cursor, part, tables, sites) = head;
         // A sequence's length is a varint, as a u64 is.
         let (n, _) = postcard::take_from_bytes::<u64>(rest).map_err(malformed)?;
-        usize::try_from(n).map_err(|_| PackageError::Malformed("change count out of range".into()))
+        let changes = usize::try_from(n)
+            .map_err(|_| PackageError::Malformed("change count out of range".into()))?;
+        Ok(Header {
+            kind,
+            sender,
+            stream_id,
+            stream,
+            since,
+            cursor,
+            part,
+            tables,
+            sites,
+            changes,
+        })
     }
 
+    /// The kind and postcard body of a binary package, after checking its
+    /// length, magic, checksum and format version.
     fn binary_body(bytes: &[u8]) -> Result<(PackageKind, &[u8]), PackageError> {
         let min = MAGIC.len() + 1 + 8;
         if bytes.len() < min {
@@ -756,7 +805,7 @@ mod tests {
     }
 
     #[test]
-    fn change_count_reads_the_length_without_the_changes() {
+    fn header_and_change_count_read_without_the_changes() {
         let mut many = sample();
         many.part = Some(Part {
             db_version: 5,
@@ -769,6 +818,20 @@ mod tests {
             for enc in [Encoding::Binary, Encoding::Json] {
                 let bytes = pkg.encode(enc).unwrap();
                 assert_eq!(Package::change_count(&bytes).unwrap(), pkg.changes.len());
+                let h = Package::header(&bytes).unwrap();
+                let expected = Header {
+                    kind: pkg.kind,
+                    sender: pkg.sender.clone(),
+                    stream_id: pkg.stream_id.clone(),
+                    stream: pkg.stream.clone(),
+                    since: pkg.since,
+                    cursor: pkg.cursor,
+                    part: pkg.part,
+                    tables: pkg.tables.clone(),
+                    sites: pkg.sites.clone(),
+                    changes: pkg.changes.len(),
+                };
+                assert_eq!(h, expected, "{enc:?}");
             }
         }
         let mut bad = sample().encode(Encoding::Binary).unwrap();

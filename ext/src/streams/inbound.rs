@@ -453,28 +453,27 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
     if staged.is_empty() {
         return stream_staged(ext);
     }
-    // The parts, if they make one valid package: each valid, each starting
-    // at or after the previous one's cursor (so their changes are in
-    // position order), which a package that completes the transaction from
-    // an earlier position (a replay overlapping the staged parts) breaks.
-    // Else, or for a part that does not decode, the statement over the
-    // staging table does the merge (and reports the error). One part is
-    // decoded at a time.
+    // The parts, if they make one package: each starting at or after the
+    // previous one's cursor (so their changes are in position order), which
+    // a package that completes the transaction from an earlier position (a
+    // replay overlapping the staged parts) breaks. Else, or for a part
+    // whose header does not read, the statement over the staging table does
+    // the merge (and reports the error). Only headers are read here (each
+    // part was validated when it was staged, and is decoded and validated
+    // again when it merges): a part whose changes do not decode fails the
+    // merge, one statement, with the same error as the statement over the
+    // staging table, and the parts are staged again.
     let mut tables: Vec<TableEntry> = Vec::new();
     let mut previous: Option<Position> = None;
     for (_, bytes) in &staged {
-        let Some(p) = Package::decode(bytes).ok().filter(|p| p.validate().is_ok()) else {
+        let Ok(h) = Package::header(bytes) else {
             return stream_staged(ext);
         };
-        if previous.is_some_and(|c| p.since < c) {
+        if previous.is_some_and(|c| h.since < c) {
             return stream_staged(ext);
         }
-        previous = Some(p.cursor);
-        for t in p.tables {
-            if !tables.contains(&t) {
-                tables.push(t);
-            }
-        }
+        previous = Some(h.cursor);
+        union_tables(&mut tables, h.tables);
     }
     let known = {
         let mut inner = ext.lock(INBOUND)?;
@@ -505,23 +504,28 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
     merged
 }
 
-/// The tables of every staged part of `name` that decodes (one part in
-/// memory at a time).
+/// The tables of every staged part of `name` whose header reads (one
+/// header in memory at a time).
 fn staged_tables(conn: &Connection, name: &str) -> Result<Vec<TableEntry>> {
     let mut tables: Vec<TableEntry> = Vec::new();
     let mut stmt =
         conn.prepare_cached("SELECT package FROM crsql_stream_staging WHERE name = ?1")?;
     let mut rows = stmt.query([name])?;
     while let Some(row) = rows.next()? {
-        if let Ok(p) = Package::decode(row.get_ref(0)?.as_blob().unwrap_or_default()) {
-            for t in p.tables {
-                if !tables.contains(&t) {
-                    tables.push(t);
-                }
-            }
+        if let Ok(h) = Package::header(row.get_ref(0)?.as_blob().unwrap_or_default()) {
+            union_tables(&mut tables, h.tables);
         }
     }
     Ok(tables)
+}
+
+/// Add to `tables` those of `more` it does not hold yet.
+fn union_tables(tables: &mut Vec<TableEntry>, more: Vec<TableEntry>) {
+    for t in more {
+        if !tables.contains(&t) {
+            tables.push(t);
+        }
+    }
 }
 
 /// Keep a part of a split transaction until its last part arrives; returns
