@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crsql_stream_core::package::{crc64, Encoding, Package};
+use crsql_stream_core::package::{crc64, Bytes, Encoding, Package};
 use crsql_stream_harness::sql::{exec, int, message, rows, text, try_rows};
 use crsql_stream_harness::{close, open};
 use rand::rngs::StdRng;
@@ -2316,7 +2316,8 @@ fn other_columns_apply_and_another_primary_key_is_rejected_naming_the_table() {
 /// Decode a binary package, let `f` alter it, re-encode it with a valid
 /// checksum: well-formed packages with wrong content.
 fn crafted(p: &Pkg, f: impl FnOnce(&mut Package)) -> Value {
-    let mut pkg = Package::decode(&p.bytes_of()).expect("decode");
+    let bytes = p.bytes_of();
+    let mut pkg = Package::decode(&bytes).expect("decode");
     f(&mut pkg);
     Value::Blob(pkg.encode(Encoding::Binary).expect("encode"))
 }
@@ -2392,7 +2393,7 @@ fn a_package_that_fails_midway_leaves_nothing_applied() {
     );
     let v = crafted(&p[0], |pkg| {
         let last = pkg.changes.len() - 1;
-        pkg.changes[last].pk.0 = vec![0xff, 0x13, 0x00];
+        pkg.changes[last].pk = Bytes::from(vec![0xff, 0x13, 0x00]);
     });
     assert_rejected(&c, "i", &v, "corrupt pk, autocommit");
     exec(&c, "BEGIN");

@@ -211,7 +211,7 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
             return Err(missing_first_parts(name, &pkg, part.db_version));
         }
     }
-    let (cursor, sender, stream_id) = (pkg.cursor, pkg.sender.0.clone(), pkg.stream_id.0.clone());
+    let (cursor, sender, stream_id) = (pkg.cursor, pkg.sender.0.to_vec(), pkg.stream_id.0.to_vec());
     let stage_this = matches!(pkg.part, Some(part) if !part.last);
     if stage_this {
         // A new split transaction: staged parts of an older one (whose other
@@ -235,7 +235,7 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
             return Err(e);
         }
     } else {
-        merge_package(ext, name, "", pkg, known)?;
+        merge_package(ext, name, "", pkg.into_owned(), known)?;
     }
     let inner = ext.lock(INBOUND)?;
     inner
@@ -291,7 +291,7 @@ fn check_package(
     let state = load_state(&inner.conn, name)?.ok_or_else(|| {
         err!("{INBOUND} {name}: stored state is missing; DROP and re-create the table")
     })?;
-    let sender = pkg.sender.0.as_slice();
+    let sender: &[u8] = &pkg.sender.0;
     if sender == ext.site_id().as_slice() {
         return Err(err!(
             "{INBOUND} {name}: the package was produced by this database itself (site {})",
@@ -311,7 +311,7 @@ fn check_package(
         }
     }
     if let Some(id) = &state.stream_id {
-        if id.as_slice() != pkg.stream_id.0.as_slice() {
+        if id.as_slice() != &pkg.stream_id.0[..] {
             return Err(err!(
                 "{INBOUND} {name}: wrong stream: this table follows stream id {}, the package comes from stream {:?} (id {})",
                 hex(id),
@@ -372,7 +372,7 @@ fn merge_package(
     ext: &Ext,
     name: &str,
     context: &str,
-    package: Package,
+    package: Package<'static>,
     known: Option<Known>,
 ) -> Result<()> {
     let batch = MergeBatch {
