@@ -3367,6 +3367,54 @@ fn a_corrupted_staged_part_refuses_the_last_part_and_changes_nothing() {
     assert_eq!(last_applied(&b, "i"), p[1].cursor);
 }
 
+/// A staged part whose header reads but whose changes do not decode (its
+/// checksum is right: staged by a build that validated differently, or
+/// edited by hand) passes the staged parts' header check; its merge fails,
+/// the one statement merges nothing, and the parts stay staged, so the
+/// transaction applies once the part is put right.
+#[test]
+fn a_staged_part_whose_changes_do_not_decode_refuses_the_last_part_and_changes_nothing() {
+    let d = Dir::new();
+    let a = d.create("a");
+    let b = d.create("b");
+    notes_in_one_transaction(&a, 10, "'n' || x");
+    link(&a, &b, "o", "i", "max_changes = 4");
+    let p = pull(&a, "o", "");
+    assert_eq!(p.len(), 3);
+    apply_ok(&b, "i", &p[0]);
+    apply_ok(&b, "i", &p[1]);
+    let bad = crafted(&p[1], |pkg| pkg.changes[0].table = 7);
+    b.execute(
+        "UPDATE crsql_stream_staging SET package = ?1 WHERE part = 1",
+        [&bad],
+    )
+    .unwrap();
+    let before = dump(&b);
+    let staged = "SELECT part, package FROM crsql_stream_staging ORDER BY part";
+    let staged_before = rows(&b, staged);
+    let err = apply(&b, "i", &p[2].package).unwrap_err();
+    assert!(
+        err.contains("merging the staged parts of a split transaction")
+            && err.contains("change 0 names table #7"),
+        "{err}"
+    );
+    assert_eq!(dump(&b), before, "nothing merged");
+    assert_eq!(
+        rows(&b, staged),
+        staged_before,
+        "the parts stay staged, the last one not"
+    );
+    assert_eq!(last_applied(&b, "i"), p[1].cursor);
+    b.execute(
+        "UPDATE crsql_stream_staging SET package = ?1 WHERE part = 1",
+        [&p[1].package],
+    )
+    .unwrap();
+    apply_ok(&b, "i", &p[2]);
+    assert_eq!(table_rows(&b, "notes"), table_rows(&a, "notes"));
+    assert_eq!(int(&b, "SELECT count(*) FROM crsql_stream_staging"), 0);
+}
+
 /// The staged parts are deleted before the merge that applies them, so
 /// the merge reuses their pages: the receiver is not left with the staged
 /// size as free pages (it used to be about half as large again as the sender).
