@@ -11,9 +11,11 @@
 //! a length read off the input, and validates every cross-reference, so the
 //! apply side can trust a decoded package's shape.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, SeqAccess, Visitor};
+use serde::ser;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ids::Position;
@@ -40,14 +42,20 @@ pub enum Encoding {
 }
 
 /// A set of changes from one stream, covering positions `(since, cursor]`.
+///
+/// A decoded binary package borrows its byte strings, text and blobs from
+/// the bytes it was decoded from (`'a`); [`Package::into_owned`] copies
+/// them out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 // JSON: a key this version does not know is an error, not silently dropped.
 #[serde(deny_unknown_fields)]
-pub struct Package {
+pub struct Package<'a> {
     /// Site id of the database that produced the package.
-    pub sender: Bytes,
+    #[serde(borrow)]
+    pub sender: Bytes<'a>,
     /// Random id of the producing stream (two streams never share one).
-    pub stream_id: Bytes,
+    #[serde(borrow)]
+    pub stream_id: Bytes<'a>,
     /// Name of the producing outbound table.
     pub stream: String,
     /// The package starts after this position (exclusive).
@@ -60,15 +68,31 @@ pub struct Package {
     #[serde(deserialize_with = "bounded_vec")]
     pub tables: Vec<TableEntry>,
     /// Site-id dictionary (origin sites of the changes).
-    #[serde(deserialize_with = "bounded_vec")]
-    pub sites: Vec<Bytes>,
-    #[serde(deserialize_with = "bounded_vec")]
-    pub changes: Vec<PkgChange>,
+    #[serde(borrow, deserialize_with = "bounded_vec")]
+    pub sites: Vec<Bytes<'a>>,
+    #[serde(borrow, deserialize_with = "bounded_vec")]
+    pub changes: Vec<PkgChange<'a>>,
     /// What the package is. Not part of the body: binary packages carry it
     /// in the header (format version 2), JSON packages as a `"kind"` key of
     /// the body, both only when it is not [`PackageKind::Changes`].
     #[serde(skip)]
     pub kind: PackageKind,
+}
+
+/// A [`Package`] without its changes ([`Package::header`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Header<'a> {
+    pub kind: PackageKind,
+    pub sender: Bytes<'a>,
+    pub stream_id: Bytes<'a>,
+    pub stream: String,
+    pub since: Position,
+    pub cursor: Position,
+    pub part: Option<Part>,
+    pub tables: Vec<TableEntry>,
+    pub sites: Vec<Bytes<'a>>,
+    /// How many changes the package holds.
+    pub changes: usize,
 }
 
 /// What a package is. The receiver applies both kinds the same way (a
@@ -146,14 +170,16 @@ pub struct TableEntry {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 // JSON: a key this version does not know is an error, not silently dropped.
 #[serde(deny_unknown_fields)]
-pub struct PkgChange {
+pub struct PkgChange<'a> {
     /// Index into `Package::tables`.
     pub table: u32,
     /// Packed primary key (cr-sqlite's format).
-    pub pk: Bytes,
+    #[serde(borrow)]
+    pub pk: Bytes<'a>,
     /// 0 for the sentinel `'-1'`, else 1 + index into the table's `columns`.
     pub cid: u32,
-    pub val: WireValue,
+    #[serde(borrow)]
+    pub val: WireValue<'a>,
     pub col_version: i64,
     pub db_version: i64,
     /// Index into `Package::sites`.
@@ -162,20 +188,58 @@ pub struct PkgChange {
     pub seq: i64,
 }
 
-/// Bytes: a postcard byte string, or lowercase hex in JSON.
+/// Bytes: a postcard byte string, or lowercase hex in JSON. Decoded from
+/// postcard, they borrow from the package's bytes.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Bytes(pub Vec<u8>);
+pub struct Bytes<'a>(pub Cow<'a, [u8]>);
 
-impl fmt::Debug for Bytes {
+impl fmt::Debug for Bytes<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Bytes({})", to_hex(&self.0))
     }
 }
 
+impl From<Vec<u8>> for Bytes<'static> {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes(Cow::Owned(v))
+    }
+}
+
+impl<'a> From<&'a [u8]> for Bytes<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Bytes(Cow::Borrowed(v))
+    }
+}
+
+impl Bytes<'_> {
+    /// A copy that borrows nothing.
+    pub fn into_owned(self) -> Bytes<'static> {
+        Bytes(Cow::Owned(self.0.into_owned()))
+    }
+}
+
 /// A value on the wire. In JSON a REAL is a string (so 2.0 stays a REAL and
 /// infinities survive), integers are exact JSON integers, blobs are hex.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WireValue(pub Value);
+/// Decoded from postcard, text and blobs borrow from the package's bytes
+/// (`Borrowed`, text checked UTF-8); else the value is `Owned`. Both
+/// compare by [`WireValue::as_ref`].
+#[derive(Clone, Debug)]
+pub enum WireValue<'a> {
+    Owned(Value),
+    Borrowed(ValueRef<'a>),
+}
+
+impl From<Value> for WireValue<'static> {
+    fn from(v: Value) -> Self {
+        WireValue::Owned(v)
+    }
+}
+
+impl PartialEq for WireValue<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_ref() == other.as_ref()
+    }
+}
 
 /// Why a package could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -224,7 +288,7 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-impl Serialize for Bytes {
+impl Serialize for Bytes<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
             s.serialize_str(&to_hex(&self.0))
@@ -234,39 +298,43 @@ impl Serialize for Bytes {
     }
 }
 
-impl<'de> Deserialize<'de> for Bytes {
+impl<'de: 'a, 'a> Deserialize<'de> for Bytes<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Bytes;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Bytes<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("bytes or a hex string")
             }
-            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes(v.to_vec()))
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Bytes<'a>, E> {
+                Ok(Bytes(Cow::Borrowed(v)))
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Bytes, E> {
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes<'a>, E> {
+                Ok(Bytes(Cow::Owned(v.to_vec())))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Bytes<'a>, E> {
                 from_hex(v)
-                    .map(Bytes)
+                    .map(Bytes::from)
                     .ok_or_else(|| E::custom("invalid hex string"))
             }
         }
+        let v = V(std::marker::PhantomData);
         if d.is_human_readable() {
-            d.deserialize_str(V)
+            d.deserialize_str(v)
         } else {
-            d.deserialize_bytes(V)
+            d.deserialize_bytes(v)
         }
     }
 }
 
 /// Wire form of a value (an externally tagged enum).
 #[derive(Serialize, Deserialize)]
-enum WireRepr {
+enum WireRepr<'a> {
     Null,
     Integer(i64),
     Real(RealRepr),
-    Text(String),
-    Blob(Bytes),
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Blob(#[serde(borrow)] Bytes<'a>),
 }
 
 /// f64 as itself in postcard, as its shortest round-trip text in JSON.
@@ -295,34 +363,50 @@ impl<'de> Deserialize<'de> for RealRepr {
     }
 }
 
-impl Serialize for WireValue {
+impl Serialize for WireValue<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let repr = match &self.0 {
-            Value::Null => WireRepr::Null,
-            Value::Integer(i) => WireRepr::Integer(*i),
-            Value::Real(r) => WireRepr::Real(RealRepr(*r)),
-            Value::Text(t) => WireRepr::Text(t.clone()),
-            Value::Blob(b) => WireRepr::Blob(Bytes(b.clone())),
+        let repr = match self.as_ref() {
+            ValueRef::Null => WireRepr::Null,
+            ValueRef::Integer(i) => WireRepr::Integer(i),
+            ValueRef::Real(r) => WireRepr::Real(RealRepr(r)),
+            ValueRef::Text(t) => WireRepr::Text(Cow::Borrowed(match self {
+                WireValue::Owned(Value::Text(t)) => t.as_str(),
+                _ => std::str::from_utf8(t).map_err(|_| ser::Error::custom("text is not UTF-8"))?,
+            })),
+            ValueRef::Blob(b) => WireRepr::Blob(Bytes(Cow::Borrowed(b))),
         };
         repr.serialize(s)
     }
 }
 
-impl<'de> Deserialize<'de> for WireValue {
+impl<'de: 'a, 'a> Deserialize<'de> for WireValue<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(WireValue(match WireRepr::deserialize(d)? {
-            WireRepr::Null => Value::Null,
-            WireRepr::Integer(i) => Value::Integer(i),
-            WireRepr::Real(r) => Value::Real(r.0),
-            WireRepr::Text(t) => Value::Text(t),
-            WireRepr::Blob(b) => Value::Blob(b.0),
-        }))
+        Ok(match WireRepr::deserialize(d)? {
+            WireRepr::Null => WireValue::Owned(Value::Null),
+            WireRepr::Integer(i) => WireValue::Owned(Value::Integer(i)),
+            WireRepr::Real(r) => WireValue::Owned(Value::Real(r.0)),
+            WireRepr::Text(Cow::Borrowed(t)) => WireValue::Borrowed(ValueRef::Text(t.as_bytes())),
+            WireRepr::Text(Cow::Owned(t)) => WireValue::Owned(Value::Text(t)),
+            WireRepr::Blob(Bytes(Cow::Borrowed(b))) => WireValue::Borrowed(ValueRef::Blob(b)),
+            WireRepr::Blob(Bytes(Cow::Owned(b))) => WireValue::Owned(Value::Blob(b)),
+        })
     }
 }
 
-impl WireValue {
+impl WireValue<'_> {
     pub fn as_ref(&self) -> ValueRef<'_> {
-        self.0.as_ref()
+        match self {
+            WireValue::Owned(v) => v.as_ref(),
+            WireValue::Borrowed(v) => *v,
+        }
+    }
+
+    /// A copy that borrows nothing.
+    pub fn into_owned(self) -> WireValue<'static> {
+        match self {
+            WireValue::Owned(v) => WireValue::Owned(v),
+            WireValue::Borrowed(v) => WireValue::Owned(v.to_owned_value()),
+        }
     }
 }
 
@@ -445,7 +529,31 @@ pub fn schema_hash(table: &str, pks: &[&str], cols: &[&str]) -> u64 {
     h
 }
 
-impl Package {
+impl<'a> Package<'a> {
+    /// A copy that borrows nothing.
+    pub fn into_owned(self) -> Package<'static> {
+        Package {
+            sender: self.sender.into_owned(),
+            stream_id: self.stream_id.into_owned(),
+            stream: self.stream,
+            since: self.since,
+            cursor: self.cursor,
+            part: self.part,
+            tables: self.tables,
+            sites: self.sites.into_iter().map(Bytes::into_owned).collect(),
+            changes: self
+                .changes
+                .into_iter()
+                .map(|c| PkgChange {
+                    pk: c.pk.into_owned(),
+                    val: c.val.into_owned(),
+                    ..c
+                })
+                .collect(),
+            kind: self.kind,
+        }
+    }
+
     /// Encode in the given encoding.
     pub fn encode(&self, enc: Encoding) -> Result<Vec<u8>, PackageError> {
         match enc {
@@ -493,7 +601,7 @@ impl Package {
     }
 
     /// Decode and validate a package in either encoding.
-    pub fn decode(bytes: &[u8]) -> Result<Package, PackageError> {
+    pub fn decode(bytes: &'a [u8]) -> Result<Package<'a>, PackageError> {
         let pkg = match Package::sniff(bytes) {
             Encoding::Binary => Package::decode_binary(bytes)?,
             Encoding::Json => Package::decode_json(bytes)?,
@@ -502,35 +610,68 @@ impl Package {
         Ok(pkg)
     }
 
-    /// The kind and postcard body of a binary package, after checking its
-    /// length, magic, checksum and format version.
-    /// How many changes the package holds, without decoding them: a binary
-    /// package is read up to the length of its change list (the header
-    /// fields before it are small), a JSON one is decoded whole.
+    /// How many changes the package holds, without decoding them (see
+    /// [`Package::header`]).
     pub fn change_count(bytes: &[u8]) -> Result<usize, PackageError> {
+        Ok(Package::header(bytes)?.changes)
+    }
+
+    /// The fields before the changes, and how many changes follow, without
+    /// decoding the changes: a binary package is read up to the length of
+    /// its change list (the fields before it are small), a JSON one is
+    /// decoded whole. The checksum is checked; nothing is validated.
+    pub fn header(bytes: &'a [u8]) -> Result<Header<'a>, PackageError> {
         /// The body's fields before `changes`, in order (postcard writes a
         /// tuple and a struct the same way).
-        type Head = (
-            Bytes,
-            Bytes,
+        type Head<'a> = (
+            Bytes<'a>,
+            Bytes<'a>,
             String,
             Position,
             Position,
             Option<Part>,
             Vec<TableEntry>,
-            Vec<Bytes>,
+            Vec<Bytes<'a>>,
         );
         if Package::sniff(bytes) == Encoding::Json {
-            return Ok(Package::decode_json(bytes)?.changes.len());
+            let p = Package::decode_json(bytes)?;
+            return Ok(Header {
+                kind: p.kind,
+                sender: p.sender,
+                stream_id: p.stream_id,
+                stream: p.stream,
+                since: p.since,
+                cursor: p.cursor,
+                part: p.part,
+                tables: p.tables,
+                sites: p.sites,
+                changes: p.changes.len(),
+            });
         }
         let malformed = |e: postcard::Error| PackageError::Malformed(e.to_string());
-        let (_, body) = Package::binary_body(bytes)?;
-        let (_, rest) = postcard::take_from_bytes::<Head>(body).map_err(malformed)?;
+        let (kind, body) = Package::binary_body(bytes)?;
+        let (head, rest) = postcard::take_from_bytes::<Head>(body).map_err(malformed)?;
+        let (sender, stream_id, stream, since, cursor, part, tables, sites) = head;
         // A sequence's length is a varint, as a u64 is.
         let (n, _) = postcard::take_from_bytes::<u64>(rest).map_err(malformed)?;
-        usize::try_from(n).map_err(|_| PackageError::Malformed("change count out of range".into()))
+        let changes = usize::try_from(n)
+            .map_err(|_| PackageError::Malformed("change count out of range".into()))?;
+        Ok(Header {
+            kind,
+            sender,
+            stream_id,
+            stream,
+            since,
+            cursor,
+            part,
+            tables,
+            sites,
+            changes,
+        })
     }
 
+    /// The kind and postcard body of a binary package, after checking its
+    /// length, magic, checksum and format version.
     fn binary_body(bytes: &[u8]) -> Result<(PackageKind, &[u8]), PackageError> {
         let min = MAGIC.len() + 1 + 8;
         if bytes.len() < min {
@@ -561,7 +702,7 @@ impl Package {
         Ok((kind, body))
     }
 
-    fn decode_binary(bytes: &[u8]) -> Result<Package, PackageError> {
+    fn decode_binary(bytes: &'a [u8]) -> Result<Package<'a>, PackageError> {
         let (kind, body) = Package::binary_body(bytes)?;
         let (mut pkg, rest) = postcard::take_from_bytes::<Package>(body)
             .map_err(|e| PackageError::Malformed(e.to_string()))?;
@@ -575,7 +716,7 @@ impl Package {
         Ok(pkg)
     }
 
-    fn decode_json(bytes: &[u8]) -> Result<Package, PackageError> {
+    fn decode_json(bytes: &'a [u8]) -> Result<Package<'a>, PackageError> {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| PackageError::Malformed("JSON package is not valid UTF-8".into()))?;
         let min = JSON_PREFIX.len() + JSON_SUFFIX_LEN;
@@ -626,7 +767,7 @@ impl Package {
             }
             None => PackageKind::Changes,
         };
-        let mut pkg: Package = serde_json::from_value(v).map_err(malformed)?;
+        let mut pkg = Package::deserialize(v).map_err(malformed)?;
         pkg.kind = kind;
         Ok(pkg)
     }
@@ -713,10 +854,10 @@ impl Package {
 mod tests {
     use super::*;
 
-    fn sample() -> Package {
+    fn sample() -> Package<'static> {
         Package {
-            sender: Bytes(vec![0xa; 16]),
-            stream_id: Bytes(vec![0x5; 16]),
+            sender: Bytes::from(vec![0xa; 16]),
+            stream_id: Bytes::from(vec![0x5; 16]),
             stream: "to_b".into(),
             since: Position::new(3, 1),
             cursor: Position::new(5, 2),
@@ -726,13 +867,13 @@ mod tests {
                 schema_hash: schema_hash("todos", &["id"], &["title", "score"]),
                 columns: vec!["title".into(), "score".into()],
             }],
-            sites: vec![Bytes(vec![0xb; 16])],
+            sites: vec![Bytes::from(vec![0xb; 16])],
             changes: vec![
                 PkgChange {
                     table: 0,
-                    pk: Bytes(vec![1, 9, 1]),
+                    pk: Bytes::from(vec![1, 9, 1]),
                     cid: 1,
-                    val: WireValue(Value::Text("héllo".into())),
+                    val: WireValue::Owned(Value::Text("héllo".into())),
                     col_version: 1,
                     db_version: 4,
                     site: 0,
@@ -741,9 +882,9 @@ mod tests {
                 },
                 PkgChange {
                     table: 0,
-                    pk: Bytes(vec![1, 9, 1]),
+                    pk: Bytes::from(vec![1, 9, 1]),
                     cid: 2,
-                    val: WireValue(Value::Real(2.0)),
+                    val: WireValue::Owned(Value::Real(2.0)),
                     col_version: i64::MAX,
                     db_version: 5,
                     site: 0,
@@ -756,7 +897,7 @@ mod tests {
     }
 
     #[test]
-    fn change_count_reads_the_length_without_the_changes() {
+    fn header_and_change_count_read_without_the_changes() {
         let mut many = sample();
         many.part = Some(Part {
             db_version: 5,
@@ -769,6 +910,20 @@ mod tests {
             for enc in [Encoding::Binary, Encoding::Json] {
                 let bytes = pkg.encode(enc).unwrap();
                 assert_eq!(Package::change_count(&bytes).unwrap(), pkg.changes.len());
+                let h = Package::header(&bytes).unwrap();
+                let expected = Header {
+                    kind: pkg.kind,
+                    sender: pkg.sender.clone(),
+                    stream_id: pkg.stream_id.clone(),
+                    stream: pkg.stream.clone(),
+                    since: pkg.since,
+                    cursor: pkg.cursor,
+                    part: pkg.part,
+                    tables: pkg.tables.clone(),
+                    sites: pkg.sites.clone(),
+                    changes: pkg.changes.len(),
+                };
+                assert_eq!(h, expected, "{enc:?}");
             }
         }
         let mut bad = sample().encode(Encoding::Binary).unwrap();

@@ -36,7 +36,7 @@ fn wrap_json(body: &[u8]) -> Vec<u8> {
 }
 
 /// Decode without panicking; an accepted package must re-encode stably.
-fn decode_soundly(what: &str, bytes: &[u8]) -> Result<Package, String> {
+fn decode_soundly<'a>(what: &str, bytes: &'a [u8]) -> Result<Package<'a>, String> {
     let start = Instant::now();
     let result = catch_unwind(AssertUnwindSafe(|| Package::decode(bytes)))
         .map_err(|_| format!("{what}: Package::decode panicked"))?;

@@ -66,16 +66,16 @@ fn check_fixture(name: &str, pkg: &Package, enc: Encoding) -> Vec<u8> {
     stored
 }
 
-fn pk(values: &[ValueRef<'_>]) -> Bytes {
-    Bytes(pack_columns(values.iter().copied()).unwrap())
+fn pk(values: &[ValueRef<'_>]) -> Bytes<'static> {
+    Bytes::from(pack_columns(values.iter().copied()).unwrap())
 }
 
 /// The worked example of docs/package-format.md: a row of `todos` created
 /// with its title, two changes in one transaction.
-fn small() -> Package {
+fn small() -> Package<'static> {
     Package {
-        sender: Bytes(vec![0x11; 16]),
-        stream_id: Bytes(vec![0x22; 16]),
+        sender: Bytes::from(vec![0x11; 16]),
+        stream_id: Bytes::from(vec![0x22; 16]),
         stream: "to_b".into(),
         since: Position::new(3, 1),
         cursor: Position::new(4, 1),
@@ -85,13 +85,13 @@ fn small() -> Package {
             schema_hash: schema_hash("todos", &["id"], &["title"]),
             columns: vec!["title".into()],
         }],
-        sites: vec![Bytes(vec![0x33; 16])],
+        sites: vec![Bytes::from(vec![0x33; 16])],
         changes: vec![
             PkgChange {
                 table: 0,
                 pk: pk(&[ValueRef::Integer(7)]),
                 cid: 0,
-                val: WireValue(Value::Null),
+                val: WireValue::Owned(Value::Null),
                 col_version: 1,
                 db_version: 4,
                 site: 0,
@@ -102,7 +102,7 @@ fn small() -> Package {
                 table: 0,
                 pk: pk(&[ValueRef::Integer(7)]),
                 cid: 1,
-                val: WireValue(Value::Text("hé".into())),
+                val: WireValue::Owned(Value::Text("hé".into())),
                 col_version: 1,
                 db_version: 4,
                 site: 0,
@@ -116,7 +116,7 @@ fn small() -> Package {
 
 /// Every kind of value and the awkward ones of each kind, over two tables and
 /// three origin sites (one of them shorter than 16 bytes).
-fn all_values() -> Package {
+fn all_values() -> Package<'static> {
     let values = vec![
         Value::Null,
         Value::Integer(0),
@@ -145,7 +145,7 @@ fn all_values() -> Package {
             pk: pk(&[ValueRef::Integer(i as i64), ValueRef::Text("k".as_bytes())]),
             // table 0 has two columns, table 1 one: cycle through 1..=n.
             cid: 1 + (i as u32 / 2) % (2 - table),
-            val: WireValue(v),
+            val: WireValue::Owned(v),
             col_version: [1, i64::MAX, 0][i % 3],
             db_version: 40 + (i as i64) / 6,
             site: (i % 3) as u32,
@@ -159,7 +159,7 @@ fn all_values() -> Package {
         table: 1,
         pk: pk(&[ValueRef::Blob(&[1, 2, 3])]),
         cid: 0,
-        val: WireValue(Value::Null),
+        val: WireValue::Owned(Value::Null),
         col_version: 2,
         db_version: 42,
         site: 1,
@@ -168,8 +168,8 @@ fn all_values() -> Package {
     });
     let cursor = Position::new(42, 5);
     Package {
-        sender: Bytes((0..16).collect()),
-        stream_id: Bytes((0..16).map(|b| 0xf0 | b).collect()),
+        sender: Bytes::from((0..16).collect::<Vec<u8>>()),
+        stream_id: Bytes::from((0..16).map(|b| 0xf0 | b).collect::<Vec<u8>>()),
         stream: "to_server ✓".into(),
         since: Position::new(39, 7),
         cursor,
@@ -187,9 +187,9 @@ fn all_values() -> Package {
             },
         ],
         sites: vec![
-            Bytes(vec![0xaa; 16]),
-            Bytes(vec![0xbb; 16]),
-            Bytes(vec![0x01]),
+            Bytes::from(vec![0xaa; 16]),
+            Bytes::from(vec![0xbb; 16]),
+            Bytes::from(vec![0x01]),
         ],
         changes,
         kind: PackageKind::Changes,
@@ -198,15 +198,15 @@ fn all_values() -> Package {
 
 /// One part of a transaction split over several packages: `first` is the
 /// first part (not last), otherwise the last part.
-fn split_part(last: bool) -> Package {
+fn split_part(last: bool) -> Package<'static> {
     let (since, cursor, seqs) = if last {
         (Position::new(9, 1), Position::new(9, 3), [2, 3])
     } else {
         (Position::new(8, 4), Position::new(9, 1), [0, 1])
     };
     Package {
-        sender: Bytes(vec![0x44; 16]),
-        stream_id: Bytes(vec![0x55; 16]),
+        sender: Bytes::from(vec![0x44; 16]),
+        stream_id: Bytes::from(vec![0x55; 16]),
         stream: "big".into(),
         since,
         cursor,
@@ -219,14 +219,14 @@ fn split_part(last: bool) -> Package {
             schema_hash: schema_hash("blobs", &["id"], &["data"]),
             columns: vec!["data".into()],
         }],
-        sites: vec![Bytes(vec![0x44; 16])],
+        sites: vec![Bytes::from(vec![0x44; 16])],
         changes: seqs
             .iter()
             .map(|&seq| PkgChange {
                 table: 0,
                 pk: pk(&[ValueRef::Integer(seq)]),
                 cid: 1,
-                val: WireValue(Value::Blob(vec![seq as u8; 20])),
+                val: WireValue::Owned(Value::Blob(vec![seq as u8; 20])),
                 col_version: 1,
                 db_version: 9,
                 site: 0,
@@ -240,7 +240,7 @@ fn split_part(last: bool) -> Package {
 
 /// A package of a stream catching up from below its database's compaction
 /// horizon: a compacted delete, at the position it was made.
-fn snapshot() -> Package {
+fn snapshot() -> Package<'static> {
     let mut p = small();
     p.kind = PackageKind::Snapshot;
     p.changes.truncate(1);
@@ -321,8 +321,8 @@ fn negative_zero_keeps_its_sign_through_both_fixtures() {
         let reals: Vec<u64> = pkg
             .changes
             .iter()
-            .filter_map(|c| match c.val.0 {
-                Value::Real(r) => Some(r.to_bits()),
+            .filter_map(|c| match c.val.as_ref() {
+                ValueRef::Real(r) => Some(r.to_bits()),
                 _ => None,
             })
             .collect();

@@ -17,7 +17,7 @@ use crsql_stream_core::package::{
     crc64, Bytes, Encoding, Package, PackageKind, Part, PkgChange, TableEntry, WireValue,
     FORMAT_VERSION, MAGIC,
 };
-use crsql_stream_core::{Position, Value};
+use crsql_stream_core::{Position, Value, ValueRef};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 
@@ -64,8 +64,8 @@ fn any_value() -> impl Strategy<Value = Value> {
     ]
 }
 
-fn bytes(len: impl Into<prop::collection::SizeRange>) -> impl Strategy<Value = Bytes> {
-    prop::collection::vec(any::<u8>(), len).prop_map(Bytes)
+fn bytes(len: impl Into<prop::collection::SizeRange>) -> impl Strategy<Value = Bytes<'static>> {
+    prop::collection::vec(any::<u8>(), len).prop_map(Bytes::from)
 }
 
 fn table_entry() -> impl Strategy<Value = TableEntry> {
@@ -88,7 +88,7 @@ struct RawChange {
     table: u32,
     cid: u32,
     site: u32,
-    pk: Bytes,
+    pk: Bytes<'static>,
     val: Value,
     col_version: i64,
     cl: i64,
@@ -124,7 +124,7 @@ fn raw_change() -> impl Strategy<Value = RawChange> {
 /// A valid package: ids of 16 bytes, ordered positions inside
 /// `(since, cursor]`, indexes inside the dictionaries, `part` matching the
 /// cursor. Positions start small or near `i64::MAX`.
-fn package() -> impl Strategy<Value = Package> {
+fn package() -> impl Strategy<Value = Package<'static>> {
     (
         (bytes(16..=16), bytes(16..=16), any::<String>()),
         prop_oneof![
@@ -152,7 +152,7 @@ fn package() -> impl Strategy<Value = Package> {
                         table,
                         pk: r.pk,
                         cid: r.cid % (ncols + 1),
-                        val: WireValue(r.val),
+                        val: WireValue::Owned(r.val),
                         col_version: r.col_version,
                         db_version: pos.db_version,
                         site: r.site % sites.len() as u32,
@@ -197,15 +197,15 @@ fn encoding() -> impl Strategy<Value = Encoding> {
 /// Exact equality of packages: reals compared by bits (PartialEq on f64
 /// would take -0.0 for 0.0).
 fn same(a: &Package, b: &Package) -> bool {
-    let same_val = |x: &Value, y: &Value| match (x, y) {
-        (Value::Real(x), Value::Real(y)) => x.to_bits() == y.to_bits(),
+    let same_val = |x: ValueRef, y: ValueRef| match (x, y) {
+        (ValueRef::Real(x), ValueRef::Real(y)) => x.to_bits() == y.to_bits(),
         _ => x == y,
     };
     a == b
         && a.changes
             .iter()
             .zip(&b.changes)
-            .all(|(x, y)| same_val(&x.val.0, &y.val.0))
+            .all(|(x, y)| same_val(x.val.as_ref(), y.val.as_ref()))
 }
 
 /// A binary package with `body` as its postcard body and a correct CRC.
@@ -261,8 +261,9 @@ proptest! {
 
     #[test]
     fn binary_and_json_decode_to_the_same_package(pkg in package()) {
-        let bin = Package::decode(&pkg.encode(Encoding::Binary).unwrap()).unwrap();
-        let json = Package::decode(&pkg.encode(Encoding::Json).unwrap()).unwrap();
+        let (bin, json) = (pkg.encode(Encoding::Binary).unwrap(), pkg.encode(Encoding::Json).unwrap());
+        let bin = Package::decode(&bin).unwrap();
+        let json = Package::decode(&json).unwrap();
         prop_assert!(same(&bin, &json));
     }
 
@@ -371,11 +372,11 @@ proptest! {
         let n = p.changes.len();
         let c = if n == 0 { None } else { Some(pick.index(n)) };
         match (rule, c) {
-            (0, _) => p.sender.0.push(0),
-            (1, _) => { p.stream_id.0.pop(); }
+            (0, _) => p.sender.0.to_mut().push(0),
+            (1, _) => { p.stream_id.0.to_mut().pop(); }
             (2, _) => { p.since = Position::new(p.cursor.db_version, p.cursor.seq + 1); }
             (3, _) => { p.part = Some(Part { db_version: p.cursor.db_version + 1, last: true }); }
-            (4, _) => { p.sites[0].0.clear(); p.changes.iter_mut().for_each(|c| c.site = 0); }
+            (4, _) => { p.sites[0].0.to_mut().clear(); p.changes.iter_mut().for_each(|c| c.site = 0); }
             (5, Some(i)) => p.changes[i].table = p.tables.len() as u32,
             (6, Some(i)) => {
                 let t = p.changes[i].table as usize;

@@ -229,7 +229,7 @@ fn local_write(c: &Connection, w: &Local) {
 }
 
 /// The packages of a case: consecutive positions, one stream.
-fn packages(case: &Case, sites: &[[u8; 16]]) -> Vec<Package> {
+fn packages(case: &Case, sites: &[[u8; 16]]) -> Vec<Package<'static>> {
     let tables: Vec<TableEntry> = (0..2)
         .map(|t| {
             let cols = columns(t);
@@ -262,9 +262,9 @@ fn packages(case: &Case, sites: &[[u8; 16]]) -> Vec<Package> {
             };
             list.push(PkgChange {
                 table: table as u32,
-                pk: Bytes(pk(table, row)),
+                pk: Bytes::from(pk(table, row)),
                 cid: g.cid as u32,
-                val: WireValue(if g.cid == 0 {
+                val: WireValue::Owned(if g.cid == 0 {
                     CoreValue::Null
                 } else {
                     vals[g.val].clone()
@@ -277,14 +277,14 @@ fn packages(case: &Case, sites: &[[u8; 16]]) -> Vec<Package> {
             });
         }
         out.push(Package {
-            sender: Bytes(sites[0].to_vec()),
-            stream_id: Bytes(vec![7; 16]),
+            sender: Bytes::from(sites[0].to_vec()),
+            stream_id: Bytes::from(vec![7; 16]),
             stream: "gen".into(),
             since,
             cursor: pos,
             part: None,
             tables: tables.clone(),
-            sites: sites.iter().map(|s| Bytes(s.to_vec())).collect(),
+            sites: sites.iter().map(|s| Bytes::from(s.to_vec())).collect(),
             changes: list,
             kind: PackageKind::Changes,
         });

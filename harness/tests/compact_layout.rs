@@ -1432,8 +1432,8 @@ fn one_version_package(changes: &[(Vec<u8>, u32, crsql_stream_core::Value)]) -> 
     use crsql_stream_core::Position;
     let site = [0xA1u8; 16];
     Package {
-        sender: Bytes(site.to_vec()),
-        stream_id: Bytes(vec![7; 16]),
+        sender: Bytes::from(site.to_vec()),
+        stream_id: Bytes::from(vec![7; 16]),
         stream: "aliases".into(),
         since: Position::new(0, 0),
         cursor: Position::new(1, changes.len() as i64 - 1),
@@ -1443,15 +1443,15 @@ fn one_version_package(changes: &[(Vec<u8>, u32, crsql_stream_core::Value)]) -> 
             schema_hash: schema_hash("t", &["id"], &["m", "b", "c"]),
             columns: vec!["m".into(), "b".into(), "c".into()],
         }],
-        sites: vec![Bytes(site.to_vec())],
+        sites: vec![Bytes::from(site.to_vec())],
         changes: changes
             .iter()
             .enumerate()
             .map(|(seq, (pk, cid, val))| PkgChange {
                 table: 0,
-                pk: Bytes(pk.clone()),
+                pk: Bytes::from(pk.clone()),
                 cid: *cid,
-                val: WireValue(val.clone()),
+                val: WireValue::Owned(val.clone()),
                 col_version: 1,
                 db_version: 1,
                 site: 0,

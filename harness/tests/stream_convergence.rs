@@ -658,7 +658,7 @@ fn insert(conn: &Connection, def: &TableDef, mode: InsertMode, key: &[Value], va
         .unwrap_or_else(|e| panic!("insert into {} failed: {e}", def.name));
 }
 
-fn decode(bytes: &[u8]) -> Package {
+fn decode(bytes: &[u8]) -> Package<'_> {
     Package::decode(bytes).unwrap_or_else(|e| panic!("a produced package does not decode: {e}"))
 }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crsql_stream_core::package::{crc64, Encoding, Package};
+use crsql_stream_core::package::{crc64, Bytes, Encoding, Package};
 use crsql_stream_harness::sql::{exec, int, message, rows, text, try_rows};
 use crsql_stream_harness::{close, open};
 use rand::rngs::StdRng;
@@ -2316,7 +2316,8 @@ fn other_columns_apply_and_another_primary_key_is_rejected_naming_the_table() {
 /// Decode a binary package, let `f` alter it, re-encode it with a valid
 /// checksum: well-formed packages with wrong content.
 fn crafted(p: &Pkg, f: impl FnOnce(&mut Package)) -> Value {
-    let mut pkg = Package::decode(&p.bytes_of()).expect("decode");
+    let bytes = p.bytes_of();
+    let mut pkg = Package::decode(&bytes).expect("decode");
     f(&mut pkg);
     Value::Blob(pkg.encode(Encoding::Binary).expect("encode"))
 }
@@ -2392,7 +2393,7 @@ fn a_package_that_fails_midway_leaves_nothing_applied() {
     );
     let v = crafted(&p[0], |pkg| {
         let last = pkg.changes.len() - 1;
-        pkg.changes[last].pk.0 = vec![0xff, 0x13, 0x00];
+        pkg.changes[last].pk = Bytes::from(vec![0xff, 0x13, 0x00]);
     });
     assert_rejected(&c, "i", &v, "corrupt pk, autocommit");
     exec(&c, "BEGIN");
@@ -3364,6 +3365,54 @@ fn a_corrupted_staged_part_refuses_the_last_part_and_changes_nothing() {
     );
     assert_eq!(dump(&b), before, "nothing merged, the last part not staged");
     assert_eq!(last_applied(&b, "i"), p[1].cursor);
+}
+
+/// A staged part whose header reads but whose changes do not decode (its
+/// checksum is right: staged by a build that validated differently, or
+/// edited by hand) passes the staged parts' header check; its merge fails,
+/// the one statement merges nothing, and the parts stay staged, so the
+/// transaction applies once the part is put right.
+#[test]
+fn a_staged_part_whose_changes_do_not_decode_refuses_the_last_part_and_changes_nothing() {
+    let d = Dir::new();
+    let a = d.create("a");
+    let b = d.create("b");
+    notes_in_one_transaction(&a, 10, "'n' || x");
+    link(&a, &b, "o", "i", "max_changes = 4");
+    let p = pull(&a, "o", "");
+    assert_eq!(p.len(), 3);
+    apply_ok(&b, "i", &p[0]);
+    apply_ok(&b, "i", &p[1]);
+    let bad = crafted(&p[1], |pkg| pkg.changes[0].table = 7);
+    b.execute(
+        "UPDATE crsql_stream_staging SET package = ?1 WHERE part = 1",
+        [&bad],
+    )
+    .unwrap();
+    let before = dump(&b);
+    let staged = "SELECT part, package FROM crsql_stream_staging ORDER BY part";
+    let staged_before = rows(&b, staged);
+    let err = apply(&b, "i", &p[2].package).unwrap_err();
+    assert!(
+        err.contains("merging the staged parts of a split transaction")
+            && err.contains("change 0 names table #7"),
+        "{err}"
+    );
+    assert_eq!(dump(&b), before, "nothing merged");
+    assert_eq!(
+        rows(&b, staged),
+        staged_before,
+        "the parts stay staged, the last one not"
+    );
+    assert_eq!(last_applied(&b, "i"), p[1].cursor);
+    b.execute(
+        "UPDATE crsql_stream_staging SET package = ?1 WHERE part = 1",
+        [&p[1].package],
+    )
+    .unwrap();
+    apply_ok(&b, "i", &p[2]);
+    assert_eq!(table_rows(&b, "notes"), table_rows(&a, "notes"));
+    assert_eq!(int(&b, "SELECT count(*) FROM crsql_stream_staging"), 0);
 }
 
 /// The staged parts are deleted before the merge that applies them, so

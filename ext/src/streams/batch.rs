@@ -36,7 +36,7 @@ pub const MODULE: &str = "crsql_internal_merge";
 #[derive(Default)]
 pub struct MergeBatch {
     pub known: Option<Known>,
-    pub package: Option<Package>,
+    pub package: Option<Package<'static>>,
     pub parts: Arc<[Vec<u8>]>,
 }
 
@@ -68,7 +68,7 @@ pub fn merge_package(
         let table = pkg.tables[c.table as usize].name.as_str();
         let cid = pkg.cid_of(c);
         // As the value would come out of SQLite (which has no NaN).
-        let val = match to_sql(c.val.0.as_ref()) {
+        let val = match to_sql(c.val.as_ref()) {
             ValueRef::Real(r) if r.is_nan() => ValueRef::Null,
             v => v,
         };

@@ -211,7 +211,7 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
             return Err(missing_first_parts(name, &pkg, part.db_version));
         }
     }
-    let (cursor, sender, stream_id) = (pkg.cursor, pkg.sender.0.clone(), pkg.stream_id.0.clone());
+    let (cursor, sender, stream_id) = (pkg.cursor, pkg.sender.0.to_vec(), pkg.stream_id.0.to_vec());
     let stage_this = matches!(pkg.part, Some(part) if !part.last);
     if stage_this {
         // A new split transaction: staged parts of an older one (whose other
@@ -235,7 +235,7 @@ fn apply_package(ext: &Ext, name: &str, cfg: &InboundConfig, bytes: &[u8]) -> Re
             return Err(e);
         }
     } else {
-        merge_package(ext, name, "", pkg, known)?;
+        merge_package(ext, name, "", pkg.into_owned(), known)?;
     }
     let inner = ext.lock(INBOUND)?;
     inner
@@ -291,7 +291,7 @@ fn check_package(
     let state = load_state(&inner.conn, name)?.ok_or_else(|| {
         err!("{INBOUND} {name}: stored state is missing; DROP and re-create the table")
     })?;
-    let sender = pkg.sender.0.as_slice();
+    let sender: &[u8] = &pkg.sender.0;
     if sender == ext.site_id().as_slice() {
         return Err(err!(
             "{INBOUND} {name}: the package was produced by this database itself (site {})",
@@ -311,7 +311,7 @@ fn check_package(
         }
     }
     if let Some(id) = &state.stream_id {
-        if id.as_slice() != pkg.stream_id.0.as_slice() {
+        if id.as_slice() != &pkg.stream_id.0[..] {
             return Err(err!(
                 "{INBOUND} {name}: wrong stream: this table follows stream id {}, the package comes from stream {:?} (id {})",
                 hex(id),
@@ -372,7 +372,7 @@ fn merge_package(
     ext: &Ext,
     name: &str,
     context: &str,
-    package: Package,
+    package: Package<'static>,
     known: Option<Known>,
 ) -> Result<()> {
     let batch = MergeBatch {
@@ -453,28 +453,27 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
     if staged.is_empty() {
         return stream_staged(ext);
     }
-    // The parts, if they make one valid package: each valid, each starting
-    // at or after the previous one's cursor (so their changes are in
-    // position order), which a package that completes the transaction from
-    // an earlier position (a replay overlapping the staged parts) breaks.
-    // Else, or for a part that does not decode, the statement over the
-    // staging table does the merge (and reports the error). One part is
-    // decoded at a time.
+    // The parts, if they make one package: each starting at or after the
+    // previous one's cursor (so their changes are in position order), which
+    // a package that completes the transaction from an earlier position (a
+    // replay overlapping the staged parts) breaks. Else, or for a part
+    // whose header does not read, the statement over the staging table does
+    // the merge (and reports the error). Only headers are read here (each
+    // part was validated when it was staged, and is decoded and validated
+    // again when it merges): a part whose changes do not decode fails the
+    // merge, one statement, with the same error as the statement over the
+    // staging table, and the parts are staged again.
     let mut tables: Vec<TableEntry> = Vec::new();
     let mut previous: Option<Position> = None;
     for (_, bytes) in &staged {
-        let Some(p) = Package::decode(bytes).ok().filter(|p| p.validate().is_ok()) else {
+        let Ok(h) = Package::header(bytes) else {
             return stream_staged(ext);
         };
-        if previous.is_some_and(|c| p.since < c) {
+        if previous.is_some_and(|c| h.since < c) {
             return stream_staged(ext);
         }
-        previous = Some(p.cursor);
-        for t in p.tables {
-            if !tables.contains(&t) {
-                tables.push(t);
-            }
-        }
+        previous = Some(h.cursor);
+        union_tables(&mut tables, h.tables);
     }
     let known = {
         let mut inner = ext.lock(INBOUND)?;
@@ -505,23 +504,28 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
     merged
 }
 
-/// The tables of every staged part of `name` that decodes (one part in
-/// memory at a time).
+/// The tables of every staged part of `name` whose header reads (one
+/// header in memory at a time).
 fn staged_tables(conn: &Connection, name: &str) -> Result<Vec<TableEntry>> {
     let mut tables: Vec<TableEntry> = Vec::new();
     let mut stmt =
         conn.prepare_cached("SELECT package FROM crsql_stream_staging WHERE name = ?1")?;
     let mut rows = stmt.query([name])?;
     while let Some(row) = rows.next()? {
-        if let Ok(p) = Package::decode(row.get_ref(0)?.as_blob().unwrap_or_default()) {
-            for t in p.tables {
-                if !tables.contains(&t) {
-                    tables.push(t);
-                }
-            }
+        if let Ok(h) = Package::header(row.get_ref(0)?.as_blob().unwrap_or_default()) {
+            union_tables(&mut tables, h.tables);
         }
     }
     Ok(tables)
+}
+
+/// Add to `tables` those of `more` it does not hold yet.
+fn union_tables(tables: &mut Vec<TableEntry>, more: Vec<TableEntry>) {
+    for t in more {
+        if !tables.contains(&t) {
+            tables.push(t);
+        }
+    }
 }
 
 /// Keep a part of a split transaction until its last part arrives; returns

@@ -20,7 +20,7 @@ const CHANGES: &str = "crsql_package_changes";
 const COL_PACKAGE: std::ffi::c_int = 9;
 
 /// Decode a package given as a BLOB (binary) or TEXT (JSON).
-pub fn decode_arg(func: &str, v: ValueRef<'_>) -> Result<Package> {
+pub fn decode_arg<'a>(func: &str, v: ValueRef<'a>) -> Result<Package<'a>> {
     let bytes = match v {
         ValueRef::Blob(b) | ValueRef::Text(b) => b,
         other => {
@@ -101,7 +101,7 @@ impl Table for PackageChangesTable {
 }
 
 pub struct PackageChangesCursor {
-    pkg: Option<Package>,
+    pkg: Option<Package<'static>>,
     pos: usize,
 }
 
@@ -118,7 +118,7 @@ impl TableCursor for PackageChangesCursor {
                 "{CHANGES}: a package argument is required, e.g. SELECT * FROM {CHANGES}(?)"
             ));
         }
-        self.pkg = Some(decode_arg(CHANGES, args[0])?);
+        self.pkg = Some(decode_arg(CHANGES, args[0])?.into_owned());
         Ok(())
     }
 

@@ -812,16 +812,16 @@ impl Producer {
                 Some(s) => *s,
                 None => {
                     let table = &self.tables[c.table].name;
-                    sites.push(Bytes(self.sites.site(c.site, table)?.to_vec()));
+                    sites.push(Bytes::from(self.sites.site(c.site, table)?.to_vec()));
                     site_idx.insert(c.site, sites.len() as u32 - 1);
                     sites.len() as u32 - 1
                 }
             };
             out.push(PkgChange {
                 table: t,
-                pk: Bytes(c.pk),
+                pk: Bytes::from(c.pk),
                 cid: c.cid,
-                val: WireValue(c.val),
+                val: WireValue::Owned(c.val),
                 col_version: c.col_version,
                 db_version: c.db_version,
                 site: s,
@@ -835,8 +835,8 @@ impl Producer {
         };
         let pkg = Package {
             kind,
-            sender: Bytes(ext.site_id().to_vec()),
-            stream_id: Bytes(stream_id.to_vec()),
+            sender: Bytes::from(ext.site_id().to_vec()),
+            stream_id: Bytes::from(stream_id.to_vec()),
             stream: name.to_string(),
             since,
             cursor,
