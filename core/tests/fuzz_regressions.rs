@@ -45,7 +45,15 @@ fn decode_soundly<'a>(what: &str, bytes: &'a [u8]) -> Result<Package<'a>, String
         "{what}: decoding took {:?}",
         start.elapsed()
     );
+    let header = catch_unwind(AssertUnwindSafe(|| Package::header(bytes)))
+        .map_err(|_| format!("{what}: Package::header panicked"))?;
     let pkg = result.map_err(|e| e.to_string())?;
+    let h = header.unwrap_or_else(|e| panic!("{what}: decodes, but its header does not: {e}"));
+    assert_eq!(
+        (h.since, h.cursor, &h.tables, h.changes),
+        (pkg.since, pkg.cursor, &pkg.tables, pkg.changes.len()),
+        "{what}: the header reads other fields than the decode"
+    );
     for enc in [Encoding::Binary, Encoding::Json] {
         let again = pkg.encode(enc).unwrap();
         let back = Package::decode(&again).unwrap();

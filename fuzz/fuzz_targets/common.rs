@@ -3,6 +3,22 @@
 
 use crsql_stream_core::package::{Encoding, Package};
 
+/// Whatever `bytes` are: `Package::header` reads them without a panic, and
+/// of a package `Package::decode` accepts it reads the same fields, which
+/// [`check_accepted`] then checks.
+pub fn check_bytes(bytes: &[u8]) {
+    let header = Package::header(bytes);
+    if let Ok(pkg) = Package::decode(bytes) {
+        let h = header.expect("the header of an accepted package reads");
+        assert_eq!(
+            (h.since, h.cursor, &h.tables, h.changes),
+            (pkg.since, pkg.cursor, &pkg.tables, pkg.changes.len()),
+            "the header reads other fields than the decode"
+        );
+        check_accepted(&pkg);
+    }
+}
+
 /// A decoded package is fully usable and re-encodes canonically: encoding it
 /// and decoding again gives a package with the very same encoding.
 pub fn check_accepted(pkg: &Package) {

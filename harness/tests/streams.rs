@@ -3374,6 +3374,21 @@ fn a_corrupted_staged_part_refuses_the_last_part_and_changes_nothing() {
 /// transaction applies once the part is put right.
 #[test]
 fn a_staged_part_whose_changes_do_not_decode_refuses_the_last_part_and_changes_nothing() {
+    staged_part_that_does_not_decode(|pkg| pkg.changes[0].table = 7);
+}
+
+/// The same, the part's table entry also wrong (a schema hash the receiver
+/// does not have, which its header shows): the error is still the part's
+/// decode error, not a schema error about that entry (D59).
+#[test]
+fn a_staged_part_that_does_not_decode_is_reported_before_its_wrong_table_entry() {
+    staged_part_that_does_not_decode(|pkg| {
+        pkg.changes[0].table = 7;
+        pkg.tables[0].schema_hash ^= 1;
+    });
+}
+
+fn staged_part_that_does_not_decode(edit: impl FnOnce(&mut Package)) {
     let d = Dir::new();
     let a = d.create("a");
     let b = d.create("b");
@@ -3383,7 +3398,7 @@ fn a_staged_part_whose_changes_do_not_decode_refuses_the_last_part_and_changes_n
     assert_eq!(p.len(), 3);
     apply_ok(&b, "i", &p[0]);
     apply_ok(&b, "i", &p[1]);
-    let bad = crafted(&p[1], |pkg| pkg.changes[0].table = 7);
+    let bad = crafted(&p[1], edit);
     b.execute(
         "UPDATE crsql_stream_staging SET package = ?1 WHERE part = 1",
         [&bad],

@@ -440,8 +440,12 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
     let stream_staged = |ext: &Ext| -> Result<()> {
         let known = {
             let mut inner = ext.lock(INBOUND)?;
-            let tables = staged_tables(&inner.conn, name)?;
-            pending::known_filter(ext, &mut inner, &format!("{INBOUND} {name}"), &tables)?
+            let tables = staged_tables(&inner.conn, name, |b| {
+                Package::header(b).ok().map(|h| h.tables)
+            })?;
+            staged_known(ext, &mut inner, name, &tables, |conn| {
+                staged_tables(conn, name, |b| Package::decode(b).ok().map(|p| p.tables))
+            })?
         };
         let batch = MergeBatch {
             known,
@@ -477,7 +481,15 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
     }
     let known = {
         let mut inner = ext.lock(INBOUND)?;
-        pending::known_filter(ext, &mut inner, &format!("{INBOUND} {name}"), &tables)?
+        staged_known(ext, &mut inner, name, &tables, |_| {
+            let mut whole = Vec::new();
+            for (_, bytes) in &staged {
+                if let Ok(p) = Package::decode(bytes) {
+                    union_tables(&mut whole, p.tables);
+                }
+            }
+            Ok(whole)
+        })?
     };
     clear(ext)?;
     let (numbers, bytes): (Vec<i64>, Vec<Vec<u8>>) = staged.into_iter().unzip();
@@ -504,19 +516,50 @@ fn merge_staged(ext: &Ext, name: &str) -> Result<()> {
     merged
 }
 
-/// The tables of every staged part of `name` whose header reads (one
-/// header in memory at a time).
-fn staged_tables(conn: &Connection, name: &str) -> Result<Vec<TableEntry>> {
+/// The tables of every staged part of `name` that `read` reads (its header,
+/// or the whole part), one part in memory at a time.
+fn staged_tables(
+    conn: &Connection,
+    name: &str,
+    read: impl Fn(&[u8]) -> Option<Vec<TableEntry>>,
+) -> Result<Vec<TableEntry>> {
     let mut tables: Vec<TableEntry> = Vec::new();
     let mut stmt =
         conn.prepare_cached("SELECT package FROM crsql_stream_staging WHERE name = ?1")?;
     let mut rows = stmt.query([name])?;
     while let Some(row) = rows.next()? {
-        if let Ok(h) = Package::header(row.get_ref(0)?.as_blob().unwrap_or_default()) {
-            union_tables(&mut tables, h.tables);
+        if let Some(more) = read(row.get_ref(0)?.as_blob().unwrap_or_default()) {
+            union_tables(&mut tables, more);
         }
     }
     Ok(tables)
+}
+
+/// The known-columns filter ([`pending::known_filter`]) of the staged
+/// parts' `tables`, read from their headers. If it refuses them, it is
+/// asked again of the tables of the parts that decode whole (`whole`),
+/// which is what it was asked before the check read headers only (D59): a
+/// part whose header reads but whose changes do not decode (edited by
+/// hand, or staged by a faulty build) then fails its merge with the decode
+/// error, not with a schema error about its own table entries.
+fn staged_known(
+    ext: &Ext,
+    inner: &mut Inner,
+    name: &str,
+    tables: &[TableEntry],
+    whole: impl FnOnce(&Connection) -> Result<Vec<TableEntry>>,
+) -> Result<Option<Known>> {
+    let stream = format!("{INBOUND} {name}");
+    match pending::known_filter(ext, inner, &stream, tables) {
+        Ok(known) => Ok(known),
+        Err(e) => {
+            let decoded = whole(&inner.conn)?;
+            if decoded.as_slice() == tables {
+                return Err(e);
+            }
+            pending::known_filter(ext, inner, &stream, &decoded)
+        }
+    }
 }
 
 /// Add to `tables` those of `more` it does not hold yet.

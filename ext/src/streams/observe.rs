@@ -88,11 +88,14 @@ fn staged_changes(inner: &Inner, name: &str) -> Result<i64> {
             ValueRef::Blob(b) | ValueRef::Text(b) => b,
             _ => continue,
         };
-        n += Package::change_count(bytes).map_err(|e| {
+        let more = Package::change_count(bytes).map_err(|e| {
             err!("inbound stream {name}: a staged part does not decode ({e}); drop and re-create the stream")
         })?;
+        // A count read from a header, not from the changes: saturate
+        // rather than wrap on a part that claims more than it holds.
+        n = n.saturating_add(more);
     }
-    Ok(n as i64)
+    Ok(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
 /// The module arguments of a `CREATE VIRTUAL TABLE … USING m(a, b, …)`
