@@ -3340,8 +3340,10 @@ fn a_transaction_split_by_max_bytes_is_read_part_by_part_and_applied_whole() {
     assert_eq!(table_rows(&b, "notes"), table_rows(&a, "notes"));
 }
 
-#[test]
-fn a_corrupted_staged_part_refuses_the_last_part_and_changes_nothing() {
+/// A transaction of ten notes at `a` sent to `b` in three parts, the
+/// first two applied (so staged at `b`): the directory, `a`, `b` and the
+/// three packages.
+fn two_parts_staged() -> (Dir, Connection, Connection, Vec<Pkg>) {
     let d = Dir::new();
     let a = d.create("a");
     let b = d.create("b");
@@ -3351,6 +3353,12 @@ fn a_corrupted_staged_part_refuses_the_last_part_and_changes_nothing() {
     assert_eq!(p.len(), 3);
     apply_ok(&b, "i", &p[0]);
     apply_ok(&b, "i", &p[1]);
+    (d, a, b, p)
+}
+
+#[test]
+fn a_corrupted_staged_part_refuses_the_last_part_and_changes_nothing() {
+    let (_d, _a, b, p) = two_parts_staged();
     // Damage on disk (or by hand) to the second staged part.
     exec(
         &b,
@@ -3389,15 +3397,7 @@ fn a_staged_part_that_does_not_decode_is_reported_before_its_wrong_table_entry()
 }
 
 fn staged_part_that_does_not_decode(edit: impl FnOnce(&mut Package)) {
-    let d = Dir::new();
-    let a = d.create("a");
-    let b = d.create("b");
-    notes_in_one_transaction(&a, 10, "'n' || x");
-    link(&a, &b, "o", "i", "max_changes = 4");
-    let p = pull(&a, "o", "");
-    assert_eq!(p.len(), 3);
-    apply_ok(&b, "i", &p[0]);
-    apply_ok(&b, "i", &p[1]);
+    let (_d, a, b, p) = two_parts_staged();
     let bad = crafted(&p[1], edit);
     b.execute(
         "UPDATE crsql_stream_staging SET package = ?1 WHERE part = 1",
