@@ -226,6 +226,7 @@ fn a_hub_away_longer_than_the_retention_and_a_hub_joining_later_resync_from_a_pe
     want.extend(write(&a, 0, 30, 30));
     sync(&pa, &hubs[0].url("acme"));
     std::thread::sleep(Duration::from_secs(4));
+    nats.wait_dropped("CRSQL_acme", Duration::from_secs(60));
     hubs[1] = nats_hub(&dir.path().join("hub1"), port1, &nats, age);
     resynced(&mut hubs, 1, &want);
     sync(&pb, &hubs[1].url("acme"));
@@ -238,6 +239,7 @@ fn a_hub_away_longer_than_the_retention_and_a_hub_joining_later_resync_from_a_pe
     // A third hub joins after the retention window: it starts empty and
     // takes its snapshot from a peer.
     std::thread::sleep(Duration::from_secs(3));
+    nats.wait_dropped("CRSQL_acme", Duration::from_secs(60));
     hubs.push(nats_hub(&dir.path().join("hub2"), 0, &nats, age));
     resynced(&mut hubs, 2, &want);
     sync(&pc, &hubs[2].url("acme"));

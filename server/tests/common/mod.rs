@@ -333,6 +333,34 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Wait (bounded) until the JetStream stream `stream` holds no message:
+    /// every one older than its max age was dropped. `nats-server` drops
+    /// them on a timer, which a loaded machine may run late, so a test that
+    /// needs them gone waits for it rather than for a fixed time.
+    pub fn wait_dropped(&self, stream: &str, timeout: Duration) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = async_nats::connect(self.url()).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let deadline = Instant::now() + timeout;
+            loop {
+                let mut s = js.get_stream(stream).await.unwrap();
+                let held = s.info().await.unwrap().state.messages;
+                if held == 0 {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "JetStream stream {stream} still holds {held} messages after {timeout:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
     /// SIGTERM, wait, and start again on the same port and store.
     pub fn restart(&mut self) {
         self.stop();
