@@ -95,6 +95,24 @@ pub struct Header<'a> {
     pub changes: usize,
 }
 
+impl<'a> From<Package<'a>> for Header<'a> {
+    /// The package's header: its fields but the changes, and their count.
+    fn from(p: Package<'a>) -> Self {
+        Header {
+            kind: p.kind,
+            sender: p.sender,
+            stream_id: p.stream_id,
+            stream: p.stream,
+            since: p.since,
+            cursor: p.cursor,
+            part: p.part,
+            tables: p.tables,
+            sites: p.sites,
+            changes: p.changes.len(),
+        }
+    }
+}
+
 /// What a package is. The receiver applies both kinds the same way (a
 /// merge); the kind tells people and tools why a package is there.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -634,19 +652,7 @@ impl<'a> Package<'a> {
             Vec<Bytes<'a>>,
         );
         if Package::sniff(bytes) == Encoding::Json {
-            let p = Package::decode_json(bytes)?;
-            return Ok(Header {
-                kind: p.kind,
-                sender: p.sender,
-                stream_id: p.stream_id,
-                stream: p.stream,
-                since: p.since,
-                cursor: p.cursor,
-                part: p.part,
-                tables: p.tables,
-                sites: p.sites,
-                changes: p.changes.len(),
-            });
+            return Ok(Package::decode_json(bytes)?.into());
         }
         let malformed = |e: postcard::Error| PackageError::Malformed(e.to_string());
         let (kind, body) = Package::binary_body(bytes)?;
@@ -911,19 +917,7 @@ mod tests {
                 let bytes = pkg.encode(enc).unwrap();
                 assert_eq!(Package::change_count(&bytes).unwrap(), pkg.changes.len());
                 let h = Package::header(&bytes).unwrap();
-                let expected = Header {
-                    kind: pkg.kind,
-                    sender: pkg.sender.clone(),
-                    stream_id: pkg.stream_id.clone(),
-                    stream: pkg.stream.clone(),
-                    since: pkg.since,
-                    cursor: pkg.cursor,
-                    part: pkg.part,
-                    tables: pkg.tables.clone(),
-                    sites: pkg.sites.clone(),
-                    changes: pkg.changes.len(),
-                };
-                assert_eq!(h, expected, "{enc:?}");
+                assert_eq!(h, Header::from(pkg.clone()), "{enc:?}");
             }
         }
         let mut bad = sample().encode(Encoding::Binary).unwrap();

@@ -13,7 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crsql_stream_core::package::{crc64, Encoding, Package, FORMAT_VERSION, MAGIC};
+use crsql_stream_core::package::{crc64, Encoding, Header, Package, FORMAT_VERSION, MAGIC};
 use crsql_stream_core::{pack_columns, unpack_columns};
 
 /// Generous: every input here takes microseconds to milliseconds.
@@ -50,8 +50,8 @@ fn decode_soundly<'a>(what: &str, bytes: &'a [u8]) -> Result<Package<'a>, String
     let pkg = result.map_err(|e| e.to_string())?;
     let h = header.unwrap_or_else(|e| panic!("{what}: decodes, but its header does not: {e}"));
     assert_eq!(
-        (h.since, h.cursor, &h.tables, h.changes),
-        (pkg.since, pkg.cursor, &pkg.tables, pkg.changes.len()),
+        h,
+        Header::from(pkg.clone()),
         "{what}: the header reads other fields than the decode"
     );
     for enc in [Encoding::Binary, Encoding::Json] {

@@ -26,6 +26,7 @@
 
 use std::path::Path;
 
+use crsql_stream_harness::tables::quote;
 use rusqlite::Connection;
 
 use super::common::*;
@@ -42,10 +43,6 @@ pub struct Schema {
 
 /// Rows per table of a [`Schema`], in its order.
 pub type Counts = Vec<(String, i64)>;
-
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 /// Read `t`'s and the `t__crsql_*` tables' schema from `conn`'s
 /// `sqlite_master`: tables and indexes (automatic indexes come with their
@@ -79,7 +76,7 @@ pub fn counts(conn: &Connection, schema: &Schema) -> BoxResult<Counts> {
         .map(|t| {
             Ok((
                 t.clone(),
-                count(conn, &format!("SELECT count(*) FROM {}", quoted(t)))?,
+                count(conn, &format!("SELECT count(*) FROM {}", quote(t)))?,
             ))
         })
         .collect()
@@ -122,7 +119,7 @@ fn insert_trigger(conn: &Connection, layout: &str) -> BoxResult<String> {
     let Some((pk, _)) = columns.iter().find(|(_, k)| *k == 1) else {
         return Err("t has no primary key".into());
     };
-    let pk = format!("NEW.{}", quoted(pk));
+    let pk = format!("NEW.{}", quote(pk));
     let cells: Vec<&str> = columns
         .iter()
         .filter(|(_, k)| *k == 0)
@@ -206,7 +203,7 @@ pub fn apply_floor(
         .tables
         .iter()
         .map(|t| {
-            let t = quoted(t);
+            let t = quote(t);
             format!("INSERT INTO main.{t} SELECT * FROM src.{t} WHERE true;\n")
         })
         .collect();
