@@ -21,6 +21,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::ids::Position;
 use crate::value::{Value, ValueRef};
 
+mod strict_json;
+
 /// First bytes of a binary package.
 pub const MAGIC: [u8; 4] = *b"CRSP";
 /// Format version of ordinary packages (readable by every build).
@@ -763,7 +765,9 @@ impl<'a> Package<'a> {
         }
         // Only packages of another kind carry the key: take it out, then
         // read the rest as any other body (unknown keys are still refused).
-        let mut v: serde_json::Value = serde_json::from_str(body).map_err(malformed)?;
+        // Read strictly: serde_json's `Value` keeps the last of duplicate
+        // keys, where the derived reader above refuses them.
+        let mut v = strict_json::parse(body).map_err(malformed)?;
         let kind = match v.as_object_mut().and_then(|m| m.remove("kind")) {
             Some(serde_json::Value::String(k)) => PackageKind::from_name(&k)?,
             Some(other) => {
@@ -943,6 +947,32 @@ mod tests {
         let text = String::from_utf8(sample().encode(Encoding::Json).unwrap()).unwrap();
         assert!(text.contains("{\"Real\":\"2.0\"}"), "{text}");
         assert!(text.contains("9223372036854775807"), "{text}");
+    }
+
+    /// `pkg` in JSON with the `"key":value` pair `pair` (found once in
+    /// its text) given twice, the checksum recomputed: a well-formed
+    /// package but for the duplicate key.
+    fn json_with_pair_twice(pkg: &Package, pair: &str) -> Vec<u8> {
+        let text = String::from_utf8(pkg.encode(Encoding::Json).unwrap()).unwrap();
+        let body = &text[JSON_PREFIX.len()..text.len() - JSON_SUFFIX_LEN];
+        assert_eq!(body.matches(pair).count(), 1, "{pair} in {body}");
+        let body = body.replacen(pair, &format!("{pair},{pair}"), 1);
+        let crc = crc64(body.as_bytes());
+        format!("{JSON_PREFIX}{body},\"crc\":\"{crc:016x}\"}}").into_bytes()
+    }
+
+    #[test]
+    fn a_duplicate_json_key_is_refused_whatever_the_kind() {
+        let mut snapshot = sample();
+        snapshot.kind = PackageKind::Snapshot;
+        for pkg in [sample(), snapshot] {
+            // A key of the body, and one of a change.
+            for pair in ["\"stream\":\"to_b\"", "\"cid\":1"] {
+                let bytes = json_with_pair_twice(&pkg, pair);
+                let e = Package::decode(&bytes).unwrap_err().to_string();
+                assert!(e.contains("duplicate"), "{:?} {pair}: {e}", pkg.kind);
+            }
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub const CREATE: &str =
     "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, a TEXT, b INTEGER, c REAL)";
 pub const INSERT: &str = "INSERT INTO t (id, a, b, c) VALUES (?1, ?2, ?3, ?4)";
 pub const UPDATE: &str = "UPDATE t SET b = b + 1";
+/// The column [`UPDATE`] sets.
+pub const UPDATED: &str = "b";
 
 /// Rows generated (and changes copied) at a time where a phase streams
 /// its data, so that memory stays bounded whatever the row count.

@@ -107,9 +107,11 @@ struct Crr {
     merged_file: u64,
     applied_file: u64,
     /// SQLite's floors ([`floor`]): the same insert's writes by a pure-SQL
-    /// trigger, the stream replica's end state written by plain SQL.
+    /// trigger, the stream replica's end state written by plain SQL at
+    /// once and as the two transactions the stream delivers.
     insert_floor: Timing,
     apply_floor: Timing,
+    replay_floor: Timing,
 }
 
 /// Run `f` as a phase: record its peak RSS growth under `name`.
@@ -288,6 +290,9 @@ fn crr_phases(
     let apply_floor = phase(memory, "apply, SQLite floor", || {
         floor::apply_floor(dir, layout, &applied, &applied_path, pragmas)
     })?;
+    let replay_floor = phase(memory, "apply, SQLite replay floor", || {
+        floor::replay_floor(dir, layout, &applied, &applied_path, pragmas, UPDATED)
+    })?;
     crsql_stream_harness::close(merged);
     crsql_stream_harness::close(applied);
     for p in [merged_path, applied_path] {
@@ -304,6 +309,7 @@ fn crr_phases(
         applied_file,
         insert_floor,
         apply_floor,
+        replay_floor,
     })
 }
 
@@ -392,13 +398,15 @@ enum Figure {
     Apply,
     ApplyFloor,
     ApplyVsFloor,
+    ReplayFloor,
+    ReplayVsFloor,
     Pack,
     File,
     MergedFile,
     AppliedFile,
 }
 
-const FIGURES: [(Figure, &str); 14] = [
+const FIGURES: [(Figure, &str); 16] = [
     (Figure::Insert, "insert (1 tx)"),
     (
         Figure::InsertFloor,
@@ -415,6 +423,14 @@ const FIGURES: [(Figure, &str); 14] = [
         "apply, SQLite floor (end state by INSERT ... SELECT), changes/s",
     ),
     (Figure::ApplyVsFloor, "apply, ours / SQLite floor (time)"),
+    (
+        Figure::ReplayFloor,
+        "apply, SQLite replay floor (insert tx, then update tx), changes/s",
+    ),
+    (
+        Figure::ReplayVsFloor,
+        "apply, ours / SQLite replay floor (time)",
+    ),
     (Figure::Pack, "pack (outbound stream), changes/s"),
     (Figure::File, "file"),
     (Figure::MergedFile, "file, replica via crsql_changes"),
@@ -484,6 +500,8 @@ fn layout_cells(f: Figure, layout: &str, c: &Column, plain: &Column, time: Clock
         Figure::Apply => rate(x.apply, Some(tg.merge_rate)),
         Figure::ApplyFloor => rate(x.apply_floor, Some(tg.merge_rate)),
         Figure::ApplyVsFloor => vs_floor(x.apply, x.apply_floor),
+        Figure::ReplayFloor => rate(x.replay_floor, Some(tg.merge_rate)),
+        Figure::ReplayVsFloor => vs_floor(x.apply, x.replay_floor),
         Figure::Pack => rate(x.pack, Some(tg.pack_rate)),
         Figure::File => {
             let today = if tg.file_as_today { "as today, " } else { "" };
@@ -666,6 +684,7 @@ pub fn run(opts: &Options) -> BoxResult<()> {
     println!("SQLite floors, per layout, in fresh databases opened without the extension, holding t and the layout's t__crsql_* tables and indexes as the extension created them (read from the CRR's sqlite_master, triggers left out):");
     println!("  insert floor: the same rows inserted the same way (one transaction, one prepared statement), a pure-SQL AFTER INSERT trigger writing per row what the extension's insert writes (cr-sqlite layout: a t__crsql_pks row and a t__crsql_clock row per column; compact: a t__crsql_rows row), constants for the versions; each table's row count is checked equal to the CRR's after its insert");
     println!("  apply floor: the stream replica's end state (t and its t__crsql_* tables; not site ids, peers, change counts or stream positions) copied from the replica, attached, by INSERT INTO ... SELECT * ... WHERE true (WHERE true: no transfer optimization, every row and index entry inserted), all tables in one transaction like the apply; its rate is the apply's change count over that time; row counts checked");
+    println!("  replay floor: the same end state written as the stream delivers it, the insert's transaction and then the update's (in one transaction like the apply): t without column {UPDATED} and every clock row but {UPDATED}'s by INSERT ... SELECT, then {UPDATED} set by one UPDATE ... FROM the replica (every row found again and rewritten) and {UPDATED}'s clock rows inserted; an apply cannot write less, since the insert's transaction must be in place when its last part is applied; row counts checked");
     println!("  a floor's verdict says whether SQLite alone, doing the same writes, meets the target; ours / floor is our time over the floor's");
     println!("cr-sqlite 0.16 itself, 100k rows (issue 12): insert 34x plain, merge 122,000 changes/s, file 4.5x");
     Ok(())

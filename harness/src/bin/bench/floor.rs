@@ -23,6 +23,15 @@
 //!   (copying the stored records and index entries as they are) out: every
 //!   row is encoded and inserted, with its index entries, as an apply must.
 //!   The copy's row counts must equal the replica's.
+//! - **Replay floor** ([`replay_floor`]): the same end state written the
+//!   way the stream delivers it, the insert's transaction and then the
+//!   update's, in one transaction like the apply: `t` without the updated
+//!   column and every clock row but the updated column's, by `INSERT …
+//!   SELECT`; then the updated column set by one `UPDATE … FROM` (each row
+//!   found again and rewritten, as the update's merge does) and its clock
+//!   rows inserted. An apply cannot write less: the insert's transaction
+//!   must be in place (visible) when its last part's statement returns,
+//!   before the update arrives. Row counts checked as above.
 
 use std::path::Path;
 
@@ -109,13 +118,22 @@ fn check_counts(what: &str, crr: &Counts, floor: &Counts) -> BoxResult<()> {
     .into())
 }
 
+/// The columns of `table` in `conn`: name, and position in the primary key
+/// (0: not in it).
+fn columns(conn: &Connection, table: &str) -> BoxResult<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare("SELECT name, pk FROM pragma_table_info(?1) ORDER BY cid")?;
+    let columns = stmt
+        .query_map([table], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(columns)
+}
+
 /// The pure-SQL `AFTER INSERT` trigger writing, per row of `t`, the rows
 /// the extension's insert writes in `layout`.
 fn insert_trigger(conn: &Connection, layout: &str) -> BoxResult<String> {
-    let mut stmt = conn.prepare("SELECT name, pk FROM pragma_table_info('t') ORDER BY cid")?;
-    let columns = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
+    let columns = columns(conn, "t")?;
     let Some((pk, _)) = columns.iter().find(|(_, k)| *k == 1) else {
         return Err("t has no primary key".into());
     };
@@ -191,15 +209,9 @@ pub fn apply_floor(
     replica_path: &Path,
     pragmas: &[String],
 ) -> BoxResult<Timing> {
-    let schema = schema(replica)?;
-    let crr = counts(replica, &schema)?;
-    let path = dir.join(format!("{layout}-apply-floor.db"));
-    let conn = floor_db(&path, &schema, pragmas)?;
-    let src = replica_path
-        .to_str()
-        .ok_or("the replica's path is not UTF-8")?;
-    conn.execute("ATTACH ?1 AS src", [src])?;
-    let copy: String = schema
+    let floor = Floor::new(dir, layout, "apply", replica, replica_path, pragmas)?;
+    let copy: String = floor
+        .schema
         .tables
         .iter()
         .map(|t| {
@@ -207,14 +219,114 @@ pub fn apply_floor(
             format!("INSERT INTO main.{t} SELECT * FROM src.{t} WHERE true;\n")
         })
         .collect();
-    let (_, time) = timed(|| Ok(conn.execute_batch(&format!("BEGIN;\n{copy}COMMIT;"))?))?;
-    conn.execute_batch("DETACH src")?;
-    check_counts(
-        &format!("{layout} apply floor"),
-        &crr,
-        &counts(&conn, &schema)?,
-    )?;
-    drop(conn);
-    remove_db(&path);
-    Ok(time)
+    floor.run(&copy)
+}
+
+/// The replay floor of `layout`: `replica`'s end state written by plain
+/// SQL as the insert's transaction and then the update's, which set
+/// `updated`; one transaction.
+pub fn replay_floor(
+    dir: &Path,
+    layout: &str,
+    replica: &Connection,
+    replica_path: &Path,
+    pragmas: &[String],
+    updated: &str,
+) -> BoxResult<Timing> {
+    let floor = Floor::new(dir, layout, "replay", replica, replica_path, pragmas)?;
+    let cols = columns(replica, "t")?;
+    if !cols.iter().any(|(c, pk)| c == updated && *pk == 0) {
+        return Err(format!("t has no column {updated} outside its primary key").into());
+    }
+    let names: Vec<String> = cols.iter().map(|(c, _)| quote(c)).collect();
+    let without: Vec<String> = cols
+        .iter()
+        .map(|(c, _)| {
+            if c == updated {
+                "NULL".into()
+            } else {
+                quote(c)
+            }
+        })
+        .collect();
+    let on: Vec<String> = cols
+        .iter()
+        .filter(|(_, pk)| *pk > 0)
+        .map(|(c, _)| format!("s.{c} = t.{c}", c = quote(c)))
+        .collect();
+    let (u, name) = (quote(updated), updated.replace('\'', "''"));
+    // The clock tables with a row per column (`col_name`) split by it; the
+    // others (keys, row clocks) are written whole by the insert.
+    let mut first = format!(
+        "INSERT INTO main.t ({}) SELECT {} FROM src.t WHERE true;\n",
+        names.join(", "),
+        without.join(", ")
+    );
+    let mut second = format!(
+        "UPDATE main.t SET {u} = s.{u} FROM src.t AS s WHERE {};\n",
+        on.join(" AND ")
+    );
+    for t in &floor.schema.tables[1..] {
+        let q = quote(t);
+        if columns(replica, t)?.iter().any(|(c, _)| c == "col_name") {
+            first += &format!(
+                "INSERT INTO main.{q} SELECT * FROM src.{q} WHERE col_name IS NOT '{name}';\n"
+            );
+            second +=
+                &format!("INSERT INTO main.{q} SELECT * FROM src.{q} WHERE col_name = '{name}';\n");
+        } else {
+            first += &format!("INSERT INTO main.{q} SELECT * FROM src.{q} WHERE true;\n");
+        }
+    }
+    floor.run(&(first + &second))
+}
+
+/// A fresh database without the extension holding a replica's schema,
+/// with the replica attached as `src`, for a floor that writes the
+/// replica's end state.
+struct Floor {
+    what: String,
+    schema: Schema,
+    crr: Counts,
+    path: std::path::PathBuf,
+    conn: Connection,
+}
+
+impl Floor {
+    fn new(
+        dir: &Path,
+        layout: &str,
+        kind: &str,
+        replica: &Connection,
+        replica_path: &Path,
+        pragmas: &[String],
+    ) -> BoxResult<Floor> {
+        let schema = schema(replica)?;
+        let crr = counts(replica, &schema)?;
+        let path = dir.join(format!("{layout}-{kind}-floor.db"));
+        let conn = floor_db(&path, &schema, pragmas)?;
+        let src = replica_path
+            .to_str()
+            .ok_or("the replica's path is not UTF-8")?;
+        conn.execute("ATTACH ?1 AS src", [src])?;
+        Ok(Floor {
+            what: format!("{layout} {kind} floor"),
+            schema,
+            crr,
+            path,
+            conn,
+        })
+    }
+
+    /// Time `sql` in one transaction, then check the row counts and
+    /// remove the database.
+    fn run(self, sql: &str) -> BoxResult<Timing> {
+        let conn = &self.conn;
+        let (_, time) = timed(|| Ok(conn.execute_batch(&format!("BEGIN;\n{sql}COMMIT;"))?))?;
+        conn.execute_batch("DETACH src")?;
+        check_counts(&self.what, &self.crr, &counts(conn, &self.schema)?)?;
+        drop(self.conn);
+        remove_db(&self.path);
+        Ok(time)
+    }
 }
