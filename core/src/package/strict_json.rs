@@ -13,7 +13,9 @@ pub(super) fn parse(text: &str) -> Result<Value, serde_json::Error> {
     serde_json::from_str::<Strict>(text).map(|s| s.0)
 }
 
-/// A [`Value`] whose objects had no duplicate key.
+/// A [`Value`] whose objects had no duplicate key. Numbers are read as
+/// serde_json reads them without its `arbitrary_precision` feature (off
+/// in every crate here; `reads_what_serde_json_reads` would fail with it).
 struct Strict(Value);
 
 impl<'de> Deserialize<'de> for Strict {
@@ -99,10 +101,19 @@ mod tests {
             "[]",
             "\"s\"",
             "0",
+            "[-9223372036854775808, 18446744073709551616, -0, 1E5, 5e-324]",
+            r#"{"\u0041":"\ud83d\ude00"}"#,
         ] {
             let ours = parse(text).unwrap();
             let theirs: serde_json::Value = serde_json::from_str(text).unwrap();
             assert_eq!(ours, theirs, "{text}");
+        }
+        // What serde_json refuses, refused: a number out of range, and
+        // nesting past its recursion limit (no stack overflow).
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        for text in ["1e400", deep.as_str()] {
+            assert!(serde_json::from_str::<serde_json::Value>(text).is_err());
+            assert!(parse(text).is_err(), "{}", &text[..text.len().min(20)]);
         }
     }
 
@@ -112,6 +123,8 @@ mod tests {
             (r#"{"a":1,"a":2}"#, "a"),
             (r#"{"x":[{"b":1,"c":2,"b":3}]}"#, "b"),
             (r#"{"x":{"y":{"z":1,"z":1}}}"#, "z"),
+            // Keys are compared unescaped.
+            (r#"{"A":1,"\u0041":2}"#, "A"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(&format!("duplicate key `{key}`")), "{text}: {e}");

@@ -22,16 +22,20 @@
 //!   transaction. `WHERE true` keeps SQLite's transfer optimization
 //!   (copying the stored records and index entries as they are) out: every
 //!   row is encoded and inserted, with its index entries, as an apply must.
-//!   The copy's row counts must equal the replica's.
+//!   The copy must hold the replica's rows: as many per table, and each
+//!   of them (`EXCEPT`).
 //! - **Replay floor** ([`replay_floor`]): the same end state written the
 //!   way the stream delivers it, the insert's transaction and then the
-//!   update's, in one transaction like the apply: `t` without the updated
+//!   update's, in one transaction like the apply. The source's update
+//!   superseded the updated column's insert-time value and clock, so the
+//!   stream's insert transaction carries the other columns only, and the
+//!   updated column arrives with the update: `t` without the updated
 //!   column and every clock row but the updated column's, by `INSERT …
 //!   SELECT`; then the updated column set by one `UPDATE … FROM` (each row
 //!   found again and rewritten, as the update's merge does) and its clock
 //!   rows inserted. An apply cannot write less: the insert's transaction
 //!   must be in place (visible) when its last part's statement returns,
-//!   before the update arrives. Row counts checked as above.
+//!   before the update arrives. Rows checked as above.
 
 use std::path::Path;
 
@@ -254,6 +258,9 @@ pub fn replay_floor(
         .filter(|(_, pk)| *pk > 0)
         .map(|(c, _)| format!("s.{c} = t.{c}", c = quote(c)))
         .collect();
+    if on.is_empty() {
+        return Err("t has no primary key".into());
+    }
     let (u, name) = (quote(updated), updated.replace('\'', "''"));
     // The clock tables with a row per column (`col_name`) split by it; the
     // others (keys, row clocks) are written whole by the insert.
@@ -318,13 +325,30 @@ impl Floor {
         })
     }
 
-    /// Time `sql` in one transaction, then check the row counts and
-    /// remove the database.
+    /// Time `sql` in one transaction, then check that every table holds
+    /// the replica's rows (as many, and each of them) and remove the
+    /// database.
     fn run(self, sql: &str) -> BoxResult<Timing> {
         let conn = &self.conn;
         let (_, time) = timed(|| Ok(conn.execute_batch(&format!("BEGIN;\n{sql}COMMIT;"))?))?;
-        conn.execute_batch("DETACH src")?;
         check_counts(&self.what, &self.crr, &counts(conn, &self.schema)?)?;
+        for t in &self.schema.tables {
+            let t = quote(t);
+            let missing = count(
+                conn,
+                &format!(
+                    "SELECT count(*) FROM (SELECT * FROM src.{t} EXCEPT SELECT * FROM main.{t})"
+                ),
+            )?;
+            if missing != 0 {
+                return Err(format!(
+                    "{}: {missing} rows of the replica's {t} differ in the floor database: the floor does not do the same writes",
+                    self.what
+                )
+                .into());
+            }
+        }
+        conn.execute_batch("DETACH src")?;
         drop(self.conn);
         remove_db(&self.path);
         Ok(time)
