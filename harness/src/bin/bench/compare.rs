@@ -112,6 +112,8 @@ struct Crr {
     insert_floor: Timing,
     apply_floor: Timing,
     replay_floor: Timing,
+    /// What the packages carry, read by plain SQL from the source.
+    pack_floor: Timing,
 }
 
 /// Run `f` as a phase: record its peak RSS growth under `name`.
@@ -270,6 +272,15 @@ fn crr_phases(
     let ((_, packed, _), pack) = phase(memory, "pack (outbound stream)", || {
         timed(|| stream_all(src, "bench_pack", "binary", None))
     })?;
+    let pack_floor = phase(memory, "pack, SQLite floor", || {
+        let (rows, time) = floor::pack_floor(src)?;
+        if rows == 0 || rows > changes {
+            return Err(
+                format!("the pack floor read {rows} clock rows for {changes} changes").into(),
+            );
+        }
+        Ok(time)
+    })?;
     let (packages, streamed, apply) = phase(memory, "pack + apply via the streams", || {
         stream_into(src, &applied)
     })?;
@@ -310,6 +321,7 @@ fn crr_phases(
         insert_floor,
         apply_floor,
         replay_floor,
+        pack_floor,
     })
 }
 
@@ -401,12 +413,14 @@ enum Figure {
     ReplayFloor,
     ReplayVsFloor,
     Pack,
+    PackFloor,
+    PackVsFloor,
     File,
     MergedFile,
     AppliedFile,
 }
 
-const FIGURES: [(Figure, &str); 16] = [
+const FIGURES: [(Figure, &str); 18] = [
     (Figure::Insert, "insert (1 tx)"),
     (
         Figure::InsertFloor,
@@ -432,6 +446,11 @@ const FIGURES: [(Figure, &str); 16] = [
         "apply, ours / SQLite replay floor (time)",
     ),
     (Figure::Pack, "pack (outbound stream), changes/s"),
+    (
+        Figure::PackFloor,
+        "pack, SQLite floor (read what packages carry), changes/s",
+    ),
+    (Figure::PackVsFloor, "pack, ours / SQLite floor (time)"),
     (Figure::File, "file"),
     (Figure::MergedFile, "file, replica via crsql_changes"),
     (Figure::AppliedFile, "file, replica via the streams"),
@@ -503,6 +522,8 @@ fn layout_cells(f: Figure, layout: &str, c: &Column, plain: &Column, time: Clock
         Figure::ReplayFloor => rate(x.replay_floor, Some(tg.merge_rate)),
         Figure::ReplayVsFloor => vs_floor(x.apply, x.replay_floor),
         Figure::Pack => rate(x.pack, Some(tg.pack_rate)),
+        Figure::PackFloor => rate(x.pack_floor, Some(tg.pack_rate)),
+        Figure::PackVsFloor => vs_floor(x.pack, x.pack_floor),
         Figure::File => {
             let today = if tg.file_as_today { "as today, " } else { "" };
             let label = format!("{today}<= {}x", tg.file_ratio);
@@ -685,6 +706,7 @@ pub fn run(opts: &Options) -> BoxResult<()> {
     println!("  insert floor: the same rows inserted the same way (one transaction, one prepared statement), a pure-SQL AFTER INSERT trigger writing per row what the extension's insert writes (cr-sqlite layout: a t__crsql_pks row and a t__crsql_clock row per column; compact: a t__crsql_rows row), constants for the versions; each table's row count is checked equal to the CRR's after its insert");
     println!("  apply floor: the stream replica's end state (t and its t__crsql_* tables; not site ids, peers, change counts or stream positions) copied from the replica, attached, by INSERT INTO ... SELECT * ... WHERE true (WHERE true: no transfer optimization, every row and index entry inserted), all tables in one transaction like the apply; its rate is the apply's change count over that time; checked to hold the replica's rows (counts, then EXCEPT)");
     println!("  replay floor: the same end state written as the stream delivers it, the insert's transaction and then the update's (in one transaction like the apply): t without column {UPDATED} and every clock row but {UPDATED}'s by INSERT ... SELECT, then {UPDATED} set by one UPDATE ... FROM the replica (every row found again and rewritten) and {UPDATED}'s clock rows inserted; an apply cannot write less, since the insert's transaction must be in place when its last part is applied; rows checked as for the apply floor");
+    println!("  pack floor: what the packages carry, read from the source by plain SQL in position order through the same indexes: each clock row joined to its base row (compact: t__crsql_rows and t__crsql_cells; cr-sqlite layout: t__crsql_clock through t__crsql_pks, in db_version order only: the sort by seq a pack also does is left out), every column of every row read, no encoding; its rate is the change count over that time");
     println!("  a floor's verdict says whether SQLite alone, doing the same writes, meets the target; ours / floor is our time over the floor's");
     println!("cr-sqlite 0.16 itself, 100k rows (issue 12): insert 34x plain, merge 122,000 changes/s, file 4.5x");
     Ok(())

@@ -36,6 +36,14 @@
 //!   rows inserted. An apply cannot write less: the insert's transaction
 //!   must be in place (visible) when its last part's statement returns,
 //!   before the update arrives. Rows checked as above.
+//! - **Pack floor** ([`pack_floor`]): what the packages carry, read from
+//!   the source by plain SQL in position order through the same indexes
+//!   (each clock row joined to its base row: the compact layout's row
+//!   clocks and cells, the cr-sqlite layout's clock rows through its key
+//!   table), every column of every row read through the API, no encoding.
+//!   The cr-sqlite layout's index orders by version only; the floor leaves
+//!   the sort by seq within a version out (SQLite's sorter costs more than
+//!   ours), so it stays below what a pack must do.
 
 use std::path::Path;
 
@@ -353,4 +361,72 @@ impl Floor {
         remove_db(&self.path);
         Ok(time)
     }
+}
+
+/// The pack floor of the CRR database `src`: every clock row of `t`,
+/// joined to its base row, read in position order with every column; how
+/// many rows it read, and the time.
+pub fn pack_floor(src: &Connection) -> BoxResult<(u64, Timing)> {
+    let schema = schema(src)?;
+    let on = |alias: &str| -> BoxResult<String> {
+        let on: Vec<String> = columns(src, "t")?
+            .iter()
+            .filter(|(_, pk)| *pk > 0)
+            .map(|(c, _)| format!("t.{c} = {alias}.{c}", c = quote(c)))
+            .collect();
+        if on.is_empty() {
+            return Err("t has no primary key".into());
+        }
+        Ok(on.join(" AND "))
+    };
+    // In the order of the clock table's db_version index: `(db_version,
+    // seq)` in the compact layout; `db_version` alone in the cr-sqlite
+    // layout, whose rows of one version a pack must also sort by seq
+    // (left out: SQLite's sorter is slower than ours, and a floor must
+    // not do more than ours).
+    let ordered = |from: &str, alias: &str, order: &str| {
+        format!(
+            "SELECT {alias}.*, t.* FROM {from} WHERE {alias}.db_version >= 0 \
+             ORDER BY {order} LIMIT -1"
+        )
+    };
+    let mut reads = Vec::new();
+    for table in &schema.tables[1..] {
+        match table.as_str() {
+            "t__crsql_rows" | "t__crsql_cells" => reads.push(ordered(
+                &format!("{} AS c JOIN t ON {}", quote(table), on("c")?),
+                "c",
+                "c.db_version, c.seq",
+            )),
+            "t__crsql_clock" => reads.push(ordered(
+                &format!(
+                    "t__crsql_clock AS c JOIN t__crsql_pks AS k ON k.__crsql_key = c.key JOIN t ON {}",
+                    on("k")?
+                ),
+                "c",
+                "c.db_version",
+            )),
+            "t__crsql_pks" => {}
+            other => return Err(format!("the pack floor does not know table {other}").into()),
+        }
+    }
+    if reads.is_empty() {
+        return Err("the pack floor found no clock table of t".into());
+    }
+    let mut rows = 0u64;
+    let (_, time) = timed(|| {
+        for sql in &reads {
+            let mut stmt = src.prepare(sql)?;
+            let width = stmt.column_count();
+            let mut q = stmt.query([])?;
+            while let Some(r) = q.next()? {
+                for i in 0..width {
+                    std::hint::black_box(r.get_ref(i)?);
+                }
+                rows += 1;
+            }
+        }
+        Ok(())
+    })?;
+    Ok((rows, time))
 }
