@@ -133,6 +133,16 @@ enum Step {
     ForgetPeer {
         conn: Index,
     },
+    /// An alteration of `t1`: a column added (with non-default values for
+    /// some rows), or the last added one dropped.
+    Alter {
+        conn: Index,
+    },
+    /// `DROP TABLE` of an outbound stream, and CREATE again (from `[0,0]`).
+    NewStream {
+        conn: Index,
+        stream: usize,
+    },
 }
 
 fn local_stmt() -> impl Strategy<Value = Stmt> {
@@ -171,6 +181,9 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(conn, stream, n, ack)| Step::Pull { conn, stream, n, ack }),
         1 => any::<Index>().prop_map(|conn| Step::Compact { conn }),
         1 => any::<Index>().prop_map(|conn| Step::ForgetPeer { conn }),
+        1 => any::<Index>().prop_map(|conn| Step::Alter { conn }),
+        1 => (any::<Index>(), 0..STREAMS.len())
+            .prop_map(|(conn, stream)| Step::NewStream { conn, stream }),
     ]
 }
 
@@ -240,6 +253,12 @@ fn query(c: &Connection, sql: &str, args: &[Value]) -> Out {
     Ok(out)
 }
 
+fn batch(c: &Connection, sql: &str) -> Out {
+    c.execute_batch(sql)
+        .map(|()| Vec::new())
+        .map_err(|e| message(&e))
+}
+
 fn changed(c: &Connection, sql: &str, args: &[Value]) -> Out {
     c.execute(sql, params_from_iter(args))
         .map(|n| vec![vec![Value::Integer(n as i64)]])
@@ -259,9 +278,9 @@ fn write(c: &Connection, s: &Stmt) -> Out {
         } => changed(
             c,
             if replace {
-                "INSERT OR REPLACE INTO t1 VALUES (?1, ?2, ?3)"
+                "INSERT OR REPLACE INTO t1 (id, a, b) VALUES (?1, ?2, ?3)"
             } else {
-                "INSERT INTO t1 VALUES (?1, ?2, ?3)"
+                "INSERT INTO t1 (id, a, b) VALUES (?1, ?2, ?3)"
             },
             &[i(k), i(v), t(format!("b{v}"))],
         ),
@@ -307,24 +326,8 @@ impl File {
             exec(&first, "PRAGMA journal_mode = WAL");
         }
         exec(&first, SCHEMA);
-        for (name, tables, local, ex) in STREAMS {
-            let mut args = vec!["max_changes = 3".to_string()];
-            if let Some(t) = tables {
-                args.push(format!("tables = '{t}'"));
-            }
-            if local {
-                args.push("local_only = 1".into());
-            }
-            if ex {
-                args.push(format!("exclude_sites = '{peer}'"));
-            }
-            exec(
-                &first,
-                &format!(
-                    "CREATE VIRTUAL TABLE {name} USING crsql_OutboundStream({})",
-                    args.join(", ")
-                ),
-            );
+        for i in 0..STREAMS.len() {
+            exec(&first, &create_stream(i, peer));
         }
         exec(
             &first,
@@ -423,6 +426,25 @@ impl File {
     }
 }
 
+/// The CREATE statement of outbound stream `i`.
+fn create_stream(i: usize, peer: &str) -> String {
+    let (name, tables, local, ex) = STREAMS[i];
+    let mut args = vec!["max_changes = 3".to_string()];
+    if let Some(t) = tables {
+        args.push(format!("tables = '{t}'"));
+    }
+    if local {
+        args.push("local_only = 1".into());
+    }
+    if ex {
+        args.push(format!("exclude_sites = '{peer}'"));
+    }
+    format!(
+        "CREATE VIRTUAL TABLE {name} USING crsql_OutboundStream({})",
+        args.join(", ")
+    )
+}
+
 fn compacted(c: &Connection) -> bool {
     crsql_stream_harness::sql::exists(c, "crsql_tombstones")
 }
@@ -432,6 +454,9 @@ struct World {
     multi: File,
     oracle: File,
     peer: Connection,
+    peer_hex: String,
+    /// Columns `Alter` added to `t1`.
+    added: std::cell::Cell<usize>,
 }
 
 impl World {
@@ -447,6 +472,8 @@ impl World {
             multi: File::new(&dir.join("multi.db"), conns, wal, &hex),
             oracle: File::new(&dir.join("oracle.db"), 1, wal, &hex),
             peer,
+            peer_hex: hex,
+            added: std::cell::Cell::new(0),
         }
     }
 
@@ -634,6 +661,36 @@ impl World {
                         &[Value::Blob(peer.clone())],
                     )
                 });
+                Some(c)
+            }
+            Step::Alter { conn } => {
+                let c = self.conn(conn);
+                let n = self.added.get();
+                let sql = if n < 2 {
+                    self.added.set(n + 1);
+                    format!(
+                        "SELECT crsql_begin_alter('t1'); ALTER TABLE t1 ADD COLUMN x{n} DEFAULT 0; \
+                         UPDATE t1 SET x{n} = id WHERE id % 2 = 1; SELECT crsql_commit_alter('t1');"
+                    )
+                } else {
+                    self.added.set(n - 1);
+                    format!(
+                        "SELECT crsql_begin_alter('t1'); ALTER TABLE t1 DROP COLUMN x{}; \
+                         SELECT crsql_commit_alter('t1');",
+                        n - 1
+                    )
+                };
+                self.both(c, &sql, |conn| batch(conn, &sql));
+                Some(c)
+            }
+            Step::NewStream { conn, stream } => {
+                let c = self.conn(conn);
+                let sql = format!(
+                    "DROP TABLE {}; {}",
+                    STREAMS[*stream].0,
+                    create_stream(*stream, &self.peer_hex)
+                );
+                self.both(c, &sql, |conn| batch(conn, &sql));
                 Some(c)
             }
         }
