@@ -548,7 +548,8 @@ impl World {
                 assert_eq!(
                     seen, committed,
                     "{s:?}: connection {other} reads the committed state while connection {c} \
-                     writes (left: what it read, right: the oracle's state before the transaction)"
+                     runs the step (left: what it read, right: the oracle's committed state \
+                     before the step's transaction)"
                 );
             }
             local => self.both(c, s, |conn| write(conn, local)),
