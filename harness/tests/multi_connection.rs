@@ -21,7 +21,10 @@
 //! back or rolled back to a savepoint; reads of the committed state by
 //! another connection while a transaction is open; writes on the peer;
 //! packages read from an outbound stream and acknowledged;
-//! `crsql_compact()`; `crsql_forget_peer`.
+//! `crsql_compact()`; `crsql_forget_peer`; an alteration of `t1` (a
+//! column added or dropped, `crsql_begin_alter` … `crsql_commit_alter`);
+//! an outbound stream dropped and created again; a connection closed and
+//! opened again.
 //!
 //! The oracle is a second file with the same setup through a single
 //! connection, fed the same history in lock step (the same peer changes
@@ -37,7 +40,10 @@
 //! is ok, positions are unique, and (before any compaction) a fresh read
 //! of every stream delivers `lag_changes` changes.
 //!
-//! Runs `PROPTEST_CASES` cases (default 40).
+//! A connection that keeps its cached db_version after another
+//! connection committed fails it in two steps (an insert on one
+//! connection, a read on the other). Runs `PROPTEST_CASES` cases
+//! (default 40).
 
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -138,6 +144,11 @@ enum Step {
     Alter {
         conn: Index,
     },
+    /// Close a connection of the multi-connection file and open it again
+    /// (the oracle keeps its connection).
+    Reopen {
+        conn: Index,
+    },
     /// `DROP TABLE` of an outbound stream, and CREATE again (from `[0,0]`).
     NewStream {
         conn: Index,
@@ -182,6 +193,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<Index>().prop_map(|conn| Step::Compact { conn }),
         1 => any::<Index>().prop_map(|conn| Step::ForgetPeer { conn }),
         1 => any::<Index>().prop_map(|conn| Step::Alter { conn }),
+        1 => any::<Index>().prop_map(|conn| Step::Reopen { conn }),
         1 => (any::<Index>(), 0..STREAMS.len())
             .prop_map(|(conn, stream)| Step::NewStream { conn, stream }),
     ]
@@ -315,6 +327,7 @@ fn write(c: &Connection, s: &Stmt) -> Out {
 
 /// One file: its connections (one for the oracle) and its site id.
 struct File {
+    path: std::path::PathBuf,
     conns: Vec<Connection>,
     site: Site,
 }
@@ -336,7 +349,11 @@ impl File {
         let site = Site::of(&first);
         let mut all = vec![first];
         all.extend((1..conns).map(|_| open(path)));
-        File { conns: all, site }
+        File {
+            path: path.to_path_buf(),
+            conns: all,
+            site,
+        }
     }
 
     /// Everything both files must agree on, read through connection `c`.
@@ -624,7 +641,7 @@ impl World {
         });
     }
 
-    fn apply(&self, step: &Step) -> Option<usize> {
+    fn apply(&mut self, step: &Step) -> Option<usize> {
         match step {
             Step::Txn { conn, stmts, end } => {
                 let c = self.conn(conn);
@@ -682,6 +699,12 @@ impl World {
                     )
                 };
                 self.both(c, &sql, |conn| batch(conn, &sql));
+                Some(c)
+            }
+            Step::Reopen { conn } => {
+                let c = self.conn(conn);
+                let fresh = open(&self.multi.path);
+                close(std::mem::replace(&mut self.multi.conns[c], fresh));
                 Some(c)
             }
             Step::NewStream { conn, stream } => {
@@ -777,7 +800,7 @@ fn rows_of(c: &Connection, sql: &str, args: &[Value]) -> Vec<Vec<Value>> {
 
 fn run(case: &Case) {
     let dir = tempfile::tempdir().unwrap();
-    let w = World::new(dir.path(), case.conns, case.wal);
+    let mut w = World::new(dir.path(), case.conns, case.wal);
     for (i, step) in case.steps.iter().enumerate() {
         if let Some(c) = w.apply(step) {
             w.compare(c, &format!("after step {i} ({step:?})"));
