@@ -142,6 +142,20 @@ fn columns(conn: &Connection, table: &str) -> BoxResult<Vec<(String, i64)>> {
     Ok(columns)
 }
 
+/// The condition joining `t` to the rows of `alias` with the same primary
+/// key (`t.id = alias.id AND …`), read from `conn`'s `t`.
+fn pk_join(conn: &Connection, alias: &str) -> BoxResult<String> {
+    let on: Vec<String> = columns(conn, "t")?
+        .iter()
+        .filter(|(_, pk)| *pk > 0)
+        .map(|(c, _)| format!("t.{c} = {alias}.{c}", c = quote(c)))
+        .collect();
+    if on.is_empty() {
+        return Err("t has no primary key".into());
+    }
+    Ok(on.join(" AND "))
+}
+
 /// The pure-SQL `AFTER INSERT` trigger writing, per row of `t`, the rows
 /// the extension's insert writes in `layout`.
 fn insert_trigger(conn: &Connection, layout: &str) -> BoxResult<String> {
@@ -261,14 +275,7 @@ pub fn replay_floor(
             }
         })
         .collect();
-    let on: Vec<String> = cols
-        .iter()
-        .filter(|(_, pk)| *pk > 0)
-        .map(|(c, _)| format!("s.{c} = t.{c}", c = quote(c)))
-        .collect();
-    if on.is_empty() {
-        return Err("t has no primary key".into());
-    }
+    let on = pk_join(replica, "s")?;
     let (u, name) = (quote(updated), updated.replace('\'', "''"));
     // The clock tables with a row per column (`col_name`) split by it; the
     // others (keys, row clocks) are written whole by the insert.
@@ -277,10 +284,7 @@ pub fn replay_floor(
         names.join(", "),
         without.join(", ")
     );
-    let mut second = format!(
-        "UPDATE main.t SET {u} = s.{u} FROM src.t AS s WHERE {};\n",
-        on.join(" AND ")
-    );
+    let mut second = format!("UPDATE main.t SET {u} = s.{u} FROM src.t AS s WHERE {on};\n");
     for t in &floor.schema.tables[1..] {
         let q = quote(t);
         if columns(replica, t)?.iter().any(|(c, _)| c == "col_name") {
@@ -368,17 +372,7 @@ impl Floor {
 /// many rows it read, and the time.
 pub fn pack_floor(src: &Connection) -> BoxResult<(u64, Timing)> {
     let schema = schema(src)?;
-    let on = |alias: &str| -> BoxResult<String> {
-        let on: Vec<String> = columns(src, "t")?
-            .iter()
-            .filter(|(_, pk)| *pk > 0)
-            .map(|(c, _)| format!("t.{c} = {alias}.{c}", c = quote(c)))
-            .collect();
-        if on.is_empty() {
-            return Err("t has no primary key".into());
-        }
-        Ok(on.join(" AND "))
-    };
+    let on = |alias: &str| pk_join(src, alias);
     // In the order of the clock table's db_version index: `(db_version,
     // seq)` in the compact layout; `db_version` alone in the cr-sqlite
     // layout, whose rows of one version a pack must also sort by seq
