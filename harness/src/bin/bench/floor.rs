@@ -31,11 +31,17 @@
 //!   stream's insert transaction carries the other columns only, and the
 //!   updated column arrives with the update: `t` without the updated
 //!   column and every clock row but the updated column's, by `INSERT …
-//!   SELECT`; then the updated column set by one `UPDATE … FROM` (each row
-//!   found again and rewritten, as the update's merge does) and its clock
-//!   rows inserted. An apply cannot write less: the insert's transaction
-//!   must be in place (visible) when its last part's statement returns,
-//!   before the update arrives. Rows checked as above.
+//!   SELECT`; then the update's: first a read, per updated row, of what a
+//!   merge decides its change against (the key or row clock, and the
+//!   clocks of the updated column and of the causal length: one join),
+//!   then the updated column set by one `UPDATE … FROM` (each row found
+//!   again and rewritten, as the update's merge does) and its clock rows
+//!   inserted. The insert's keys, past the last stored key, need no read
+//!   (the compact layout's merge reads none). An apply cannot do less: the
+//!   insert's transaction must be in place (visible) when its last part's
+//!   statement returns, before the update arrives, and a change cannot be
+//!   decided without the clocks it is decided against. Rows checked as
+//!   above.
 //! - **Pack floor** ([`pack_floor`]): what the packages carry, read from
 //!   the source by plain SQL in position order through the same indexes
 //!   (each clock row joined to its base row: the compact layout's row
@@ -142,13 +148,13 @@ fn columns(conn: &Connection, table: &str) -> BoxResult<Vec<(String, i64)>> {
     Ok(columns)
 }
 
-/// The condition joining `t` to the rows of `alias` with the same primary
-/// key (`t.id = alias.id AND …`), read from `conn`'s `t`.
-fn pk_join(conn: &Connection, alias: &str) -> BoxResult<String> {
+/// The condition joining the rows of `left` and `right` with the same
+/// primary key of `t` (`left.id = right.id AND …`), read from `conn`'s `t`.
+fn pk_join(conn: &Connection, left: &str, right: &str) -> BoxResult<String> {
     let on: Vec<String> = columns(conn, "t")?
         .iter()
         .filter(|(_, pk)| *pk > 0)
-        .map(|(c, _)| format!("t.{c} = {alias}.{c}", c = quote(c)))
+        .map(|(c, _)| format!("{left}.{c} = {right}.{c}", c = quote(c)))
         .collect();
     if on.is_empty() {
         return Err("t has no primary key".into());
@@ -275,7 +281,7 @@ pub fn replay_floor(
             }
         })
         .collect();
-    let on = pk_join(replica, "s")?;
+    let on = pk_join(replica, "t", "s")?;
     let (u, name) = (quote(updated), updated.replace('\'', "''"));
     // The clock tables with a row per column (`col_name`) split by it; the
     // others (keys, row clocks) are written whole by the insert.
@@ -284,7 +290,29 @@ pub fn replay_floor(
         names.join(", "),
         without.join(", ")
     );
-    let mut second = format!("UPDATE main.t SET {u} = s.{u} FROM src.t AS s WHERE {on};\n");
+    // Before deciding the update's changes, a merge reads what they are
+    // decided against: each updated row's key or row clock, and its
+    // clocks of the updated column and of the row's causal length (the
+    // insert's keys, past the last stored key, need no read).
+    let read = if floor.schema.tables.iter().any(|t| t == "t__crsql_rows") {
+        format!(
+            "SELECT count(*), max(length(r.vers)), max(c.col_version) FROM src.t AS s \
+             JOIN main.t__crsql_rows AS r ON {} \
+             LEFT JOIN main.t__crsql_cells AS c ON {} AND c.col_name IN ('-1', '{name}');\n",
+            pk_join(replica, "r", "s")?,
+            // `+`: the cells' key columns have no affinity, so SQLite
+            // searches their primary key only for a value without one.
+            pk_join(replica, "c", "+s")?
+        )
+    } else {
+        format!(
+            "SELECT count(*), max(c.col_version) FROM src.t AS s \
+             JOIN main.t__crsql_pks AS k ON {} \
+             LEFT JOIN main.t__crsql_clock AS c ON c.key = k.__crsql_key AND c.col_name IN ('-1', '{name}');\n",
+            pk_join(replica, "k", "s")?
+        )
+    };
+    let mut second = format!("{read}UPDATE main.t SET {u} = s.{u} FROM src.t AS s WHERE {on};\n");
     for t in &floor.schema.tables[1..] {
         let q = quote(t);
         if columns(replica, t)?.iter().any(|(c, _)| c == "col_name") {
@@ -372,7 +400,7 @@ impl Floor {
 /// many rows it read, and the time.
 pub fn pack_floor(src: &Connection) -> BoxResult<(u64, Timing)> {
     let schema = schema(src)?;
-    let on = |alias: &str| pk_join(src, alias);
+    let on = |alias: &str| pk_join(src, "t", alias);
     // In the order of the clock table's db_version index: `(db_version,
     // seq)` in the compact layout; `db_version` alone in the cr-sqlite
     // layout, whose rows of one version a pack must also sort by seq
