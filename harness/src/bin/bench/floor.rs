@@ -24,32 +24,33 @@
 //!   row is encoded and inserted, with its index entries, as an apply must.
 //!   The copy must hold the replica's rows: as many per table, and each
 //!   of them (`EXCEPT`).
-//! - **Replay floor** ([`replay_floor`]): the same end state written the
+//! - **Replay floor** ([`replay_floor`]): the same end state reached the
 //!   way the stream delivers it, the insert's transaction and then the
-//!   update's, in one transaction like the apply. The source's update
-//!   superseded the updated column's insert-time value and clock, so the
-//!   stream's insert transaction carries the other columns only, and the
-//!   updated column arrives with the update: `t` without the updated
-//!   column and every clock row but the updated column's, by `INSERT …
-//!   SELECT`; then the update's: first a read, per updated row, of what a
-//!   merge decides its change against (the key or row clock, and the
-//!   clocks of the updated column and of the causal length: one join),
-//!   then the updated column set by one `UPDATE … FROM` (each row found
-//!   again and rewritten, as the update's merge does) and its clock rows
-//!   inserted. The insert's keys, past the last stored key, need no read
-//!   (the compact layout's merge reads none). An apply cannot do less: the
-//!   insert's transaction must be in place (visible) when its last part's
-//!   statement returns, before the update arrives, and a change cannot be
-//!   decided without the clocks it is decided against. Rows checked as
-//!   above.
-//! - **Pack floor** ([`pack_floor`]): what the packages carry, read from
-//!   the source by plain SQL in position order through the same indexes
-//!   (each clock row joined to its base row: the compact layout's row
-//!   clocks and cells, the cr-sqlite layout's clock rows through its key
-//!   table), every column of every row read through the API, no encoding.
-//!   The cr-sqlite layout's index orders by version only; the floor leaves
-//!   the sort by seq within a version out (SQLite's sorter costs more than
-//!   ours), so it stays below what a pack must do.
+//!   update's, in one transaction like the apply, from values staged in
+//!   `TEMP` tables beforehand, untimed (an apply has them in memory). The
+//!   source's update superseded the updated column's insert-time value
+//!   and clock, so the stream's insert transaction carries the other
+//!   columns only, and the updated column arrives with the update: `t`
+//!   without the updated column and every clock row but the updated
+//!   column's, by `INSERT … SELECT`; then the update's: first a read, per
+//!   updated row, of what a merge decides its change against (the key or
+//!   row clock, and the clocks of the updated column and of the causal
+//!   length: one join), then the updated column set by one `UPDATE` pass
+//!   over `t` (each row's value searched by key, the row rewritten) and
+//!   its clock rows inserted. The insert's keys, past the last stored key,
+//!   need no read (the compact layout's merge reads none). An apply does
+//!   at least that: the insert's transaction must be in place (visible)
+//!   when its last part's statement returns, before the update arrives,
+//!   and a change cannot be decided without the clocks it is decided
+//!   against. Rows checked as above.
+//! - **Pack floor** ([`pack_floor`]): the fields of every change (key,
+//!   column, value, clock; in the compact layout a row clock's run with
+//!   its columns' values), read from the source by plain SQL in position
+//!   order through the same indexes and handed out through the API, no
+//!   encoding. The cr-sqlite layout's index orders by version only; the
+//!   floor leaves out the sort by seq within a version and the causal
+//!   length, which a pack needs: a floor may do less than a pack must,
+//!   never more.
 
 use std::path::Path;
 
@@ -254,9 +255,10 @@ pub fn apply_floor(
     floor.run(&copy)
 }
 
-/// The replay floor of `layout`: `replica`'s end state written by plain
+/// The replay floor of `layout`: `replica`'s end state reached by plain
 /// SQL as the insert's transaction and then the update's, which set
-/// `updated`; one transaction.
+/// `updated`; one transaction. What each transaction delivers is staged
+/// in TEMP tables first, untimed (an apply has it in memory, decoded).
 pub fn replay_floor(
     dir: &Path,
     layout: &str,
@@ -270,7 +272,6 @@ pub fn replay_floor(
     if !cols.iter().any(|(c, pk)| c == updated && *pk == 0) {
         return Err(format!("t has no column {updated} outside its primary key").into());
     }
-    let names: Vec<String> = cols.iter().map(|(c, _)| quote(c)).collect();
     let without: Vec<String> = cols
         .iter()
         .map(|(c, _)| {
@@ -281,22 +282,34 @@ pub fn replay_floor(
             }
         })
         .collect();
-    let on = pk_join(replica, "t", "s")?;
+    let pks: Vec<String> = cols
+        .iter()
+        .filter(|(_, pk)| *pk > 0)
+        .map(|(c, _)| quote(c))
+        .collect();
+    let pks = pks.join(", ");
     let (u, name) = (quote(updated), updated.replace('\'', "''"));
-    // The clock tables with a row per column (`col_name`) split by it; the
-    // others (keys, row clocks) are written whole by the insert.
-    let mut first = format!(
-        "INSERT INTO main.t ({}) SELECT {} FROM src.t WHERE true;\n",
-        names.join(", "),
+    // Staged, untimed: the insert's rows of t (without the updated column:
+    // the source's update superseded its insert-time value and clock), the
+    // update's values keyed like t (`d_u`, searched by key), and each
+    // clock table's rows of either transaction (the tables with a row per
+    // column split by `col_name`; keys and row clocks come whole with the
+    // insert).
+    let mut stage = format!(
+        "CREATE TEMP TABLE d_t AS SELECT {} FROM src.t;\n\
+         CREATE TEMP TABLE d_u AS SELECT * FROM src.t WHERE false;\n\
+         CREATE UNIQUE INDEX temp.d_u_key ON d_u ({pks});\n\
+         INSERT INTO d_u SELECT * FROM src.t;\n",
         without.join(", ")
     );
+    let mut first = "INSERT INTO main.t SELECT * FROM temp.d_t;\n".to_string();
     // Before deciding the update's changes, a merge reads what they are
     // decided against: each updated row's key or row clock, and its
     // clocks of the updated column and of the row's causal length (the
     // insert's keys, past the last stored key, need no read).
-    let read = if floor.schema.tables.iter().any(|t| t == "t__crsql_rows") {
+    let mut second = if floor.schema.tables.iter().any(|t| t == "t__crsql_rows") {
         format!(
-            "SELECT count(*), max(length(r.vers)), max(c.col_version) FROM src.t AS s \
+            "SELECT count(*), max(length(r.vers)), max(c.col_version) FROM temp.d_u AS s \
              JOIN main.t__crsql_rows AS r ON {} \
              LEFT JOIN main.t__crsql_cells AS c ON {} AND c.col_name IN ('-1', '{name}');\n",
             pk_join(replica, "r", "s")?,
@@ -306,25 +319,32 @@ pub fn replay_floor(
         )
     } else {
         format!(
-            "SELECT count(*), max(c.col_version) FROM src.t AS s \
+            "SELECT count(*), max(c.col_version) FROM temp.d_u AS s \
              JOIN main.t__crsql_pks AS k ON {} \
              LEFT JOIN main.t__crsql_clock AS c ON c.key = k.__crsql_key AND c.col_name IN ('-1', '{name}');\n",
             pk_join(replica, "k", "s")?
         )
     };
-    let mut second = format!("{read}UPDATE main.t SET {u} = s.{u} FROM src.t AS s WHERE {on};\n");
-    for t in &floor.schema.tables[1..] {
+    // One pass over t: each row found, its value searched in `d_u`, the
+    // row rewritten.
+    second += &format!(
+        "UPDATE main.t SET {u} = (SELECT s.{u} FROM temp.d_u AS s WHERE {}) WHERE true;\n",
+        pk_join(replica, "s", "t")?
+    );
+    for (i, t) in floor.schema.tables[1..].iter().enumerate() {
         let q = quote(t);
         if columns(replica, t)?.iter().any(|(c, _)| c == "col_name") {
-            first += &format!(
-                "INSERT INTO main.{q} SELECT * FROM src.{q} WHERE col_name IS NOT '{name}';\n"
+            stage += &format!(
+                "CREATE TEMP TABLE d1_{i} AS SELECT * FROM src.{q} WHERE col_name IS NOT '{name}';\n\
+                 CREATE TEMP TABLE d2_{i} AS SELECT * FROM src.{q} WHERE col_name = '{name}';\n"
             );
-            second +=
-                &format!("INSERT INTO main.{q} SELECT * FROM src.{q} WHERE col_name = '{name}';\n");
+            second += &format!("INSERT INTO main.{q} SELECT * FROM temp.d2_{i};\n");
         } else {
-            first += &format!("INSERT INTO main.{q} SELECT * FROM src.{q} WHERE true;\n");
+            stage += &format!("CREATE TEMP TABLE d1_{i} AS SELECT * FROM src.{q};\n");
         }
+        first += &format!("INSERT INTO main.{q} SELECT * FROM temp.d1_{i};\n");
     }
+    floor.conn.execute_batch(&stage)?;
     floor.run(&(first + &second))
 }
 
@@ -396,37 +416,70 @@ impl Floor {
 }
 
 /// The pack floor of the CRR database `src`: every clock row of `t`,
-/// joined to its base row, read in position order with every column; how
-/// many rows it read, and the time.
-pub fn pack_floor(src: &Connection) -> BoxResult<(u64, Timing)> {
+/// with the fields of its change (key, column, value, clock) and nothing
+/// else, read in position order; how many rows it read, and the time.
+/// `updated` is the column the source's update set: in the compact
+/// layout its clocks are cells, the others a row clock's run.
+pub fn pack_floor(src: &Connection, updated: &str) -> BoxResult<(u64, Timing)> {
     let schema = schema(src)?;
-    let on = |alias: &str| pk_join(src, "t", alias);
+    let cols = columns(src, "t")?;
+    let key = |alias: &str| -> String {
+        cols.iter()
+            .filter(|(_, pk)| *pk > 0)
+            .map(|(c, _)| format!("{alias}.{}", quote(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let others: Vec<&str> = cols
+        .iter()
+        .filter(|(_, pk)| *pk == 0)
+        .map(|(c, _)| c.as_str())
+        .collect();
+    // The value of a clock row's column.
+    let value = format!(
+        "CASE c.col_name{} END",
+        others
+            .iter()
+            .map(|c| format!(" WHEN '{}' THEN t.{}", c.replace('\'', "''"), quote(c)))
+            .collect::<String>()
+    );
+    let clock = "c.col_version, c.db_version, c.site_id, c.seq";
     // In the order of the clock table's db_version index: `(db_version,
     // seq)` in the compact layout; `db_version` alone in the cr-sqlite
-    // layout, whose rows of one version a pack must also sort by seq
-    // (left out: SQLite's sorter is slower than ours, and a floor must
-    // not do more than ours).
-    let ordered = |from: &str, alias: &str, order: &str| {
-        format!(
-            "SELECT {alias}.*, t.* FROM {from} WHERE {alias}.db_version >= 0 \
-             ORDER BY {order} LIMIT -1"
-        )
-    };
+    // layout, whose rows of one version a pack must also sort by seq (left
+    // out: a floor may do less than a pack must, never more; on the
+    // bench's data that order is the seq order anyway).
     let mut reads = Vec::new();
     for table in &schema.tables[1..] {
         match table.as_str() {
-            "t__crsql_rows" | "t__crsql_cells" => reads.push(ordered(
-                &format!("{} AS c JOIN t ON {}", quote(table), on("c")?),
-                "c",
-                "c.db_version, c.seq",
+            "t__crsql_rows" => {
+                let run: Vec<String> = others
+                    .iter()
+                    .filter(|c| **c != updated)
+                    .map(|c| format!("t.{}", quote(c)))
+                    .collect();
+                reads.push(format!(
+                    "SELECT {}, c.cl, c.db_version, c.site_id, c.seq, c.vers, {} \
+                     FROM t__crsql_rows AS c JOIN t ON {} ORDER BY c.db_version, c.seq",
+                    key("c"),
+                    run.join(", "),
+                    pk_join(src, "t", "c")?
+                ));
+            }
+            "t__crsql_cells" => reads.push(format!(
+                "SELECT {}, c.col_name, {value}, {clock}, r.cl \
+                 FROM t__crsql_cells AS c JOIN t__crsql_rows AS r ON {} JOIN t ON {} \
+                 ORDER BY c.db_version, c.seq",
+                key("c"),
+                pk_join(src, "r", "c")?,
+                pk_join(src, "t", "c")?
             )),
-            "t__crsql_clock" => reads.push(ordered(
-                &format!(
-                    "t__crsql_clock AS c JOIN t__crsql_pks AS k ON k.__crsql_key = c.key JOIN t ON {}",
-                    on("k")?
-                ),
-                "c",
-                "c.db_version",
+            "t__crsql_clock" => reads.push(format!(
+                "SELECT {}, c.col_name, {value}, {clock} \
+                 FROM t__crsql_clock AS c JOIN t__crsql_pks AS k ON k.__crsql_key = c.key \
+                 JOIN t ON {} ORDER BY c.db_version",
+                key("k"),
+                pk_join(src, "t", "k")?
             )),
             "t__crsql_pks" => {}
             other => return Err(format!("the pack floor does not know table {other}").into()),
