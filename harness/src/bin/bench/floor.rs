@@ -149,17 +149,27 @@ fn columns(conn: &Connection, table: &str) -> BoxResult<Vec<(String, i64)>> {
     Ok(columns)
 }
 
-/// The condition joining the rows of `left` and `right` with the same
-/// primary key of `t` (`left.id = right.id AND …`), read from `conn`'s `t`.
-fn pk_join(conn: &Connection, left: &str, right: &str) -> BoxResult<String> {
-    let on: Vec<String> = columns(conn, "t")?
+/// The primary-key columns among `cols` ([`columns`]), quoted.
+fn pk_names(cols: &[(String, i64)]) -> BoxResult<Vec<String>> {
+    let pks: Vec<String> = cols
         .iter()
         .filter(|(_, pk)| *pk > 0)
-        .map(|(c, _)| format!("{left}.{c} = {right}.{c}", c = quote(c)))
+        .map(|(c, _)| quote(c))
         .collect();
-    if on.is_empty() {
+    if pks.is_empty() {
         return Err("t has no primary key".into());
     }
+    Ok(pks)
+}
+
+/// The condition joining the rows of `left` and `right` with the same
+/// primary key (`left.id = right.id AND …`), whose columns are among
+/// `cols` ([`columns`]).
+fn pk_join(cols: &[(String, i64)], left: &str, right: &str) -> BoxResult<String> {
+    let on: Vec<String> = pk_names(cols)?
+        .iter()
+        .map(|c| format!("{left}.{c} = {right}.{c}"))
+        .collect();
     Ok(on.join(" AND "))
 }
 
@@ -282,12 +292,7 @@ pub fn replay_floor(
             }
         })
         .collect();
-    let pks: Vec<String> = cols
-        .iter()
-        .filter(|(_, pk)| *pk > 0)
-        .map(|(c, _)| quote(c))
-        .collect();
-    let pks = pks.join(", ");
+    let pks = pk_names(&cols)?.join(", ");
     let (u, name) = (quote(updated), updated.replace('\'', "''"));
     // Staged, untimed: the insert's rows of t (without the updated column:
     // the source's update superseded its insert-time value and clock), the
@@ -306,30 +311,32 @@ pub fn replay_floor(
     // Before deciding the update's changes, a merge reads what they are
     // decided against: each updated row's key or row clock, and its
     // clocks of the updated column and of the row's causal length (the
-    // insert's keys, past the last stored key, need no read).
+    // insert's keys, past the last stored key, need no read). An
+    // aggregate, so that `execute_batch`, which steps a statement once,
+    // reads every row.
     let mut second = if floor.schema.tables.iter().any(|t| t == "t__crsql_rows") {
         format!(
             "SELECT count(*), max(length(r.vers)), max(c.col_version) FROM temp.d_u AS s \
              JOIN main.t__crsql_rows AS r ON {} \
              LEFT JOIN main.t__crsql_cells AS c ON {} AND c.col_name IN ('-1', '{name}');\n",
-            pk_join(replica, "r", "s")?,
+            pk_join(&cols, "r", "s")?,
             // `+`: the cells' key columns have no affinity, so SQLite
             // searches their primary key only for a value without one.
-            pk_join(replica, "c", "+s")?
+            pk_join(&cols, "c", "+s")?
         )
     } else {
         format!(
             "SELECT count(*), max(c.col_version) FROM temp.d_u AS s \
              JOIN main.t__crsql_pks AS k ON {} \
              LEFT JOIN main.t__crsql_clock AS c ON c.key = k.__crsql_key AND c.col_name IN ('-1', '{name}');\n",
-            pk_join(replica, "k", "s")?
+            pk_join(&cols, "k", "s")?
         )
     };
     // One pass over t: each row found, its value searched in `d_u`, the
     // row rewritten.
     second += &format!(
         "UPDATE main.t SET {u} = (SELECT s.{u} FROM temp.d_u AS s WHERE {}) WHERE true;\n",
-        pk_join(replica, "s", "t")?
+        pk_join(&cols, "s", "t")?
     );
     for (i, t) in floor.schema.tables[1..].iter().enumerate() {
         let q = quote(t);
@@ -423,10 +430,10 @@ impl Floor {
 pub fn pack_floor(src: &Connection, updated: &str) -> BoxResult<(u64, Timing)> {
     let schema = schema(src)?;
     let cols = columns(src, "t")?;
+    let pks = pk_names(&cols)?;
     let key = |alias: &str| -> String {
-        cols.iter()
-            .filter(|(_, pk)| *pk > 0)
-            .map(|(c, _)| format!("{alias}.{}", quote(c)))
+        pks.iter()
+            .map(|c| format!("{alias}.{c}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -463,7 +470,7 @@ pub fn pack_floor(src: &Connection, updated: &str) -> BoxResult<(u64, Timing)> {
                      FROM t__crsql_rows AS c JOIN t ON {} ORDER BY c.db_version, c.seq",
                     key("c"),
                     run.join(", "),
-                    pk_join(src, "t", "c")?
+                    pk_join(&cols, "t", "c")?
                 ));
             }
             "t__crsql_cells" => reads.push(format!(
@@ -471,15 +478,15 @@ pub fn pack_floor(src: &Connection, updated: &str) -> BoxResult<(u64, Timing)> {
                  FROM t__crsql_cells AS c JOIN t__crsql_rows AS r ON {} JOIN t ON {} \
                  ORDER BY c.db_version, c.seq",
                 key("c"),
-                pk_join(src, "r", "c")?,
-                pk_join(src, "t", "c")?
+                pk_join(&cols, "r", "c")?,
+                pk_join(&cols, "t", "c")?
             )),
             "t__crsql_clock" => reads.push(format!(
                 "SELECT {}, c.col_name, {value}, {clock} \
                  FROM t__crsql_clock AS c JOIN t__crsql_pks AS k ON k.__crsql_key = c.key \
                  JOIN t ON {} ORDER BY c.db_version",
                 key("k"),
-                pk_join(src, "t", "k")?
+                pk_join(&cols, "t", "k")?
             )),
             "t__crsql_pks" => {}
             other => return Err(format!("the pack floor does not know table {other}").into()),
